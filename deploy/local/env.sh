@@ -1,0 +1,91 @@
+# shellcheck shell=bash
+# Shared settings of the local stack, sourced by start, stop and status.
+#
+# The servers read the same environment variables as the `rainbow` binary
+# (RAINBOW_<SECTION>__<KEY>), so moving a port moves both the server and every client.
+# Stack-only knobs are named RAINBOW_STACK_*; RAINBOW_HOME moves all data.
+#
+#   variable                              default                 used for
+#   RAINBOW_HOME                          <repo>/.rainbow         every byte the stack writes
+#   RAINBOW_POSTGRES__PORT                5432                    PostgreSQL (127.0.0.1)
+#   RAINBOW_POSTGRES__USER / __PASSWORD   rainbow / rainbow       role created for Rainbow
+#   RAINBOW_POSTGRES__DATABASE            rainbow                 database created for Rainbow
+#   RAINBOW_KAFKA__BROKERS                127.0.0.1:9092          Kafka client listener (its port is used)
+#   RAINBOW_STACK_KAFKA_CONTROLLER_PORT   9093                    KRaft controller listener
+#   RAINBOW_STACK_KAFKA_HEAP              768m                    Kafka JVM heap
+#   RAINBOW_CLICKHOUSE__URL               http://127.0.0.1:8123   ClickHouse HTTP interface (its port is used)
+#   RAINBOW_STACK_CLICKHOUSE_TCP_PORT     9000                    ClickHouse native protocol
+#   RAINBOW_STACK_START_TIMEOUT           90                      seconds each server may take to answer
+
+RAINBOW_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+RAINBOW_HOME=${RAINBOW_HOME:-$RAINBOW_ROOT/.rainbow}
+RUN_DIR=$RAINBOW_HOME/run
+LOG_DIR=$RAINBOW_HOME/logs
+
+PG_VERSION=15
+PG_BIN=/usr/lib/postgresql/$PG_VERSION/bin
+PG_PORT=${RAINBOW_POSTGRES__PORT:-5432}
+PG_USER=${RAINBOW_POSTGRES__USER:-rainbow}
+PG_PASSWORD=${RAINBOW_POSTGRES__PASSWORD:-rainbow}
+PG_DATABASE=${RAINBOW_POSTGRES__DATABASE:-rainbow}
+PG_DIR=$RAINBOW_HOME/postgres
+
+KAFKA_BROKERS=${RAINBOW_KAFKA__BROKERS:-127.0.0.1:9092}
+KAFKA_PORT=${KAFKA_BROKERS##*:}
+KAFKA_CONTROLLER_PORT=${RAINBOW_STACK_KAFKA_CONTROLLER_PORT:-9093}
+KAFKA_HEAP=${RAINBOW_STACK_KAFKA_HEAP:-768m}
+KAFKA_DIR=$RAINBOW_HOME/kafka
+
+CH_URL=${RAINBOW_CLICKHOUSE__URL:-http://127.0.0.1:8123}
+CH_HTTP_PORT=${CH_URL##*:}
+CH_HTTP_PORT=${CH_HTTP_PORT%%/*}
+CH_TCP_PORT=${RAINBOW_STACK_CLICKHOUSE_TCP_PORT:-9000}
+CH_DIR=$RAINBOW_HOME/clickhouse
+
+START_TIMEOUT=${RAINBOW_STACK_START_TIMEOUT:-90}
+SERVERS=(postgres kafka clickhouse)
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
+
+is_port() { [[ $1 =~ ^[0-9]+$ ]] && (( $1 > 0 && $1 < 65536 )); }
+for p in PG_PORT KAFKA_PORT KAFKA_CONTROLLER_PORT CH_HTTP_PORT CH_TCP_PORT; do
+  is_port "${!p}" || die "$p='${!p}' is not a TCP port (1-65535); check the RAINBOW_* variables"
+done
+
+# Runs a command as root, through sudo when we are not root.
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@";
+  else die "installing packages needs root (or sudo): $*"; fi
+}
+
+APT_UPDATED=""
+apt_install() {
+  log "installing Debian packages: $*"
+  if [ -z "$APT_UPDATED" ]; then as_root apt-get update -q >/dev/null; APT_UPDATED=1; fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >&2
+}
+
+# pid_alive NAME: true when the PID file of NAME names a live process.
+pid_alive() {
+  local f=$RUN_DIR/$1.pid
+  [ -s "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_for NAME TIMEOUT CMD...: polls CMD every 0.5 s until it succeeds or TIMEOUT seconds pass.
+wait_for() {
+  local name=$1 timeout=$2; shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if ! pid_alive "$name"; then
+      die "$name exited during start-up; last lines of its log ($LOG_DIR/$name.log):
+$(tail -n 20 "$LOG_DIR/$name.log" 2>/dev/null)"
+    fi
+    if (( SECONDS >= deadline )); then
+      die "$name did not answer within ${timeout}s (RAINBOW_STACK_START_TIMEOUT); see $LOG_DIR/$name.log"
+    fi
+    sleep 0.5
+  done
+}

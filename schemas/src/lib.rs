@@ -1,0 +1,16 @@
+//! Rainbow's contracts, shared by every crate and the `rainbow` binary:
+//!
+//! * [`postgres`]: the source schema as sqlx migrations, and the list of captured tables;
+//! * [`warehouse`]: the warehouse DDL (dimensions, `fact_sales`, aggregates, dashboard views) and a
+//!   connection helper that adapts to the server's capabilities;
+//! * [`rows`]: the Rust types of the warehouse rows, as written to ClickHouse;
+//! * [`money`]: exact money types (never floating point);
+//! * [`seed`]: deterministic reference data shaped like the seed's master dataset.
+
+pub mod money;
+pub mod postgres;
+pub mod rows;
+pub mod seed;
+pub mod warehouse;
+
+pub use money::{Money, MoneyError, MoneySum};

@@ -1,0 +1,417 @@
+//! Rainbow's configuration: one TOML file plus environment overrides.
+//!
+//! Sources, later wins: built-in defaults (those of the local stack, `deploy/local/start`), the
+//! TOML file (`--config`, else `rainbow.toml` in the working directory if present), then
+//! environment variables `RAINBOW_<SECTION>__<KEY>` (for example `RAINBOW_API__LISTEN`).
+//! Unknown keys, unknown `RAINBOW_*` variables and invalid values stop the program at start with
+//! a message naming the key and the expected form.
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The default configuration file, read when present and `--config` is not given.
+pub const DEFAULT_CONFIG_FILE: &str = "rainbow.toml";
+/// Prefix of every configuration environment variable.
+pub const ENV_PREFIX: &str = "RAINBOW_";
+/// `RAINBOW_*` variables that are not settings: read by the stack scripts and the CLI.
+const NON_SETTING_VARS: [&str; 3] = ["RAINBOW_HOME", "RAINBOW_CONFIG", "RAINBOW_LOG"];
+const NON_SETTING_PREFIXES: [&str; 1] = ["RAINBOW_STACK_"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    #[error("invalid configuration: `{key}` = {value:?}: expected {expected}")]
+    Invalid { key: &'static str, value: String, expected: &'static str },
+    #[error(
+        "unknown environment variable {0}: settings are RAINBOW_<SECTION>__<KEY> \
+         (double underscore), for example RAINBOW_API__LISTEN"
+    )]
+    UnknownVariable(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub postgres: PostgresConfig,
+    pub kafka: KafkaConfig,
+    pub clickhouse: ClickHouseConfig,
+    pub api: ApiConfig,
+    pub cdc: CdcConfig,
+    pub storage: StorageConfig,
+    pub log: LogConfig,
+}
+
+/// The source database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub database: String,
+    /// Connections in each service's pool.
+    pub max_connections: u32,
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            user: "rainbow".into(),
+            password: "rainbow".into(),
+            database: "rainbow".into(),
+            max_connections: 10,
+            connect_timeout_secs: 10,
+        }
+    }
+}
+
+/// The Kafka cluster every service talks to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` bootstrap servers.
+    pub brokers: String,
+    /// Client id prefix, visible in broker logs and metrics.
+    pub client_id: String,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig { brokers: "127.0.0.1:9092".into(), client_id: "rainbow".into() }
+    }
+}
+
+/// The warehouse.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// HTTP interface, `http://host:port`.
+    pub url: String,
+    pub user: String,
+    pub password: String,
+    pub database: String,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        ClickHouseConfig {
+            url: "http://127.0.0.1:8123".into(),
+            user: "default".into(),
+            password: String::new(),
+            database: "rainbow".into(),
+        }
+    }
+}
+
+/// The order API (`rainbow api`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address to listen on, `ip:port`.
+    pub listen: String,
+    pub request_timeout_ms: u64,
+    /// Largest accepted request body.
+    pub body_limit_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { listen: "127.0.0.1:8080".into(), request_timeout_ms: 10_000, body_limit_bytes: 1 << 20 }
+    }
+}
+
+/// The change-data-capture reader (`rainbow cdc`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CdcConfig {
+    /// Debezium `topic.prefix`: topics are `<prefix>.<schema>.<table>`.
+    pub topic_prefix: String,
+    pub slot_name: String,
+    pub publication_name: String,
+}
+
+impl Default for CdcConfig {
+    fn default() -> Self {
+        CdcConfig {
+            topic_prefix: "rainbow".into(),
+            slot_name: "rainbow".into(),
+            publication_name: "rainbow".into(),
+        }
+    }
+}
+
+/// Object storage for checkpoints and the master dataset: a local path or an object_store URL
+/// (`file://`, `s3://`, `gs://`, `az://`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub url: String,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { url: ".rainbow/store".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, `rainbow=debug,sqlx=warn`, ... (`RUST_LOG` wins).
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info,sqlx=warn".into(), format: LogFormat::Text }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then the file, then the process environment; validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_from(file, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) if !path.exists() => return Err(ConfigError::MissingFile(path.to_path_buf())),
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_FILE))
+            }
+            None => {}
+        }
+        let mut settings = Vec::new();
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+            if NON_SETTING_VARS.contains(&name.as_str())
+                || NON_SETTING_PREFIXES.iter().any(|p| name.starts_with(p))
+            {
+                continue;
+            }
+            let Some((section, key)) = rest.split_once("__") else {
+                return Err(ConfigError::UnknownVariable(name));
+            };
+            let key = format!("{}.{}", section.to_lowercase(), key.to_lowercase());
+            settings.push(EnvSetting { name, key, value });
+        }
+        // Sorted so that the outcome never depends on the order of the process environment.
+        settings.sort_by(|a, b| a.name.cmp(&b.name));
+        for setting in settings {
+            figment = figment.merge(setting);
+        }
+        let config: Config = figment.extract().map_err(|e| ConfigError::Parse(describe(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value whose type alone does not say it is valid.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn check(
+            ok: bool,
+            key: &'static str,
+            value: impl ToString,
+            expected: &'static str,
+        ) -> Result<(), ConfigError> {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid { key, value: value.to_string(), expected })
+            }
+        }
+        let p = &self.postgres;
+        check(!p.host.trim().is_empty(), "postgres.host", &p.host, "a host name or IP address")?;
+        check(p.port > 0, "postgres.port", p.port, "a TCP port, 1-65535")?;
+        check(!p.user.is_empty(), "postgres.user", &p.user, "a role name")?;
+        check(!p.database.is_empty(), "postgres.database", &p.database, "a database name")?;
+        check(
+            (1..=1000).contains(&p.max_connections),
+            "postgres.max_connections",
+            p.max_connections,
+            "1-1000",
+        )?;
+        check(
+            p.connect_timeout_secs > 0,
+            "postgres.connect_timeout_secs",
+            p.connect_timeout_secs,
+            "seconds > 0",
+        )?;
+        let brokers_ok = !self.kafka.brokers.is_empty()
+            && self.kafka.brokers.split(',').all(|b| {
+                matches!(b.trim().rsplit_once(':'),
+                Some((h, port)) if !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
+            });
+        check(
+            brokers_ok,
+            "kafka.brokers",
+            &self.kafka.brokers,
+            "comma-separated host:port pairs, e.g. 127.0.0.1:9092",
+        )?;
+        check(
+            is_name(&self.kafka.client_id),
+            "kafka.client_id",
+            &self.kafka.client_id,
+            "letters, digits, '.', '_', '-'",
+        )?;
+        let ch = &self.clickhouse;
+        let url_ok = (ch.url.starts_with("http://") || ch.url.starts_with("https://"))
+            && ch.url.split("://").nth(1).is_some_and(|rest| !rest.is_empty());
+        check(url_ok, "clickhouse.url", &ch.url, "an http:// or https:// URL, e.g. http://127.0.0.1:8123")?;
+        check(
+            is_identifier(&ch.database),
+            "clickhouse.database",
+            &ch.database,
+            "an identifier ([A-Za-z_][A-Za-z0-9_]*)",
+        )?;
+        check(
+            self.api.listen.parse::<SocketAddr>().is_ok(),
+            "api.listen",
+            &self.api.listen,
+            "ip:port, e.g. 127.0.0.1:8080",
+        )?;
+        check(
+            self.api.request_timeout_ms > 0,
+            "api.request_timeout_ms",
+            self.api.request_timeout_ms,
+            "milliseconds > 0",
+        )?;
+        check(
+            self.api.body_limit_bytes >= 1024,
+            "api.body_limit_bytes",
+            self.api.body_limit_bytes,
+            "bytes >= 1024",
+        )?;
+        let c = &self.cdc;
+        check(
+            is_name(&c.topic_prefix),
+            "cdc.topic_prefix",
+            &c.topic_prefix,
+            "letters, digits, '.', '_', '-' (a Kafka topic name part)",
+        )?;
+        let slot_ok = !c.slot_name.is_empty()
+            && c.slot_name.len() <= 63
+            && c.slot_name.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_');
+        check(
+            slot_ok,
+            "cdc.slot_name",
+            &c.slot_name,
+            "1-63 characters of a-z, 0-9, '_' (PostgreSQL replication slot rules)",
+        )?;
+        check(
+            is_identifier(&c.publication_name),
+            "cdc.publication_name",
+            &c.publication_name,
+            "an identifier ([A-Za-z_][A-Za-z0-9_]*)",
+        )?;
+        check(
+            !self.storage.url.trim().is_empty(),
+            "storage.url",
+            &self.storage.url,
+            "a directory path or an object store URL",
+        )?;
+        check(
+            tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
+            "log.level",
+            &self.log.level,
+            "a tracing filter such as info, debug or rainbow=debug,sqlx=warn",
+        )?;
+        Ok(())
+    }
+
+    /// The configuration as TOML, every setting with its effective value.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("configuration is always representable as TOML")
+    }
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// One `RAINBOW_<SECTION>__<KEY>` variable, as a figment provider so that errors name it.
+struct EnvSetting {
+    name: String,
+    key: String,
+    value: String,
+}
+
+impl figment::Provider for EnvSetting {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(format!("environment variable {}", self.name))
+    }
+
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let nested = figment::util::nest(&self.key, env_value(&self.key, &self.value));
+        let dict = nested.into_dict().expect("nest() of a dotted key is a dictionary");
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+/// An environment value, typed like the setting's default: environment variables are strings,
+/// and figment does not turn "5432" into a port by itself. A string setting keeps digits as
+/// written (`RAINBOW_POSTGRES__PASSWORD=1234`). A value that does not parse stays a string, so
+/// the error names the key, the variable and the expected type.
+fn env_value(key: &str, raw: &str) -> figment::value::Value {
+    use figment::value::{Num, Value};
+    let default = Figment::from(Serialized::defaults(Config::default())).find_value(key).ok();
+    let typed = match default {
+        Some(Value::Num(..)) => raw
+            .parse::<u64>()
+            .map(Num::U64)
+            .or_else(|_| raw.parse::<i64>().map(Num::I64))
+            .ok()
+            .map(Value::from),
+        Some(Value::Bool(..)) => raw.parse::<bool>().ok().map(Value::from),
+        _ => None,
+    };
+    typed.unwrap_or_else(|| Value::from(raw.to_string()))
+}
+
+/// Figment's error, reworded to name the key, the source and the expected form.
+fn describe(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|err| {
+            let key = if err.path.is_empty() { "(top level)".to_string() } else { err.path.join(".") };
+            let source = err
+                .metadata
+                .as_ref()
+                .map(|m| match &m.source {
+                    Some(figment::Source::File(p)) => format!(" in {}", p.display()),
+                    _ => format!(" from {}", m.name),
+                })
+                .unwrap_or_default();
+            format!("`{key}`{source}: {}", err.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}

@@ -1,0 +1,93 @@
+"""The warehouse DDL, views and dashboard queries on a current ClickHouse engine (chdb, in-process).
+
+The local stack runs Debian's ClickHouse 18.16; production runs a current release. Every statement
+in schemas/clickhouse/ must work on both: the Rust suite proves 18.16, this file proves current.
+"""
+
+import pathlib
+import re
+
+import chdb.session
+import pytest
+
+DDL_DIR = pathlib.Path(__file__).resolve().parents[2] / "schemas" / "clickhouse"
+DB = "rainbow_chdb"
+
+
+def statements(text: str, db: str) -> list[str]:
+    """Same splitting rule as rainbow_schemas::warehouse::statements."""
+    body = "".join(line + "\n" for line in text.splitlines() if not line.lstrip().startswith("--"))
+    return [s.strip().replace("{db}", db) for s in body.split(";\n") if s.strip()]
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    s = chdb.session.Session(str(tmp_path_factory.mktemp("chdb")))
+    for f in sorted(DDL_DIR.glob("*.sql")):
+        for st in statements(f.read_text(), DB):
+            s.query(st)
+    yield s
+    s.close()
+
+
+def rows(session, sql):
+    out = session.query(sql, "TabSeparated").bytes().decode()
+    return [line.split("\t") for line in out.splitlines()]
+
+
+def test_every_object_exists(session):
+    names = {r[0] for r in rows(session, f"SELECT name FROM system.tables WHERE database = '{DB}'")}
+    ddl = "".join(f.read_text() for f in DDL_DIR.glob("*.sql"))
+    declared = set(re.findall(r"CREATE (?:TABLE|VIEW) IF NOT EXISTS \{db\}\.(\w+)", ddl))
+    assert len(declared) == 19
+    assert declared <= names
+
+
+def test_ddl_is_idempotent(session):
+    for f in sorted(DDL_DIR.glob("*.sql")):
+        for st in statements(f.read_text(), DB):
+            session.query(st)
+
+
+def test_dashboard_views_compute_expected_figures(session):
+    q = session.query
+    q(f"INSERT INTO {DB}.agg_total_sales VALUES (0, 1, 1.00, 0, 1), (0, 3, 29970000.00, 2997000.00, 100), (1, 2, 10000.50, 0.50, 7)")
+    assert rows(session, f"SELECT * FROM {DB}.v_total_sales") == [["5", "29980000.5", "26983000"]]
+
+    q(f"INSERT INTO {DB}.agg_sales_by_day_of_week VALUES (0, 7, 3, 300, 0, 1), (1, 7, 1, 100, 0, 1), (0, 4, 2, 600, 0, 1)")
+    assert rows(session, f"SELECT day_of_week, day_name, total_sales_quantity, total_sales_amount, pct_total_sales_amount FROM {DB}.v_sales_by_day_of_week") == [
+        ["4", "Thursday", "2", "600", "60"],
+        ["7", "Sunday", "4", "400", "40"],
+    ]
+
+    q(f"INSERT INTO {DB}.agg_top_sellers VALUES (0, 1, 'Old name', 1, 5, 1, 1), (1, 1, 'Tiki Trading', 1, 7, 0, 2), (0, 2, 'FPT Shop', 9, 9, 0, 1)")
+    assert rows(session, f"SELECT seller_id, seller_name, total_sales_amount, total_profit FROM {DB}.v_top_sellers") == [
+        ["1", "Tiki Trading", "12", "11"],
+        ["2", "FPT Shop", "9", "9"],
+    ]
+
+    values = ", ".join(f"(0, {i}, 'p{i}', 'Laptop', 1, {i * 100}, 0, 1)" for i in range(1, 7))
+    q(f"INSERT INTO {DB}.agg_product_profit VALUES {values}, (0, 7, 't', 'Tai nghe', 1, 50, 10, 1)")
+    assert rows(session, f"SELECT category, product_id, total_profit FROM {DB}.v_top_products_by_category") == [
+        ["Laptop", "6", "600"], ["Laptop", "5", "500"], ["Laptop", "4", "400"],
+        ["Laptop", "3", "300"], ["Laptop", "2", "200"], ["Tai nghe", "7", "40"],
+    ]
+
+    q(f"INSERT INTO {DB}.agg_payment_methods VALUES (0, 1, 'Credit Card', 3, 300, 1), (1, 2, 'Cash', 1, 100, 1)")
+    assert rows(session, f"SELECT payment_method, order_count, pct_orders FROM {DB}.v_payment_methods") == [
+        ["Credit Card", "3", "75"], ["Cash", "1", "25"],
+    ]
+
+    q(f"INSERT INTO {DB}.agg_customer_ranking VALUES (0, 1, 'An', 1, 1, 100, 1), (1, 1, 'An', 1, 2, 250, 1), (0, 2, 'Bình', 5, 5, 300, 1)")
+    assert rows(session, f"SELECT customer_rank, customer_id, order_count, total_sales_amount FROM {DB}.v_customer_ranking") == [
+        ["1", "1", "2", "350"], ["2", "2", "5", "300"],
+    ]
+
+
+def test_final_collapses_redelivered_fact_rows(session):
+    line = "(20240901, 'p1', 's1', 'pr1', 'c1', 'pay1', 42, 7, 3, 9990000, 999000, 8991000, 29970000, 2997000, {v}, {d})"
+    session.query(f"INSERT INTO {DB}.fact_sales VALUES {line.format(v=100, d=0)}, {line.format(v=100, d=0)}")
+    session.query(f"INSERT INTO {DB}.fact_sales VALUES {line.format(v=101, d=1)}".replace(", 42,", ", 43,"))
+    assert rows(session, f"SELECT order_transaction, sum(extended_sales_amount) FROM {DB}.fact_sales FINAL WHERE is_deleted = 0 GROUP BY order_transaction") == [
+        ["42", "29970000"],
+    ]
