@@ -415,3 +415,91 @@ fn describe(e: figment::Error) -> String {
         .collect::<Vec<_>>()
         .join("; ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::load_from(None, env(vars))
+    }
+
+    #[test]
+    fn defaults_match_the_local_stack_and_validate() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.api.listen, "127.0.0.1:8080");
+        assert_eq!((c.postgres.host.as_str(), c.postgres.port), ("127.0.0.1", 5432));
+        assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(c.clickhouse.url, "http://127.0.0.1:8123");
+    }
+
+    #[test]
+    fn environment_overrides_with_types_of_the_setting() {
+        let c = load(&[
+            ("RAINBOW_POSTGRES__PORT", "6543"),
+            ("RAINBOW_POSTGRES__PASSWORD", "1234"),
+            ("RAINBOW_API__LISTEN", "127.0.0.1:9999"),
+            ("RAINBOW_LOG__FORMAT", "json"),
+            ("RAINBOW_HOME", "/elsewhere"),
+            ("RAINBOW_STACK_KAFKA_HEAP", "1g"),
+            ("UNRELATED", "x"),
+        ])
+        .unwrap();
+        assert_eq!(c.postgres.port, 6543);
+        assert_eq!(c.postgres.password, "1234");
+        assert_eq!(c.api.listen, "127.0.0.1:9999");
+        assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let dir = std::env::temp_dir().join(format!("rainbow-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("rainbow.toml");
+        std::fs::write(&file, "[api]\nlisten = \"127.0.0.1:7000\"\n[cdc]\ntopic_prefix = \"shop\"\n")
+            .unwrap();
+        let c = Config::load_from(Some(&file), env(&[("RAINBOW_API__LISTEN", "127.0.0.1:7001")])).unwrap();
+        assert_eq!(c.api.listen, "127.0.0.1:7001");
+        assert_eq!(c.cdc.topic_prefix, "shop");
+
+        std::fs::write(&file, "[api]\nlisten = \"127.0.0.1:7000\"\nlisten_port = 1\n").unwrap();
+        let err = Config::load_from(Some(&file), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("`api.listen_port`") && err.contains("rainbow.toml"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let missing = Config::load_from(Some(Path::new("/nonexistent/rainbow.toml")), env(&[]));
+        assert!(matches!(missing, Err(ConfigError::MissingFile(_))));
+    }
+
+    #[test]
+    fn bad_settings_name_the_key_and_the_expected_form() {
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: [Case; 7] = [
+            (&[("RAINBOW_API__LISTEN", "localhost")], &["`api.listen`", "ip:port"]),
+            (&[("RAINBOW_POSTGRES__PORT", "abc")], &["`postgres.port`", "RAINBOW_POSTGRES__PORT", "u16"]),
+            (&[("RAINBOW_POSTGRES__PORT", "70000")], &["`postgres.port`", "u16"]),
+            (&[("RAINBOW_KAFKA__BROKERS", "127.0.0.1")], &["`kafka.brokers`", "host:port"]),
+            (&[("RAINBOW_API__LISTN", "x")], &["`api.listn`", "unknown field", "listen"]),
+            (&[("RAINBOW_APILISTEN", "x")], &["RAINBOW_APILISTEN", "RAINBOW_<SECTION>__<KEY>"]),
+            (&[("RAINBOW_CDC__SLOT_NAME", "Bad-Slot")], &["`cdc.slot_name`", "a-z"]),
+        ];
+        for (vars, needles) in cases {
+            let err = load(vars).unwrap_err().to_string();
+            for needle in needles {
+                assert!(err.contains(needle), "{vars:?}: {err:?} lacks {needle:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn printed_configuration_reads_back_identically() {
+        let c = load(&[("RAINBOW_CLICKHOUSE__DATABASE", "wh")]).unwrap();
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+    }
+}

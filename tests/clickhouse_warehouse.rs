@@ -6,22 +6,11 @@ mod common;
 
 use clickhouse::Row;
 use rainbow_schemas::rows::*;
-use rainbow_schemas::warehouse::{Connection, Warehouse, DASHBOARD_VIEWS, OUTPUT_TABLES};
+use rainbow_schemas::warehouse::{Warehouse, DASHBOARD_VIEWS, OUTPUT_TABLES};
 use rainbow_schemas::{Money, MoneySum};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::fmt::Debug;
-
-async fn warehouse(database: &str) -> Warehouse {
-    Warehouse::connect(&Connection {
-        url: common::clickhouse_url(),
-        user: common::env_or("RAINBOW_CLICKHOUSE__USER", "default"),
-        password: common::env_or("RAINBOW_CLICKHOUSE__PASSWORD", ""),
-        database: database.to_string(),
-    })
-    .await
-    .expect("ClickHouse of the local stack (deploy/local/start) is reachable")
-}
 
 /// Inserts `rows` into `table` and reads them back, ordered by the table's key.
 async fn roundtrip<T>(wh: &Warehouse, table: &str, rows: &[T]) -> Vec<T>
@@ -49,7 +38,7 @@ fn sorted<T: Clone + Debug>(rows: &[T], key: impl Fn(&T) -> String) -> Vec<T> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ddl_applies_and_every_table_round_trips() {
     let db = common::unique_name("rainbow_test");
-    let wh = warehouse(&db).await;
+    let wh = common::warehouse(&db).await;
     let statements = wh.apply_ddl(&db).await.expect("DDL applies");
     assert_eq!(statements, 1 + OUTPUT_TABLES.len() + DASHBOARD_VIEWS.len());
     wh.apply_ddl(&db).await.expect("DDL is idempotent");

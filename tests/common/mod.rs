@@ -3,9 +3,6 @@
 
 #![allow(dead_code)]
 
-use std::future::Future;
-use std::time::{Duration, Instant};
-
 pub fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
@@ -35,18 +32,14 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}_{}_{}_{}", std::process::id(), nanos, NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Polls `probe` until it returns `Some`, or panics with `what` once `timeout` has passed.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// A warehouse client on `database` of the local stack's ClickHouse.
+pub async fn warehouse(database: &str) -> rainbow_schemas::warehouse::Warehouse {
+    rainbow_schemas::warehouse::Warehouse::connect(&rainbow_schemas::warehouse::Connection {
+        url: clickhouse_url(),
+        user: env_or("RAINBOW_CLICKHOUSE__USER", "default"),
+        password: env_or("RAINBOW_CLICKHOUSE__PASSWORD", ""),
+        database: database.to_string(),
+    })
+    .await
+    .expect("ClickHouse of the local stack (deploy/local/start) is reachable")
 }

@@ -1,0 +1,94 @@
+//! The `rainbow` binary as a user runs it: help, configuration errors, the commands that are not
+//! available yet, and `migrate --seed` against the real PostgreSQL and ClickHouse with no flags
+//! beyond the environment.
+
+mod common;
+
+use std::process::{Command, Output};
+
+fn rainbow(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rainbow"));
+    cmd.args(args).current_dir(std::env::temp_dir());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("rainbow runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn help_lists_every_command() {
+    let out = rainbow(&["--help"], &[]);
+    assert!(out.status.success());
+    for cmd in ["api", "cdc", "process", "archive", "replay", "loadgen", "migrate", "check", "up"] {
+        assert!(text(&out).contains(&format!("\n  {cmd} ")), "{cmd} in --help");
+        assert!(rainbow(&[cmd, "--help"], &[]).status.success(), "{cmd} --help");
+    }
+}
+
+#[test]
+fn unavailable_commands_say_so_with_their_own_exit_code() {
+    for cmd in ["api", "cdc", "process", "archive", "replay", "loadgen", "check"] {
+        let out = rainbow(&[cmd], &[]);
+        assert_eq!(out.status.code(), Some(3), "{cmd}");
+        assert!(text(&out).contains("not available yet"), "{cmd}: {}", text(&out));
+    }
+}
+
+#[test]
+fn an_invalid_setting_stops_the_program_naming_the_key() {
+    let out = rainbow(&["migrate"], &[("RAINBOW_CLICKHOUSE__URL", "127.0.0.1:8123")]);
+    assert_eq!(out.status.code(), Some(2));
+    let msg = text(&out);
+    assert!(msg.contains("`clickhouse.url`") && msg.contains("http://"), "{msg}");
+}
+
+async fn admin_execute(sql: &str) {
+    use sqlx::{Connection, Executor};
+    let mut admin = sqlx::PgConnection::connect_with(&common::pg_options("postgres"))
+        .await
+        .expect("PostgreSQL of the local stack (deploy/local/start) is reachable");
+    admin.execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_seed_against_the_real_servers_is_idempotent() {
+    // A database of its own in both servers, so the test never touches the default one.
+    let db = common::unique_name("rainbow_cli");
+    admin_execute(&format!("CREATE DATABASE {db}")).await;
+    let env = [("RAINBOW_POSTGRES__DATABASE", db.as_str()), ("RAINBOW_CLICKHOUSE__DATABASE", db.as_str())];
+
+    let first = rainbow(&["migrate", "--seed"], &env);
+    assert!(first.status.success(), "{}", text(&first));
+    let out = text(&first);
+    assert!(out.contains("1 applied now"), "{out}");
+    assert!(
+        out.contains(
+            "19 brands, 6 categories, 100 customers, 19 sellers, 4 payment methods, 66 promotions, 3000 products"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("20 DDL statements applied"), "{out}");
+
+    let second = rainbow(&["migrate", "--seed"], &env);
+    assert!(second.status.success(), "{}", text(&second));
+    let out = text(&second);
+    assert!(
+        out.contains("0 applied now") && out.contains("already present (19 brands, 3000 products)"),
+        "{out}"
+    );
+
+    let ch = common::warehouse(&db).await.client;
+    let views: u64 = ch
+        .query("SELECT count() FROM system.tables WHERE database = ? AND substring(name, 1, 2) = 'v_'")
+        .bind(&db)
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(views, 6);
+    ch.query(&format!("DROP DATABASE {db}")).execute().await.unwrap();
+    admin_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).await;
+}
