@@ -8,6 +8,7 @@
 
 use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
+use rainbow_schemas::warehouse::is_identifier;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -350,12 +351,6 @@ impl Config {
 
 fn is_name(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-}
-
-fn is_identifier(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// One `RAINBOW_<SECTION>__<KEY>` variable, as a figment provider so that errors name it.

@@ -108,7 +108,8 @@ pub fn statements(sql: &str, database: &str) -> Result<Vec<String>, WarehouseErr
         .collect())
 }
 
-fn is_identifier(s: &str) -> bool {
+/// Whether `s` is a plain SQL identifier (`[A-Za-z_][A-Za-z0-9_]*`).
+pub fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
