@@ -1,8 +1,10 @@
-//! The subcommands that are implemented in the binary itself: `migrate` and `up`.
+//! The subcommands: each turns the configuration into a crate's settings and runs it.
 
 use crate::config::{Config, PostgresConfig};
-use crate::{MigrateArgs, MigrateTarget, UpArgs};
+use crate::{LoadgenArgs, MigrateArgs, MigrateTarget, UpArgs};
 use anyhow::Context;
+use rainbow_api::loadgen::{self, BenchSettings, LoadgenSettings};
+use rainbow_api::{ApiSettings, AppState};
 use rainbow_schemas::postgres::MIGRATOR;
 use rainbow_schemas::seed::{self, SeedOutcome, SeedSpec};
 use rainbow_schemas::warehouse::{Connection, Warehouse};
@@ -93,18 +95,154 @@ async fn applied_migrations(pool: &PgPool) -> i64 {
         .unwrap_or(0)
 }
 
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// The API's settings from `[api]`.
+fn api_settings(config: &Config) -> ApiSettings {
+    ApiSettings {
+        request_timeout: Duration::from_millis(config.api.request_timeout_ms),
+        body_limit: config.api.body_limit_bytes,
+        shutdown_grace: Duration::from_secs(config.api.shutdown_grace_secs),
+        order_cache_entries: config.api.order_cache_entries,
+    }
+}
+
+/// Binds `api.listen`, with an error that says what to do when the port is taken.
+async fn bind_api(config: &Config) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(&config.api.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {} (another `rainbow api` running?); set api.listen / RAINBOW_API__LISTEN",
+            config.api.listen
+        )
+    })
+}
+
+/// The pool of the API, after checking that the schema is migrated.
+async fn api_pool(config: &Config) -> anyhow::Result<PgPool> {
+    let pool = pg_pool(&config.postgres).await?;
+    let (orders, keys): (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT to_regclass('orders')::text, to_regclass('api_idempotency_keys')::text")
+            .fetch_one(&pool)
+            .await
+            .context("checking the source schema")?;
+    if orders.is_none() || keys.is_none() {
+        anyhow::bail!(
+            "the database {} is not migrated (missing tables); run `rainbow migrate` first",
+            config.postgres.database
+        );
+    }
+    Ok(pool)
+}
+
+pub async fn api(config: &Config) -> anyhow::Result<()> {
+    let pool = api_pool(config).await?;
+    let listener = bind_api(config).await?;
+    let state = AppState::new(pool.clone(), api_settings(config), Default::default());
+    tracing::info!(listen = %config.api.listen, "order API listening (GET / lists the routes)");
+    rainbow_api::serve(listener, state, shutdown_signal()).await.context("serving the API")?;
+    pool.close().await;
+    Ok(())
+}
+
+pub async fn loadgen(config: &Config, args: &LoadgenArgs) -> anyhow::Result<()> {
+    let url = args.url.clone().unwrap_or_else(|| format!("http://{}", config.api.listen));
+    if args.bench {
+        let settings = BenchSettings {
+            api_url: url,
+            connections: args.connections,
+            duration: args.duration.unwrap_or(Duration::from_secs(15)),
+            seed: args.seed,
+        };
+        let pool = pg_pool(&config.postgres).await?;
+        eprintln!(
+            "benchmarking {} with {} connections, {} s per phase ...",
+            settings.api_url,
+            settings.connections,
+            settings.duration.as_secs_f64()
+        );
+        let results = loadgen::bench(pool, settings).await?;
+        print!("{}", loadgen::render_bench(&results, args.connections));
+        return Ok(());
+    }
+    let settings = LoadgenSettings {
+        api_url: url,
+        producers: args.producers,
+        rate: args.rate,
+        count: args.count,
+        duration: args.duration,
+        days: args.days,
+        churn_rate: args.churn_rate,
+        orders: !args.no_orders,
+        seed: args.seed,
+        progress: !args.quiet,
+    };
+    settings.validate()?;
+    let pool = pg_pool(&config.postgres).await?;
+    let summary = loadgen::run(pool, settings, shutdown_signal()).await?;
+    print!("{}", summary.render());
+    if summary.counts.sent > 0 && summary.counts.ok == 0 {
+        anyhow::bail!("no order succeeded");
+    }
+    Ok(())
+}
+
+/// Bootstraps the stack, then runs every pipeline component that exists in this process until
+/// SIGINT/SIGTERM: the order API, and producers that feed it.
 pub async fn up(config: &Config, args: &UpArgs) -> anyhow::Result<()> {
     migrate(config, &MigrateArgs { target: MigrateTarget::All, seed: !args.no_seed }).await?;
-    println!("pipeline components:");
+    let pool = api_pool(config).await?;
+    let listener = bind_api(config).await?;
+    let state = AppState::new(pool.clone(), api_settings(config), Default::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let api = tokio::spawn(rainbow_api::serve(listener, state, stopped(stop_rx.clone())));
+    println!("api: listening on http://{} (GET / lists the routes)", config.api.listen);
+    let producers = (args.orders_per_sec > 0.0 || args.churn_per_sec > 0.0).then(|| {
+        println!(
+            "loadgen: {} orders/s to the API, {} catalogue changes/s",
+            args.orders_per_sec, args.churn_per_sec
+        );
+        tokio::spawn(loadgen::run(
+            pool.clone(),
+            LoadgenSettings {
+                api_url: format!("http://{}", config.api.listen),
+                producers: 4,
+                rate: args.orders_per_sec,
+                count: None,
+                duration: None,
+                days: 28,
+                churn_rate: args.churn_per_sec,
+                orders: args.orders_per_sec > 0.0,
+                seed: 42,
+                progress: false,
+            },
+            stopped(stop_rx.clone()),
+        ))
+    });
     for (name, what) in [
-        ("api", "order API"),
-        ("loadgen", "order producers"),
         ("cdc", "PostgreSQL -> Kafka change events"),
         ("process", "Kafka -> ClickHouse processor"),
         ("archive", "Kafka -> master dataset archiver"),
     ] {
-        println!("  {name:<8} {what}: not available yet");
+        println!("{name}: {what}: not available yet");
     }
-    println!("the stack is bootstrapped; the pipeline runs as far as it exists today");
+    println!("running; Ctrl-C stops");
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    if let Some(p) = producers {
+        print!("{}", p.await?.context("order producers")?.render());
+    }
+    api.await?.context("serving the API")?;
+    pool.close().await;
     Ok(())
 }

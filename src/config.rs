@@ -123,11 +123,22 @@ pub struct ApiConfig {
     pub request_timeout_ms: u64,
     /// Largest accepted request body.
     pub body_limit_bytes: usize,
+    /// On SIGINT/SIGTERM, how long in-flight requests may take to finish.
+    pub shutdown_grace_secs: u64,
+    /// Orders kept in the notification-invalidated response cache of GET /api/v1/orders/{id}; 0
+    /// disables it.
+    pub order_cache_entries: usize,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: "127.0.0.1:8080".into(), request_timeout_ms: 10_000, body_limit_bytes: 1 << 20 }
+        ApiConfig {
+            listen: "127.0.0.1:8080".into(),
+            request_timeout_ms: 10_000,
+            body_limit_bytes: 1 << 20,
+            shutdown_grace_secs: 30,
+            order_cache_entries: 100_000,
+        }
     }
 }
 
@@ -305,6 +316,12 @@ impl Config {
             "api.body_limit_bytes",
             self.api.body_limit_bytes,
             "bytes >= 1024",
+        )?;
+        check(
+            self.api.shutdown_grace_secs <= 3600,
+            "api.shutdown_grace_secs",
+            self.api.shutdown_grace_secs,
+            "seconds, 0-3600",
         )?;
         let c = &self.cdc;
         check(

@@ -32,7 +32,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve the order API (HTTP, axum + sqlx). Not available yet.
+    /// Serve the order API (HTTP, axum + sqlx) on `api.listen` until SIGINT/SIGTERM.
     Api,
     /// Stream PostgreSQL changes to Kafka as Debezium-compatible events. Not available yet.
     Cdc,
@@ -45,8 +45,9 @@ enum Command {
     /// Replay the archived master dataset through the processor core into Parquet (backfill). Not
     /// available yet.
     Replay,
-    /// Generate orders against the API and churn the catalogue. Not available yet.
-    Loadgen,
+    /// Order producers: POST realistic orders to the API, churn the catalogue in PostgreSQL, or
+    /// benchmark the API (--bench).
+    Loadgen(LoadgenArgs),
     /// Apply the PostgreSQL migrations and the ClickHouse DDL; optionally load reference data.
     Migrate(MigrateArgs),
     /// Run data-quality checks against ClickHouse or a replay's Parquet. Not available yet.
@@ -82,6 +83,75 @@ pub struct UpArgs {
     /// Do not load reference data into an empty catalogue.
     #[arg(long)]
     pub no_seed: bool,
+    /// Orders per second that built-in producers send to the API (0: none).
+    #[arg(long, default_value_t = 5.0, value_name = "N")]
+    pub orders_per_sec: f64,
+    /// Catalogue changes per second made alongside the orders (0: none).
+    #[arg(long, default_value_t = 0.2, value_name = "N")]
+    pub churn_per_sec: f64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LoadgenArgs {
+    /// Base URL of the order API. Default: http://<api.listen>.
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// Concurrent producers (each keeps at most one request in flight).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub producers: usize,
+    /// Target orders per second over all producers; 0 = as fast as possible.
+    #[arg(long, default_value_t = 50.0, value_name = "N")]
+    pub rate: f64,
+    /// Stop after this many orders (catalogue changes with --no-orders).
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Stop after this long: 90s, 5m, 1h (plain numbers are seconds). Default: until Ctrl-C,
+    /// or 15s with --bench.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Spread order dates over the last N days with the seed's weekday shape (Sunday, Thursday
+    /// and Saturday dominate); 0 stamps orders with the server's clock.
+    #[arg(long, default_value_t = 28, value_name = "N")]
+    pub days: u32,
+    /// Catalogue changes per second, made directly in PostgreSQL (products' price, rating,
+    /// reviews and name; now and then customers, sellers, promotions, brands, categories).
+    #[arg(long, default_value_t = 0.0, value_name = "N")]
+    pub churn_rate: f64,
+    /// Only churn the catalogue; send no orders.
+    #[arg(long)]
+    pub no_orders: bool,
+    /// Seed of the pseudo-random choices (same seed, same sequence of orders).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// No live progress line.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Benchmark the API instead: POST orders as fast as possible, then GET them by id, and print
+    /// throughput and p50/p99 per phase (each phase lasts --duration).
+    #[arg(long)]
+    pub bench: bool,
+    /// Concurrent connections of the benchmark.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub connections: usize,
+}
+
+/// `90`, `90s`, `1500ms`, `5m`, `1h`.
+fn parse_duration(raw: &str) -> Result<std::time::Duration, String> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let value: f64 = number.parse().map_err(|_| format!("{raw:?} is not a duration like 90s, 5m or 1h"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown unit {other:?} in {raw:?}: use ms, s, m or h")),
+    };
+    if !seconds.is_finite() || seconds <= 0.0 {
+        return Err(format!("{raw:?}: a duration must be positive"));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
 /// Exit code of a subcommand that a later delivery completes.
@@ -110,12 +180,12 @@ fn main() -> ExitCode {
         ExitCode::from(EXIT_NOT_AVAILABLE)
     };
     let outcome = match command {
-        Command::Api => return not_yet("api", "the order API"),
+        Command::Api => runtime().block_on(commands::api(&config)),
         Command::Cdc => return not_yet("cdc", "the CDC reader"),
         Command::Process => return not_yet("process", "the stream processor"),
         Command::Archive => return not_yet("archive", "the archiver"),
         Command::Replay => return not_yet("replay", "the replay"),
-        Command::Loadgen => return not_yet("loadgen", "the order producers"),
+        Command::Loadgen(args) => runtime().block_on(commands::loadgen(&config, &args)),
         Command::Check => return not_yet("check", "the data-quality checks"),
         Command::Migrate(args) => runtime().block_on(commands::migrate(&config, &args)),
         Command::Up(args) => runtime().block_on(commands::up(&config, &args)),
@@ -136,7 +206,9 @@ fn runtime() -> tokio::runtime::Runtime {
 fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match config.log.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -31,11 +31,26 @@ fn help_lists_every_command() {
 
 #[test]
 fn unavailable_commands_say_so_with_their_own_exit_code() {
-    for cmd in ["api", "cdc", "process", "archive", "replay", "loadgen", "check"] {
+    for cmd in ["cdc", "process", "archive", "replay", "check"] {
         let out = rainbow(&[cmd], &[]);
         assert_eq!(out.status.code(), Some(3), "{cmd}");
         assert!(text(&out).contains("not available yet"), "{cmd}: {}", text(&out));
     }
+}
+
+#[test]
+fn api_and_loadgen_refuse_what_they_cannot_serve() {
+    // A database that exists but is not migrated.
+    let out = rainbow(
+        &["api"],
+        &[("RAINBOW_POSTGRES__DATABASE", "postgres"), ("RAINBOW_API__LISTEN", "127.0.0.1:0")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("not migrated") && text(&out).contains("rainbow migrate"), "{}", text(&out));
+    let out = rainbow(&["loadgen", "--producers", "0"], &[]);
+    assert!(text(&out).contains("--producers must be between 1 and 4096"), "{}", text(&out));
+    let out = rainbow(&["loadgen", "--duration", "5 parsecs"], &[]);
+    assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]
@@ -64,7 +79,8 @@ async fn migrate_seed_against_the_real_servers_is_idempotent() {
     let first = rainbow(&["migrate", "--seed"], &env);
     assert!(first.status.success(), "{}", text(&first));
     let out = text(&first);
-    assert!(out.contains("1 applied now"), "{out}");
+    let migrations = rainbow_schemas::postgres::MIGRATOR.iter().count();
+    assert!(out.contains(&format!("{migrations} applied now")), "{out}");
     assert!(
         out.contains(
             "19 brands, 6 categories, 100 customers, 19 sellers, 4 payment methods, 66 promotions, 3000 products"
@@ -89,6 +105,37 @@ async fn migrate_seed_against_the_real_servers_is_idempotent() {
         .await
         .unwrap();
     assert_eq!(views, 6);
+
+    // The API and the producers as binaries: serve, take 20 orders, stop cleanly on SIGTERM.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut api = Command::new(env!("CARGO_BIN_EXE_rainbow"))
+        .arg("api")
+        .envs(env.iter().copied().chain([("RAINBOW_API__LISTEN", listen.as_str())]))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    common::eventually("rainbow api to answer /ping", std::time::Duration::from_secs(30), || async {
+        reqwest::get(format!("http://{listen}/ping"))
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
+            .map(|_| ())
+    })
+    .await;
+    let url = format!("http://{listen}");
+    let load = rainbow(&["loadgen", "--url", &url, "--count", "20", "--rate", "0", "--quiet"], &env);
+    assert!(load.status.success(), "{}", text(&load));
+    assert!(text(&load).contains("orders sent 20 ") && text(&load).contains("2xx 20,"), "{}", text(&load));
+    let term = Command::new("kill").args(["-TERM", &api.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let status = common::eventually("rainbow api to exit", std::time::Duration::from_secs(30), || {
+        let exited = api.try_wait().unwrap();
+        async move { exited }
+    })
+    .await;
+    assert!(status.success(), "rainbow api exits 0 on SIGTERM: {status:?}");
+
     ch.query(&format!("DROP DATABASE {db}")).execute().await.unwrap();
     admin_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).await;
 }

@@ -4,35 +4,12 @@
 
 mod common;
 
+use common::TestDb;
 use rainbow_schemas::postgres::{MIGRATOR, SOURCE_TABLES};
 use rainbow_schemas::seed::{self, SeedOutcome, SeedSpec};
 use rust_decimal::Decimal;
-use sqlx::{Connection, Executor, PgConnection, PgPool};
+use sqlx::Executor;
 use std::str::FromStr;
-
-/// A fresh database for one test, dropped at the end.
-struct TestDb {
-    name: String,
-    pool: PgPool,
-}
-
-impl TestDb {
-    async fn create() -> TestDb {
-        let name = common::unique_name("rainbow_test");
-        let mut admin = PgConnection::connect_with(&common::pg_options("postgres"))
-            .await
-            .expect("PostgreSQL of the local stack (deploy/local/start) is reachable");
-        admin.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
-        let pool = PgPool::connect_with(common::pg_options(&name)).await.unwrap();
-        TestDb { name, pool }
-    }
-
-    async fn drop(self) {
-        self.pool.close().await;
-        let mut admin = PgConnection::connect_with(&common::pg_options("postgres")).await.unwrap();
-        admin.execute(format!("DROP DATABASE {} WITH (FORCE)", self.name).as_str()).await.unwrap();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_apply_idempotently_with_the_source_contracts() {

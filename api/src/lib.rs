@@ -1,2 +1,27 @@
-//! The order service (axum + sqlx): the seed's routes over PostgreSQL, one transaction per
-//! request. Not implemented yet; `rainbow api` says so.
+//! Rainbow's order service (axum + sqlx) and its order producers.
+//!
+//! Layers, outside in: [`routes`] (paths to handlers) → [`handlers`] (HTTP in and out) →
+//! [`service`] (business rules, one transaction per request) → [`repository`] (SQL). The
+//! [`model`] holds the request and response types, [`error`] the JSON error form, [`metrics`] the
+//! Prometheus metrics and telemetry events, [`openapi`] the OpenAPI document, [`cache`] the
+//! notification-invalidated cache of order responses.
+//!
+//! [`loadgen`] is the client side: concurrent order producers and catalogue churn, used for demos,
+//! soak runs and the API benchmark.
+
+pub mod cache;
+pub mod error;
+pub mod failpoint;
+pub mod handlers;
+pub mod loadgen;
+pub mod metrics;
+pub mod middleware;
+pub mod model;
+pub mod openapi;
+pub mod repository;
+pub mod routes;
+pub mod server;
+pub mod service;
+
+pub use error::ApiError;
+pub use server::{serve, ApiSettings, AppState};

@@ -5,10 +5,14 @@
 //!   connection helper that adapts to the server's capabilities;
 //! * [`rows`]: the Rust types of the warehouse rows, as written to ClickHouse;
 //! * [`money`]: exact money types (never floating point);
+//! * [`pricing`]: the seed's line arithmetic (promotions, discounts, extended amounts);
+//! * [`rng`]: a seeded pseudo-random generator for reference data and load generation;
 //! * [`seed`]: deterministic reference data shaped like the seed's master dataset.
 
 pub mod money;
 pub mod postgres;
+pub mod pricing;
+pub mod rng;
 pub mod rows;
 pub mod seed;
 pub mod warehouse;

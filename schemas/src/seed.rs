@@ -6,6 +6,7 @@
 //! tests and benchmarks can rely on exact ids, names and prices. Orders are not reference data:
 //! the order producers (`rainbow loadgen`) create them through the API.
 
+use crate::rng::SplitMix64;
 use rust_decimal::Decimal;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 
@@ -127,28 +128,6 @@ const CATEGORY_SHAPES: [(&str, u64, u64); 6] = [
 const VARIANTS: [&str; 8] = ["", " 5G", " Pro", " Plus", " Lite", " Max", " Ultra", " SE"];
 const SUFFIXES: [&str; 4] = [" - Hàng Chính Hãng", " - Chính hãng", " - Bảo hành 12 tháng", " - Nhập khẩu"];
 
-/// SplitMix64: small, fast and fully determined by its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len() as u64) as usize]
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct Customer {
     pub id: i64,
@@ -191,7 +170,7 @@ pub struct ReferenceData {
 
 /// Generates the reference data for `spec`. Pure: same spec, same rows.
 pub fn generate(spec: &SeedSpec) -> ReferenceData {
-    let mut rng = Rng(spec.rng_seed);
+    let mut rng = SplitMix64::new(spec.rng_seed);
     let customers = (1..=spec.customers as i64)
         .map(|id| {
             let (f, m, g) = (rng.pick(&FAMILY), rng.pick(&MIDDLE), rng.pick(&GIVEN));

@@ -43,3 +43,60 @@ pub async fn warehouse(database: &str) -> rainbow_schemas::warehouse::Warehouse 
     .await
     .expect("ClickHouse of the local stack (deploy/local/start) is reachable")
 }
+
+/// A fresh database of the local stack's PostgreSQL for one test; `drop` removes it.
+pub struct TestDb {
+    pub name: String,
+    pub pool: sqlx::PgPool,
+}
+
+impl TestDb {
+    /// An empty database.
+    pub async fn create() -> TestDb {
+        use sqlx::{Connection, Executor};
+        let name = unique_name("rainbow_test");
+        let mut admin = sqlx::PgConnection::connect_with(&pg_options("postgres"))
+            .await
+            .expect("PostgreSQL of the local stack (deploy/local/start) is reachable");
+        admin.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(20)
+            .connect_with(pg_options(&name))
+            .await
+            .unwrap();
+        TestDb { name, pool }
+    }
+
+    /// A migrated database with the default reference data.
+    pub async fn seeded() -> TestDb {
+        let db = TestDb::create().await;
+        rainbow_schemas::postgres::MIGRATOR.run(&db.pool).await.expect("migrations apply");
+        rainbow_schemas::seed::load(&db.pool, &rainbow_schemas::seed::SeedSpec::default())
+            .await
+            .expect("reference data loads");
+        db
+    }
+
+    pub async fn drop(self) {
+        use sqlx::{Connection, Executor};
+        self.pool.close().await;
+        let mut admin = sqlx::PgConnection::connect_with(&pg_options("postgres")).await.unwrap();
+        admin.execute(format!("DROP DATABASE {} WITH (FORCE)", self.name).as_str()).await.unwrap();
+    }
+}
+
+/// Polls `probe` until it returns `Some`, or panics after `deadline` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: std::time::Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let until = std::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(std::time::Instant::now() < until, "timed out after {deadline:?} waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
