@@ -146,10 +146,7 @@ fn money(v: &Value) -> Decimal {
 async fn creates_an_order_in_one_transaction_and_reads_it_back() {
     let api = TestApi::start().await;
     // Product 5 is stock-tracked, product 3 is not.
-    sqlx::query("INSERT INTO inventories (product_id, quantity) VALUES (5, 10)")
-        .execute(&api.db.pool)
-        .await
-        .unwrap();
+    api.exec("INSERT INTO inventories (product_id, quantity) VALUES (5, 10)").await;
     let sold_before: Vec<i64> =
         sqlx::query_scalar("SELECT sold_count FROM products WHERE id IN (3, 5) ORDER BY id")
             .fetch_all(&api.db.pool)
@@ -232,10 +229,7 @@ async fn creates_an_order_in_one_transaction_and_reads_it_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_request_gets_a_specific_json_error_and_writes_nothing() {
     let api = TestApi::start().await;
-    sqlx::query("INSERT INTO inventories (product_id, quantity) VALUES (7, 2)")
-        .execute(&api.db.pool)
-        .await
-        .unwrap();
+    api.exec("INSERT INTO inventories (product_id, quantity) VALUES (7, 2)").await;
     let before = api.footprint().await;
     let json = [("content-type", "application/json")];
     let too_many: Vec<(i64, i64)> = (1..=10).map(|p| (p, 1)).collect();
@@ -386,10 +380,7 @@ async fn every_bad_request_gets_a_specific_json_error_and_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_at_any_step_of_the_transaction_leaves_no_trace() {
     let api = TestApi::start().await;
-    sqlx::query("INSERT INTO inventories (product_id, quantity) VALUES (3, 100)")
-        .execute(&api.db.pool)
-        .await
-        .unwrap();
+    api.exec("INSERT INTO inventories (product_id, quantity) VALUES (3, 100)").await;
     let before = api.footprint().await;
     let body = order(1, 2, &[(3, 5), (4, 1)]);
     for step in [Step::KeyReserved, Step::ProductsLocked, Step::BeforeCommit] {

@@ -104,24 +104,18 @@ pub async fn insert_order(
              INSERT INTO orderdetails (order_id, product_id, quantity, price, promotion_id, created_at, updated_at)
              SELECT o.id, w.product_id, w.quantity, w.price, w.promotion_id, o.created_at, o.created_at
              FROM new_order o, wanted w
-             RETURNING 1
          ), sold AS (
              UPDATE products p SET sold_count = p.sold_count + w.quantity
              FROM wanted w, new_order o WHERE p.id = w.product_id
-             RETURNING 1
          ), stock AS (
              UPDATE inventories i SET quantity = i.quantity - w.quantity
              FROM wanted w, new_order o WHERE i.product_id = w.product_id
-             RETURNING 1
          ), key AS (
              UPDATE api_idempotency_keys k SET order_id = o.id FROM new_order o WHERE k.key = $8
-             RETURNING 1
          )
          SELECT o.id, o.created_at, c.name AS customer_name, c.email AS customer_email, pay.method AS payment_method,
-                (SELECT count(*) FROM lines) AS lines,
                 (SELECT array_agg(product_id ORDER BY product_id) FROM short) AS short_products,
-                (SELECT array_agg(quantity ORDER BY product_id) FROM short) AS short_available,
-                (SELECT count(*) FROM sold) + (SELECT count(*) FROM stock) + (SELECT count(*) FROM key) AS updates
+                (SELECT array_agg(quantity ORDER BY product_id) FROM short) AS short_available
          FROM (SELECT 1) AS one
          LEFT JOIN new_order o ON true
          LEFT JOIN customers c ON c.id = o.customer_id
@@ -145,7 +139,6 @@ pub async fn insert_order(
             customer_name: row.try_get("customer_name")?,
             customer_email: row.try_get("customer_email")?,
             payment_method: row.try_get("payment_method")?,
-            lines: row.try_get("lines")?,
         })),
         None => {
             let products: Vec<i64> =
@@ -165,7 +158,6 @@ pub struct CreatedOrder {
     pub customer_name: String,
     pub customer_email: String,
     pub payment_method: String,
-    pub lines: i64,
 }
 
 /// One row per line of an order (one row with null line columns for an order without lines), in

@@ -246,10 +246,6 @@ pub async fn run(
     }
     // Churn alone runs until the duration, the count or the stop signal; alongside orders it
     // stops when they do.
-    let mut stop_rx = stop_rx;
-    if settings.orders {
-        run.next.store(u64::MAX / 2, Ordering::Relaxed);
-    }
     if let Some(c) = churner {
         if settings.orders {
             c.abort();
@@ -263,7 +259,6 @@ pub async fn run(
             eprintln!();
         }
     }
-    let _ = stop_rx.borrow_and_update();
     let latencies = Latencies::merge(parts);
     let summary = Summary {
         elapsed: start.elapsed(),

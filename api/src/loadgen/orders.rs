@@ -6,7 +6,7 @@
 //! * Order dates spread over the last `days` days with the weekday shape of the seed's
 //!   dashboard (Sunday, Thursday and Saturday carry about 84% of sales).
 
-use chrono::{DateTime, Datelike, Duration, Utc, Weekday};
+use chrono::{DateTime, Datelike, Duration, Utc};
 use rainbow_schemas::rng::{SplitMix64, Weighted};
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -147,14 +147,6 @@ impl OrderMaker {
     }
 }
 
-/// Weekday of an order time, for the summary.
-pub fn weekday_index(at: DateTime<Utc>) -> usize {
-    at.weekday().num_days_from_monday() as usize
-}
-
-pub const WEEKDAYS: [Weekday; 7] =
-    [Weekday::Mon, Weekday::Tue, Weekday::Wed, Weekday::Thu, Weekday::Fri, Weekday::Sat, Weekday::Sun];
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,7 +180,7 @@ mod tests {
             let at =
                 DateTime::parse_from_rfc3339(o["createdAt"].as_str().unwrap()).unwrap().with_timezone(&Utc);
             assert!(at <= now && at > now - Duration::days(28));
-            per_weekday[weekday_index(at)] += 1;
+            per_weekday[at.weekday().num_days_from_monday() as usize] += 1;
         }
         let top3 = per_weekday[3] + per_weekday[5] + per_weekday[6];
         assert!(f64::from(top3) / 20_000.0 > 0.75, "{per_weekday:?}");
