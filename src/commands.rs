@@ -152,6 +152,43 @@ pub async fn api(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the CDC reader finds PostgreSQL and Kafka.
+fn cdc_endpoints(config: &Config) -> (rainbow_cdc::SourceDatabase, rainbow_cdc::KafkaConnection) {
+    let pg = &config.postgres;
+    (
+        rainbow_cdc::SourceDatabase {
+            host: pg.host.clone(),
+            port: pg.port,
+            user: pg.user.clone(),
+            password: pg.password.clone(),
+            database: pg.database.clone(),
+        },
+        rainbow_cdc::KafkaConnection {
+            brokers: config.kafka.brokers.clone(),
+            client_id: config.kafka.client_id.clone(),
+        },
+    )
+}
+
+pub async fn cdc(config: &Config) -> anyhow::Result<()> {
+    let (source, kafka) = cdc_endpoints(config);
+    let summary = rainbow_cdc::run(&source, &kafka, &config.cdc, shutdown_signal())
+        .await
+        .context("the CDC reader stopped")?;
+    println!("{}", cdc_summary(&summary));
+    Ok(())
+}
+
+fn cdc_summary(s: &rainbow_cdc::RunSummary) -> String {
+    format!(
+        "cdc: {}{} transactions, {} change events sent; slot confirmed at {}",
+        s.snapshot_rows.map(|r| format!("snapshot of {r} rows, ")).unwrap_or_default(),
+        s.transactions,
+        s.events,
+        s.confirmed.map_or_else(|| "-".to_string(), |l| l.to_string())
+    )
+}
+
 pub async fn loadgen(config: &Config, args: &LoadgenArgs) -> anyhow::Result<()> {
     let url = args.url.clone().unwrap_or_else(|| format!("http://{}", config.api.listen));
     if args.bench {

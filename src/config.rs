@@ -43,7 +43,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub clickhouse: ClickHouseConfig,
     pub api: ApiConfig,
-    pub cdc: CdcConfig,
+    /// The change-data-capture reader (`rainbow cdc`); see rainbow_cdc::CdcConfig.
+    pub cdc: rainbow_cdc::CdcConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
 }
@@ -142,26 +143,6 @@ impl Default for ApiConfig {
     }
 }
 
-/// The change-data-capture reader (`rainbow cdc`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CdcConfig {
-    /// Debezium `topic.prefix`: topics are `<prefix>.<schema>.<table>`.
-    pub topic_prefix: String,
-    pub slot_name: String,
-    pub publication_name: String,
-}
-
-impl Default for CdcConfig {
-    fn default() -> Self {
-        CdcConfig {
-            topic_prefix: "rainbow".into(),
-            slot_name: "rainbow".into(),
-            publication_name: "rainbow".into(),
-        }
-    }
-}
-
 /// Object storage for checkpoints and the master dataset: a local path or an object_store URL
 /// (`file://`, `s3://`, `gs://`, `az://`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -193,7 +174,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info,sqlx=warn".into(), format: LogFormat::Text }
+        LogConfig { level: "info,sqlx=warn,pg_walstream=warn".into(), format: LogFormat::Text }
     }
 }
 
@@ -323,28 +304,11 @@ impl Config {
             self.api.shutdown_grace_secs,
             "seconds, 0-3600",
         )?;
-        let c = &self.cdc;
-        check(
-            is_name(&c.topic_prefix),
-            "cdc.topic_prefix",
-            &c.topic_prefix,
-            "letters, digits, '.', '_', '-' (a Kafka topic name part)",
-        )?;
-        let slot_ok = !c.slot_name.is_empty()
-            && c.slot_name.len() <= 63
-            && c.slot_name.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_');
-        check(
-            slot_ok,
-            "cdc.slot_name",
-            &c.slot_name,
-            "1-63 characters of a-z, 0-9, '_' (PostgreSQL replication slot rules)",
-        )?;
-        check(
-            is_identifier(&c.publication_name),
-            "cdc.publication_name",
-            &c.publication_name,
-            "an identifier ([A-Za-z_][A-Za-z0-9_]*)",
-        )?;
+        self.cdc.validate().map_err(|e| ConfigError::Invalid {
+            key: e.key,
+            value: e.value,
+            expected: e.expected,
+        })?;
         check(
             !self.storage.url.trim().is_empty(),
             "storage.url",
@@ -404,6 +368,19 @@ fn env_value(key: &str, raw: &str) -> figment::value::Value {
             .ok()
             .map(Value::from),
         Some(Value::Bool(..)) => raw.parse::<bool>().ok().map(Value::from),
+        // Lists as comma-separated items, maps as comma-separated key=value pairs.
+        Some(Value::Array(..)) => Some(Value::from(
+            raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect::<Vec<_>>(),
+        )),
+        Some(Value::Dict(..)) => raw
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|pair| {
+                pair.split_once('=').map(|(k, v)| (k.trim().to_string(), Value::from(v.trim().to_string())))
+            })
+            .collect::<Option<figment::value::Dict>>()
+            .map(Value::from),
         _ => None,
     };
     typed.unwrap_or_else(|| Value::from(raw.to_string()))

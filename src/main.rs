@@ -34,7 +34,8 @@ struct Cli {
 enum Command {
     /// Serve the order API (HTTP, axum + sqlx) on `api.listen` until SIGINT/SIGTERM.
     Api,
-    /// Stream PostgreSQL changes to Kafka as Debezium-compatible events. Not available yet.
+    /// Stream PostgreSQL changes to Kafka as Debezium-compatible events (snapshot first, then
+    /// logical replication) until SIGINT/SIGTERM. Settings: [cdc] / RAINBOW_CDC__*.
     Cdc,
     /// Run the stream processor: SCD2 dimensions, fact_sales and aggregates into ClickHouse. Not
     /// available yet.
@@ -181,7 +182,7 @@ fn main() -> ExitCode {
     };
     let outcome = match command {
         Command::Api => runtime().block_on(commands::api(&config)),
-        Command::Cdc => return not_yet("cdc", "the CDC reader"),
+        Command::Cdc => runtime().block_on(commands::cdc(&config)),
         Command::Process => return not_yet("process", "the stream processor"),
         Command::Archive => return not_yet("archive", "the archiver"),
         Command::Replay => return not_yet("replay", "the replay"),

@@ -1,0 +1,276 @@
+//! The reader's settings: the `[cdc]` section of rainbow.toml (`RAINBOW_CDC__<KEY>`). Names follow
+//! the Debezium connector option each one mirrors.
+
+use crate::types::{DecimalHandling, TimePrecision, TypeMapping};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Debezium's `snapshot.mode`, for the modes Rainbow supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMode {
+    /// Snapshot once, when no snapshot has completed for this slot yet, then stream.
+    #[default]
+    Initial,
+    /// Never snapshot: stream changes from the slot only.
+    NoData,
+    /// Snapshot when none has completed yet, then stop without streaming.
+    InitialOnly,
+    /// Snapshot at every start, then stream. A restart re-reads every row.
+    Always,
+}
+
+/// A setting whose value is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{key}` = {value:?}: expected {expected}")]
+pub struct InvalidSetting {
+    pub key: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CdcConfig {
+    /// `topic.prefix`: data topics are `<prefix>.<schema>.<table>`, heartbeats go to
+    /// `__debezium-heartbeat.<prefix>`, transaction records to `<prefix>.transaction`.
+    pub topic_prefix: String,
+    /// `slot.name`: the logical replication slot (created when missing).
+    pub slot_name: String,
+    /// `publication.name`: created when missing and kept equal to `tables`.
+    pub publication_name: String,
+    /// `table.include.list`: `schema.table` or bare `table` (schema `public`).
+    pub tables: Vec<String>,
+    /// Topic per table instead of `<prefix>.<schema>.<table>`, e.g. `"public.orders" = "orders"`
+    /// (the seed's bare table names). Tables not listed keep Debezium's name.
+    pub topic_map: BTreeMap<String, String>,
+    pub snapshot_mode: SnapshotMode,
+    /// `value.converter.schemas.enable`: wrap keys and values in `{"schema":..,"payload":..}`.
+    pub schemas_enable: bool,
+    /// `tombstones.on.delete`: a null-valued record after each delete.
+    pub tombstones_on_delete: bool,
+    pub decimal_handling_mode: DecimalHandling,
+    pub time_precision_mode: TimePrecision,
+    /// `provide.transaction.metadata`: BEGIN/END records and the `transaction` block.
+    pub provide_transaction_metadata: bool,
+    /// `heartbeat.interval.ms`: heartbeat record and slot feedback period; 0 disables heartbeats.
+    pub heartbeat_interval_ms: u64,
+    /// `heartbeat.action.query`: SQL run on the source at each heartbeat (empty: none), for
+    /// databases whose captured tables are quiet while others write.
+    pub heartbeat_action_query: String,
+    /// How often the slot is told what Kafka has acknowledged, and the offsets file written.
+    pub status_interval_ms: u64,
+    /// Partitions and replication factor of topics the reader creates.
+    pub topic_partitions: i32,
+    pub topic_replication_factor: i32,
+    /// Directory of the stored offsets (`<slot>.offsets.json`).
+    pub offsets_dir: String,
+    /// Address of the /metrics endpoint; empty disables it.
+    pub metrics_listen: String,
+    /// Events sent to Kafka and not yet acknowledged before reading pauses.
+    pub max_in_flight: usize,
+}
+
+impl Default for CdcConfig {
+    fn default() -> Self {
+        CdcConfig {
+            topic_prefix: "rainbow".into(),
+            slot_name: "rainbow".into(),
+            publication_name: "rainbow".into(),
+            tables: rainbow_schemas::postgres::SOURCE_TABLES.iter().map(|t| format!("public.{t}")).collect(),
+            topic_map: BTreeMap::new(),
+            snapshot_mode: SnapshotMode::Initial,
+            schemas_enable: true,
+            tombstones_on_delete: true,
+            decimal_handling_mode: DecimalHandling::Precise,
+            time_precision_mode: TimePrecision::Adaptive,
+            provide_transaction_metadata: false,
+            heartbeat_interval_ms: 10_000,
+            heartbeat_action_query: String::new(),
+            status_interval_ms: 1_000,
+            topic_partitions: 3,
+            topic_replication_factor: 1,
+            offsets_dir: ".rainbow/cdc".into(),
+            metrics_listen: "127.0.0.1:9101".into(),
+            max_in_flight: 100_000,
+        }
+    }
+}
+
+impl CdcConfig {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        fn check(
+            ok: bool,
+            key: &'static str,
+            value: impl ToString,
+            expected: &'static str,
+        ) -> Result<(), InvalidSetting> {
+            if ok {
+                Ok(())
+            } else {
+                Err(InvalidSetting { key, value: value.to_string(), expected })
+            }
+        }
+        let topic_part = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 200
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        };
+        check(
+            topic_part(&self.topic_prefix),
+            "cdc.topic_prefix",
+            &self.topic_prefix,
+            "letters, digits, '.', '_', '-' (a Kafka topic name part)",
+        )?;
+        let slot_ok = !self.slot_name.is_empty()
+            && self.slot_name.len() <= 63
+            && self.slot_name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        check(
+            slot_ok,
+            "cdc.slot_name",
+            &self.slot_name,
+            "1-63 characters of a-z, 0-9, '_' (PostgreSQL replication slot rules)",
+        )?;
+        check(
+            rainbow_schemas::warehouse::is_identifier(&self.publication_name),
+            "cdc.publication_name",
+            &self.publication_name,
+            "an identifier ([A-Za-z_][A-Za-z0-9_]*)",
+        )?;
+        check(!self.tables.is_empty(), "cdc.tables", "[]", "at least one table")?;
+        for t in &self.tables {
+            check(
+                parse_table_name(t).is_some(),
+                "cdc.tables",
+                t,
+                "schema.table or table, each an identifier",
+            )?;
+        }
+        for (table, topic) in &self.topic_map {
+            check(parse_table_name(table).is_some(), "cdc.topic_map", table, "keys like public.orders")?;
+            check(
+                topic_part(topic),
+                "cdc.topic_map",
+                topic,
+                "topic names of letters, digits, '.', '_', '-'",
+            )?;
+        }
+        check(
+            self.heartbeat_interval_ms == 0 || self.heartbeat_interval_ms >= 100,
+            "cdc.heartbeat_interval_ms",
+            self.heartbeat_interval_ms,
+            "0 (off) or at least 100 ms",
+        )?;
+        check(
+            (10..=60_000).contains(&self.status_interval_ms),
+            "cdc.status_interval_ms",
+            self.status_interval_ms,
+            "10-60000 ms (below the server's wal_sender_timeout)",
+        )?;
+        check(
+            (1..=10_000).contains(&self.topic_partitions),
+            "cdc.topic_partitions",
+            self.topic_partitions,
+            "1-10000",
+        )?;
+        check(
+            (1..=32).contains(&self.topic_replication_factor),
+            "cdc.topic_replication_factor",
+            self.topic_replication_factor,
+            "1-32",
+        )?;
+        check(!self.offsets_dir.trim().is_empty(), "cdc.offsets_dir", &self.offsets_dir, "a directory")?;
+        check(
+            self.metrics_listen.is_empty() || self.metrics_listen.parse::<std::net::SocketAddr>().is_ok(),
+            "cdc.metrics_listen",
+            &self.metrics_listen,
+            "ip:port, or empty to disable",
+        )?;
+        check(self.max_in_flight >= 1, "cdc.max_in_flight", self.max_in_flight, "at least 1")?;
+        Ok(())
+    }
+
+    /// The wire-format options.
+    pub fn type_mapping(&self) -> TypeMapping {
+        TypeMapping { decimal: self.decimal_handling_mode, time: self.time_precision_mode }
+    }
+
+    /// The include list as `(schema, table)` pairs, in the configured order without repeats.
+    pub fn table_names(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for t in &self.tables {
+            if let Some(name) = parse_table_name(t) {
+                if !out.contains(&name) {
+                    out.push(name);
+                }
+            }
+        }
+        out
+    }
+
+    /// The topic of a table's change events.
+    pub fn topic_for(&self, schema: &str, table: &str) -> String {
+        let qualified = format!("{schema}.{table}");
+        self.topic_map
+            .get(&qualified)
+            .or_else(|| if schema == "public" { self.topic_map.get(table) } else { None })
+            .cloned()
+            .unwrap_or_else(|| format!("{}.{qualified}", self.topic_prefix))
+    }
+
+    pub fn heartbeat_topic(&self) -> String {
+        format!("__debezium-heartbeat.{}", self.topic_prefix)
+    }
+
+    pub fn transaction_topic(&self) -> String {
+        format!("{}.transaction", self.topic_prefix)
+    }
+}
+
+/// `schema.table` or `table` (schema `public`), each an unquoted identifier.
+pub fn parse_table_name(raw: &str) -> Option<(String, String)> {
+    let (schema, table) = raw.trim().split_once('.').unwrap_or(("public", raw.trim()));
+    let ident = |s: &str| {
+        let mut chars = s.chars();
+        matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$')
+    };
+    (ident(schema) && ident(table)).then(|| (schema.to_string(), table.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_capture_the_source_tables_and_validate() {
+        let c = CdcConfig::default();
+        c.validate().unwrap();
+        assert_eq!(c.table_names().len(), 10);
+        assert!(c.table_names().iter().all(|(s, _)| s == "public"));
+        assert!(!c.tables.iter().any(|t| t.contains("idempotency")));
+        assert_eq!(c.topic_for("public", "orders"), "rainbow.public.orders");
+    }
+
+    #[test]
+    fn topic_map_renames_to_bare_table_names() {
+        let mut c = CdcConfig::default();
+        c.topic_map.insert("public.orders".into(), "orders".into());
+        c.topic_map.insert("products".into(), "products".into());
+        assert_eq!(c.topic_for("public", "orders"), "orders");
+        assert_eq!(c.topic_for("public", "products"), "products");
+        assert_eq!(c.topic_for("public", "brands"), "rainbow.public.brands");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let mut c = CdcConfig { tables: vec!["public.Orders".into()], ..CdcConfig::default() };
+        assert_eq!(c.validate().unwrap_err().key, "cdc.tables");
+        c = CdcConfig { heartbeat_interval_ms: 5, ..CdcConfig::default() };
+        assert_eq!(c.validate().unwrap_err().key, "cdc.heartbeat_interval_ms");
+        c = CdcConfig { metrics_listen: "nowhere".into(), ..CdcConfig::default() };
+        assert_eq!(c.validate().unwrap_err().key, "cdc.metrics_listen");
+        assert_eq!(parse_table_name("orders"), Some(("public".into(), "orders".into())));
+        assert_eq!(parse_table_name("a.b.c"), None);
+    }
+}

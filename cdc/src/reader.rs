@@ -1,0 +1,644 @@
+//! The reader's life: start-up checks, publication and slot, snapshot, then the replication
+//! stream until shutdown.
+
+use crate::catalog;
+use crate::config::{CdcConfig, SnapshotMode};
+use crate::error::CdcError;
+use crate::event::{
+    heartbeat_record, transaction_record, CollectionCount, EncoderSettings, Op, SnapshotMarker, Source,
+    TableEncoder, TxBlock,
+};
+use crate::lsn::Lsn;
+use crate::metrics::{CdcMetrics, PositionConfirmed};
+use crate::offsets::{self, StoredOffset};
+use crate::pgoutput::{self, Begin, CopyMessage, Datum, LogicalMessage, OldRow};
+use crate::sink::{self, Acked, KafkaSink, RecordKind};
+use crate::snapshot::{self, SnapshotOutcome};
+use pg_walstream::{CancellationToken, PgReplicationConnection};
+use rdkafka::producer::FutureProducer;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Where the source database is.
+#[derive(Debug, Clone)]
+pub struct SourceDatabase {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub database: String,
+}
+
+impl SourceDatabase {
+    fn conninfo(&self) -> String {
+        let q = |s: &str| format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"));
+        format!(
+            "host={} port={} user={} password={} dbname={} replication=database sslmode=disable connect_timeout=10",
+            q(&self.host),
+            self.port,
+            q(&self.user),
+            q(&self.password),
+            q(&self.database)
+        )
+    }
+
+    async fn pool(&self) -> Result<PgPool, CdcError> {
+        let options = PgConnectOptions::new()
+            .host(&self.host)
+            .port(self.port)
+            .username(&self.user)
+            .password(&self.password)
+            .database(&self.database)
+            .application_name("rainbow-cdc");
+        Ok(PgPoolOptions::new()
+            .max_connections(3)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?)
+    }
+}
+
+/// The Kafka cluster to write to.
+#[derive(Debug, Clone)]
+pub struct KafkaConnection {
+    pub brokers: String,
+    pub client_id: String,
+}
+
+/// What a run did, for the summary line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Rows of the snapshot taken in this run, if one was.
+    pub snapshot_rows: Option<u64>,
+    pub transactions: u64,
+    pub events: u64,
+    /// The slot's confirmed position at exit.
+    pub confirmed: Option<Lsn>,
+}
+
+/// Runs the reader until `shutdown` resolves (or, with snapshot mode `initial_only`, until the
+/// snapshot is done). On shutdown it waits for Kafka to acknowledge what was sent, confirms that
+/// to the slot and stores the offset; then returns.
+pub async fn run(
+    source: &SourceDatabase,
+    kafka: &KafkaConnection,
+    config: &CdcConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<RunSummary, CdcError> {
+    config.validate()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let metrics = CdcMetrics::new();
+    if !config.metrics_listen.is_empty() {
+        let listener =
+            tokio::net::TcpListener::bind(&config.metrics_listen).await.map_err(|e| CdcError::Metrics {
+                addr: config.metrics_listen.clone(),
+                reason: format!("{e} (set cdc.metrics_listen)"),
+            })?;
+        let mut stop = stop_rx.clone();
+        tokio::spawn(crate::metrics::serve(listener, metrics.clone(), async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+        tracing::info!(listen = %config.metrics_listen, "metrics at /metrics");
+    }
+
+    let pool = source.pool().await?;
+    catalog::check_server(&pool).await?;
+    let tables = config.table_names();
+    catalog::check_tables(&pool, &tables).await?;
+
+    let producer_config = sink::producer_config(&kafka.brokers, &kafka.client_id);
+    let producer: FutureProducer = producer_config.create()?;
+    sink::check_reachable(&producer, &kafka.brokers, Duration::from_secs(10)).await?;
+    let mut topics: Vec<(String, i32)> =
+        tables.iter().map(|(s, t)| (config.topic_for(s, t), config.topic_partitions)).collect();
+    topics.push((config.heartbeat_topic(), 1));
+    if config.provide_transaction_metadata {
+        topics.push((config.transaction_topic(), 1));
+    }
+    sink::ensure_topics(&producer_config, &topics, config.topic_replication_factor).await?;
+
+    catalog::ensure_publication(&pool, &config.publication_name, &tables).await?;
+
+    let path = offsets::offsets_path(&config.offsets_dir, &config.slot_name);
+    let mut stored = offsets::load(&path)?;
+    if let Some(s) = &stored {
+        if s.database != source.database || s.slot != config.slot_name {
+            return Err(CdcError::Offsets {
+                path: path.display().to_string(),
+                reason: format!(
+                    "it belongs to slot {:?} of database {:?}, not {:?} of {:?}; set cdc.offsets_dir or remove it",
+                    s.slot, s.database, config.slot_name, source.database
+                ),
+            });
+        }
+    }
+    let slot = catalog::slot_state(&pool, &config.slot_name).await?;
+    if let Some(s) = &slot {
+        if s.database.as_deref() != Some(source.database.as_str()) || s.plugin.as_deref() != Some("pgoutput")
+        {
+            return Err(CdcError::SlotMismatch {
+                slot: config.slot_name.clone(),
+                what: format!(
+                    "database {:?} with plugin {:?} (this reader needs {:?} with pgoutput)",
+                    s.database.as_deref().unwrap_or("-"),
+                    s.plugin.as_deref().unwrap_or("-"),
+                    source.database
+                ),
+            });
+        }
+        if let Some(pid) = s.active_pid {
+            return Err(CdcError::SlotActive { slot: config.slot_name.clone(), pid });
+        }
+    }
+    let snapshot_done = stored.as_ref().is_some_and(|s| s.snapshot_completed);
+    let streamed_to = stored.as_ref().and_then(|s| s.lsn);
+    if let (None, Some(lsn)) = (&slot, streamed_to) {
+        if config.snapshot_mode != SnapshotMode::Always {
+            return Err(CdcError::SlotLost {
+                slot: config.slot_name.clone(),
+                lsn,
+                path: path.display().to_string(),
+            });
+        }
+    }
+    let need_snapshot = match config.snapshot_mode {
+        SnapshotMode::Initial | SnapshotMode::InitialOnly => !snapshot_done,
+        SnapshotMode::NoData => false,
+        SnapshotMode::Always => true,
+    };
+
+    let mut conn = PgReplicationConnection::connect(&source.conninfo())?;
+    // The pgoutput text of dates and timestamps follows these session settings.
+    conn.exec("SET DateStyle = 'ISO, YMD'")?;
+    conn.exec("SET TimeZone = 'UTC'")?;
+    let mut slot_exists = slot.is_some();
+    if slot_exists && need_snapshot && config.snapshot_mode != SnapshotMode::Always {
+        // A slot without a completed snapshot: a previous run stopped during the snapshot. Its
+        // exported snapshot is gone, so start over with a new slot.
+        tracing::warn!(slot = %config.slot_name, "the slot's initial snapshot never completed; recreating the slot to take it again");
+        conn.exec(&format!("DROP_REPLICATION_SLOT {} WAIT", catalog::quote_ident(&config.slot_name)))?;
+        slot_exists = false;
+    }
+    let mut exported = None;
+    let mut consistent_point = slot.as_ref().and_then(|s| s.confirmed_flush).unwrap_or_default();
+    if !slot_exists {
+        let action = if need_snapshot { "EXPORT_SNAPSHOT" } else { "NOEXPORT_SNAPSHOT" };
+        let created = conn.exec(&format!(
+            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {action}",
+            catalog::quote_ident(&config.slot_name)
+        ))?;
+        consistent_point = created.get_value(0, 1).and_then(|v| v.parse().ok()).unwrap_or_default();
+        exported = created.get_value(0, 2).filter(|s| !s.is_empty());
+        tracing::info!(slot = %config.slot_name, %consistent_point, "created the replication slot");
+        stored = None;
+    }
+
+    let settings = EncoderSettings {
+        prefix: config.topic_prefix.clone(),
+        database: source.database.clone(),
+        schemas_enable: config.schemas_enable,
+        mapping: config.type_mapping(),
+    };
+    let context = ContextHeaders::new(&config.topic_prefix);
+    let (sink, tracker) = KafkaSink::new(producer.clone(), metrics.clone(), config.max_in_flight);
+    let acked_rx = tracker.subscribe();
+    let mut tracker = tokio::spawn(tracker.run());
+    let mut summary = RunSummary::default();
+
+    if need_snapshot {
+        let mut encoders = Vec::with_capacity(tables.len());
+        let mut by_name = tables.clone();
+        by_name.sort();
+        for (schema, table) in &by_name {
+            let shape = catalog::table_shape(&pool, schema, table).await?;
+            encoders.push(Arc::new(TableEncoder::new(shape, &config.topic_for(schema, table), &settings)));
+        }
+        let headers = context.as_slices();
+        let request = snapshot::SnapshotRequest {
+            exported: exported.as_deref(),
+            at: consistent_point,
+            tables: &encoders,
+            headers: &headers,
+        };
+        let outcome = snapshot::run(&pool, request, &sink, &metrics, &stop_rx).await?;
+        match outcome {
+            SnapshotOutcome::Interrupted => return Ok(summary),
+            SnapshotOutcome::Completed { rows } => summary.snapshot_rows = Some(rows),
+        }
+        let offset = StoredOffset {
+            slot: config.slot_name.clone(),
+            database: source.database.clone(),
+            snapshot_completed: true,
+            lsn: Some(streamed_to.unwrap_or(consistent_point).max(consistent_point)),
+            last_commit_lsn: None,
+            last_tx_id: None,
+            written_at: chrono::Utc::now().to_rfc3339(),
+        };
+        offsets::save(&path, &offset)?;
+        stored = Some(offset);
+        if config.snapshot_mode == SnapshotMode::InitialOnly {
+            tracing::info!("snapshot mode initial_only: not streaming");
+            return Ok(summary);
+        }
+    } else if stored.is_none() {
+        let offset = StoredOffset {
+            slot: config.slot_name.clone(),
+            database: source.database.clone(),
+            snapshot_completed: false,
+            lsn: None,
+            last_commit_lsn: None,
+            last_tx_id: None,
+            written_at: chrono::Utc::now().to_rfc3339(),
+        };
+        stored = Some(offset);
+    }
+    let stored = stored.expect("set above");
+
+    let mut stream = Stream {
+        config,
+        pool: &pool,
+        sink: &sink,
+        metrics: &metrics,
+        settings,
+        relations: HashMap::new(),
+        tx: None,
+        received: Lsn::ZERO,
+        confirmed: stored.lsn.unwrap_or(consistent_point).max(consistent_point),
+        stored,
+        path,
+        summary: &mut summary,
+        context,
+    };
+    let start = stream.confirmed;
+    conn.start_replication(
+        &config.slot_name,
+        start.0,
+        &[("proto_version", "1"), ("publication_names", config.publication_name.as_str())],
+    )?;
+    metrics.streaming.set(1);
+    tracing::info!(slot = %config.slot_name, from = %start, "streaming changes");
+    let result = stream.run(&mut conn, acked_rx, &mut tracker, stop_rx).await;
+    metrics.streaming.set(0);
+    drop(conn);
+    result?;
+    Ok(summary)
+}
+
+/// An open transaction of the stream.
+struct OpenTransaction {
+    begin: Begin,
+    events: u64,
+    per_table: Vec<CollectionCount>,
+}
+
+struct Stream<'a> {
+    config: &'a CdcConfig,
+    pool: &'a PgPool,
+    sink: &'a KafkaSink,
+    metrics: &'a CdcMetrics,
+    settings: EncoderSettings,
+    relations: HashMap<u32, Arc<TableEncoder>>,
+    tx: Option<OpenTransaction>,
+    /// Furthest WAL position the server reported.
+    received: Lsn,
+    /// Last position confirmed to the slot.
+    confirmed: Lsn,
+    stored: StoredOffset,
+    path: PathBuf,
+    summary: &'a mut RunSummary,
+    context: ContextHeaders,
+}
+
+/// The headers Kafka Connect's Debezium task puts on every data record and tombstone.
+struct ContextHeaders {
+    logical_name: Vec<u8>,
+}
+
+impl ContextHeaders {
+    fn new(prefix: &str) -> ContextHeaders {
+        ContextHeaders { logical_name: prefix.as_bytes().to_vec() }
+    }
+
+    fn as_slices(&self) -> [(&'static str, &[u8]); 3] {
+        [
+            ("__debezium.context.connectorLogicalName", &self.logical_name),
+            ("__debezium.context.taskId", b"0"),
+            ("__debezium.context.connectorName", b"postgresql"),
+        ]
+    }
+}
+
+impl Stream<'_> {
+    async fn run(
+        &mut self,
+        conn: &mut PgReplicationConnection,
+        mut acked: watch::Receiver<Acked>,
+        tracker: &mut tokio::task::JoinHandle<Result<(), CdcError>>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), CdcError> {
+        let token = CancellationToken::new();
+        let mut status = tokio::time::interval(Duration::from_millis(self.config.status_interval_ms));
+        status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let heartbeat_ms = if self.config.heartbeat_interval_ms == 0 {
+            3_600_000
+        } else {
+            self.config.heartbeat_interval_ms
+        };
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_ms));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lag = tokio::time::interval(Duration::from_secs(5));
+        lag.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => break,
+                outcome = &mut *tracker => {
+                    let err = match outcome {
+                        Ok(Err(e)) => e,
+                        _ => CdcError::Delivery { topic: "(any)".into(), reason: "the acknowledgement tracker stopped".into() },
+                    };
+                    // Keep what was acknowledged before the failure.
+                    let _ = self.confirm(conn, &acked, false).await;
+                    return Err(err);
+                }
+                _ = status.tick() => {
+                    self.confirm(conn, &acked, false).await?;
+                }
+                _ = heartbeat.tick(), if self.config.heartbeat_interval_ms > 0 => {
+                    self.heartbeat().await?;
+                    // Ask the server for a keepalive: outside a transaction its position becomes
+                    // confirmable, so a quiet slot keeps moving.
+                    self.confirm(conn, &acked, true).await?;
+                }
+                _ = lag.tick() => {
+                    if let Ok(Some((retained, behind))) = catalog::slot_lag(self.pool, &self.config.slot_name).await {
+                        self.metrics.slot_retained.set(retained);
+                        self.metrics.slot_lag.set(behind);
+                    }
+                }
+                data = conn.get_copy_data_async(&token) => {
+                    let data = data?;
+                    match pgoutput::parse_copy_message(&data)? {
+                        CopyMessage::XLogData { start, end, data } => {
+                            self.received = self.received.max(end);
+                            let message = pgoutput::parse_logical_message(data)?;
+                            self.handle(start, message).await?;
+                        }
+                        CopyMessage::Keepalive { end, reply_requested } => {
+                            self.received = self.received.max(end);
+                            if self.tx.is_none() {
+                                self.sink.position(end).await?;
+                            }
+                            if reply_requested {
+                                self.confirm(conn, &acked, false).await?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Shutdown: wait (bounded) for Kafka, then confirm and store what it acknowledged.
+        tracing::info!("stopping: waiting for Kafka to acknowledge what was sent");
+        match tokio::time::timeout(Duration::from_secs(60), self.sink.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "not everything sent was acknowledged"),
+            Err(_) => tracing::warn!(
+                "Kafka did not acknowledge everything within 60 s; the rest is sent again on restart"
+            ),
+        }
+        acked.mark_changed();
+        self.confirm(conn, &acked, false).await?;
+        tracing::info!(confirmed = %self.confirmed, transactions = self.summary.transactions, events = self.summary.events, "stopped");
+        Ok(())
+    }
+
+    /// Tells the server how far Kafka acknowledged, and stores the offset when it moved.
+    async fn confirm(
+        &mut self,
+        conn: &mut PgReplicationConnection,
+        acked: &watch::Receiver<Acked>,
+        reply_requested: bool,
+    ) -> Result<(), CdcError> {
+        let a = *acked.borrow();
+        let moved = a.lsn.is_some_and(|l| l > self.confirmed);
+        if let Some(lsn) = a.lsn {
+            self.confirmed = self.confirmed.max(lsn);
+        }
+        let received = self.received.max(self.confirmed);
+        conn.send_standby_status_update(received.0, self.confirmed.0, self.confirmed.0, reply_requested)
+            .await?;
+        self.summary.confirmed = Some(self.confirmed);
+        if moved {
+            PositionConfirmed { lsn: self.confirmed }.emit(self.metrics);
+            self.stored.lsn = Some(self.confirmed);
+            if a.last_commit_lsn.is_some() {
+                self.stored.last_commit_lsn = a.last_commit_lsn;
+                self.stored.last_tx_id = a.last_tx_id;
+            }
+            self.stored.written_at = chrono::Utc::now().to_rfc3339();
+            offsets::save(&self.path, &self.stored)?;
+        }
+        Ok(())
+    }
+
+    async fn heartbeat(&mut self) -> Result<(), CdcError> {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let (key, value) = heartbeat_record(&self.config.topic_prefix, self.config.schemas_enable, now_ms);
+        let topic: Arc<str> = Arc::from(self.config.heartbeat_topic());
+        self.sink.send(&topic, Some(&key), Some(&value), &[], RecordKind::Heartbeat { now_ms }).await?;
+        let query = self.config.heartbeat_action_query.trim();
+        if !query.is_empty() {
+            if let Err(e) = sqlx::query(query).execute(self.pool).await {
+                tracing::warn!(error = %e, "heartbeat action query failed");
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, lsn: Lsn, message: LogicalMessage) -> Result<(), CdcError> {
+        match message {
+            LogicalMessage::Begin(begin) => {
+                // Debezium's transaction ids are "<xid>:<LSN of the message at hand>": BEGIN, each
+                // event and END each carry their own LSN.
+                let id = format!("{}:{}", begin.xid, lsn.0);
+                if self.config.provide_transaction_metadata {
+                    let (key, value) = transaction_record(
+                        self.config.schemas_enable,
+                        &id,
+                        begin.commit_time_us / 1000,
+                        None,
+                    );
+                    let topic: Arc<str> = Arc::from(self.config.transaction_topic());
+                    self.sink.send(&topic, Some(&key), Some(&value), &[], RecordKind::Other).await?;
+                }
+                self.tx = Some(OpenTransaction { begin, events: 0, per_table: Vec::new() });
+            }
+            LogicalMessage::Commit(commit) => {
+                let tx = self.tx.take();
+                let (xid, commit_lsn) =
+                    tx.as_ref().map_or((0, commit.commit_lsn), |t| (t.begin.xid, t.begin.final_lsn));
+                if let (true, Some(tx)) = (self.config.provide_transaction_metadata, &tx) {
+                    let (key, value) = transaction_record(
+                        self.config.schemas_enable,
+                        &format!("{}:{}", tx.begin.xid, lsn.0),
+                        commit.commit_time_us / 1000,
+                        Some(&tx.per_table),
+                    );
+                    let topic: Arc<str> = Arc::from(self.config.transaction_topic());
+                    self.sink.send(&topic, Some(&key), Some(&value), &[], RecordKind::Other).await?;
+                }
+                self.sink.end_transaction(commit.end_lsn, commit_lsn, xid, commit.commit_time_us).await?;
+                self.summary.transactions += 1;
+            }
+            LogicalMessage::Relation(relation) => {
+                let shape = catalog::relation_shape(self.pool, &relation).await?;
+                let topic = self.config.topic_for(&relation.namespace, &relation.name);
+                self.relations
+                    .insert(relation.oid, Arc::new(TableEncoder::new(shape, &topic, &self.settings)));
+            }
+            LogicalMessage::Insert { relation, new } => {
+                let t = self.encoder(relation)?;
+                self.change(&t, Op::Create, lsn, None, Some(&new), None).await?;
+            }
+            LogicalMessage::Update { relation, old, new } => {
+                let t = self.encoder(relation)?;
+                let mut new = new;
+                if let Some(OldRow::Full(old)) = &old {
+                    // REPLICA IDENTITY FULL carries the old row: unchanged TOASTed values are in it.
+                    for (n, o) in new.iter_mut().zip(old) {
+                        if *n == Datum::UnchangedToast && matches!(o, Datum::Text(_)) {
+                            *n = o.clone();
+                        }
+                    }
+                }
+                let before = old.as_ref().map(OldRow::datums);
+                let old_key = match before {
+                    Some(b) => t.key(b)?,
+                    None => None,
+                };
+                let new_key = t.key(&new)?;
+                if old_key.is_some() && old_key != new_key {
+                    // A primary-key change: delete under the old key, tombstone, create under the
+                    // new; the headers carry the other key's payload.
+                    let old_payload =
+                        before.map(|b| t.key_payload(b)).transpose()?.flatten().unwrap_or_default();
+                    let new_payload = t.key_payload(&new)?.unwrap_or_default();
+                    self.change(&t, Op::Delete, lsn, before, None, Some(("__debezium.newkey", &new_payload)))
+                        .await?;
+                    self.change(
+                        &t,
+                        Op::Create,
+                        lsn,
+                        None,
+                        Some(&new),
+                        Some(("__debezium.oldkey", &old_payload)),
+                    )
+                    .await?;
+                } else {
+                    self.change(&t, Op::Update, lsn, before, Some(&new), None).await?;
+                }
+            }
+            LogicalMessage::Delete { relation, old } => {
+                let t = self.encoder(relation)?;
+                self.change(&t, Op::Delete, lsn, Some(old.datums()), None, None).await?;
+            }
+            LogicalMessage::Truncate { relations, .. } => {
+                for relation in relations {
+                    let t = self.encoder(relation)?;
+                    self.change(&t, Op::Truncate, lsn, None, None, None).await?;
+                }
+            }
+            LogicalMessage::Origin { .. } | LogicalMessage::Type { .. } | LogicalMessage::Message { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn encoder(&self, relation: u32) -> Result<Arc<TableEncoder>, CdcError> {
+        self.relations.get(&relation).cloned().ok_or(CdcError::UnknownRelation(relation))
+    }
+
+    /// Sends one change event (and the tombstone after a delete).
+    async fn change(
+        &mut self,
+        t: &Arc<TableEncoder>,
+        op: Op,
+        lsn: Lsn,
+        before: Option<&[Datum]>,
+        after: Option<&[Datum]>,
+        key_header: Option<(&str, &[u8])>,
+    ) -> Result<(), CdcError> {
+        let tx = self.tx.as_mut();
+        let (source, block) = match tx {
+            Some(tx) => {
+                tx.events += 1;
+                let table = t.shape.qualified();
+                let per_table = match tx.per_table.iter_mut().find(|c| c.data_collection == table) {
+                    Some(c) => c,
+                    None => {
+                        tx.per_table.push(CollectionCount { data_collection: table, event_count: 0 });
+                        tx.per_table.last_mut().expect("pushed")
+                    }
+                };
+                per_table.event_count += 1;
+                (
+                    Source {
+                        ts_us: tx.begin.commit_time_us,
+                        snapshot: SnapshotMarker::False,
+                        tx_id: Some(tx.begin.xid),
+                        lsn: Some(lsn),
+                        commit_lsn: Some(tx.begin.final_lsn),
+                    },
+                    Some((format!("{}:{}", tx.begin.xid, lsn.0), tx.events, per_table.event_count)),
+                )
+            }
+            None => (
+                Source {
+                    ts_us: 0,
+                    snapshot: SnapshotMarker::False,
+                    tx_id: None,
+                    lsn: Some(lsn),
+                    commit_lsn: None,
+                },
+                None,
+            ),
+        };
+        let block = block.filter(|_| self.config.provide_transaction_metadata);
+        let tx_block = block.as_ref().map(|(id, total, per)| TxBlock {
+            id,
+            total_order: *total,
+            data_collection_order: *per,
+        });
+        let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+        let key = if op == Op::Truncate { None } else { t.key(after.or(before).unwrap_or(&[]))? };
+        let value = t.value(op, before, after, &source, tx_block.as_ref(), now_ns)?;
+        let table: Arc<str> = Arc::from(t.shape.qualified());
+        let context = self.context.as_slices();
+        let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(4);
+        headers.extend(key_header);
+        headers.extend_from_slice(&context);
+        self.sink
+            .send(
+                &t.topic,
+                key.as_deref(),
+                Some(&value),
+                &headers,
+                RecordKind::Change { table, op: op.code() },
+            )
+            .await?;
+        self.summary.events += 1;
+        if op == Op::Delete && self.config.tombstones_on_delete && key.is_some() {
+            self.sink.send(&t.topic, key.as_deref(), None, &headers, RecordKind::Other).await?;
+        }
+        Ok(())
+    }
+}

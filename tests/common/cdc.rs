@@ -1,0 +1,317 @@
+//! Running `rainbow cdc` as a child process against a test database, and reading what it wrote
+//! to Kafka.
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One Kafka record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rec {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Rec {
+    pub fn value_json(&self) -> Option<serde_json::Value> {
+        self.value.as_ref().map(|v| serde_json::from_slice(v).expect("values are JSON"))
+    }
+    pub fn key_json(&self) -> Option<serde_json::Value> {
+        self.key.as_ref().map(|v| serde_json::from_slice(v).expect("keys are JSON"))
+    }
+    /// The envelope's payload (unwrapped when schemas are enabled).
+    pub fn payload(&self) -> Option<serde_json::Value> {
+        self.value_json().map(|v| if v.get("schema").is_some() { v["payload"].clone() } else { v })
+    }
+}
+
+/// A `rainbow cdc` process with its own slot, publication, topic prefix and offsets directory.
+pub struct CdcProcess {
+    pub database: String,
+    pub prefix: String,
+    pub slot: String,
+    pub publication: String,
+    pub dir: PathBuf,
+    pub env: Vec<(String, String)>,
+    child: Option<Child>,
+    runs: u32,
+}
+
+impl CdcProcess {
+    pub fn new(database: &str, extra_env: &[(&str, &str)]) -> CdcProcess {
+        let prefix = super::unique_name("cdc");
+        let dir = std::env::temp_dir().join(&prefix);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut env: Vec<(String, String)> = vec![
+            ("RAINBOW_POSTGRES__DATABASE".into(), database.into()),
+            ("RAINBOW_CDC__TOPIC_PREFIX".into(), prefix.clone()),
+            ("RAINBOW_CDC__SLOT_NAME".into(), prefix.clone()),
+            ("RAINBOW_CDC__PUBLICATION_NAME".into(), prefix.clone()),
+            ("RAINBOW_CDC__OFFSETS_DIR".into(), dir.display().to_string()),
+            ("RAINBOW_CDC__METRICS_LISTEN".into(), String::new()),
+            ("RAINBOW_CDC__STATUS_INTERVAL_MS".into(), "100".into()),
+            ("RAINBOW_CDC__HEARTBEAT_INTERVAL_MS".into(), "0".into()),
+        ];
+        for (k, v) in extra_env {
+            env.retain(|(name, _)| name != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        CdcProcess {
+            database: database.into(),
+            slot: prefix.clone(),
+            publication: prefix.clone(),
+            prefix,
+            dir,
+            env,
+            child: None,
+            runs: 0,
+        }
+    }
+
+    pub fn topic(&self, table: &str) -> String {
+        format!("{}.public.{table}", self.prefix)
+    }
+
+    /// Starts the reader; its log goes to `<dir>/cdc-<n>.log`.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        self.runs += 1;
+        let log = std::fs::File::create(self.dir.join(format!("cdc-{}.log", self.runs))).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rainbow"));
+        cmd.arg("cdc").env("RUST_LOG", "info,pg_walstream=warn").stdout(Stdio::null()).stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("rainbow binary runs"));
+    }
+
+    /// Every log this reader wrote, for failure messages.
+    pub fn logs(&self) -> String {
+        (1..=self.runs)
+            .map(|n| std::fs::read_to_string(self.dir.join(format!("cdc-{n}.log"))).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n----- restart -----\n")
+    }
+
+    /// SIGTERM and wait; panics (with the log) unless it exits 0.
+    pub fn stop(&mut self) {
+        let mut child = self.child.take().expect("running");
+        unsafe_kill(child.id(), "TERM");
+        let status = wait_with_deadline(&mut child, Duration::from_secs(60));
+        assert!(status.success(), "rainbow cdc exited with {status}:\n{}", self.logs());
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Waits for the process to exit by itself (snapshot mode initial_only, start-up errors).
+    pub fn wait(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        wait_with_deadline(&mut child, deadline)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// The offsets file as JSON.
+    pub fn stored_offset(&self) -> Option<serde_json::Value> {
+        let path = self.dir.join(format!("{}.offsets.json", self.slot));
+        std::fs::read(path).ok().map(|b| serde_json::from_slice(&b).unwrap())
+    }
+
+    /// Stops the process if running, drops the slot and publication's topics, removes the directory.
+    pub async fn cleanup(mut self, topics: &[String]) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        use sqlx::{Connection, Executor};
+        let mut admin = sqlx::PgConnection::connect_with(&super::pg_options("postgres")).await.unwrap();
+        let _ = admin
+            .execute(
+                format!(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                     WHERE slot_name = '{}' AND active_pid IS NOT NULL",
+                    self.slot
+                )
+                .as_str(),
+            )
+            .await;
+        drop_slots_of(&mut admin, &self.database).await;
+        delete_topics(topics).await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for CdcProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn unsafe_kill(pid: u32, signal: &str) {
+    let ok = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap().success();
+    assert!(ok, "kill -{signal} {pid}");
+}
+
+fn wait_with_deadline(child: &mut Child, deadline: Duration) -> std::process::ExitStatus {
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < until, "process {} did not exit within {deadline:?}", child.id());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Drops the replication slots of `database` once their walsenders are gone.
+pub async fn drop_slots_of(admin: &mut sqlx::PgConnection, database: &str) {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let active: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = $1 AND active_pid IS NOT NULL",
+        )
+        .bind(database)
+        .fetch_one(&mut *admin)
+        .await
+        .unwrap();
+        if active == 0 || Instant::now() > until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sqlx::query("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1")
+        .bind(database)
+        .execute(&mut *admin)
+        .await
+        .unwrap();
+}
+
+pub async fn delete_topics(topics: &[String]) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    if topics.is_empty() {
+        return;
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", super::brokers()).create().unwrap();
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let _ = admin.delete_topics(&names, &AdminOptions::new()).await;
+}
+
+/// Every record of `topics` (those that exist), sorted by topic, partition, offset.
+pub async fn read_topics(topics: &[String]) -> Vec<Rec> {
+    let topics = topics.to_vec();
+    tokio::task::spawn_blocking(move || read_topics_blocking(&topics)).await.unwrap()
+}
+
+fn read_topics_blocking(topics: &[String]) -> Vec<Rec> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", super::brokers())
+        .set("group.id", super::unique_name("cdc_test_reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .unwrap();
+    let timeout = Duration::from_secs(10);
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining = std::collections::HashMap::new();
+    for topic in topics {
+        let Ok(metadata) = consumer.fetch_metadata(Some(topic), timeout) else { continue };
+        for t in metadata.topics() {
+            if t.error().is_some() {
+                continue;
+            }
+            for p in t.partitions() {
+                let (low, high) = consumer.fetch_watermarks(topic, p.id(), timeout).unwrap();
+                if high > low {
+                    assignment.add_partition_offset(topic, p.id(), Offset::Offset(low)).unwrap();
+                    remaining.insert((topic.clone(), p.id()), high);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if remaining.is_empty() {
+        return out;
+    }
+    consumer.assign(&assignment).unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    while !remaining.is_empty() {
+        assert!(Instant::now() < until, "reading {topics:?}: records missing below the high watermarks");
+        let Some(msg) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let msg = msg.expect("consume");
+        let key = (msg.topic().to_string(), msg.partition());
+        let headers = msg
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+            .unwrap_or_default();
+        out.push(Rec {
+            topic: key.0.clone(),
+            partition: key.1,
+            offset: msg.offset(),
+            key: msg.key().map(<[u8]>::to_vec),
+            value: msg.payload().map(<[u8]>::to_vec),
+            headers,
+        });
+        if remaining.get(&key).is_some_and(|high| msg.offset() + 1 >= *high) {
+            remaining.remove(&key);
+        }
+    }
+    out.sort_by(|a, b| (&a.topic, a.partition, a.offset).cmp(&(&b.topic, b.partition, b.offset)));
+    out
+}
+
+/// Reads `topics` again and again until `done` accepts the records, or panics after `deadline`.
+pub async fn read_until(
+    topics: &[String],
+    deadline: Duration,
+    what: &str,
+    done: impl Fn(&[Rec]) -> bool,
+) -> Vec<Rec> {
+    let until = Instant::now() + deadline;
+    loop {
+        let records = read_topics(topics).await;
+        if done(&records) {
+            return records;
+        }
+        assert!(
+            Instant::now() < until,
+            "timed out after {deadline:?} waiting for {what}; have {} records",
+            records.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// psql of the local stack's PostgreSQL (Debian's package, installed by deploy/local/start).
+pub fn psql(database: &str, args: &[&str]) {
+    let bin = std::env::var("RAINBOW_TEST_PSQL").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/psql".into());
+    let out = Command::new(bin)
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+        .arg(super::env_or("RAINBOW_POSTGRES__HOST", "127.0.0.1"))
+        .args(["-p", &super::env_or("RAINBOW_POSTGRES__PORT", "5432")])
+        .args(["-U", &super::env_or("RAINBOW_POSTGRES__USER", "rainbow")])
+        .args(["-d", database])
+        .args(args)
+        .env("PGPASSWORD", super::env_or("RAINBOW_POSTGRES__PASSWORD", "rainbow"))
+        .output()
+        .expect("psql runs");
+    assert!(out.status.success(), "psql {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
