@@ -18,7 +18,8 @@ pub const DEFAULT_CONFIG_FILE: &str = "rainbow.toml";
 /// Prefix of every configuration environment variable.
 pub const ENV_PREFIX: &str = "RAINBOW_";
 /// `RAINBOW_*` variables that are not settings: read by the stack scripts and the CLI.
-const NON_SETTING_VARS: [&str; 3] = ["RAINBOW_HOME", "RAINBOW_CONFIG", "RAINBOW_LOG"];
+const NON_SETTING_VARS: [&str; 4] =
+    ["RAINBOW_HOME", "RAINBOW_CONFIG", "RAINBOW_LOG", "RAINBOW_CDC_FAILPOINT"];
 const NON_SETTING_PREFIXES: [&str; 1] = ["RAINBOW_STACK_"];
 
 #[derive(Debug, thiserror::Error)]

@@ -11,16 +11,21 @@ use sqlx::PgPool;
 /// Refuses to start unless the server can do logical decoding for this role.
 pub async fn check_server(pool: &PgPool) -> Result<(), CdcError> {
     let wal_level: String = sqlx::query_scalar("SELECT current_setting('wal_level')").fetch_one(pool).await?;
-    if wal_level != "logical" {
-        return Err(CdcError::WalLevel(wal_level));
-    }
     let (role, replication): (String, bool) = sqlx::query_as(
         "SELECT rolname::text, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
     )
     .fetch_one(pool)
     .await?;
+    check_settings(&wal_level, &role, replication)
+}
+
+/// The decision of [`check_server`], apart from the queries.
+pub fn check_settings(wal_level: &str, role: &str, replication: bool) -> Result<(), CdcError> {
+    if wal_level != "logical" {
+        return Err(CdcError::WalLevel(wal_level.to_string()));
+    }
     if !replication {
-        return Err(CdcError::NoReplicationPermission(role));
+        return Err(CdcError::NoReplicationPermission(role.to_string()));
     }
     Ok(())
 }
@@ -269,7 +274,16 @@ pub fn quote_ident(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::default_literal;
+    use super::{check_settings, default_literal};
+
+    #[test]
+    fn server_settings_are_checked_with_clear_errors() {
+        check_settings("logical", "rainbow", true).unwrap();
+        let err = check_settings("replica", "rainbow", true).unwrap_err().to_string();
+        assert!(err.contains("wal_level=replica") && err.contains("wal_level=logical"), "{err}");
+        let err = check_settings("logical", "app", false).unwrap_err().to_string();
+        assert!(err.contains("ALTER ROLE app REPLICATION"), "{err}");
+    }
 
     #[test]
     fn constant_defaults_only() {

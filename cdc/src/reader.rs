@@ -278,6 +278,7 @@ pub async fn run(
         path,
         summary: &mut summary,
         context,
+        crash_after_events: failpoint_crash_after_events(),
     };
     let start = stream.confirmed;
     conn.start_replication(
@@ -317,6 +318,21 @@ struct Stream<'a> {
     path: PathBuf,
     summary: &'a mut RunSummary,
     context: ContextHeaders,
+    crash_after_events: Option<u64>,
+}
+
+/// Name of the environment variable of the reader's failpoint, for crash tests:
+/// `crash_after_events=N` aborts the process (no flush, no confirmation, like `kill -9`) right
+/// after the N-th change event of this run was handed to the producer.
+pub const FAILPOINT_VAR: &str = "RAINBOW_CDC_FAILPOINT";
+
+fn failpoint_crash_after_events() -> Option<u64> {
+    let raw = std::env::var(FAILPOINT_VAR).ok()?;
+    let n = raw.strip_prefix("crash_after_events=").and_then(|n| n.parse().ok());
+    if n.is_none() {
+        tracing::warn!(value = %raw, "{FAILPOINT_VAR} ignored: expected crash_after_events=N");
+    }
+    n
 }
 
 /// The headers Kafka Connect's Debezium task puts on every data record and tombstone.
@@ -636,6 +652,10 @@ impl Stream<'_> {
             )
             .await?;
         self.summary.events += 1;
+        if self.crash_after_events.is_some_and(|n| self.summary.events >= n) {
+            tracing::error!(events = self.summary.events, "failpoint {FAILPOINT_VAR}: aborting");
+            std::process::abort();
+        }
         if op == Op::Delete && self.config.tombstones_on_delete && key.is_some() {
             self.sink.send(&t.topic, key.as_deref(), None, &headers, RecordKind::Other).await?;
         }

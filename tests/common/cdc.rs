@@ -217,11 +217,20 @@ pub async fn delete_topics(topics: &[String]) {
 
 /// Every record of `topics` (those that exist), sorted by topic, partition, offset.
 pub async fn read_topics(topics: &[String]) -> Vec<Rec> {
-    let topics = topics.to_vec();
-    tokio::task::spawn_blocking(move || read_topics_blocking(&topics)).await.unwrap()
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = topics.to_vec();
+        match tokio::task::spawn_blocking(move || read_topics_blocking(&list)).await.unwrap() {
+            Ok(records) => return records,
+            // Right after a topic is created, its leader may not be known yet.
+            Err(e) if Instant::now() < until => eprintln!("reading {topics:?}: {e}; retrying"),
+            Err(e) => panic!("reading {topics:?}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
-fn read_topics_blocking(topics: &[String]) -> Vec<Rec> {
+fn read_topics_blocking(topics: &[String]) -> Result<Vec<Rec>, rdkafka::error::KafkaError> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", super::brokers())
         .set("group.id", super::unique_name("cdc_test_reader"))
@@ -239,7 +248,7 @@ fn read_topics_blocking(topics: &[String]) -> Vec<Rec> {
                 continue;
             }
             for p in t.partitions() {
-                let (low, high) = consumer.fetch_watermarks(topic, p.id(), timeout).unwrap();
+                let (low, high) = consumer.fetch_watermarks(topic, p.id(), timeout)?;
                 if high > low {
                     assignment.add_partition_offset(topic, p.id(), Offset::Offset(low)).unwrap();
                     remaining.insert((topic.clone(), p.id()), high);
@@ -249,14 +258,14 @@ fn read_topics_blocking(topics: &[String]) -> Vec<Rec> {
     }
     let mut out = Vec::new();
     if remaining.is_empty() {
-        return out;
+        return Ok(out);
     }
     consumer.assign(&assignment).unwrap();
     let until = Instant::now() + Duration::from_secs(60);
     while !remaining.is_empty() {
         assert!(Instant::now() < until, "reading {topics:?}: records missing below the high watermarks");
         let Some(msg) = consumer.poll(Duration::from_millis(200)) else { continue };
-        let msg = msg.expect("consume");
+        let msg = msg?;
         let key = (msg.topic().to_string(), msg.partition());
         let headers = msg
             .headers()
@@ -275,7 +284,7 @@ fn read_topics_blocking(topics: &[String]) -> Vec<Rec> {
         }
     }
     out.sort_by(|a, b| (&a.topic, a.partition, a.offset).cmp(&(&b.topic, b.partition, b.offset)));
-    out
+    Ok(out)
 }
 
 /// Reads `topics` again and again until `done` accepts the records, or panics after `deadline`.
