@@ -232,7 +232,7 @@ pub async fn loadgen(config: &Config, args: &LoadgenArgs) -> anyhow::Result<()> 
 }
 
 /// Bootstraps the stack, then runs every pipeline component that exists in this process until
-/// SIGINT/SIGTERM: the order API, and producers that feed it.
+/// SIGINT/SIGTERM: the order API, producers that feed it, and the CDC reader.
 pub async fn up(config: &Config, args: &UpArgs) -> anyhow::Result<()> {
     migrate(config, &MigrateArgs { target: MigrateTarget::All, seed: !args.no_seed }).await?;
     let pool = api_pool(config).await?;
@@ -266,16 +266,36 @@ pub async fn up(config: &Config, args: &UpArgs) -> anyhow::Result<()> {
             stopped(stop_rx.clone()),
         ))
     });
+    let (source, kafka) = cdc_endpoints(config);
+    let cdc_config = config.cdc.clone();
+    let cdc_stop = stopped(stop_rx.clone());
+    let cdc = tokio::spawn(async move { rainbow_cdc::run(&source, &kafka, &cdc_config, cdc_stop).await });
+    println!(
+        "cdc: PostgreSQL changes -> Kafka topics {}.public.<table> (metrics on http://{}/metrics)",
+        config.cdc.topic_prefix, config.cdc.metrics_listen
+    );
     for (name, what) in [
-        ("cdc", "PostgreSQL -> Kafka change events"),
         ("process", "Kafka -> ClickHouse processor"),
         ("archive", "Kafka -> master dataset archiver"),
     ] {
         println!("{name}: {what}: not available yet");
     }
     println!("running; Ctrl-C stops");
-    shutdown_signal().await;
+    let mut cdc = cdc;
+    let cdc_outcome = tokio::select! {
+        _ = shutdown_signal() => None,
+        // The reader stops by itself only on an error (or with snapshot mode initial_only).
+        outcome = &mut cdc => Some(outcome),
+    };
     let _ = stop_tx.send(true);
+    let cdc_outcome = match cdc_outcome {
+        Some(outcome) => outcome,
+        None => cdc.await,
+    };
+    match cdc_outcome? {
+        Ok(summary) => println!("{}", cdc_summary(&summary)),
+        Err(e) => eprintln!("cdc: stopped with an error: {e}"),
+    }
     if let Some(p) = producers {
         print!("{}", p.await?.context("order producers")?.render());
     }

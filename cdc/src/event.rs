@@ -132,6 +132,8 @@ pub enum EncodeError {
 #[derive(Debug)]
 pub struct TableEncoder {
     pub topic: Arc<str>,
+    /// `schema.table`, the metrics label.
+    pub table: Arc<str>,
     pub shape: TableShape,
     settings: EncoderSettings,
     key_schema: String,
@@ -211,6 +213,7 @@ impl TableEncoder {
         );
         TableEncoder {
             topic: Arc::from(topic),
+            table: Arc::from(shape.qualified()),
             shape,
             settings: settings.clone(),
             defaults,

@@ -17,6 +17,7 @@ use crate::snapshot::{self, SnapshotOutcome};
 use pg_walstream::{CancellationToken, PgReplicationConnection};
 use rdkafka::producer::FutureProducer;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::ConnectOptions;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::future::Future;
@@ -55,7 +56,9 @@ impl SourceDatabase {
             .username(&self.user)
             .password(&self.password)
             .database(&self.database)
-            .application_name("rainbow-cdc");
+            .application_name("rainbow-cdc")
+            // The snapshot's long SELECTs are expected, not slow statements worth a warning.
+            .disable_statement_logging();
         Ok(PgPoolOptions::new()
             .max_connections(3)
             .acquire_timeout(Duration::from_secs(10))
@@ -295,6 +298,11 @@ pub async fn run(
     Ok(summary)
 }
 
+/// Resolves once shutdown was requested (without holding the channel's lock across awaits).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
 /// An open transaction of the stream.
 struct OpenTransaction {
     begin: Begin,
@@ -377,7 +385,7 @@ impl Stream<'_> {
         loop {
             tokio::select! {
                 biased;
-                _ = stop.wait_for(|s| *s) => break,
+                _ = stopped(&mut stop) => break,
                 outcome = &mut *tracker => {
                     let err = match outcome {
                         Ok(Err(e)) => e,
@@ -637,7 +645,7 @@ impl Stream<'_> {
         let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
         let key = if op == Op::Truncate { None } else { t.key(after.or(before).unwrap_or(&[]))? };
         let value = t.value(op, before, after, &source, tx_block.as_ref(), now_ns)?;
-        let table: Arc<str> = Arc::from(t.shape.qualified());
+        let table = t.table.clone();
         let context = self.context.as_slices();
         let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(4);
         headers.extend(key_header);

@@ -221,7 +221,7 @@ impl Emitter<'_> {
         let key = t.key(&row)?;
         let value =
             t.value(Op::Read, None, Some(&row), &source, None, now.timestamp_nanos_opt().unwrap_or(0))?;
-        let table: Arc<str> = Arc::from(t.shape.qualified());
+        let table = t.table.clone();
         self.sink
             .send(
                 &t.topic,

@@ -9,8 +9,12 @@ Prints the report (and writes it to REPORT when given). Exit status: 0 when ever
 masked or known, 1 when there are unexplained differences, 2 on bad input.
 
 How records are compared
-  * Topics are matched after replacing each side's topic prefix by "<prefix>"; records of a topic
-    are paired in offset order (one partition per topic on both sides).
+  * Topics are matched after replacing each side's topic prefix by "<prefix>". Within a topic (one
+    partition on both sides) the leading snapshot records (op "r") are paired by key, and the
+    streamed records after them in offset order. The snapshot's row order is checked apart
+    ("snapshot row order (<topic>)"), as is source.snapshot (first/true/last...) position by
+    position ("value.payload.source.snapshot (by position)"), so that one row out of place does
+    not turn every following record into a difference.
   * Key, value and headers are compared field by field, strictly: JSON numbers by their spelling
     (`1` != `1.0`), objects also by field order (reported as "<path> (field order)"), so that a
     difference a byte-comparing consumer would see is never hidden.
@@ -20,11 +24,11 @@ How records are compared
       - payload ts_ms/ts_us/ts_ns (processing time), source.version;
       - snapshot records (op "r"): source.ts_ms/ts_us/ts_ns, source.txId, source.lsn and
         source.sequence: the two readers take separate snapshots from separate slots, so commit
-        time, transaction and consistent point differ.
+        time, transaction and consistent point differ (source.snapshot: see above).
   * source.sequence of streamed records is split into its two elements: the second (the change
     LSN) must be equal; the first is a KNOWN difference (Rainbow: the event's own commit LSN;
     Debezium: the previous transaction's commit end, null for the first transaction after
-    start-up) as long as it is plausible (Debezium's < source.lsn or null, Rainbow's >= source.lsn),
+    start-up) as long as it is plausible (Debezium's <= source.lsn or null, Rainbow's >= source.lsn),
     unexplained otherwise.
   * Everything else must be equal, in particular source.lsn, source.txId and source.ts_ms/us/ns of
     streamed records (both read the same WAL).
@@ -143,7 +147,8 @@ def normalise(rec, prefix):
                 src["name"] = unprefix(src["name"], prefix)
             facts["op"] = payload["op"]
             if payload["op"] == "r":
-                for f in ("ts_ms", "ts_us", "ts_ns", "txId", "lsn", "sequence"):
+                # `snapshot` (first/true/last...) depends on the position: compared by position instead.
+                for f in ("ts_ms", "ts_us", "ts_ns", "txId", "lsn", "sequence", "snapshot"):
                     if f in src:
                         src[f] = MASKED
             elif isinstance(src.get("sequence"), str):
@@ -189,6 +194,29 @@ def diff(a, b, path, out):
         out.append((path, a, b))
 
 
+def payload_of(rec):
+    v = rec.get("value")
+    return v.get("payload") if isinstance(v, dict) and "schema" in v else v
+
+
+def snapshot_flag(rec):
+    p = payload_of(rec)
+    return (p.get("source") or {}).get("snapshot") if isinstance(p, dict) else None
+
+
+def snapshot_prefix(recs):
+    """How many leading records are snapshot (`r`) events."""
+    n = 0
+    while n < len(recs) and isinstance(payload_of(recs[n]), dict) and payload_of(recs[n]).get("op") == "r":
+        n += 1
+    return n
+
+
+def key_text(rec):
+    k = rec.get("key")
+    return to_json(k.get("payload") if isinstance(k, dict) and "schema" in k else k)
+
+
 def lsn_int(v):
     if isinstance(v, Num):
         return int(v.text)
@@ -227,40 +255,73 @@ def main(argv):
 
     unexplained = defaultdict(list)   # path -> [(topic, offset, ours, theirs)]
     known = defaultdict(list)
+    order = defaultdict(list)         # position checks of the snapshot records
+    order_counts = {}
     identical = only_known = with_unexplained = 0
     rows = []
     for topic in sorted(set(ours) | set(theirs)):
         a, b = ours.get(topic, []), theirs.get(topic, [])
         t_ident = t_known = t_bad = 0
-        for i in range(max(len(a), len(b))):
-            if i >= len(a):
-                unexplained["<record missing in ours>"].append((topic, i, ABSENT, b[i]))
-                t_bad += 1
-                continue
-            if i >= len(b):
+
+        # Snapshot records (the leading `r` events) are paired by key; their order is checked apart.
+        sa_, sb_ = snapshot_prefix(a), snapshot_prefix(b)
+        pairs = []
+        if sa_ or sb_:
+            keys_a = [key_text(r) for r in a[:sa_]]
+            keys_b = [key_text(r) for r in b[:sb_]]
+            by_key_b = {k: i for i, k in enumerate(keys_b)}
+            moved = [i for i, k in enumerate(keys_a) if by_key_b.get(k, i) != i]
+            if moved:
+                i = moved[0]
+                order[f"snapshot row order ({topic})"].append(
+                    (topic, i, ", ".join(keys_a[i:i + 5]) + ", ...", ", ".join(keys_b[i:i + 5]) + ", ..."))
+                order_counts[topic] = len(moved)
+            flags_a, flags_b = [snapshot_flag(r) for r in a[:sa_]], [snapshot_flag(r) for r in b[:sb_]]
+            for i, (x, y) in enumerate(zip(flags_a, flags_b)):
+                if x != y:
+                    order["value.payload.source.snapshot (by position)"].append((topic, i, x, y))
+            matched = set()
+            for i, k in enumerate(keys_a):
+                j = by_key_b.get(k)
+                pairs.append((i, j))
+                if j is not None:
+                    matched.add(j)
+            pairs += [(None, j) for j in range(sb_) if j not in matched]
+        # Streamed records: in offset order.
+        n = max(len(a) - sa_, len(b) - sb_)
+        pairs += [(sa_ + i if sa_ + i < len(a) else None, sb_ + i if sb_ + i < len(b) else None) for i in range(n)]
+
+        for i, j in pairs:
+            if j is None:
                 unexplained["<extra record in ours>"].append((topic, i, a[i], ABSENT))
                 t_bad += 1
                 continue
+            if i is None:
+                unexplained["<record missing in ours>"].append((topic, j, ABSENT, b[j]))
+                t_bad += 1
+                continue
             ra, fa = normalise(a[i], ours_prefix)
-            rb, fb = normalise(b[i], theirs_prefix)
+            rb, fb = normalise(b[j], theirs_prefix)
             found = []
             diff(ra, rb, "", found)
             kinds = set()
             for path, x, y in found:
-                unexplained[path].append((topic, i, x, y))
+                unexplained[path].append((topic, j, x, y))
                 kinds.add("bad")
             sa, sb = fa.get("sequence"), fb.get("sequence")
             if sa is not None and sb is not None and sa[0] != sb[0]:
                 lsn = lsn_int(fa.get("lsn"))
                 ours_commit, theirs_prev = lsn_int(sa[0]), lsn_int(sb[0])
+                # Debezium's is the previous commit's end: at most this event's LSN (equal when the
+                # event's WAL record directly follows that commit record).
                 plausible = (lsn is not None and ours_commit is not None and ours_commit >= lsn
-                             and (sb[0] is None or (theirs_prev is not None and theirs_prev < lsn)))
+                             and (sb[0] is None or (theirs_prev is not None and theirs_prev <= lsn)))
                 bucket = known if plausible else unexplained
-                bucket["value.payload.source.sequence[0]"].append((topic, i, sa[0], sb[0]))
+                bucket["value.payload.source.sequence[0]"].append((topic, j, sa[0], sb[0]))
                 kinds.add("known" if plausible else "bad")
             elif (sa is None) != (sb is None):
                 unexplained["value.payload.source.sequence (format)"].append(
-                    (topic, i, a[i]["value"], b[i]["value"]))
+                    (topic, j, a[i]["value"], b[j]["value"]))
                 kinds.add("bad")
             if "bad" in kinds:
                 t_bad += 1
@@ -271,21 +332,26 @@ def main(argv):
         identical += t_ident
         only_known += t_known
         with_unexplained += t_bad
-        rows.append((topic, len(a), len(b), t_ident, t_known, t_bad))
+        rows.append((topic, len(a), len(b), t_ident, t_known, t_bad, order_counts.get(topic, 0)))
+    for path, items in order.items():
+        unexplained[path] = items
 
     lines = []
     p = lines.append
-    p(f"Rainbow CDC ({ours_prefix}.*) vs Debezium ({theirs_prefix}.*): records paired per topic in offset order")
+    p(f"Rainbow CDC ({ours_prefix}.*) vs Debezium ({theirs_prefix}.*)")
+    p("Snapshot records paired by key (their order checked separately), streamed records in offset order.")
     p("")
     w = max([len("topic")] + [len(r[0]) for r in rows])
-    p(f"{'topic':<{w}}  {'rainbow':>8}  {'debezium':>8}  {'identical':>9}  {'known':>6}  {'unexpl.':>7}")
-    tot = [0, 0, 0, 0, 0]
-    for topic, na, nb, ni, nk, nbad in rows:
+    p(f"{'topic':<{w}}  {'rainbow':>8}  {'debezium':>8}  {'identical':>9}  {'known':>6}  {'unexpl.':>7}  {'r moved':>7}")
+    tot = [0] * 6
+    for topic, *nums in rows:
+        na, nb, ni, nk, nbad, nmoved = nums
         mark = "" if na == nb else "   <-- counts differ"
-        p(f"{topic:<{w}}  {na:>8}  {nb:>8}  {ni:>9}  {nk:>6}  {nbad:>7}{mark}")
-        for j, v in enumerate((na, nb, ni, nk, nbad)):
-            tot[j] += v
-    p(f"{'total':<{w}}  {tot[0]:>8}  {tot[1]:>8}  {tot[2]:>9}  {tot[3]:>6}  {tot[4]:>7}")
+        p(f"{topic:<{w}}  {na:>8}  {nb:>8}  {ni:>9}  {nk:>6}  {nbad:>7}  {nmoved:>7}{mark}")
+        tot = [t + v for t, v in zip(tot, nums)]
+    p(f"{'total':<{w}}  {tot[0]:>8}  {tot[1]:>8}  {tot[2]:>9}  {tot[3]:>6}  {tot[4]:>7}  {tot[5]:>7}")
+    p("(identical / known / unexpl.: record pairs without differences, with only known differences, with")
+    p(" unexplained ones; r moved: snapshot records at another position than Debezium's)")
     p("")
     p(f"identical records (after masking): {identical}")
     p(f"records differing only in known ways: {only_known}")
@@ -293,7 +359,8 @@ def main(argv):
     p("")
     p("Masked (legitimately differ between two readers): topic prefix (topics, schema names, source.name,")
     p("connectorLogicalName header); payload ts_ms/ts_us/ts_ns; source.version; for snapshot records")
-    p("source.ts_ms/ts_us/ts_ns, txId, lsn and sequence (separate snapshots from separate slots).")
+    p("source.ts_ms/ts_us/ts_ns, txId, lsn and sequence (separate snapshots from separate slots), and")
+    p("source.snapshot, which is compared by position instead.")
 
     def section(title, groups):
         p("")
@@ -309,7 +376,7 @@ def main(argv):
         section("KNOWN differences (documented, not failures)", known)
         p("    sequence[0]: Rainbow puts the event's own transaction's commit LSN first, Debezium the")
         p("    previous transaction's commit end (null for the first transaction after start-up);")
-        p("    see cdc/src/lib.rs. Checked: Rainbow's value >= source.lsn, Debezium's < source.lsn or null.")
+        p("    see cdc/src/lib.rs. Checked: Rainbow's value >= source.lsn, Debezium's <= source.lsn or null.")
     if unexplained:
         section("UNEXPLAINED differences", unexplained)
     p("")
