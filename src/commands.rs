@@ -274,10 +274,9 @@ pub async fn up(config: &Config, args: &UpArgs) -> anyhow::Result<()> {
         "cdc: PostgreSQL changes -> Kafka topics {}.public.<table> (metrics on http://{}/metrics)",
         config.cdc.topic_prefix, config.cdc.metrics_listen
     );
-    for (name, what) in [
-        ("process", "Kafka -> ClickHouse processor"),
-        ("archive", "Kafka -> master dataset archiver"),
-    ] {
+    for (name, what) in
+        [("process", "Kafka -> ClickHouse processor"), ("archive", "Kafka -> master dataset archiver")]
+    {
         println!("{name}: {what}: not available yet");
     }
     println!("running; Ctrl-C stops");

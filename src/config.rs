@@ -487,6 +487,23 @@ mod tests {
     }
 
     #[test]
+    fn lists_and_maps_from_the_environment() {
+        let c = load(&[
+            ("RAINBOW_CDC__TABLES", "orders, public.customers"),
+            ("RAINBOW_CDC__TOPIC_MAP", "public.orders=orders,public.customers=customers"),
+            ("RAINBOW_CDC__SNAPSHOT_MODE", "no_data"),
+        ])
+        .unwrap();
+        assert_eq!(c.cdc.tables, ["orders", "public.customers"]);
+        assert_eq!(c.cdc.topic_for("public", "orders"), "orders");
+        assert_eq!(c.cdc.snapshot_mode, rainbow_cdc::SnapshotMode::NoData);
+        let err = load(&[("RAINBOW_CDC__TOPIC_MAP", "public.orders")]).unwrap_err().to_string();
+        assert!(err.contains("cdc.topic_map"), "{err}");
+        let err = load(&[("RAINBOW_CDC__SNAPSHOT_MODE", "sometimes")]).unwrap_err().to_string();
+        assert!(err.contains("cdc.snapshot_mode"), "{err}");
+    }
+
+    #[test]
     fn printed_configuration_reads_back_identically() {
         let c = load(&[("RAINBOW_CLICKHOUSE__DATABASE", "wh")]).unwrap();
         let back: Config = toml::from_str(&c.to_toml()).unwrap();

@@ -294,6 +294,14 @@ async fn clean_restart_loses_nothing_and_repeats_nothing() {
     assert_eq!(snapshot_rows as i64, total, "the restart took no second snapshot");
     let tombstones = records.iter().filter(|r| r.value.is_none()).count();
     assert_eq!(tombstones, 0, "tombstones_on_delete = false");
+
+    // A slot that vanished (dropped by hand, a failover) is not silently recreated: a new slot
+    // would start at the present and skip what happened in between (Debezium's DBZ-5739).
+    exec(&db.pool, &format!("SELECT pg_drop_replication_slot('{}')", cdc.slot)).await;
+    cdc.start();
+    let status = cdc.wait(DEADLINE);
+    assert_eq!(status.code(), Some(1));
+    assert!(cdc.logs().contains(&format!("replication slot \"{}\" is gone", cdc.slot)), "{}", cdc.logs());
     cdc.cleanup(&topics).await;
     db.drop().await;
 }
