@@ -168,7 +168,10 @@ async fn catalog_columns(pool: &PgPool, schema: &str, table: &str) -> Result<Vec
     Ok(rows
         .into_iter()
         .map(|r| CatalogColumn {
-            default: r.default_expr.as_deref().and_then(default_literal),
+            default: r
+                .default_expr
+                .as_deref()
+                .and_then(|e| column_default(e, ColumnType::from_pg(r.type_oid as u32, r.type_modifier))),
             name: r.name,
             type_oid: r.type_oid as u32,
             type_modifier: r.type_modifier,
@@ -185,6 +188,29 @@ struct CatalogColumn {
     not_null: bool,
     key_position: Option<i32>,
     default: Option<String>,
+}
+
+/// A column default as Debezium shows it: the constant of a literal default, else (a function
+/// such as `now()` or `nextval(..)`) the type's zero value, as Debezium's
+/// PostgresDefaultValueConverter does (`1970-01-01T00:00:00.000000Z` for a timestamptz).
+pub fn column_default(expr: &str, ty: ColumnType) -> Option<String> {
+    if let Some(literal) = default_literal(expr) {
+        return Some(literal);
+    }
+    if !expr.contains('(') {
+        return None;
+    }
+    let zero = match ty {
+        ColumnType::Int16 | ColumnType::Int32 | ColumnType::Int64 => "0",
+        ColumnType::Float32 | ColumnType::Float64 => "0",
+        ColumnType::Decimal { .. } | ColumnType::VariableDecimal => "0",
+        ColumnType::Date => "1970-01-01",
+        ColumnType::Timestamp { .. } => "1970-01-01 00:00:00",
+        ColumnType::TimestampTz => "1970-01-01 00:00:00+00",
+        ColumnType::Uuid => "00000000-0000-0000-0000-000000000000",
+        ColumnType::Bool | ColumnType::Text | ColumnType::Bytea | ColumnType::Json => return None,
+    };
+    Some(zero.to_string())
 }
 
 /// The constant of a column default expression as PostgreSQL prints it (`42`, `'none'::character
@@ -274,7 +300,19 @@ pub fn quote_ident(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_settings, default_literal};
+    use super::{check_settings, column_default, default_literal};
+    use crate::types::ColumnType;
+
+    #[test]
+    fn function_defaults_become_the_zero_value() {
+        assert_eq!(
+            column_default("now()", ColumnType::TimestampTz).as_deref(),
+            Some("1970-01-01 00:00:00+00")
+        );
+        assert_eq!(column_default("nextval('s'::regclass)", ColumnType::Int64).as_deref(), Some("0"));
+        assert_eq!(column_default("'x'::text", ColumnType::Text).as_deref(), Some("x"));
+        assert_eq!(column_default("gen_random_text()", ColumnType::Text), None);
+    }
 
     #[test]
     fn server_settings_are_checked_with_clear_errors() {

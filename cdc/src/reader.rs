@@ -220,9 +220,8 @@ pub async fn run(
 
     if need_snapshot {
         let mut encoders = Vec::with_capacity(tables.len());
-        let mut by_name = tables.clone();
-        by_name.sort();
-        for (schema, table) in &by_name {
+        // In include-list order, as Debezium does when table.include.list is set.
+        for (schema, table) in &tables {
             let shape = catalog::table_shape(&pool, schema, table).await?;
             encoders.push(Arc::new(TableEncoder::new(shape, &config.topic_for(schema, table), &settings)));
         }

@@ -173,7 +173,7 @@ def diff(a, b, path, out):
         for k in keys:
             diff(a.get(k, ABSENT), b.get(k, ABSENT), f"{path}.{k}" if path else k, out)
         if set(a) == set(b) and list(a) != list(b):
-            out.append((f"{path} (field order)", list(a), list(b)))
+            out.append((f"{path or '<record>'} (field order)", list(a), list(b)))
         return
     if isinstance(a, list) and isinstance(b, list):
         # Schema field lists: name the element by its "field" instead of its position.
