@@ -604,11 +604,11 @@ impl Stream<'_> {
         let (source, block) = match tx {
             Some(tx) => {
                 tx.events += 1;
-                let table = t.shape.qualified();
-                let per_table = match tx.per_table.iter_mut().find(|c| c.data_collection == table) {
+                let per_table = match tx.per_table.iter_mut().find(|c| *c.data_collection == *t.table) {
                     Some(c) => c,
                     None => {
-                        tx.per_table.push(CollectionCount { data_collection: table, event_count: 0 });
+                        tx.per_table
+                            .push(CollectionCount { data_collection: t.table.to_string(), event_count: 0 });
                         tx.per_table.last_mut().expect("pushed")
                     }
                 };
@@ -621,7 +621,9 @@ impl Stream<'_> {
                         lsn: Some(lsn),
                         commit_lsn: Some(tx.begin.final_lsn),
                     },
-                    Some((format!("{}:{}", tx.begin.xid, lsn.0), tx.events, per_table.event_count)),
+                    self.config
+                        .provide_transaction_metadata
+                        .then(|| (format!("{}:{}", tx.begin.xid, lsn.0), tx.events, per_table.event_count)),
                 )
             }
             None => (
@@ -635,7 +637,6 @@ impl Stream<'_> {
                 None,
             ),
         };
-        let block = block.filter(|_| self.config.provide_transaction_metadata);
         let tx_block = block.as_ref().map(|(id, total, per)| TxBlock {
             id,
             total_order: *total,

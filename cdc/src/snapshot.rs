@@ -82,7 +82,7 @@ pub async fn run(
         last_in_table: false,
     };
     let mut interrupted = false;
-    'tables: for (ti, t) in tables.iter().enumerate() {
+    'tables: for t in tables {
         let started = Instant::now();
         // Without ORDER BY, like Debezium: rows in physical order (a sequential scan).
         let columns =
@@ -102,7 +102,7 @@ pub async fn run(
                 let datums: Vec<Datum> = (0..t.shape.columns.len())
                     .map(|i| row.try_get::<Option<String>, _>(i).map(|v| v.map_or(Datum::Null, Datum::Text)))
                     .collect::<Result<_, _>>()?;
-                emitter.push(ti, t, datums, rows == 0).await?;
+                emitter.push(t, datums, rows == 0).await?;
                 rows += 1;
                 metrics.snapshot_row(&table_name);
                 if rows % 1024 == 0 {
@@ -129,7 +129,7 @@ pub async fn run(
         );
         return Ok(SnapshotOutcome::Interrupted);
     }
-    emitter.finish(tables).await?;
+    emitter.finish().await?;
     sqlx::query("COMMIT").execute(&mut *conn).await?;
     sink.flush().await?;
     metrics.snapshot_running.set(0);
@@ -144,8 +144,8 @@ struct Emitter<'a> {
     tx_id: Option<u32>,
     started_us: i64,
     headers: &'a [(&'a str, &'a [u8])],
-    /// (table index, row, first in its table, marker decided so far)
-    held: Option<(usize, Arc<TableEncoder>, Vec<Datum>, bool)>,
+    /// (table, row, first in its table)
+    held: Option<(Arc<TableEncoder>, Vec<Datum>, bool)>,
     sent: u64,
     last_in_table: bool,
 }
@@ -153,7 +153,6 @@ struct Emitter<'a> {
 impl Emitter<'_> {
     async fn push(
         &mut self,
-        ti: usize,
         t: &Arc<TableEncoder>,
         row: Vec<Datum>,
         first_in_table: bool,
@@ -162,7 +161,7 @@ impl Emitter<'_> {
             let last_in_table = std::mem::take(&mut self.last_in_table);
             self.send(prev, last_in_table, false).await?;
         }
-        self.held = Some((ti, t.clone(), row, first_in_table));
+        self.held = Some((t.clone(), row, first_in_table));
         Ok(())
     }
 
@@ -173,7 +172,7 @@ impl Emitter<'_> {
         }
     }
 
-    async fn finish(&mut self, _tables: &[Arc<TableEncoder>]) -> Result<(), CdcError> {
+    async fn finish(&mut self) -> Result<(), CdcError> {
         if let Some(prev) = self.held.take() {
             self.send(prev, true, true).await?;
         }
@@ -182,7 +181,7 @@ impl Emitter<'_> {
 
     async fn send(
         &mut self,
-        (_, t, row, first_in_table): (usize, Arc<TableEncoder>, Vec<Datum>, bool),
+        (t, row, first_in_table): (Arc<TableEncoder>, Vec<Datum>, bool),
         last_in_table: bool,
         last: bool,
     ) -> Result<(), CdcError> {

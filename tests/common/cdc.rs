@@ -137,18 +137,8 @@ impl CdcProcess {
             let _ = child.kill();
             let _ = child.wait();
         }
-        use sqlx::{Connection, Executor};
+        use sqlx::Connection;
         let mut admin = sqlx::PgConnection::connect_with(&super::pg_options("postgres")).await.unwrap();
-        let _ = admin
-            .execute(
-                format!(
-                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
-                     WHERE slot_name = '{}' AND active_pid IS NOT NULL",
-                    self.slot
-                )
-                .as_str(),
-            )
-            .await;
         drop_slots_of(&mut admin, &self.database).await;
         delete_topics(topics).await;
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -180,8 +170,17 @@ fn wait_with_deadline(child: &mut Child, deadline: Duration) -> std::process::Ex
     }
 }
 
-/// Drops the replication slots of `database` once their walsenders are gone.
+/// Ends the walsenders of `database`'s replication slots, then drops the slots (they would
+/// block DROP DATABASE).
 pub async fn drop_slots_of(admin: &mut sqlx::PgConnection, database: &str) {
+    sqlx::query(
+        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+         WHERE database = $1 AND active_pid IS NOT NULL",
+    )
+    .bind(database)
+    .execute(&mut *admin)
+    .await
+    .unwrap();
     let until = Instant::now() + Duration::from_secs(30);
     loop {
         let active: i64 = sqlx::query_scalar(

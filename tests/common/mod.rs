@@ -83,18 +83,6 @@ impl TestDb {
         use sqlx::{Connection, Executor};
         self.pool.close().await;
         let mut admin = sqlx::PgConnection::connect_with(&pg_options("postgres")).await.unwrap();
-        // Replication slots of the database block DROP DATABASE; end their walsenders first.
-        admin
-            .execute(
-                format!(
-                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
-                     WHERE database = '{0}' AND active_pid IS NOT NULL",
-                    self.name
-                )
-                .as_str(),
-            )
-            .await
-            .unwrap();
         cdc::drop_slots_of(&mut admin, &self.name).await;
         admin.execute(format!("DROP DATABASE {} WITH (FORCE)", self.name).as_str()).await.unwrap();
     }
