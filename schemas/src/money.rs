@@ -14,7 +14,7 @@ pub const MONEY_SCALE: u32 = 2;
 const UNITS: i64 = 100;
 
 /// Why a decimal could not become money.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum MoneyError {
     #[error("{0} has more than {MONEY_SCALE} decimal places; money is exact to 0.01 VND")]
     TooPrecise(Decimal),

@@ -1,0 +1,1238 @@
+//! The processor core: a pure, deterministic state machine from change events to warehouse rows.
+//!
+//! Contract:
+//! * **Input order.** Events arrive in source commit order: by [`Position`] `(commit, change,
+//!   table)`, non-decreasing. Events with equal positions (rows of one multi-row write, or of one
+//!   snapshot table) may come in any order among themselves: they touch different keys, and the
+//!   outputs do not depend on their order. [`crate::merge::Merger`] produces such a sequence from
+//!   any interleaving of topics and partitions.
+//! * **Idempotence.** An exact duplicate of the event just applied, or of one in the same
+//!   position group, changes nothing (inserts of existing rows are upserts; updates compare with
+//!   the current state, not with `before`). Older duplicates are dropped by the merger.
+//! * **Determinism.** No clock, no randomness, no I/O; maps whose order reaches the output are
+//!   ordered. The same input sequence gives the same outputs, byte for byte.
+//! * **Versions.** Every output row carries `version` = the commit LSN of the event that produced
+//!   it (snapshot rows: the snapshot's consistent point), so a later state always has a higher or
+//!   equal version. Rows with equal key and equal version are equal, or the later one (in
+//!   emission order) is the one to keep: the sink and the replay keep the last.
+//! * **Aggregates** are emitted only at transaction boundaries ("sealed"): when an event of a new
+//!   transaction arrives, or when the caller knows a transaction is complete
+//!   ([`Core::seal_before`]). A partial row per group and `partition`, version = the commit LSN of
+//!   the last transaction that changed the group, so the content of an aggregate row is a function
+//!   of its key and version alone, whenever it is emitted.
+//! * **Memory** is bounded by the number of live keys: dimension versions, orders, order lines
+//!   and aggregate groups. Nothing is kept per event.
+//!
+//! SCD Type 2: a change to a tracked attribute closes the current version (`valid_to` = the
+//! event's commit time, `is_current` = 0) and opens a new one; an update that changes no tracked
+//! attribute opens nothing; a delete closes the version. `dim_products` denormalises the category
+//! and brand names, so renaming either versions every product that carries it. Surrogate keys are
+//! a hash of (dimension, natural id, position of the opening event).
+//!
+//! Facts join the dimension versions that were current when their order was applied (as-of the
+//! order's commit); a line added to an order later still joins the versions of the order's commit.
+
+use crate::event::{
+    civil_from_days, ChangeEvent, Customer, Op, Order, OrderLine, Payment, Position, Product, Promotion,
+    Seller, SourceRow, Table,
+};
+use rainbow_schemas::money::{Money, MoneyError, MoneySum};
+use rainbow_schemas::pricing::{line_amounts, CouponType, PromotionTerms};
+use rainbow_schemas::rows::*;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Why the core refused an event. Nothing was changed; the runtime parks the event.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum Rejected {
+    #[error("order line ({order_id}, {product_id}) belongs to order {order_id}, which is unknown")]
+    UnknownOrder { order_id: i64, product_id: i64 },
+    #[error("order line ({order_id}, {product_id}) references product {product_id}, which is unknown")]
+    UnknownProduct { order_id: i64, product_id: i64 },
+    #[error("order line ({order_id}, {product_id}) references promotion {promotion_id}, which is unknown")]
+    UnknownPromotion { order_id: i64, product_id: i64, promotion_id: i64 },
+    #[error("order line ({order_id}, {product_id}): {source}")]
+    Amount { order_id: i64, product_id: i64, source: MoneyError },
+    #[error("event out of commit order: {got:?} after {last:?}")]
+    OutOfOrder { last: Position, got: Position },
+    #[error("{op:?} event of {table} lacks its {side} row")]
+    MissingRow { op: Op, table: &'static str, side: &'static str },
+}
+
+/// Rows produced by the core, per warehouse table, in emission order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outputs {
+    pub dim_customers: Vec<DimCustomer>,
+    pub dim_products: Vec<DimProduct>,
+    pub dim_sellers: Vec<DimSeller>,
+    pub dim_promotions: Vec<DimPromotion>,
+    pub dim_payments: Vec<DimPayment>,
+    pub dim_dates: Vec<DimDate>,
+    pub fact_sales: Vec<FactSale>,
+    pub agg_total_sales: Vec<AggTotalSales>,
+    pub agg_sales_by_day_of_week: Vec<AggSalesByDayOfWeek>,
+    pub agg_top_sellers: Vec<AggTopSeller>,
+    pub agg_product_profit: Vec<AggProductProfit>,
+    pub agg_payment_methods: Vec<AggPaymentMethod>,
+    pub agg_customer_ranking: Vec<AggCustomerRanking>,
+}
+
+impl Outputs {
+    /// Rows in all tables.
+    pub fn len(&self) -> usize {
+        self.dim_customers.len()
+            + self.dim_products.len()
+            + self.dim_sellers.len()
+            + self.dim_promotions.len()
+            + self.dim_payments.len()
+            + self.dim_dates.len()
+            + self.fact_sales.len()
+            + self.agg_total_sales.len()
+            + self.agg_sales_by_day_of_week.len()
+            + self.agg_top_sellers.len()
+            + self.agg_product_profit.len()
+            + self.agg_payment_methods.len()
+            + self.agg_customer_ranking.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends `other`'s rows after this one's.
+    pub fn append(&mut self, other: &mut Outputs) {
+        self.dim_customers.append(&mut other.dim_customers);
+        self.dim_products.append(&mut other.dim_products);
+        self.dim_sellers.append(&mut other.dim_sellers);
+        self.dim_promotions.append(&mut other.dim_promotions);
+        self.dim_payments.append(&mut other.dim_payments);
+        self.dim_dates.append(&mut other.dim_dates);
+        self.fact_sales.append(&mut other.fact_sales);
+        self.agg_total_sales.append(&mut other.agg_total_sales);
+        self.agg_sales_by_day_of_week.append(&mut other.agg_sales_by_day_of_week);
+        self.agg_top_sellers.append(&mut other.agg_top_sellers);
+        self.agg_product_profit.append(&mut other.agg_product_profit);
+        self.agg_payment_methods.append(&mut other.agg_payment_methods);
+        self.agg_customer_ranking.append(&mut other.agg_customer_ranking);
+    }
+}
+
+/// A surrogate key: FNV-1a (64 bit) of the dimension, the natural id and the opening position.
+/// Stable across platforms and Rust versions (std's hasher is not). 0 means "no dimension row".
+fn surrogate_key(dimension: &str, id: i64, at: Position) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(dimension.as_bytes());
+    eat(&id.to_le_bytes());
+    eat(&at.commit.to_le_bytes());
+    eat(&at.change.to_le_bytes());
+    h.max(1)
+}
+
+/// The text form of a surrogate key in the warehouse: 16 hex digits, "" for none.
+pub fn key_text(key: u64) -> String {
+    if key == 0 {
+        String::new()
+    } else {
+        format!("{key:016x}")
+    }
+}
+
+/// Where and when an event happened, as the core needs it.
+#[derive(Debug, Clone, Copy)]
+struct Ctx {
+    at: Position,
+    version: u64,
+    /// Commit time, seconds (DateTime).
+    time: u32,
+}
+
+/// The open version of one natural key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct OpenVersion<A> {
+    key: u64,
+    valid_from: u32,
+    attrs: A,
+}
+
+/// One dimension member: its open version (if not deleted) and every version's opening, for
+/// as-of lookups. `H` is what facts need of a past version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Member<A, H> {
+    current: Option<OpenVersion<A>>,
+    openings: Vec<(Position, u64, H)>,
+}
+
+impl<A, H: Copy> Member<A, H> {
+    /// The version current at `at`: the last opened at or before it (the first, for a position
+    /// before any version opened).
+    fn as_of(&self, at: Position) -> Option<(u64, H)> {
+        let i = self.openings.partition_point(|(p, _, _)| *p <= at);
+        self.openings.get(i.saturating_sub(1)).map(|(_, k, h)| (*k, *h))
+    }
+}
+
+/// Tracked attributes of a dimension and how its rows look.
+trait Attributes: Clone + PartialEq {
+    type Hist: Copy;
+    const NAME: &'static str;
+    fn hist(&self) -> Self::Hist;
+    fn emit(&self, id: i64, v: &OpenVersion<Self>, valid_to: u32, version: u64, out: &mut Outputs);
+}
+
+fn is_open(valid_to: u32) -> u8 {
+    u8::from(valid_to == OPEN_VALID_TO)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct CustomerAttrs {
+    name: String,
+    email: String,
+    phone: String,
+    address: String,
+}
+
+impl Attributes for CustomerAttrs {
+    type Hist = ();
+    const NAME: &'static str = "customer";
+    fn hist(&self) {}
+    fn emit(&self, id: i64, v: &OpenVersion<Self>, valid_to: u32, version: u64, out: &mut Outputs) {
+        out.dim_customers.push(DimCustomer {
+            customer_key: key_text(v.key),
+            customer_id: id,
+            name: self.name.clone(),
+            email: self.email.clone(),
+            phone: self.phone.clone(),
+            address: self.address.clone(),
+            valid_from: v.valid_from,
+            valid_to,
+            is_current: is_open(valid_to),
+            version,
+            is_deleted: 0,
+        });
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct SellerAttrs {
+    name: String,
+}
+
+impl Attributes for SellerAttrs {
+    type Hist = ();
+    const NAME: &'static str = "seller";
+    fn hist(&self) {}
+    fn emit(&self, id: i64, v: &OpenVersion<Self>, valid_to: u32, version: u64, out: &mut Outputs) {
+        out.dim_sellers.push(DimSeller {
+            seller_key: key_text(v.key),
+            seller_id: id,
+            name: self.name.clone(),
+            valid_from: v.valid_from,
+            valid_to,
+            is_current: is_open(valid_to),
+            version,
+            is_deleted: 0,
+        });
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PaymentAttrs {
+    method: String,
+}
+
+impl Attributes for PaymentAttrs {
+    type Hist = ();
+    const NAME: &'static str = "payment";
+    fn hist(&self) {}
+    fn emit(&self, id: i64, v: &OpenVersion<Self>, valid_to: u32, version: u64, out: &mut Outputs) {
+        out.dim_payments.push(DimPayment {
+            payment_key: key_text(v.key),
+            payment_id: id,
+            method: self.method.clone(),
+            valid_from: v.valid_from,
+            valid_to,
+            is_current: is_open(valid_to),
+            version,
+            is_deleted: 0,
+        });
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PromotionAttrs {
+    name: String,
+    coupon_type: CouponTypeSer,
+    price_treatment: Money,
+}
+
+/// `CouponType` with serde (the schemas crate's type is not Serialize for checkpoints).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum CouponTypeSer {
+    Percentage,
+    FixedAmount,
+}
+
+impl From<CouponTypeSer> for CouponType {
+    fn from(c: CouponTypeSer) -> CouponType {
+        match c {
+            CouponTypeSer::Percentage => CouponType::Percentage,
+            CouponTypeSer::FixedAmount => CouponType::FixedAmount,
+        }
+    }
+}
+
+impl Attributes for PromotionAttrs {
+    /// Coupon type and treatment: what a line needs to price itself as of its order.
+    type Hist = (CouponTypeSer, Money);
+    const NAME: &'static str = "promotion";
+    fn hist(&self) -> Self::Hist {
+        (self.coupon_type, self.price_treatment)
+    }
+    fn emit(&self, id: i64, v: &OpenVersion<Self>, valid_to: u32, version: u64, out: &mut Outputs) {
+        out.dim_promotions.push(DimPromotion {
+            promotion_key: key_text(v.key),
+            promotion_id: id,
+            name: self.name.clone(),
+            coupon_type: CouponType::from(self.coupon_type).as_str().to_string(),
+            price_treatment: self.price_treatment,
+            valid_from: v.valid_from,
+            valid_to,
+            is_current: is_open(valid_to),
+            version,
+            is_deleted: 0,
+        });
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ProductAttrs {
+    name: String,
+    price: Money,
+    original_price: Money,
+    rating_average: Money,
+    review_count: i64,
+    sold_count: i64,
+    category: String,
+    brand: String,
+    seller_id: i64,
+}
+
+impl Attributes for ProductAttrs {
+    /// The seller, for the fact's seller key and the top-sellers group.
+    type Hist = i64;
+    const NAME: &'static str = "product";
+    fn hist(&self) -> i64 {
+        self.seller_id
+    }
+    fn emit(&self, id: i64, v: &OpenVersion<Self>, valid_to: u32, version: u64, out: &mut Outputs) {
+        out.dim_products.push(DimProduct {
+            product_key: key_text(v.key),
+            product_id: id,
+            name: self.name.clone(),
+            price: self.price,
+            original_price: self.original_price,
+            rating_average: self.rating_average.0 as i32,
+            review_count: self.review_count,
+            sold_count: self.sold_count,
+            category: self.category.clone(),
+            brand: self.brand.clone(),
+            seller_id: self.seller_id,
+            valid_from: v.valid_from,
+            valid_to,
+            is_current: is_open(valid_to),
+            version,
+            is_deleted: 0,
+        });
+    }
+}
+
+/// Applies a new state of one member: closes and opens versions as SCD2 says. Returns whether a
+/// version was opened.
+fn upsert<A: Attributes>(
+    member: &mut Member<A, A::Hist>,
+    id: i64,
+    attrs: A,
+    ctx: Ctx,
+    out: &mut Outputs,
+) -> bool {
+    if let Some(cur) = &member.current {
+        if cur.attrs == attrs {
+            return false;
+        }
+        cur.attrs.emit(id, cur, ctx.time, ctx.version, out);
+    }
+    let open = OpenVersion { key: surrogate_key(A::NAME, id, ctx.at), valid_from: ctx.time, attrs };
+    open.attrs.emit(id, &open, OPEN_VALID_TO, ctx.version, out);
+    member.openings.push((ctx.at, open.key, open.attrs.hist()));
+    member.current = Some(open);
+    true
+}
+
+/// Closes the open version, if any.
+fn close<A: Attributes>(member: &mut Member<A, A::Hist>, id: i64, ctx: Ctx, out: &mut Outputs) {
+    if let Some(cur) = member.current.take() {
+        cur.attrs.emit(id, &cur, ctx.time, ctx.version, out);
+    }
+}
+
+type Dim<A> = BTreeMap<i64, Member<A, <A as Attributes>::Hist>>;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct ProductSource {
+    category_id: i64,
+    brand_id: i64,
+    row: Option<Product>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct OrderState {
+    customer_id: i64,
+    payment_id: i64,
+    created_at_us: i64,
+    /// Where the order was inserted: the as-of point of its facts.
+    created: Position,
+}
+
+/// One live order line with what its fact row and aggregate contributions were built from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct LineState {
+    source: OrderLine,
+    fact: FactKeys,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct FactKeys {
+    date_key: u32,
+    day_of_week: u8,
+    product_key: u64,
+    seller_key: u64,
+    promotion_key: u64,
+    customer_key: u64,
+    payment_key: u64,
+    seller_id: i64,
+    customer_id: i64,
+    payment_id: i64,
+    discount_unit_price: Money,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Sums {
+    quantity: i64,
+    amount: i128,
+    discount: i128,
+}
+
+impl Sums {
+    fn add(&mut self, sign: i64, quantity: i64, amount: Money, discount: Money) {
+        self.quantity += sign * quantity;
+        self.amount += i128::from(sign) * i128::from(amount.0);
+        self.discount += i128::from(sign) * i128::from(discount.0);
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Labeled<T> {
+    label: String,
+    label2: String,
+    value: T,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct OrderSums {
+    orders: i64,
+    quantity: i64,
+    amount: i128,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+enum AggKey {
+    Total,
+    DayOfWeek(u8),
+    Seller(i64),
+    Product(i64),
+    Payment(i64),
+    Customer(i64),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Aggregates {
+    total: Sums,
+    by_day: [Sums; 7],
+    sellers: HashMap<i64, Labeled<Sums>>,
+    products: HashMap<i64, Labeled<Sums>>,
+    payments: HashMap<i64, Labeled<OrderSums>>,
+    customers: HashMap<i64, Labeled<OrderSums>>,
+    /// Groups changed since the last seal.
+    dirty: BTreeSet<AggKey>,
+}
+
+/// Everything the core knows; what a checkpoint stores.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    brands: BTreeMap<i64, String>,
+    categories: BTreeMap<i64, String>,
+    customers: Dim<CustomerAttrs>,
+    sellers: Dim<SellerAttrs>,
+    payments: Dim<PaymentAttrs>,
+    promotions: Dim<PromotionAttrs>,
+    products: Dim<ProductAttrs>,
+    product_sources: BTreeMap<i64, ProductSource>,
+    products_by_brand: BTreeMap<i64, BTreeSet<i64>>,
+    products_by_category: BTreeMap<i64, BTreeSet<i64>>,
+    orders: HashMap<i64, OrderState>,
+    lines: BTreeMap<(i64, i64), LineState>,
+    dates: BTreeSet<u32>,
+    aggregates: Aggregates,
+    last: Option<Position>,
+    last_version: u64,
+    events: u64,
+}
+
+/// Counts of what the core holds: the state-size metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateSize {
+    pub dimension_members: usize,
+    pub dimension_versions: usize,
+    pub orders: usize,
+    pub order_lines: usize,
+    pub aggregate_groups: usize,
+    pub events_applied: u64,
+}
+
+/// The processor core. See the module documentation for its contract.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Core {
+    partition: i32,
+    state: State,
+}
+
+const DAY_NAMES: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+const MONTH_NAMES: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+
+impl Core {
+    /// A core with empty state; `partition` is the instance's share of the fact topics, stamped
+    /// on its aggregate rows.
+    pub fn new(partition: i32) -> Core {
+        Core { partition, state: State::default() }
+    }
+
+    /// A core resumed from a checkpoint's state.
+    pub fn from_state(partition: i32, state: State) -> Core {
+        Core { partition, state }
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Position of the last applied event.
+    pub fn last_position(&self) -> Option<Position> {
+        self.state.last
+    }
+
+    pub fn size(&self) -> StateSize {
+        let s = &self.state;
+        let members =
+            s.customers.len() + s.sellers.len() + s.payments.len() + s.promotions.len() + s.products.len();
+        let versions = s.customers.values().map(|m| m.openings.len()).sum::<usize>()
+            + s.sellers.values().map(|m| m.openings.len()).sum::<usize>()
+            + s.payments.values().map(|m| m.openings.len()).sum::<usize>()
+            + s.promotions.values().map(|m| m.openings.len()).sum::<usize>()
+            + s.products.values().map(|m| m.openings.len()).sum::<usize>();
+        let a = &s.aggregates;
+        StateSize {
+            dimension_members: members,
+            dimension_versions: versions,
+            orders: s.orders.len(),
+            order_lines: s.lines.len(),
+            aggregate_groups: 1
+                + 7
+                + a.sellers.len()
+                + a.products.len()
+                + a.payments.len()
+                + a.customers.len(),
+            events_applied: s.events,
+        }
+    }
+
+    /// Applies one event and appends the rows it produces to `out`. On `Err` nothing changed.
+    pub fn apply(&mut self, event: &ChangeEvent, out: &mut Outputs) -> Result<(), Rejected> {
+        let at = event.position;
+        if let Some(last) = self.state.last {
+            if at < last {
+                return Err(Rejected::OutOfOrder { last, got: at });
+            }
+            if at.commit != last.commit {
+                // The previous transaction is complete.
+                self.seal(out);
+            }
+        }
+        let ctx = Ctx {
+            at,
+            version: at.version(),
+            time: (event.ts_ms.max(0) / 1000).min(i64::from(u32::MAX)) as u32,
+        };
+        self.dispatch(event, ctx, out)?;
+        self.state.last = Some(at);
+        self.state.last_version = ctx.version;
+        self.state.events += 1;
+        Ok(())
+    }
+
+    /// Seals the current transaction if every event before `frontier` has been applied and the
+    /// last applied event's transaction ends before it: emits the changed aggregate groups.
+    pub fn seal_before(&mut self, frontier: Position, out: &mut Outputs) {
+        if matches!(self.state.last, Some(last) if last.commit < frontier.commit) {
+            self.seal(out);
+        }
+    }
+
+    /// Emits every aggregate group changed since the last seal. Only called at a transaction
+    /// boundary (see the module documentation).
+    fn seal(&mut self, out: &mut Outputs) {
+        let version = self.state.last_version;
+        let partition = self.partition;
+        let a = &mut self.state.aggregates;
+        for key in std::mem::take(&mut a.dirty) {
+            match key {
+                AggKey::Total => out.agg_total_sales.push(AggTotalSales {
+                    partition,
+                    total_sales_quantity: a.total.quantity,
+                    total_sales_amount: MoneySum(a.total.amount),
+                    total_discount_amount: MoneySum(a.total.discount),
+                    version,
+                }),
+                AggKey::DayOfWeek(d) => {
+                    let s = a.by_day[usize::from(d - 1)];
+                    out.agg_sales_by_day_of_week.push(AggSalesByDayOfWeek {
+                        partition,
+                        day_of_week: d,
+                        total_sales_quantity: s.quantity,
+                        total_sales_amount: MoneySum(s.amount),
+                        total_discount_amount: MoneySum(s.discount),
+                        version,
+                    })
+                }
+                AggKey::Seller(id) => {
+                    let g = &a.sellers[&id];
+                    out.agg_top_sellers.push(AggTopSeller {
+                        partition,
+                        seller_id: id,
+                        seller_name: g.label.clone(),
+                        total_sales_quantity: g.value.quantity,
+                        total_sales_amount: MoneySum(g.value.amount),
+                        total_discount_amount: MoneySum(g.value.discount),
+                        version,
+                    })
+                }
+                AggKey::Product(id) => {
+                    let g = &a.products[&id];
+                    out.agg_product_profit.push(AggProductProfit {
+                        partition,
+                        product_id: id,
+                        product_name: g.label.clone(),
+                        category: g.label2.clone(),
+                        total_sales_quantity: g.value.quantity,
+                        total_sales_amount: MoneySum(g.value.amount),
+                        total_discount_amount: MoneySum(g.value.discount),
+                        version,
+                    })
+                }
+                AggKey::Payment(id) => {
+                    let g = &a.payments[&id];
+                    out.agg_payment_methods.push(AggPaymentMethod {
+                        partition,
+                        payment_id: id,
+                        payment_method: g.label.clone(),
+                        order_count: g.value.orders,
+                        total_sales_amount: MoneySum(g.value.amount),
+                        version,
+                    })
+                }
+                AggKey::Customer(id) => {
+                    let g = &a.customers[&id];
+                    out.agg_customer_ranking.push(AggCustomerRanking {
+                        partition,
+                        customer_id: id,
+                        customer_name: g.label.clone(),
+                        order_count: g.value.orders,
+                        total_sales_quantity: g.value.quantity,
+                        total_sales_amount: MoneySum(g.value.amount),
+                        version,
+                    })
+                }
+            }
+        }
+    }
+
+    fn dispatch(&mut self, e: &ChangeEvent, ctx: Ctx, out: &mut Outputs) -> Result<(), Rejected> {
+        let table = e.table();
+        let missing = |side| Rejected::MissingRow { op: e.op, table: table.name(), side };
+        if e.op == Op::Truncate {
+            self.truncate(table, ctx, out);
+            return Ok(());
+        }
+        let row = match e.op {
+            Op::Delete => e.before.as_ref().ok_or_else(|| missing("before"))?,
+            _ => e.after.as_ref().ok_or_else(|| missing("after"))?,
+        };
+        // A key change arrives from Rainbow's CDC as delete + create; another producer may send an
+        // update whose before has another key: delete that key first.
+        if e.op == Op::Update {
+            if let (Some(before), Some(after)) = (&e.before, &e.after) {
+                if row_key(before) != row_key(after) {
+                    if let SourceRow::OrderLine(l) = after {
+                        // Validate the new line before touching the old one.
+                        self.build_fact(l)?;
+                    }
+                    self.delete(before, ctx, out)?;
+                }
+            }
+        }
+        match e.op {
+            Op::Delete => self.delete(row, ctx, out),
+            _ => self.upsert(row, ctx, out),
+        }
+    }
+
+    fn upsert(&mut self, row: &SourceRow, ctx: Ctx, out: &mut Outputs) -> Result<(), Rejected> {
+        let s = &mut self.state;
+        match row {
+            SourceRow::Brand(b) => {
+                if s.brands.insert(b.id, b.name.clone()).as_ref() != Some(&b.name) {
+                    let ids: Vec<i64> = s
+                        .products_by_brand
+                        .get(&b.id)
+                        .map(|p| p.iter().copied().collect())
+                        .unwrap_or_default();
+                    for id in ids {
+                        self.refresh_product(id, ctx, out);
+                    }
+                }
+            }
+            SourceRow::Category(c) => {
+                if s.categories.insert(c.id, c.name.clone()).as_ref() != Some(&c.name) {
+                    let ids: Vec<i64> = s
+                        .products_by_category
+                        .get(&c.id)
+                        .map(|p| p.iter().copied().collect())
+                        .unwrap_or_default();
+                    for id in ids {
+                        self.refresh_product(id, ctx, out);
+                    }
+                }
+            }
+            SourceRow::Customer(c) => self.upsert_customer(c, ctx, out),
+            SourceRow::Seller(x) => self.upsert_seller(x, ctx, out),
+            SourceRow::Payment(p) => self.upsert_payment(p, ctx, out),
+            SourceRow::Promotion(p) => self.upsert_promotion(p, ctx, out),
+            SourceRow::Product(p) => {
+                let src = s.product_sources.entry(p.id).or_default();
+                if src.row.is_some() {
+                    if src.brand_id != p.brand_id {
+                        remove_index(&mut s.products_by_brand, src.brand_id, p.id);
+                    }
+                    if src.category_id != p.category_id {
+                        remove_index(&mut s.products_by_category, src.category_id, p.id);
+                    }
+                }
+                src.brand_id = p.brand_id;
+                src.category_id = p.category_id;
+                src.row = Some(p.clone());
+                s.products_by_brand.entry(p.brand_id).or_default().insert(p.id);
+                s.products_by_category.entry(p.category_id).or_default().insert(p.id);
+                self.refresh_product(p.id, ctx, out);
+            }
+            SourceRow::Order(o) => self.upsert_order(o, ctx, out)?,
+            SourceRow::OrderLine(l) => self.upsert_line(l, ctx, out)?,
+            SourceRow::Inventory(_) => {}
+        }
+        Ok(())
+    }
+
+    fn delete(&mut self, row: &SourceRow, ctx: Ctx, out: &mut Outputs) -> Result<(), Rejected> {
+        let s = &mut self.state;
+        match row {
+            // Products keep the name they carry; a brand or category still referenced cannot be
+            // deleted in the source (foreign keys).
+            SourceRow::Brand(b) => {
+                s.brands.remove(&b.id);
+            }
+            SourceRow::Category(c) => {
+                s.categories.remove(&c.id);
+            }
+            SourceRow::Customer(c) => {
+                if let Some(m) = s.customers.get_mut(&c.id) {
+                    close(m, c.id, ctx, out);
+                }
+            }
+            SourceRow::Seller(x) => {
+                if let Some(m) = s.sellers.get_mut(&x.id) {
+                    close(m, x.id, ctx, out);
+                }
+            }
+            SourceRow::Payment(p) => {
+                if let Some(m) = s.payments.get_mut(&p.id) {
+                    close(m, p.id, ctx, out);
+                }
+            }
+            SourceRow::Promotion(p) => {
+                if let Some(m) = s.promotions.get_mut(&p.id) {
+                    close(m, p.id, ctx, out);
+                }
+            }
+            SourceRow::Product(p) => {
+                if let Some(m) = s.products.get_mut(&p.id) {
+                    close(m, p.id, ctx, out);
+                }
+                if let Some(src) = s.product_sources.remove(&p.id) {
+                    remove_index(&mut s.products_by_brand, src.brand_id, p.id);
+                    remove_index(&mut s.products_by_category, src.category_id, p.id);
+                }
+            }
+            SourceRow::Order(o) => {
+                if let Some(order) = s.orders.remove(&o.id) {
+                    self.count_order(&order, -1);
+                }
+            }
+            SourceRow::OrderLine(l) => self.delete_line(l.order_id, l.product_id, ctx, out),
+            SourceRow::Inventory(_) => {}
+        }
+        Ok(())
+    }
+
+    /// TRUNCATE: every row of the table goes, as if deleted one by one (in key order).
+    fn truncate(&mut self, table: Table, ctx: Ctx, out: &mut Outputs) {
+        let s = &mut self.state;
+        match table {
+            Table::Brands => s.brands.clear(),
+            Table::Categories => s.categories.clear(),
+            Table::Customers => {
+                for (id, m) in s.customers.iter_mut() {
+                    close(m, *id, ctx, out);
+                }
+            }
+            Table::Sellers => {
+                for (id, m) in s.sellers.iter_mut() {
+                    close(m, *id, ctx, out);
+                }
+            }
+            Table::Payments => {
+                for (id, m) in s.payments.iter_mut() {
+                    close(m, *id, ctx, out);
+                }
+            }
+            Table::Promotions => {
+                for (id, m) in s.promotions.iter_mut() {
+                    close(m, *id, ctx, out);
+                }
+            }
+            Table::Products => {
+                for (id, m) in s.products.iter_mut() {
+                    close(m, *id, ctx, out);
+                }
+                s.product_sources.clear();
+                s.products_by_brand.clear();
+                s.products_by_category.clear();
+            }
+            Table::Orders => {
+                let mut ids: Vec<i64> = s.orders.keys().copied().collect();
+                ids.sort_unstable();
+                for id in ids {
+                    if let Some(order) = self.state.orders.remove(&id) {
+                        self.count_order(&order, -1);
+                    }
+                }
+            }
+            Table::Orderdetails => {
+                let keys: Vec<(i64, i64)> = s.lines.keys().copied().collect();
+                for (o, p) in keys {
+                    self.delete_line(o, p, ctx, out);
+                }
+            }
+            Table::Inventories => {}
+        }
+    }
+
+    fn upsert_customer(&mut self, c: &Customer, ctx: Ctx, out: &mut Outputs) {
+        let attrs = CustomerAttrs {
+            name: c.name.clone(),
+            email: c.email.clone(),
+            phone: c.phone.clone().unwrap_or_default(),
+            address: c.address.clone().unwrap_or_default(),
+        };
+        let member =
+            self.state.customers.entry(c.id).or_insert_with(|| Member { current: None, openings: vec![] });
+        if upsert(member, c.id, attrs, ctx, out) {
+            let a = &mut self.state.aggregates;
+            if let Some(g) = a.customers.get_mut(&c.id) {
+                if g.label != c.name {
+                    g.label = c.name.clone();
+                    a.dirty.insert(AggKey::Customer(c.id));
+                }
+            }
+        }
+    }
+
+    fn upsert_seller(&mut self, x: &Seller, ctx: Ctx, out: &mut Outputs) {
+        let member =
+            self.state.sellers.entry(x.id).or_insert_with(|| Member { current: None, openings: vec![] });
+        if upsert(member, x.id, SellerAttrs { name: x.name.clone() }, ctx, out) {
+            let a = &mut self.state.aggregates;
+            if let Some(g) = a.sellers.get_mut(&x.id) {
+                if g.label != x.name {
+                    g.label = x.name.clone();
+                    a.dirty.insert(AggKey::Seller(x.id));
+                }
+            }
+        }
+    }
+
+    fn upsert_payment(&mut self, p: &Payment, ctx: Ctx, out: &mut Outputs) {
+        let member =
+            self.state.payments.entry(p.id).or_insert_with(|| Member { current: None, openings: vec![] });
+        if upsert(member, p.id, PaymentAttrs { method: p.method.clone() }, ctx, out) {
+            let a = &mut self.state.aggregates;
+            if let Some(g) = a.payments.get_mut(&p.id) {
+                if g.label != p.method {
+                    g.label = p.method.clone();
+                    a.dirty.insert(AggKey::Payment(p.id));
+                }
+            }
+        }
+    }
+
+    fn upsert_promotion(&mut self, p: &Promotion, ctx: Ctx, out: &mut Outputs) {
+        let coupon_type = match p.coupon_type.as_str() {
+            "Fixed Amount" => CouponTypeSer::FixedAmount,
+            _ => CouponTypeSer::Percentage, // decode() accepts only the two seed values
+        };
+        let attrs = PromotionAttrs { name: p.name.clone(), coupon_type, price_treatment: p.price_treatment };
+        let member =
+            self.state.promotions.entry(p.id).or_insert_with(|| Member { current: None, openings: vec![] });
+        upsert(member, p.id, attrs, ctx, out);
+    }
+
+    /// Re-derives a product's tracked attributes from its source row and the current brand and
+    /// category names, versioning it if they changed.
+    fn refresh_product(&mut self, id: i64, ctx: Ctx, out: &mut Outputs) {
+        let s = &mut self.state;
+        let Some(p) = s.product_sources.get(&id).and_then(|src| src.row.as_ref()) else { return };
+        let attrs = ProductAttrs {
+            name: p.name.clone(),
+            price: p.price,
+            original_price: p.original_price,
+            rating_average: p.rating_average,
+            review_count: p.review_count,
+            sold_count: p.sold_count,
+            category: s.categories.get(&p.category_id).cloned().unwrap_or_default(),
+            brand: s.brands.get(&p.brand_id).cloned().unwrap_or_default(),
+            seller_id: p.seller_id,
+        };
+        let (name, category) = (attrs.name.clone(), attrs.category.clone());
+        let member = s.products.entry(id).or_insert_with(|| Member { current: None, openings: vec![] });
+        if upsert(member, id, attrs, ctx, out) {
+            let a = &mut s.aggregates;
+            if let Some(g) = a.products.get_mut(&id) {
+                if g.label != name || g.label2 != category {
+                    g.label = name;
+                    g.label2 = category;
+                    a.dirty.insert(AggKey::Product(id));
+                }
+            }
+        }
+    }
+
+    fn upsert_order(&mut self, o: &Order, ctx: Ctx, out: &mut Outputs) -> Result<(), Rejected> {
+        let old = self.state.orders.get(&o.id).cloned();
+        let created = old.as_ref().map_or(ctx.at, |x| x.created);
+        let new = OrderState {
+            customer_id: o.customer_id,
+            payment_id: o.payment_id,
+            created_at_us: o.created_at_us,
+            created,
+        };
+        match old {
+            None => {
+                self.count_order(&new, 1);
+                self.state.orders.insert(o.id, new);
+            }
+            Some(old) if old == new => {}
+            Some(old) => {
+                // Validate every line against the new order before changing anything.
+                let lines: Vec<OrderLine> = self
+                    .state
+                    .lines
+                    .range((o.id, i64::MIN)..=(o.id, i64::MAX))
+                    .map(|(_, l)| l.source.clone())
+                    .collect();
+                self.state.orders.insert(o.id, new.clone());
+                let built: Result<Vec<FactKeys>, Rejected> =
+                    lines.iter().map(|l| self.build_fact(l)).collect();
+                let built = match built {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.state.orders.insert(o.id, old);
+                        return Err(e);
+                    }
+                };
+                self.count_order(&old, -1);
+                self.count_order(&new, 1);
+                for (line, fact) in lines.iter().zip(built) {
+                    self.replace_line(line, fact, ctx, out);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn count_order(&mut self, order: &OrderState, sign: i64) {
+        let customer_name = self.current_customer_name(order.customer_id);
+        let method = self.current_payment_method(order.payment_id);
+        let a = &mut self.state.aggregates;
+        let c = a
+            .customers
+            .entry(order.customer_id)
+            .or_insert_with(|| Labeled { label: customer_name, ..Default::default() });
+        c.value.orders += sign;
+        a.dirty.insert(AggKey::Customer(order.customer_id));
+        let p = a
+            .payments
+            .entry(order.payment_id)
+            .or_insert_with(|| Labeled { label: method, ..Default::default() });
+        p.value.orders += sign;
+        a.dirty.insert(AggKey::Payment(order.payment_id));
+    }
+
+    fn current_customer_name(&self, id: i64) -> String {
+        self.state
+            .customers
+            .get(&id)
+            .and_then(|m| m.current.as_ref())
+            .map(|v| v.attrs.name.clone())
+            .unwrap_or_default()
+    }
+
+    fn current_payment_method(&self, id: i64) -> String {
+        self.state
+            .payments
+            .get(&id)
+            .and_then(|m| m.current.as_ref())
+            .map(|v| v.attrs.method.clone())
+            .unwrap_or_default()
+    }
+
+    /// The fact of `line` as of its order's insertion.
+    fn build_fact(&self, line: &OrderLine) -> Result<FactKeys, Rejected> {
+        let s = &self.state;
+        let (order_id, product_id) = (line.order_id, line.product_id);
+        let order = s.orders.get(&order_id).ok_or(Rejected::UnknownOrder { order_id, product_id })?;
+        let at = order.created;
+        let product = s.products.get(&product_id).ok_or(Rejected::UnknownProduct { order_id, product_id })?;
+        // A product created after its order (a line added later) joins its first version.
+        let (product_key, seller_id) =
+            product.as_of(at).ok_or(Rejected::UnknownProduct { order_id, product_id })?;
+        let (promotion_key, terms) = match line.promotion_id {
+            None => (0, None),
+            Some(promotion_id) => {
+                let (key, (coupon_type, price_treatment)) = s
+                    .promotions
+                    .get(&promotion_id)
+                    .and_then(|m| m.as_of(at))
+                    .ok_or(Rejected::UnknownPromotion { order_id, product_id, promotion_id })?;
+                (key, Some(PromotionTerms { coupon_type: coupon_type.into(), price_treatment }))
+            }
+        };
+        let amounts = line_amounts(line.price, line.quantity, terms).map_err(|source| Rejected::Amount {
+            order_id,
+            product_id,
+            source,
+        })?;
+        let days = order.created_at_us.div_euclid(86_400_000_000);
+        let (y, m, d) = civil_from_days(days);
+        Ok(FactKeys {
+            date_key: (y as u32) * 10_000 + m * 100 + d,
+            // 1970-01-01 was a Thursday (4).
+            day_of_week: ((days + 3).rem_euclid(7) + 1) as u8,
+            product_key,
+            seller_key: key_as_of(s.sellers.get(&seller_id), at),
+            promotion_key,
+            customer_key: key_as_of(s.customers.get(&order.customer_id), at),
+            payment_key: key_as_of(s.payments.get(&order.payment_id), at),
+            seller_id,
+            customer_id: order.customer_id,
+            payment_id: order.payment_id,
+            discount_unit_price: amounts.discount_unit_price,
+        })
+    }
+
+    fn upsert_line(&mut self, l: &OrderLine, ctx: Ctx, out: &mut Outputs) -> Result<(), Rejected> {
+        let fact = self.build_fact(l)?;
+        if let Some(old) = self.state.lines.get(&(l.order_id, l.product_id)) {
+            if old.source == *l && old.fact == fact {
+                return Ok(());
+            }
+        }
+        self.replace_line(l, fact, ctx, out);
+        Ok(())
+    }
+
+    /// Retracts the line's old contribution (if any), applies the new one and emits its fact.
+    fn replace_line(&mut self, l: &OrderLine, fact: FactKeys, ctx: Ctx, out: &mut Outputs) {
+        let key = (l.order_id, l.product_id);
+        if let Some(old) = self.state.lines.remove(&key) {
+            self.contribute(&old, -1);
+        }
+        let line = LineState { source: l.clone(), fact };
+        self.contribute(&line, 1);
+        if self.state.dates.insert(fact.date_key) {
+            out.dim_dates.push(dim_date(fact.date_key));
+        }
+        out.fact_sales.push(fact_row(&line, ctx.version, 0));
+        self.state.lines.insert(key, line);
+    }
+
+    fn delete_line(&mut self, order_id: i64, product_id: i64, ctx: Ctx, out: &mut Outputs) {
+        if let Some(old) = self.state.lines.remove(&(order_id, product_id)) {
+            self.contribute(&old, -1);
+            out.fact_sales.push(fact_row(&old, ctx.version, 1));
+        }
+    }
+
+    /// Adds (`sign` = 1) or retracts (-1) a line's share of every aggregate.
+    fn contribute(&mut self, line: &LineState, sign: i64) {
+        let f = &line.fact;
+        let qty = line.source.quantity;
+        let amount = Money(line.source.price.0 * qty);
+        let discount = Money(f.discount_unit_price.0 * qty);
+        let seller_name = self
+            .state
+            .sellers
+            .get(&f.seller_id)
+            .and_then(|m| m.current.as_ref())
+            .map(|v| v.attrs.name.clone());
+        let product = self.state.products.get(&line.source.product_id).and_then(|m| m.current.as_ref());
+        let product_labels = product.map(|v| (v.attrs.name.clone(), v.attrs.category.clone()));
+        let customer_name = self.current_customer_name(f.customer_id);
+        let method = self.current_payment_method(f.payment_id);
+        let a = &mut self.state.aggregates;
+        a.total.add(sign, qty, amount, discount);
+        a.dirty.insert(AggKey::Total);
+        a.by_day[usize::from(f.day_of_week - 1)].add(sign, qty, amount, discount);
+        a.dirty.insert(AggKey::DayOfWeek(f.day_of_week));
+        a.sellers
+            .entry(f.seller_id)
+            .or_insert_with(|| Labeled { label: seller_name.unwrap_or_default(), ..Default::default() })
+            .value
+            .add(sign, qty, amount, discount);
+        a.dirty.insert(AggKey::Seller(f.seller_id));
+        let (pname, category) = product_labels.unwrap_or_default();
+        a.products
+            .entry(line.source.product_id)
+            .or_insert_with(|| Labeled { label: pname, label2: category, ..Default::default() })
+            .value
+            .add(sign, qty, amount, discount);
+        a.dirty.insert(AggKey::Product(line.source.product_id));
+        let p =
+            a.payments.entry(f.payment_id).or_insert_with(|| Labeled { label: method, ..Default::default() });
+        p.value.amount += i128::from(sign) * i128::from(amount.0);
+        a.dirty.insert(AggKey::Payment(f.payment_id));
+        let c = a
+            .customers
+            .entry(f.customer_id)
+            .or_insert_with(|| Labeled { label: customer_name, ..Default::default() });
+        c.value.quantity += sign * qty;
+        c.value.amount += i128::from(sign) * i128::from(amount.0);
+        a.dirty.insert(AggKey::Customer(f.customer_id));
+    }
+}
+
+/// The surrogate key of the version current at `at`, 0 (no row) for an unknown member.
+fn key_as_of<A>(member: Option<&Member<A, ()>>, at: Position) -> u64 {
+    member.and_then(|m| m.as_of(at)).map_or(0, |(k, ())| k)
+}
+
+fn remove_index(index: &mut BTreeMap<i64, BTreeSet<i64>>, group: i64, id: i64) {
+    if let Some(set) = index.get_mut(&group) {
+        set.remove(&id);
+        if set.is_empty() {
+            index.remove(&group);
+        }
+    }
+}
+
+fn row_key(row: &SourceRow) -> (i64, i64) {
+    match row {
+        SourceRow::Brand(r) => (r.id, 0),
+        SourceRow::Category(r) => (r.id, 0),
+        SourceRow::Customer(r) => (r.id, 0),
+        SourceRow::Seller(r) => (r.id, 0),
+        SourceRow::Payment(r) => (r.id, 0),
+        SourceRow::Promotion(r) => (r.id, 0),
+        SourceRow::Product(r) => (r.id, 0),
+        SourceRow::Order(r) => (r.id, 0),
+        SourceRow::OrderLine(r) => (r.order_id, r.product_id),
+        SourceRow::Inventory(r) => (r.product_id, 0),
+    }
+}
+
+fn fact_row(line: &LineState, version: u64, is_deleted: u8) -> FactSale {
+    let f = &line.fact;
+    let l = &line.source;
+    FactSale {
+        date_key: f.date_key,
+        product_key: key_text(f.product_key),
+        seller_key: key_text(f.seller_key),
+        promotion_key: key_text(f.promotion_key),
+        customer_key: key_text(f.customer_key),
+        payment_key: key_text(f.payment_key),
+        order_transaction: l.order_id,
+        product_id: l.product_id,
+        sales_quantity: l.quantity,
+        regular_unit_price: l.price,
+        discount_unit_price: f.discount_unit_price,
+        net_unit_price: Money(l.price.0 - f.discount_unit_price.0),
+        extended_sales_amount: Money(l.price.0 * l.quantity),
+        extended_discount_amount: Money(f.discount_unit_price.0 * l.quantity),
+        version,
+        is_deleted,
+    }
+}
+
+/// The `dim_dates` row of a YYYYMMDD key.
+pub fn dim_date(date_key: u32) -> DimDate {
+    let (y, m, d) = (date_key / 10_000, (date_key / 100) % 100, date_key % 100);
+    let days = crate::event::days_from_civil(i64::from(y), m, d);
+    let dow = ((days + 3).rem_euclid(7) + 1) as u8;
+    DimDate {
+        date_key,
+        date: days.clamp(0, i64::from(u16::MAX)) as u16,
+        day_of_week: dow,
+        day_name: DAY_NAMES[usize::from(dow - 1)].to_string(),
+        day_of_month: d as u8,
+        month: m as u8,
+        month_name: MONTH_NAMES[(m - 1) as usize].to_string(),
+        quarter: ((m - 1) / 3 + 1) as u8,
+        year: y as u16,
+        is_weekend: u8::from(dow >= 6),
+    }
+}

@@ -1,0 +1,715 @@
+//! Change events as the core sees them, and their decoding from Debezium JSON envelopes.
+//!
+//! Decoding is pure and strict: a record either becomes one typed [`ChangeEvent`] or a
+//! [`DecodeError`] that names what is wrong (the runtime parks it in the dead-letter topic). Both
+//! JSON forms are accepted, with and without the `schema`/`payload` wrapper, and every
+//! `decimal.handling.mode` of Debezium: `precise` (base64 of the unscaled big-endian integer; every
+//! numeric column of the source schema has scale 2), `string` ("13.34") and `double` (13.34).
+
+use base64::Engine;
+use rainbow_schemas::money::Money;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+/// The source tables the core understands, in the order the CDC snapshots them (parents first).
+/// The order is the tie-break between tables at one position (snapshot rows share one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Table {
+    Brands,
+    Categories,
+    Customers,
+    Sellers,
+    Payments,
+    Promotions,
+    Products,
+    Orders,
+    Orderdetails,
+    Inventories,
+}
+
+impl Table {
+    pub const ALL: [Table; 10] = [
+        Table::Brands,
+        Table::Categories,
+        Table::Customers,
+        Table::Sellers,
+        Table::Payments,
+        Table::Promotions,
+        Table::Products,
+        Table::Orders,
+        Table::Orderdetails,
+        Table::Inventories,
+    ];
+
+    pub fn name(self) -> &'static str {
+        rainbow_schemas::postgres::SOURCE_TABLES[self as usize]
+    }
+
+    pub fn from_name(name: &str) -> Option<Table> {
+        rainbow_schemas::postgres::SOURCE_TABLES.iter().position(|t| *t == name).map(|i| Table::ALL[i])
+    }
+
+    /// Rank in snapshot order (0 = brands).
+    pub fn rank(self) -> u8 {
+        self as u8
+    }
+}
+
+/// Where an event sits in source commit order.
+///
+/// `commit` is the LSN of the transaction's commit record (Rainbow's `source.sequence[0]`), 0 for
+/// snapshot rows, which precede every streamed transaction. `change` is the LSN of the row change
+/// (`source.lsn`); for snapshot rows, the snapshot's consistent point. Ordering by
+/// `(commit, change, table)` is commit order; equal triples are rows of one multi-row write (or
+/// one snapshot table), whose relative order does not matter to the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct Position {
+    pub commit: u64,
+    pub change: u64,
+    pub table: u8,
+}
+
+impl Position {
+    pub const MIN: Position = Position { commit: 0, change: 0, table: 0 };
+
+    /// The version stamped on every output row this event produces: the commit LSN, or for a
+    /// snapshot row the snapshot's consistent point (below every later commit LSN).
+    pub fn version(&self) -> u64 {
+        if self.commit == 0 {
+            self.change
+        } else {
+            self.commit
+        }
+    }
+
+    pub fn is_snapshot(&self) -> bool {
+        self.commit == 0
+    }
+}
+
+/// `op` of the envelope. Snapshot rows (`r`) are inserts for the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Read,
+    Create,
+    Update,
+    Delete,
+    Truncate,
+}
+
+/// One row change of a source table, typed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeEvent {
+    pub op: Op,
+    pub position: Position,
+    /// Commit time of the source transaction (snapshot: the snapshot's time), ms since the epoch.
+    pub ts_ms: i64,
+    pub before: Option<SourceRow>,
+    pub after: Option<SourceRow>,
+}
+
+impl ChangeEvent {
+    pub fn table(&self) -> Table {
+        Table::ALL[self.position.table as usize]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Brand {
+    pub id: i64,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Category {
+    pub id: i64,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Customer {
+    pub id: i64,
+    pub name: String,
+    pub email: String,
+    pub phone: Option<String>,
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seller {
+    pub id: i64,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payment {
+    pub id: i64,
+    pub method: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promotion {
+    pub id: i64,
+    pub name: String,
+    pub coupon_type: String,
+    pub price_treatment: Money,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Product {
+    pub id: i64,
+    pub name: String,
+    pub price: Money,
+    pub original_price: Money,
+    pub rating_average: Money,
+    pub review_count: i64,
+    pub sold_count: i64,
+    pub category_id: i64,
+    pub seller_id: i64,
+    pub brand_id: i64,
+    pub promotion_id: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub id: i64,
+    pub customer_id: i64,
+    pub payment_id: i64,
+    /// `created_at`, µs since the epoch (UTC): the order's business date.
+    pub created_at_us: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderLine {
+    pub order_id: i64,
+    pub product_id: i64,
+    pub quantity: i64,
+    pub price: Money,
+    pub promotion_id: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    pub product_id: i64,
+    pub quantity: i64,
+}
+
+/// A row of one source table; `before` and `after` of an event are the same variant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SourceRow {
+    Brand(Brand),
+    Category(Category),
+    Customer(Customer),
+    Seller(Seller),
+    Payment(Payment),
+    Promotion(Promotion),
+    Product(Product),
+    Order(Order),
+    OrderLine(OrderLine),
+    Inventory(Inventory),
+}
+
+/// Why a record is not a change event the core can apply. The runtime sends the record to the
+/// dead-letter topic with this text as the reason.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("not a Debezium change event: {0}")]
+    Malformed(String),
+    #[error("change event of unknown table {0:?}")]
+    UnknownTable(String),
+    #[error("unknown op {0:?}: expected c, r, u, d or t")]
+    UnknownOp(String),
+    #[error("schema drift in {table}.{field}: {reason}")]
+    SchemaDrift { table: &'static str, field: String, reason: String },
+    #[error("bad source position: {0}")]
+    BadPosition(String),
+}
+
+/// Both forms in one pass: with the wrapper, `payload` holds the envelope (and `schema` is
+/// skipped); without it, the envelope's fields are at the top level.
+#[derive(Deserialize)]
+struct Outer<'a> {
+    #[serde(default, borrow)]
+    payload: Option<Envelope<'a>>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    schema: Option<IgnoredAny>,
+    #[serde(default, borrow)]
+    before: Option<&'a serde_json::value::RawValue>,
+    #[serde(default, borrow)]
+    after: Option<&'a serde_json::value::RawValue>,
+    #[serde(default, borrow)]
+    source: Option<SourceInfo<'a>>,
+    #[serde(default, borrow)]
+    op: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(default, borrow)]
+    before: Option<&'a serde_json::value::RawValue>,
+    #[serde(default, borrow)]
+    after: Option<&'a serde_json::value::RawValue>,
+    #[serde(default, borrow)]
+    source: Option<SourceInfo<'a>>,
+    #[serde(default, borrow)]
+    op: Option<Cow<'a, str>>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    ts_ms: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct SourceInfo<'a> {
+    #[serde(borrow)]
+    table: Cow<'a, str>,
+    ts_ms: i64,
+    lsn: Option<u64>,
+    #[serde(default, borrow)]
+    sequence: Option<Cow<'a, str>>,
+}
+
+/// Decodes one Kafka record value. `Ok(None)` for a tombstone (no value), which carries nothing
+/// the core needs (the delete before it did).
+pub fn decode(value: Option<&[u8]>) -> Result<Option<ChangeEvent>, DecodeError> {
+    let Some(value) = value else { return Ok(None) };
+    let outer: Outer<'_> =
+        serde_json::from_slice(value).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let env = outer.payload.unwrap_or(Envelope {
+        before: outer.before,
+        after: outer.after,
+        source: outer.source,
+        op: outer.op,
+        ts_ms: None,
+    });
+    let source = env.source.ok_or_else(|| DecodeError::Malformed("no `source` block".into()))?;
+    let op = match env.op.as_deref() {
+        Some("r") => Op::Read,
+        Some("c") => Op::Create,
+        Some("u") => Op::Update,
+        Some("d") => Op::Delete,
+        Some("t") => Op::Truncate,
+        Some(other) => return Err(DecodeError::UnknownOp(other.to_string())),
+        None => return Err(DecodeError::Malformed("no `op`".into())),
+    };
+    let table =
+        Table::from_name(&source.table).ok_or_else(|| DecodeError::UnknownTable(source.table.to_string()))?;
+    let (commit, change) = parse_sequence(source.sequence.as_deref(), source.lsn)?;
+    let position = Position { commit: if op == Op::Read { 0 } else { commit }, change, table: table.rank() };
+    if op != Op::Read && commit == 0 {
+        return Err(DecodeError::BadPosition("a streamed change without a commit LSN".into()));
+    }
+    let row = |raw: Option<&serde_json::value::RawValue>| -> Result<Option<SourceRow>, DecodeError> {
+        match raw {
+            None => Ok(None),
+            Some(r) if r.get() == "null" => Ok(None),
+            Some(r) => decode_row(table, r.get()).map(Some),
+        }
+    };
+    let before = row(env.before)?;
+    let after = row(env.after)?;
+    match op {
+        Op::Read | Op::Create if after.is_none() => {
+            return Err(DecodeError::Malformed(format!("op {op:?} without `after`")))
+        }
+        Op::Update if after.is_none() => return Err(DecodeError::Malformed("op u without `after`".into())),
+        Op::Delete if before.is_none() => {
+            return Err(DecodeError::Malformed(
+                "op d without `before` (the table needs REPLICA IDENTITY FULL or a key)".into(),
+            ))
+        }
+        _ => {}
+    }
+    Ok(Some(ChangeEvent { op, position, ts_ms: source.ts_ms, before, after }))
+}
+
+/// `source.sequence` is a JSON array of two decimal strings, `[commit, change]` (commit null for
+/// snapshot rows); without it, `source.lsn` alone is the position.
+fn parse_sequence(sequence: Option<&str>, lsn: Option<u64>) -> Result<(u64, u64), DecodeError> {
+    let bad = || DecodeError::BadPosition(format!("sequence {sequence:?}, lsn {lsn:?}"));
+    let Some(seq) = sequence else {
+        let lsn = lsn.ok_or_else(bad)?;
+        return Ok((lsn, lsn));
+    };
+    let inner = seq.trim().strip_prefix('[').and_then(|s| s.strip_suffix(']')).ok_or_else(bad)?;
+    let mut parts = inner.split(',').map(str::trim);
+    let mut next = || -> Result<Option<u64>, DecodeError> {
+        match parts.next() {
+            Some("null") => Ok(None),
+            Some(p) => p.trim_matches('"').parse::<u64>().map(Some).map_err(|_| bad()),
+            None => Err(bad()),
+        }
+    };
+    let commit = next()?;
+    let change = next()?.or(lsn).ok_or_else(bad)?;
+    Ok((commit.unwrap_or(0), change))
+}
+
+fn drift(table: Table, field: &str, reason: impl Into<String>) -> DecodeError {
+    DecodeError::SchemaDrift { table: table.name(), field: field.to_string(), reason: reason.into() }
+}
+
+/// A numeric column in any `decimal.handling.mode`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Numeric<'a> {
+    Double(f64),
+    Text(#[serde(borrow)] Cow<'a, str>),
+}
+
+impl Numeric<'_> {
+    fn money(&self, table: Table, field: &str) -> Result<Money, DecodeError> {
+        match self {
+            Numeric::Double(v) => {
+                let scaled = (v * 100.0).round();
+                if !scaled.is_finite() || scaled.abs() >= 1e18 {
+                    return Err(drift(table, field, format!("{v} is not a money amount")));
+                }
+                Ok(Money(scaled as i64))
+            }
+            Numeric::Text(s)
+                if s.contains('.') || s.starts_with('-') && s[1..].bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                let d: rust_decimal::Decimal =
+                    s.parse().map_err(|_| drift(table, field, format!("{s:?} is not a decimal")))?;
+                Money::from_decimal(d).map_err(|e| drift(table, field, e.to_string()))
+            }
+            Numeric::Text(s) => {
+                // precise: the unscaled value (scale 2) as big-endian two's complement, base64.
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(s.as_bytes())
+                    .map_err(|_| drift(table, field, format!("{s:?} is neither a decimal nor base64")))?;
+                if bytes.is_empty() || bytes.len() > 8 {
+                    return Err(drift(
+                        table,
+                        field,
+                        format!("{} bytes do not fit Decimal(18,2)", bytes.len()),
+                    ));
+                }
+                let mut v: i64 = if bytes[0] & 0x80 != 0 { -1 } else { 0 };
+                for b in bytes {
+                    v = (v << 8) | i64::from(b);
+                }
+                Ok(Money(v))
+            }
+        }
+    }
+}
+
+/// A `TIMESTAMPTZ` as Debezium's ZonedTimestamp ("2024-08-01T10:00:00.123456Z"), or µs / ms as a
+/// number (time.precision.mode=connect gives ms).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Timestamp<'a> {
+    Number(i64),
+    Text(#[serde(borrow)] Cow<'a, str>),
+}
+
+impl Timestamp<'_> {
+    fn micros(&self, table: Table, field: &str) -> Result<i64, DecodeError> {
+        match self {
+            Timestamp::Number(ms) => Ok(ms * 1000),
+            Timestamp::Text(s) => parse_zoned(s)
+                .ok_or_else(|| drift(table, field, format!("{s:?} is not an ISO-8601 UTC timestamp"))),
+        }
+    }
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS[.ffffff](Z|+00:00)` to µs since the epoch.
+pub fn parse_zoned(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let mut v = 0i64;
+        for &c in &b[r] {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + i64::from(c - b'0');
+        }
+        Some(v)
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut i = 19;
+    let mut micros = 0i64;
+    if b[i] == b'.' {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let digits = &s[start..i];
+        let mut frac = digits.get(..digits.len().min(6))?.to_string();
+        while frac.len() < 6 {
+            frac.push('0');
+        }
+        micros = frac.parse().ok()?;
+    }
+    let offset_s = match &s[i..] {
+        "Z" | "+00:00" | "+00" => 0,
+        tz if tz.len() == 6 && (tz.starts_with('+') || tz.starts_with('-')) => {
+            let h: i64 = tz[1..3].parse().ok()?;
+            let m: i64 = tz[4..6].parse().ok()?;
+            let v = h * 3600 + m * 60;
+            if tz.starts_with('+') {
+                v
+            } else {
+                -v
+            }
+        }
+        _ => return None,
+    };
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let days = days_from_civil(y, mo as u32, d as u32);
+    Some(((days * 86_400 + h * 3600 + mi * 60 + sec - offset_s) * 1_000_000) + micros)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date of a day number (inverse of [`days_from_civil`]).
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn decode_row(table: Table, json: &str) -> Result<SourceRow, DecodeError> {
+    fn parse<'a, T: Deserialize<'a>>(table: Table, json: &'a str) -> Result<T, DecodeError> {
+        serde_json::from_str(json).map_err(|e| {
+            let text = e.to_string();
+            // serde's messages name the field: "missing field `price`", "invalid type: ..."
+            let field = text.split('`').nth(1).unwrap_or("?").to_string();
+            DecodeError::SchemaDrift { table: table.name(), field, reason: text }
+        })
+    }
+    Ok(match table {
+        Table::Brands => {
+            let r: IdName = parse(table, json)?;
+            SourceRow::Brand(Brand { id: r.id, name: r.name })
+        }
+        Table::Categories => {
+            let r: IdName = parse(table, json)?;
+            SourceRow::Category(Category { id: r.id, name: r.name })
+        }
+        Table::Sellers => {
+            let r: IdName = parse(table, json)?;
+            SourceRow::Seller(Seller { id: r.id, name: r.name })
+        }
+        Table::Customers => {
+            let r: RawCustomer = parse(table, json)?;
+            SourceRow::Customer(Customer {
+                id: r.id,
+                name: r.name,
+                email: r.email,
+                phone: r.phone,
+                address: r.address,
+            })
+        }
+        Table::Payments => {
+            let r: RawPayment = parse(table, json)?;
+            SourceRow::Payment(Payment { id: r.id, method: r.method })
+        }
+        Table::Promotions => {
+            let r: RawPromotion<'_> = parse(table, json)?;
+            if r.coupon_type.parse::<rainbow_schemas::pricing::CouponType>().is_err() {
+                return Err(drift(table, "coupon_type", format!("unknown coupon type {:?}", r.coupon_type)));
+            }
+            SourceRow::Promotion(Promotion {
+                id: r.id,
+                name: r.name,
+                coupon_type: r.coupon_type,
+                price_treatment: r.price_treatment.money(table, "price_treatment")?,
+            })
+        }
+        Table::Products => {
+            let r: RawProduct<'_> = parse(table, json)?;
+            SourceRow::Product(Product {
+                id: r.id,
+                name: r.name,
+                price: r.price.money(table, "price")?,
+                original_price: r.original_price.money(table, "original_price")?,
+                rating_average: r.rating_average.money(table, "rating_average")?,
+                review_count: r.review_count,
+                sold_count: r.sold_count,
+                category_id: r.category_id,
+                seller_id: r.seller_id,
+                brand_id: r.brand_id,
+                promotion_id: r.promotion_id,
+            })
+        }
+        Table::Orders => {
+            let r: RawOrder<'_> = parse(table, json)?;
+            SourceRow::Order(Order {
+                id: r.id,
+                customer_id: r.customer_id,
+                payment_id: r.payment_id,
+                created_at_us: r.created_at.micros(table, "created_at")?,
+            })
+        }
+        Table::Orderdetails => {
+            let r: RawLine<'_> = parse(table, json)?;
+            if r.quantity <= 0 {
+                return Err(drift(table, "quantity", format!("{} is not a positive quantity", r.quantity)));
+            }
+            SourceRow::OrderLine(OrderLine {
+                order_id: r.order_id,
+                product_id: r.product_id,
+                quantity: r.quantity,
+                price: r.price.money(table, "price")?,
+                promotion_id: r.promotion_id,
+            })
+        }
+        Table::Inventories => {
+            let r: RawInventory = parse(table, json)?;
+            SourceRow::Inventory(Inventory { product_id: r.product_id, quantity: r.quantity })
+        }
+    })
+}
+
+#[derive(Deserialize)]
+struct IdName {
+    id: i64,
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct RawCustomer {
+    id: i64,
+    name: String,
+    email: String,
+    phone: Option<String>,
+    address: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawPayment {
+    id: i64,
+    method: String,
+}
+
+#[derive(Deserialize)]
+struct RawPromotion<'a> {
+    id: i64,
+    name: String,
+    coupon_type: String,
+    #[serde(borrow)]
+    price_treatment: Numeric<'a>,
+}
+
+#[derive(Deserialize)]
+struct RawProduct<'a> {
+    id: i64,
+    name: String,
+    #[serde(borrow)]
+    price: Numeric<'a>,
+    #[serde(borrow)]
+    original_price: Numeric<'a>,
+    #[serde(borrow)]
+    rating_average: Numeric<'a>,
+    review_count: i64,
+    sold_count: i64,
+    category_id: i64,
+    seller_id: i64,
+    brand_id: i64,
+    promotion_id: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct RawOrder<'a> {
+    id: i64,
+    customer_id: i64,
+    payment_id: i64,
+    #[serde(borrow)]
+    created_at: Timestamp<'a>,
+}
+
+#[derive(Deserialize)]
+struct RawLine<'a> {
+    order_id: i64,
+    product_id: i64,
+    quantity: i64,
+    #[serde(borrow)]
+    price: Numeric<'a>,
+    promotion_id: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct RawInventory {
+    product_id: i64,
+    quantity: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_both_json_forms_and_every_decimal_mode() {
+        let bare = br#"{"before":null,"after":{"id":7,"name":"P","price":"JxA=","original_price":"13.34","rating_average":4.5,"review_count":2,"sold_count":0,"category_id":1,"seller_id":2,"brand_id":3,"promotion_id":null,"created_at":"2024-08-01T10:00:00.000000Z"},"source":{"version":"x","connector":"postgresql","name":"rb","ts_ms":1722506400000,"snapshot":"false","db":"d","sequence":"[\"100\",\"96\"]","schema":"public","table":"products","txId":5,"lsn":96,"xmin":null},"op":"c","ts_ms":1}"#;
+        let e = decode(Some(bare)).unwrap().unwrap();
+        assert_eq!(e.position, Position { commit: 100, change: 96, table: Table::Products.rank() });
+        let SourceRow::Product(p) = e.after.unwrap() else { panic!() };
+        assert_eq!((p.price, p.original_price, p.rating_average), (Money(10000), Money(1334), Money(450)));
+        let wrapped =
+            format!(r#"{{"schema":{{"type":"struct"}},"payload":{}}}"#, std::str::from_utf8(bare).unwrap());
+        assert_eq!(decode(Some(wrapped.as_bytes())).unwrap().unwrap().position.commit, 100);
+        assert_eq!(decode(None).unwrap(), None);
+    }
+
+    #[test]
+    fn snapshot_rows_sort_before_streamed_changes() {
+        let v = br#"{"before":null,"after":{"id":1,"name":"B"},"source":{"ts_ms":5,"table":"brands","lsn":500,"sequence":"[null,\"500\"]"},"op":"r"}"#;
+        let e = decode(Some(v)).unwrap().unwrap();
+        assert!(e.position.is_snapshot());
+        assert_eq!(e.position.version(), 500);
+    }
+
+    #[test]
+    fn names_what_is_wrong() {
+        let unknown = br#"{"after":{"id":1},"source":{"ts_ms":5,"table":"coupons","lsn":5},"op":"c"}"#;
+        assert_eq!(decode(Some(unknown)), Err(DecodeError::UnknownTable("coupons".into())));
+        let drift = br#"{"after":{"id":1},"source":{"ts_ms":5,"table":"brands","lsn":5,"sequence":"[\"6\",\"5\"]"},"op":"c"}"#;
+        match decode(Some(drift)) {
+            Err(DecodeError::SchemaDrift { table: "brands", field, .. }) => assert_eq!(field, "name"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(decode(Some(b"{not json")), Err(DecodeError::Malformed(_))));
+        let bad_op =
+            br#"{"after":{"id":1,"name":"x"},"source":{"ts_ms":5,"table":"brands","lsn":5},"op":"x"}"#;
+        assert_eq!(decode(Some(bad_op)), Err(DecodeError::UnknownOp("x".into())));
+    }
+
+    #[test]
+    fn parses_timestamps_and_dates() {
+        assert_eq!(parse_zoned("1970-01-01T00:00:01Z"), Some(1_000_000));
+        assert_eq!(parse_zoned("2024-08-01T10:00:00.5Z"), Some(1_722_506_400_500_000));
+        assert_eq!(parse_zoned("2024-08-01T12:00:00+02:00"), Some(1_722_506_400_000_000));
+        assert_eq!(parse_zoned("2024-13-01T10:00:00Z"), None);
+        for z in [-1000, 0, 19_000, 20_000, 60_000] {
+            let (y, m, d) = civil_from_days(z);
+            assert_eq!(days_from_civil(y, m, d), z);
+        }
+    }
+}
