@@ -179,6 +179,52 @@ pub async fn cdc(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the processor finds Kafka and ClickHouse.
+fn processor_endpoints(
+    config: &Config,
+) -> (rainbow_processor::KafkaConnection, rainbow_schemas::warehouse::Connection) {
+    let ch = &config.clickhouse;
+    (
+        rainbow_processor::KafkaConnection {
+            brokers: config.kafka.brokers.clone(),
+            client_id: config.kafka.client_id.clone(),
+        },
+        rainbow_schemas::warehouse::Connection {
+            url: ch.url.clone(),
+            user: ch.user.clone(),
+            password: ch.password.clone(),
+            database: ch.database.clone(),
+        },
+    )
+}
+
+pub async fn process(config: &Config) -> anyhow::Result<()> {
+    let (kafka, clickhouse) = processor_endpoints(config);
+    println!(
+        "process: Kafka topics {}.{}.<table> -> ClickHouse {} (metrics on http://{}/metrics)",
+        config.processor.topic_prefix.as_deref().unwrap_or_default(),
+        config.processor.schema,
+        config.clickhouse.database,
+        config.processor.metrics_listen
+    );
+    let summary = rainbow_processor::run(&kafka, &clickhouse, &config.processor, shutdown_signal())
+        .await
+        .context("the processor stopped")?;
+    println!("{}", processor_summary(&summary));
+    Ok(())
+}
+
+fn processor_summary(s: &rainbow_processor::RunSummary) -> String {
+    format!(
+        "process: {} events applied{}, {} re-deliveries dropped, {} dead letters, {} checkpoints written",
+        s.events_applied,
+        s.resumed_from.map(|id| format!(" (resumed from checkpoint {id})")).unwrap_or_default(),
+        s.duplicates,
+        s.dead_letters,
+        s.checkpoints
+    )
+}
+
 fn cdc_summary(s: &rainbow_cdc::RunSummary) -> String {
     format!(
         "cdc: {}{} transactions, {} change events sent; slot confirmed at {}",
@@ -274,17 +320,25 @@ pub async fn up(config: &Config, args: &UpArgs) -> anyhow::Result<()> {
         "cdc: PostgreSQL changes -> Kafka topics {}.public.<table> (metrics on http://{}/metrics)",
         config.cdc.topic_prefix, config.cdc.metrics_listen
     );
-    for (name, what) in
-        [("process", "Kafka -> ClickHouse processor"), ("archive", "Kafka -> master dataset archiver")]
-    {
-        println!("{name}: {what}: not available yet");
-    }
+    let (kafka, clickhouse) = processor_endpoints(config);
+    let processor_config = config.processor.clone();
+    let processor_stop = stopped(stop_rx.clone());
+    let processor = tokio::spawn(async move {
+        rainbow_processor::run(&kafka, &clickhouse, &processor_config, processor_stop).await
+    });
+    println!(
+        "process: Kafka -> ClickHouse database {} (metrics on http://{}/metrics)",
+        config.clickhouse.database, config.processor.metrics_listen
+    );
+    println!("archive: Kafka -> master dataset archiver: not available yet");
     println!("running; Ctrl-C stops");
     let mut cdc = cdc;
-    let cdc_outcome = tokio::select! {
-        _ = shutdown_signal() => None,
+    let mut processor = processor;
+    let (cdc_outcome, processor_outcome) = tokio::select! {
+        _ = shutdown_signal() => (None, None),
         // The reader stops by itself only on an error (or with snapshot mode initial_only).
-        outcome = &mut cdc => Some(outcome),
+        outcome = &mut cdc => (Some(outcome), None),
+        outcome = &mut processor => (None, Some(outcome)),
     };
     let _ = stop_tx.send(true);
     let cdc_outcome = match cdc_outcome {
@@ -294,6 +348,14 @@ pub async fn up(config: &Config, args: &UpArgs) -> anyhow::Result<()> {
     match cdc_outcome? {
         Ok(summary) => println!("{}", cdc_summary(&summary)),
         Err(e) => eprintln!("cdc: stopped with an error: {e}"),
+    }
+    let processor_outcome = match processor_outcome {
+        Some(outcome) => outcome,
+        None => processor.await,
+    };
+    match processor_outcome? {
+        Ok(summary) => println!("{}", processor_summary(&summary)),
+        Err(e) => eprintln!("process: stopped with an error: {e}"),
     }
     if let Some(p) = producers {
         print!("{}", p.await?.context("order producers")?.render());

@@ -18,8 +18,8 @@ pub const DEFAULT_CONFIG_FILE: &str = "rainbow.toml";
 /// Prefix of every configuration environment variable.
 pub const ENV_PREFIX: &str = "RAINBOW_";
 /// `RAINBOW_*` variables that are not settings: read by the stack scripts and the CLI.
-const NON_SETTING_VARS: [&str; 4] =
-    ["RAINBOW_HOME", "RAINBOW_CONFIG", "RAINBOW_LOG", "RAINBOW_CDC_FAILPOINT"];
+const NON_SETTING_VARS: [&str; 5] =
+    ["RAINBOW_HOME", "RAINBOW_CONFIG", "RAINBOW_LOG", "RAINBOW_CDC_FAILPOINT", "RAINBOW_PROCESSOR_FAILPOINT"];
 const NON_SETTING_PREFIXES: [&str; 1] = ["RAINBOW_STACK_"];
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// The change-data-capture reader (`rainbow cdc`); see rainbow_cdc::CdcConfig.
     pub cdc: rainbow_cdc::CdcConfig,
+    /// The stream processor (`rainbow process`); see rainbow_processor::ProcessorConfig.
+    pub processor: rainbow_processor::ProcessorConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
 }
@@ -218,7 +220,14 @@ impl Config {
         for setting in settings {
             figment = figment.merge(setting);
         }
-        let config: Config = figment.extract().map_err(|e| ConfigError::Parse(describe(e)))?;
+        let mut config: Config = figment.extract().map_err(|e| ConfigError::Parse(describe(e)))?;
+        // The processor reads the topics the CDC writes unless told otherwise.
+        if config.processor.topic_prefix.is_none() {
+            config.processor.topic_prefix = Some(config.cdc.topic_prefix.clone());
+            if config.processor.topic_map.is_none() {
+                config.processor.topic_map = Some(config.cdc.topic_map.clone());
+            }
+        }
         config.validate()?;
         Ok(config)
     }
@@ -306,6 +315,11 @@ impl Config {
             "seconds, 0-3600",
         )?;
         self.cdc.validate().map_err(|e| ConfigError::Invalid {
+            key: e.key,
+            value: e.value,
+            expected: e.expected,
+        })?;
+        self.processor.validate().map_err(|e| ConfigError::Invalid {
             key: e.key,
             value: e.value,
             expected: e.expected,

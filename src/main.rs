@@ -37,8 +37,9 @@ enum Command {
     /// Stream PostgreSQL changes to Kafka as Debezium-compatible events (snapshot first, then
     /// logical replication) until SIGINT/SIGTERM. Settings: [cdc] / RAINBOW_CDC__*.
     Cdc,
-    /// Run the stream processor: SCD2 dimensions, fact_sales and aggregates into ClickHouse. Not
-    /// available yet.
+    /// Run the stream processor until SIGINT/SIGTERM: CDC topics merged in commit order -> SCD2
+    /// dimensions, fact_sales and dashboard aggregates in ClickHouse, with checkpoints and a
+    /// dead-letter topic. Settings: [processor] / RAINBOW_PROCESSOR__*.
     Process,
     /// Archive every CDC topic into the immutable master dataset (Parquet in object storage). Not
     /// available yet.
@@ -183,7 +184,7 @@ fn main() -> ExitCode {
     let outcome = match command {
         Command::Api => runtime().block_on(commands::api(&config)),
         Command::Cdc => runtime().block_on(commands::cdc(&config)),
-        Command::Process => return not_yet("process", "the stream processor"),
+        Command::Process => runtime().block_on(commands::process(&config)),
         Command::Archive => return not_yet("archive", "the archiver"),
         Command::Replay => return not_yet("replay", "the replay"),
         Command::Loadgen(args) => runtime().block_on(commands::loadgen(&config, &args)),

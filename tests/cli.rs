@@ -31,7 +31,7 @@ fn help_lists_every_command() {
 
 #[test]
 fn unavailable_commands_say_so_with_their_own_exit_code() {
-    for cmd in ["process", "archive", "replay", "check"] {
+    for cmd in ["archive", "replay", "check"] {
         let out = rainbow(&[cmd], &[]);
         assert_eq!(out.status.code(), Some(3), "{cmd}");
         assert!(text(&out).contains("not available yet"), "{cmd}: {}", text(&out));

@@ -54,6 +54,8 @@ pub struct CdcConfig {
     /// `provide.transaction.metadata`: BEGIN/END records and the `transaction` block.
     pub provide_transaction_metadata: bool,
     /// `heartbeat.interval.ms`: heartbeat record and slot feedback period; 0 disables heartbeats.
+    /// The processor learns from heartbeats that idle partitions have nothing earlier to deliver,
+    /// so this bounds how long a fact waits behind a quiet dimension topic (default 1 s).
     pub heartbeat_interval_ms: u64,
     /// `heartbeat.action.query`: SQL run on the source at each heartbeat (empty: none), for
     /// databases whose captured tables are quiet while others write.
@@ -85,7 +87,7 @@ impl Default for CdcConfig {
             decimal_handling_mode: DecimalHandling::Precise,
             time_precision_mode: TimePrecision::Adaptive,
             provide_transaction_metadata: false,
-            heartbeat_interval_ms: 10_000,
+            heartbeat_interval_ms: 1_000,
             heartbeat_action_query: String::new(),
             status_interval_ms: 1_000,
             topic_partitions: 3,

@@ -398,7 +398,8 @@ impl Stream<'_> {
                     self.confirm(conn, &acked, false).await?;
                 }
                 _ = heartbeat.tick(), if self.config.heartbeat_interval_ms > 0 => {
-                    self.heartbeat().await?;
+                    let acked_lsn = acked.borrow().lsn;
+                    self.heartbeat(acked_lsn).await?;
                     // Ask the server for a keepalive: outside a transaction its position becomes
                     // confirmable, so a quiet slot keeps moving.
                     self.confirm(conn, &acked, true).await?;
@@ -474,11 +475,17 @@ impl Stream<'_> {
         Ok(())
     }
 
-    async fn heartbeat(&mut self) -> Result<(), CdcError> {
+    /// Sends a heartbeat record. Its header `rainbow.acked_lsn` (decimal) is a position before
+    /// which every transaction's events are in Kafka: consumers that merge topics by commit
+    /// order use it to know that an idle partition has nothing earlier to deliver.
+    async fn heartbeat(&mut self, acked_lsn: Option<Lsn>) -> Result<(), CdcError> {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let (key, value) = heartbeat_record(&self.config.topic_prefix, self.config.schemas_enable, now_ms);
         let topic: Arc<str> = Arc::from(self.config.heartbeat_topic());
-        self.sink.send(&topic, Some(&key), Some(&value), &[], RecordKind::Heartbeat { now_ms }).await?;
+        // Transactions confirmed to the slot (by this run or an earlier one) were acknowledged.
+        let acked = acked_lsn.unwrap_or(self.confirmed).max(self.confirmed).0.to_string();
+        let headers = [(rainbow_schemas::HEARTBEAT_ACKED_LSN_HEADER, acked.as_bytes())];
+        self.sink.send(&topic, Some(&key), Some(&value), &headers, RecordKind::Heartbeat { now_ms }).await?;
         let query = self.config.heartbeat_action_query.trim();
         if !query.is_empty() {
             if let Err(e) = sqlx::query(query).execute(self.pool).await {

@@ -18,3 +18,9 @@ pub mod seed;
 pub mod warehouse;
 
 pub use money::{Money, MoneyError, MoneySum};
+
+/// Kafka header of the CDC's heartbeat records: a WAL position (decimal) before which every
+/// transaction's change events are in Kafka (acknowledged). The processor's merge uses it to
+/// learn that an idle partition has nothing earlier to deliver. Debezium has no such header;
+/// consumers that do not know it ignore it.
+pub const HEARTBEAT_ACKED_LSN_HEADER: &str = "rainbow.acked_lsn";

@@ -127,6 +127,11 @@ def normalise(rec, prefix):
     rec.pop("offset", None)
     facts = {}
     headers = rec.get("headers") or {}
+    # Rainbow's own extensions (rainbow.* headers, such as the heartbeat's acknowledged LSN)
+    # are additions a Debezium consumer ignores.
+    headers = {k: v for k, v in headers.items() if not k.startswith("rainbow.")}
+    if "headers" in rec:
+        rec["headers"] = headers
     if "__debezium.context.connectorLogicalName" in headers:
         headers["__debezium.context.connectorLogicalName"] = unprefix(
             headers["__debezium.context.connectorLogicalName"], prefix)

@@ -1,0 +1,136 @@
+//! Checkpoints: the core's state, the merge's last released position and every input's resume
+//! offset, written atomically to object_store.
+//!
+//! Contract: a checkpoint is written only after the sink made every row produced before it
+//! durable in ClickHouse and the dead-letter producer flushed, so resuming from it loses nothing;
+//! rows produced after it are produced again, identically (same keys, versions and content), so
+//! ClickHouse converges. Objects are `<prefix>/checkpoint-<id, 20 digits>.bin`; a put is atomic
+//! (the local store writes a temporary file and renames it), the latest is the highest id, and a
+//! corrupt latest falls back to the one before.
+
+use crate::core::State;
+use crate::error::ProcessorError;
+use crate::event::Position;
+use crate::merge::InputName;
+use futures_util::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, PutPayload};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Leading bytes of every checkpoint object: format name and version.
+pub const MAGIC: &[u8; 8] = b"RBWCKPT1";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub id: u64,
+    pub partition: i32,
+    pub state: State,
+    pub last_released: Option<Position>,
+    pub offsets: Vec<(InputName, i64)>,
+    /// Events applied since the stream began.
+    pub events: u64,
+}
+
+impl Checkpoint {
+    pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        let mut out = MAGIC.to_vec();
+        out.extend(postcard::to_allocvec(self)?);
+        Ok(out)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
+        let body =
+            bytes.strip_prefix(MAGIC).ok_or("not a Rainbow checkpoint (bad magic or format version)")?;
+        postcard::from_bytes(body).map_err(|e| e.to_string())
+    }
+}
+
+pub struct CheckpointStore {
+    url: String,
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    kept: usize,
+}
+
+impl CheckpointStore {
+    /// Opens the store at `url` (a directory, created if missing, or `file://` URL); checkpoints
+    /// go under `<name>/`.
+    pub fn open(url: &str, name: &str, kept: usize) -> Result<CheckpointStore, ProcessorError> {
+        let err = |reason: String| ProcessorError::Checkpoint { url: url.to_string(), reason };
+        let dir = match url.split_once("://") {
+            None => std::path::PathBuf::from(url),
+            Some(("file", path)) => std::path::PathBuf::from(path),
+            Some((scheme, _)) => {
+                return Err(err(format!(
+                    "scheme {scheme}:// is not supported for checkpoints yet: use a directory or file://"
+                )))
+            }
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+        let store = LocalFileSystem::new_with_prefix(&dir).map_err(|e| err(e.to_string()))?;
+        Ok(CheckpointStore { url: url.to_string(), store: Arc::new(store), prefix: Path::from(name), kept })
+    }
+
+    fn path(&self, id: u64) -> Path {
+        self.prefix.child(format!("checkpoint-{id:020}.bin"))
+    }
+
+    async fn ids(&self) -> Result<Vec<u64>, ProcessorError> {
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&self.prefix))
+            .try_collect()
+            .await
+            .map_err(|e| ProcessorError::Checkpoint { url: self.url.clone(), reason: e.to_string() })?;
+        let mut ids: Vec<u64> = metas
+            .iter()
+            .filter_map(|m| {
+                m.location.filename()?.strip_prefix("checkpoint-")?.strip_suffix(".bin")?.parse().ok()
+            })
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// The newest readable checkpoint, if any.
+    pub async fn latest(&self) -> Result<Option<Checkpoint>, ProcessorError> {
+        for id in self.ids().await?.into_iter().rev() {
+            let path = self.path(id);
+            let read = async { self.store.get(&path).await?.bytes().await };
+            match read.await {
+                Ok(bytes) => match Checkpoint::decode(&bytes) {
+                    Ok(c) => return Ok(Some(c)),
+                    Err(reason) => tracing::warn!(%path, %reason, "skipping an unreadable checkpoint"),
+                },
+                Err(e) => tracing::warn!(%path, error = %e, "skipping an unreadable checkpoint"),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes `checkpoint` atomically, then deletes all but the newest `kept + 1`. Returns the
+    /// size written.
+    pub async fn save(&self, checkpoint: &Checkpoint) -> Result<usize, ProcessorError> {
+        let bytes = checkpoint
+            .encode()
+            .map_err(|e| ProcessorError::Checkpoint { url: self.url.clone(), reason: e.to_string() })?;
+        self.save_encoded(checkpoint.id, bytes).await
+    }
+
+    /// [`CheckpointStore::save`] of a checkpoint already encoded (magic + postcard).
+    pub async fn save_encoded(&self, id: u64, bytes: Vec<u8>) -> Result<usize, ProcessorError> {
+        let err = |reason: String| ProcessorError::Checkpoint { url: self.url.clone(), reason };
+        let size = bytes.len();
+        self.store.put(&self.path(id), PutPayload::from(bytes)).await.map_err(|e| err(e.to_string()))?;
+        let ids = self.ids().await?;
+        let old = ids.len().saturating_sub(self.kept + 1);
+        for id in &ids[..old] {
+            if let Err(e) = self.store.delete(&self.path(*id)).await {
+                tracing::warn!(id, error = %e, "could not delete an old checkpoint");
+            }
+        }
+        Ok(size)
+    }
+}

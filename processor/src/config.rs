@@ -1,0 +1,192 @@
+//! `[processor]` settings: serde defaults, validated at start, overridable by environment
+//! (`RAINBOW_PROCESSOR__<KEY>`, handled by the `rainbow` binary).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A setting with an unusable value.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("invalid setting `{key}` = {value:?}: expected {expected}")]
+pub struct InvalidSetting {
+    pub key: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessorConfig {
+    /// Kafka consumer group: offsets are committed there after each checkpoint, for lag
+    /// monitoring (the checkpoint, not the group, is where a restart resumes).
+    pub group_id: String,
+    /// Topic naming of the CDC: `<topic_prefix>.<schema>.<table>` unless `topic_map` renames a
+    /// table's topic. Unset: those of the `[cdc]` section (the `rainbow` binary fills them in),
+    /// else `rainbow` and no renames.
+    pub topic_prefix: Option<String>,
+    pub schema: String,
+    pub topic_map: Option<BTreeMap<String, String>>,
+    /// This instance's partition number, stamped on its aggregate rows (the views sum
+    /// partitions).
+    pub partition: i32,
+    /// The sink writes a batch when it holds this many rows ...
+    pub batch_rows: usize,
+    /// ... or when its oldest row waited this long.
+    pub batch_interval_ms: u64,
+    /// Where checkpoints go: a directory or `file://` URL.
+    pub checkpoint_url: String,
+    pub checkpoint_interval_ms: u64,
+    /// Checkpoints kept besides the latest (older ones are deleted).
+    pub checkpoints_kept: usize,
+    /// Topic for events that cannot be processed, with the reason in headers.
+    pub dead_letter_topic: String,
+    pub metrics_listen: String,
+    /// Events buffered per input partition before it is paused (memory bound of the merge).
+    pub max_queued_per_input: usize,
+    /// Attempts of a failing ClickHouse insert before the processor stops.
+    pub sink_attempts: u32,
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        ProcessorConfig {
+            group_id: "rainbow-processor".into(),
+            topic_prefix: None,
+            schema: "public".into(),
+            topic_map: None,
+            partition: 0,
+            batch_rows: 10_000,
+            batch_interval_ms: 1_000,
+            checkpoint_url: ".rainbow/processor/checkpoints".into(),
+            checkpoint_interval_ms: 10_000,
+            checkpoints_kept: 2,
+            dead_letter_topic: "rainbow.processor.dead_letter".into(),
+            metrics_listen: "127.0.0.1:9102".into(),
+            max_queued_per_input: 20_000,
+            sink_attempts: 6,
+        }
+    }
+}
+
+impl ProcessorConfig {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        fn check(
+            ok: bool,
+            key: &'static str,
+            value: impl ToString,
+            expected: &'static str,
+        ) -> Result<(), InvalidSetting> {
+            if ok {
+                Ok(())
+            } else {
+                Err(InvalidSetting { key, value: value.to_string(), expected })
+            }
+        }
+        let topic_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 249
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
+        check(
+            !self.group_id.trim().is_empty(),
+            "processor.group_id",
+            &self.group_id,
+            "a consumer group name",
+        )?;
+        check(topic_ok(self.prefix()), "processor.topic_prefix", self.prefix(), "a Kafka topic name part")?;
+        check(topic_ok(&self.schema), "processor.schema", &self.schema, "a schema name")?;
+        for (table, topic) in self.topic_map.iter().flatten() {
+            check(
+                crate::event::Table::from_name(table).is_some(),
+                "processor.topic_map",
+                table,
+                "a captured table name as key",
+            )?;
+            check(topic_ok(topic), "processor.topic_map", topic, "a Kafka topic name as value")?;
+        }
+        check(self.partition >= 0, "processor.partition", self.partition, "a partition number >= 0")?;
+        check(
+            (1..=1_000_000).contains(&self.batch_rows),
+            "processor.batch_rows",
+            self.batch_rows,
+            "1 ..= 1000000 rows",
+        )?;
+        check(
+            (10..=600_000).contains(&self.batch_interval_ms),
+            "processor.batch_interval_ms",
+            self.batch_interval_ms,
+            "10 ..= 600000 ms",
+        )?;
+        check(
+            !self.checkpoint_url.trim().is_empty(),
+            "processor.checkpoint_url",
+            &self.checkpoint_url,
+            "a directory or file:// URL",
+        )?;
+        check(
+            self.checkpoint_interval_ms >= 100,
+            "processor.checkpoint_interval_ms",
+            self.checkpoint_interval_ms,
+            "at least 100 ms",
+        )?;
+        check(
+            topic_ok(&self.dead_letter_topic),
+            "processor.dead_letter_topic",
+            &self.dead_letter_topic,
+            "a Kafka topic name",
+        )?;
+        check(
+            self.metrics_listen.parse::<std::net::SocketAddr>().is_ok(),
+            "processor.metrics_listen",
+            &self.metrics_listen,
+            "host:port",
+        )?;
+        check(
+            self.max_queued_per_input >= 100,
+            "processor.max_queued_per_input",
+            self.max_queued_per_input,
+            "at least 100 events",
+        )?;
+        check(self.sink_attempts >= 1, "processor.sink_attempts", self.sink_attempts, "at least 1")?;
+        Ok(())
+    }
+
+    fn prefix(&self) -> &str {
+        self.topic_prefix.as_deref().unwrap_or("rainbow")
+    }
+
+    /// The topic of a source table.
+    pub fn topic_for(&self, table: &str) -> String {
+        self.topic_map
+            .as_ref()
+            .and_then(|m| m.get(table).cloned())
+            .unwrap_or_else(|| format!("{}.{}.{table}", self.prefix(), self.schema))
+    }
+
+    /// The CDC's heartbeat topic.
+    pub fn heartbeat_topic(&self) -> String {
+        format!("__debezium-heartbeat.{}", self.prefix())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        ProcessorConfig::default().validate().unwrap();
+        let c = ProcessorConfig { batch_rows: 0, ..ProcessorConfig::default() };
+        assert_eq!(c.validate().unwrap_err().key, "processor.batch_rows");
+        let c = ProcessorConfig {
+            topic_map: Some([("coupons".into(), "x".into())].into()),
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "processor.topic_map");
+        let c = ProcessorConfig {
+            topic_map: Some([("orders".into(), "orders".into())].into()),
+            ..Default::default()
+        };
+        assert_eq!(c.topic_for("orders"), "orders");
+        assert_eq!(c.topic_for("brands"), "rainbow.public.brands");
+    }
+}

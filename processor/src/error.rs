@@ -1,0 +1,47 @@
+//! Errors of the processor's runtime. The core's own refusals are [`crate::core::Rejected`] and
+//! [`crate::event::DecodeError`]: those park one event and the pipeline goes on; these stop it.
+
+use crate::config::InvalidSetting;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessorError {
+    #[error(transparent)]
+    Config(#[from] InvalidSetting),
+    #[error("Kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("Kafka topic {topic} does not exist (is `rainbow cdc` running with the same topic settings?)")]
+    MissingTopic { topic: String },
+    #[error(transparent)]
+    Warehouse(#[from] rainbow_schemas::warehouse::WarehouseError),
+    #[error("ClickHouse refused {table} after {attempts} attempts: {source}")]
+    Sink {
+        table: &'static str,
+        attempts: u32,
+        #[source]
+        source: clickhouse::error::Error,
+    },
+    #[error("checkpoint store {url}: {reason}")]
+    Checkpoint { url: String, reason: String },
+    #[error("checkpoint {path} is unreadable: {reason}")]
+    CorruptCheckpoint { path: String, reason: String },
+    #[error("the checkpoint was written by partition {found}, this instance is partition {expected}")]
+    PartitionMismatch { found: i32, expected: i32 },
+    #[error("metrics listener on {addr}: {source}")]
+    Metrics {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the pipeline thread stopped unexpectedly: {0}")]
+    Pipeline(String),
+}
+
+impl ProcessorError {
+    /// Whether trying again later may succeed (the external system may come back).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ProcessorError::Kafka(_) | ProcessorError::Sink { .. } | ProcessorError::Checkpoint { .. }
+        )
+    }
+}

@@ -1,0 +1,238 @@
+//! The processor's Prometheus metrics (`GET /metrics` on `processor.metrics_listen`) and the
+//! telemetry events that update them; each event struct both logs and counts.
+//!
+//! Metrics, all prefixed `rainbow_processor_`:
+//! * `events_in_total{table}`: change events decoded from Kafka; `events_applied_total{table}`:
+//!   released to the core; `duplicates_total`: re-deliveries dropped by the merge;
+//! * `rows_written_total{table}`: rows ClickHouse accepted, per output table;
+//! * `dead_letters_total{reason}`: events parked in the dead-letter topic (decode | core);
+//! * `consumer_lag_messages{topic,partition}`: high watermark minus the next offset to consume;
+//!   `queued_events`: events waiting in the merge; `paused_partitions`;
+//! * `watermark_delay_seconds`: now minus the commit time up to which everything is processed
+//!   (heartbeats keep it current when the source is idle; it grows when an input stalls);
+//! * `checkpoint_duration_seconds` (histogram), `checkpoint_bytes`,
+//!   `last_checkpoint_timestamp_seconds`, `checkpoints_total`, `checkpoint_errors_total`;
+//! * `state_dimension_versions`, `state_orders`, `state_order_lines`, `state_aggregate_groups`;
+//! * `sink_batch_rows` and `sink_flush_duration_seconds` (histograms), `sink_errors_total`;
+//! * `running`: 1 while the pipeline runs.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use std::time::Duration;
+
+#[derive(Clone)]
+pub struct ProcessorMetrics {
+    registry: Registry,
+    pub events_in: IntCounterVec,
+    pub events_applied: IntCounterVec,
+    pub duplicates: IntCounter,
+    pub rows_written: IntCounterVec,
+    pub dead_letters: IntCounterVec,
+    pub consumer_lag: IntGaugeVec,
+    pub queued: IntGauge,
+    pub paused: IntGauge,
+    pub watermark_delay: prometheus::Gauge,
+    pub checkpoint_duration: Histogram,
+    pub checkpoint_bytes: IntGauge,
+    pub last_checkpoint: IntGauge,
+    pub checkpoints: IntCounter,
+    pub checkpoint_errors: IntCounter,
+    pub state_versions: IntGauge,
+    pub state_orders: IntGauge,
+    pub state_lines: IntGauge,
+    pub state_groups: IntGauge,
+    pub sink_batch_rows: Histogram,
+    pub sink_flush: Histogram,
+    pub sink_errors: IntCounter,
+    pub running: IntGauge,
+}
+
+impl Default for ProcessorMetrics {
+    fn default() -> Self {
+        ProcessorMetrics::new()
+    }
+}
+
+impl ProcessorMetrics {
+    pub fn new() -> ProcessorMetrics {
+        let registry = Registry::new_custom(Some("rainbow_processor".into()), None).expect("registry");
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("metric");
+                registry.register(Box::new(m.clone())).expect("register");
+                m
+            }};
+        }
+        let by_table = |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), &["table"]);
+        let seconds = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+        ProcessorMetrics {
+            events_in: reg!(by_table("events_in_total", "Change events decoded from Kafka")),
+            events_applied: reg!(by_table(
+                "events_applied_total",
+                "Change events released to the core in commit order"
+            )),
+            duplicates: reg!(IntCounter::new("duplicates_total", "Re-delivered events dropped by the merge")),
+            rows_written: reg!(by_table("rows_written_total", "Rows ClickHouse accepted, per output table")),
+            dead_letters: reg!(IntCounterVec::new(
+                Opts::new("dead_letters_total", "Events parked in the dead-letter topic"),
+                &["reason"]
+            )),
+            consumer_lag: reg!(IntGaugeVec::new(
+                Opts::new("consumer_lag_messages", "High watermark minus the next offset to consume"),
+                &["topic", "partition"]
+            )),
+            queued: reg!(IntGauge::new(
+                "queued_events",
+                "Events waiting in the merge for every input to pass them"
+            )),
+            paused: reg!(IntGauge::new(
+                "paused_partitions",
+                "Input partitions paused because their queue is full"
+            )),
+            watermark_delay: reg!(prometheus::Gauge::new(
+                "watermark_delay_seconds",
+                "Now minus the source commit time up to which everything is processed"
+            )),
+            checkpoint_duration: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "checkpoint_duration_seconds",
+                    "Sink flush plus state write of one checkpoint"
+                )
+                .buckets(seconds.to_vec())
+            )),
+            checkpoint_bytes: reg!(IntGauge::new("checkpoint_bytes", "Size of the last checkpoint")),
+            last_checkpoint: reg!(IntGauge::new(
+                "last_checkpoint_timestamp_seconds",
+                "When the last checkpoint was written (Unix time)"
+            )),
+            checkpoints: reg!(IntCounter::new("checkpoints_total", "Checkpoints written")),
+            checkpoint_errors: reg!(IntCounter::new("checkpoint_errors_total", "Checkpoints that failed")),
+            state_versions: reg!(IntGauge::new(
+                "state_dimension_versions",
+                "Dimension versions held by the core"
+            )),
+            state_orders: reg!(IntGauge::new("state_orders", "Orders held by the core")),
+            state_lines: reg!(IntGauge::new("state_order_lines", "Order lines held by the core")),
+            state_groups: reg!(IntGauge::new("state_aggregate_groups", "Aggregate groups held by the core")),
+            sink_batch_rows: reg!(Histogram::with_opts(
+                HistogramOpts::new("sink_batch_rows", "Rows per ClickHouse write (all tables of one flush)")
+                    .buckets(vec![1.0, 10.0, 100.0, 1_000.0, 5_000.0, 10_000.0, 50_000.0, 100_000.0])
+            )),
+            sink_flush: reg!(Histogram::with_opts(
+                HistogramOpts::new("sink_flush_duration_seconds", "Time to write one batch to ClickHouse")
+                    .buckets(seconds.to_vec())
+            )),
+            sink_errors: reg!(IntCounter::new(
+                "sink_errors_total",
+                "Failed ClickHouse writes (each attempt)"
+            )),
+            running: reg!(IntGauge::new("running", "1 while the pipeline runs")),
+            registry,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("encode");
+        String::from_utf8(buf).expect("utf-8")
+    }
+}
+
+/// An event could not be processed and was parked.
+pub struct DeadLettered<'a> {
+    pub stage: &'static str,
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub reason: &'a str,
+}
+
+impl DeadLettered<'_> {
+    pub fn emit(&self, m: &ProcessorMetrics) {
+        m.dead_letters.with_label_values(&[self.stage]).inc();
+        tracing::warn!(
+            stage = self.stage,
+            topic = self.topic,
+            partition = self.partition,
+            offset = self.offset,
+            reason = self.reason,
+            "event parked in the dead-letter topic"
+        );
+    }
+}
+
+/// A checkpoint was written.
+pub struct CheckpointWritten {
+    pub id: u64,
+    pub bytes: usize,
+    pub duration: Duration,
+    pub events: u64,
+}
+
+impl CheckpointWritten {
+    pub fn emit(&self, m: &ProcessorMetrics) {
+        m.checkpoints.inc();
+        m.checkpoint_bytes.set(self.bytes as i64);
+        m.checkpoint_duration.observe(self.duration.as_secs_f64());
+        m.last_checkpoint.set(chrono::Utc::now().timestamp());
+        tracing::debug!(
+            id = self.id,
+            bytes = self.bytes,
+            ms = self.duration.as_millis() as u64,
+            events = self.events,
+            "checkpoint written"
+        );
+    }
+}
+
+/// A batch reached ClickHouse.
+pub struct BatchWritten {
+    pub rows: usize,
+    pub duration: Duration,
+}
+
+impl BatchWritten {
+    pub fn emit(&self, m: &ProcessorMetrics) {
+        m.sink_batch_rows.observe(self.rows as f64);
+        m.sink_flush.observe(self.duration.as_secs_f64());
+        tracing::trace!(rows = self.rows, ms = self.duration.as_millis() as u64, "batch written");
+    }
+}
+
+/// A ClickHouse write failed (it is retried).
+pub struct SinkFailed<'a> {
+    pub table: &'a str,
+    pub attempt: u32,
+    pub error: &'a str,
+}
+
+impl SinkFailed<'_> {
+    pub fn emit(&self, m: &ProcessorMetrics) {
+        m.sink_errors.inc();
+        tracing::warn!(
+            table = self.table,
+            attempt = self.attempt,
+            error = self.error,
+            "ClickHouse write failed"
+        );
+    }
+}
+
+/// Serves `GET /metrics` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: ProcessorMetrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let m = metrics.clone();
+            async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
+        }),
+    );
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,172 @@
+//! The ClickHouse sink: batches the core's rows and writes them to the ReplacingMergeTree tables.
+//!
+//! Contract:
+//! * **Delivery.** At-least-once: rows may be written again after a restart (from the last
+//!   checkpoint); every row is keyed by its table's deterministic key and versioned by the
+//!   commit position, so `FINAL` (and the views) converge to the same result.
+//! * **Batching.** Rows are collapsed per key as ReplacingMergeTree would (highest version, last
+//!   among equal versions) and written when the batch holds `batch_rows` rows or its oldest row
+//!   waited `batch_interval_ms`, and on every [`SinkMessage::Flush`].
+//! * **Durability.** A flush is acknowledged only after ClickHouse accepted every table's insert;
+//!   the pipeline writes a checkpoint only after such an acknowledgement.
+//! * **Order.** Dimensions are written before facts, facts before aggregates, so a reader never
+//!   sees a fact whose dimension row is not there yet (within one flush).
+//! * **Errors.** A failed insert is retried with exponential backoff (`sink_attempts` in all);
+//!   then the sink stops with the error and the processor stops without checkpointing.
+
+use crate::core::Outputs;
+use crate::error::ProcessorError;
+use crate::metrics::{BatchWritten, ProcessorMetrics, SinkFailed};
+use crate::tables::{Table, Tables, Versioned};
+use clickhouse::{Client, Row};
+use rainbow_schemas::warehouse::Warehouse;
+use serde::Serialize;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+pub enum SinkMessage {
+    Rows(Box<Outputs>),
+    /// Write everything buffered; answer when ClickHouse has it.
+    Flush(oneshot::Sender<Result<(), String>>),
+}
+
+pub struct ClickHouseSink {
+    client: Client,
+    batch: Tables,
+    oldest: Option<Instant>,
+    batch_rows: usize,
+    interval: Duration,
+    attempts: u32,
+    metrics: ProcessorMetrics,
+}
+
+fn rows_in(t: &Tables) -> usize {
+    t.dim_customers.len()
+        + t.dim_products.len()
+        + t.dim_sellers.len()
+        + t.dim_promotions.len()
+        + t.dim_payments.len()
+        + t.dim_dates.len()
+        + t.fact_sales.len()
+        + t.agg_total_sales.len()
+        + t.agg_sales_by_day_of_week.len()
+        + t.agg_top_sellers.len()
+        + t.agg_product_profit.len()
+        + t.agg_payment_methods.len()
+        + t.agg_customer_ranking.len()
+}
+
+impl ClickHouseSink {
+    pub fn new(
+        warehouse: &Warehouse,
+        batch_rows: usize,
+        interval: Duration,
+        attempts: u32,
+        metrics: ProcessorMetrics,
+    ) -> ClickHouseSink {
+        ClickHouseSink {
+            client: warehouse.client.clone(),
+            batch: Tables::default(),
+            oldest: None,
+            batch_rows,
+            interval,
+            attempts,
+            metrics,
+        }
+    }
+
+    /// Runs until the channel closes (then writes what is left) or a write fails for good.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<SinkMessage>) -> Result<(), ProcessorError> {
+        loop {
+            let deadline = self.oldest.map(|t| t + self.interval);
+            tokio::select! {
+                message = rx.recv() => match message {
+                    None => return self.flush().await,
+                    Some(SinkMessage::Rows(mut rows)) => {
+                        let rows = &mut *rows;
+                        if rows.is_empty() {
+                            continue;
+                        }
+                        self.oldest.get_or_insert_with(Instant::now);
+                        self.batch.absorb(rows);
+                        if rows_in(&self.batch) >= self.batch_rows {
+                            self.flush().await?;
+                        }
+                    }
+                    Some(SinkMessage::Flush(reply)) => {
+                        let result = self.flush().await;
+                        let _ = reply.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                        result?;
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
+                    self.flush().await?;
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), ProcessorError> {
+        let rows = rows_in(&self.batch);
+        self.oldest = None;
+        if rows == 0 {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let b = std::mem::take(&mut self.batch);
+        self.write("dim_customers", b.dim_customers).await?;
+        self.write("dim_products", b.dim_products).await?;
+        self.write("dim_sellers", b.dim_sellers).await?;
+        self.write("dim_promotions", b.dim_promotions).await?;
+        self.write("dim_payments", b.dim_payments).await?;
+        self.write("dim_dates", b.dim_dates).await?;
+        self.write("fact_sales", b.fact_sales).await?;
+        self.write("agg_total_sales", b.agg_total_sales).await?;
+        self.write("agg_sales_by_day_of_week", b.agg_sales_by_day_of_week).await?;
+        self.write("agg_top_sellers", b.agg_top_sellers).await?;
+        self.write("agg_product_profit", b.agg_product_profit).await?;
+        self.write("agg_payment_methods", b.agg_payment_methods).await?;
+        self.write("agg_customer_ranking", b.agg_customer_ranking).await?;
+        BatchWritten { rows, duration: started.elapsed() }.emit(&self.metrics);
+        Ok(())
+    }
+
+    async fn write<T>(&self, table: &'static str, rows: Table<T>) -> Result<(), ProcessorError>
+    where
+        T: Versioned + Row + Serialize + Send + Sync + 'static + for<'a> Row<Value<'a> = T>,
+    {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut backoff = Duration::from_millis(250);
+        let mut attempt = 1;
+        loop {
+            match self.insert(table, &rows).await {
+                Ok(()) => {
+                    self.metrics.rows_written.with_label_values(&[table]).inc_by(rows.len() as u64);
+                    return Ok(());
+                }
+                Err(e) => {
+                    SinkFailed { table, attempt, error: &e.to_string() }.emit(&self.metrics);
+                    if attempt >= self.attempts {
+                        return Err(ProcessorError::Sink { table, attempts: attempt, source: e });
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn insert<T>(&self, table: &str, rows: &Table<T>) -> Result<(), clickhouse::error::Error>
+    where
+        T: Versioned + Row + Serialize + Send + Sync + 'static + for<'a> Row<Value<'a> = T>,
+    {
+        let mut insert = self.client.insert::<T>(table).await?;
+        for row in rows.rows() {
+            insert.write(row).await?;
+        }
+        insert.end().await
+    }
+}
