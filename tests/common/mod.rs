@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cdc;
+pub mod processor;
 
 pub fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())

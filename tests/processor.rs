@@ -1,0 +1,357 @@
+//! `rainbow process` end to end over the real stack: PostgreSQL → `rainbow cdc` → Kafka →
+//! `rainbow process` → ClickHouse. The dashboard views are checked against the same figures
+//! computed in PostgreSQL from the source rows; a poison record goes to the dead-letter topic
+//! while the pipeline goes on; a processor killed mid-stream (failpoint abort and SIGKILL)
+//! converges to exactly the tables and views of a clean run.
+
+mod common;
+
+use common::cdc::{read_until, CdcProcess};
+use common::processor::{clickhouse, ProcessorProcess};
+use common::TestDb;
+use rainbow_schemas::postgres::SOURCE_TABLES;
+use std::time::Duration;
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+async fn exec(pool: &sqlx::PgPool, sql: &str) {
+    sqlx::raw_sql(sql).execute(pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// Rows of a PostgreSQL query as tab-separated text lines, as PostgreSQL prints them (the
+/// simple query protocol returns text).
+async fn pg_rows(pool: &sqlx::PgPool, sql: &str) -> String {
+    use sqlx::{Row, ValueRef};
+    let rows = sqlx::raw_sql(sql).fetch_all(pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.iter()
+        .map(|row| {
+            let cols: Vec<String> = (0..row.len())
+                .map(|i| {
+                    let v = row.try_get_raw(i).unwrap();
+                    if v.is_null() {
+                        "\\N".to_string()
+                    } else {
+                        v.as_str().unwrap().to_string()
+                    }
+                })
+                .collect();
+            cols.join("\t") + "\n"
+        })
+        .collect()
+}
+
+/// `n` orders, each its own transaction, with 1–3 lines priced from the catalogue.
+async fn place_orders(pool: &sqlx::PgPool, from: i64, n: i64) {
+    for i in from..from + n {
+        exec(
+            pool,
+            &format!(
+                "WITH o AS (INSERT INTO orders (customer_id, payment_id) VALUES ({c}, {p}) RETURNING id)
+                 INSERT INTO orderdetails (order_id, product_id, quantity, price, promotion_id)
+                 SELECT o.id, pr.id, 1 + (pr.id + {i}) % 3, pr.price, pr.promotion_id
+                 FROM o, products pr WHERE pr.id IN ({a}, {b}, {d})",
+                c = 1 + i % 100,
+                p = 1 + i % 4,
+                a = 1 + (i * 7) % 3000,
+                b = 1 + (i * 13) % 3000,
+                d = 1 + (i * 31) % 3000,
+            ),
+        )
+        .await;
+    }
+}
+
+/// Catalogue and order changes between orders: a price change, a brand rename, a line update
+/// and delete, an order's payment change and a cancelled order.
+async fn churn(pool: &sqlx::PgPool) {
+    exec(pool, "UPDATE products SET price = price + 1000 WHERE id IN (8, 14)").await;
+    exec(pool, "UPDATE brands SET name = name || ' (renamed)' WHERE id = (SELECT brand_id FROM products WHERE id = 2)").await;
+    exec(pool, "UPDATE products SET updated_at = now() WHERE id = 3").await; // no tracked change
+    exec(
+        pool,
+        "UPDATE orderdetails SET quantity = quantity + 5 WHERE order_id = (SELECT min(id) FROM orders)",
+    )
+    .await;
+    exec(pool, "DELETE FROM orderdetails WHERE (order_id, product_id) IN (SELECT order_id, product_id FROM orderdetails ORDER BY order_id DESC, product_id LIMIT 1)").await;
+    exec(
+        pool,
+        "UPDATE orders SET payment_id = 1 + payment_id % 4 WHERE id = (SELECT min(id) + 1 FROM orders)",
+    )
+    .await;
+    exec(pool, "DELETE FROM orders WHERE id = (SELECT min(id) + 2 FROM orders)").await;
+}
+
+/// Waits until ClickHouse's live facts match the source's order lines (count and amount).
+async fn caught_up(pool: &sqlx::PgPool, p: &ProcessorProcess) {
+    let want = pg_rows(pool, "SELECT count(*), sum(quantity * price) FROM orderdetails").await;
+    let sql = format!(
+        "SELECT count(), sum(extended_sales_amount) FROM {}.fact_sales FINAL WHERE is_deleted = 0",
+        p.database
+    );
+    let mut last = String::new();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        if let Ok(got) = clickhouse(&sql).await {
+            if got == want {
+                return;
+            }
+            last = got;
+        }
+        assert!(std::time::Instant::now() < deadline, "facts {last:?} never reached {want:?}:\n{}", p.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every view and table of the warehouse, as text, ordered.
+async fn warehouse_text(database: &str) -> String {
+    let mut all = String::new();
+    for view in rainbow_schemas::warehouse::DASHBOARD_VIEWS {
+        all += &format!("== {view}\n");
+        all += &clickhouse(&format!("SELECT * FROM {database}.{view}")).await.unwrap();
+    }
+    for table in rainbow_schemas::warehouse::OUTPUT_TABLES {
+        all += &format!("== {table}\n");
+        all +=
+            &clickhouse(&format!("SELECT * FROM {database}.{table} FINAL ORDER BY tuple(*)")).await.unwrap();
+    }
+    all
+}
+
+fn cdc_for(db: &TestDb) -> CdcProcess {
+    CdcProcess::new(&db.name, &[("RAINBOW_CDC__HEARTBEAT_INTERVAL_MS", "200")])
+}
+
+fn topics_of(cdc: &CdcProcess) -> Vec<String> {
+    let mut t: Vec<String> = SOURCE_TABLES.iter().map(|t| cdc.topic(t)).collect();
+    t.push(format!("__debezium-heartbeat.{}", cdc.prefix));
+    t
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn views_match_the_source_and_poison_events_are_parked() {
+    let db = TestDb::seeded().await;
+    let mut cdc = cdc_for(&db);
+    cdc.start();
+    let mut p = ProcessorProcess::new(&cdc.prefix);
+    p.start(&[]);
+    place_orders(&db.pool, 0, 60).await;
+    churn(&db.pool).await;
+
+    // A record no one can read, in the middle of the orders topic.
+    let producer: rdkafka::producer::FutureProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", common::brokers()).create().unwrap();
+    let orders_topic = cdc.topic("orders");
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&orders_topic)
+                .key("poison")
+                .payload("{not json")
+                .partition(0),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    place_orders(&db.pool, 60, 40).await;
+    caught_up(&db.pool, &p).await;
+    let v = |view: &str, cols: &str, order: &str| {
+        format!("SELECT {cols} FROM {}.{view} ORDER BY {order}", p.database)
+    };
+
+    // Total sales: quantity, amount, and profit with the seed's discount formulas.
+    let discount = "least(d.price, CASE pr.coupon_type WHEN 'Percentage' THEN round(d.price * pr.price_treatment / 100, 2)
+                    WHEN 'Fixed Amount' THEN pr.price_treatment * 1000 ELSE 0 END)";
+    let want = pg_rows(
+        &db.pool,
+        &format!(
+            "SELECT sum(d.quantity), sum(d.quantity * d.price), sum(d.quantity * (d.price - {discount}))
+             FROM orderdetails d LEFT JOIN promotions pr ON pr.id = d.promotion_id"
+        ),
+    )
+    .await;
+    assert_eq!(clickhouse(&v("v_total_sales", "*", "1")).await.unwrap(), want);
+
+    let want = pg_rows(
+        &db.pool,
+        "SELECT p.seller_id, sum(d.quantity * d.price) FROM orderdetails d JOIN products p ON p.id = d.product_id
+         GROUP BY 1 ORDER BY 1",
+    )
+    .await;
+    assert_eq!(
+        clickhouse(&v("v_top_sellers", "seller_id, total_sales_amount", "seller_id")).await.unwrap(),
+        want
+    );
+
+    let want = pg_rows(
+        &db.pool,
+        "SELECT extract(isodow FROM o.created_at AT TIME ZONE 'UTC')::int, sum(d.quantity * d.price)
+         FROM orderdetails d JOIN orders o ON o.id = d.order_id GROUP BY 1 ORDER BY 1",
+    )
+    .await;
+    assert_eq!(
+        clickhouse(&v("v_sales_by_day_of_week", "day_of_week, total_sales_amount", "day_of_week"))
+            .await
+            .unwrap(),
+        want
+    );
+
+    let want = pg_rows(
+        &db.pool,
+        "SELECT o.payment_id, count(DISTINCT o.id), coalesce(sum(d.quantity * d.price), 0)
+         FROM orders o LEFT JOIN orderdetails d ON d.order_id = o.id GROUP BY 1 ORDER BY 1",
+    )
+    .await;
+    assert_eq!(
+        clickhouse(&v("v_payment_methods", "payment_id, order_count, total_sales_amount", "payment_id"))
+            .await
+            .unwrap(),
+        want
+    );
+
+    let want = pg_rows(
+        &db.pool,
+        "SELECT row_number() OVER (ORDER BY coalesce(sum(d.quantity * d.price), 0) DESC, o.customer_id),
+                o.customer_id, count(DISTINCT o.id), coalesce(sum(d.quantity * d.price), 0)
+         FROM orders o LEFT JOIN orderdetails d ON d.order_id = o.id GROUP BY o.customer_id ORDER BY 1",
+    )
+    .await;
+    assert_eq!(
+        clickhouse(&v(
+            "v_customer_ranking",
+            "customer_rank, customer_id, order_count, total_sales_amount",
+            "customer_rank"
+        ))
+        .await
+        .unwrap(),
+        want
+    );
+
+    let want = pg_rows(
+        &db.pool,
+        &format!(
+            "SELECT category, product_id, profit FROM (
+               SELECT c.name AS category, p.id AS product_id, sum(d.quantity * (d.price - {discount})) AS profit,
+                      row_number() OVER (PARTITION BY c.name ORDER BY sum(d.quantity * (d.price - {discount})) DESC, p.id) AS r
+               FROM orderdetails d JOIN products p ON p.id = d.product_id JOIN categories c ON c.id = p.category_id
+               LEFT JOIN promotions pr ON pr.id = d.promotion_id GROUP BY c.name, p.id) x
+             WHERE r <= 5 ORDER BY category, profit DESC, product_id"
+        ),
+    )
+    .await;
+    assert_eq!(
+        clickhouse(&format!(
+            "SELECT category, product_id, total_profit FROM {}.v_top_products_by_category",
+            p.database
+        ))
+        .await
+        .unwrap(),
+        want
+    );
+
+    // SCD2: one current version per product; the renamed brand's products have two versions.
+    let want = pg_rows(&db.pool, "SELECT count(*) FROM products").await;
+    let sql = format!("SELECT count() FROM {}.dim_products FINAL WHERE is_current = 1", p.database);
+    assert_eq!(clickhouse(&sql).await.unwrap(), want);
+    let renamed = pg_rows(
+        &db.pool,
+        "SELECT count(*) FROM products WHERE brand_id = (SELECT brand_id FROM products WHERE id = 2)",
+    )
+    .await;
+    let sql = format!(
+        "SELECT count() FROM {}.dim_products FINAL WHERE brand LIKE '% (renamed)' AND is_current = 1",
+        p.database
+    );
+    assert_eq!(clickhouse(&sql).await.unwrap(), renamed);
+    let sql = format!("SELECT count() FROM {}.dim_products FINAL WHERE product_id = 3", p.database);
+    assert_eq!(clickhouse(&sql).await.unwrap(), "1\n", "an untracked change opens no version");
+
+    // The poison record is parked with its reason, counted, and everything after it went on.
+    let parked = read_until(std::slice::from_ref(&p.dead_letter_topic), DEADLINE, "the parked record", |r| {
+        !r.is_empty()
+    })
+    .await;
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].value.as_deref(), Some(&b"{not json"[..]));
+    let reason = parked[0]
+        .headers
+        .iter()
+        .find(|(k, _)| k == "rainbow.dlq.reason")
+        .map(|(_, v)| String::from_utf8_lossy(v).to_string());
+    assert!(reason.as_deref().is_some_and(|r| r.starts_with("not a Debezium change event")), "{reason:?}");
+    let metrics = p.metrics().await;
+    for line in [
+        "rainbow_processor_dead_letters_total{reason=\"decode\"} 1",
+        "rainbow_processor_running 1",
+        "rainbow_processor_events_applied_total{table=\"orderdetails\"}",
+        "rainbow_processor_consumer_lag_messages{",
+        "rainbow_processor_watermark_delay_seconds",
+        "rainbow_processor_checkpoint_duration_seconds_count",
+        "rainbow_processor_state_order_lines",
+        "rainbow_processor_sink_batch_rows_count",
+    ] {
+        assert!(metrics.contains(line), "/metrics lacks {line}:\n{metrics}");
+    }
+    p.stop();
+    assert!(p.logs().contains("process: ") || p.logs().contains("stopping"), "{}", p.logs());
+    p.cleanup().await;
+    let topics = topics_of(&cdc);
+    cdc.cleanup(&topics).await;
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_processor_killed_mid_stream_converges_to_a_clean_run() {
+    let db = TestDb::seeded().await;
+    let mut cdc = cdc_for(&db);
+    cdc.start();
+    place_orders(&db.pool, 0, 150).await;
+    churn(&db.pool).await;
+    place_orders(&db.pool, 150, 150).await;
+
+    // The clean run.
+    let mut clean = ProcessorProcess::new(&cdc.prefix);
+    clean.start(&[]);
+    caught_up(&db.pool, &clean).await;
+
+    // The crashing run: aborts mid-stream (the snapshot alone is ~3,300 events), restarts,
+    // is SIGKILLed while catching up, restarts again.
+    let mut crashy = ProcessorProcess::new(&cdc.prefix);
+    crashy.start(&[("RAINBOW_PROCESSOR_FAILPOINT", "crash_after_events=3900")]);
+    let status = crashy.wait(DEADLINE);
+    assert!(!status.success(), "the failpoint aborts the processor");
+    assert!(crashy.logs().contains("failpoint"), "{}", crashy.logs());
+    crashy.start(&[]);
+    let sql = format!("SELECT count() FROM {}.fact_sales", crashy.database);
+    common::eventually("some facts after the restart", DEADLINE, || {
+        let sql = sql.clone();
+        async move { clickhouse(&sql).await.ok().filter(|n| n.trim() != "0") }
+    })
+    .await;
+    crashy.kill();
+    // More source changes while it is down.
+    place_orders(&db.pool, 300, 50).await;
+    crashy.start(&[]);
+    assert!(crashy.logs().contains("resuming from checkpoint") || crashy.is_running());
+    caught_up(&db.pool, &crashy).await;
+    caught_up(&db.pool, &clean).await;
+
+    let (a, b) = (warehouse_text(&clean.database).await, warehouse_text(&crashy.database).await);
+    assert!(a.lines().count() > 3_000, "a warehouse with data:\n{}", &a[..a.len().min(2000)]);
+    if a != b {
+        let diff: Vec<String> = a
+            .lines()
+            .zip(b.lines())
+            .filter(|(x, y)| x != y)
+            .take(10)
+            .map(|(x, y)| format!("clean: {x}\ncrash: {y}"))
+            .collect();
+        panic!("the crashed run differs from the clean run:\n{}", diff.join("\n"));
+    }
+    assert!(crashy.logs().contains("resuming from checkpoint"), "{}", crashy.logs());
+    clean.stop();
+    crashy.stop();
+    clean.cleanup().await;
+    crashy.cleanup().await;
+    let topics = topics_of(&cdc);
+    cdc.cleanup(&topics).await;
+    db.drop().await;
+}
