@@ -15,11 +15,11 @@
 //!   it (snapshot rows: the snapshot's consistent point), so a later state always has a higher or
 //!   equal version. Rows with equal key and equal version are equal, or the later one (in
 //!   emission order) is the one to keep: the sink and the replay keep the last.
-//! * **Aggregates** are emitted only at transaction boundaries ("sealed"): when an event of a new
-//!   transaction arrives, or when the caller knows a transaction is complete
-//!   ([`Core::seal_before`]). A partial row per group and `partition`, version = the commit LSN of
-//!   the last transaction that changed the group, so the content of an aggregate row is a function
-//!   of its key and version alone, whenever it is emitted.
+//! * **Aggregates** are emitted only at transaction boundaries ("sealed"): at the first event of a
+//!   new transaction after [`Core::request_seal`], or when the caller knows a transaction is
+//!   complete ([`Core::seal_before`]). A partial row per group and `partition`, version = the
+//!   commit LSN of the last transaction that changed the group, so the content of an aggregate row
+//!   is a function of its key and version alone, whenever it is emitted.
 //! * **Memory** is bounded by the number of live keys: dimension versions, orders, order lines
 //!   and aggregate groups. Nothing is kept per event.
 //!
@@ -137,10 +137,14 @@ fn surrogate_key(dimension: &str, id: i64, at: Position) -> u64 {
 /// The text form of a surrogate key in the warehouse: 16 hex digits, "" for none.
 pub fn key_text(key: u64) -> String {
     if key == 0 {
-        String::new()
-    } else {
-        format!("{key:016x}")
+        return String::new();
     }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 16];
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = HEX[((key >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    String::from_utf8(buf.to_vec()).expect("hex is ASCII")
 }
 
 /// Where and when an event happened, as the core needs it.
@@ -441,6 +445,8 @@ struct Labeled<T> {
     label: String,
     label2: String,
     value: T,
+    /// Version of the last change (of value or label): the version of the group's row.
+    version: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -462,14 +468,32 @@ enum AggKey {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Aggregates {
-    total: Sums,
-    by_day: [Sums; 7],
+    total: Labeled<Sums>,
+    by_day: [Labeled<Sums>; 7],
     sellers: HashMap<i64, Labeled<Sums>>,
     products: HashMap<i64, Labeled<Sums>>,
     payments: HashMap<i64, Labeled<OrderSums>>,
     customers: HashMap<i64, Labeled<OrderSums>>,
     /// Groups changed since the last seal.
     dirty: BTreeSet<AggKey>,
+    /// Version of the event being applied.
+    current: u64,
+}
+
+impl Aggregates {
+    /// Marks a group changed by the event being applied.
+    fn touch(&mut self, key: AggKey) {
+        let v = self.current;
+        match key {
+            AggKey::Total => self.total.version = v,
+            AggKey::DayOfWeek(d) => self.by_day[usize::from(d - 1)].version = v,
+            AggKey::Seller(id) => self.sellers.get_mut(&id).into_iter().for_each(|g| g.version = v),
+            AggKey::Product(id) => self.products.get_mut(&id).into_iter().for_each(|g| g.version = v),
+            AggKey::Payment(id) => self.payments.get_mut(&id).into_iter().for_each(|g| g.version = v),
+            AggKey::Customer(id) => self.customers.get_mut(&id).into_iter().for_each(|g| g.version = v),
+        }
+        self.dirty.insert(key);
+    }
 }
 
 /// Everything the core knows; what a checkpoint stores.
@@ -510,6 +534,8 @@ pub struct StateSize {
 pub struct Core {
     partition: i32,
     state: State,
+    /// Emit changed aggregates at the next transaction boundary (see [`Core::request_seal`]).
+    seal_requested: bool,
 }
 
 const DAY_NAMES: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
@@ -532,12 +558,12 @@ impl Core {
     /// A core with empty state; `partition` is the instance's share of the fact topics, stamped
     /// on its aggregate rows.
     pub fn new(partition: i32) -> Core {
-        Core { partition, state: State::default() }
+        Core { partition, state: State::default(), seal_requested: false }
     }
 
     /// A core resumed from a checkpoint's state.
     pub fn from_state(partition: i32, state: State) -> Core {
-        Core { partition, state }
+        Core { partition, state, seal_requested: false }
     }
 
     pub fn state(&self) -> &State {
@@ -598,6 +624,13 @@ impl Core {
         Ok(())
     }
 
+    /// Asks for the changed aggregate groups at the next transaction boundary (when an event of a
+    /// later transaction arrives). Their rows are the same whenever they are emitted; asking
+    /// often gives fresher aggregates and more rows.
+    pub fn request_seal(&mut self) {
+        self.seal_requested = true;
+    }
+
     /// Seals the current transaction if every event before `frontier` has been applied and the
     /// last applied event's transaction ends before it: emits the changed aggregate groups.
     pub fn seal_before(&mut self, frontier: Position, out: &mut Outputs) {
@@ -609,27 +642,26 @@ impl Core {
     /// Emits every aggregate group changed since the last seal. Only called at a transaction
     /// boundary (see the module documentation).
     fn seal(&mut self, out: &mut Outputs) {
-        let version = self.state.last_version;
         let partition = self.partition;
         let a = &mut self.state.aggregates;
         for key in std::mem::take(&mut a.dirty) {
             match key {
                 AggKey::Total => out.agg_total_sales.push(AggTotalSales {
                     partition,
-                    total_sales_quantity: a.total.quantity,
-                    total_sales_amount: MoneySum(a.total.amount),
-                    total_discount_amount: MoneySum(a.total.discount),
-                    version,
+                    total_sales_quantity: a.total.value.quantity,
+                    total_sales_amount: MoneySum(a.total.value.amount),
+                    total_discount_amount: MoneySum(a.total.value.discount),
+                    version: a.total.version,
                 }),
                 AggKey::DayOfWeek(d) => {
-                    let s = a.by_day[usize::from(d - 1)];
+                    let g = &a.by_day[usize::from(d - 1)];
                     out.agg_sales_by_day_of_week.push(AggSalesByDayOfWeek {
                         partition,
                         day_of_week: d,
-                        total_sales_quantity: s.quantity,
-                        total_sales_amount: MoneySum(s.amount),
-                        total_discount_amount: MoneySum(s.discount),
-                        version,
+                        total_sales_quantity: g.value.quantity,
+                        total_sales_amount: MoneySum(g.value.amount),
+                        total_discount_amount: MoneySum(g.value.discount),
+                        version: g.version,
                     })
                 }
                 AggKey::Seller(id) => {
@@ -641,7 +673,7 @@ impl Core {
                         total_sales_quantity: g.value.quantity,
                         total_sales_amount: MoneySum(g.value.amount),
                         total_discount_amount: MoneySum(g.value.discount),
-                        version,
+                        version: g.version,
                     })
                 }
                 AggKey::Product(id) => {
@@ -654,7 +686,7 @@ impl Core {
                         total_sales_quantity: g.value.quantity,
                         total_sales_amount: MoneySum(g.value.amount),
                         total_discount_amount: MoneySum(g.value.discount),
-                        version,
+                        version: g.version,
                     })
                 }
                 AggKey::Payment(id) => {
@@ -665,7 +697,7 @@ impl Core {
                         payment_method: g.label.clone(),
                         order_count: g.value.orders,
                         total_sales_amount: MoneySum(g.value.amount),
-                        version,
+                        version: g.version,
                     })
                 }
                 AggKey::Customer(id) => {
@@ -677,7 +709,7 @@ impl Core {
                         order_count: g.value.orders,
                         total_sales_quantity: g.value.quantity,
                         total_sales_amount: MoneySum(g.value.amount),
-                        version,
+                        version: g.version,
                     })
                 }
             }
@@ -887,7 +919,7 @@ impl Core {
             if let Some(g) = a.customers.get_mut(&c.id) {
                 if g.label != c.name {
                     g.label = c.name.clone();
-                    a.dirty.insert(AggKey::Customer(c.id));
+                    a.touch(AggKey::Customer(c.id));
                 }
             }
         }
@@ -901,7 +933,7 @@ impl Core {
             if let Some(g) = a.sellers.get_mut(&x.id) {
                 if g.label != x.name {
                     g.label = x.name.clone();
-                    a.dirty.insert(AggKey::Seller(x.id));
+                    a.touch(AggKey::Seller(x.id));
                 }
             }
         }
@@ -915,7 +947,7 @@ impl Core {
             if let Some(g) = a.payments.get_mut(&p.id) {
                 if g.label != p.method {
                     g.label = p.method.clone();
-                    a.dirty.insert(AggKey::Payment(p.id));
+                    a.touch(AggKey::Payment(p.id));
                 }
             }
         }
@@ -956,7 +988,7 @@ impl Core {
                 if g.label != name || g.label2 != category {
                     g.label = name;
                     g.label2 = category;
-                    a.dirty.insert(AggKey::Product(id));
+                    a.touch(AggKey::Product(id));
                 }
             }
         }
@@ -1014,13 +1046,13 @@ impl Core {
             .entry(order.customer_id)
             .or_insert_with(|| Labeled { label: customer_name, ..Default::default() });
         c.value.orders += sign;
-        a.dirty.insert(AggKey::Customer(order.customer_id));
+        a.touch(AggKey::Customer(order.customer_id));
         let p = a
             .payments
             .entry(order.payment_id)
             .or_insert_with(|| Labeled { label: method, ..Default::default() });
         p.value.orders += sign;
-        a.dirty.insert(AggKey::Payment(order.payment_id));
+        a.touch(AggKey::Payment(order.payment_id));
     }
 
     fn current_customer_name(&self, id: i64) -> String {
@@ -1118,52 +1150,59 @@ impl Core {
         }
     }
 
-    /// Adds (`sign` = 1) or retracts (-1) a line's share of every aggregate.
+    /// Adds (`sign` = 1) or retracts (-1) a line's share of every aggregate. Labels are looked
+    /// up only when a group is created (dimension changes keep them current afterwards).
     fn contribute(&mut self, line: &LineState, sign: i64) {
+        let State { sellers, products, customers, payments, aggregates: a, .. } = &mut self.state;
         let f = &line.fact;
         let qty = line.source.quantity;
         let amount = Money(line.source.price.0 * qty);
         let discount = Money(f.discount_unit_price.0 * qty);
-        let seller_name = self
-            .state
-            .sellers
-            .get(&f.seller_id)
-            .and_then(|m| m.current.as_ref())
-            .map(|v| v.attrs.name.clone());
-        let product = self.state.products.get(&line.source.product_id).and_then(|m| m.current.as_ref());
-        let product_labels = product.map(|v| (v.attrs.name.clone(), v.attrs.category.clone()));
-        let customer_name = self.current_customer_name(f.customer_id);
-        let method = self.current_payment_method(f.payment_id);
-        let a = &mut self.state.aggregates;
-        a.total.add(sign, qty, amount, discount);
-        a.dirty.insert(AggKey::Total);
-        a.by_day[usize::from(f.day_of_week - 1)].add(sign, qty, amount, discount);
-        a.dirty.insert(AggKey::DayOfWeek(f.day_of_week));
+        let signed = |m: Money| i128::from(sign) * i128::from(m.0);
+        a.total.value.add(sign, qty, amount, discount);
+        a.touch(AggKey::Total);
+        a.by_day[usize::from(f.day_of_week - 1)].value.add(sign, qty, amount, discount);
+        a.touch(AggKey::DayOfWeek(f.day_of_week));
         a.sellers
             .entry(f.seller_id)
-            .or_insert_with(|| Labeled { label: seller_name.unwrap_or_default(), ..Default::default() })
+            .or_insert_with(|| Labeled {
+                label: current(sellers, f.seller_id).map(|v| v.attrs.name.clone()).unwrap_or_default(),
+                ..Default::default()
+            })
             .value
             .add(sign, qty, amount, discount);
-        a.dirty.insert(AggKey::Seller(f.seller_id));
-        let (pname, category) = product_labels.unwrap_or_default();
+        a.touch(AggKey::Seller(f.seller_id));
+        let product_id = line.source.product_id;
         a.products
-            .entry(line.source.product_id)
-            .or_insert_with(|| Labeled { label: pname, label2: category, ..Default::default() })
+            .entry(product_id)
+            .or_insert_with(|| {
+                let (label, label2) = current(products, product_id)
+                    .map(|v| (v.attrs.name.clone(), v.attrs.category.clone()))
+                    .unwrap_or_default();
+                Labeled { label, label2, ..Default::default() }
+            })
             .value
             .add(sign, qty, amount, discount);
-        a.dirty.insert(AggKey::Product(line.source.product_id));
-        let p =
-            a.payments.entry(f.payment_id).or_insert_with(|| Labeled { label: method, ..Default::default() });
-        p.value.amount += i128::from(sign) * i128::from(amount.0);
-        a.dirty.insert(AggKey::Payment(f.payment_id));
-        let c = a
-            .customers
-            .entry(f.customer_id)
-            .or_insert_with(|| Labeled { label: customer_name, ..Default::default() });
+        a.touch(AggKey::Product(product_id));
+        let p = a.payments.entry(f.payment_id).or_insert_with(|| Labeled {
+            label: current(payments, f.payment_id).map(|v| v.attrs.method.clone()).unwrap_or_default(),
+            ..Default::default()
+        });
+        p.value.amount += signed(amount);
+        a.touch(AggKey::Payment(f.payment_id));
+        let c = a.customers.entry(f.customer_id).or_insert_with(|| Labeled {
+            label: current(customers, f.customer_id).map(|v| v.attrs.name.clone()).unwrap_or_default(),
+            ..Default::default()
+        });
         c.value.quantity += sign * qty;
-        c.value.amount += i128::from(sign) * i128::from(amount.0);
-        a.dirty.insert(AggKey::Customer(f.customer_id));
+        c.value.amount += signed(amount);
+        a.touch(AggKey::Customer(f.customer_id));
     }
+}
+
+/// The open version of a member, if it exists and is not deleted.
+fn current<A: Attributes>(dim: &Dim<A>, id: i64) -> Option<&OpenVersion<A>> {
+    dim.get(&id).and_then(|m| m.current.as_ref())
 }
 
 /// The surrogate key of the version current at `at`, 0 (no row) for an unknown member.

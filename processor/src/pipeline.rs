@@ -516,6 +516,7 @@ impl Pipeline {
                 }
             }
         }
+        self.core.request_seal();
         if let Some(frontier) = self.merger.frontier() {
             self.core.seal_before(frontier, &mut self.out);
             while let Some(&(lsn, ts)) = self.heartbeats.front() {

@@ -12,7 +12,7 @@ CREATE TABLE IF NOT EXISTS {db}.agg_total_sales (
     version UInt64
 ) ENGINE = ReplacingMergeTree(version) ORDER BY partition;
 
--- day_of_week: 1 = Monday .. 7 = Sunday, of the order's commit date (UTC).
+-- day_of_week: 1 = Monday .. 7 = Sunday, of the order's date (created_at, UTC).
 CREATE TABLE IF NOT EXISTS {db}.agg_sales_by_day_of_week (
     partition Int32,
     day_of_week UInt8,
