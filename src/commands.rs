@@ -202,14 +202,15 @@ pub async fn process(config: &Config) -> anyhow::Result<()> {
     let (kafka, clickhouse) = processor_endpoints(config);
     println!(
         "process: Kafka topics {}.{}.<table> -> ClickHouse {} (metrics on http://{}/metrics)",
-        config.processor.topic_prefix.as_deref().unwrap_or_default(),
+        config.processor_settings().topic_prefix.unwrap_or_default(),
         config.processor.schema,
         config.clickhouse.database,
         config.processor.metrics_listen
     );
-    let summary = rainbow_processor::run(&kafka, &clickhouse, &config.processor, shutdown_signal())
-        .await
-        .context("the processor stopped")?;
+    let summary =
+        rainbow_processor::run(&kafka, &clickhouse, &config.processor_settings(), shutdown_signal())
+            .await
+            .context("the processor stopped")?;
     println!("{}", processor_summary(&summary));
     Ok(())
 }
@@ -321,7 +322,7 @@ pub async fn up(config: &Config, args: &UpArgs) -> anyhow::Result<()> {
         config.cdc.topic_prefix, config.cdc.metrics_listen
     );
     let (kafka, clickhouse) = processor_endpoints(config);
-    let processor_config = config.processor.clone();
+    let processor_config = config.processor_settings();
     let processor_stop = stopped(stop_rx.clone());
     let processor = tokio::spawn(async move {
         rainbow_processor::run(&kafka, &clickhouse, &processor_config, processor_stop).await

@@ -220,16 +220,22 @@ impl Config {
         for setting in settings {
             figment = figment.merge(setting);
         }
-        let mut config: Config = figment.extract().map_err(|e| ConfigError::Parse(describe(e)))?;
-        // The processor reads the topics the CDC writes unless told otherwise.
-        if config.processor.topic_prefix.is_none() {
-            config.processor.topic_prefix = Some(config.cdc.topic_prefix.clone());
-            if config.processor.topic_map.is_none() {
-                config.processor.topic_map = Some(config.cdc.topic_map.clone());
-            }
-        }
+        let config: Config = figment.extract().map_err(|e| ConfigError::Parse(describe(e)))?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The processor's settings with its unset topic naming taken from `[cdc]`: it reads the
+    /// topics the CDC writes unless told otherwise.
+    pub fn processor_settings(&self) -> rainbow_processor::ProcessorConfig {
+        let mut p = self.processor.clone();
+        if p.topic_prefix.is_none() {
+            p.topic_prefix = Some(self.cdc.topic_prefix.clone());
+            if p.topic_map.is_none() {
+                p.topic_map = Some(self.cdc.topic_map.clone());
+            }
+        }
+        p
     }
 
     /// Checks every value whose type alone does not say it is valid.
@@ -319,7 +325,7 @@ impl Config {
             value: e.value,
             expected: e.expected,
         })?;
-        self.processor.validate().map_err(|e| ConfigError::Invalid {
+        self.processor_settings().validate().map_err(|e| ConfigError::Invalid {
             key: e.key,
             value: e.value,
             expected: e.expected,

@@ -95,11 +95,12 @@ impl ProcessorConfig {
         check(topic_ok(self.prefix()), "processor.topic_prefix", self.prefix(), "a Kafka topic name part")?;
         check(topic_ok(&self.schema), "processor.schema", &self.schema, "a schema name")?;
         for (table, topic) in self.topic_map.iter().flatten() {
+            let bare = table.strip_prefix(&format!("{}.", self.schema)).unwrap_or(table);
             check(
-                crate::event::Table::from_name(table).is_some(),
+                crate::event::Table::from_name(bare).is_some(),
                 "processor.topic_map",
                 table,
-                "a captured table name as key",
+                "a captured table name (`table` or `schema.table`) as key",
             )?;
             check(topic_ok(topic), "processor.topic_map", topic, "a Kafka topic name as value")?;
         }
@@ -158,7 +159,7 @@ impl ProcessorConfig {
     pub fn topic_for(&self, table: &str) -> String {
         self.topic_map
             .as_ref()
-            .and_then(|m| m.get(table).cloned())
+            .and_then(|m| m.get(table).or_else(|| m.get(&format!("{}.{table}", self.schema))).cloned())
             .unwrap_or_else(|| format!("{}.{}.{table}", self.prefix(), self.schema))
     }
 
