@@ -33,11 +33,38 @@ pub struct Checkpoint {
     pub events: u64,
 }
 
-impl Checkpoint {
+/// A checkpoint by reference, to write one without cloning the state; encodes exactly like
+/// [`Checkpoint`].
+#[derive(Serialize)]
+pub struct CheckpointRef<'a> {
+    pub id: u64,
+    pub partition: i32,
+    pub state: &'a State,
+    pub last_released: Option<Position>,
+    pub offsets: Vec<(InputName, i64)>,
+    pub events: u64,
+}
+
+impl CheckpointRef<'_> {
+    /// MAGIC + postcard.
     pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
         let mut out = MAGIC.to_vec();
         out.extend(postcard::to_allocvec(self)?);
         Ok(out)
+    }
+}
+
+impl Checkpoint {
+    pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        CheckpointRef {
+            id: self.id,
+            partition: self.partition,
+            state: &self.state,
+            last_released: self.last_released,
+            offsets: self.offsets.clone(),
+            events: self.events,
+        }
+        .encode()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {

@@ -514,7 +514,6 @@ pub struct State {
     dates: BTreeSet<u32>,
     aggregates: Aggregates,
     last: Option<Position>,
-    last_version: u64,
     events: u64,
 }
 
@@ -619,7 +618,6 @@ impl Core {
         };
         self.dispatch(event, ctx, out)?;
         self.state.last = Some(at);
-        self.state.last_version = ctx.version;
         self.state.events += 1;
         Ok(())
     }

@@ -8,7 +8,6 @@
 
 use base64::Engine;
 use rainbow_schemas::money::Money;
-use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
@@ -226,15 +225,12 @@ pub enum DecodeError {
     BadPosition(String),
 }
 
-/// Both forms in one pass: with the wrapper, `payload` holds the envelope (and `schema` is
-/// skipped); without it, the envelope's fields are at the top level.
+/// Both forms in one pass: with the wrapper, `payload` holds the envelope (`schema`, like every
+/// field not named here, is skipped); without it, the envelope's fields are at the top level.
 #[derive(Deserialize)]
 struct Outer<'a> {
     #[serde(default, borrow)]
     payload: Option<Envelope<'a>>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    schema: Option<IgnoredAny>,
     #[serde(default, borrow)]
     before: Option<&'a serde_json::value::RawValue>,
     #[serde(default, borrow)]
@@ -255,9 +251,6 @@ struct Envelope<'a> {
     source: Option<SourceInfo<'a>>,
     #[serde(default, borrow)]
     op: Option<Cow<'a, str>>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    ts_ms: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -281,7 +274,6 @@ pub fn decode(value: Option<&[u8]>) -> Result<Option<ChangeEvent>, DecodeError> 
         after: outer.after,
         source: outer.source,
         op: outer.op,
-        ts_ms: None,
     });
     let source = env.source.ok_or_else(|| DecodeError::Malformed("no `source` block".into()))?;
     let op = match env.op.as_deref() {

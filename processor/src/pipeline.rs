@@ -7,9 +7,9 @@
 //! Delivery: at-least-once input (offsets come from the checkpoint), idempotent output (see
 //! [`crate::sink`]), so `kill -9` at any moment converges to the same ClickHouse tables.
 
-use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::checkpoint::{Checkpoint, CheckpointRef, CheckpointStore};
 use crate::config::ProcessorConfig;
-use crate::core::{Core, Outputs, State};
+use crate::core::{Core, Outputs};
 use crate::error::ProcessorError;
 use crate::event::{decode, ChangeEvent, Position, Table};
 use crate::merge::{InputName, Merger, Pushed};
@@ -22,7 +22,6 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -161,10 +160,7 @@ async fn ensure_topic(kafka: &KafkaConnection, topic: &str) -> Result<(), Proces
     for r in results {
         match r {
             Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((t, code)) => {
-                return Err(ProcessorError::Kafka(rdkafka::error::KafkaError::AdminOp(code)))
-                    .inspect_err(|_| tracing::error!(topic = t, "cannot create the dead-letter topic"))
-            }
+            Err((_, code)) => return Err(ProcessorError::Kafka(rdkafka::error::KafkaError::AdminOp(code))),
         }
     }
     Ok(())
@@ -175,17 +171,6 @@ struct InputMeta {
     partition: i32,
     table: Table,
     paused: bool,
-}
-
-/// A checkpoint by reference (same encoding as [`Checkpoint`]), to avoid cloning the state.
-#[derive(Serialize)]
-struct CheckpointRef<'a> {
-    id: u64,
-    partition: i32,
-    state: &'a State,
-    last_released: Option<Position>,
-    offsets: Vec<(InputName, i64)>,
-    events: u64,
 }
 
 struct Pipeline {
@@ -345,11 +330,10 @@ impl Pipeline {
                 timeout = Duration::ZERO;
                 match result {
                     Ok(m) => {
-                        let (topic, partition, offset) = (m.topic().to_string(), m.partition(), m.offset());
-                        if topic == self.heartbeat_topic {
+                        if m.topic() == self.heartbeat_topic {
                             self.heartbeat(&m)?;
                         } else {
-                            self.record(&topic, partition, offset, m.key(), m.payload())?;
+                            self.record(m.topic(), m.partition(), m.offset(), m.key(), m.payload())?;
                         }
                     }
                     Err(e) => {
@@ -543,14 +527,17 @@ impl Pipeline {
             let queued = self.merger.queued(i);
             let blocking = self.merger.is_blocking(i);
             let meta = &mut self.inputs[i];
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(&meta.topic, meta.partition);
-            if !meta.paused && queued > max && !blocking {
-                self.consumer.pause(&tpl)?;
-                meta.paused = true;
-            } else if meta.paused && (queued < max / 2 || blocking) {
-                self.consumer.resume(&tpl)?;
-                meta.paused = false;
+            let pause = !meta.paused && queued > max && !blocking;
+            let resume = meta.paused && (queued < max / 2 || blocking);
+            if pause || resume {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&meta.topic, meta.partition);
+                if pause {
+                    self.consumer.pause(&tpl)?;
+                } else {
+                    self.consumer.resume(&tpl)?;
+                }
+                meta.paused = pause;
             }
         }
         Ok(())
@@ -609,11 +596,10 @@ impl Pipeline {
             offsets: offsets.clone(),
             events: self.events,
         };
-        let mut bytes = crate::checkpoint::MAGIC.to_vec();
-        bytes.extend(postcard::to_allocvec(&ckpt).map_err(|e| ProcessorError::Checkpoint {
+        let bytes = ckpt.encode().map_err(|e| ProcessorError::Checkpoint {
             url: self.config.checkpoint_url.clone(),
             reason: e.to_string(),
-        })?);
+        })?;
         let size = bytes.len();
         let store = self.store.clone();
         let result = self.rt.block_on(async move { store.save_encoded(id, bytes).await });

@@ -255,7 +255,7 @@ fn kafka_bench(events: &[ChangeEvent]) {
             })
             .await
         });
-        let http = reqwest_lite(&ch_url);
+        let http = clickhouse_text(&ch_url);
         let want = format!("{}\t{}\n", expected.0, expected.1);
         let sql = format!(
             "SELECT (SELECT sum(total_sales_quantity) FROM {database}.agg_total_sales FINAL), \
@@ -296,7 +296,7 @@ fn kafka_bench(events: &[ChangeEvent]) {
 }
 
 /// A minimal ClickHouse HTTP client: POST the query, return the body.
-fn reqwest_lite(
+fn clickhouse_text(
     url: &str,
 ) -> impl Fn(&str) -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>> {
     let url = url.to_string();
