@@ -56,7 +56,7 @@ async fn ddl_applies_and_every_table_round_trips() {
 
     let customers = vec![
         DimCustomer {
-            customer_key: "c1v1".into(),
+            customer_key: SurrogateKey(0xc1),
             customer_id: 1,
             name: "Nguyễn Văn An".into(),
             email: "a@example.vn".into(),
@@ -69,7 +69,7 @@ async fn ddl_applies_and_every_table_round_trips() {
             is_deleted: 0,
         },
         DimCustomer {
-            customer_key: "c1v2".into(),
+            customer_key: SurrogateKey(0xc2),
             customer_id: 1,
             name: "Nguyễn Văn Bình".into(),
             email: "a@example.vn".into(),
@@ -85,7 +85,7 @@ async fn ddl_applies_and_every_table_round_trips() {
     assert_eq!(roundtrip(&wh, "dim_customers", &customers).await, customers);
 
     let products = vec![DimProduct {
-        product_key: "p1".into(),
+        product_key: SurrogateKey(0xa1),
         product_id: 193_366_048,
         name: "Điện thoại OnePlus 10T 5G - Hàng Chính Hãng".into(),
         price: Money::from_vnd(9_990_000),
@@ -105,7 +105,7 @@ async fn ddl_applies_and_every_table_round_trips() {
     assert_eq!(roundtrip(&wh, "dim_products", &products).await, products);
 
     let sellers = vec![DimSeller {
-        seller_key: "s1".into(),
+        seller_key: SurrogateKey(0x51),
         seller_id: 1,
         name: "Tiki Trading".into(),
         valid_from: 0,
@@ -118,7 +118,7 @@ async fn ddl_applies_and_every_table_round_trips() {
 
     let promotions = vec![
         DimPromotion {
-            promotion_key: "pr1".into(),
+            promotion_key: SurrogateKey(0xb1),
             promotion_id: 1,
             name: "Giảm 10%".into(),
             coupon_type: "Percentage".into(),
@@ -130,7 +130,7 @@ async fn ddl_applies_and_every_table_round_trips() {
             is_deleted: 0,
         },
         DimPromotion {
-            promotion_key: "pr2".into(),
+            promotion_key: SurrogateKey(0xb2),
             promotion_id: 2,
             name: "Giảm 50K".into(),
             coupon_type: "Fixed Amount".into(),
@@ -145,7 +145,7 @@ async fn ddl_applies_and_every_table_round_trips() {
     assert_eq!(roundtrip(&wh, "dim_promotions", &promotions).await, promotions);
 
     let payments = vec![DimPayment {
-        payment_key: "pay1".into(),
+        payment_key: SurrogateKey(0xd1),
         payment_id: 1,
         method: "Credit Card".into(),
         valid_from: 0,
@@ -173,11 +173,11 @@ async fn ddl_applies_and_every_table_round_trips() {
     // One line delivered twice (same key, same version) plus a retraction of another line.
     let line = FactSale {
         date_key: 20_240_901,
-        product_key: "p1".into(),
-        seller_key: "s1".into(),
-        promotion_key: "pr1".into(),
-        customer_key: "c1v2".into(),
-        payment_key: "pay1".into(),
+        product_key: SurrogateKey(0xa1),
+        seller_key: SurrogateKey(0x51),
+        promotion_key: SurrogateKey(0xb1),
+        customer_key: SurrogateKey(0xc2),
+        payment_key: SurrogateKey(0xd1),
         order_transaction: 42,
         product_id: 193_366_048,
         sales_quantity: 3,

@@ -326,6 +326,17 @@ async fn a_processor_killed_mid_stream_converges_to_a_clean_run() {
         async move { clickhouse(&sql).await.ok().filter(|n| n.trim() != "0") }
     })
     .await;
+    // Killed only once a checkpoint exists, so that the last start resumes from one: the restart
+    // may catch up before its first checkpoint is due.
+    // Checkpoints live under <checkpoint_url>/<group id>; the group id is the directory's name.
+    let checkpoints = crashy.dir.join("checkpoints").join(crashy.dir.file_name().unwrap());
+    common::eventually("a checkpoint after the restart", DEADLINE, || {
+        let found = std::fs::read_dir(&checkpoints)
+            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("checkpoint-")))
+            .unwrap_or(false);
+        async move { found.then_some(()) }
+    })
+    .await;
     crashy.kill();
     // More source changes while it is down.
     place_orders(&db.pool, 300, 50).await;

@@ -41,6 +41,7 @@ use rainbow_schemas::pricing::{line_amounts, CouponType, PromotionTerms};
 use rainbow_schemas::rows::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// Why the core refused an event. Nothing was changed; the runtime parks the event.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -134,17 +135,28 @@ fn surrogate_key(dimension: &str, id: i64, at: Position) -> u64 {
     h.max(1)
 }
 
-/// The text form of a surrogate key in the warehouse: 16 hex digits, "" for none.
-pub fn key_text(key: u64) -> String {
-    if key == 0 {
-        return String::new();
+/// A hash map keyed by natural ids. Its hasher is deterministic (no per-process random seed) and
+/// cheap: one multiplication per id, where SipHash was a visible share of the core's time. Ids
+/// come from the source database, not from an adversary. Nothing iterates these maps to produce
+/// output (emission goes through the ordered `dirty` set), so their order never reaches a row.
+type IdMap<V> = HashMap<i64, V, BuildHasherDefault<IdHasher>>;
+
+/// Fibonacci hashing of an `i64` (the high bits of id × 2^64/φ end up spread over the word).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
     }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut buf = [0u8; 16];
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = HEX[((key >> (60 - 4 * i)) & 0xf) as usize];
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
     }
-    String::from_utf8(buf.to_vec()).expect("hex is ASCII")
+    fn write_i64(&mut self, id: i64) {
+        self.0 = (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(26);
+    }
 }
 
 /// Where and when an event happened, as the core needs it.
@@ -207,7 +219,7 @@ impl Attributes for CustomerAttrs {
     fn hist(&self) {}
     fn emit(&self, id: i64, v: &OpenVersion<Self>, valid_to: u32, version: u64, out: &mut Outputs) {
         out.dim_customers.push(DimCustomer {
-            customer_key: key_text(v.key),
+            customer_key: SurrogateKey(v.key),
             customer_id: id,
             name: self.name.clone(),
             email: self.email.clone(),
@@ -233,7 +245,7 @@ impl Attributes for SellerAttrs {
     fn hist(&self) {}
     fn emit(&self, id: i64, v: &OpenVersion<Self>, valid_to: u32, version: u64, out: &mut Outputs) {
         out.dim_sellers.push(DimSeller {
-            seller_key: key_text(v.key),
+            seller_key: SurrogateKey(v.key),
             seller_id: id,
             name: self.name.clone(),
             valid_from: v.valid_from,
@@ -256,7 +268,7 @@ impl Attributes for PaymentAttrs {
     fn hist(&self) {}
     fn emit(&self, id: i64, v: &OpenVersion<Self>, valid_to: u32, version: u64, out: &mut Outputs) {
         out.dim_payments.push(DimPayment {
-            payment_key: key_text(v.key),
+            payment_key: SurrogateKey(v.key),
             payment_id: id,
             method: self.method.clone(),
             valid_from: v.valid_from,
@@ -300,7 +312,7 @@ impl Attributes for PromotionAttrs {
     }
     fn emit(&self, id: i64, v: &OpenVersion<Self>, valid_to: u32, version: u64, out: &mut Outputs) {
         out.dim_promotions.push(DimPromotion {
-            promotion_key: key_text(v.key),
+            promotion_key: SurrogateKey(v.key),
             promotion_id: id,
             name: self.name.clone(),
             coupon_type: CouponType::from(self.coupon_type).as_str().to_string(),
@@ -336,7 +348,7 @@ impl Attributes for ProductAttrs {
     }
     fn emit(&self, id: i64, v: &OpenVersion<Self>, valid_to: u32, version: u64, out: &mut Outputs) {
         out.dim_products.push(DimProduct {
-            product_key: key_text(v.key),
+            product_key: SurrogateKey(v.key),
             product_id: id,
             name: self.name.clone(),
             price: self.price,
@@ -470,10 +482,10 @@ enum AggKey {
 struct Aggregates {
     total: Labeled<Sums>,
     by_day: [Labeled<Sums>; 7],
-    sellers: HashMap<i64, Labeled<Sums>>,
-    products: HashMap<i64, Labeled<Sums>>,
-    payments: HashMap<i64, Labeled<OrderSums>>,
-    customers: HashMap<i64, Labeled<OrderSums>>,
+    sellers: IdMap<Labeled<Sums>>,
+    products: IdMap<Labeled<Sums>>,
+    payments: IdMap<Labeled<OrderSums>>,
+    customers: IdMap<Labeled<OrderSums>>,
     /// Groups changed since the last seal.
     dirty: BTreeSet<AggKey>,
     /// Version of the event being applied.
@@ -509,7 +521,7 @@ pub struct State {
     product_sources: BTreeMap<i64, ProductSource>,
     products_by_brand: BTreeMap<i64, BTreeSet<i64>>,
     products_by_category: BTreeMap<i64, BTreeSet<i64>>,
-    orders: HashMap<i64, OrderState>,
+    orders: IdMap<OrderState>,
     lines: BTreeMap<(i64, i64), LineState>,
     dates: BTreeSet<u32>,
     aggregates: Aggregates,
@@ -1237,11 +1249,11 @@ fn fact_row(line: &LineState, version: u64, is_deleted: u8) -> FactSale {
     let l = &line.source;
     FactSale {
         date_key: f.date_key,
-        product_key: key_text(f.product_key),
-        seller_key: key_text(f.seller_key),
-        promotion_key: key_text(f.promotion_key),
-        customer_key: key_text(f.customer_key),
-        payment_key: key_text(f.payment_key),
+        product_key: SurrogateKey(f.product_key),
+        seller_key: SurrogateKey(f.seller_key),
+        promotion_key: SurrogateKey(f.promotion_key),
+        customer_key: SurrogateKey(f.customer_key),
+        payment_key: SurrogateKey(f.payment_key),
         order_transaction: l.order_id,
         product_id: l.product_id,
         sales_quantity: l.quantity,

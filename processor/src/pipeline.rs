@@ -171,6 +171,8 @@ struct InputMeta {
     partition: i32,
     table: Table,
     paused: bool,
+    /// `events_in_total{table}` of this input's table, resolved once (not per event).
+    events_in: prometheus::IntCounter,
 }
 
 struct Pipeline {
@@ -197,6 +199,8 @@ struct Pipeline {
     watermark_ms: i64,
     summary: RunSummary,
     crash_after: Option<u64>,
+    /// `events_applied_total{table}` per table rank, resolved once.
+    applied_by_table: Vec<prometheus::IntCounter>,
 }
 
 impl Pipeline {
@@ -274,7 +278,8 @@ impl Pipeline {
             let index = merger.add_input(name, offset.unwrap_or(0));
             tpl.add_partition_offset(&topic, partition, offset.map_or(Offset::Beginning, Offset::Offset))?;
             by_topic.entry(topic.clone()).or_default().push(index);
-            inputs.push(InputMeta { topic, partition, table, paused: false });
+            let events_in = metrics.events_in.with_label_values(&[table.name()]);
+            inputs.push(InputMeta { topic, partition, table, paused: false, events_in });
         }
         for p in 0..heartbeat_partitions {
             // Only heartbeats from now on matter: earlier ones say less.
@@ -305,7 +310,6 @@ impl Pipeline {
             sink,
             store,
             rt,
-            metrics,
             stop,
             out: Outputs::default(),
             next_checkpoint: Instant::now() + Duration::from_millis(config.checkpoint_interval_ms),
@@ -316,6 +320,11 @@ impl Pipeline {
             watermark_ms: 0,
             summary: RunSummary { resumed_from, ..RunSummary::default() },
             crash_after,
+            applied_by_table: Table::ALL
+                .iter()
+                .map(|t| metrics.events_applied.with_label_values(&[t.name()]))
+                .collect(),
+            metrics,
         })
     }
 
@@ -378,14 +387,14 @@ impl Pipeline {
             .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
             .and_then(|v| v.get("payload").unwrap_or(&v).get("ts_ms").and_then(|t| t.as_i64()))
             .unwrap_or(0);
-        for i in 0..self.inputs.len() {
-            if self.merger.input_frontier(i).is_some_and(|f| f >= at) {
-                continue;
+        let behind: Vec<usize> = (0..self.inputs.len())
+            .filter(|&i| self.merger.input_frontier(i).is_none_or(|f| f < at))
+            .collect();
+        if !behind.is_empty() {
+            let ends = self.end_offsets(&behind, Duration::from_secs(5))?;
+            for (i, high) in behind.into_iter().zip(ends) {
+                self.merger.mark(i, high, at);
             }
-            let meta = &self.inputs[i];
-            let (_, high) =
-                self.consumer.fetch_watermarks(&meta.topic, meta.partition, Duration::from_secs(5))?;
-            self.merger.mark(i, high, at);
         }
         self.heartbeats.push_back((acked, ts_ms));
         if self.heartbeats.len() > 1_000 {
@@ -415,7 +424,7 @@ impl Pipeline {
                     self.merger.skip(input, offset);
                     return Ok(());
                 }
-                self.metrics.events_in.with_label_values(&[table.name()]).inc();
+                self.inputs[input].events_in.inc();
                 if self.merger.push(input, offset, event.position, event) == Pushed::Duplicate {
                     self.metrics.duplicates.inc();
                     self.summary.duplicates += 1;
@@ -488,7 +497,7 @@ impl Pipeline {
                     self.events += 1;
                     self.summary.events_applied += 1;
                     self.watermark_ms = self.watermark_ms.max(event.ts_ms);
-                    self.metrics.events_applied.with_label_values(&[event.table().name()]).inc();
+                    self.applied_by_table[usize::from(event.position.table)].inc();
                     if self.crash_after.is_some_and(|n| self.summary.events_applied >= n) {
                         tracing::error!("failpoint {FAILPOINT_VAR}: aborting");
                         std::process::abort();
@@ -558,18 +567,49 @@ impl Pipeline {
         self.metrics.state_groups.set(size.aggregate_groups as i64);
     }
 
+    /// The current end offsets (high watermarks) of `inputs`, in their order, read from the
+    /// brokers in one ListOffsets round trip per leader: a per-partition query each costs a round
+    /// trip queued behind the consumer's fetches, which stalled the loop with 30 partitions.
+    fn end_offsets(&self, inputs: &[usize], timeout: Duration) -> Result<Vec<i64>, ProcessorError> {
+        let mut tpl = TopicPartitionList::new();
+        for &i in inputs {
+            let meta = &self.inputs[i];
+            // The "timestamp" -1 (Offset::End) asks for the latest offset.
+            tpl.add_partition_offset(&meta.topic, meta.partition, Offset::End)?;
+        }
+        let answered = self.consumer.offsets_for_times(tpl, timeout)?;
+        inputs
+            .iter()
+            .map(|&i| {
+                let meta = &self.inputs[i];
+                let elem = answered.find_partition(&meta.topic, meta.partition);
+                match elem.map(|e| (e.error(), e.offset())) {
+                    Some((Ok(()), Offset::Offset(high))) => Ok(high),
+                    Some((Err(e), _)) => Err(e.into()),
+                    other => Err(ProcessorError::Pipeline(format!(
+                        "no end offset for {}[{}]: {other:?}",
+                        meta.topic, meta.partition
+                    ))),
+                }
+            })
+            .collect()
+    }
+
     /// Consumer lag per partition, from the brokers' high watermarks.
     fn update_lag(&self) {
-        for (i, meta) in self.inputs.iter().enumerate() {
-            if let Ok((_, high)) =
-                self.consumer.fetch_watermarks(&meta.topic, meta.partition, Duration::from_secs(2))
-            {
-                let lag = (high - self.merger.next_offset(i)).max(0);
-                self.metrics
-                    .consumer_lag
-                    .with_label_values(&[&meta.topic, &meta.partition.to_string()])
-                    .set(lag);
+        let all: Vec<usize> = (0..self.inputs.len()).collect();
+        match self.end_offsets(&all, Duration::from_secs(2)) {
+            Ok(ends) => {
+                for (i, high) in ends.into_iter().enumerate() {
+                    let meta = &self.inputs[i];
+                    let lag = (high - self.merger.next_offset(i)).max(0);
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[&meta.topic, &meta.partition.to_string()])
+                        .set(lag);
+                }
             }
+            Err(e) => tracing::debug!(error = %e, "reading end offsets for the lag failed"),
         }
     }
 

@@ -4,6 +4,7 @@
 
 use crate::core::Outputs;
 use rainbow_schemas::rows::*;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// A row's ReplacingMergeTree key (its `ORDER BY`) and version.
@@ -28,11 +29,11 @@ macro_rules! versioned {
     };
 }
 
-versioned!(DimCustomer, |r| r.customer_key.clone(), String);
-versioned!(DimProduct, |r| r.product_key.clone(), String);
-versioned!(DimSeller, |r| r.seller_key.clone(), String);
-versioned!(DimPromotion, |r| r.promotion_key.clone(), String);
-versioned!(DimPayment, |r| r.payment_key.clone(), String);
+versioned!(DimCustomer, |r| r.customer_key, SurrogateKey);
+versioned!(DimProduct, |r| r.product_key, SurrogateKey);
+versioned!(DimSeller, |r| r.seller_key, SurrogateKey);
+versioned!(DimPromotion, |r| r.promotion_key, SurrogateKey);
+versioned!(DimPayment, |r| r.payment_key, SurrogateKey);
 versioned!(FactSale, |r| (r.order_transaction, r.product_id), (i64, i64));
 versioned!(AggTotalSales, |r| r.partition, i32);
 versioned!(AggSalesByDayOfWeek, |r| (r.partition, i64::from(r.day_of_week)), (i32, i64));
@@ -52,7 +53,11 @@ impl Versioned for DimDate {
 }
 
 /// One table: key → surviving row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(bound(
+    serialize = "R: Serialize, R::Key: Serialize",
+    deserialize = "R: Deserialize<'de>, R::Key: Deserialize<'de>"
+))]
 pub struct Table<R: Versioned>(pub BTreeMap<R::Key, R>);
 
 impl<R: Versioned> Default for Table<R> {
@@ -87,7 +92,7 @@ impl<R: Versioned> Table<R> {
 }
 
 /// Every output table, collapsed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tables {
     pub dim_customers: Table<DimCustomer>,
     pub dim_products: Table<DimProduct>,
