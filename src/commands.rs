@@ -215,6 +215,87 @@ pub async fn process(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn archive(config: &Config) -> anyhow::Result<()> {
+    let (kafka, _) = processor_endpoints(config);
+    let settings = config.archive_settings();
+    println!(
+        "archive: Kafka topics {}.{}.<table> -> {}/master/ (metrics on http://{}/metrics)",
+        settings.topic_prefix.as_deref().unwrap_or_default(),
+        settings.schema,
+        config.storage.url,
+        settings.metrics_listen
+    );
+    let summary = rainbow_replay::archive::run(&kafka, &config.storage.url, &settings, shutdown_signal())
+        .await
+        .context("the archiver stopped")?;
+    println!("{}", archive_summary(&summary));
+    Ok(())
+}
+
+fn archive_summary(s: &rainbow_replay::archive::ArchiveSummary) -> String {
+    format!(
+        "archive: {} records in {} new segments ({} bytes); {} segments found already written",
+        s.records, s.segments, s.bytes, s.existing_segments
+    )
+}
+
+pub async fn replay(config: &Config, args: &crate::ReplayArgs) -> anyhow::Result<()> {
+    use rainbow_replay::replay::{Days, ReplayArgs};
+    let days = match (&args.from, &args.to, &args.days) {
+        (Some(from), Some(to), _) => {
+            anyhow::ensure!(from <= to, "--from {from} is after --to {to}");
+            Days::Range { from: from.clone(), to: to.clone() }
+        }
+        (_, _, Some(list)) => Days::List(list.iter().cloned().collect()),
+        _ => Days::All,
+    };
+    let replay = ReplayArgs {
+        archive_url: args.archive.clone().unwrap_or_else(|| config.storage.url.clone()),
+        out_url: args.out.clone(),
+        days,
+        naming: config.archive_settings(),
+        config: config.replay.clone(),
+        progress: !args.quiet,
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            eprintln!("\nreplay: interrupted; writing a checkpoint");
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
+    let rt = tokio::runtime::Handle::current();
+    let started = std::time::Instant::now();
+    let summary = tokio::task::spawn_blocking(move || rainbow_replay::replay::run(&replay, &rt, &stop))
+        .await
+        .context("the replay thread")?;
+    let summary = match summary {
+        Err(rainbow_replay::ReplayError::Interrupted) => {
+            anyhow::bail!("interrupted: rerun the same command to resume from the checkpoint in {}", args.out)
+        }
+        other => other.context("the replay failed")?,
+    };
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "replay: {} ({} segments): {} records read, {} events applied{} ({} in the selected days), {} re-deliveries dropped, {} rejected (see _rejected.jsonl) in {:.1} s",
+        summary.days,
+        summary.segments,
+        summary.records_read,
+        summary.events_applied,
+        summary.resumed_at.map(|n| format!(", resumed after {n}")).unwrap_or_default(),
+        summary.events_in_selection,
+        summary.duplicates,
+        summary.rejected,
+        secs
+    );
+    for (table, rows, files) in &summary.tables {
+        println!("  {}/{table}/: {rows} rows in {files} file(s)", args.out.trim_end_matches('/'));
+    }
+    Ok(())
+}
+
 fn processor_summary(s: &rainbow_processor::RunSummary) -> String {
     format!(
         "process: {} events applied{}, {} re-deliveries dropped, {} dead letters, {} checkpoints written",
@@ -331,17 +412,37 @@ pub async fn up(config: &Config, args: &UpArgs) -> anyhow::Result<()> {
         "process: Kafka -> ClickHouse database {} (metrics on http://{}/metrics)",
         config.clickhouse.database, config.processor.metrics_listen
     );
-    println!("archive: Kafka -> master dataset archiver: not available yet");
+    let (kafka, _) = processor_endpoints(config);
+    let archive_config = config.archive_settings();
+    let store_url = config.storage.url.clone();
+    let archive_stop = stopped(stop_rx.clone());
+    let archiver = tokio::spawn(async move {
+        rainbow_replay::archive::run(&kafka, &store_url, &archive_config, archive_stop).await
+    });
+    println!(
+        "archive: Kafka -> master dataset {}/master/ (metrics on http://{}/metrics)",
+        config.storage.url, config.archive.metrics_listen
+    );
     println!("running; Ctrl-C stops");
     let mut cdc = cdc;
     let mut processor = processor;
-    let (cdc_outcome, processor_outcome) = tokio::select! {
-        _ = shutdown_signal() => (None, None),
+    let mut archiver = archiver;
+    let (cdc_outcome, processor_outcome, archive_outcome) = tokio::select! {
+        _ = shutdown_signal() => (None, None, None),
         // The reader stops by itself only on an error (or with snapshot mode initial_only).
-        outcome = &mut cdc => (Some(outcome), None),
-        outcome = &mut processor => (None, Some(outcome)),
+        outcome = &mut cdc => (Some(outcome), None, None),
+        outcome = &mut processor => (None, Some(outcome), None),
+        outcome = &mut archiver => (None, None, Some(outcome)),
     };
     let _ = stop_tx.send(true);
+    let archive_outcome = match archive_outcome {
+        Some(outcome) => outcome,
+        None => archiver.await,
+    };
+    match archive_outcome? {
+        Ok(summary) => println!("{}", archive_summary(&summary)),
+        Err(e) => eprintln!("archive: stopped with an error: {e}"),
+    }
     let cdc_outcome = match cdc_outcome {
         Some(outcome) => outcome,
         None => cdc.await,

@@ -18,8 +18,14 @@ pub const DEFAULT_CONFIG_FILE: &str = "rainbow.toml";
 /// Prefix of every configuration environment variable.
 pub const ENV_PREFIX: &str = "RAINBOW_";
 /// `RAINBOW_*` variables that are not settings: read by the stack scripts and the CLI.
-const NON_SETTING_VARS: [&str; 5] =
-    ["RAINBOW_HOME", "RAINBOW_CONFIG", "RAINBOW_LOG", "RAINBOW_CDC_FAILPOINT", "RAINBOW_PROCESSOR_FAILPOINT"];
+const NON_SETTING_VARS: [&str; 6] = [
+    "RAINBOW_HOME",
+    "RAINBOW_CONFIG",
+    "RAINBOW_LOG",
+    "RAINBOW_CDC_FAILPOINT",
+    "RAINBOW_PROCESSOR_FAILPOINT",
+    "RAINBOW_REPLAY_FAILPOINT",
+];
 const NON_SETTING_PREFIXES: [&str; 1] = ["RAINBOW_STACK_"];
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +54,10 @@ pub struct Config {
     pub cdc: rainbow_cdc::CdcConfig,
     /// The stream processor (`rainbow process`); see rainbow_processor::ProcessorConfig.
     pub processor: rainbow_processor::ProcessorConfig,
+    /// The archiver (`rainbow archive`); see rainbow_replay::ArchiveConfig.
+    pub archive: rainbow_replay::ArchiveConfig,
+    /// The replay (`rainbow replay`); see rainbow_replay::ReplayConfig.
+    pub replay: rainbow_replay::ReplayConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
 }
@@ -225,6 +235,18 @@ impl Config {
         Ok(config)
     }
 
+    /// The archiver's settings with its unset topic naming taken from `[cdc]`, as the processor's.
+    pub fn archive_settings(&self) -> rainbow_replay::ArchiveConfig {
+        let mut a = self.archive.clone();
+        if a.topic_prefix.is_none() {
+            a.topic_prefix = Some(self.cdc.topic_prefix.clone());
+            if a.topic_map.is_none() {
+                a.topic_map = Some(self.cdc.topic_map.clone());
+            }
+        }
+        a
+    }
+
     /// The processor's settings with its unset topic naming taken from `[cdc]`: it reads the
     /// topics the CDC writes unless told otherwise.
     pub fn processor_settings(&self) -> rainbow_processor::ProcessorConfig {
@@ -330,6 +352,10 @@ impl Config {
             value: e.value,
             expected: e.expected,
         })?;
+        self.archive_settings()
+            .validate()
+            .and_then(|()| self.replay.validate())
+            .map_err(|e| ConfigError::Invalid { key: e.key, value: e.value, expected: e.expected })?;
         check(
             !self.storage.url.trim().is_empty(),
             "storage.url",

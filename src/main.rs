@@ -46,12 +46,12 @@ enum Command {
     /// dimensions, fact_sales and dashboard aggregates in ClickHouse, with checkpoints and a
     /// dead-letter topic. Settings: [processor] / RAINBOW_PROCESSOR__*.
     Process,
-    /// Archive every CDC topic into the immutable master dataset (Parquet in object storage). Not
-    /// available yet.
+    /// Archive every CDC topic into the immutable master dataset (Parquet segments under
+    /// <storage.url>/master/) until SIGINT/SIGTERM. Settings: [archive] / RAINBOW_ARCHIVE__*.
     Archive,
-    /// Replay the archived master dataset through the processor core into Parquet (backfill). Not
-    /// available yet.
-    Replay,
+    /// Replay the master dataset through the processor's core into Parquet (backfill): every
+    /// warehouse table under <out>/<table>/. Resumable: rerun the same command after an interrupt.
+    Replay(ReplayArgs),
     /// Order producers: POST realistic orders to the API, churn the catalogue in PostgreSQL, or
     /// benchmark the API (--bench).
     Loadgen(LoadgenArgs),
@@ -96,6 +96,55 @@ pub struct UpArgs {
     /// Catalogue changes per second made alongside the orders (0: none).
     #[arg(long, default_value_t = 0.2, value_name = "N")]
     pub churn_per_sec: f64,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("selection").required(true).args(["from", "all", "days"])))]
+pub struct ReplayArgs {
+    /// First day whose events produce output (YYYY-MM-DD, UTC day of the source commit); the
+    /// days before it are replayed too, to build the state. Needs --to.
+    #[arg(long, value_name = "DAY", requires = "to", value_parser = parse_day)]
+    pub from: Option<String>,
+    /// Last day replayed (inclusive).
+    #[arg(long, value_name = "DAY", requires = "from", value_parser = parse_day)]
+    pub to: Option<String>,
+    /// Replay the whole archive.
+    #[arg(long)]
+    pub all: bool,
+    /// Output only for these days (comma-separated YYYY-MM-DD).
+    #[arg(long, value_name = "DAYS", value_delimiter = ',', value_parser = parse_day)]
+    pub days: Option<Vec<String>>,
+    /// Where the Parquet tables go: a directory or an object-store URL (s3://, gs://, az://).
+    #[arg(long, value_name = "URL")]
+    pub out: String,
+    /// The master dataset. Default: storage.url.
+    #[arg(long, value_name = "URL")]
+    pub archive: Option<String>,
+    /// No progress line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// A `YYYY-MM-DD` day that exists in the calendar.
+fn parse_day(raw: &str) -> Result<String, String> {
+    use rainbow_processor::event::{civil_from_days, days_from_civil};
+    let bad = || format!("{raw:?} is not a day like 2024-08-01");
+    let mut parts = raw.trim().splitn(3, '-');
+    let mut next = |len: usize| {
+        parts
+            .next()
+            .filter(|p| p.len() == len && p.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|p| p.parse::<i64>().ok())
+    };
+    let (y, m, d): (i64, u32, u32) = match (next(4), next(2), next(2)) {
+        (Some(y), Some(m), Some(d)) => (y, m as u32, d as u32),
+        _ => return Err(bad()),
+    };
+    // A day that exists: converting to days and back gives it again (no 2024-02-30).
+    if !(1..=12).contains(&m) || civil_from_days(days_from_civil(y, m, d)) != (y, m, d) {
+        return Err(bad());
+    }
+    Ok(format!("{y:04}-{m:02}-{d:02}"))
 }
 
 #[derive(Debug, clap::Args)]
@@ -190,8 +239,8 @@ fn main() -> ExitCode {
         Command::Api => runtime().block_on(commands::api(&config)),
         Command::Cdc => runtime().block_on(commands::cdc(&config)),
         Command::Process => runtime().block_on(commands::process(&config)),
-        Command::Archive => return not_yet("archive", "the archiver"),
-        Command::Replay => return not_yet("replay", "the replay"),
+        Command::Archive => runtime().block_on(commands::archive(&config)),
+        Command::Replay(args) => runtime().block_on(commands::replay(&config, &args)),
         Command::Loadgen(args) => runtime().block_on(commands::loadgen(&config, &args)),
         Command::Check => return not_yet("check", "the data-quality checks"),
         Command::Migrate(args) => runtime().block_on(commands::migrate(&config, &args)),

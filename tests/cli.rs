@@ -31,11 +31,34 @@ fn help_lists_every_command() {
 
 #[test]
 fn unavailable_commands_say_so_with_their_own_exit_code() {
-    for cmd in ["archive", "replay", "check"] {
-        let out = rainbow(&[cmd], &[]);
-        assert_eq!(out.status.code(), Some(3), "{cmd}");
-        assert!(text(&out).contains("not available yet"), "{cmd}: {}", text(&out));
+    let out = rainbow(&["check"], &[]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out).contains("not available yet"), "{}", text(&out));
+}
+
+#[test]
+fn replay_refuses_bad_selections_and_empty_archives_clearly() {
+    let dir = std::env::temp_dir().join(common::unique_name("replay_cli"));
+    let out_dir = dir.join("out");
+    let out = dir.join("out").display().to_string();
+    // No selection, half a range, a day that does not exist, from after to.
+    for (args, expect) in [
+        (vec!["replay", "--out", &out], "--from <DAY>"),
+        (vec!["replay", "--from", "2024-08-01", "--out", &out], "--to <DAY>"),
+        (vec!["replay", "--days", "2024-02-30", "--out", &out], "is not a day like 2024-08-01"),
+        (vec!["replay", "--from", "2024-08-05", "--to", "2024-08-01", "--out", &out], "is after --to"),
+    ] {
+        let o = rainbow(&args, &[]);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(text(&o).contains(expect), "{args:?}: {}", text(&o));
     }
+    // An archive with nothing in it.
+    let archive = dir.join("empty").display().to_string();
+    let o = rainbow(&["replay", "--all", "--out", &out, "--archive", &archive], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("holds no segment"), "{}", text(&o));
+    assert!(!out_dir.join("fact_sales").exists());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -137,5 +160,9 @@ async fn migrate_seed_against_the_real_servers_is_idempotent() {
     assert!(status.success(), "rainbow api exits 0 on SIGTERM: {status:?}");
 
     ch.query(&format!("DROP DATABASE {db}")).execute().await.unwrap();
-    admin_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).await;
+    {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect_with(&common::pg_options("postgres")).await.unwrap();
+        common::drop_database(&mut admin, &db).await;
+    }
 }

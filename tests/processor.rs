@@ -8,99 +8,12 @@ mod common;
 
 use common::cdc::{read_until, CdcProcess};
 use common::processor::{clickhouse, ProcessorProcess};
+use common::source::{caught_up, churn, pg_rows, place_orders};
 use common::TestDb;
 use rainbow_schemas::postgres::SOURCE_TABLES;
 use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(120);
-
-async fn exec(pool: &sqlx::PgPool, sql: &str) {
-    sqlx::raw_sql(sql).execute(pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
-
-/// Rows of a PostgreSQL query as tab-separated text lines, as PostgreSQL prints them (the
-/// simple query protocol returns text).
-async fn pg_rows(pool: &sqlx::PgPool, sql: &str) -> String {
-    use sqlx::{Row, ValueRef};
-    let rows = sqlx::raw_sql(sql).fetch_all(pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    rows.iter()
-        .map(|row| {
-            let cols: Vec<String> = (0..row.len())
-                .map(|i| {
-                    let v = row.try_get_raw(i).unwrap();
-                    if v.is_null() {
-                        "\\N".to_string()
-                    } else {
-                        v.as_str().unwrap().to_string()
-                    }
-                })
-                .collect();
-            cols.join("\t") + "\n"
-        })
-        .collect()
-}
-
-/// `n` orders, each its own transaction, with 1–3 lines priced from the catalogue.
-async fn place_orders(pool: &sqlx::PgPool, from: i64, n: i64) {
-    for i in from..from + n {
-        exec(
-            pool,
-            &format!(
-                "WITH o AS (INSERT INTO orders (customer_id, payment_id) VALUES ({c}, {p}) RETURNING id)
-                 INSERT INTO orderdetails (order_id, product_id, quantity, price, promotion_id)
-                 SELECT o.id, pr.id, 1 + (pr.id + {i}) % 3, pr.price, pr.promotion_id
-                 FROM o, products pr WHERE pr.id IN ({a}, {b}, {d})",
-                c = 1 + i % 100,
-                p = 1 + i % 4,
-                a = 1 + (i * 7) % 3000,
-                b = 1 + (i * 13) % 3000,
-                d = 1 + (i * 31) % 3000,
-            ),
-        )
-        .await;
-    }
-}
-
-/// Catalogue and order changes between orders: a price change, a brand rename, a line update
-/// and delete, an order's payment change and a cancelled order.
-async fn churn(pool: &sqlx::PgPool) {
-    exec(pool, "UPDATE products SET price = price + 1000 WHERE id IN (8, 14)").await;
-    exec(pool, "UPDATE brands SET name = name || ' (renamed)' WHERE id = (SELECT brand_id FROM products WHERE id = 2)").await;
-    exec(pool, "UPDATE products SET updated_at = now() WHERE id = 3").await; // no tracked change
-    exec(
-        pool,
-        "UPDATE orderdetails SET quantity = quantity + 5 WHERE order_id = (SELECT min(id) FROM orders)",
-    )
-    .await;
-    exec(pool, "DELETE FROM orderdetails WHERE (order_id, product_id) IN (SELECT order_id, product_id FROM orderdetails ORDER BY order_id DESC, product_id LIMIT 1)").await;
-    exec(
-        pool,
-        "UPDATE orders SET payment_id = 1 + payment_id % 4 WHERE id = (SELECT min(id) + 1 FROM orders)",
-    )
-    .await;
-    exec(pool, "DELETE FROM orders WHERE id = (SELECT min(id) + 2 FROM orders)").await;
-}
-
-/// Waits until ClickHouse's live facts match the source's order lines (count and amount).
-async fn caught_up(pool: &sqlx::PgPool, p: &ProcessorProcess) {
-    let want = pg_rows(pool, "SELECT count(*), sum(quantity * price) FROM orderdetails").await;
-    let sql = format!(
-        "SELECT count(), sum(extended_sales_amount) FROM {}.fact_sales FINAL WHERE is_deleted = 0",
-        p.database
-    );
-    let mut last = String::new();
-    let deadline = std::time::Instant::now() + DEADLINE;
-    loop {
-        if let Ok(got) = clickhouse(&sql).await {
-            if got == want {
-                return;
-            }
-            last = got;
-        }
-        assert!(std::time::Instant::now() < deadline, "facts {last:?} never reached {want:?}:\n{}", p.logs());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// Every view and table of the warehouse, as text, ordered.
 async fn warehouse_text(database: &str) -> String {

@@ -1,2 +1,19 @@
-//! The Kappa batch layer: the archiver (Kafka to an immutable master dataset in object storage)
-//! and the replay (archive through the processor core to Parquet). Not implemented yet.
+//! Rainbow's batch layer, which is no separate code: the archive of the log and the replay of
+//! it through the processor's own core.
+//!
+//! * [`archive`]: `rainbow archive`, Kafka → the immutable master dataset ([`master`]) in object
+//!   storage ([`store`]), one Parquet segment per partition, offset range and day.
+//! * [`replay`]: `rainbow replay`, master dataset → merge by commit order → `Core` → every
+//!   warehouse table as Parquet ([`columns`]).
+
+pub mod archive;
+pub mod columns;
+pub mod config;
+pub mod error;
+pub mod master;
+pub mod metrics;
+pub mod replay;
+pub mod store;
+
+pub use config::{ArchiveConfig, ReplayConfig};
+pub use error::ReplayError;

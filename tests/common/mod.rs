@@ -3,8 +3,10 @@
 
 #![allow(dead_code)]
 
+pub mod archive;
 pub mod cdc;
 pub mod processor;
+pub mod source;
 
 pub fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
@@ -81,11 +83,11 @@ impl TestDb {
     }
 
     pub async fn drop(self) {
-        use sqlx::{Connection, Executor};
+        use sqlx::Connection;
         self.pool.close().await;
         let mut admin = sqlx::PgConnection::connect_with(&pg_options("postgres")).await.unwrap();
         cdc::drop_slots_of(&mut admin, &self.name).await;
-        admin.execute(format!("DROP DATABASE {} WITH (FORCE)", self.name).as_str()).await.unwrap();
+        drop_database(&mut admin, &self.name).await;
     }
 }
 
@@ -102,5 +104,22 @@ where
         }
         assert!(std::time::Instant::now() < until, "timed out after {deadline:?} waiting for {what}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// `DROP DATABASE .. WITH (FORCE)`, retried for a few seconds while it fails because a backend
+/// of another role (an autovacuum worker) is connected, which our role may not terminate.
+pub async fn drop_database(admin: &mut sqlx::PgConnection, name: &str) {
+    use sqlx::Executor;
+    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match admin.execute(sql.as_str()).await {
+            Ok(_) => return,
+            Err(e) if e.to_string().contains("pg_signal_backend") && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{sql}: {e}"),
+        }
     }
 }

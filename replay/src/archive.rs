@@ -1,0 +1,366 @@
+//! `rainbow archive`: every record of the CDC topics into the master dataset ([`crate::master`]).
+//!
+//! Delivery contract: at-least-once from Kafka, exactly-once into the archive. A record is in the
+//! archive once the segment holding it is durable; only then is its offset committed to the
+//! archiver's consumer group. On start the archiver lists the archive and resumes every partition
+//! after its highest archived offset (the committed offsets are for monitoring), so a crash
+//! between writing a segment and committing neither loses nor duplicates a record, and a segment
+//! is never written twice over the same records. Existing objects are never modified or deleted.
+//!
+//! Segments are cut at `segment_max_records`, `segment_max_bytes`, `segment_max_age_ms`, and when
+//! the day of the source commit changes; at shutdown every open segment is written.
+
+use crate::config::ArchiveConfig;
+use crate::error::ReplayError;
+use crate::master::{self, ArchivedRecord, SegmentName};
+use crate::metrics::{ArchiveMetrics, SegmentWritten};
+use crate::store::{Created, Store};
+use rainbow_processor::KafkaConnection;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArchiveSummary {
+    pub records: u64,
+    pub segments: u64,
+    pub existing_segments: u64,
+    pub bytes: u64,
+}
+
+/// Archives until `shutdown` resolves, then writes the open segments and returns.
+pub async fn run(
+    kafka: &KafkaConnection,
+    store_url: &str,
+    config: &ArchiveConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<ArchiveSummary, ReplayError> {
+    config.validate().map_err(|e| ReplayError::Columns(e.to_string()))?;
+    let store = Store::open(store_url)?;
+    let metrics = ArchiveMetrics::new();
+    let listener = tokio::net::TcpListener::bind(&config.metrics_listen)
+        .await
+        .map_err(|e| ReplayError::Metrics { listen: config.metrics_listen.clone(), reason: e.to_string() })?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut rx = stop_rx.clone();
+    let server = tokio::spawn(crate::metrics::serve(listener, metrics.clone(), async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let thread = {
+        let (kafka, config, metrics, stop, store) =
+            (kafka.clone(), config.clone(), metrics.clone(), stop.clone(), store.clone());
+        let rt = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("rainbow-archive".into())
+            .spawn(move || {
+                let r = Archiver::start(&kafka, &config, store, rt, metrics, stop).and_then(Archiver::run);
+                let _ = done_tx.send(r);
+            })
+            .map_err(|e| ReplayError::Store { url: store_url.into(), reason: e.to_string() })?
+    };
+    metrics.running.set(1);
+    tokio::pin!(shutdown);
+    let mut done_rx = done_rx;
+    let outcome = tokio::select! {
+        _ = &mut shutdown => {
+            tracing::info!("stopping: writing the open segments");
+            stop.store(true, Ordering::SeqCst);
+            (&mut done_rx).await
+        }
+        r = &mut done_rx => r,
+    };
+    let _ = thread.join();
+    metrics.running.set(0);
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    outcome.unwrap_or(Err(ReplayError::Interrupted))
+}
+
+/// An open segment of one partition.
+struct Open {
+    date: String,
+    records: Vec<ArchivedRecord>,
+    bytes: usize,
+    since: Instant,
+}
+
+struct Input {
+    topic: String,
+    partition: i32,
+    open: Option<Open>,
+    /// Day of the last record seen, for records that carry none.
+    last_day: Option<String>,
+    /// Next offset to archive.
+    next: i64,
+}
+
+struct Archiver {
+    config: ArchiveConfig,
+    consumer: BaseConsumer,
+    store: Store,
+    rt: tokio::runtime::Handle,
+    metrics: ArchiveMetrics,
+    stop: Arc<AtomicBool>,
+    inputs: Vec<Input>,
+    index: HashMap<(String, i32), usize>,
+    summary: ArchiveSummary,
+}
+
+impl Archiver {
+    fn start(
+        kafka: &KafkaConnection,
+        config: &ArchiveConfig,
+        store: Store,
+        rt: tokio::runtime::Handle,
+        metrics: ArchiveMetrics,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Archiver, ReplayError> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &kafka.brokers)
+            .set("client.id", format!("{}-archiver", kafka.client_id))
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "100")
+            .create()?;
+        // Partitions of every topic: wait for the CDC to create them.
+        let mut partitions = Vec::new();
+        let mut warned = Instant::now();
+        for topic in config.topics() {
+            loop {
+                if let Some(n) = partition_count(&consumer, &topic) {
+                    partitions.extend((0..n).map(|p| (topic.clone(), p)));
+                    break;
+                }
+                if stop.load(Ordering::SeqCst) {
+                    return Err(ReplayError::MissingTopic { topic });
+                }
+                if warned.elapsed() > Duration::from_secs(10) {
+                    tracing::warn!(%topic, "waiting for the CDC to create its topics");
+                    warned = Instant::now();
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        // Resume after the highest archived offset of each partition.
+        let mut archived: HashMap<(String, i32), i64> = HashMap::new();
+        for topic in config.topics() {
+            let listed = rt.block_on(store.list(&format!("master/{topic}")))?;
+            for (path, _) in listed {
+                if let Some(s) = SegmentName::parse(&path) {
+                    let e = archived.entry((s.topic, s.partition)).or_insert(-1);
+                    *e = (*e).max(s.last);
+                }
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        let mut inputs = Vec::new();
+        let mut index = HashMap::new();
+        for (topic, partition) in partitions {
+            let next = archived.get(&(topic.clone(), partition)).map_or(0, |last| last + 1);
+            tpl.add_partition_offset(
+                &topic,
+                partition,
+                if next == 0 { Offset::Beginning } else { Offset::Offset(next) },
+            )?;
+            index.insert((topic.clone(), partition), inputs.len());
+            inputs.push(Input { topic, partition, open: None, last_day: None, next });
+        }
+        consumer.assign(&tpl)?;
+        tracing::info!(
+            partitions = inputs.len(),
+            resumed = archived.len(),
+            url = %store.url,
+            "archiving the CDC topics"
+        );
+        Ok(Archiver {
+            config: config.clone(),
+            consumer,
+            store,
+            rt,
+            metrics,
+            stop,
+            inputs,
+            index,
+            summary: ArchiveSummary::default(),
+        })
+    }
+
+    fn run(mut self) -> Result<ArchiveSummary, ReplayError> {
+        let max_age = Duration::from_millis(self.config.segment_max_age_ms);
+        let mut next_lag = Instant::now();
+        let mut errors = 0u64;
+        while !self.stop.load(Ordering::SeqCst) {
+            let mut timeout = Duration::from_millis(100);
+            for _ in 0..10_000 {
+                let Some(m) = self.consumer.poll(timeout) else { break };
+                timeout = Duration::ZERO;
+                match m {
+                    Ok(m) => {
+                        let Some(&i) = self.index.get(&(m.topic().to_string(), m.partition())) else {
+                            continue;
+                        };
+                        let record = ArchivedRecord {
+                            topic: self.inputs[i].topic.clone(),
+                            partition: m.partition(),
+                            offset: m.offset(),
+                            key: m.key().map(<[u8]>::to_vec),
+                            value: m.payload().map(<[u8]>::to_vec),
+                            timestamp_ms: m.timestamp().to_millis(),
+                            commit_lsn: None,
+                            change_lsn: None,
+                        };
+                        self.add(i, record)?;
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        if errors.is_power_of_two() {
+                            tracing::warn!(error = %e, count = errors, "Kafka consumer error");
+                        }
+                    }
+                }
+            }
+            let aged: Vec<usize> = (0..self.inputs.len())
+                .filter(|&i| self.inputs[i].open.as_ref().is_some_and(|o| o.since.elapsed() >= max_age))
+                .collect();
+            for i in aged {
+                self.flush(i)?;
+            }
+            self.metrics
+                .buffered
+                .set(self.inputs.iter().map(|i| i.open.as_ref().map_or(0, |o| o.records.len()) as i64).sum());
+            if Instant::now() >= next_lag {
+                next_lag = Instant::now() + Duration::from_secs(5);
+                self.update_lag();
+            }
+        }
+        for i in 0..self.inputs.len() {
+            self.flush(i)?;
+        }
+        self.metrics.buffered.set(0);
+        Ok(self.summary)
+    }
+
+    /// Adds a record to its partition's open segment, cutting segments at the limits and at
+    /// day changes.
+    fn add(&mut self, i: usize, mut record: ArchivedRecord) -> Result<(), ReplayError> {
+        let decoded = rainbow_processor::event::decode(record.value.as_deref()).ok().flatten();
+        let day = match &decoded {
+            Some(e) => {
+                record.commit_lsn = Some(e.position.commit);
+                record.change_lsn = Some(e.position.change);
+                master::day_of_ms(e.ts_ms)
+            }
+            None => self.inputs[i]
+                .last_day
+                .clone()
+                .unwrap_or_else(|| master::day_of_ms(record.timestamp_ms.unwrap_or(0))),
+        };
+        if self.inputs[i].open.as_ref().is_some_and(|o| o.date != day) {
+            self.flush(i)?;
+        }
+        let input = &mut self.inputs[i];
+        input.last_day = Some(day.clone());
+        let open = input.open.get_or_insert_with(|| Open {
+            date: day,
+            records: Vec::new(),
+            bytes: 0,
+            since: Instant::now(),
+        });
+        open.bytes += record.size();
+        open.records.push(record);
+        if open.records.len() >= self.config.segment_max_records
+            || open.bytes >= self.config.segment_max_bytes
+        {
+            self.flush(i)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the partition's open segment durably, then commits its offsets.
+    fn flush(&mut self, i: usize) -> Result<(), ReplayError> {
+        let Some(open) = self.inputs[i].open.take() else { return Ok(()) };
+        let (first, last) = match (open.records.first(), open.records.last()) {
+            (Some(f), Some(l)) => (f.offset, l.offset),
+            _ => return Ok(()),
+        };
+        let input = &self.inputs[i];
+        let name = SegmentName {
+            topic: input.topic.clone(),
+            date: open.date.clone(),
+            partition: input.partition,
+            first,
+            last,
+        };
+        let path = name.path();
+        let started = Instant::now();
+        let bytes = master::encode(&open.records)?;
+        let size = bytes.len();
+        let created = self.rt.block_on(self.store.put_new(&path, bytes))?;
+        SegmentWritten {
+            path: &path,
+            topic: &name.topic,
+            records: open.records.len(),
+            bytes: size,
+            duration: started.elapsed(),
+            existed: created == Created::AlreadyThere,
+        }
+        .emit(&self.metrics);
+        match created {
+            Created::Written => {
+                self.summary.records += open.records.len() as u64;
+                self.summary.segments += 1;
+                self.summary.bytes += size as u64;
+            }
+            Created::AlreadyThere => self.summary.existing_segments += 1,
+        }
+        self.inputs[i].next = last + 1;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&name.topic, name.partition, Offset::Offset(last + 1))?;
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(error = %e, "committing archived offsets failed (monitoring only)");
+        }
+        Ok(())
+    }
+
+    fn update_lag(&self) {
+        let mut tpl = TopicPartitionList::new();
+        for input in &self.inputs {
+            if tpl.add_partition_offset(&input.topic, input.partition, Offset::End).is_err() {
+                return;
+            }
+        }
+        let Ok(ends) = self.consumer.offsets_for_times(tpl, Duration::from_secs(2)) else { return };
+        let mut by_input: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for e in ends.elements() {
+            if let Offset::Offset(high) = e.offset() {
+                by_input.insert((e.topic().to_string(), e.partition()), high);
+            }
+        }
+        for input in &self.inputs {
+            if let Some(high) = by_input.get(&(input.topic.clone(), input.partition)) {
+                self.metrics
+                    .consumer_lag
+                    .with_label_values(&[&input.topic, &input.partition.to_string()])
+                    .set((high - input.next).max(0));
+            }
+        }
+    }
+}
+
+fn partition_count(consumer: &BaseConsumer, topic: &str) -> Option<i32> {
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).ok()?;
+    let t = md.topics().iter().find(|t| t.name() == topic)?;
+    if t.error().is_some() || t.partitions().is_empty() {
+        return None;
+    }
+    Some(t.partitions().len() as i32)
+}

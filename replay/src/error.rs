@@ -1,0 +1,36 @@
+//! Errors of the archiver and the replay.
+
+/// What went wrong, with the object, URL or setting it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("object store {url}: {reason}")]
+    Store { url: String, reason: String },
+    #[error("unsupported object store URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("Kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("topic {topic} does not exist (is `rainbow cdc` running, with the same topic naming?)")]
+    MissingTopic { topic: String },
+    #[error("Parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("Arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("segment {path}: {reason}")]
+    Segment { path: String, reason: String },
+    #[error("columns: {0}")]
+    Columns(String),
+    #[error("replay checkpoint {path}: {reason}")]
+    Checkpoint { path: String, reason: String },
+    #[error("the archive at {url} holds no segment for the requested days ({range})")]
+    NothingToReplay { url: String, range: String },
+    #[error("metrics endpoint {listen}: {reason}")]
+    Metrics { listen: String, reason: String },
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl From<object_store::Error> for ReplayError {
+    fn from(e: object_store::Error) -> Self {
+        ReplayError::Store { url: String::new(), reason: e.to_string() }
+    }
+}

@@ -1,0 +1,135 @@
+//! The archiver's Prometheus metrics (`GET /metrics` on `archive.metrics_listen`), all prefixed
+//! `rainbow_archive_`, and the telemetry event that logs and counts a written segment:
+//! * `records_total{topic}`, `bytes_total{topic}`: records and Parquet bytes made durable;
+//! * `segments_total{topic}`, `segment_write_duration_seconds` (histogram);
+//! * `existing_segments_total`: segments found already written (a retry), left untouched;
+//! * `consumer_lag_messages{topic,partition}`: high watermark minus the next offset to archive;
+//! * `buffered_records`: records waiting in open segments;
+//! * `last_segment_timestamp_seconds`; `running`: 1 while the archiver runs.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use std::time::Duration;
+
+#[derive(Clone)]
+pub struct ArchiveMetrics {
+    registry: Registry,
+    pub records: IntCounterVec,
+    pub bytes: IntCounterVec,
+    pub segments: IntCounterVec,
+    pub existing: IntCounter,
+    pub write_duration: Histogram,
+    pub consumer_lag: IntGaugeVec,
+    pub buffered: IntGauge,
+    pub last_segment: IntGauge,
+    pub running: IntGauge,
+}
+
+impl Default for ArchiveMetrics {
+    fn default() -> Self {
+        ArchiveMetrics::new()
+    }
+}
+
+impl ArchiveMetrics {
+    pub fn new() -> ArchiveMetrics {
+        let registry = Registry::new_custom(Some("rainbow_archive".into()), None).expect("registry");
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m;
+                registry.register(Box::new(m.clone())).expect("unique metric");
+                m
+            }};
+        }
+        let by_topic =
+            |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), &["topic"]).expect("metric");
+        ArchiveMetrics {
+            records: reg!(by_topic("records_total", "Records archived (durable in the master dataset)")),
+            bytes: reg!(by_topic("bytes_total", "Parquet bytes of the segments written")),
+            segments: reg!(by_topic("segments_total", "Segments written")),
+            existing: reg!(IntCounter::new(
+                "existing_segments_total",
+                "Segments found already written by an earlier attempt and left untouched"
+            )
+            .expect("metric")),
+            write_duration: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "segment_write_duration_seconds",
+                    "Encoding and durably writing one segment"
+                )
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            )
+            .expect("metric")),
+            consumer_lag: reg!(IntGaugeVec::new(
+                Opts::new("consumer_lag_messages", "High watermark minus the next offset to archive"),
+                &["topic", "partition"],
+            )
+            .expect("metric")),
+            buffered: reg!(IntGauge::new("buffered_records", "Records in open segments").expect("metric")),
+            last_segment: reg!(IntGauge::new(
+                "last_segment_timestamp_seconds",
+                "When the last segment was written (Unix seconds)"
+            )
+            .expect("metric")),
+            running: reg!(IntGauge::new("running", "1 while the archiver runs").expect("metric")),
+            registry,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
+        String::from_utf8(buf).expect("UTF-8")
+    }
+}
+
+/// A segment became durable.
+pub struct SegmentWritten<'a> {
+    pub path: &'a str,
+    pub topic: &'a str,
+    pub records: usize,
+    pub bytes: usize,
+    pub duration: Duration,
+    pub existed: bool,
+}
+
+impl SegmentWritten<'_> {
+    pub fn emit(&self, m: &ArchiveMetrics) {
+        if self.existed {
+            m.existing.inc();
+            tracing::warn!(path = self.path, "segment already written by an earlier attempt: left untouched");
+        } else {
+            m.records.with_label_values(&[self.topic]).inc_by(self.records as u64);
+            m.bytes.with_label_values(&[self.topic]).inc_by(self.bytes as u64);
+            m.segments.with_label_values(&[self.topic]).inc();
+            m.write_duration.observe(self.duration.as_secs_f64());
+            m.last_segment.set(chrono::Utc::now().timestamp());
+            tracing::info!(
+                path = self.path,
+                records = self.records,
+                bytes = self.bytes,
+                ms = self.duration.as_millis() as u64,
+                "segment written"
+            );
+        }
+    }
+}
+
+/// Serves `GET /metrics` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: ArchiveMetrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let m = metrics.clone();
+            async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
+        }),
+    );
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,315 @@
+//! The replay over a synthetic master dataset (no servers): the processor's workload simulator's
+//! changes, spread over days and written as archive segments over 3 partitions per topic,
+//! with a poison record and re-deliveries. The replay's Parquet equals the core run directly
+//! over the same events; a day range equals the core with output kept for those days only;
+//! an interrupted replay resumes to the same bytes; two replays give identical files.
+
+use rainbow_processor::core::{Core, Outputs};
+use rainbow_processor::event::{ChangeEvent, Position};
+use rainbow_processor::tables::Tables;
+use rainbow_processor::workload::{to_debezium_json, Workload, WorkloadConfig};
+use rainbow_replay::columns::to_batch;
+use rainbow_replay::master::{self, ArchivedRecord, SegmentName};
+use rainbow_replay::replay::{read_table, run, Days, ReplayArgs};
+use rainbow_replay::store::Store;
+use rainbow_replay::{ArchiveConfig, ReplayConfig, ReplayError};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+
+/// 10 minutes between transactions: about 140 a day.
+const STEP_MS: i64 = 600_000;
+
+fn temp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rb-replay-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// The workload's events, commit times moved `STEP_MS` apart per transaction.
+fn events() -> Vec<ChangeEvent> {
+    let mut w = Workload::new(WorkloadConfig::default(), 7);
+    let mut all = w.snapshot();
+    for t in 0..600 {
+        for mut e in w.next_transaction() {
+            e.ts_ms = 1_722_470_400_000 + (t + 1) * STEP_MS;
+            all.push(e);
+        }
+    }
+    all
+}
+
+fn day(e: &ChangeEvent) -> String {
+    master::day_of_ms(e.ts_ms)
+}
+
+/// Writes the events as the archiver would: per topic 3 partitions (by key), segments of at
+/// most 50 records that never span two days; plus a poison record and re-deliveries.
+fn write_archive(dir: &std::path::Path, events: &[ChangeEvent]) {
+    let naming = ArchiveConfig::default();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = Store::open(dir.to_str().unwrap()).unwrap();
+    type Partitions = BTreeMap<(String, i32), Vec<(ArchivedRecord, String)>>;
+    let mut partitions: Partitions = BTreeMap::new();
+    fn push(
+        partitions: &mut Partitions,
+        topic: String,
+        p: i32,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        e: Option<&ChangeEvent>,
+        d: String,
+    ) {
+        let list = partitions.entry((topic.clone(), p)).or_default();
+        let offset = list.len() as i64;
+        list.push((
+            ArchivedRecord {
+                topic,
+                partition: p,
+                offset,
+                key: Some(key),
+                value: Some(value),
+                timestamp_ms: e.map(|e| e.ts_ms),
+                commit_lsn: e.map(|e| e.position.commit),
+                change_lsn: e.map(|e| e.position.change),
+            },
+            d,
+        ));
+    }
+    for (i, e) in events.iter().enumerate() {
+        let (key, value) = to_debezium_json(e);
+        let topic = naming.naming().topic_for(e.table().name());
+        let p = (key.iter().map(|b| u32::from(*b)).sum::<u32>() % 3) as i32;
+        push(&mut partitions, topic, p, key, value, Some(e), day(e));
+        // A CDC restart re-sends recent records (at-least-once): each partition gets again the
+        // five records before its last one.
+        if i == events.len() * 2 / 3 {
+            for list in partitions.values_mut() {
+                // Only streamed records: snapshot rows of a table share one position.
+                let n = list.len();
+                if list.last().is_none_or(|(r, _)| r.commit_lsn.unwrap_or(0) == 0) {
+                    continue;
+                }
+                let again: Vec<_> = list[n.saturating_sub(6)..n - 1]
+                    .iter()
+                    .filter(|(r, _)| r.commit_lsn.unwrap_or(0) > 0)
+                    .cloned()
+                    .collect();
+                for (mut r, d) in again {
+                    r.offset = list.len() as i64;
+                    list.push((r, d));
+                }
+            }
+        }
+        if i == events.len() / 2 {
+            let topic = naming.naming().topic_for("orders");
+            push(&mut partitions, topic, 0, b"poison".to_vec(), b"{not json".to_vec(), None, day(e));
+        }
+    }
+    for ((topic, p), records) in partitions {
+        let mut start = 0;
+        while start < records.len() {
+            let d = records[start].1.clone();
+            let mut end = start;
+            while end < records.len() && end - start < 50 && records[end].1 == d {
+                end += 1;
+            }
+            let seg: Vec<ArchivedRecord> = records[start..end].iter().map(|(r, _)| r.clone()).collect();
+            let name = SegmentName {
+                topic: topic.clone(),
+                date: d,
+                partition: p,
+                first: seg[0].offset,
+                last: seg[seg.len() - 1].offset,
+            };
+            rt.block_on(store.put_new(&name.path(), master::encode(&seg).unwrap())).unwrap();
+            start = end;
+        }
+    }
+}
+
+/// The core over the events in commit order, keeping the output of events whose day `keep`
+/// selects and reading nothing after `last_day`.
+fn expected(events: &[ChangeEvent], keep: impl Fn(&str) -> bool, last_day: Option<&str>) -> Tables {
+    let mut sorted: Vec<&ChangeEvent> =
+        events.iter().filter(|e| last_day.is_none_or(|l| day(e).as_str() <= l)).collect();
+    sorted.sort_by_key(|e| e.position);
+    let mut core = Core::new(0);
+    let (mut out, mut tables) = (Outputs::default(), Tables::default());
+    for e in sorted {
+        core.apply(e, &mut out).unwrap();
+        if keep(&day(e)) {
+            tables.absorb(&mut out);
+        } else {
+            out = Outputs::default();
+        }
+    }
+    core.seal_before(Position { commit: u64::MAX, change: 0, table: 0 }, &mut out);
+    tables.absorb(&mut out);
+    tables
+}
+
+fn args(archive: &std::path::Path, out: &std::path::Path, days: Days) -> ReplayArgs {
+    ReplayArgs {
+        archive_url: archive.display().to_string(),
+        out_url: out.display().to_string(),
+        days,
+        naming: ArchiveConfig::default(),
+        config: ReplayConfig::default(),
+        progress: false,
+    }
+}
+
+/// Every output table read back from Parquet equals `want`, as Arrow batches.
+fn assert_output(out: &std::path::Path, want: &Tables) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = Store::open(out.to_str().unwrap()).unwrap();
+    let read = |name: &str| read_table(&store, rt.handle(), name).unwrap().expect("table written");
+    macro_rules! check {
+        ($($t:ident),*) => {$(
+            let expect = to_batch(want.$t.rows().cloned()).unwrap();
+            assert_eq!(read(stringify!($t)), expect, "table {}", stringify!($t));
+        )*};
+    }
+    check!(
+        dim_customers,
+        dim_products,
+        dim_sellers,
+        dim_promotions,
+        dim_payments,
+        dim_dates,
+        fact_sales,
+        agg_total_sales,
+        agg_sales_by_day_of_week,
+        agg_top_sellers,
+        agg_product_profit,
+        agg_payment_methods,
+        agg_customer_ranking
+    );
+}
+
+/// Every file under `dir` (relative path → bytes).
+fn files(dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn replay_equals_the_core_and_is_byte_identical_twice() {
+    let events = events();
+    let archive = temp("all-archive");
+    write_archive(&archive, &events);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stop = AtomicBool::new(false);
+    let (out1, out2) = (temp("all-out1"), temp("all-out2"));
+    let s = run(&args(&archive, &out1, Days::All), rt.handle(), &stop).unwrap();
+    assert_eq!(s.events_applied as usize, events.len(), "every event applied once: {s:?}");
+    assert!(s.duplicates > 0, "re-deliveries were dropped: {s:?}");
+    assert_eq!(s.rejected, 1, "the poison record: {s:?}");
+    let rejected = std::fs::read_to_string(out1.join("_rejected.jsonl")).unwrap();
+    assert!(rejected.contains("\"offset\"") && rejected.contains("decode"), "{rejected}");
+    let want = expected(&events, |_| true, None);
+    assert!(want.fact_sales.len() > 500 && want.dim_products.len() > 40);
+    assert_output(&out1, &want);
+
+    run(&args(&archive, &out2, Days::All), rt.handle(), &stop).unwrap();
+    let (a, b) = (files(&out1), files(&out2));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (path, bytes) in &a {
+        assert!(b[path] == *bytes, "{path} differs between two replays");
+    }
+    assert!(!a.contains_key("_replay/checkpoint.bin"), "the checkpoint is removed at the end");
+    for d in [archive, out1, out2] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[test]
+fn a_day_range_builds_state_from_earlier_days_and_outputs_only_its_days() {
+    let events = events();
+    let mut days: Vec<String> = events.iter().map(day).collect();
+    days.sort();
+    days.dedup();
+    assert!(days.len() >= 4, "{days:?}");
+    let (from, to) = (days[1].clone(), days[2].clone());
+    let archive = temp("range-archive");
+    write_archive(&archive, &events);
+    let out = temp("range-out");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = run(
+        &args(&archive, &out, Days::Range { from: from.clone(), to: to.clone() }),
+        rt.handle(),
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    let want = expected(&events, |d| from.as_str() <= d && d <= to.as_str(), Some(&to));
+    assert_output(&out, &want);
+    // Later days were not read; earlier days were applied (state) without output.
+    let upto: usize = events.iter().filter(|e| day(e) <= to).count();
+    assert_eq!(s.events_applied as usize, upto);
+    let in_range = events.iter().filter(|e| from <= day(e) && day(e) <= to).count();
+    assert_eq!(s.events_in_selection as usize, in_range);
+    // Facts of the range only, joined to dimension versions opened on earlier days.
+    assert!(
+        want.fact_sales.len() > 100
+            && want.fact_sales.len() < expected(&events, |_| true, None).fact_sales.len()
+    );
+
+    // A list of days that is not in the archive.
+    let e = run(
+        &args(
+            &archive,
+            &temp("range-none"),
+            Days::Range { from: "2001-01-01".into(), to: "2001-01-02".into() },
+        ),
+        rt.handle(),
+        &AtomicBool::new(false),
+    )
+    .unwrap_err();
+    assert!(matches!(e, ReplayError::NothingToReplay { .. }), "{e}");
+    for d in [archive, out] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[test]
+fn an_interrupted_replay_resumes_to_the_same_bytes() {
+    let events = events();
+    let archive = temp("resume-archive");
+    write_archive(&archive, &events);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (clean, resumed) = (temp("resume-clean"), temp("resume-out"));
+    run(&args(&archive, &clean, Days::All), rt.handle(), &AtomicBool::new(false)).unwrap();
+
+    let mut a = args(&archive, &resumed, Days::All);
+    a.config = ReplayConfig { read_batch_rows: 7, checkpoint_every_events: 1000, ..ReplayConfig::default() };
+    // Stopped at once: it applies what the first reads release, writes a checkpoint, returns.
+    let e = run(&a, rt.handle(), &AtomicBool::new(true)).unwrap_err();
+    assert!(matches!(e, ReplayError::Interrupted), "{e}");
+    assert!(resumed.join("_replay/checkpoint.bin").exists());
+    let s = run(&a, rt.handle(), &AtomicBool::new(false)).unwrap();
+    let at = s.resumed_at.expect("resumed from the checkpoint");
+    assert!(at > 0 && (at as usize) < events.len(), "{s:?}");
+    assert_eq!(s.events_applied as usize, events.len(), "{s:?}");
+    let (x, y) = (files(&clean), files(&resumed));
+    for (path, bytes) in &x {
+        if path.starts_with("_replay/") {
+            continue; // the summary records the resume
+        }
+        assert!(y.get(path) == Some(bytes), "{path} differs after a resume");
+    }
+    for d in [archive, clean, resumed] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
