@@ -279,7 +279,7 @@ pub async fn replay(config: &Config, args: &crate::ReplayArgs) -> anyhow::Result
     };
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "replay: {} ({} segments): {} records read, {} events applied{} ({} in the selected days), {} re-deliveries dropped, {} rejected (see _rejected.jsonl) in {:.1} s",
+        "replay: {} ({} segments): {} records read, {} events applied{} ({} in the selected days), {} re-deliveries dropped, {} rejected{} in {:.1} s",
         summary.days,
         summary.segments,
         summary.records_read,
@@ -288,6 +288,7 @@ pub async fn replay(config: &Config, args: &crate::ReplayArgs) -> anyhow::Result
         summary.events_in_selection,
         summary.duplicates,
         summary.rejected,
+        if summary.rejected > 0 { " (listed in _rejected.jsonl)" } else { "" },
         secs
     );
     for (table, rows, files) in &summary.tables {

@@ -527,6 +527,9 @@ pub struct State {
     aggregates: Aggregates,
     last: Option<Position>,
     events: u64,
+    /// Emit changed aggregates at the next transaction boundary (see [`Core::request_seal`]);
+    /// part of the state so that a resumed core emits exactly when the uninterrupted one would.
+    seal_requested: bool,
 }
 
 /// Counts of what the core holds: the state-size metrics.
@@ -545,8 +548,6 @@ pub struct StateSize {
 pub struct Core {
     partition: i32,
     state: State,
-    /// Emit changed aggregates at the next transaction boundary (see [`Core::request_seal`]).
-    seal_requested: bool,
 }
 
 const DAY_NAMES: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
@@ -569,12 +570,12 @@ impl Core {
     /// A core with empty state; `partition` is the instance's share of the fact topics, stamped
     /// on its aggregate rows.
     pub fn new(partition: i32) -> Core {
-        Core { partition, state: State::default(), seal_requested: false }
+        Core { partition, state: State::default() }
     }
 
     /// A core resumed from a checkpoint's state.
     pub fn from_state(partition: i32, state: State) -> Core {
-        Core { partition, state, seal_requested: false }
+        Core { partition, state }
     }
 
     pub fn state(&self) -> &State {
@@ -618,7 +619,7 @@ impl Core {
             if at < last {
                 return Err(Rejected::OutOfOrder { last, got: at });
             }
-            if at.commit != last.commit {
+            if at.commit != last.commit && self.state.seal_requested {
                 // The previous transaction is complete.
                 self.seal(out);
             }
@@ -638,7 +639,7 @@ impl Core {
     /// later transaction arrives). Their rows are the same whenever they are emitted; asking
     /// often gives fresher aggregates and more rows.
     pub fn request_seal(&mut self) {
-        self.seal_requested = true;
+        self.state.seal_requested = true;
     }
 
     /// Seals the current transaction if every event before `frontier` has been applied and the
@@ -652,6 +653,7 @@ impl Core {
     /// Emits every aggregate group changed since the last seal. Only called at a transaction
     /// boundary (see the module documentation).
     fn seal(&mut self, out: &mut Outputs) {
+        self.state.seal_requested = false;
         let partition = self.partition;
         let a = &mut self.state.aggregates;
         for key in std::mem::take(&mut a.dirty) {

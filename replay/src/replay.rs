@@ -264,6 +264,7 @@ pub fn run(
     let mut next_checkpoint = summary.events_applied + args.config.checkpoint_every_events;
     let mut outputs = Outputs::default();
     let mut finished = vec![false; inputs.len()];
+    let mut selecting = false;
     loop {
         // Refill every input whose queue ran dry.
         for (i, input) in inputs.iter_mut().enumerate() {
@@ -301,6 +302,18 @@ pub fn run(
         let mut released = false;
         while let Some((i, item)) = merger.pop() {
             released = true;
+            if item.selected != selecting {
+                // Aggregate rows are emitted lazily (once at the end, see below); at the start
+                // of a selected stretch, the groups changed before it are emitted and dropped,
+                // so that the output holds only rows that the selected days' events produced.
+                core.seal_before(item.event.position, &mut outputs);
+                if selecting {
+                    tables.absorb(&mut outputs);
+                } else {
+                    outputs = Outputs::default();
+                }
+                selecting = item.selected;
+            }
             match core.apply(&item.event, &mut outputs) {
                 Ok(()) => {
                     summary.events_applied += 1;

@@ -136,7 +136,20 @@ fn expected(events: &[ChangeEvent], keep: impl Fn(&str) -> bool, last_day: Optio
     sorted.sort_by_key(|e| e.position);
     let mut core = Core::new(0);
     let (mut out, mut tables) = (Outputs::default(), Tables::default());
+    let mut keeping = false;
     for e in sorted {
+        // Aggregates sealed at every transaction; at the start of a kept stretch, the groups
+        // changed before it are sealed and dropped.
+        if keep(&day(e)) != keeping {
+            core.seal_before(e.position, &mut out);
+            if keeping {
+                tables.absorb(&mut out);
+            } else {
+                out = Outputs::default();
+            }
+            keeping = !keeping;
+        }
+        core.request_seal();
         core.apply(e, &mut out).unwrap();
         if keep(&day(e)) {
             tables.absorb(&mut out);

@@ -91,3 +91,46 @@ def test_final_collapses_redelivered_fact_rows(session):
     assert rows(session, f"SELECT order_transaction, sum(extended_sales_amount) FROM {DB}.fact_sales FINAL WHERE is_deleted = 0 GROUP BY order_transaction") == [
         ["42", "29970000"],
     ]
+
+
+def test_replay_parquet_loads_into_the_ddl_and_swaps_in(session, tmp_path):
+    """The README's Kappa reprocessing procedure on a current engine: a replay's Parquet goes into
+    the same DDL under another database, the views read it, EXCHANGE TABLES swaps it in."""
+    import json
+    import os
+    import subprocess
+
+    bins = pathlib.Path(os.environ.get("RAINBOW_BIN_DIR", ""))
+    rainbow, bench = bins / "rainbow", bins / "replay-bench"
+    assert rainbow.is_file() and bench.is_file(), (
+        f"RAINBOW_BIN_DIR={bins} must hold rainbow and replay-bench (tests/run sets it after cargo test)"
+    )
+    archive, out = tmp_path / "archive", tmp_path / "out"
+    subprocess.run([bench, "generate", "--orders", "300", "--archive", archive], check=True, capture_output=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAINBOW_")}
+    subprocess.run(
+        [rainbow, "replay", "--all", "--quiet", "--archive", archive, "--out", out], check=True, capture_output=True, env=env
+    )
+    summary = json.loads((out / "_replay" / "summary.json").read_text())
+    written = {t: n for t, n, _files in summary["tables"]}
+
+    v2 = "rainbow_v2"
+    for f in sorted(DDL_DIR.glob("*.sql")):
+        for st in statements(f.read_text(), v2):
+            session.query(st)
+    for table in written:
+        session.query(f"INSERT INTO {v2}.{table} SELECT * FROM file('{out}/{table}/*.parquet', Parquet)")
+        assert rows(session, f"SELECT count() FROM {v2}.{table} FINAL") == [[str(written[table])]], table
+
+    live = rows(session, f"SELECT sum(sales_quantity), sum(extended_sales_amount) FROM {v2}.fact_sales FINAL WHERE is_deleted = 0")
+    total = rows(session, f"SELECT total_sales_quantity, total_sales_amount FROM {v2}.v_total_sales")
+    assert total == live and int(live[0][0]) > 0
+    assert rows(session, f"SELECT toTypeName(valid_to), toTypeName(price) FROM {v2}.dim_products LIMIT 1") == [
+        ["DateTime", "Decimal(18, 2)"]
+    ]
+    assert rows(session, f"SELECT count() FROM {v2}.dim_products FINAL WHERE is_current = 1 AND valid_to != '2100-01-01 00:00:00'") == [["0"]]
+
+    before = rows(session, f"SELECT count() FROM {DB}.fact_sales")
+    session.query(f"EXCHANGE TABLES {DB}.fact_sales AND {v2}.fact_sales")
+    assert rows(session, f"SELECT count() FROM {DB}.fact_sales") == [[str(written["fact_sales"])]]
+    assert rows(session, f"SELECT count() FROM {v2}.fact_sales") == before

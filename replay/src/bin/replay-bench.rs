@@ -1,0 +1,149 @@
+//! Replay benchmark (not a test): prints a table.
+//!
+//! ```text
+//! cargo run --release -p rainbow-replay --bin replay-bench -- generate --orders 220000 --archive DIR
+//! cargo run --release -p rainbow-replay --bin replay-bench -- run --archive DIR --out DIR
+//! ```
+//! `generate` writes a master dataset at the seed's shape (the processor's workload simulator:
+//! reference data, orders with ~5.5 lines, 2.3 product changes per order, churn) as the
+//! archiver would: 3 partitions per topic, segments of at most 500,000 records per day.
+//! `run` replays it with `--all` into Parquet in its own process, so that its peak RSS is the
+//! replay's alone, and prints records/s and memory.
+
+use rainbow_processor::event::Table;
+use rainbow_processor::workload::{to_debezium_json, Workload, WorkloadConfig};
+use rainbow_replay::master::{self, ArchivedRecord, SegmentName};
+use rainbow_replay::replay::{run, Days, ReplayArgs};
+use rainbow_replay::store::Store;
+use rainbow_replay::{ArchiveConfig, ReplayConfig};
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+// The same allocator as the `rainbow` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+fn rss_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let mode = std::env::args().nth(1).unwrap_or_default();
+    let archive = arg("--archive").unwrap_or_else(|| {
+        eprintln!("usage: replay-bench generate --orders N --archive DIR | run --archive DIR --out DIR");
+        std::process::exit(2)
+    });
+    match mode.as_str() {
+        "generate" => generate(&archive, arg("--orders").and_then(|n| n.parse().ok()).unwrap_or(220_000)),
+        "run" => replay(&archive, &arg("--out").unwrap_or_else(|| format!("{archive}-replayed"))),
+        other => {
+            eprintln!("unknown mode {other:?}: generate | run");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn generate(dir: &str, orders: u64) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let store = Store::open(dir).expect("archive directory");
+    let naming = ArchiveConfig::default().naming();
+    let mut w = Workload::new(WorkloadConfig::seed_volume(), 42);
+    let mut open: BTreeMap<(String, i32), (String, Vec<ArchivedRecord>)> = BTreeMap::new();
+    let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let (mut placed, mut records, mut segments) = (0u64, 0u64, 0u64);
+    let started = Instant::now();
+    let mut flush = |k: &(String, i32), date: String, recs: Vec<ArchivedRecord>| {
+        if recs.is_empty() {
+            return;
+        }
+        let name = SegmentName {
+            topic: k.0.clone(),
+            date,
+            partition: k.1,
+            first: recs[0].offset,
+            last: recs[recs.len() - 1].offset,
+        };
+        rt.block_on(store.put_new(&name.path(), master::encode(&recs).expect("encodes"))).expect("writes");
+        segments += 1;
+    };
+    let mut tx = w.snapshot();
+    loop {
+        for e in &tx {
+            let (key, value) = to_debezium_json(e);
+            let topic = naming.topic_for(e.table().name());
+            let p = (key.iter().map(|b| u32::from(*b)).sum::<u32>() % 3) as i32;
+            let k = (topic.clone(), p);
+            let offset = offsets.entry(k.clone()).or_default();
+            let r = ArchivedRecord {
+                topic,
+                partition: p,
+                offset: *offset,
+                key: Some(key),
+                value: Some(value),
+                timestamp_ms: Some(e.ts_ms),
+                commit_lsn: Some(e.position.commit),
+                change_lsn: Some(e.position.change),
+            };
+            *offset += 1;
+            records += 1;
+            let day = master::day_of_ms(e.ts_ms);
+            let entry = open.entry(k.clone()).or_insert_with(|| (day.clone(), Vec::new()));
+            if entry.0 != day || entry.1.len() >= 500_000 {
+                let (d, recs) = std::mem::replace(entry, (day, Vec::new()));
+                flush(&k, d, recs);
+            }
+            open.get_mut(&k).expect("inserted").1.push(r);
+        }
+        if tx.iter().any(|e| e.table() == Table::Orders && e.op == rainbow_processor::event::Op::Create) {
+            placed += 1;
+        }
+        if placed >= orders {
+            break;
+        }
+        tx = w.next_transaction();
+    }
+    for (k, (d, recs)) in std::mem::take(&mut open) {
+        flush(&k, d, recs);
+    }
+    println!(
+        "generated {records} records ({orders} orders) in {segments} segments under {dir} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn replay(archive: &str, out: &str) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let args = ReplayArgs {
+        archive_url: archive.into(),
+        out_url: out.into(),
+        days: Days::All,
+        naming: ArchiveConfig::default(),
+        config: ReplayConfig { checkpoint_every_events: u64::MAX / 2, ..ReplayConfig::default() },
+        progress: false,
+    };
+    let started = Instant::now();
+    let s = run(&args, rt.handle(), &AtomicBool::new(false)).expect("replays");
+    let secs = started.elapsed().as_secs_f64();
+    let rows: usize = s.tables.iter().map(|t| t.1).sum();
+    println!("| measure | value |");
+    println!("| --- | --- |");
+    println!("| archived records read | {} |", s.records_read);
+    println!("| events applied | {} |", s.events_applied);
+    println!("| segments | {} |", s.segments);
+    println!("| output rows (13 tables, collapsed) | {rows} |");
+    println!("| wall time, archive to Parquet | {secs:.1} s |");
+    println!("| replay throughput | {:.0} records/s |", s.records_read as f64 / secs);
+    println!("| peak RSS of the replay | {:.0} MiB |", rss_kib("VmHWM:") as f64 / 1024.0);
+}
