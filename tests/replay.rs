@@ -126,6 +126,17 @@ async fn replaying_the_archive_gives_the_tables_streaming_wrote() {
         async move { done.then_some(()) }
     })
     .await;
+    let metrics = archive.metrics().await;
+    for line in [
+        "rainbow_archive_records_total{topic=\"",
+        "rainbow_archive_bytes_total{topic=\"",
+        "rainbow_archive_segments_total{topic=\"",
+        "rainbow_archive_segment_write_duration_seconds_count",
+        "rainbow_archive_consumer_lag_messages{",
+        "rainbow_archive_running 1",
+    ] {
+        assert!(metrics.contains(line), "/metrics lacks {line}:\n{metrics}");
+    }
     archive.stop();
     let segs = archive.segments();
     let mut by_partition: BTreeMap<(String, i32), Vec<(i64, i64)>> = BTreeMap::new();

@@ -13,6 +13,20 @@ pub struct InvalidSetting {
     pub expected: &'static str,
 }
 
+/// `Ok` if `ok`, else the setting `key` with `value` and what was `expected`.
+pub fn check(
+    ok: bool,
+    key: &'static str,
+    value: impl ToString,
+    expected: &'static str,
+) -> Result<(), InvalidSetting> {
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidSetting { key, value: value.to_string(), expected })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProcessorConfig {
@@ -69,18 +83,6 @@ impl Default for ProcessorConfig {
 
 impl ProcessorConfig {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        fn check(
-            ok: bool,
-            key: &'static str,
-            value: impl ToString,
-            expected: &'static str,
-        ) -> Result<(), InvalidSetting> {
-            if ok {
-                Ok(())
-            } else {
-                Err(InvalidSetting { key, value: value.to_string(), expected })
-            }
-        }
         let topic_ok = |s: &str| {
             !s.is_empty()
                 && s.len() <= 249

@@ -663,7 +663,8 @@ impl Pipeline {
     }
 }
 
-fn partition_count(consumer: &BaseConsumer, topic: &str) -> Option<i32> {
+/// Partitions of `topic`, `None` while it does not exist (or has none).
+pub fn partition_count(consumer: &BaseConsumer, topic: &str) -> Option<i32> {
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).ok()?;
     let t = md.topics().iter().find(|t| t.name() == topic)?;
     if t.error().is_some() || t.partitions().is_empty() {

@@ -15,6 +15,7 @@ use crate::error::ReplayError;
 use crate::master::{self, ArchivedRecord, SegmentName};
 use crate::metrics::{ArchiveMetrics, SegmentWritten};
 use crate::store::{Created, Store};
+use rainbow_processor::pipeline::partition_count;
 use rainbow_processor::KafkaConnection;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
@@ -354,13 +355,4 @@ impl Archiver {
             }
         }
     }
-}
-
-fn partition_count(consumer: &BaseConsumer, topic: &str) -> Option<i32> {
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).ok()?;
-    let t = md.topics().iter().find(|t| t.name() == topic)?;
-    if t.error().is_some() || t.partitions().is_empty() {
-        return None;
-    }
-    Some(t.partitions().len() as i32)
 }

@@ -2,23 +2,10 @@
 //! environment (`RAINBOW_ARCHIVE__<KEY>`, `RAINBOW_REPLAY__<KEY>`, handled by the `rainbow`
 //! binary). The master dataset lives at `storage.url` (see the root configuration).
 
-use rainbow_processor::config::InvalidSetting;
+use rainbow_processor::config::{check, InvalidSetting};
 use rainbow_processor::ProcessorConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-
-fn check(
-    ok: bool,
-    key: &'static str,
-    value: impl ToString,
-    expected: &'static str,
-) -> Result<(), InvalidSetting> {
-    if ok {
-        Ok(())
-    } else {
-        Err(InvalidSetting { key, value: value.to_string(), expected })
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

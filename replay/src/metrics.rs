@@ -123,13 +123,5 @@ pub async fn serve(
     metrics: ArchiveMetrics,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::routing::get;
-    let app = axum::Router::new().route(
-        "/metrics",
-        get(move || {
-            let m = metrics.clone();
-            async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
-        }),
-    );
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    rainbow_processor::metrics::serve_text(listener, move || metrics.render(), shutdown).await
 }
