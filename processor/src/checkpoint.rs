@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// Leading bytes of every checkpoint object: format name and version.
-pub const MAGIC: &[u8; 8] = b"RBWCKPT1";
+/// Version 2: the core state gained `seal_requested` (lazy aggregate sealing); version 1
+/// checkpoints are refused with "bad magic or format version" and the processor starts over.
+pub const MAGIC: &[u8; 8] = b"RBWCKPT2";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
