@@ -611,6 +611,7 @@ async fn service_routes_openapi_and_metrics() {
     api.post(&order(1, 1, &[(3, 1), (4, 2)])).await;
     api.get("/api/v1/orders/999999").await;
     let text = api.metrics().await;
+    common::assert_alert_metrics_exported("api", &text);
     let metric = |line_start: &str| {
         metric_value(&text, line_start).unwrap_or_else(|| panic!("{line_start} in\n{text}"))
     };

@@ -203,6 +203,7 @@ async fn snapshot_then_stream_over_every_table() {
     ] {
         assert!(body.contains(needle), "/metrics lacks {needle:?}:\n{body}");
     }
+    common::assert_alert_metrics_exported("cdc", &body);
     let value = |name: &str| -> f64 {
         body.lines()
             .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))

@@ -190,7 +190,12 @@ async fn views_match_the_source_and_poison_events_are_parked() {
         .find(|(k, _)| k == "rainbow.dlq.reason")
         .map(|(_, v)| String::from_utf8_lossy(v).to_string());
     assert!(reason.as_deref().is_some_and(|r| r.starts_with("not a Debezium change event")), "{reason:?}");
-    let metrics = p.metrics().await;
+    // The lag gauges appear once the end offsets were read (every 5 s, at start as well).
+    let metrics = common::eventually("consumer lag in /metrics", DEADLINE, || async {
+        let m = p.metrics().await;
+        m.contains("rainbow_processor_consumer_lag_messages{").then_some(m)
+    })
+    .await;
     for line in [
         "rainbow_processor_dead_letters_total{reason=\"decode\"} 1",
         "rainbow_processor_running 1",
@@ -203,6 +208,7 @@ async fn views_match_the_source_and_poison_events_are_parked() {
     ] {
         assert!(metrics.contains(line), "/metrics lacks {line}:\n{metrics}");
     }
+    common::assert_alert_metrics_exported("processor", &metrics);
     p.stop();
     assert!(p.logs().contains("process: ") || p.logs().contains("stopping"), "{}", p.logs());
     p.cleanup().await;
@@ -245,7 +251,13 @@ async fn a_processor_killed_mid_stream_converges_to_a_clean_run() {
     let checkpoints = crashy.dir.join("checkpoints").join(crashy.dir.file_name().unwrap());
     common::eventually("a checkpoint after the restart", DEADLINE, || {
         let found = std::fs::read_dir(&checkpoints)
-            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("checkpoint-")))
+            .map(|d| {
+                d.flatten().any(|e| {
+                    // Not a staged upload (`<name>#<n>`), which may never be renamed into place.
+                    let name = e.file_name().to_string_lossy().to_string();
+                    name.starts_with("checkpoint-") && name.ends_with(".bin")
+                })
+            })
             .unwrap_or(false);
         async move { found.then_some(()) }
     })

@@ -137,6 +137,7 @@ async fn replaying_the_archive_gives_the_tables_streaming_wrote() {
     ] {
         assert!(metrics.contains(line), "/metrics lacks {line}:\n{metrics}");
     }
+    common::assert_alert_metrics_exported("archive", &metrics);
     archive.stop();
     let segs = archive.segments();
     let mut by_partition: BTreeMap<(String, i32), Vec<(i64, i64)>> = BTreeMap::new();

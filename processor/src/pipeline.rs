@@ -359,8 +359,9 @@ impl Pipeline {
                 self.update_metrics();
             }
             if Instant::now() >= next_lag {
-                next_lag = Instant::now() + Duration::from_secs(5);
-                self.update_lag();
+                // Every 5 s; after a failed read (topics just created), again in 1 s.
+                let every = if self.update_lag() { 5 } else { 1 };
+                next_lag = Instant::now() + Duration::from_secs(every);
             }
             if Instant::now() >= self.next_checkpoint {
                 self.checkpoint()?;
@@ -595,8 +596,8 @@ impl Pipeline {
             .collect()
     }
 
-    /// Consumer lag per partition, from the brokers' high watermarks.
-    fn update_lag(&self) {
+    /// Consumer lag per partition, from the brokers' high watermarks. Whether they were read.
+    fn update_lag(&self) -> bool {
         let all: Vec<usize> = (0..self.inputs.len()).collect();
         match self.end_offsets(&all, Duration::from_secs(2)) {
             Ok(ends) => {
@@ -608,8 +609,12 @@ impl Pipeline {
                         .with_label_values(&[&meta.topic, &meta.partition.to_string()])
                         .set(lag);
                 }
+                true
             }
-            Err(e) => tracing::debug!(error = %e, "reading end offsets for the lag failed"),
+            Err(e) => {
+                tracing::debug!(error = %e, "reading end offsets for the lag failed");
+                false
+            }
         }
     }
 

@@ -123,3 +123,28 @@ pub async fn drop_database(admin: &mut sqlx::PgConnection, name: &str) {
         }
     }
 }
+
+/// Every `rainbow_<service>_*` metric that deploy/prometheus/rules.yml uses appears in `metrics`
+/// (the text of a live `/metrics`): the alert rules watch series the service really exports.
+pub fn assert_alert_metrics_exported(service: &str, metrics: &str) {
+    let rules = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus/rules.yml"))
+        .expect("deploy/prometheus/rules.yml");
+    let prefix = format!("rainbow_{service}_");
+    let mut names: Vec<&str> = rules
+        .match_indices(&prefix)
+        .map(|(i, _)| {
+            let rest = &rules[i..];
+            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(!names.is_empty(), "rules.yml uses no {prefix}* metric");
+    for name in names {
+        let exported = metrics
+            .lines()
+            .any(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')));
+        assert!(exported, "rules.yml uses {name}, which /metrics does not export:\n{metrics}");
+    }
+}

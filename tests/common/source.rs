@@ -89,7 +89,23 @@ pub async fn caught_up(pool: &sqlx::PgPool, p: &ProcessorProcess) {
             }
             last = got;
         }
-        assert!(std::time::Instant::now() < deadline, "facts {last:?} never reached {want:?}:\n{}", p.logs());
+        if std::time::Instant::now() >= deadline {
+            // What the merge waits for: queued events, paused partitions, lag, events in and out.
+            let metrics = match reqwest::get(format!("http://{}/metrics", p.metrics)).await {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(e) => format!("(no /metrics: {e})"),
+            };
+            let state: Vec<&str> = metrics
+                .lines()
+                .filter(|l| {
+                    !l.starts_with('#')
+                        && ["queued", "paused", "lag", "events_in", "events_applied", "watermark", "running"]
+                            .iter()
+                            .any(|k| l.contains(k))
+                })
+                .collect();
+            panic!("facts {last:?} never reached {want:?}:\n{}\n{}", state.join("\n"), p.logs());
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
