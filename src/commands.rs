@@ -297,6 +297,52 @@ pub async fn replay(config: &Config, args: &crate::ReplayArgs) -> anyhow::Result
     Ok(())
 }
 
+/// Runs the checks and prints the report; `Ok(false)` when one failed.
+pub async fn check(config: &Config, args: &crate::CheckArgs) -> anyhow::Result<bool> {
+    let (w, what) = match &args.parquet {
+        Some(url) => {
+            let (url2, rt) = (url.clone(), tokio::runtime::Handle::current());
+            let w = tokio::task::spawn_blocking(move || crate::check::from_parquet(&url2, &rt)).await??;
+            (w, format!("the replay output {url}"))
+        }
+        None => {
+            let wh = warehouse(config).await?;
+            (
+                crate::check::from_clickhouse(&wh).await?,
+                format!("ClickHouse database {}", config.clickhouse.database),
+            )
+        }
+    };
+    let mut findings = crate::check::run(&w);
+    let compare = if args.parquet.is_some() { args.source } else { !args.no_source };
+    if compare {
+        let pool = pg_pool(&config.postgres).await?;
+        let source: Option<rust_decimal::Decimal> =
+            sqlx::query_scalar("SELECT sum(quantity * price) FROM orderdetails").fetch_one(&pool).await?;
+        pool.close().await;
+        let source = source.unwrap_or_default();
+        let source_h = (source * rust_decimal::Decimal::from(100)).trunc().mantissa();
+        let facts = crate::check::fact_total(&w);
+        findings.push(crate::check::Finding {
+            check: "SUM(fact_sales.extended_sales_amount) = SUM(quantity x price) of the order lines in PostgreSQL"
+                .into(),
+            ok: facts == source_h,
+            detail: format!(
+                "warehouse {} VND, PostgreSQL {} VND",
+                crate::check::money(facts),
+                crate::check::money(source_h)
+            ),
+        });
+    }
+    println!("rainbow check of {what}:");
+    for f in &findings {
+        println!("  {}  {}: {}", if f.ok { "ok    " } else { "FAILED" }, f.check, f.detail);
+    }
+    let failed = findings.iter().filter(|f| !f.ok).count();
+    println!("{} checks, {} failed", findings.len(), failed);
+    Ok(failed == 0)
+}
+
 fn processor_summary(s: &rainbow_processor::RunSummary) -> String {
     format!(
         "process: {} events applied{}, {} re-deliveries dropped, {} dead letters, {} checkpoints written",

@@ -30,13 +30,6 @@ fn help_lists_every_command() {
 }
 
 #[test]
-fn unavailable_commands_say_so_with_their_own_exit_code() {
-    let out = rainbow(&["check"], &[]);
-    assert_eq!(out.status.code(), Some(3));
-    assert!(text(&out).contains("not available yet"), "{}", text(&out));
-}
-
-#[test]
 fn replay_refuses_bad_selections_and_empty_archives_clearly() {
     let dir = std::env::temp_dir().join(common::unique_name("replay_cli"));
     let out_dir = dir.join("out");

@@ -222,6 +222,55 @@ async fn replaying_the_archive_gives_the_tables_streaming_wrote() {
         "agg_customer_ranking" => AggCustomerRanking,
     );
 
+    // `rainbow check` passes on both, also against PostgreSQL's total ...
+    let check = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_rainbow"))
+            .arg("check")
+            .args(args)
+            .env("RAINBOW_CLICKHOUSE__DATABASE", &p.database)
+            .env("RAINBOW_POSTGRES__DATABASE", &db.name)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    let (code, text) = check(&[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("ok      SUM(fact_sales.extended_sales_amount)") && text.contains(", 0 failed"),
+        "{text}"
+    );
+    let (code, text) = check(&["--parquet", out1.to_str().unwrap(), "--source"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("replay output") && text.contains(", 0 failed"), "{text}");
+    // ... and names what is wrong once the warehouse holds an unknown coupon type and a fact
+    // whose product version does not exist.
+    common::processor::clickhouse(&format!(
+        "INSERT INTO {}.dim_promotions VALUES ('00000000000000ff', 999, 'Bad', 'Bogus', 0, 0, 4102444800, 1, 1, 0)",
+        p.database
+    ))
+    .await
+    .unwrap();
+    common::processor::clickhouse(&format!(
+        "INSERT INTO {db}.fact_sales SELECT date_key, '00000000000000aa', seller_key, promotion_key, customer_key, \
+         payment_key, 424242, product_id, sales_quantity, regular_unit_price, discount_unit_price, net_unit_price, \
+         extended_sales_amount, extended_discount_amount, version, is_deleted FROM {db}.fact_sales FINAL WHERE is_deleted = 0 LIMIT 1",
+        db = p.database
+    ))
+    .await
+    .unwrap();
+    let (code, text) = check(&[]);
+    assert_eq!(code, Some(1), "{text}");
+    for failed in [
+        "FAILED  dim_promotions.coupon_type is Percentage or Fixed Amount: 1 rows: \"Bogus\"",
+        "FAILED  fact_sales.product_key exists in dim_products: 1 facts: order 424242",
+        "FAILED  SUM(fact_sales.extended_sales_amount)",
+    ] {
+        assert!(text.contains(failed), "{failed}:\n{text}");
+    }
+
     p.stop();
     p.cleanup().await;
     let mut all = topics.clone();
