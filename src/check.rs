@@ -285,3 +285,91 @@ pub fn from_parquet(url: &str, rt: &tokio::runtime::Handle) -> anyhow::Result<Wa
     }
     Ok(w)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rainbow_replay::columns::to_batch;
+    use rainbow_schemas::Money;
+
+    fn seller(key: u64, id: i64, from: u32, to: u32) -> DimSeller {
+        DimSeller {
+            seller_key: SurrogateKey(key),
+            seller_id: id,
+            name: format!("s{id}"),
+            valid_from: from,
+            valid_to: to,
+            is_current: u8::from(to == OPEN_VALID_TO),
+            version: 1,
+            is_deleted: 0,
+        }
+    }
+
+    fn warehouse(sellers: Vec<DimSeller>, facts: Vec<FactSale>) -> Warehouse {
+        let mut w = Warehouse::new();
+        w.insert("dim_customers", to_batch(Vec::<DimCustomer>::new()).unwrap());
+        w.insert("dim_products", to_batch(Vec::<DimProduct>::new()).unwrap());
+        w.insert("dim_sellers", to_batch(sellers).unwrap());
+        w.insert("dim_promotions", to_batch(Vec::<DimPromotion>::new()).unwrap());
+        w.insert("dim_payments", to_batch(Vec::<DimPayment>::new()).unwrap());
+        w.insert("dim_dates", to_batch(Vec::<DimDate>::new()).unwrap());
+        w.insert("fact_sales", to_batch(facts).unwrap());
+        w
+    }
+
+    fn failed(w: &Warehouse) -> Vec<String> {
+        run(w).into_iter().filter(|f| !f.ok).map(|f| format!("{}: {}", f.check, f.detail)).collect()
+    }
+
+    #[test]
+    fn each_check_catches_its_violation() {
+        let open = OPEN_VALID_TO;
+        // Clean: two versions meeting at 200, then one member.
+        assert_eq!(
+            failed(&warehouse(
+                vec![seller(1, 1, 100, 200), seller(2, 1, 200, open), seller(3, 2, 100, open)],
+                vec![]
+            )),
+            Vec::<String>::new()
+        );
+        let f = failed(&warehouse(vec![seller(1, 1, 100, 250), seller(2, 1, 200, open)], vec![]));
+        assert!(f.len() == 1 && f[0].contains("intervals") && f[0].contains("overlap at 200"), "{f:?}");
+        let f = failed(&warehouse(vec![seller(1, 1, 100, 150), seller(2, 1, 200, open)], vec![]));
+        assert!(f.len() == 1 && f[0].contains("gap at 150"), "{f:?}");
+        let mut two = seller(1, 1, 100, 200);
+        two.is_current = 1;
+        let f = failed(&warehouse(vec![two, seller(2, 1, 200, open)], vec![]));
+        assert!(
+            f.len() == 1 && f[0].contains("one current version") && f[0].contains("1 (2 current)"),
+            "{f:?}"
+        );
+        let f = failed(&warehouse(
+            vec![seller(1, 1, 100, open), seller(1, 2, 100, open), seller(0, 3, 100, open)],
+            vec![],
+        ));
+        assert!(f.len() == 1 && f[0].contains("surrogate keys") && f[0].contains("2 bad keys"), "{f:?}");
+
+        // A fact with a wrong extended amount and keys that exist nowhere.
+        let fact = FactSale {
+            date_key: 20240801,
+            product_key: SurrogateKey(9),
+            seller_key: SurrogateKey(3),
+            order_transaction: 7,
+            product_id: 9,
+            sales_quantity: 2,
+            regular_unit_price: Money(1000),
+            extended_sales_amount: Money(1999),
+            net_unit_price: Money(1000),
+            ..Default::default()
+        };
+        let f = failed(&warehouse(vec![seller(3, 2, 100, open)], vec![fact]));
+        for want in
+            ["product_key exists", "customer_key exists", "payment_key exists", "date_key exists", "amounts"]
+        {
+            assert!(f.iter().any(|x| x.contains(want) && x.contains("order 7 product 9")), "{want}: {f:?}");
+        }
+        assert!(!f.iter().any(|x| x.contains("seller_key") || x.contains("promotion_key")), "{f:?}");
+        assert_eq!(money(fact_total(&warehouse(vec![], vec![]))), "0.00");
+        assert_eq!(money(-12345), "-123.45");
+    }
+}
