@@ -250,18 +250,10 @@ pub async fn from_clickhouse(wh: &rainbow_schemas::warehouse::Warehouse) -> anyh
             + serde::de::DeserializeOwned
             + serde::Serialize
             + Default
-            + Send
-            + Sync
-            + 'static
-            + for<'a> clickhouse::Row<Value<'a> = T>,
+            + for<'a> clickhouse::Row<Value<'a> = T>
+            + 'static,
     {
-        let rows = wh
-            .client
-            .query(&format!("SELECT ?fields FROM {name} FINAL ORDER BY tuple(*)"))
-            .fetch_all::<T>()
-            .await
-            .map_err(|e| anyhow::anyhow!("reading {name} from ClickHouse: {e}"))?;
-        Ok(rainbow_replay::columns::to_batch(rows)?)
+        Ok(rainbow_replay::columns::to_batch(wh.read_final::<T>(name).await?)?)
     }
     let mut w = Warehouse::new();
     w.insert("dim_customers", table::<DimCustomer>(wh, "dim_customers").await?);

@@ -70,13 +70,7 @@ where
         + 'static
         + for<'a> clickhouse::Row<Value<'a> = T>,
 {
-    let order = if table == "fact_sales" { "order_transaction, product_id" } else { "tuple(*)" };
-    let rows = wh
-        .client
-        .query(&format!("SELECT ?fields FROM {table} FINAL ORDER BY {order}"))
-        .fetch_all::<T>()
-        .await
-        .unwrap_or_else(|e| panic!("reading {table}: {e}"));
+    let rows = wh.read_final::<T>(table).await.unwrap();
     rainbow_replay::columns::to_batch(rows).unwrap()
 }
 

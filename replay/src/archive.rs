@@ -41,7 +41,7 @@ pub async fn run(
     config: &ArchiveConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<ArchiveSummary, ReplayError> {
-    config.validate().map_err(|e| ReplayError::Columns(e.to_string()))?;
+    config.validate()?;
     let store = Store::open(store_url)?;
     let metrics = ArchiveMetrics::new();
     let listener = tokio::net::TcpListener::bind(&config.metrics_listen)
@@ -110,7 +110,8 @@ struct Archiver {
     metrics: ArchiveMetrics,
     stop: Arc<AtomicBool>,
     inputs: Vec<Input>,
-    index: HashMap<(String, i32), usize>,
+    /// Topic → input index per partition number (looked up by `&str`: no String per record).
+    by_topic: HashMap<String, Vec<usize>>,
     summary: ArchiveSummary,
 }
 
@@ -164,7 +165,7 @@ impl Archiver {
         }
         let mut tpl = TopicPartitionList::new();
         let mut inputs = Vec::new();
-        let mut index = HashMap::new();
+        let mut by_topic: HashMap<String, Vec<usize>> = HashMap::new();
         for (topic, partition) in partitions {
             let next = archived.get(&(topic.clone(), partition)).map_or(0, |last| last + 1);
             tpl.add_partition_offset(
@@ -172,7 +173,8 @@ impl Archiver {
                 partition,
                 if next == 0 { Offset::Beginning } else { Offset::Offset(next) },
             )?;
-            index.insert((topic.clone(), partition), inputs.len());
+            // Partitions arrive in order 0..n per topic, so the position is the partition.
+            by_topic.entry(topic.clone()).or_default().push(inputs.len());
             inputs.push(Input { topic, partition, open: None, last_day: None, next });
         }
         consumer.assign(&tpl)?;
@@ -190,7 +192,7 @@ impl Archiver {
             metrics,
             stop,
             inputs,
-            index,
+            by_topic,
             summary: ArchiveSummary::default(),
         })
     }
@@ -206,7 +208,9 @@ impl Archiver {
                 timeout = Duration::ZERO;
                 match m {
                     Ok(m) => {
-                        let Some(&i) = self.index.get(&(m.topic().to_string(), m.partition())) else {
+                        let Some(&i) =
+                            self.by_topic.get(m.topic()).and_then(|v| v.get(m.partition() as usize))
+                        else {
                             continue;
                         };
                         let record = ArchivedRecord {

@@ -17,6 +17,8 @@ pub enum ReplayError {
     Arrow(#[from] arrow::error::ArrowError),
     #[error("segment {path}: {reason}")]
     Segment { path: String, reason: String },
+    #[error(transparent)]
+    Setting(#[from] rainbow_processor::config::InvalidSetting),
     #[error("columns: {0}")]
     Columns(String),
     #[error("replay checkpoint {path}: {reason}")]

@@ -170,7 +170,7 @@ pub fn run(
     rt: &tokio::runtime::Handle,
     stop: &AtomicBool,
 ) -> Result<ReplaySummary, ReplayError> {
-    args.config.validate().map_err(|e| ReplayError::Columns(e.to_string()))?;
+    args.config.validate()?;
     let archive = Store::open(&args.archive_url)?;
     let out = Store::open(&args.out_url)?;
 

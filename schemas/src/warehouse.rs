@@ -61,6 +61,12 @@ pub enum WarehouseError {
         #[source]
         source: clickhouse::error::Error,
     },
+    #[error("reading {table} from ClickHouse: {source}")]
+    Read {
+        table: String,
+        #[source]
+        source: clickhouse::error::Error,
+    },
 }
 
 /// Where and how to reach ClickHouse.
@@ -149,6 +155,21 @@ impl Warehouse {
             }
         }
         Ok(applied)
+    }
+
+    /// Every row of an output table as ReplacingMergeTree leaves it (`FINAL`: per key the row
+    /// of the highest version), in the table's key order (the order the replay writes).
+    pub async fn read_final<T>(&self, table: &str) -> Result<Vec<T>, WarehouseError>
+    where
+        T: clickhouse::Row + serde::de::DeserializeOwned + for<'a> clickhouse::Row<Value<'a> = T> + 'static,
+    {
+        // Every table's key leads its columns, except fact_sales (keyed by the order line).
+        let order = if table == "fact_sales" { "order_transaction, product_id" } else { "tuple(*)" };
+        self.client
+            .query(&format!("SELECT ?fields FROM {table} FINAL ORDER BY {order}"))
+            .fetch_all::<T>()
+            .await
+            .map_err(|source| WarehouseError::Read { table: table.to_string(), source })
     }
 }
 
