@@ -1,6 +1,7 @@
 //! `rainbow process` end to end over the real stack: PostgreSQL → `rainbow cdc` → Kafka →
 //! `rainbow process` → ClickHouse. The dashboard views are checked against the same figures
-//! computed in PostgreSQL from the source rows; a poison record goes to the dead-letter topic
+//! computed in PostgreSQL from the source rows, and so are the queries of the Superset dashboard's
+//! six charts (deploy/superset); a poison record goes to the dead-letter topic
 //! while the pipeline goes on; a processor killed mid-stream (failpoint abort and SIGKILL)
 //! converges to exactly the tables and views of a clean run.
 
@@ -38,6 +39,54 @@ fn topics_of(cdc: &CdcProcess) -> Vec<String> {
     let mut t: Vec<String> = SOURCE_TABLES.iter().map(|t| cdc.topic(t)).collect();
     t.push(format!("__debezium-heartbeat.{}", cdc.prefix));
     t
+}
+
+/// The Superset bundle (deploy/superset/bundle): per chart, sorted by name, its title, its
+/// dataset's name and the dataset's SQL. Checks that each chart's columns are its dataset's.
+fn superset_charts() -> Vec<(String, String, String)> {
+    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/superset/bundle"));
+    let yaml = |path: std::path::PathBuf| -> serde_yaml::Value {
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let files = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+        let mut f: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        f.sort();
+        f
+    };
+    let datasets: Vec<serde_yaml::Value> =
+        files(&root.join("datasets/Rainbow_ClickHouse")).into_iter().map(yaml).collect();
+    let mut charts = Vec::new();
+    for path in files(&root.join("charts")) {
+        let chart = yaml(path);
+        let title = chart["slice_name"].as_str().unwrap().to_string();
+        let dataset = datasets
+            .iter()
+            .find(|d| d["uuid"] == chart["dataset_uuid"])
+            .unwrap_or_else(|| panic!("chart {title}: its dataset is not in the bundle"));
+        let columns: Vec<&str> = dataset["columns"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|c| c["column_name"].as_str().unwrap())
+            .collect();
+        let params = &chart["params"];
+        let used = params["all_columns"].as_sequence().or(params["groupby"].as_sequence()).unwrap();
+        assert!(!used.is_empty(), "chart {title} shows no column");
+        for c in used {
+            assert!(
+                columns.contains(&c.as_str().unwrap()),
+                "chart {title} uses {c:?}, not a column of its dataset"
+            );
+        }
+        let sql = dataset["sql"].as_str().unwrap();
+        for c in &columns {
+            assert!(sql.contains(c), "dataset column {c} is not in its SQL");
+        }
+        charts.push((title, dataset["table_name"].as_str().unwrap().to_string(), sql.to_string()));
+    }
+    charts.sort();
+    charts
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -159,6 +208,65 @@ async fn views_match_the_source_and_poison_events_are_parked() {
         .unwrap(),
         want
     );
+
+    // Every chart of the Superset bundle: its dataset's SQL, run against this database, returns
+    // the figures PostgreSQL computes from the source rows.
+    let charts = superset_charts();
+    let names: Vec<&str> = charts.iter().map(|(chart, _, _)| chart.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "Customer Ranking",
+            "Day Of Week With Most Sales",
+            "Most Common Payment Methods",
+            "Top 5 Most Profitable Products By Category",
+            "Top Sellers",
+            "Total Sales"
+        ]
+    );
+    let profit = format!("sum(d.quantity * (d.price - {discount}))");
+    for (chart, dataset, sql) in &charts {
+        let expected = match dataset.as_str() {
+            "rainbow_total_sales" => format!(
+                "SELECT sum(d.quantity), sum(d.quantity * d.price), {profit}
+                 FROM orderdetails d LEFT JOIN promotions pr ON pr.id = d.promotion_id"
+            ),
+            "rainbow_sales_by_day_of_week" => "SELECT extract(isodow FROM o.created_at AT TIME ZONE 'UTC')::int,
+                    to_char(o.created_at AT TIME ZONE 'UTC', 'FMDay'), sum(d.quantity), sum(d.quantity * d.price)
+                 FROM orderdetails d JOIN orders o ON o.id = d.order_id GROUP BY 1, 2 ORDER BY 4 DESC, 1"
+                .to_string(),
+            "rainbow_top_sellers" => format!(
+                "SELECT s.id, s.name, sum(d.quantity), sum(d.quantity * d.price), {profit}
+                 FROM orderdetails d JOIN products p ON p.id = d.product_id JOIN sellers s ON s.id = p.seller_id
+                 LEFT JOIN promotions pr ON pr.id = d.promotion_id GROUP BY 1, 2 ORDER BY 4 DESC, 1 LIMIT 10"
+            ),
+            "rainbow_top_products_by_category" => format!(
+                "SELECT category, product_id, product_name, qty, amount, profit FROM (
+                   SELECT c.name AS category, p.id AS product_id, p.name AS product_name, sum(d.quantity) AS qty,
+                          sum(d.quantity * d.price) AS amount, {profit} AS profit,
+                          row_number() OVER (PARTITION BY c.name ORDER BY {profit} DESC, p.id) AS r
+                   FROM orderdetails d JOIN products p ON p.id = d.product_id JOIN categories c ON c.id = p.category_id
+                   LEFT JOIN promotions pr ON pr.id = d.promotion_id GROUP BY c.name, p.id, p.name) x
+                 WHERE r <= 5 ORDER BY category, profit DESC, product_id"
+            ),
+            "rainbow_payment_methods" => "SELECT o.payment_id, pm.method, count(DISTINCT o.id), coalesce(sum(d.quantity * d.price), 0)
+                 FROM orders o JOIN payments pm ON pm.id = o.payment_id LEFT JOIN orderdetails d ON d.order_id = o.id
+                 GROUP BY 1, 2 ORDER BY 3 DESC, 1"
+                .to_string(),
+            "rainbow_customer_ranking" => "SELECT * FROM (
+                   SELECT row_number() OVER (ORDER BY coalesce(sum(d.quantity * d.price), 0) DESC, o.customer_id) AS r,
+                          o.customer_id, c.name, count(DISTINCT o.id), coalesce(sum(d.quantity * d.price), 0)
+                   FROM orders o JOIN customers c ON c.id = o.customer_id LEFT JOIN orderdetails d ON d.order_id = o.id
+                   GROUP BY o.customer_id, c.name) x
+                 WHERE r <= 20 ORDER BY r"
+                .to_string(),
+            other => panic!("chart {chart:?}: dataset {other} has no expected figures in this test"),
+        };
+        let want = pg_rows(&db.pool, &expected).await;
+        assert!(want.lines().count() > 0, "{chart}: no source rows");
+        let got = clickhouse(&sql.replace("rainbow.v_", &format!("{}.v_", p.database))).await.unwrap();
+        assert_eq!(got, want, "chart {chart:?} (dataset {dataset})");
+    }
 
     // SCD2: one current version per product; the renamed brand's products have two versions.
     let want = pg_rows(&db.pool, "SELECT count(*) FROM products").await;
