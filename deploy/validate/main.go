@@ -60,7 +60,8 @@ type settings struct {
 		Brokers string `toml:"brokers"`
 	} `toml:"kafka"`
 	ClickHouse struct {
-		URL string `toml:"url"`
+		URL      string `toml:"url"`
+		Database string `toml:"database"`
 	} `toml:"clickhouse"`
 	API struct {
 		Listen string `toml:"listen"`
@@ -235,6 +236,16 @@ func listenOf(role string, s settings) string {
 	return ""
 }
 
+// checkSupersetURI: Superset's SQLAlchemy URI names the warehouse the Rainbow services write:
+// the ClickHouse host (hostOK), its native port 9000, and clickhouse.database.
+func checkSupersetURI(r *report, where, uri string, hostOK func(string) bool, database string) {
+	u, err := url.Parse(uri)
+	if err == nil && (u.Scheme != "clickhouse+native" || !hostOK(u.Hostname()) || u.Port() != "9000" || u.Path != "/"+database) {
+		err = fmt.Errorf("%q is not clickhouse+native://<the ClickHouse service>:9000/%s", uri, database)
+	}
+	r.check(where+": Superset queries the warehouse", err)
+}
+
 func contains(list []string, s string) bool {
 	for _, x := range list {
 		if x == s {
@@ -329,7 +340,7 @@ func validateCompose(r *report, root, bin string, imageEnv map[string]string) {
 		}
 	}
 
-	var archiveStore, replayStore string
+	var archiveStore, replayStore, database string
 	for _, n := range byImage("rainbow:") {
 		svc := p.Services[n]
 		role := ""
@@ -364,6 +375,7 @@ func validateCompose(r *report, root, bin string, imageEnv map[string]string) {
 			err = fmt.Errorf("%s is not the clickhouse service's HTTP port", s.ClickHouse.URL)
 		}
 		checkCompose("clickhouse at "+s.ClickHouse.URL, err)
+		database = s.ClickHouse.Database
 
 		if job, ok := jobOf[role]; ok {
 			_, port, err := hostPort(listenOf(role, s))
@@ -404,6 +416,12 @@ func validateCompose(r *report, root, bin string, imageEnv map[string]string) {
 			}
 			r.expect("compose: "+n+" keeps storage.url on a volume", ok, "%s not under %v", s.Storage.URL, mounts(svc))
 		}
+	}
+	supersets := byImage("rainbow-superset:")
+	r.expect("compose: Superset serves the dashboard", len(supersets) == 1, "services %v", supersets)
+	for _, n := range supersets {
+		checkSupersetURI(r, "compose: "+n, env(p.Services[n], "SUPERSET_CLICKHOUSE_URI"),
+			func(h string) bool { return strings.HasPrefix(p.Services[h].Image, "clickhouse/") }, database)
 	}
 	r.expect("compose: replay reads the archiver's volume", archiveStore != "" && archiveStore == replayStore,
 		"archiver %q, replay %q", archiveStore, replayStore)
@@ -520,10 +538,15 @@ func validateK8s(r *report, root, bin string, imageEnv map[string]string) {
 		r.expect("k8s: postgres runs with wal_level=logical", contains(c.Args, "wal_level=logical"), "args %v", c.Args)
 	}
 
+	database := ""
+	var supersetURIs []struct{ where, uri string }
 	for _, o := range owners {
 		for _, c := range append(append([]corev1.Container{}, o.spec.InitContainers...), o.spec.Containers...) {
 			where := fmt.Sprintf("k8s %s/%s container %s", o.kind, o.name, c.Name)
 			checkPinned(r, where, c.Image)
+			if strings.HasPrefix(c.Image, "rainbow-superset:") {
+				supersetURIs = append(supersetURIs, struct{ where, uri string }{where, containerEnv(c, "SUPERSET_CLICKHOUSE_URI")})
+			}
 			if !strings.HasPrefix(c.Image, "rainbow:") {
 				continue
 			}
@@ -587,6 +610,7 @@ func validateK8s(r *report, root, bin string, imageEnv map[string]string) {
 				err = fmt.Errorf("no Service %s with port %d", svc, port)
 			}
 			r.check(where+": clickhouse at "+s.ClickHouse.URL, err)
+			database = s.ClickHouse.Database
 
 			if job, ok := jobOf[role]; ok {
 				listen := listenOf(role, s)
@@ -631,6 +655,13 @@ func validateK8s(r *report, root, bin string, imageEnv map[string]string) {
 				r.check(where+": replay arguments parse", replayArgsParse(bin, c.Args))
 			}
 		}
+	}
+	r.expect("k8s: Superset serves the dashboard", len(supersetURIs) == 1, "%d Superset containers", len(supersetURIs))
+	for _, su := range supersetURIs {
+		checkSupersetURI(r, su.where, su.uri, func(h string) bool {
+			svc, _ := serviceOf(h)
+			return servicePort(svc, 9000)
+		}, database)
 	}
 }
 

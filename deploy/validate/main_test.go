@@ -79,6 +79,8 @@ func TestMutationsAreCaught(t *testing.T) {
 			"checkpoints on a volume"},
 		{"bad replay arguments", "deploy/k8s/replay.yaml", `"--to", "2024-09-06"`, `"--to", "2024-09-31"`,
 			"replay arguments parse"},
+		{"Superset off the warehouse", "deploy/k8s/superset.yaml", "svc.cluster.local:9000/rainbow", "svc.cluster.local:9000/default",
+			"Superset queries the warehouse"},
 		{"service port missing", "deploy/k8s/clickhouse.yaml", "{name: http, port: 8123, targetPort: 8123}", "{name: http, port: 8124, targetPort: 8123}",
 			"clickhouse at http://clickhouse.rainbow.svc.cluster.local:8123"},
 	}
