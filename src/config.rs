@@ -550,6 +550,25 @@ mod tests {
     }
 
     #[test]
+    fn partition_routing_and_instances_from_the_environment() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.cdc.partition_column("public", "orderdetails"), Some("order_id"));
+        assert_eq!(c.cdc.partition_column("public", "orders"), Some("id"));
+        assert_eq!(c.cdc.partition_column("public", "products"), None);
+        let c = load(&[("RAINBOW_CDC__PARTITION_BY", "public.orders=")]).unwrap();
+        assert_eq!(c.cdc.partition_column("public", "orders"), None, "empty: the whole key");
+        let c =
+            load(&[("RAINBOW_PROCESSOR__INSTANCES", "3"), ("RAINBOW_PROCESSOR__PARTITION", "2")]).unwrap();
+        assert_eq!((c.processor.instances, c.processor.partition), (3, 2));
+        let err = load(&[("RAINBOW_PROCESSOR__INSTANCES", "2"), ("RAINBOW_PROCESSOR__PARTITION", "2")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("processor.partition"), "{err}");
+        let err = load(&[("RAINBOW_CDC__PARTITION_BY", "public.orders=bad column")]).unwrap_err().to_string();
+        assert!(err.contains("cdc.partition_by"), "{err}");
+    }
+
+    #[test]
     fn printed_configuration_reads_back_identically() {
         let c = load(&[("RAINBOW_CLICKHOUSE__DATABASE", "wh")]).unwrap();
         let back: Config = toml::from_str(&c.to_toml()).unwrap();

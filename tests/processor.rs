@@ -89,41 +89,18 @@ fn superset_charts() -> Vec<(String, String, String)> {
     charts
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn views_match_the_source_and_poison_events_are_parked() {
-    let db = TestDb::seeded().await;
-    let mut cdc = cdc_for(&db);
-    cdc.start();
-    let mut p = ProcessorProcess::new(&cdc.prefix);
-    p.start(&[]);
-    place_orders(&db.pool, 0, 60).await;
-    churn(&db.pool).await;
-
-    // A record no one can read, in the middle of the orders topic.
-    let producer: rdkafka::producer::FutureProducer =
-        rdkafka::ClientConfig::new().set("bootstrap.servers", common::brokers()).create().unwrap();
-    let orders_topic = cdc.topic("orders");
-    producer
-        .send(
-            rdkafka::producer::FutureRecord::to(&orders_topic)
-                .key("poison")
-                .payload("{not json")
-                .partition(0),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
-    place_orders(&db.pool, 60, 40).await;
-    caught_up(&db.pool, &p).await;
+/// Every dashboard view, and every chart of the Superset bundle, in ClickHouse `database` equals
+/// the same figures computed in PostgreSQL from the source rows.
+async fn assert_views_match_the_source(pool: &sqlx::PgPool, database: &str) {
     let v = |view: &str, cols: &str, order: &str| {
-        format!("SELECT {cols} FROM {}.{view} ORDER BY {order}", p.database)
+        format!("SELECT {cols} FROM {}.{view} ORDER BY {order}", database)
     };
 
     // Total sales: quantity, amount, and profit with the seed's discount formulas.
     let discount = "least(d.price, CASE pr.coupon_type WHEN 'Percentage' THEN round(d.price * pr.price_treatment / 100, 2)
                     WHEN 'Fixed Amount' THEN pr.price_treatment * 1000 ELSE 0 END)";
     let want = pg_rows(
-        &db.pool,
+        pool,
         &format!(
             "SELECT sum(d.quantity), sum(d.quantity * d.price), sum(d.quantity * (d.price - {discount}))
              FROM orderdetails d LEFT JOIN promotions pr ON pr.id = d.promotion_id"
@@ -133,7 +110,7 @@ async fn views_match_the_source_and_poison_events_are_parked() {
     assert_eq!(clickhouse(&v("v_total_sales", "*", "1")).await.unwrap(), want);
 
     let want = pg_rows(
-        &db.pool,
+        pool,
         "SELECT p.seller_id, sum(d.quantity * d.price) FROM orderdetails d JOIN products p ON p.id = d.product_id
          GROUP BY 1 ORDER BY 1",
     )
@@ -144,7 +121,7 @@ async fn views_match_the_source_and_poison_events_are_parked() {
     );
 
     let want = pg_rows(
-        &db.pool,
+        pool,
         "SELECT extract(isodow FROM o.created_at AT TIME ZONE 'UTC')::int, sum(d.quantity * d.price)
          FROM orderdetails d JOIN orders o ON o.id = d.order_id GROUP BY 1 ORDER BY 1",
     )
@@ -157,7 +134,7 @@ async fn views_match_the_source_and_poison_events_are_parked() {
     );
 
     let want = pg_rows(
-        &db.pool,
+        pool,
         "SELECT o.payment_id, count(DISTINCT o.id), coalesce(sum(d.quantity * d.price), 0)
          FROM orders o LEFT JOIN orderdetails d ON d.order_id = o.id GROUP BY 1 ORDER BY 1",
     )
@@ -170,7 +147,7 @@ async fn views_match_the_source_and_poison_events_are_parked() {
     );
 
     let want = pg_rows(
-        &db.pool,
+        pool,
         "SELECT row_number() OVER (ORDER BY coalesce(sum(d.quantity * d.price), 0) DESC, o.customer_id),
                 o.customer_id, count(DISTINCT o.id), coalesce(sum(d.quantity * d.price), 0)
          FROM orders o LEFT JOIN orderdetails d ON d.order_id = o.id GROUP BY o.customer_id ORDER BY 1",
@@ -188,7 +165,7 @@ async fn views_match_the_source_and_poison_events_are_parked() {
     );
 
     let want = pg_rows(
-        &db.pool,
+        pool,
         &format!(
             "SELECT category, product_id, profit FROM (
                SELECT c.name AS category, p.id AS product_id, sum(d.quantity * (d.price - {discount})) AS profit,
@@ -202,7 +179,7 @@ async fn views_match_the_source_and_poison_events_are_parked() {
     assert_eq!(
         clickhouse(&format!(
             "SELECT category, product_id, total_profit FROM {}.v_top_products_by_category",
-            p.database
+            database
         ))
         .await
         .unwrap(),
@@ -262,11 +239,40 @@ async fn views_match_the_source_and_poison_events_are_parked() {
                 .to_string(),
             other => panic!("chart {chart:?}: dataset {other} has no expected figures in this test"),
         };
-        let want = pg_rows(&db.pool, &expected).await;
+        let want = pg_rows(pool, &expected).await;
         assert!(want.lines().count() > 0, "{chart}: no source rows");
-        let got = clickhouse(&sql.replace("rainbow.v_", &format!("{}.v_", p.database))).await.unwrap();
+        let got = clickhouse(&sql.replace("rainbow.v_", &format!("{}.v_", database))).await.unwrap();
         assert_eq!(got, want, "chart {chart:?} (dataset {dataset})");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn views_match_the_source_and_poison_events_are_parked() {
+    let db = TestDb::seeded().await;
+    let mut cdc = cdc_for(&db);
+    cdc.start();
+    let mut p = ProcessorProcess::new(&cdc.prefix);
+    p.start(&[]);
+    place_orders(&db.pool, 0, 60).await;
+    churn(&db.pool).await;
+
+    // A record no one can read, in the middle of the orders topic.
+    let producer: rdkafka::producer::FutureProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", common::brokers()).create().unwrap();
+    let orders_topic = cdc.topic("orders");
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&orders_topic)
+                .key("poison")
+                .payload("{not json")
+                .partition(0),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    place_orders(&db.pool, 60, 40).await;
+    caught_up(&db.pool, &p).await;
+    assert_views_match_the_source(&db.pool, &p.database).await;
 
     // SCD2: one current version per product; the renamed brand's products have two versions.
     let want = pg_rows(&db.pool, "SELECT count(*) FROM products").await;
@@ -395,6 +401,59 @@ async fn a_processor_killed_mid_stream_converges_to_a_clean_run() {
     crashy.stop();
     clean.cleanup().await;
     crashy.cleanup().await;
+    let topics = topics_of(&cdc);
+    cdc.cleanup(&topics).await;
+    db.drop().await;
+}
+
+/// The design's scale-out: two instances split the fact topics' partitions (the CDC routes an
+/// order and its lines to the same partition number), each keeps every dimension, and the views,
+/// which sum the instances' partial aggregates, equal the source's figures.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_split_the_orders_and_together_match_the_source() {
+    let db = TestDb::seeded().await;
+    let mut cdc = cdc_for(&db);
+    cdc.start();
+    let mut a = ProcessorProcess::new(&cdc.prefix);
+    let mut b = a.sibling();
+    a.start(&[("RAINBOW_PROCESSOR__INSTANCES", "2"), ("RAINBOW_PROCESSOR__PARTITION", "0")]);
+    b.start(&[("RAINBOW_PROCESSOR__INSTANCES", "2"), ("RAINBOW_PROCESSOR__PARTITION", "1")]);
+    place_orders(&db.pool, 0, 60).await;
+    churn(&db.pool).await;
+    place_orders(&db.pool, 60, 40).await;
+    caught_up(&db.pool, &a).await;
+    assert_views_match_the_source(&db.pool, &a.database).await;
+
+    // The fact events were split, not duplicated: what the two applied adds up to what one
+    // processor reading every partition applies, and each had a share.
+    let applied = |metrics: &str, table: &str| -> u64 {
+        let name = format!("rainbow_processor_events_applied_total{{table=\"{table}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&name))
+            .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
+    };
+    let mut whole = ProcessorProcess::new(&cdc.prefix);
+    whole.start(&[]);
+    caught_up(&db.pool, &whole).await;
+    let (ma, mb, mw) = (a.metrics().await, b.metrics().await, whole.metrics().await);
+    for table in ["orders", "orderdetails"] {
+        let (x, y, all) = (applied(&ma, table), applied(&mb, table), applied(&mw, table));
+        assert!(x > 0 && y > 0, "{table}: both instances apply a share: {x} and {y}");
+        assert_eq!(x + y, all, "{table}: the instances' shares add up to the whole");
+    }
+    // Both read every dimension change.
+    assert_eq!(applied(&ma, "products"), applied(&mb, "products"));
+    let sql =
+        format!("SELECT DISTINCT partition FROM {}.agg_total_sales FINAL ORDER BY partition", a.database);
+    assert_eq!(clickhouse(&sql).await.unwrap(), "0\n1\n", "each instance writes its own partial aggregates");
+
+    a.stop();
+    b.stop();
+    whole.stop();
+    whole.cleanup().await;
+    b.cleanup().await;
+    a.cleanup().await;
     let topics = topics_of(&cdc);
     cdc.cleanup(&topics).await;
     db.drop().await;

@@ -62,6 +62,14 @@ pub struct CdcConfig {
     pub heartbeat_action_query: String,
     /// How often the slot is told what Kafka has acknowledged, and the offsets file written.
     pub status_interval_ms: u64,
+    /// Routes a table's records by one column instead of by the whole key: records with equal
+    /// values of that column get the same partition number (Kafka's murmur2 of the value's text,
+    /// modulo the topic's partitions). The defaults route `orders` by `id` and `orderdetails` by
+    /// `order_id`, so an order and its lines have the same partition number in both topics: what
+    /// lets processor instances split the fact topics (`processor.instances`). Per-key order is
+    /// kept, since the column is part of the key. An empty column (`public.orders=`) restores
+    /// Debezium's partitioning by the whole key.
+    pub partition_by: BTreeMap<String, String>,
     /// Partitions and replication factor of topics the reader creates.
     pub topic_partitions: i32,
     pub topic_replication_factor: i32,
@@ -90,6 +98,10 @@ impl Default for CdcConfig {
             heartbeat_interval_ms: 1_000,
             heartbeat_action_query: String::new(),
             status_interval_ms: 1_000,
+            partition_by: BTreeMap::from([
+                ("public.orders".to_string(), "id".to_string()),
+                ("public.orderdetails".to_string(), "order_id".to_string()),
+            ]),
             topic_partitions: 3,
             topic_replication_factor: 1,
             offsets_dir: ".rainbow/cdc".into(),
@@ -157,6 +169,16 @@ impl CdcConfig {
                 "topic names of letters, digits, '.', '_', '-'",
             )?;
         }
+        for (table, column) in &self.partition_by {
+            check(parse_table_name(table).is_some(), "cdc.partition_by", table, "keys like public.orders")?;
+            check(
+                column.is_empty()
+                    || parse_table_name(column).is_some_and(|(s, _)| s == "public") && !column.contains('.'),
+                "cdc.partition_by",
+                column,
+                "a column name (an identifier), or empty for the whole key",
+            )?;
+        }
         check(
             self.heartbeat_interval_ms == 0 || self.heartbeat_interval_ms >= 100,
             "cdc.heartbeat_interval_ms",
@@ -218,6 +240,15 @@ impl CdcConfig {
             .or_else(|| if schema == "public" { self.topic_map.get(table) } else { None })
             .cloned()
             .unwrap_or_else(|| format!("{}.{qualified}", self.topic_prefix))
+    }
+
+    /// The column that routes a table's records (`partition_by`), if any.
+    pub fn partition_column(&self, schema: &str, table: &str) -> Option<&str> {
+        self.partition_by
+            .get(&format!("{schema}.{table}"))
+            .or_else(|| if schema == "public" { self.partition_by.get(table) } else { None })
+            .map(String::as_str)
+            .filter(|c| !c.is_empty())
     }
 
     pub fn heartbeat_topic(&self) -> String {

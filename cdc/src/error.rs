@@ -10,6 +10,9 @@ use crate::pgoutput::DecodeError;
 pub enum CdcError {
     #[error("invalid configuration: {0}")]
     Config(#[from] InvalidSetting),
+    /// A `cdc.partition_by` column the table does not have.
+    #[error("invalid configuration: {0}")]
+    Routing(String),
     #[error(
         "PostgreSQL runs with wal_level={0}; logical decoding needs wal_level=logical \
          (set it in postgresql.conf and restart the server)"

@@ -143,6 +143,38 @@ pub struct TableEncoder {
     defaults: Vec<Option<Vec<u8>>>,
     /// `"schema":"public","table":"orders"`, escaped once.
     source_table: String,
+    /// Routing by one column (`cdc.partition_by`): its index and the topic's partition count.
+    route: Option<(usize, i32)>,
+}
+
+/// Kafka's murmur2 (the Java client's `Utils.murmur2`), the hash of its default partitioner.
+pub fn murmur2(data: &[u8]) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        for (i, b) in rest.iter().enumerate().rev() {
+            h ^= u32::from(*b) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// The partition Kafka's default partitioner gives `bytes` among `partitions`.
+pub fn partition_of(bytes: &[u8], partitions: i32) -> i32 {
+    (murmur2(bytes) & 0x7fff_ffff) % partitions.max(1)
 }
 
 /// Characters outside `[A-Za-z0-9_.]` become `_` in Connect schema names.
@@ -151,6 +183,34 @@ pub fn schema_name(raw: &str) -> String {
 }
 
 impl TableEncoder {
+    /// Routes records by `column` among `partitions` (see `cdc.partition_by`); `None` keeps
+    /// Kafka's partitioning by the whole key. Fails when the table has no such column.
+    pub fn routed(mut self, column: Option<&str>, partitions: i32) -> Result<TableEncoder, String> {
+        self.route = match column {
+            None => None,
+            Some(c) => match self.shape.columns.iter().position(|col| col.name == c) {
+                Some(i) => Some((i, partitions)),
+                None => {
+                    return Err(format!(
+                        "cdc.partition_by routes {} by {c:?}, which is not one of its columns",
+                        self.shape.qualified()
+                    ))
+                }
+            },
+        };
+        Ok(self)
+    }
+
+    /// The partition of a row's records when the table is routed by a column (`None`: by key).
+    /// A null or unsent column value falls back to the key.
+    pub fn partition(&self, row: &[Datum]) -> Option<i32> {
+        let (column, partitions) = self.route?;
+        match row.get(column)? {
+            Datum::Text(v) => Some(partition_of(v.as_bytes(), partitions)),
+            Datum::Null | Datum::UnchangedToast => None,
+        }
+    }
+
     pub fn new(shape: TableShape, topic: &str, settings: &EncoderSettings) -> TableEncoder {
         let base = schema_name(&format!("{}.{}.{}", settings.prefix, shape.schema, shape.name));
         let defaults: Vec<Option<Vec<u8>>> = shape
@@ -220,6 +280,7 @@ impl TableEncoder {
             key_schema: key_schema.to_string(),
             envelope_schema: envelope.to_string(),
             source_table,
+            route: None,
         }
     }
 
@@ -532,6 +593,24 @@ pub fn transaction_record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn murmur2_is_kafkas() {
+        // The vectors of Kafka's own UtilsTest.
+        for (data, want) in [
+            (&b"21"[..], -973_932_308),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            (b"abc", 479_470_107),
+        ] {
+            assert_eq!(murmur2(data), want, "{}", String::from_utf8_lossy(data));
+        }
+        let p = partition_of(b"42", 3);
+        assert!((0..3).contains(&p));
+        assert_eq!(p, partition_of(b"42", 3));
+    }
 
     fn customers(schemas_enable: bool) -> TableEncoder {
         let shape = TableShape {

@@ -6,7 +6,7 @@ use crate::config::{CdcConfig, SnapshotMode};
 use crate::error::CdcError;
 use crate::event::{
     heartbeat_record, transaction_record, CollectionCount, EncoderSettings, Op, SnapshotMarker, Source,
-    TableEncoder, TxBlock,
+    TableEncoder, TableShape, TxBlock,
 };
 use crate::lsn::Lsn;
 use crate::metrics::{CdcMetrics, PositionConfirmed};
@@ -129,6 +129,14 @@ pub async fn run(
         topics.push((config.transaction_topic(), 1));
     }
     sink::ensure_topics(&producer_config, &topics, config.topic_replication_factor).await?;
+    // Tables routed by a column (cdc.partition_by) need their topics' real partition counts.
+    let routed: Vec<&(String, String)> =
+        tables.iter().filter(|(s, t)| config.partition_column(s, t).is_some()).collect();
+    let counts =
+        sink::partition_counts(&producer, routed.iter().map(|(s, t)| config.topic_for(s, t)).collect())
+            .await?;
+    let partitions: HashMap<String, i32> =
+        routed.iter().map(|(s, t)| format!("{s}.{t}")).zip(counts).collect();
 
     catalog::ensure_publication(&pool, &config.publication_name, &tables).await?;
 
@@ -223,7 +231,7 @@ pub async fn run(
         // In include-list order, as Debezium does when table.include.list is set.
         for (schema, table) in &tables {
             let shape = catalog::table_shape(&pool, schema, table).await?;
-            encoders.push(Arc::new(TableEncoder::new(shape, &config.topic_for(schema, table), &settings)));
+            encoders.push(Arc::new(encoder_for(shape, config, &settings, &partitions)?));
         }
         let headers = context.as_slices();
         let request = snapshot::SnapshotRequest {
@@ -272,6 +280,7 @@ pub async fn run(
         sink: &sink,
         metrics: &metrics,
         settings,
+        partitions,
         relations: HashMap::new(),
         tx: None,
         received: Lsn::ZERO,
@@ -302,6 +311,19 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// The encoder of a table, routed by its `cdc.partition_by` column when it has one.
+fn encoder_for(
+    shape: TableShape,
+    config: &CdcConfig,
+    settings: &EncoderSettings,
+    partitions: &HashMap<String, i32>,
+) -> Result<TableEncoder, CdcError> {
+    let topic = config.topic_for(&shape.schema, &shape.name);
+    let column = config.partition_column(&shape.schema, &shape.name).map(str::to_string);
+    let n = partitions.get(&shape.qualified()).copied().unwrap_or(config.topic_partitions);
+    TableEncoder::new(shape, &topic, settings).routed(column.as_deref(), n).map_err(CdcError::Routing)
+}
+
 /// An open transaction of the stream.
 struct OpenTransaction {
     begin: Begin,
@@ -315,6 +337,8 @@ struct Stream<'a> {
     sink: &'a KafkaSink,
     metrics: &'a CdcMetrics,
     settings: EncoderSettings,
+    /// Partition counts of the topics of tables routed by a column, by `schema.table`.
+    partitions: HashMap<String, i32>,
     relations: HashMap<u32, Arc<TableEncoder>>,
     tx: Option<OpenTransaction>,
     /// Furthest WAL position the server reported.
@@ -485,7 +509,9 @@ impl Stream<'_> {
         // Transactions confirmed to the slot (by this run or an earlier one) were acknowledged.
         let acked = acked_lsn.unwrap_or(self.confirmed).max(self.confirmed).0.to_string();
         let headers = [(rainbow_schemas::HEARTBEAT_ACKED_LSN_HEADER, acked.as_bytes())];
-        self.sink.send(&topic, Some(&key), Some(&value), &headers, RecordKind::Heartbeat { now_ms }).await?;
+        self.sink
+            .send(&topic, None, Some(&key), Some(&value), &headers, RecordKind::Heartbeat { now_ms })
+            .await?;
         let query = self.config.heartbeat_action_query.trim();
         if !query.is_empty() {
             if let Err(e) = sqlx::query(query).execute(self.pool).await {
@@ -509,7 +535,7 @@ impl Stream<'_> {
                         None,
                     );
                     let topic: Arc<str> = Arc::from(self.config.transaction_topic());
-                    self.sink.send(&topic, Some(&key), Some(&value), &[], RecordKind::Other).await?;
+                    self.sink.send(&topic, None, Some(&key), Some(&value), &[], RecordKind::Other).await?;
                 }
                 self.tx = Some(OpenTransaction { begin, events: 0, per_table: Vec::new() });
             }
@@ -525,16 +551,15 @@ impl Stream<'_> {
                         Some(&tx.per_table),
                     );
                     let topic: Arc<str> = Arc::from(self.config.transaction_topic());
-                    self.sink.send(&topic, Some(&key), Some(&value), &[], RecordKind::Other).await?;
+                    self.sink.send(&topic, None, Some(&key), Some(&value), &[], RecordKind::Other).await?;
                 }
                 self.sink.end_transaction(commit.end_lsn, commit_lsn, xid, commit.commit_time_us).await?;
                 self.summary.transactions += 1;
             }
             LogicalMessage::Relation(relation) => {
                 let shape = catalog::relation_shape(self.pool, &relation).await?;
-                let topic = self.config.topic_for(&relation.namespace, &relation.name);
-                self.relations
-                    .insert(relation.oid, Arc::new(TableEncoder::new(shape, &topic, &self.settings)));
+                let encoder = encoder_for(shape, self.config, &self.settings, &self.partitions)?;
+                self.relations.insert(relation.oid, Arc::new(encoder));
             }
             LogicalMessage::Insert { relation, new } => {
                 let t = self.encoder(relation)?;
@@ -650,7 +675,9 @@ impl Stream<'_> {
             data_collection_order: *per,
         });
         let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
-        let key = if op == Op::Truncate { None } else { t.key(after.or(before).unwrap_or(&[]))? };
+        let row = after.or(before).unwrap_or(&[]);
+        let key = if op == Op::Truncate { None } else { t.key(row)? };
+        let partition = t.partition(row);
         let value = t.value(op, before, after, &source, tx_block.as_ref(), now_ns)?;
         let table = t.table.clone();
         let context = self.context.as_slices();
@@ -660,6 +687,7 @@ impl Stream<'_> {
         self.sink
             .send(
                 &t.topic,
+                partition,
                 key.as_deref(),
                 Some(&value),
                 &headers,
@@ -672,7 +700,7 @@ impl Stream<'_> {
             std::process::abort();
         }
         if op == Op::Delete && self.config.tombstones_on_delete && key.is_some() {
-            self.sink.send(&t.topic, key.as_deref(), None, &headers, RecordKind::Other).await?;
+            self.sink.send(&t.topic, partition, key.as_deref(), None, &headers, RecordKind::Other).await?;
         }
         Ok(())
     }

@@ -102,6 +102,23 @@ pub async fn check_reachable(
     result.map_err(|e| CdcError::KafkaUnreachable { brokers: brokers.to_string(), reason: e.to_string() })
 }
 
+/// The partition count of each topic (they exist: see [`ensure_topics`]).
+pub async fn partition_counts(producer: &FutureProducer, topics: Vec<String>) -> Result<Vec<i32>, CdcError> {
+    let client = producer.clone();
+    tokio::task::spawn_blocking(move || {
+        topics
+            .iter()
+            .map(|topic| {
+                let metadata = client.client().fetch_metadata(Some(topic), Duration::from_secs(10))?;
+                let n = metadata.topics().first().map_or(0, |t| t.partitions().len() as i32);
+                Ok(n.max(1))
+            })
+            .collect()
+    })
+    .await
+    .expect("metadata task")
+}
+
 /// Creates the topics that do not exist yet. `(name, partitions)`.
 pub async fn ensure_topics(
     config: &ClientConfig,
@@ -149,6 +166,7 @@ impl KafkaSink {
     pub async fn send(
         &self,
         topic: &Arc<str>,
+        partition: Option<i32>,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         headers: &[(&str, &[u8])],
@@ -157,6 +175,9 @@ impl KafkaSink {
         let bytes = key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len);
         let delivery = loop {
             let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
+            if let Some(p) = partition {
+                record = record.partition(p);
+            }
             if let Some(k) = key {
                 record = record.key(k);
             }

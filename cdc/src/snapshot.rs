@@ -212,6 +212,7 @@ impl Emitter<'_> {
         self.sink
             .send(
                 &t.topic,
+                t.partition(&row),
                 key.as_deref(),
                 Some(&value),
                 self.headers,

@@ -75,6 +75,8 @@ type settings struct {
 	Processor struct {
 		MetricsListen string `toml:"metrics_listen"`
 		CheckpointURL string `toml:"checkpoint_url"`
+		Partition     int    `toml:"partition"`
+		Instances     int    `toml:"instances"`
 	} `toml:"processor"`
 	Archive struct {
 		MetricsListen string `toml:"metrics_listen"`
@@ -106,6 +108,9 @@ func (r *report) expect(what string, ok bool, format string, args ...any) bool {
 	}
 	return r.check(what, fmt.Errorf(format, args...))
 }
+
+// shellRole: the rainbow command a shell line runs (`... exec rainbow process`).
+var shellRole = regexp.MustCompile(`\brainbow ([a-z]+)`)
 
 var pinned = regexp.MustCompile(`^[a-z0-9./_-]+:v?[0-9]+(\.[0-9]+)+[A-Za-z0-9._-]*$`)
 
@@ -341,6 +346,8 @@ func validateCompose(r *report, root, bin string, imageEnv map[string]string) {
 	}
 
 	var archiveStore, replayStore, database string
+	var processorParts []int
+	processorInstances, topicPartitions := map[int]bool{}, 0
 	for _, n := range byImage("rainbow:") {
 		svc := p.Services[n]
 		role := ""
@@ -400,8 +407,11 @@ func validateCompose(r *report, root, bin string, imageEnv map[string]string) {
 				s.CDC.TopicPartitions == 3 && s.CDC.TopicReplicationFactor == 2 && s.CDC.TopicReplicationFactor <= len(kafkas),
 				"topic_partitions=%d topic_replication_factor=%d", s.CDC.TopicPartitions, s.CDC.TopicReplicationFactor)
 		case "process":
-			r.expect("compose: processor checkpoints on a volume", under(s.Processor.CheckpointURL, mounts(svc)),
+			r.expect("compose: "+n+" checkpoints on a volume", under(s.Processor.CheckpointURL, mounts(svc)),
 				"%s not under %v", s.Processor.CheckpointURL, mounts(svc))
+			processorParts = append(processorParts, s.Processor.Partition)
+			processorInstances[s.Processor.Instances] = true
+			topicPartitions = s.CDC.TopicPartitions
 		case "archive", "replay":
 			ok := false
 			for _, v := range svc.Volumes {
@@ -417,6 +427,15 @@ func validateCompose(r *report, root, bin string, imageEnv map[string]string) {
 			r.expect("compose: "+n+" keeps storage.url on a volume", ok, "%s not under %v", s.Storage.URL, mounts(svc))
 		}
 	}
+	sort.Ints(processorParts)
+	wantParts := []int{}
+	for i := range processorParts {
+		wantParts = append(wantParts, i)
+	}
+	r.expect("compose: the processor instances are 0..n-1 of processor.instances = n, n <= the topics' partitions",
+		len(processorParts) > 0 && fmt.Sprint(processorParts) == fmt.Sprint(wantParts) && len(processorInstances) == 1 &&
+			processorInstances[len(processorParts)] && len(processorParts) <= topicPartitions,
+		"partitions %v, instances settings %v, topic partitions %d", processorParts, processorInstances, topicPartitions)
 	supersets := byImage("rainbow-superset:")
 	r.expect("compose: Superset serves the dashboard", len(supersets) == 1, "services %v", supersets)
 	for _, n := range supersets {
@@ -575,12 +594,12 @@ func validateK8s(r *report, root, bin string, imageEnv map[string]string) {
 			for _, e := range c.Env {
 				env[e.Name] = e.Value
 			}
-			args := append(append([]string{}, c.Command...), c.Args...)
+			joined := strings.Join(append(append([]string{}, c.Command...), c.Args...), " ")
 			role := ""
 			if len(c.Args) > 0 && len(c.Command) == 0 {
 				role = c.Args[0]
-			} else if joined := strings.Join(args, " "); strings.Contains(joined, "rainbow replay") {
-				role = "replay"
+			} else if m := shellRole.FindStringSubmatch(joined); m != nil {
+				role = m[1]
 			}
 			s, err := rainbowEnv(bin, env)
 			if !r.check(where+" ("+role+") settings load", err) {
@@ -644,8 +663,12 @@ func validateK8s(r *report, root, bin string, imageEnv map[string]string) {
 					"topic_partitions=%d topic_replication_factor=%d", s.CDC.TopicPartitions, s.CDC.TopicReplicationFactor)
 			case "process":
 				r.expect(where+": checkpoints on a volume", under(s.Processor.CheckpointURL, mountPaths), "%s not under %v", s.Processor.CheckpointURL, mountPaths)
-				r.expect(where+": one instance (the processor does not split partitions across instances yet)",
-					o.kind == "StatefulSet" && o.replicas == 1, "%s with %d replicas", o.kind, o.replicas)
+				r.expect(where+": replicas equal processor.instances, at most the fact topics' partitions",
+					o.kind == "StatefulSet" && int(o.replicas) == s.Processor.Instances && s.Processor.Instances <= s.CDC.TopicPartitions,
+					"%s with %d replicas, processor.instances = %d, cdc.topic_partitions = %d", o.kind, o.replicas, s.Processor.Instances, s.CDC.TopicPartitions)
+				r.expect(where+": each pod is the instance of its ordinal",
+					s.Processor.Instances == 1 || strings.Contains(joined, "RAINBOW_PROCESSOR__PARTITION=${HOSTNAME##*-}"),
+					"the command does not set RAINBOW_PROCESSOR__PARTITION from the pod's ordinal: %s", joined)
 			case "archive", "replay":
 				r.expect(where+": storage.url is an object-store bucket shared by archiver and replay",
 					strings.HasPrefix(s.Storage.URL, "s3://") || strings.HasPrefix(s.Storage.URL, "gs://") || strings.HasPrefix(s.Storage.URL, "az://"),

@@ -39,9 +39,16 @@ pub struct ProcessorConfig {
     pub topic_prefix: Option<String>,
     pub schema: String,
     pub topic_map: Option<BTreeMap<String, String>>,
-    /// This instance's partition number, stamped on its aggregate rows (the views sum
-    /// partitions).
+    /// This instance's number, `0 .. instances`, stamped on its aggregate rows (the views sum
+    /// them). With several instances it also picks the fact topics' partitions this one reads.
     pub partition: i32,
+    /// How many processor instances split the work. Instance `partition` reads the partitions
+    /// `p` of the fact topics (orders, orderdetails) with `p % instances == partition`, and every
+    /// partition of the dimension topics (global tables: each instance keeps them whole and writes
+    /// the same dimension rows, which ClickHouse collapses). Needs the CDC's routing of orders and
+    /// their lines by order id (`cdc.partition_by`, the default) and at least `instances`
+    /// partitions in both fact topics, with equal counts.
+    pub instances: i32,
     /// The sink writes a batch when it holds this many rows ...
     pub batch_rows: usize,
     /// ... or when its oldest row waited this long.
@@ -68,6 +75,7 @@ impl Default for ProcessorConfig {
             schema: "public".into(),
             topic_map: None,
             partition: 0,
+            instances: 1,
             batch_rows: 10_000,
             batch_interval_ms: 1_000,
             checkpoint_url: ".rainbow/processor/checkpoints".into(),
@@ -106,7 +114,13 @@ impl ProcessorConfig {
             )?;
             check(topic_ok(topic), "processor.topic_map", topic, "a Kafka topic name as value")?;
         }
-        check(self.partition >= 0, "processor.partition", self.partition, "a partition number >= 0")?;
+        check((1..=1024).contains(&self.instances), "processor.instances", self.instances, "1 ..= 1024")?;
+        check(
+            (0..self.instances).contains(&self.partition),
+            "processor.partition",
+            self.partition,
+            "an instance number, 0 ..= processor.instances - 1",
+        )?;
         check(
             (1..=1_000_000).contains(&self.batch_rows),
             "processor.batch_rows",

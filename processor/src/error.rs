@@ -20,6 +20,8 @@ pub enum ProcessorError {
         #[source]
         source: clickhouse::error::Error,
     },
+    #[error("processor.instances = {instances}, but {reason}; the fact topics need as many partitions as instances, with equal counts (cdc.topic_partitions)")]
+    Instances { instances: i32, reason: String },
     #[error("checkpoint store {url}: {reason}")]
     Checkpoint { url: String, reason: String },
     #[error("checkpoint {path} is unreadable: {reason}")]

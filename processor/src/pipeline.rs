@@ -71,8 +71,13 @@ pub async fn run(
 
     let warehouse = Warehouse::connect(clickhouse).await?;
     warehouse.apply_ddl(&clickhouse.database).await?;
-    let store =
-        Arc::new(CheckpointStore::open(&config.checkpoint_url, &config.group_id, config.checkpoints_kept)?);
+    // One folder per instance: instances of a scaled-out group may share a checkpoint location.
+    let folder = if config.instances > 1 {
+        format!("{}-{}", config.group_id, config.partition)
+    } else {
+        config.group_id.clone()
+    };
+    let store = Arc::new(CheckpointStore::open(&config.checkpoint_url, &folder, config.checkpoints_kept)?);
     let checkpoint = store.latest().await?;
     if let Some(c) = &checkpoint {
         if c.partition != config.partition {
@@ -151,6 +156,29 @@ pub async fn run(
     }
 }
 
+/// Of every topic's partitions, those this instance reads: all of the dimension topics', and of
+/// the fact topics (orders, orderdetails) the partitions `p % instances == instance`. Fails when
+/// the fact topics have different partition counts or fewer partitions than instances.
+pub fn owned_partitions(
+    all: Vec<(Table, String, i32)>,
+    instances: i32,
+    instance: i32,
+) -> Result<Vec<(Table, String, i32)>, ProcessorError> {
+    let is_fact = |t: Table| matches!(t, Table::Orders | Table::Orderdetails);
+    let mut counts: Vec<(String, i32)> = Vec::new();
+    for (_, topic, _) in all.iter().filter(|(t, _, _)| is_fact(*t)) {
+        match counts.iter_mut().find(|(name, _)| name == topic) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((topic.clone(), 1)),
+        }
+    }
+    let describe = || counts.iter().map(|(t, n)| format!("{t} has {n}")).collect::<Vec<_>>().join(", ");
+    if counts.windows(2).any(|w| w[0].1 != w[1].1) || counts.iter().any(|(_, n)| *n < instances) {
+        return Err(ProcessorError::Instances { instances, reason: describe() });
+    }
+    Ok(all.into_iter().filter(|(t, _, p)| !is_fact(*t) || p % instances == instance).collect())
+}
+
 /// Creates `topic` if missing (1 partition, the broker's default replication).
 async fn ensure_topic(kafka: &KafkaConnection, topic: &str) -> Result<(), ProcessorError> {
     let admin: AdminClient<DefaultClientContext> =
@@ -182,7 +210,8 @@ struct Pipeline {
     merger: Merger<ChangeEvent>,
     core: Core,
     inputs: Vec<InputMeta>,
-    by_topic: HashMap<String, Vec<usize>>,
+    /// Per topic, the input index of each partition this instance reads (`None`: not read).
+    by_topic: HashMap<String, Vec<Option<usize>>>,
     heartbeat_topic: String,
     sink: mpsc::Sender<SinkMessage>,
     store: Arc<CheckpointStore>,
@@ -266,18 +295,25 @@ impl Pipeline {
             }
         }
         topics.clear();
+        if config.instances > 1 {
+            partitions = owned_partitions(partitions, config.instances, config.partition)?;
+        }
         let resume: HashMap<InputName, i64> =
             checkpoint.as_ref().map(|c| c.offsets.iter().cloned().collect()).unwrap_or_default();
         let mut merger = Merger::new(checkpoint.as_ref().and_then(|c| c.last_released));
         let mut tpl = TopicPartitionList::new();
         let mut inputs = Vec::new();
-        let mut by_topic: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_topic: HashMap<String, Vec<Option<usize>>> = HashMap::new();
         for (table, topic, partition) in partitions {
             let name = InputName { topic: topic.clone(), partition };
             let offset = resume.get(&name).copied();
             let index = merger.add_input(name, offset.unwrap_or(0));
             tpl.add_partition_offset(&topic, partition, offset.map_or(Offset::Beginning, Offset::Offset))?;
-            by_topic.entry(topic.clone()).or_default().push(index);
+            let slots = by_topic.entry(topic.clone()).or_default();
+            if slots.len() <= partition as usize {
+                slots.resize(partition as usize + 1, None);
+            }
+            slots[partition as usize] = Some(index);
             let events_in = metrics.events_in.with_label_values(&[table.name()]);
             inputs.push(InputMeta { topic, partition, table, paused: false, events_in });
         }
@@ -412,7 +448,8 @@ impl Pipeline {
         key: Option<&[u8]>,
         value: Option<&[u8]>,
     ) -> Result<(), ProcessorError> {
-        let Some(input) = self.by_topic.get(topic).and_then(|v| v.get(partition as usize)).copied() else {
+        let Some(input) = self.by_topic.get(topic).and_then(|v| v.get(partition as usize).copied().flatten())
+        else {
             return Ok(()); // a partition added after start: picked up at the next restart
         };
         match decode(value) {
@@ -676,4 +713,49 @@ pub fn partition_count(consumer: &BaseConsumer, topic: &str) -> Option<i32> {
         return None;
     }
     Some(t.partitions().len() as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topics(fact_partitions: i32) -> Vec<(Table, String, i32)> {
+        let mut all = Vec::new();
+        for (table, n) in
+            [(Table::Products, 3), (Table::Orders, fact_partitions), (Table::Orderdetails, fact_partitions)]
+        {
+            all.extend((0..n).map(|p| (table, table.name().to_string(), p)));
+        }
+        all
+    }
+
+    #[test]
+    fn instances_split_the_fact_partitions_and_share_the_dimensions() {
+        let all = topics(3);
+        let mut facts_seen = Vec::new();
+        for instance in 0..2 {
+            let owned = owned_partitions(all.clone(), 2, instance).unwrap();
+            let dims: Vec<i32> =
+                owned.iter().filter(|(t, _, _)| *t == Table::Products).map(|x| x.2).collect();
+            assert_eq!(dims, [0, 1, 2], "every instance reads every dimension partition");
+            let orders: Vec<i32> =
+                owned.iter().filter(|(t, _, _)| *t == Table::Orders).map(|x| x.2).collect();
+            let lines: Vec<i32> =
+                owned.iter().filter(|(t, _, _)| *t == Table::Orderdetails).map(|x| x.2).collect();
+            assert_eq!(orders, lines, "an order and its lines go to the same instance");
+            facts_seen.extend(orders);
+        }
+        facts_seen.sort();
+        assert_eq!(facts_seen, [0, 1, 2], "each fact partition is read by exactly one instance");
+    }
+
+    #[test]
+    fn too_few_or_unequal_fact_partitions_are_refused() {
+        let err = owned_partitions(topics(1), 2, 0).unwrap_err().to_string();
+        assert!(err.contains("processor.instances = 2") && err.contains("orders has 1"), "{err}");
+        let mut all = topics(3);
+        all.retain(|(t, _, p)| !(*t == Table::Orderdetails && *p == 2));
+        let err = owned_partitions(all, 2, 1).unwrap_err().to_string();
+        assert!(err.contains("orderdetails has 2"), "{err}");
+    }
 }

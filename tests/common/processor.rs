@@ -42,6 +42,26 @@ impl ProcessorProcess {
         ProcessorProcess { database, dead_letter_topic, metrics, dir, env, child: None, runs: 0 }
     }
 
+    /// Another instance writing into the same ClickHouse database (own consumer group,
+    /// checkpoints, dead-letter topic and metrics port): the second member of a scaled-out
+    /// processor. Its cleanup drops the shared database too.
+    pub fn sibling(&self) -> ProcessorProcess {
+        let prefix = self
+            .env
+            .iter()
+            .find(|(k, _)| k == "RAINBOW_CDC__TOPIC_PREFIX")
+            .map(|(_, v)| v.clone())
+            .expect("prefix set by new()");
+        let mut other = ProcessorProcess::new(&prefix);
+        other.database = self.database.clone();
+        for (k, v) in &mut other.env {
+            if k == "RAINBOW_CLICKHOUSE__DATABASE" {
+                v.clone_from(&self.database);
+            }
+        }
+        other
+    }
+
     /// Starts the processor (extra environment for this run only); log in `<dir>/process-<n>.log`.
     pub fn start(&mut self, extra_env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "already running");
