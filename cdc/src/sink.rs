@@ -102,16 +102,29 @@ pub async fn check_reachable(
     result.map_err(|e| CdcError::KafkaUnreachable { brokers: brokers.to_string(), reason: e.to_string() })
 }
 
-/// The partition count of each topic (they exist: see [`ensure_topics`]).
+/// The partition count of each topic (they exist: see [`ensure_topics`]). A topic created a moment
+/// ago may not show its partitions in the metadata yet: asks again until it does, for 30 s.
 pub async fn partition_counts(producer: &FutureProducer, topics: Vec<String>) -> Result<Vec<i32>, CdcError> {
     let client = producer.clone();
     tokio::task::spawn_blocking(move || {
         topics
             .iter()
             .map(|topic| {
-                let metadata = client.client().fetch_metadata(Some(topic), Duration::from_secs(10))?;
-                let n = metadata.topics().first().map_or(0, |t| t.partitions().len() as i32);
-                Ok(n.max(1))
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                loop {
+                    let metadata = client.client().fetch_metadata(Some(topic), Duration::from_secs(10))?;
+                    let ready = metadata.topics().first().filter(|t| t.error().is_none());
+                    let n = ready.map_or(0, |t| t.partitions().len() as i32);
+                    if n > 0 {
+                        return Ok(n);
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        return Err(CdcError::Kafka(KafkaError::MetadataFetch(
+                            RDKafkaErrorCode::UnknownTopicOrPartition,
+                        )));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
             })
             .collect()
     })

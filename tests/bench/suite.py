@@ -1,0 +1,360 @@
+#!/usr/bin/env python3
+"""Rainbow's benchmark suite: runs every benchmark of the platform N times (default 3) and writes
+docs/BENCHMARKS.md: per figure the target, min / median / max, the reference it is compared with
+and the ratio, and the machine it ran on. Timings never enter the tests; this is the only place
+where they are measured and written down.
+
+Run through tests/bench/run (which builds the release binaries and starts the local stack).
+Groups (all by default; --only to pick):
+  api        POST and GET-by-id throughput and p50/p99 (tests/bench-api, order cache on)
+  cdc        row changes/s from WAL to Kafka-acknowledged, beside pg_recvlogical reading the same
+             WAL from a slot at the same position; commit->ack p50/p99 at 5,000 changes/s
+  processor  core events/s on one thread, Kafka -> ClickHouse sustained events/s, state memory
+             (processor-bench; seed shape)
+  replay     archive -> Parquet records/s, wall time and peak RSS (replay-bench; seed volume)
+--small uses a tenth of the seed's volume for a quick run (the document says so).
+"""
+import argparse
+import datetime
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+RELEASE = os.path.join(TARGET, "release")
+PG_BIN = "/usr/lib/postgresql/15/bin"
+PG = {
+    "host": "127.0.0.1",
+    "port": os.environ.get("RAINBOW_POSTGRES__PORT", "5432"),
+    "user": os.environ.get("RAINBOW_POSTGRES__USER", "rainbow"),
+    "password": os.environ.get("RAINBOW_POSTGRES__PASSWORD", "rainbow"),
+}
+SEED_ORDERS = 220_000
+
+
+def log(msg):
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd, env=None, timeout=1800, cwd=ROOT):
+    """Runs a command; its stdout, or an error with the end of its stderr."""
+    full_env = dict(os.environ, **(env or {}))
+    p = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stderr[-3000:]}")
+    return p.stdout
+
+
+def measures(text):
+    """The `| measure | value unit |` rows of a bench binary's table: name -> number."""
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^\|\s*(.+?)\s*\|\s*([0-9][0-9.,]*)\b[^|]*\|\s*$", line)
+        if m:
+            out[m.group(1)] = float(m.group(2).replace(",", ""))
+    return out
+
+
+def psql(db, sql, capture=True):
+    env = {"PGPASSWORD": PG["password"]}
+    cmd = [f"{PG_BIN}/psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", PG["host"], "-p", PG["port"],
+           "-U", PG["user"], "-d", db, "-c", sql]
+    return run(cmd, env=env).strip() if capture else run(cmd, env=env)
+
+
+def metrics(addr):
+    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def metric_sum(text, name):
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def histogram_quantile(text, name, q):
+    """q-quantile of a Prometheus histogram's cumulative buckets, interpolated like PromQL."""
+    buckets = []
+    for line in text.splitlines():
+        m = re.match(rf'^{name}_bucket\{{.*le="([^"]+)".*\}} ([0-9.e+-]+)$', line)
+        if m:
+            buckets.append((float("inf") if m.group(1) == "+Inf" else float(m.group(1)), float(m.group(2))))
+    buckets.sort()
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    rank = q * buckets[-1][1]
+    prev_le, prev_count = 0.0, 0.0
+    for le, count in buckets:
+        if count >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * (rank - prev_count) / max(count - prev_count, 1e-12)
+        prev_le, prev_count = le, count
+    return prev_le
+
+
+class Results:
+    """Figures in document order: name -> dict(unit, target, better, values, reference...)."""
+
+    def __init__(self):
+        self.figures = {}
+
+    def add(self, group, name, unit, value, target=None, better="higher", ref_name=None, ref_value=None):
+        f = self.figures.setdefault(name, {"group": group, "unit": unit, "target": target, "better": better,
+                                          "values": [], "ref_name": ref_name, "refs": []})
+        f["values"].append(value)
+        if ref_value is not None:
+            f["refs"].append(ref_value)
+
+
+# ---------------------------------------------------------------- groups
+
+def bench_api(res, runs, small):
+    seconds = "5" if small else "15"
+    for i in range(runs):
+        log(f"api run {i + 1}/{runs} ({seconds} s per phase)")
+        out = run(["tests/bench-api", seconds, "32"])
+        # The first table is the one with the order cache on.
+        section = out.split("== order cache entries: 0")[0]
+        for phase, label in (("POST /api/v1/orders", "POST"), ("GET /api/v1/orders/{id}", "GET by id")):
+            line = next(l for l in section.splitlines() if l.startswith(phase))
+            m = re.search(r"([0-9]+)\s+([0-9.]+) ms\s+([0-9.]+) ms\s*$", line)
+            per_s, p50, p99 = float(m.group(1)), float(m.group(2)), float(m.group(3))
+            target = 3000 if label == "POST" else 20000
+            res.add("API", f"{label}: 2xx/s", "requests/s", per_s, target)
+            res.add("API", f"{label}: p50", "ms", p50, better="lower")
+            res.add("API", f"{label}: p99", "ms", p99, better="lower")
+
+
+def bench_processor(res, runs, small):
+    orders = str(SEED_ORDERS // 10 if small else SEED_ORDERS)
+    binary = os.path.join(RELEASE, "processor-bench")
+    for i in range(runs):
+        log(f"processor core run {i + 1}/{runs} ({orders} orders)")
+        m = measures(run([binary, "core", "--orders", orders]))
+        res.add("Processor", "core apply, one thread", "events/s", m["core apply, one thread"], 500_000)
+        res.add("Processor", "decode JSON + core apply, one thread", "events/s",
+                m["decode JSON + core apply, one thread"])
+        res.add("Processor", "state memory", "MiB", m["resident memory of the state"], better="lower")
+    for i in range(runs):
+        log(f"processor Kafka -> ClickHouse run {i + 1}/{runs}")
+        m = measures(run([binary, "kafka", "--orders", orders]))
+        res.add("Processor", "Kafka -> ClickHouse sustained", "events/s", m["Kafka -> ClickHouse sustained"], 100_000)
+        res.add("Processor", "peak RSS (Kafka run, workload included)", "MiB",
+                m["peak RSS of the process (workload included)"], better="lower")
+        time.sleep(40)  # Kafka deletes the previous run's topics; back-to-back runs measure that
+
+
+def bench_replay(res, runs, small):
+    orders = str(SEED_ORDERS // 10 if small else SEED_ORDERS)
+    binary = os.path.join(RELEASE, "replay-bench")
+    with tempfile.TemporaryDirectory(prefix="rainbow-bench-") as tmp:
+        archive = os.path.join(tmp, "archive")
+        log(f"replay: generating an archive of {orders} orders")
+        run([binary, "generate", "--orders", orders, "--archive", archive])
+        for i in range(runs):
+            log(f"replay run {i + 1}/{runs}")
+            out = os.path.join(tmp, f"out-{i}")
+            m = measures(run([binary, "run", "--archive", archive, "--out", out]))
+            res.add("Replay", "archive -> Parquet", "records/s", m["replay throughput"], 1_000_000)
+            res.add("Replay", "wall time", "s", m["wall time, archive to Parquet"], better="lower")
+            res.add("Replay", "peak RSS", "MiB", m["peak RSS of the replay"], better="lower")
+
+
+CDC_TABLES = "products"
+
+
+def bench_cdc(res, runs, small):
+    """WAL -> Kafka-acknowledged row changes/s, with pg_recvlogical (pgoutput, same publication)
+    reading the same WAL from a slot created at the same position; then commit->ack latency at a
+    paced 5,000 changes/s."""
+    binary = os.path.join(RELEASE, "rainbow")
+    db = "rainbow_cdcbench"
+    rounds = 10 if small else 100  # each round updates every product (3,000 rows)
+    for i in range(runs):
+        log(f"cdc run {i + 1}/{runs}: {rounds} x 3,000 product updates")
+        psql("postgres", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        psql("postgres", f"CREATE DATABASE {db}")
+        env = {"RAINBOW_POSTGRES__DATABASE": db, "RUST_LOG": "warn"}
+        run([binary, "migrate", "--target", "postgres", "--seed"], env=env)
+        psql(db, f"CREATE PUBLICATION bench FOR TABLE {CDC_TABLES}")
+        for slot in ("bench_rbw", "bench_pgr"):
+            psql(db, f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')")
+        for r in range(rounds):
+            psql(db, f"UPDATE products SET price = price + 1, review_count = review_count + 1 -- round {r}")
+        changes = rounds * int(psql(db, "SELECT count(*) FROM products"))
+        end_lsn = psql(db, "SELECT pg_current_wal_lsn()")
+
+        # pg_recvlogical: the same WAL, the same output plugin and publication, to /dev/null.
+        started = time.monotonic()
+        run([f"{PG_BIN}/pg_recvlogical", "-h", PG["host"], "-p", PG["port"], "-U", PG["user"], "-d", db,
+             "--slot", "bench_pgr", "--start", "--endpos", end_lsn, "-o", "proto_version=1",
+             "-o", "publication_names=bench", "-f", "/dev/null", "--no-loop"],
+            env={"PGPASSWORD": PG["password"]})
+        reference = changes / (time.monotonic() - started)
+
+        # rainbow cdc: from the slot at the same position, until Kafka acknowledged every change.
+        port = 19301
+        prefix = f"cdcbench{int(time.time())}"
+        cdc_env = dict(env, RAINBOW_CDC__SLOT_NAME="bench_rbw", RAINBOW_CDC__PUBLICATION_NAME="bench",
+                       RAINBOW_CDC__TABLES=CDC_TABLES, RAINBOW_CDC__SNAPSHOT_MODE="no_data",
+                       RAINBOW_CDC__TOPIC_PREFIX=prefix, RAINBOW_CDC__METRICS_LISTEN=f"127.0.0.1:{port}",
+                       RAINBOW_CDC__OFFSETS_DIR=tempfile.mkdtemp(prefix="rainbow-bench-cdc-"))
+        started = time.monotonic()
+        proc = subprocess.Popen([binary, "cdc"], cwd=ROOT, env=dict(os.environ, **cdc_env),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            acked = 0.0
+            while acked < changes:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"rainbow cdc exited {proc.returncode}: {proc.stderr.read()[-2000:]}")
+                if time.monotonic() - started > 600:
+                    raise RuntimeError(f"rainbow cdc acknowledged {acked} of {changes} in 600 s")
+                try:
+                    acked = metric_sum(metrics(f"127.0.0.1:{port}"), "rainbow_cdc_events_total")
+                except OSError:
+                    pass
+                time.sleep(0.05)
+            ours = changes / (time.monotonic() - started)
+            res.add("CDC", "WAL -> Kafka-acknowledged", "changes/s", ours, ref_name="pg_recvlogical",
+                    ref_value=reference)
+
+            # Latency at a paced load: 50 updates per transaction, 100 transactions a second.
+            base = metrics(f"127.0.0.1:{port}")
+            pace_seconds = 10 if small else 20
+            ids = int(psql(db, "SELECT min(id) FROM products"))
+            sql = "\\set id random({lo}, {hi})\nUPDATE products SET review_count = review_count + 1 WHERE id BETWEEN :id AND :id + 49;\n"
+            script = os.path.join(tempfile.mkdtemp(prefix="rainbow-bench-pgbench-"), "update.sql")
+            with open(script, "w") as fh:
+                fh.write(sql.format(lo=ids, hi=ids + 2900))
+            run([f"{PG_BIN}/pgbench", "-n", "-h", PG["host"], "-p", PG["port"], "-U", PG["user"], "-c", "2",
+                 "-R", "100", "-T", str(pace_seconds), "-f", script, db], env={"PGPASSWORD": PG["password"]})
+            time.sleep(2)  # the last acknowledgements of the paced run
+            after = metrics(f"127.0.0.1:{port}")
+            delta = "\n".join(_histogram_delta(base, after, "rainbow_cdc_commit_to_ack_seconds"))
+            p50 = histogram_quantile(delta, "rainbow_cdc_commit_to_ack_seconds", 0.5)
+            p99 = histogram_quantile(delta, "rainbow_cdc_commit_to_ack_seconds", 0.99)
+            if p50 is not None:
+                res.add("CDC", "commit -> ack p50 at 5,000 changes/s", "ms", p50 * 1000, better="lower")
+                res.add("CDC", "commit -> ack p99 at 5,000 changes/s", "ms", p99 * 1000, better="lower")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+            for slot in ("bench_rbw", "bench_pgr"):
+                psql(db, f"SELECT pg_drop_replication_slot('{slot}') FROM pg_replication_slots WHERE slot_name = '{slot}'")
+            psql("postgres", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+def _histogram_delta(before, after, name):
+    """The buckets of `after` minus those of `before` (the paced run's observations only)."""
+    old = {}
+    for line in before.splitlines():
+        if line.startswith(name + "_bucket"):
+            k, v = line.rsplit(" ", 1)
+            old[k] = float(v)
+    for line in after.splitlines():
+        if line.startswith(name + "_bucket"):
+            k, v = line.rsplit(" ", 1)
+            yield f"{k} {float(v) - old.get(k, 0.0)}"
+
+
+# ---------------------------------------------------------------- report
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(l.split(":", 1)[1].strip() for l in fh if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    rustc = run(["rustc", "--version"]).strip()
+    return f"{os.cpu_count()} cores ({cpu}), {mem_gib:.0f} GiB, {platform.system()} {platform.release()}, {rustc}"
+
+
+def fmt(v, unit):
+    if unit in ("ms", "s"):
+        return f"{v:,.2f}"
+    return f"{v:,.0f}"
+
+
+def report(res, runs, small, groups, started, path):
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `tests/bench/run" + (" --small" if small else "") + "` (tests/bench/suite.py); rerun it to",
+        "refresh this file. Every figure is the min / median / max of "
+        f"{runs} runs; the ratio compares the median with the reference (an external tool on the same input",
+        "where there is one, else the target: above 1 is better than the reference).",
+        "",
+        f"- Machine: {machine()}.",
+        f"- Run: {started:%Y-%m-%d %H:%M} UTC, {('a tenth of the seed volume (--small)' if small else 'the seed volume')}: "
+        f"groups {', '.join(groups)}.",
+        "- Everything (PostgreSQL, Kafka, ClickHouse, the load and the measured program) shares the same cores.",
+        "",
+        "| group | figure | target | min / median / max | reference | ratio |",
+        "|-------|--------|-------:|-------------------:|-----------|------:|",
+    ]
+    for name, f in res.figures.items():
+        vals = sorted(f["values"])
+        med = statistics.median(vals)
+        unit = f["unit"]
+        target = f"{fmt(f['target'], unit)} {unit}" if f["target"] else ""
+        measured = f"{fmt(vals[0], unit)} / {fmt(med, unit)} / {fmt(vals[-1], unit)} {unit}"
+        ref, ratio = "", ""
+        if f["refs"]:
+            ref_med = statistics.median(f["refs"])
+            ref = f"{f['ref_name']}: {fmt(ref_med, unit)} {unit}"
+            ratio = f"{med / ref_med:.2f}" if f["better"] == "higher" else f"{ref_med / med:.2f}"
+        elif f["target"]:
+            ref = "the target"
+            ratio = f"{med / f['target']:.2f}" if f["better"] == "higher" else f"{f['target'] / med:.2f}"
+        lines.append(f"| {f['group']} | {name} | {target} | {measured} | {ref} | {ratio} |")
+    lines += [
+        "",
+        "Not measured by this suite yet: freshness (from the 201 of `POST /api/v1/orders` to the amount",
+        "in `v_total_sales`, p50/p99 at 500 orders/s) and Debezium's own throughput and latency on the",
+        "same workload.",
+        "",
+    ]
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines))
+    log(f"wrote {path}")
+
+
+GROUPS = {"api": bench_api, "cdc": bench_cdc, "processor": bench_processor, "replay": bench_replay}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--small", action="store_true", help="a tenth of the seed volume")
+    ap.add_argument("--only", default=",".join(GROUPS), help="comma-separated groups: " + ", ".join(GROUPS))
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCHMARKS.md"))
+    args = ap.parse_args()
+    groups = [g.strip() for g in args.only.split(",") if g.strip()]
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown or args.runs < 1:
+        ap.error(f"unknown group(s) {unknown}; choose from {', '.join(GROUPS)}" if unknown else "--runs >= 1")
+    started = datetime.datetime.now(datetime.timezone.utc)
+    res = Results()
+    t0 = time.monotonic()
+    for g in groups:
+        GROUPS[g](res, args.runs, args.small)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    report(res, args.runs, args.small, groups, started, args.out)
+    log(f"done in {time.monotonic() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
