@@ -7,8 +7,9 @@ where they are measured and written down.
 Run through tests/bench/run (which builds the release binaries and starts the local stack).
 Groups (all by default; --only to pick):
   api        POST and GET-by-id throughput and p50/p99 (tests/bench-api, order cache on)
-  cdc        row changes/s from WAL to Kafka-acknowledged, beside pg_recvlogical reading the same
-             WAL from a slot at the same position; commit->ack p50/p99 at 5,000 changes/s
+  cdc        row changes/s from WAL to Kafka-acknowledged, beside pg_recvlogical and real Debezium
+             reading the same WAL from slots at the same position; commit->ack p50/p99 at
+             5,000 changes/s
   processor  core events/s on one thread, Kafka -> ClickHouse sustained events/s, state memory
              (processor-bench; seed shape)
   freshness  from an order's 201 to its amount in v_total_sales, p50/p99 at 500 orders/s (the whole
@@ -85,6 +86,53 @@ def drop_database(db):
             time.sleep(1)
 
 
+def kafka_count(topic):
+    """Records in a topic (the sum of its partitions' end offsets; 0 when it does not exist yet).
+    Needs kafka-python, which tests/bench/run installs into the suite's venv."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    global _CONSUMER
+    if _CONSUMER is None:
+        _CONSUMER = KafkaConsumer(bootstrap_servers=os.environ.get("RAINBOW_KAFKA__BROKERS", "127.0.0.1:9092"))
+    parts = _CONSUMER.partitions_for_topic(topic)
+    if not parts:
+        return 0
+    return sum(_CONSUMER.end_offsets([TopicPartition(topic, p) for p in parts]).values())
+
+
+_CONSUMER = None
+
+
+def delete_topics(prefix):
+    """Deletes the topics a run created (they would fill the broker's disk over many runs)."""
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=os.environ.get("RAINBOW_KAFKA__BROKERS", "127.0.0.1:9092"))
+    try:
+        doomed = [t for t in admin.list_topics() if t.startswith(prefix)]
+        if doomed:
+            admin.delete_topics(doomed)
+    finally:
+        admin.close()
+
+
+def wait_for_records(topic, n, deadline_s, alive=None):
+    """Polls until `topic` holds `n` records; (time of the first record, time of the n-th)."""
+    first, start = None, time.monotonic()
+    while True:
+        count = kafka_count(topic)
+        now = time.monotonic()
+        if count > 0 and first is None:
+            first = now
+        if count >= n:
+            return first, now
+        if alive is not None:
+            alive()
+        if now - start > deadline_s:
+            raise RuntimeError(f"{topic}: {count} of {n} records after {deadline_s} s")
+        time.sleep(0.02)
+
+
 def metrics(addr):
     with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as r:
         return r.read().decode()
@@ -139,7 +187,7 @@ class Results:
 # ---------------------------------------------------------------- groups
 
 def bench_api(res, runs, small):
-    seconds = "5" if small else "15"
+    seconds = "5" if small else "10"
     for i in range(runs):
         log(f"api run {i + 1}/{runs} ({seconds} s per phase)")
         out = run(["tests/bench-api", seconds, "32"])
@@ -167,7 +215,7 @@ def bench_processor(res, runs, small):
         res.add("Processor", "state memory", "MiB", m["resident memory of the state"], better="lower")
     for i in range(runs):
         log(f"processor Kafka -> ClickHouse run {i + 1}/{runs}")
-        m = measures(run([binary, "kafka", "--orders", orders]))
+        m = measures(run([binary, "kafka", "--orders", orders], timeout=900))
         res.add("Processor", "Kafka -> ClickHouse sustained", "events/s", m["Kafka -> ClickHouse sustained"], 100_000)
         res.add("Processor", "peak RSS (Kafka run, workload included)", "MiB",
                 m["peak RSS of the process (workload included)"], better="lower")
@@ -191,6 +239,7 @@ def bench_replay(res, runs, small):
 
 
 CDC_TABLES = "products"
+SLOTS = ("bench_rbw", "bench_pgr", "bench_dbz")
 
 
 def bench_cdc(res, runs, small):
@@ -199,7 +248,7 @@ def bench_cdc(res, runs, small):
     paced 5,000 changes/s."""
     binary = os.path.join(RELEASE, "rainbow")
     db = "rainbow_cdcbench"
-    rounds = 10 if small else 100  # each round updates every product (3,000 rows)
+    rounds = 5 if small else 40  # each round updates every product (3,000 rows)
     for i in range(runs):
         log(f"cdc run {i + 1}/{runs}: {rounds} x 3,000 product updates")
         drop_database(db)
@@ -207,7 +256,7 @@ def bench_cdc(res, runs, small):
         env = {"RAINBOW_POSTGRES__DATABASE": db, "RUST_LOG": "warn"}
         run([binary, "migrate", "--target", "postgres", "--seed"], env=env)
         psql(db, f"CREATE PUBLICATION bench FOR TABLE {CDC_TABLES}")
-        for slot in ("bench_rbw", "bench_pgr"):
+        for slot in SLOTS:
             psql(db, f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')")
         for r in range(rounds):
             psql(db, f"UPDATE products SET price = price + 1, review_count = review_count + 1 -- round {r}")
@@ -233,20 +282,20 @@ def bench_cdc(res, runs, small):
         proc = subprocess.Popen([binary, "cdc"], cwd=ROOT, env=dict(os.environ, **cdc_env),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            acked = 0.0
-            while acked < changes:
+            def alive():
                 if proc.poll() is not None:
                     raise RuntimeError(f"rainbow cdc exited {proc.returncode}: {proc.stderr.read()[-2000:]}")
-                if time.monotonic() - started > 600:
-                    raise RuntimeError(f"rainbow cdc acknowledged {acked} of {changes} in 600 s")
-                try:
-                    acked = metric_sum(metrics(f"127.0.0.1:{port}"), "rainbow_cdc_events_total")
-                except OSError:
-                    pass
-                time.sleep(0.05)
-            ours = changes / (time.monotonic() - started)
+
+            # From the first record in Kafka to the last: start-up (connections, topic creation) is
+            # left out, as it is for Debezium below; pg_recvlogical's is included (milliseconds).
+            first, last = wait_for_records(f"{prefix}.public.products", changes, 600, alive)
+            ours = (changes - 1) / max(last - first, 1e-3)
             res.add("CDC", "WAL -> Kafka-acknowledged", "changes/s", ours, ref_name="pg_recvlogical",
                     ref_value=reference, target_ratio=0.9)
+            dbz = debezium_throughput(db, changes)
+            if dbz is not None:
+                res.add("CDC", "Debezium 3.2 (Kafka Connect), same WAL", "changes/s", dbz,
+                        ref_name="pg_recvlogical", ref_value=reference)
 
             # Latency at a paced load: 50 updates per transaction, 100 transactions a second.
             base = metrics(f"127.0.0.1:{port}")
@@ -269,7 +318,9 @@ def bench_cdc(res, runs, small):
         finally:
             proc.terminate()
             proc.wait(timeout=60)
-            for slot in ("bench_rbw", "bench_pgr"):
+            delete_topics(prefix)
+            delete_topics("dbzbench")
+            for slot in SLOTS:
                 psql(db, f"SELECT pg_drop_replication_slot('{slot}') FROM pg_replication_slots WHERE slot_name = '{slot}'")
             drop_database(db)
 
@@ -382,6 +433,32 @@ def bench_freshness(res, runs, small):
                 ch(f"DROP DATABASE IF EXISTS {name}")
             except OSError:
                 pass
+            delete_topics(name)
+            delete_topics(f"__debezium-heartbeat.{name}")
+
+
+def debezium_throughput(db, changes):
+    """Real Debezium (tests/debezium/run-debezium: Kafka Connect standalone, the PostgreSQL
+    connector from Maven Central) on the same WAL from its own slot created at the same position:
+    changes/s from its first record in Kafka to the last. None when it cannot run here."""
+    prefix = f"dbzbench{int(time.time())}"
+    script = os.path.join(ROOT, "tests", "debezium", "run-debezium")
+    args = [script, "-d", db, "-s", "bench_dbz", "-p", "bench", "-t", prefix, "--fresh",
+            "-c", "snapshot.mode=no_data", "-c", "table.include.list=public.products",
+            "-c", "publication.autocreate.mode=disabled",
+            # Debezium's documented throughput settings instead of its small defaults (2,048-event
+            # batches, a 500 ms poll interval).
+            "-c", "max.batch.size=10240", "-c", "max.queue.size=40960", "-c", "poll.interval.ms=50"]
+    try:
+        run(args + ["-b"], timeout=600)
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        log(f"Debezium did not start, its figure is left out: {e}")
+        return None
+    try:
+        first, last = wait_for_records(f"{prefix}.public.products", changes, 600)
+        return (changes - 1) / max(last - first, 1e-3)
+    finally:
+        run(args + ["--stop"], timeout=120)
 
 
 def _histogram_delta(before, after, name):
@@ -400,6 +477,7 @@ def _histogram_delta(before, after, name):
 # ---------------------------------------------------------------- report
 
 MACHINE = None
+MERGED = None  # which groups' figures were kept from which earlier run (--merge)
 
 
 def machine():
@@ -435,6 +513,10 @@ def report(res, runs, small, groups, started, path):
         f"- Run: {started:%Y-%m-%d %H:%M} UTC, {('a tenth of the seed volume (--small)' if small else 'the seed volume')}; "
         f"groups {', '.join(groups)}.",
         "- Everything (PostgreSQL, Kafka, ClickHouse, the load and the measured program) shares the same cores.",
+    ]
+    if MERGED:
+        lines.append(f"- {MERGED}")
+    lines += [
         "",
         "| group | figure | target | min / median / max | reference | ratio | target met |",
         "|-------|--------|-------:|-------------------:|-----------|------:|:----------:|",
@@ -467,7 +549,7 @@ def report(res, runs, small, groups, started, path):
         lines.append(f"| {f['group']} | {name} | {target} | {measured} | {ref} | {ratio} | {met} |")
     lines += [
         "",
-        "Not measured by this suite yet: Debezium's own throughput and latency on the same workload.",
+        "Not measured by this suite yet: Debezium's commit -> ack latency (its throughput is above).",
         "",
     ]
     with open(path, "w") as fh:
@@ -475,27 +557,30 @@ def report(res, runs, small, groups, started, path):
     raw = os.path.splitext(path)[0] + ".json"
     with open(raw, "w") as fh:
         json.dump({"runs": runs, "small": small, "groups": groups, "started": started.isoformat(),
-                   "machine": machine(), "figures": res.figures}, fh, indent=1)
+                   "machine": machine(), "merged": MERGED, "figures": res.figures}, fh, indent=1)
     log(f"wrote {path} and {raw}")
 
 
+LABELS = {"api": "API", "cdc": "CDC", "freshness": "Freshness", "processor": "Processor", "replay": "Replay"}
 GROUPS = {"api": bench_api, "cdc": bench_cdc, "freshness": bench_freshness, "processor": bench_processor,
           "replay": bench_replay}
 
 
 def main():
+    global MACHINE, MERGED
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--small", action="store_true", help="a tenth of the seed volume")
     ap.add_argument("--only", default=",".join(GROUPS), help="comma-separated groups: " + ", ".join(GROUPS))
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCHMARKS.md"))
     ap.add_argument("--render", metavar="JSON", help="only rewrite --out from a previous run's raw figures")
+    ap.add_argument("--merge", metavar="JSON",
+                    help="keep a previous run's figures of the groups not run now (e.g. rerun one group)")
     args = ap.parse_args()
     if args.render:
-        global MACHINE
         with open(args.render) as fh:
             raw = json.load(fh)
-        MACHINE = raw["machine"]
+        MACHINE, MERGED = raw["machine"], raw.get("merged")
         res = Results()
         res.figures = raw["figures"]
         report(res, raw["runs"], raw["small"], raw["groups"], datetime.datetime.fromisoformat(raw["started"]), args.out)
@@ -507,10 +592,23 @@ def main():
     started = datetime.datetime.now(datetime.timezone.utc)
     res = Results()
     t0 = time.monotonic()
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
     for g in groups:
         GROUPS[g](res, args.runs, args.small)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    report(res, args.runs, args.small, groups, started, args.out)
+    all_groups = groups
+    if args.merge:
+        with open(args.merge) as fh:
+            raw = json.load(fh)
+        fresh = {LABELS[g] for g in groups}
+        kept = {k: v for k, v in raw["figures"].items() if v["group"] not in fresh}
+        order = [LABELS[g] for g in GROUPS]
+        res.figures = dict(sorted({**kept, **res.figures}.items(), key=lambda kv: order.index(kv[1]["group"])))
+        all_groups = [g for g in GROUPS if g in groups or g in raw["groups"]]
+        MERGED = (f"Groups rerun in this run: {', '.join(groups)}; the figures of "
+                  f"{', '.join(sorted({v['group'] for v in kept.values()}))} are those of the run of "
+                  f"{raw['started'][:16].replace('T', ' ')} UTC (--merge).")
+        log(MERGED)
+    report(res, args.runs, args.small, all_groups, started, args.out)
     log(f"done in {time.monotonic() - t0:.0f} s")
 
 
