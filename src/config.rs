@@ -34,8 +34,8 @@ pub enum ConfigError {
     MissingFile(PathBuf),
     #[error("invalid configuration: {0}")]
     Parse(String),
-    #[error("invalid configuration: `{key}` = {value:?}: expected {expected}")]
-    Invalid { key: &'static str, value: String, expected: &'static str },
+    #[error("invalid configuration: `{}` = {:?}: expected {}", .0.key, .0.value, .0.expected)]
+    Invalid(#[from] rainbow_schemas::setting::InvalidSetting),
     #[error(
         "unknown environment variable {0}: settings are RAINBOW_<SECTION>__<KEY> \
          (double underscore), for example RAINBOW_API__LISTEN"
@@ -262,18 +262,7 @@ impl Config {
 
     /// Checks every value whose type alone does not say it is valid.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn check(
-            ok: bool,
-            key: &'static str,
-            value: impl ToString,
-            expected: &'static str,
-        ) -> Result<(), ConfigError> {
-            if ok {
-                Ok(())
-            } else {
-                Err(ConfigError::Invalid { key, value: value.to_string(), expected })
-            }
-        }
+        use rainbow_schemas::setting::check;
         let p = &self.postgres;
         check(!p.host.trim().is_empty(), "postgres.host", &p.host, "a host name or IP address")?;
         check(p.port > 0, "postgres.port", p.port, "a TCP port, 1-65535")?;
@@ -342,20 +331,10 @@ impl Config {
             self.api.shutdown_grace_secs,
             "seconds, 0-3600",
         )?;
-        self.cdc.validate().map_err(|e| ConfigError::Invalid {
-            key: e.key,
-            value: e.value,
-            expected: e.expected,
-        })?;
-        self.processor_settings().validate().map_err(|e| ConfigError::Invalid {
-            key: e.key,
-            value: e.value,
-            expected: e.expected,
-        })?;
-        self.archive_settings()
-            .validate()
-            .and_then(|()| self.replay.validate())
-            .map_err(|e| ConfigError::Invalid { key: e.key, value: e.value, expected: e.expected })?;
+        self.cdc.validate()?;
+        self.processor_settings().validate()?;
+        self.archive_settings().validate()?;
+        self.replay.validate()?;
         check(
             !self.storage.url.trim().is_empty(),
             "storage.url",

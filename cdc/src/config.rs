@@ -20,14 +20,8 @@ pub enum SnapshotMode {
     Always,
 }
 
-/// A setting whose value is not acceptable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{key}` = {value:?}: expected {expected}")]
-pub struct InvalidSetting {
-    pub key: &'static str,
-    pub value: String,
-    pub expected: &'static str,
-}
+use rainbow_schemas::setting::check;
+pub use rainbow_schemas::setting::InvalidSetting;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -113,18 +107,6 @@ impl Default for CdcConfig {
 
 impl CdcConfig {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        fn check(
-            ok: bool,
-            key: &'static str,
-            value: impl ToString,
-            expected: &'static str,
-        ) -> Result<(), InvalidSetting> {
-            if ok {
-                Ok(())
-            } else {
-                Err(InvalidSetting { key, value: value.to_string(), expected })
-            }
-        }
         let topic_part = |s: &str| {
             !s.is_empty()
                 && s.len() <= 200

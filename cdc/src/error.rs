@@ -8,7 +8,7 @@ use crate::pgoutput::DecodeError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CdcError {
-    #[error("invalid configuration: {0}")]
+    #[error(transparent)]
     Config(#[from] InvalidSetting),
     /// A `cdc.partition_by` column the table does not have.
     #[error("invalid configuration: {0}")]

@@ -4,28 +4,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// A setting with an unusable value.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-#[error("invalid setting `{key}` = {value:?}: expected {expected}")]
-pub struct InvalidSetting {
-    pub key: &'static str,
-    pub value: String,
-    pub expected: &'static str,
-}
-
-/// `Ok` if `ok`, else the setting `key` with `value` and what was `expected`.
-pub fn check(
-    ok: bool,
-    key: &'static str,
-    value: impl ToString,
-    expected: &'static str,
-) -> Result<(), InvalidSetting> {
-    if ok {
-        Ok(())
-    } else {
-        Err(InvalidSetting { key, value: value.to_string(), expected })
-    }
-}
+pub use rainbow_schemas::setting::{check, InvalidSetting};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -15,6 +15,7 @@ pub mod pricing;
 pub mod rng;
 pub mod rows;
 pub mod seed;
+pub mod setting;
 pub mod warehouse;
 
 pub use money::{Money, MoneyError, MoneySum};
