@@ -197,6 +197,23 @@ impl SegmentReader {
             batch.map_err(|e| ReplayError::Segment { path: self.path.clone(), reason: e.to_string() })?;
         Ok(Some(decode_batch(&batch)))
     }
+
+    /// The next batch as `f(offset, value)` per record, without copying keys and values out of
+    /// the batch; `None` at the end.
+    pub fn next_mapped<T>(
+        &mut self,
+        mut f: impl FnMut(i64, Option<&[u8]>) -> T,
+    ) -> Result<Option<Vec<T>>, ReplayError> {
+        let Some(batch) = self.batches.next() else { return Ok(None) };
+        let b = batch.map_err(|e| ReplayError::Segment { path: self.path.clone(), reason: e.to_string() })?;
+        let offset = b.column(2).as_any().downcast_ref::<Int64Array>().expect("schema checked at open");
+        let value = b.column(4).as_any().downcast_ref::<BinaryArray>().expect("schema checked at open");
+        Ok(Some(
+            (0..b.num_rows())
+                .map(|i| f(offset.value(i), (!value.is_null(i)).then(|| value.value(i))))
+                .collect(),
+        ))
+    }
 }
 
 fn decode_batch(b: &RecordBatch) -> Vec<ArchivedRecord> {

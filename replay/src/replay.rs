@@ -9,9 +9,14 @@
 //! the row with the highest version), sorted by the table's key; the same archive and
 //! selection give byte-identical files.
 //!
-//! Memory: one segment per input partition is open at a time, and `read_batch_rows` records per
-//! input wait in the merge; beyond that, memory is the core's state plus the collapsed output,
-//! bounded by keys (dimension versions, order lines, groups), not by events.
+//! Threads: one reader thread per archived partition fetches its segments in offset order and
+//! decodes them (Parquet, then the Debezium JSON) while the calling thread merges and applies;
+//! the core runs on the calling thread only, so the order of application is the merge's alone.
+//!
+//! Memory: one segment per input partition is open at a time, and per input at most
+//! `read_batch_rows` records wait in the merge plus one decoded batch in the reader's channel;
+//! beyond that, memory is the core's state plus the collapsed output, bounded by keys (dimension
+//! versions, order lines, groups), not by events.
 //!
 //! Resumable: a checkpoint (state, collapsed output so far, merge position, input offsets) is
 //! written to `<out>/_replay/checkpoint.bin` every `checkpoint_every_events` and on interrupt; a
@@ -21,7 +26,7 @@
 use crate::columns::{self, BatchBuilder, WarehouseRow};
 use crate::config::{ArchiveConfig, ReplayConfig};
 use crate::error::ReplayError;
-use crate::master::{ArchivedRecord, SegmentName, SegmentReader};
+use crate::master::{SegmentName, SegmentReader};
 use crate::store::Store;
 use parquet::arrow::ArrowWriter;
 use rainbow_processor::core::{Core, Outputs, State};
@@ -29,9 +34,10 @@ use rainbow_processor::event::{decode, ChangeEvent, Position};
 use rainbow_processor::merge::{InputName, Merger};
 use rainbow_processor::tables::{Table, Tables, Versioned};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 /// Leading bytes of a replay checkpoint.
@@ -151,11 +157,33 @@ struct ReplayCheckpointRef<'a> {
 /// One archived partition, read segment by segment.
 struct Input {
     name: InputName,
-    segments: VecDeque<SegmentName>,
-    reader: Option<(SegmentReader, String)>,
+    /// In offset order.
+    segments: Vec<SegmentName>,
     /// Records below this offset were applied before the checkpoint this run resumed from.
     resume_at: i64,
 }
+
+/// A record as a reader thread decoded it.
+struct Decoded {
+    offset: i64,
+    /// `Ok(None)`: a tombstone.
+    event: Result<Option<ChangeEvent>, String>,
+}
+
+/// What a reader thread sends for its input, in offset order.
+enum Fed {
+    /// Records of one segment; `selected` when its day is.
+    Batch {
+        selected: bool,
+        records: Vec<Decoded>,
+    },
+    /// Every segment was read.
+    End,
+    Failed(ReplayError),
+}
+
+/// Channel capacity per input, in batches.
+const READ_AHEAD: usize = 1;
 
 /// A released item: the event and whether its day is selected.
 struct Item {
@@ -227,7 +255,7 @@ pub fn run(
         let resume_at = resume.get(&name).copied().unwrap_or(0);
         segs.retain(|s| s.last >= resume_at);
         merger.add_input(name.clone(), resume_at);
-        inputs.push(Input { name, segments: segs.into(), reader: None, resume_at });
+        inputs.push(Input { name, segments: segs, resume_at });
     }
     let (mut core, mut tables, mut rejected, mut summary) = match checkpoint {
         Some(c) => {
@@ -265,106 +293,134 @@ pub fn run(
     let mut outputs = Outputs::default();
     let mut finished = vec![false; inputs.len()];
     let mut selecting = false;
-    loop {
-        // Refill every input whose queue ran dry.
-        for (i, input) in inputs.iter_mut().enumerate() {
-            if finished[i] || merger.queued(i) > 0 {
-                continue;
-            }
-            match read_batch(input, &archive, rt, args.config.read_batch_rows)? {
-                None => {
-                    merger.finish(i);
-                    finished[i] = true;
+    std::thread::scope(|scope| -> Result<(), ReplayError> {
+        let mut feeds: Vec<Receiver<Fed>> = Vec::with_capacity(inputs.len());
+        for input in &inputs {
+            let (tx, rx) = sync_channel(READ_AHEAD);
+            let days = &args.days;
+            let batch_rows = args.config.read_batch_rows;
+            let archive = &archive;
+            std::thread::Builder::new()
+                .name(format!("replay-read-{}-{}", input.name.topic, input.name.partition))
+                .spawn_scoped(scope, move || read_input(input, archive, rt, batch_rows, days, tx))
+                .map_err(|e| ReplayError::Segment { path: "reader thread".into(), reason: e.to_string() })?;
+            feeds.push(rx);
+        }
+        // Returning drops `feeds`: a reader blocked on its channel then stops, and the scope
+        // joins it.
+        loop {
+            // Refill every input whose queue ran dry.
+            for (i, input) in inputs.iter().enumerate() {
+                if finished[i] || merger.queued(i) > 0 {
+                    continue;
                 }
-                Some((records, day)) => {
-                    let selected = args.days.selects(&day);
-                    for r in records {
-                        summary.records_read += 1;
-                        match decode(r.value.as_deref()) {
-                            Ok(Some(event)) => {
-                                if merger.push(i, r.offset, event.position, Item { event, selected })
-                                    == rainbow_processor::merge::Pushed::Duplicate
-                                {
-                                    summary.duplicates += 1;
+                match feeds[i].recv() {
+                    Ok(Fed::End) => {
+                        merger.finish(i);
+                        finished[i] = true;
+                    }
+                    Ok(Fed::Batch { selected, records }) => {
+                        for d in records {
+                            summary.records_read += 1;
+                            match d.event {
+                                Ok(Some(event)) => {
+                                    if merger.push(i, d.offset, event.position, Item { event, selected })
+                                        == rainbow_processor::merge::Pushed::Duplicate
+                                    {
+                                        summary.duplicates += 1;
+                                    }
                                 }
-                            }
-                            Ok(None) => merger.skip(i, r.offset),
-                            Err(e) => {
-                                rejected.push(rejection(&r, "decode", e.to_string()));
-                                merger.skip(i, r.offset);
+                                Ok(None) => merger.skip(i, d.offset),
+                                Err(reason) => {
+                                    rejected.push(Rejection {
+                                        topic: input.name.topic.clone(),
+                                        partition: input.name.partition,
+                                        offset: d.offset,
+                                        stage: "decode".into(),
+                                        reason,
+                                    });
+                                    merger.skip(i, d.offset);
+                                }
                             }
                         }
                     }
-                }
-            }
-        }
-        // Apply everything every input has passed.
-        let mut released = false;
-        while let Some((i, item)) = merger.pop() {
-            released = true;
-            if item.selected != selecting {
-                // Aggregate rows are emitted lazily (once at the end, see below); at the start
-                // of a selected stretch, the groups changed before it are emitted and dropped,
-                // so that the output holds only rows that the selected days' events produced.
-                core.seal_before(item.event.position, &mut outputs);
-                if selecting {
-                    tables.absorb(&mut outputs);
-                } else {
-                    outputs = Outputs::default();
-                }
-                selecting = item.selected;
-            }
-            match core.apply(&item.event, &mut outputs) {
-                Ok(()) => {
-                    summary.events_applied += 1;
-                    if item.selected {
-                        summary.events_in_selection += 1;
+                    Ok(Fed::Failed(e)) => return Err(e),
+                    Err(_) => {
+                        return Err(ReplayError::Segment {
+                            path: format!("master/{}", input.name.topic),
+                            reason: format!("the reader of partition {} stopped", input.name.partition),
+                        })
                     }
                 }
-                Err(e) => {
-                    let name = &inputs[i].name;
-                    rejected.push(Rejection {
-                        topic: name.topic.clone(),
-                        partition: name.partition,
-                        offset: -1,
-                        stage: "core".into(),
-                        reason: e.to_string(),
-                    });
+            }
+            // Apply everything every input has passed.
+            let mut released = false;
+            while let Some((i, item)) = merger.pop() {
+                released = true;
+                if item.selected != selecting {
+                    // Aggregate rows are emitted lazily (once at the end, see below); at the start
+                    // of a selected stretch, the groups changed before it are emitted and dropped,
+                    // so that the output holds only rows that the selected days' events produced.
+                    core.seal_before(item.event.position, &mut outputs);
+                    if selecting {
+                        tables.absorb(&mut outputs);
+                    } else {
+                        outputs = Outputs::default();
+                    }
+                    selecting = item.selected;
                 }
+                match core.apply(&item.event, &mut outputs) {
+                    Ok(()) => {
+                        summary.events_applied += 1;
+                        if item.selected {
+                            summary.events_in_selection += 1;
+                        }
+                    }
+                    Err(e) => {
+                        let name = &inputs[i].name;
+                        rejected.push(Rejection {
+                            topic: name.topic.clone(),
+                            partition: name.partition,
+                            offset: -1,
+                            stage: "core".into(),
+                            reason: e.to_string(),
+                        });
+                    }
+                }
+                if item.selected {
+                    tables.absorb(&mut outputs);
+                } else if !outputs.is_empty() {
+                    outputs = Outputs::default();
+                }
+                if crash_after.is_some_and(|n| summary.events_applied - started_events >= n) {
+                    tracing::error!("failpoint {FAILPOINT_VAR}: aborting");
+                    std::process::abort();
+                }
+                if summary.events_applied >= next_checkpoint {
+                    next_checkpoint = summary.events_applied + args.config.checkpoint_every_events;
+                    save_checkpoint(&out, rt, &fingerprint, &summary, &merger, &core, &tables, &rejected)?;
+                }
+                progress.tick(summary.records_read, &summary, false);
             }
-            if item.selected {
-                tables.absorb(&mut outputs);
-            } else if !outputs.is_empty() {
-                outputs = Outputs::default();
-            }
-            if crash_after.is_some_and(|n| summary.events_applied - started_events >= n) {
-                tracing::error!("failpoint {FAILPOINT_VAR}: aborting");
-                std::process::abort();
-            }
-            if summary.events_applied >= next_checkpoint {
-                next_checkpoint = summary.events_applied + args.config.checkpoint_every_events;
+            if stop.load(Ordering::SeqCst) {
                 save_checkpoint(&out, rt, &fingerprint, &summary, &merger, &core, &tables, &rejected)?;
+                progress.finish();
+                tracing::info!(
+                    events = summary.events_applied,
+                    "interrupted: checkpoint written; rerun the same command to resume"
+                );
+                return Err(ReplayError::Interrupted);
             }
-            progress.tick(summary.records_read, &summary, false);
+            if finished.iter().all(|f| *f) && merger.queued_total() == 0 {
+                break Ok(());
+            }
+            if !released && finished.iter().enumerate().all(|(i, f)| *f || merger.queued(i) > 0) {
+                // Every input has records queued and none can be released: impossible for ordered
+                // inputs (the minimum frontier always has its record queued), kept as a guard.
+                return Err(ReplayError::Segment { path: "merge".into(), reason: "no progress".into() });
+            }
         }
-        if stop.load(Ordering::SeqCst) {
-            save_checkpoint(&out, rt, &fingerprint, &summary, &merger, &core, &tables, &rejected)?;
-            progress.finish();
-            tracing::info!(
-                events = summary.events_applied,
-                "interrupted: checkpoint written; rerun the same command to resume"
-            );
-            return Err(ReplayError::Interrupted);
-        }
-        if finished.iter().all(|f| *f) && merger.queued_total() == 0 {
-            break;
-        }
-        if !released && finished.iter().enumerate().all(|(i, f)| *f || merger.queued(i) > 0) {
-            // Every input has records queued and none can be released: impossible for ordered
-            // inputs (the minimum frontier always has its record queued), kept as a guard.
-            return Err(ReplayError::Segment { path: "merge".into(), reason: "no progress".into() });
-        }
-    }
+    })?;
     // The last transaction's aggregates.
     core.seal_before(Position { commit: u64::MAX, change: 0, table: 0 }, &mut outputs);
     tables.absorb(&mut outputs);
@@ -386,41 +442,49 @@ pub fn run(
     Ok(summary)
 }
 
-fn rejection(r: &ArchivedRecord, stage: &str, reason: String) -> Rejection {
-    Rejection {
-        topic: r.topic.clone(),
-        partition: r.partition,
-        offset: r.offset,
-        stage: stage.into(),
-        reason,
-    }
-}
-
-/// The next records of an input and the day of their segment; `None` at its end.
-fn read_batch(
-    input: &mut Input,
+/// A reader thread: fetches and decodes the input's segments in offset order and sends them,
+/// then [`Fed::End`]; stops at the first failure (sent) or when the receiver is gone.
+fn read_input(
+    input: &Input,
     archive: &Store,
     rt: &tokio::runtime::Handle,
     batch_rows: usize,
-) -> Result<Option<(Vec<ArchivedRecord>, String)>, ReplayError> {
-    loop {
-        if input.reader.is_none() {
-            let Some(seg) = input.segments.pop_front() else { return Ok(None) };
-            let path = seg.path();
-            let data = rt.block_on(archive.get(&path))?;
-            input.reader = Some((SegmentReader::open(&path, data, batch_rows)?, seg.date));
-        }
-        let (reader, day) = input.reader.as_mut().expect("opened above");
-        match reader.next_batch()? {
-            Some(mut records) => {
-                records.retain(|r| r.offset >= input.resume_at);
-                if !records.is_empty() {
-                    return Ok(Some((records, day.clone())));
+    days: &Days,
+    tx: SyncSender<Fed>,
+) {
+    for seg in &input.segments {
+        let path = seg.path();
+        let selected = days.selects(&seg.date);
+        let opened =
+            rt.block_on(archive.get(&path)).and_then(|data| SegmentReader::open(&path, data, batch_rows));
+        let mut reader = match opened {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.send(Fed::Failed(e));
+                return;
+            }
+        };
+        loop {
+            let batch = reader.next_mapped(|offset, value| {
+                (offset >= input.resume_at)
+                    .then(|| Decoded { offset, event: decode(value).map_err(|e| e.to_string()) })
+            });
+            match batch {
+                Ok(Some(records)) => {
+                    let records: Vec<Decoded> = records.into_iter().flatten().collect();
+                    if !records.is_empty() && tx.send(Fed::Batch { selected, records }).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.send(Fed::Failed(e));
+                    return;
                 }
             }
-            None => input.reader = None,
         }
     }
+    let _ = tx.send(Fed::End);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -468,33 +532,39 @@ fn decode_checkpoint(bytes: &[u8]) -> Result<ReplayCheckpoint, String> {
     postcard::from_bytes(body).map_err(|e| e.to_string())
 }
 
-/// Writes every table as `<table>/part-NNNNN.parquet` (replacing an earlier run's parts).
+/// Writes every table as `<table>/part-NNNNN.parquet` (replacing an earlier run's parts). The
+/// fact table, most of the rows, is written on a thread of its own beside the others.
 fn write_tables(
     out: &Store,
     rt: &tokio::runtime::Handle,
     t: &Tables,
     rows_per_file: usize,
 ) -> Result<Vec<(String, usize, usize)>, ReplayError> {
-    let mut written = Vec::new();
-    macro_rules! table {
-        ($name:literal, $field:ident) => {
-            written.push(write_table(out, rt, $name, &t.$field, rows_per_file)?);
-        };
-    }
-    table!("dim_customers", dim_customers);
-    table!("dim_products", dim_products);
-    table!("dim_sellers", dim_sellers);
-    table!("dim_promotions", dim_promotions);
-    table!("dim_payments", dim_payments);
-    table!("dim_dates", dim_dates);
-    table!("fact_sales", fact_sales);
-    table!("agg_total_sales", agg_total_sales);
-    table!("agg_sales_by_day_of_week", agg_sales_by_day_of_week);
-    table!("agg_top_sellers", agg_top_sellers);
-    table!("agg_product_profit", agg_product_profit);
-    table!("agg_payment_methods", agg_payment_methods);
-    table!("agg_customer_ranking", agg_customer_ranking);
-    Ok(written)
+    std::thread::scope(|scope| {
+        let facts = scope.spawn(|| write_table(out, rt, "fact_sales", &t.fact_sales, rows_per_file));
+        let mut written = Vec::new();
+        macro_rules! table {
+            ($name:literal, $field:ident) => {
+                written.push(write_table(out, rt, $name, &t.$field, rows_per_file)?);
+            };
+        }
+        table!("dim_customers", dim_customers);
+        table!("dim_products", dim_products);
+        table!("dim_sellers", dim_sellers);
+        table!("dim_promotions", dim_promotions);
+        table!("dim_payments", dim_payments);
+        table!("dim_dates", dim_dates);
+        table!("agg_total_sales", agg_total_sales);
+        table!("agg_sales_by_day_of_week", agg_sales_by_day_of_week);
+        table!("agg_top_sellers", agg_top_sellers);
+        table!("agg_product_profit", agg_product_profit);
+        table!("agg_payment_methods", agg_payment_methods);
+        table!("agg_customer_ranking", agg_customer_ranking);
+        let facts =
+            facts.join().map_err(|_| ReplayError::Columns("the fact_sales writer panicked".into()))??;
+        written.insert(6, facts);
+        Ok(written)
+    })
 }
 
 fn write_table<R: WarehouseRow + Versioned>(

@@ -3,12 +3,15 @@
 //! ```text
 //! cargo run --release -p rainbow-replay --bin replay-bench -- generate --orders 220000 --archive DIR
 //! cargo run --release -p rainbow-replay --bin replay-bench -- run --archive DIR --out DIR
+//! cargo run --release -p rainbow-replay --bin replay-bench -- decode --archive DIR
 //! ```
 //! `generate` writes a master dataset at the seed's shape (the processor's workload simulator:
 //! reference data, orders with ~5.5 lines, 2.3 product changes per order, churn) as the
 //! archiver would: 3 partitions per topic, segments of at most 500,000 records per day.
 //! `run` replays it with `--all` into Parquet in its own process, so that its peak RSS is the
-//! replay's alone, and prints records/s and memory.
+//! replay's alone, and prints records/s and memory. `decode` measures the replay's input side
+//! alone: every segment read and its values decoded, one thread per archived partition as in the
+//! replay, with no merge and no core: the ceiling of a replay on this machine.
 
 use rainbow_processor::event::Table;
 use rainbow_processor::workload::{to_debezium_json, Workload, WorkloadConfig};
@@ -48,8 +51,9 @@ fn main() {
     match mode.as_str() {
         "generate" => generate(&archive, arg("--orders").and_then(|n| n.parse().ok()).unwrap_or(220_000)),
         "run" => replay(&archive, &arg("--out").unwrap_or_else(|| format!("{archive}-replayed"))),
+        "decode" => decode_only(&archive),
         other => {
-            eprintln!("unknown mode {other:?}: generate | run");
+            eprintln!("unknown mode {other:?}: generate | run | decode");
             std::process::exit(2);
         }
     }
@@ -146,4 +150,50 @@ fn replay(archive: &str, out: &str) {
     println!("| wall time, archive to Parquet | {secs:.1} s |");
     println!("| replay throughput | {:.0} records/s |", s.records_read as f64 / secs);
     println!("| peak RSS of the replay | {:.0} MiB |", rss_kib("VmHWM:") as f64 / 1024.0);
+}
+
+fn decode_only(archive: &str) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let store = Store::open(archive).expect("archive directory");
+    let mut by_partition: BTreeMap<(String, i32), Vec<SegmentName>> = BTreeMap::new();
+    for (path, _) in rt.block_on(store.list("master")).expect("lists the archive") {
+        if let Some(s) = SegmentName::parse(&path) {
+            by_partition.entry((s.topic.clone(), s.partition)).or_default().push(s);
+        }
+    }
+    let batch_rows = ReplayConfig::default().read_batch_rows;
+    let started = Instant::now();
+    let (records, failed) = std::thread::scope(|scope| {
+        let workers: Vec<_> = by_partition
+            .values()
+            .map(|segments| {
+                let (store, handle) = (&store, rt.handle());
+                scope.spawn(move || {
+                    let (mut records, mut failed) = (0u64, 0u64);
+                    for seg in segments {
+                        let path = seg.path();
+                        let data = handle.block_on(store.get(&path)).expect("reads the segment");
+                        let mut reader = master::SegmentReader::open(&path, data, batch_rows).expect("opens");
+                        while let Some(batch) = reader
+                            .next_mapped(|_, value| rainbow_processor::event::decode(value).is_ok())
+                            .expect("reads a batch")
+                        {
+                            records += batch.len() as u64;
+                            failed += batch.iter().filter(|ok| !**ok).count() as u64;
+                        }
+                    }
+                    (records, failed)
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("worker")).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    });
+    let secs = started.elapsed().as_secs_f64();
+    println!("| measure | value |");
+    println!("| --- | --- |");
+    println!("| archived records read and decoded (no merge, no core) | {records} |");
+    println!("| undecodable | {failed} |");
+    println!("| reader threads (one per archived partition) | {} |", by_partition.len());
+    println!("| wall time | {secs:.1} s |");
+    println!("| read + decode throughput | {:.0} records/s |", records as f64 / secs);
 }
