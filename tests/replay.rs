@@ -148,13 +148,14 @@ async fn replaying_the_archive_gives_the_tables_streaming_wrote() {
     let log = archive.logs();
     assert!(log.contains("segment written"), "{log}");
 
-    // Replay, twice: byte-identical.
+    // Replay, twice: byte-identical, the second holding at most 100 output rows in memory
+    // (the rest spilled to sorted runs and merged).
     let (out1, out2, out3) =
         (archive.dir.join("replay1"), archive.dir.join("replay2"), archive.dir.join("replay3"));
     let (ok, text) = replay(&cdc.prefix, &archive.store, &out1, &[]);
     assert!(ok, "{text}");
     assert!(text.contains("fact_sales/: ") && text.contains("events applied"), "{text}");
-    let (ok, text) = replay(&cdc.prefix, &archive.store, &out2, &[]);
+    let (ok, text) = replay(&cdc.prefix, &archive.store, &out2, &[("RAINBOW_REPLAY__SPILL_ROWS", "100")]);
     assert!(ok, "{text}");
     let (a, b) = (files(&out1), files(&out2));
     assert!(a.keys().any(|k| k.starts_with("fact_sales/part-")), "{:?}", a.keys());
@@ -163,7 +164,8 @@ async fn replaying_the_archive_gives_the_tables_streaming_wrote() {
         assert!(b[path] == *bytes, "{path} differs between two replays");
     }
 
-    // Aborted after 1,500 events (checkpoints every 1,000), rerun: resumes, same bytes.
+    // Aborted after 1,500 events (checkpoints every 1,000; spills every 100 rows, so the crash
+    // leaves runs its checkpoint does not count), rerun: resumes, same bytes.
     let (ok, text) = replay(
         &cdc.prefix,
         &archive.store,
@@ -171,12 +173,18 @@ async fn replaying_the_archive_gives_the_tables_streaming_wrote() {
         &[
             ("RAINBOW_REPLAY_FAILPOINT", "crash_after_events=1500"),
             ("RAINBOW_REPLAY__CHECKPOINT_EVERY_EVENTS", "1000"),
+            ("RAINBOW_REPLAY__SPILL_ROWS", "100"),
         ],
     );
     assert!(!ok, "the failpoint aborts: {text}");
     assert!(out3.join("_replay/checkpoint.bin").exists());
-    let (ok, text) =
-        replay(&cdc.prefix, &archive.store, &out3, &[("RAINBOW_REPLAY__CHECKPOINT_EVERY_EVENTS", "1000")]);
+    assert!(files(&out3).keys().any(|k| k.starts_with("_replay/runs/")), "output spilled before the crash");
+    let (ok, text) = replay(
+        &cdc.prefix,
+        &archive.store,
+        &out3,
+        &[("RAINBOW_REPLAY__CHECKPOINT_EVERY_EVENTS", "1000"), ("RAINBOW_REPLAY__SPILL_ROWS", "100")],
+    );
     assert!(ok && text.contains("resumed after 1000"), "{text}");
     let c = files(&out3);
     for (path, bytes) in a.iter().filter(|(p, _)| !p.starts_with("_replay/")) {

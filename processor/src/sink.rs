@@ -40,22 +40,6 @@ pub struct ClickHouseSink {
     metrics: ProcessorMetrics,
 }
 
-fn rows_in(t: &Tables) -> usize {
-    t.dim_customers.len()
-        + t.dim_products.len()
-        + t.dim_sellers.len()
-        + t.dim_promotions.len()
-        + t.dim_payments.len()
-        + t.dim_dates.len()
-        + t.fact_sales.len()
-        + t.agg_total_sales.len()
-        + t.agg_sales_by_day_of_week.len()
-        + t.agg_top_sellers.len()
-        + t.agg_product_profit.len()
-        + t.agg_payment_methods.len()
-        + t.agg_customer_ranking.len()
-}
-
 impl ClickHouseSink {
     pub fn new(
         warehouse: &Warehouse,
@@ -89,7 +73,7 @@ impl ClickHouseSink {
                         }
                         self.oldest.get_or_insert_with(Instant::now);
                         self.batch.absorb(rows);
-                        if rows_in(&self.batch) >= self.batch_rows {
+                        if self.batch.rows_total() >= self.batch_rows {
                             self.flush().await?;
                         }
                     }
@@ -107,7 +91,7 @@ impl ClickHouseSink {
     }
 
     async fn flush(&mut self) -> Result<(), ProcessorError> {
-        let rows = rows_in(&self.batch);
+        let rows = self.batch.rows_total();
         self.oldest = None;
         if rows == 0 {
             return Ok(());

@@ -127,6 +127,23 @@ impl Tables {
         self.agg_customer_ranking.absorb(out.agg_customer_ranking.drain(..));
     }
 
+    /// Rows in all tables.
+    pub fn rows_total(&self) -> usize {
+        self.dim_customers.len()
+            + self.dim_products.len()
+            + self.dim_sellers.len()
+            + self.dim_promotions.len()
+            + self.dim_payments.len()
+            + self.dim_dates.len()
+            + self.fact_sales.len()
+            + self.agg_total_sales.len()
+            + self.agg_sales_by_day_of_week.len()
+            + self.agg_top_sellers.len()
+            + self.agg_product_profit.len()
+            + self.agg_payment_methods.len()
+            + self.agg_customer_ranking.len()
+    }
+
     /// Live fact rows (not retracted).
     pub fn live_facts(&self) -> impl Iterator<Item = &FactSale> {
         self.fact_sales.rows().filter(|f| f.is_deleted == 0)

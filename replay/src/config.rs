@@ -105,11 +105,19 @@ pub struct ReplayConfig {
     pub rows_per_file: usize,
     /// Records read from a segment at a time, per input.
     pub read_batch_rows: usize,
+    /// Collapsed output rows held in memory; beyond that they are spilled to the output store
+    /// as a sorted run (`<out>/_replay/runs/`) and merged when the tables are written.
+    pub spill_rows: usize,
 }
 
 impl Default for ReplayConfig {
     fn default() -> Self {
-        ReplayConfig { checkpoint_every_events: 2_000_000, rows_per_file: 1_000_000, read_batch_rows: 4096 }
+        ReplayConfig {
+            checkpoint_every_events: 2_000_000,
+            rows_per_file: 1_000_000,
+            read_batch_rows: 4096,
+            spill_rows: 250_000,
+        }
     }
 }
 
@@ -122,6 +130,7 @@ impl ReplayConfig {
             "at least 1000 events",
         )?;
         check(self.rows_per_file >= 1000, "replay.rows_per_file", self.rows_per_file, "at least 1000 rows")?;
+        check(self.spill_rows >= 1, "replay.spill_rows", self.spill_rows, "at least 1 row")?;
         check(
             (1..=1_000_000).contains(&self.read_batch_rows),
             "replay.read_batch_rows",

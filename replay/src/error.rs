@@ -23,6 +23,8 @@ pub enum ReplayError {
     Columns(String),
     #[error("replay checkpoint {path}: {reason}")]
     Checkpoint { path: String, reason: String },
+    #[error("spilled replay output {path}: {reason}")]
+    Spill { path: String, reason: String },
     #[error("the archive at {url} holds no segment for the requested days ({range})")]
     NothingToReplay { url: String, range: String },
     #[error("metrics endpoint {listen}: {reason}")]

@@ -13,6 +13,7 @@ pub mod error;
 pub mod master;
 pub mod metrics;
 pub mod replay;
+pub mod spill;
 pub mod store;
 
 pub use config::{ArchiveConfig, ReplayConfig};

@@ -14,25 +14,31 @@
 //! the core runs on the calling thread only, so the order of application is the merge's alone.
 //!
 //! Memory: one segment per input partition is open at a time, and per input at most
-//! `read_batch_rows` records wait in the merge plus one decoded batch in the reader's channel;
-//! beyond that, memory is the core's state plus the collapsed output, bounded by keys (dimension
-//! versions, order lines, groups), not by events.
+//! `read_batch_rows` records wait in the merge plus one decoded batch in the reader's channel.
+//! The collapsed output holds at most `spill_rows` rows in memory; beyond that it goes to sorted
+//! runs in the output store ([`crate::spill`]), merged chunk by chunk when the tables are
+//! written (at most `rows_per_file` rows of a table are encoded at a time). What remains grows
+//! with the input: the core's state, bounded by keys (dimension versions, order lines, groups),
+//! not by events.
 //!
-//! Resumable: a checkpoint (state, collapsed output so far, merge position, input offsets) is
-//! written to `<out>/_replay/checkpoint.bin` every `checkpoint_every_events` and on interrupt; a
-//! rerun of the same command resumes from it. The checkpoint is deleted once the output is
-//! complete; `<out>/_replay/summary.json` then describes the run.
+//! Resumable: a checkpoint (state, the output buffer and the number of runs spilled, merge
+//! position, input offsets) is written to `<out>/_replay/checkpoint.bin` every
+//! `checkpoint_every_events` and on interrupt; a rerun of the same command resumes from it. The
+//! checkpoint and the runs are deleted once the output is complete; `<out>/_replay/summary.json`
+//! then describes the run.
 
 use crate::columns::{self, BatchBuilder, WarehouseRow};
 use crate::config::{ArchiveConfig, ReplayConfig};
 use crate::error::ReplayError;
 use crate::master::{SegmentName, SegmentReader};
+use crate::spill::{for_each_table, Merged, Output};
 use crate::store::Store;
 use parquet::arrow::ArrowWriter;
 use rainbow_processor::core::{Core, Outputs, State};
 use rainbow_processor::event::{decode, ChangeEvent, Position};
 use rainbow_processor::merge::{InputName, Merger};
 use rainbow_processor::tables::{Table, Tables, Versioned};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
@@ -41,7 +47,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 /// Leading bytes of a replay checkpoint.
-const MAGIC: &[u8; 8] = b"RBWRPLY1";
+const MAGIC: &[u8; 8] = b"RBWRPLY2";
 const CHECKPOINT: &str = "_replay/checkpoint.bin";
 const SUMMARY: &str = "_replay/summary.json";
 /// Environment variable of the failpoint `crash_after_events=N` (tests): abort the process once
@@ -136,7 +142,9 @@ struct ReplayCheckpoint {
     last_released: Option<Position>,
     offsets: Vec<(InputName, i64)>,
     state: State,
-    tables: Tables,
+    /// The output buffer; runs `0..runs` are in the output store.
+    buffer: Tables,
+    runs: u32,
     rejected: Vec<Rejection>,
 }
 
@@ -150,7 +158,8 @@ struct ReplayCheckpointRef<'a> {
     last_released: Option<Position>,
     offsets: Vec<(InputName, i64)>,
     state: &'a State,
-    tables: &'a Tables,
+    buffer: &'a Tables,
+    runs: u32,
     rejected: &'a [Rejection],
 }
 
@@ -257,7 +266,7 @@ pub fn run(
         merger.add_input(name.clone(), resume_at);
         inputs.push(Input { name, segments: segs, resume_at });
     }
-    let (mut core, mut tables, mut rejected, mut summary) = match checkpoint {
+    let (mut core, mut output, mut rejected, mut summary) = match checkpoint {
         Some(c) => {
             tracing::info!(events = c.events, "resuming the replay from its checkpoint");
             let summary = ReplaySummary {
@@ -268,9 +277,12 @@ pub fn run(
                 resumed_at: Some(c.events),
                 ..Default::default()
             };
-            (Core::from_state(0, c.state), c.tables, c.rejected, summary)
+            (Core::from_state(0, c.state), Output { buffer: c.buffer, runs: c.runs }, c.rejected, summary)
         }
-        None => (Core::new(0), Tables::default(), Vec::new(), ReplaySummary::default()),
+        None => {
+            Output::clear_runs(&out, rt)?;
+            (Core::new(0), Output::default(), Vec::new(), ReplaySummary::default())
+        }
     };
     summary.days = args.days.describe();
     summary.segments = segments;
@@ -363,7 +375,7 @@ pub fn run(
                     // so that the output holds only rows that the selected days' events produced.
                     core.seal_before(item.event.position, &mut outputs);
                     if selecting {
-                        tables.absorb(&mut outputs);
+                        output.absorb(&mut outputs);
                     } else {
                         outputs = Outputs::default();
                     }
@@ -388,7 +400,8 @@ pub fn run(
                     }
                 }
                 if item.selected {
-                    tables.absorb(&mut outputs);
+                    output.absorb(&mut outputs);
+                    output.spill_if_full(&out, rt, args.config.spill_rows)?;
                 } else if !outputs.is_empty() {
                     outputs = Outputs::default();
                 }
@@ -398,12 +411,12 @@ pub fn run(
                 }
                 if summary.events_applied >= next_checkpoint {
                     next_checkpoint = summary.events_applied + args.config.checkpoint_every_events;
-                    save_checkpoint(&out, rt, &fingerprint, &summary, &merger, &core, &tables, &rejected)?;
+                    save_checkpoint(&out, rt, &fingerprint, &summary, &merger, &core, &output, &rejected)?;
                 }
                 progress.tick(summary.records_read, &summary, false);
             }
             if stop.load(Ordering::SeqCst) {
-                save_checkpoint(&out, rt, &fingerprint, &summary, &merger, &core, &tables, &rejected)?;
+                save_checkpoint(&out, rt, &fingerprint, &summary, &merger, &core, &output, &rejected)?;
                 progress.finish();
                 tracing::info!(
                     events = summary.events_applied,
@@ -423,12 +436,16 @@ pub fn run(
     })?;
     // The last transaction's aggregates.
     core.seal_before(Position { commit: u64::MAX, change: 0, table: 0 }, &mut outputs);
-    tables.absorb(&mut outputs);
+    output.absorb(&mut outputs);
     progress.tick(summary.records_read, &summary, true);
     progress.finish();
 
     summary.rejected = rejected.len() as u64;
-    summary.tables = write_tables(&out, rt, &tables, args.config.rows_per_file)?;
+    // The state is not needed any more: its memory goes to the table writers.
+    drop(core);
+    drop(merger);
+    summary.tables = write_tables(&out, rt, output, args.config.rows_per_file)?;
+    Output::clear_runs(&out, rt)?;
     write_rejections(&out, rt, &rejected)?;
     let json = serde_json::to_vec_pretty(&summary).expect("summary serialises");
     rt.block_on(out.put(SUMMARY, json))?;
@@ -495,7 +512,7 @@ fn save_checkpoint(
     summary: &ReplaySummary,
     merger: &Merger<Item>,
     core: &Core,
-    tables: &Tables,
+    output: &Output,
     rejected: &[Rejection],
 ) -> Result<(), ReplayError> {
     let started = Instant::now();
@@ -508,7 +525,8 @@ fn save_checkpoint(
         last_released: merger.last_released(),
         offsets: merger.resume_offsets(),
         state: core.state(),
-        tables,
+        buffer: &output.buffer,
+        runs: output.runs,
         rejected,
     };
     let mut bytes = MAGIC.to_vec();
@@ -532,58 +550,68 @@ fn decode_checkpoint(bytes: &[u8]) -> Result<ReplayCheckpoint, String> {
     postcard::from_bytes(body).map_err(|e| e.to_string())
 }
 
-/// Writes every table as `<table>/part-NNNNN.parquet` (replacing an earlier run's parts). The
-/// fact table, most of the rows, is written on a thread of its own beside the others.
+/// Writes every table as `<table>/part-NNNNN.parquet` (replacing an earlier run's parts): the
+/// merge of the spilled runs and the buffer. The fact table, most of the rows, is written on a
+/// thread of its own beside the others.
 fn write_tables(
     out: &Store,
     rt: &tokio::runtime::Handle,
-    t: &Tables,
+    output: Output,
     rows_per_file: usize,
 ) -> Result<Vec<(String, usize, usize)>, ReplayError> {
+    let Output { mut buffer, runs } = output;
+    let fact_sales = std::mem::take(&mut buffer.fact_sales);
     std::thread::scope(|scope| {
-        let facts = scope.spawn(|| write_table(out, rt, "fact_sales", &t.fact_sales, rows_per_file));
+        let facts = scope.spawn(move || write_table(out, rt, "fact_sales", runs, fact_sales, rows_per_file));
         let mut written = Vec::new();
         macro_rules! table {
+            ("fact_sales", $field:ident) => {
+                written.push(("fact_sales".to_string(), 0, 0));
+            };
             ($name:literal, $field:ident) => {
-                written.push(write_table(out, rt, $name, &t.$field, rows_per_file)?);
+                written.push(write_table(
+                    out,
+                    rt,
+                    $name,
+                    runs,
+                    std::mem::take(&mut buffer.$field),
+                    rows_per_file,
+                )?);
             };
         }
-        table!("dim_customers", dim_customers);
-        table!("dim_products", dim_products);
-        table!("dim_sellers", dim_sellers);
-        table!("dim_promotions", dim_promotions);
-        table!("dim_payments", dim_payments);
-        table!("dim_dates", dim_dates);
-        table!("agg_total_sales", agg_total_sales);
-        table!("agg_sales_by_day_of_week", agg_sales_by_day_of_week);
-        table!("agg_top_sellers", agg_top_sellers);
-        table!("agg_product_profit", agg_product_profit);
-        table!("agg_payment_methods", agg_payment_methods);
-        table!("agg_customer_ranking", agg_customer_ranking);
+        for_each_table!(table);
         let facts =
             facts.join().map_err(|_| ReplayError::Columns("the fact_sales writer panicked".into()))??;
-        written.insert(6, facts);
+        let slot = written.iter_mut().find(|w| w.0 == "fact_sales").expect("listed above");
+        *slot = facts;
         Ok(written)
     })
 }
 
-fn write_table<R: WarehouseRow + Versioned>(
+/// Writes one table from its runs and buffer, `rows_per_file` rows per part (at least one part).
+fn write_table<R: WarehouseRow + Versioned + DeserializeOwned>(
     out: &Store,
     rt: &tokio::runtime::Handle,
     name: &str,
-    table: &Table<R>,
+    runs: u32,
+    buffer: Table<R>,
     rows_per_file: usize,
 ) -> Result<(String, usize, usize), ReplayError> {
     for (path, _) in rt.block_on(out.list(name))? {
         rt.block_on(out.delete(&path))?;
     }
     let schema = columns::schema_of::<R>()?;
-    let mut rows = table.rows().peekable();
-    let mut part = 0usize;
+    let mut rows = Merged::new(out, rt, name, runs, buffer)?;
+    let mut next = rows.next_row()?;
+    let (mut part, mut total) = (0usize, 0usize);
     loop {
         let mut b = BatchBuilder::new(schema.clone());
-        for r in rows.by_ref().take(rows_per_file) {
-            b.push(r)?;
+        let mut n = 0;
+        while n < rows_per_file {
+            let Some(row) = next.take() else { break };
+            b.push(&row)?;
+            n += 1;
+            next = rows.next_row()?;
         }
         let batch = b.finish()?;
         let mut bytes = Vec::new();
@@ -593,11 +621,12 @@ fn write_table<R: WarehouseRow + Versioned>(
         w.close()?;
         rt.block_on(out.put(&format!("{name}/part-{part:05}.parquet"), bytes))?;
         part += 1;
-        if rows.peek().is_none() {
+        total += n;
+        if next.is_none() {
             break;
         }
     }
-    Ok((name.to_string(), table.len(), part))
+    Ok((name.to_string(), total, part))
 }
 
 fn write_rejections(

@@ -15,7 +15,7 @@ use rainbow_replay::store::Store;
 use rainbow_replay::{ArchiveConfig, ReplayConfig, ReplayError};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// 10 minutes between transactions: about 140 a day.
 const STEP_MS: i64 = 600_000;
@@ -219,7 +219,7 @@ fn files(dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 #[test]
-fn replay_equals_the_core_and_is_byte_identical_twice() {
+fn replay_equals_the_core_and_is_byte_identical_twice_with_or_without_spills() {
     let events = events();
     let archive = temp("all-archive");
     write_archive(&archive, &events);
@@ -236,13 +236,19 @@ fn replay_equals_the_core_and_is_byte_identical_twice() {
     assert!(want.fact_sales.len() > 500 && want.dim_products.len() > 40);
     assert_output(&out1, &want);
 
-    run(&args(&archive, &out2, Days::All), rt.handle(), &stop).unwrap();
+    // The second replay holds at most 40 output rows in memory: dozens of spilled runs, merged
+    // into the same bytes.
+    let mut spilling = args(&archive, &out2, Days::All);
+    spilling.config.spill_rows = 40;
+    assert!(want.rows_total() > 40 * 20, "many runs: {}", want.rows_total());
+    run(&spilling, rt.handle(), &stop).unwrap();
     let (a, b) = (files(&out1), files(&out2));
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     for (path, bytes) in &a {
         assert!(b[path] == *bytes, "{path} differs between two replays");
     }
     assert!(!a.contains_key("_replay/checkpoint.bin"), "the checkpoint is removed at the end");
+    assert!(!b.keys().any(|p| p.starts_with("_replay/runs")), "the runs are removed at the end");
     for d in [archive, out1, out2] {
         let _ = std::fs::remove_dir_all(d);
     }
@@ -306,11 +312,52 @@ fn an_interrupted_replay_resumes_to_the_same_bytes() {
     run(&args(&archive, &clean, Days::All), rt.handle(), &AtomicBool::new(false)).unwrap();
 
     let mut a = args(&archive, &resumed, Days::All);
-    a.config = ReplayConfig { read_batch_rows: 7, checkpoint_every_events: 1000, ..ReplayConfig::default() };
-    // Stopped at once: it applies what the first reads release, writes a checkpoint, returns.
-    let e = run(&a, rt.handle(), &AtomicBool::new(true)).unwrap_err();
+    a.config = ReplayConfig {
+        read_batch_rows: 7,
+        checkpoint_every_events: 1000,
+        spill_rows: 25,
+        ..ReplayConfig::default()
+    };
+    // Interrupted once output rows have been spilled (every row is spilled at once in this
+    // attempt; the resume may use other settings): it finishes its round of reads, writes a
+    // checkpoint and returns. The resume then merges runs of both attempts.
+    let mut first = a.clone();
+    first.config.spill_rows = 1;
+    let (stop, finished) = (AtomicBool::new(false), AtomicBool::new(false));
+    let spilled = || files(&resumed).keys().any(|p| p.starts_with("_replay/runs/"));
+    let e = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !finished.load(Ordering::SeqCst) && !spilled() {
+                std::thread::yield_now();
+            }
+            stop.store(true, Ordering::SeqCst);
+        });
+        let result = run(&first, rt.handle(), &stop);
+        finished.store(true, Ordering::SeqCst);
+        result
+    })
+    .unwrap_err();
     assert!(matches!(e, ReplayError::Interrupted), "{e}");
     assert!(resumed.join("_replay/checkpoint.bin").exists());
+    // Output rows were spilled before the checkpoint: the resume merges runs of both attempts.
+    assert!(spilled(), "output rows were spilled before the checkpoint");
+    // Runs that the checkpoint does not count (a crash after a spill leaves them) are rewritten
+    // from their first chunk on, never merged: here, garbage in the next run numbers.
+    let counted = files(&resumed)
+        .keys()
+        .filter_map(|p| p.split('/').nth(3)?.strip_prefix("run-")?.parse::<u32>().ok())
+        .max()
+        .expect("a run")
+        + 1;
+    for run in counted..counted + 20 {
+        for table in ["fact_sales", "dim_products", "agg_total_sales"] {
+            let dir = resumed.join(format!("_replay/runs/{table}/run-{run:05}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for chunk in 0..3 {
+                std::fs::write(dir.join(format!("chunk-{chunk:05}.bin")), b"left by a crash").unwrap();
+            }
+        }
+    }
     let s = run(&a, rt.handle(), &AtomicBool::new(false)).unwrap();
     let at = s.resumed_at.expect("resumed from the checkpoint");
     assert!(at > 0 && (at as usize) < events.len(), "{s:?}");

@@ -1,0 +1,204 @@
+//! The replay's collapsed output with a bounded buffer: rows are collapsed in memory (per key the
+//! row with the highest version, the last emitted among equal versions, as [`Tables::absorb`]
+//! does) until the buffer holds `spill_rows` rows; then every table's buffer is written to the
+//! output store as a *run*, in key order, and the buffer starts empty. The tables are finally
+//! the merge of all runs and the buffer: per key the row of the highest version, and among equal
+//! versions the row of the latest run (the buffer counts as the latest). That is exactly what
+//! absorbing every row into one table would give, because a run holds rows emitted after every
+//! earlier run's.
+//!
+//! Layout: `_replay/runs/<table>/run-<5 digits>/chunk-<5 digits>.bin`, each chunk a postcard
+//! `Vec` of at most [`CHUNK_ROWS`] rows. Runs are numbered from 0; a run is complete before the
+//! checkpoint that counts it is written, and writing run N first deletes whatever a run N of an
+//! interrupted attempt left. Memory while merging: one chunk per run.
+
+use crate::error::ReplayError;
+use crate::store::Store;
+use rainbow_processor::core::Outputs;
+use rainbow_processor::tables::{Table, Tables, Versioned};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::VecDeque;
+
+/// Rows per chunk object of a run.
+pub const CHUNK_ROWS: usize = 65_536;
+const RUNS: &str = "_replay/runs";
+
+/// The output of a replay: the buffer and the number of runs spilled so far.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub buffer: Tables,
+    pub runs: u32,
+}
+
+fn run_dir(table: &str, run: u32) -> String {
+    format!("{RUNS}/{table}/run-{run:05}")
+}
+
+/// Calls `$m!(name, field)` for every warehouse table, in the warehouse's order.
+macro_rules! for_each_table {
+    ($m:ident) => {
+        $m!("dim_customers", dim_customers);
+        $m!("dim_products", dim_products);
+        $m!("dim_sellers", dim_sellers);
+        $m!("dim_promotions", dim_promotions);
+        $m!("dim_payments", dim_payments);
+        $m!("dim_dates", dim_dates);
+        $m!("fact_sales", fact_sales);
+        $m!("agg_total_sales", agg_total_sales);
+        $m!("agg_sales_by_day_of_week", agg_sales_by_day_of_week);
+        $m!("agg_top_sellers", agg_top_sellers);
+        $m!("agg_product_profit", agg_product_profit);
+        $m!("agg_payment_methods", agg_payment_methods);
+        $m!("agg_customer_ranking", agg_customer_ranking);
+    };
+}
+pub(crate) use for_each_table;
+
+impl Output {
+    /// Takes in a batch of outputs (emptying it).
+    pub fn absorb(&mut self, out: &mut Outputs) {
+        self.buffer.absorb(out);
+    }
+
+    /// Spills the buffer as the next run when it holds at least `spill_rows` rows.
+    pub fn spill_if_full(
+        &mut self,
+        store: &Store,
+        rt: &tokio::runtime::Handle,
+        spill_rows: usize,
+    ) -> Result<(), ReplayError> {
+        if self.buffer.rows_total() < spill_rows {
+            return Ok(());
+        }
+        let run = self.runs;
+        macro_rules! spill {
+            ($name:literal, $field:ident) => {
+                write_run(store, rt, $name, run, &self.buffer.$field)?;
+            };
+        }
+        for_each_table!(spill);
+        tracing::debug!(run, rows = self.buffer.rows_total(), "replay output spilled");
+        self.buffer = Tables::default();
+        self.runs += 1;
+        Ok(())
+    }
+
+    /// Removes every run (a fresh start, or the output is complete).
+    pub fn clear_runs(store: &Store, rt: &tokio::runtime::Handle) -> Result<(), ReplayError> {
+        for (path, _) in rt.block_on(store.list(RUNS))? {
+            rt.block_on(store.delete(&path))?;
+        }
+        Ok(())
+    }
+}
+
+fn write_run<R: Versioned + Serialize>(
+    store: &Store,
+    rt: &tokio::runtime::Handle,
+    table: &str,
+    run: u32,
+    rows: &Table<R>,
+) -> Result<(), ReplayError> {
+    let dir = run_dir(table, run);
+    for (path, _) in rt.block_on(store.list(&dir))? {
+        rt.block_on(store.delete(&path))?;
+    }
+    let rows: Vec<&R> = rows.rows().collect();
+    for (i, chunk) in rows.chunks(CHUNK_ROWS).enumerate() {
+        let bytes = postcard::to_allocvec(chunk)
+            .map_err(|e| ReplayError::Spill { path: dir.clone(), reason: e.to_string() })?;
+        rt.block_on(store.put(&format!("{dir}/chunk-{i:05}.bin"), bytes))?;
+    }
+    Ok(())
+}
+
+/// One run of a table, read chunk by chunk, in key order.
+struct RunReader<'a, R> {
+    store: &'a Store,
+    rt: &'a tokio::runtime::Handle,
+    dir: String,
+    next_chunk: usize,
+    rows: VecDeque<R>,
+    done: bool,
+}
+
+impl<R: DeserializeOwned> RunReader<'_, R> {
+    fn next(&mut self) -> Result<Option<R>, ReplayError> {
+        while self.rows.is_empty() && !self.done {
+            let path = format!("{}/chunk-{:05}.bin", self.dir, self.next_chunk);
+            match self.rt.block_on(self.store.get_opt(&path))? {
+                None => self.done = true,
+                Some(bytes) => {
+                    let rows: Vec<R> = postcard::from_bytes(&bytes)
+                        .map_err(|e| ReplayError::Spill { path, reason: e.to_string() })?;
+                    self.rows = rows.into();
+                    self.next_chunk += 1;
+                }
+            }
+        }
+        Ok(self.rows.pop_front())
+    }
+}
+
+/// A table's final rows in key order: runs `0..runs` merged with the buffer `last`.
+pub struct Merged<'a, R: Versioned> {
+    runs: Vec<RunReader<'a, R>>,
+    /// The head row of every source (the runs, then the buffer).
+    heads: Vec<Option<R>>,
+    last: std::collections::btree_map::IntoIter<R::Key, R>,
+}
+
+impl<'a, R: Versioned + DeserializeOwned> Merged<'a, R> {
+    pub fn new(
+        store: &'a Store,
+        rt: &'a tokio::runtime::Handle,
+        table: &str,
+        runs: u32,
+        last: Table<R>,
+    ) -> Result<Merged<'a, R>, ReplayError> {
+        let mut m = Merged {
+            runs: (0..runs)
+                .map(|run| RunReader {
+                    store,
+                    rt,
+                    dir: run_dir(table, run),
+                    next_chunk: 0,
+                    rows: VecDeque::new(),
+                    done: false,
+                })
+                .collect(),
+            heads: Vec::new(),
+            last: last.0.into_iter(),
+        };
+        for i in 0..=m.runs.len() {
+            let head = m.pull(i)?;
+            m.heads.push(head);
+        }
+        Ok(m)
+    }
+
+    fn pull(&mut self, source: usize) -> Result<Option<R>, ReplayError> {
+        match self.runs.get_mut(source) {
+            Some(run) => run.next(),
+            None => Ok(self.last.next().map(|(_, r)| r)),
+        }
+    }
+
+    /// The next row: the smallest key among the heads; of the sources holding it, the highest
+    /// version, the latest source among equals.
+    pub fn next_row(&mut self) -> Result<Option<R>, ReplayError> {
+        let Some(key) = self.heads.iter().flatten().map(Versioned::key).min() else { return Ok(None) };
+        let mut winner: Option<R> = None;
+        for i in 0..self.heads.len() {
+            if self.heads[i].as_ref().is_some_and(|r| r.key() == key) {
+                let row = self.heads[i].take().expect("checked above");
+                self.heads[i] = self.pull(i)?;
+                if winner.as_ref().is_none_or(|w| w.version() <= row.version()) {
+                    winner = Some(row);
+                }
+            }
+        }
+        Ok(winner)
+    }
+}
