@@ -243,6 +243,13 @@ def bench_replay(res, runs, small):
             res.add("Replay", "archive -> Parquet", "records/s", m["replay throughput"], 1_000_000)
             res.add("Replay", "wall time", "s", m["wall time, archive to Parquet"], better="lower")
             res.add("Replay", "peak RSS", "MiB", m["peak RSS of the replay"], better="lower")
+        # The same at a quarter of the volume: how peak RSS grows with the input.
+        quarter = os.path.join(tmp, "archive-quarter")
+        run([binary, "generate", "--orders", str(int(orders) // 4), "--archive", quarter])
+        for i in range(runs):
+            log(f"replay run {i + 1}/{runs}, a quarter of the volume")
+            m = measures(run([binary, "run", "--archive", quarter, "--out", os.path.join(tmp, f"outq-{i}")]))
+            res.add("Replay", "peak RSS, a quarter of the volume", "MiB", m["peak RSS of the replay"], better="lower")
         for i in range(runs):
             log(f"replay input side (read + decode, no core) run {i + 1}/{runs}")
             m = measures(run([binary, "decode", "--archive", archive]))
