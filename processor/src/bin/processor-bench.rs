@@ -296,6 +296,8 @@ fn kafka_bench(events: &[ChangeEvent]) {
             rss_kib("VmHWM:") as f64 / 1024.0
         );
         let _ = http(&format!("DROP DATABASE IF EXISTS {database}")).await;
+        // The processor's dead-letter topic too (created by the processor when it starts).
+        topics.push(config.dead_letter_topic.clone());
         let _ = admin
             .delete_topics(&topics.iter().map(String::as_str).collect::<Vec<_>>(), &AdminOptions::new())
             .await;
