@@ -647,6 +647,7 @@ def _histogram_delta(before, after, name):
 MACHINE = None
 MERGED = None  # which groups' figures were kept from which earlier run (--merge)
 DURATIONS = {}  # group -> seconds, this run
+GROUP_RUNS = {}  # group -> when the run its figures come from started (ISO, UTC)
 
 
 def machine():
@@ -739,7 +740,8 @@ def report(res, runs, small, groups, started, path):
     raw = os.path.splitext(path)[0] + ".json"
     with open(raw, "w") as fh:
         json.dump({"runs": runs, "small": small, "groups": groups, "started": started.isoformat(),
-                   "machine": machine(), "merged": MERGED, "durations": DURATIONS, "figures": res.figures}, fh, indent=1)
+                   "machine": machine(), "merged": MERGED, "durations": DURATIONS, "group_runs": GROUP_RUNS,
+                   "figures": res.figures}, fh, indent=1)
     log(f"wrote {path} and {raw}")
 
 
@@ -764,6 +766,7 @@ def main():
             raw = json.load(fh)
         MACHINE, MERGED = raw["machine"], raw.get("merged")
         DURATIONS.update(raw.get("durations") or {})
+        GROUP_RUNS.update(raw.get("group_runs") or {})
         res = Results()
         res.figures = raw["figures"]
         report(res, raw["runs"], raw["small"], raw["groups"], datetime.datetime.fromisoformat(raw["started"]), args.out)
@@ -782,6 +785,7 @@ def main():
         DURATIONS[g] = time.monotonic() - g0
         log(f"{g}: {DURATIONS[g]:.0f} s")
     all_groups = groups
+    GROUP_RUNS.update({g: started.isoformat() for g in groups})
     if args.merge:
         with open(args.merge) as fh:
             raw = json.load(fh)
@@ -794,9 +798,12 @@ def main():
         merged_durations = {g: DURATIONS.get(g, kept_durations.get(g)) for g in all_groups}
         DURATIONS.clear()
         DURATIONS.update({g: d for g, d in merged_durations.items() if d is not None})
-        MERGED = (f"Groups rerun in this run: {', '.join(groups)}; the figures of "
-                  f"{', '.join(sorted({v['group'] for v in kept.values()}))} are those of the run of "
-                  f"{raw['started'][:16].replace('T', ' ')} UTC (--merge).")
+        kept_groups = [g for g in all_groups if g not in groups]
+        for g in kept_groups:
+            GROUP_RUNS[g] = (raw.get("group_runs") or {}).get(g, raw["started"])
+        MERGED = (f"Groups rerun in this run: {', '.join(groups)}; kept from earlier runs (--merge): "
+                  + ", ".join(f"{LABELS[g]} (run of {GROUP_RUNS[g][:16].replace('T', ' ')} UTC)" for g in kept_groups)
+                  + ".")
         log(MERGED)
     report(res, args.runs, args.small, all_groups, started, args.out)
     log(f"done in {time.monotonic() - t0:.0f} s")
