@@ -73,6 +73,10 @@ pub struct CdcConfig {
     pub metrics_listen: String,
     /// Events sent to Kafka and not yet acknowledged before reading pauses.
     pub max_in_flight: usize,
+    /// Compression of the producer's batches (`compression.type`): `lz4` (default), `zstd`,
+    /// `snappy`, `gzip` or `none`. Transparent to consumers; Debezium envelopes with schemas
+    /// repeat their schema in every record, so compression halves the broker's work or better.
+    pub compression: String,
 }
 
 impl Default for CdcConfig {
@@ -101,6 +105,7 @@ impl Default for CdcConfig {
             offsets_dir: ".rainbow/cdc".into(),
             metrics_listen: "127.0.0.1:9101".into(),
             max_in_flight: 100_000,
+            compression: "lz4".into(),
         }
     }
 }
@@ -193,6 +198,12 @@ impl CdcConfig {
             "ip:port, or empty to disable",
         )?;
         check(self.max_in_flight >= 1, "cdc.max_in_flight", self.max_in_flight, "at least 1")?;
+        check(
+            matches!(self.compression.as_str(), "lz4" | "zstd" | "snappy" | "gzip" | "none"),
+            "cdc.compression",
+            &self.compression,
+            "one of lz4, zstd, snappy, gzip, none",
+        )?;
         Ok(())
     }
 
@@ -285,6 +296,8 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().key, "cdc.heartbeat_interval_ms");
         c = CdcConfig { metrics_listen: "nowhere".into(), ..CdcConfig::default() };
         assert_eq!(c.validate().unwrap_err().key, "cdc.metrics_listen");
+        c = CdcConfig { compression: "brotli".into(), ..CdcConfig::default() };
+        assert_eq!(c.validate().unwrap_err().key, "cdc.compression");
         assert_eq!(parse_table_name("orders"), Some(("public".into(), "orders".into())));
         assert_eq!(parse_table_name("a.b.c"), None);
     }

@@ -119,7 +119,7 @@ pub async fn run(
     let tables = config.table_names();
     catalog::check_tables(&pool, &tables).await?;
 
-    let producer_config = sink::producer_config(&kafka.brokers, &kafka.client_id);
+    let producer_config = sink::producer_config(&kafka.brokers, &kafka.client_id, &config.compression);
     let producer: FutureProducer = producer_config.create()?;
     sink::check_reachable(&producer, &kafka.brokers, Duration::from_secs(10)).await?;
     let mut topics: Vec<(String, i32)> =
