@@ -81,19 +81,14 @@ pub struct Outputs {
 impl Outputs {
     /// Rows in all tables.
     pub fn len(&self) -> usize {
-        self.dim_customers.len()
-            + self.dim_products.len()
-            + self.dim_sellers.len()
-            + self.dim_promotions.len()
-            + self.dim_payments.len()
-            + self.dim_dates.len()
-            + self.fact_sales.len()
-            + self.agg_total_sales.len()
-            + self.agg_sales_by_day_of_week.len()
-            + self.agg_top_sellers.len()
-            + self.agg_product_profit.len()
-            + self.agg_payment_methods.len()
-            + self.agg_customer_ranking.len()
+        let mut rows = 0;
+        macro_rules! count {
+            ($name:literal, $field:ident) => {
+                rows += self.$field.len();
+            };
+        }
+        crate::for_each_table!(count);
+        rows
     }
 
     pub fn is_empty(&self) -> bool {
@@ -102,19 +97,12 @@ impl Outputs {
 
     /// Appends `other`'s rows after this one's.
     pub fn append(&mut self, other: &mut Outputs) {
-        self.dim_customers.append(&mut other.dim_customers);
-        self.dim_products.append(&mut other.dim_products);
-        self.dim_sellers.append(&mut other.dim_sellers);
-        self.dim_promotions.append(&mut other.dim_promotions);
-        self.dim_payments.append(&mut other.dim_payments);
-        self.dim_dates.append(&mut other.dim_dates);
-        self.fact_sales.append(&mut other.fact_sales);
-        self.agg_total_sales.append(&mut other.agg_total_sales);
-        self.agg_sales_by_day_of_week.append(&mut other.agg_sales_by_day_of_week);
-        self.agg_top_sellers.append(&mut other.agg_top_sellers);
-        self.agg_product_profit.append(&mut other.agg_product_profit);
-        self.agg_payment_methods.append(&mut other.agg_payment_methods);
-        self.agg_customer_ranking.append(&mut other.agg_customer_ranking);
+        macro_rules! append {
+            ($name:literal, $field:ident) => {
+                self.$field.append(&mut other.$field);
+            };
+        }
+        crate::for_each_table!(append);
     }
 }
 

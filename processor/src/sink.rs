@@ -98,19 +98,12 @@ impl ClickHouseSink {
         }
         let started = Instant::now();
         let b = std::mem::take(&mut self.batch);
-        self.write("dim_customers", b.dim_customers).await?;
-        self.write("dim_products", b.dim_products).await?;
-        self.write("dim_sellers", b.dim_sellers).await?;
-        self.write("dim_promotions", b.dim_promotions).await?;
-        self.write("dim_payments", b.dim_payments).await?;
-        self.write("dim_dates", b.dim_dates).await?;
-        self.write("fact_sales", b.fact_sales).await?;
-        self.write("agg_total_sales", b.agg_total_sales).await?;
-        self.write("agg_sales_by_day_of_week", b.agg_sales_by_day_of_week).await?;
-        self.write("agg_top_sellers", b.agg_top_sellers).await?;
-        self.write("agg_product_profit", b.agg_product_profit).await?;
-        self.write("agg_payment_methods", b.agg_payment_methods).await?;
-        self.write("agg_customer_ranking", b.agg_customer_ranking).await?;
+        macro_rules! write_table {
+            ($name:literal, $field:ident) => {
+                self.write($name, b.$field).await?;
+            };
+        }
+        crate::for_each_table!(write_table);
         BatchWritten { rows, duration: started.elapsed() }.emit(&self.metrics);
         Ok(())
     }

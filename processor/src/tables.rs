@@ -7,6 +7,28 @@ use rainbow_schemas::rows::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Calls `$m!("table", field)` once per warehouse table, in the warehouse's order: the one
+/// list of the thirteen tables that [`Outputs`], [`Tables`], the sink and the replay iterate
+/// (each field of both structs is named after its table).
+#[macro_export]
+macro_rules! for_each_table {
+    ($m:ident) => {
+        $m!("dim_customers", dim_customers);
+        $m!("dim_products", dim_products);
+        $m!("dim_sellers", dim_sellers);
+        $m!("dim_promotions", dim_promotions);
+        $m!("dim_payments", dim_payments);
+        $m!("dim_dates", dim_dates);
+        $m!("fact_sales", fact_sales);
+        $m!("agg_total_sales", agg_total_sales);
+        $m!("agg_sales_by_day_of_week", agg_sales_by_day_of_week);
+        $m!("agg_top_sellers", agg_top_sellers);
+        $m!("agg_product_profit", agg_product_profit);
+        $m!("agg_payment_methods", agg_payment_methods);
+        $m!("agg_customer_ranking", agg_customer_ranking);
+    };
+}
+
 /// A row's ReplacingMergeTree key (its `ORDER BY`) and version.
 pub trait Versioned {
     type Key: Ord + Clone;
@@ -112,36 +134,24 @@ pub struct Tables {
 impl Tables {
     /// Takes in a batch of outputs (emptying it).
     pub fn absorb(&mut self, out: &mut Outputs) {
-        self.dim_customers.absorb(out.dim_customers.drain(..));
-        self.dim_products.absorb(out.dim_products.drain(..));
-        self.dim_sellers.absorb(out.dim_sellers.drain(..));
-        self.dim_promotions.absorb(out.dim_promotions.drain(..));
-        self.dim_payments.absorb(out.dim_payments.drain(..));
-        self.dim_dates.absorb(out.dim_dates.drain(..));
-        self.fact_sales.absorb(out.fact_sales.drain(..));
-        self.agg_total_sales.absorb(out.agg_total_sales.drain(..));
-        self.agg_sales_by_day_of_week.absorb(out.agg_sales_by_day_of_week.drain(..));
-        self.agg_top_sellers.absorb(out.agg_top_sellers.drain(..));
-        self.agg_product_profit.absorb(out.agg_product_profit.drain(..));
-        self.agg_payment_methods.absorb(out.agg_payment_methods.drain(..));
-        self.agg_customer_ranking.absorb(out.agg_customer_ranking.drain(..));
+        macro_rules! absorb {
+            ($name:literal, $field:ident) => {
+                self.$field.absorb(out.$field.drain(..));
+            };
+        }
+        crate::for_each_table!(absorb);
     }
 
     /// Rows in all tables.
     pub fn rows_total(&self) -> usize {
-        self.dim_customers.len()
-            + self.dim_products.len()
-            + self.dim_sellers.len()
-            + self.dim_promotions.len()
-            + self.dim_payments.len()
-            + self.dim_dates.len()
-            + self.fact_sales.len()
-            + self.agg_total_sales.len()
-            + self.agg_sales_by_day_of_week.len()
-            + self.agg_top_sellers.len()
-            + self.agg_product_profit.len()
-            + self.agg_payment_methods.len()
-            + self.agg_customer_ranking.len()
+        let mut rows = 0;
+        macro_rules! count {
+            ($name:literal, $field:ident) => {
+                rows += self.$field.len();
+            };
+        }
+        crate::for_each_table!(count);
+        rows
     }
 
     /// Live fact rows (not retracted).

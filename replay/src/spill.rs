@@ -15,6 +15,7 @@
 use crate::error::ReplayError;
 use crate::store::Store;
 use rainbow_processor::core::Outputs;
+use rainbow_processor::for_each_table;
 use rainbow_processor::tables::{Table, Tables, Versioned};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -34,26 +35,6 @@ pub struct Output {
 fn run_dir(table: &str, run: u32) -> String {
     format!("{RUNS}/{table}/run-{run:05}")
 }
-
-/// Calls `$m!(name, field)` for every warehouse table, in the warehouse's order.
-macro_rules! for_each_table {
-    ($m:ident) => {
-        $m!("dim_customers", dim_customers);
-        $m!("dim_products", dim_products);
-        $m!("dim_sellers", dim_sellers);
-        $m!("dim_promotions", dim_promotions);
-        $m!("dim_payments", dim_payments);
-        $m!("dim_dates", dim_dates);
-        $m!("fact_sales", fact_sales);
-        $m!("agg_total_sales", agg_total_sales);
-        $m!("agg_sales_by_day_of_week", agg_sales_by_day_of_week);
-        $m!("agg_top_sellers", agg_top_sellers);
-        $m!("agg_product_profit", agg_product_profit);
-        $m!("agg_payment_methods", agg_payment_methods);
-        $m!("agg_customer_ranking", agg_customer_ranking);
-    };
-}
-pub(crate) use for_each_table;
 
 impl Output {
     /// Takes in a batch of outputs (emptying it).
