@@ -3,9 +3,9 @@
 
 use crate::error::CdcError;
 use crate::event::{Column, TableShape};
-use crate::lsn::Lsn;
 use crate::pgoutput::Relation;
 use crate::types::ColumnType;
+use rainbow_schemas::wire::Lsn;
 use sqlx::PgPool;
 
 /// Refuses to start unless the server can do logical decoding for this role.

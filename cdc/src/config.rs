@@ -2,6 +2,7 @@
 //! the Debezium connector option each one mirrors.
 
 use crate::types::{DecimalHandling, TimePrecision, TypeMapping};
+use rainbow_schemas::wire::TopicNaming;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -225,14 +226,14 @@ impl CdcConfig {
         out
     }
 
+    /// How the topics are named (the wire contract's one implementation of it).
+    pub fn naming(&self) -> TopicNaming {
+        TopicNaming::new(&self.topic_prefix, self.topic_map.clone())
+    }
+
     /// The topic of a table's change events.
     pub fn topic_for(&self, schema: &str, table: &str) -> String {
-        let qualified = format!("{schema}.{table}");
-        self.topic_map
-            .get(&qualified)
-            .or_else(|| if schema == "public" { self.topic_map.get(table) } else { None })
-            .cloned()
-            .unwrap_or_else(|| format!("{}.{qualified}", self.topic_prefix))
+        self.naming().table_topic(schema, table)
     }
 
     /// The column that routes a table's records (`partition_by`), if any.
@@ -245,11 +246,11 @@ impl CdcConfig {
     }
 
     pub fn heartbeat_topic(&self) -> String {
-        format!("__debezium-heartbeat.{}", self.topic_prefix)
+        self.naming().heartbeat_topic()
     }
 
     pub fn transaction_topic(&self) -> String {
-        format!("{}.transaction", self.topic_prefix)
+        self.naming().transaction_topic()
     }
 }
 

@@ -3,8 +3,8 @@
 
 use crate::config::InvalidSetting;
 use crate::event::EncodeError;
-use crate::lsn::Lsn;
 use crate::pgoutput::DecodeError;
+use rainbow_schemas::wire::Lsn;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CdcError {

@@ -4,9 +4,11 @@
 //! A [`TableEncoder`] is built once per table shape: it serialises the Connect schemas once and
 //! then writes each event's payload straight into a byte buffer, in Debezium's field order.
 
-use crate::lsn::Lsn;
 use crate::pgoutput::Datum;
 use crate::types::{ColumnType, TypeMapping, ValueError};
+use rainbow_schemas::wire::Lsn;
+pub use rainbow_schemas::wire::Op;
+use rainbow_schemas::wire::{wrap, Sequence};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::sync::Arc;
@@ -38,28 +40,6 @@ pub struct TableShape {
 impl TableShape {
     pub fn qualified(&self) -> String {
         format!("{}.{}", self.schema, self.name)
-    }
-}
-
-/// Debezium's `op`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Op {
-    Create,
-    Update,
-    Delete,
-    Read,
-    Truncate,
-}
-
-impl Op {
-    pub fn code(self) -> &'static str {
-        match self {
-            Op::Create => "c",
-            Op::Update => "u",
-            Op::Delete => "d",
-            Op::Read => "r",
-            Op::Truncate => "t",
-        }
     }
 }
 
@@ -430,11 +410,7 @@ impl TableEncoder {
 
     fn write_source(&self, s: &Source, out: &mut Vec<u8>) {
         let opt = |v: Option<u64>| v.map_or_else(|| "null".to_string(), |v| v.to_string());
-        let sequence = format!(
-            "[{},{}]",
-            s.commit_lsn.map_or_else(|| "null".to_string(), |l| format!("\"{}\"", l.0)),
-            s.lsn.map_or_else(|| "null".to_string(), |l| format!("\"{}\"", l.0)),
-        );
+        let sequence = Sequence { commit: s.commit_lsn.map(|l| l.0), change: s.lsn.map(|l| l.0) }.to_text();
         write!(
             out,
             "{{\"version\":\"{}\",\"connector\":\"postgresql\",\"name\":{},\"ts_ms\":{},\"snapshot\":\"{}\",\"db\":{},\
@@ -500,34 +476,6 @@ fn transaction_block_schema() -> Value {
         "version": 1,
         "field": "transaction"
     })
-}
-
-/// Wraps a payload in `{"schema":..,"payload":..}` when schemas are enabled.
-fn wrap(schemas_enable: bool, schema: &Value, payload: Value) -> Vec<u8> {
-    let doc = if schemas_enable { json!({"schema": schema, "payload": payload}) } else { payload };
-    serde_json::to_vec(&doc).expect("JSON values serialise")
-}
-
-/// The heartbeat record: key `{"serverName": prefix}`, value `{"ts_ms": now}`.
-pub fn heartbeat_record(prefix: &str, schemas_enable: bool, now_ms: i64) -> (Vec<u8>, Vec<u8>) {
-    let key_schema = json!({
-        "type": "struct",
-        "fields": [{"type": "string", "optional": false, "field": "serverName"}],
-        "optional": false,
-        "name": "io.debezium.connector.common.ServerNameKey",
-        "version": 1
-    });
-    let value_schema = json!({
-        "type": "struct",
-        "fields": [{"type": "int64", "optional": false, "field": "ts_ms"}],
-        "optional": false,
-        "name": "io.debezium.connector.common.Heartbeat",
-        "version": 1
-    });
-    (
-        wrap(schemas_enable, &key_schema, json!({"serverName": prefix})),
-        wrap(schemas_enable, &value_schema, json!({"ts_ms": now_ms})),
-    )
 }
 
 /// A transaction's event count on one table, for the END record.

@@ -27,7 +27,6 @@ pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod event;
-pub mod lsn;
 pub mod metrics;
 pub mod offsets;
 pub mod pgoutput;
@@ -38,6 +37,6 @@ pub mod types;
 
 pub use config::{CdcConfig, InvalidSetting, SnapshotMode};
 pub use error::CdcError;
-pub use lsn::Lsn;
 pub use metrics::CdcMetrics;
+pub use rainbow_schemas::wire::Lsn;
 pub use reader::{run, KafkaConnection, RunSummary, SourceDatabase};

@@ -145,7 +145,7 @@ impl CdcMetrics {
 
 /// Every event of a transaction is in Kafka; the slot may move past it.
 pub struct TransactionAcknowledged {
-    pub end_lsn: crate::lsn::Lsn,
+    pub end_lsn: rainbow_schemas::wire::Lsn,
     pub commit_time_us: i64,
     pub now_us: i64,
 }
@@ -162,7 +162,7 @@ impl TransactionAcknowledged {
 
 /// The slot was told a new confirmed position.
 pub struct PositionConfirmed {
-    pub lsn: crate::lsn::Lsn,
+    pub lsn: rainbow_schemas::wire::Lsn,
 }
 
 impl PositionConfirmed {

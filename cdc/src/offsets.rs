@@ -5,7 +5,7 @@
 //! position, so the file never claims more than Kafka acknowledged.
 
 use crate::error::CdcError;
-use crate::lsn::Lsn;
+use rainbow_schemas::wire::Lsn;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@
 //! References: PostgreSQL's "Streaming Replication Protocol" and "Logical Replication Message
 //! Formats" chapters.
 
-use crate::lsn::Lsn;
+use rainbow_schemas::wire::Lsn;
 
 /// Microseconds from the Unix epoch to PostgreSQL's epoch, 2000-01-01T00:00:00Z.
 pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;

@@ -5,16 +5,16 @@ use crate::catalog;
 use crate::config::{CdcConfig, SnapshotMode};
 use crate::error::CdcError;
 use crate::event::{
-    heartbeat_record, transaction_record, CollectionCount, EncoderSettings, Op, SnapshotMarker, Source,
-    TableEncoder, TableShape, TxBlock,
+    transaction_record, CollectionCount, EncoderSettings, Op, SnapshotMarker, Source, TableEncoder,
+    TableShape, TxBlock,
 };
-use crate::lsn::Lsn;
 use crate::metrics::{CdcMetrics, PositionConfirmed};
 use crate::offsets::{self, StoredOffset};
 use crate::pgoutput::{self, Begin, CopyMessage, Datum, LogicalMessage, OldRow};
 use crate::sink::{self, Acked, KafkaSink, RecordKind};
 use crate::snapshot::{self, SnapshotOutcome};
 use pg_walstream::{CancellationToken, PgReplicationConnection};
+use rainbow_schemas::wire::{self, Lsn};
 use rdkafka::producer::FutureProducer;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::ConnectOptions;
@@ -504,11 +504,12 @@ impl Stream<'_> {
     /// order use it to know that an idle partition has nothing earlier to deliver.
     async fn heartbeat(&mut self, acked_lsn: Option<Lsn>) -> Result<(), CdcError> {
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let (key, value) = heartbeat_record(&self.config.topic_prefix, self.config.schemas_enable, now_ms);
+        let (key, value) =
+            wire::heartbeat_record(&self.config.topic_prefix, self.config.schemas_enable, now_ms);
         let topic: Arc<str> = Arc::from(self.config.heartbeat_topic());
         // Transactions confirmed to the slot (by this run or an earlier one) were acknowledged.
-        let acked = acked_lsn.unwrap_or(self.confirmed).max(self.confirmed).0.to_string();
-        let headers = [(rainbow_schemas::HEARTBEAT_ACKED_LSN_HEADER, acked.as_bytes())];
+        let acked = wire::acked_header_value(acked_lsn.unwrap_or(self.confirmed).max(self.confirmed));
+        let headers = [(wire::HEARTBEAT_ACKED_LSN_HEADER, acked.as_bytes())];
         self.sink
             .send(&topic, None, Some(&key), Some(&value), &headers, RecordKind::Heartbeat { now_ms })
             .await?;
@@ -526,7 +527,7 @@ impl Stream<'_> {
             LogicalMessage::Begin(begin) => {
                 // Debezium's transaction ids are "<xid>:<LSN of the message at hand>": BEGIN, each
                 // event and END each carry their own LSN.
-                let id = format!("{}:{}", begin.xid, lsn.0);
+                let id = wire::transaction_id(begin.xid, lsn);
                 if self.config.provide_transaction_metadata {
                     let (key, value) = transaction_record(
                         self.config.schemas_enable,
@@ -546,7 +547,7 @@ impl Stream<'_> {
                 if let (true, Some(tx)) = (self.config.provide_transaction_metadata, &tx) {
                     let (key, value) = transaction_record(
                         self.config.schemas_enable,
-                        &format!("{}:{}", tx.begin.xid, lsn.0),
+                        &wire::transaction_id(tx.begin.xid, lsn),
                         commit.commit_time_us / 1000,
                         Some(&tx.per_table),
                     );
@@ -655,7 +656,7 @@ impl Stream<'_> {
                     },
                     self.config
                         .provide_transaction_metadata
-                        .then(|| (format!("{}:{}", tx.begin.xid, lsn.0), tx.events, per_table.event_count)),
+                        .then(|| (wire::transaction_id(tx.begin.xid, lsn), tx.events, per_table.event_count)),
                 )
             }
             None => (

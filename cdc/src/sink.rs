@@ -9,8 +9,8 @@
 //! fully acknowledged transaction is ever confirmed, so a restart re-sends it.
 
 use crate::error::CdcError;
-use crate::lsn::Lsn;
 use crate::metrics::{CdcMetrics, DeliveryFailed, HeartbeatAcknowledged, TransactionAcknowledged};
+use rainbow_schemas::wire::Lsn;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;

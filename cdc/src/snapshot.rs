@@ -5,11 +5,11 @@
 use crate::catalog::quote_ident;
 use crate::error::CdcError;
 use crate::event::{Op, SnapshotMarker, Source, TableEncoder};
-use crate::lsn::Lsn;
 use crate::metrics::{CdcMetrics, SnapshotTableDone};
 use crate::pgoutput::Datum;
 use crate::sink::{KafkaSink, RecordKind};
 use futures_util::TryStreamExt;
+use rainbow_schemas::wire::Lsn;
 use sqlx::{PgPool, Row};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,6 +1,7 @@
 //! `[processor]` settings: serde defaults, validated at start, overridable by environment
 //! (`RAINBOW_PROCESSOR__<KEY>`, handled by the `rainbow` binary).
 
+use rainbow_schemas::wire::{is_topic_name, TopicNaming};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -70,11 +71,7 @@ impl Default for ProcessorConfig {
 
 impl ProcessorConfig {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        let topic_ok = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 249
-                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        };
+        let topic_ok = is_topic_name;
         check(
             !self.group_id.trim().is_empty(),
             "processor.group_id",
@@ -150,17 +147,19 @@ impl ProcessorConfig {
         self.topic_prefix.as_deref().unwrap_or("rainbow")
     }
 
+    /// The CDC's topic naming (the wire contract's one implementation of it).
+    pub fn naming(&self) -> TopicNaming {
+        TopicNaming::new(self.prefix(), self.topic_map.clone().unwrap_or_default())
+    }
+
     /// The topic of a source table.
     pub fn topic_for(&self, table: &str) -> String {
-        self.topic_map
-            .as_ref()
-            .and_then(|m| m.get(table).or_else(|| m.get(&format!("{}.{table}", self.schema))).cloned())
-            .unwrap_or_else(|| format!("{}.{}.{table}", self.prefix(), self.schema))
+        self.naming().table_topic(&self.schema, table)
     }
 
     /// The CDC's heartbeat topic.
     pub fn heartbeat_topic(&self) -> String {
-        format!("__debezium-heartbeat.{}", self.prefix())
+        self.naming().heartbeat_topic()
     }
 }
 

@@ -8,6 +8,8 @@
 
 use base64::Engine;
 use rainbow_schemas::money::Money;
+pub use rainbow_schemas::wire::Op;
+use rainbow_schemas::wire::{CommitPosition, Envelope, WireError};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
@@ -72,6 +74,16 @@ pub struct Position {
 impl Position {
     pub const MIN: Position = Position { commit: 0, change: 0, table: 0 };
 
+    /// A change's position on the wire, tie-broken by its table.
+    pub fn new(at: CommitPosition, table: Table) -> Position {
+        Position { commit: at.commit, change: at.change, table: table.rank() }
+    }
+
+    /// The position as the wire carries it (without the table).
+    pub fn commit_position(&self) -> CommitPosition {
+        CommitPosition { commit: self.commit, change: self.change }
+    }
+
     /// The version stamped on every output row this event produces: the commit LSN, or for a
     /// snapshot row the snapshot's consistent point (below every later commit LSN).
     pub fn version(&self) -> u64 {
@@ -85,16 +97,6 @@ impl Position {
     pub fn is_snapshot(&self) -> bool {
         self.commit == 0
     }
-}
-
-/// `op` of the envelope. Snapshot rows (`r`) are inserts for the core.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Op {
-    Read,
-    Create,
-    Update,
-    Delete,
-    Truncate,
 }
 
 /// One row change of a source table, typed.
@@ -225,79 +227,27 @@ pub enum DecodeError {
     BadPosition(String),
 }
 
-/// Both forms in one pass: with the wrapper, `payload` holds the envelope (`schema`, like every
-/// field not named here, is skipped); without it, the envelope's fields are at the top level.
-#[derive(Deserialize)]
-struct Outer<'a> {
-    #[serde(default, borrow)]
-    payload: Option<Envelope<'a>>,
-    #[serde(default, borrow)]
-    before: Option<&'a serde_json::value::RawValue>,
-    #[serde(default, borrow)]
-    after: Option<&'a serde_json::value::RawValue>,
-    #[serde(default, borrow)]
-    source: Option<SourceInfo<'a>>,
-    #[serde(default, borrow)]
-    op: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(default, borrow)]
-    before: Option<&'a serde_json::value::RawValue>,
-    #[serde(default, borrow)]
-    after: Option<&'a serde_json::value::RawValue>,
-    #[serde(default, borrow)]
-    source: Option<SourceInfo<'a>>,
-    #[serde(default, borrow)]
-    op: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct SourceInfo<'a> {
-    #[serde(borrow)]
-    table: Cow<'a, str>,
-    ts_ms: i64,
-    lsn: Option<u64>,
-    #[serde(default, borrow)]
-    sequence: Option<Cow<'a, str>>,
+impl From<WireError> for DecodeError {
+    fn from(e: WireError) -> DecodeError {
+        match e {
+            WireError::Malformed(m) => DecodeError::Malformed(m),
+            WireError::UnknownOp(op) => DecodeError::UnknownOp(op),
+            WireError::BadPosition(p) => DecodeError::BadPosition(p),
+        }
+    }
 }
 
 /// Decodes one Kafka record value. `Ok(None)` for a tombstone (no value), which carries nothing
 /// the core needs (the delete before it did).
 pub fn decode(value: Option<&[u8]>) -> Result<Option<ChangeEvent>, DecodeError> {
     let Some(value) = value else { return Ok(None) };
-    let outer: Outer<'_> =
-        serde_json::from_slice(value).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    let env = outer.payload.unwrap_or(Envelope {
-        before: outer.before,
-        after: outer.after,
-        source: outer.source,
-        op: outer.op,
-    });
-    let source = env.source.ok_or_else(|| DecodeError::Malformed("no `source` block".into()))?;
-    let op = match env.op.as_deref() {
-        Some("r") => Op::Read,
-        Some("c") => Op::Create,
-        Some("u") => Op::Update,
-        Some("d") => Op::Delete,
-        Some("t") => Op::Truncate,
-        Some(other) => return Err(DecodeError::UnknownOp(other.to_string())),
-        None => return Err(DecodeError::Malformed("no `op`".into())),
-    };
-    let table =
-        Table::from_name(&source.table).ok_or_else(|| DecodeError::UnknownTable(source.table.to_string()))?;
-    let (commit, change) = parse_sequence(source.sequence.as_deref(), source.lsn)?;
-    let position = Position { commit: if op == Op::Read { 0 } else { commit }, change, table: table.rank() };
-    if op != Op::Read && commit == 0 {
-        return Err(DecodeError::BadPosition("a streamed change without a commit LSN".into()));
-    }
+    let env = Envelope::parse(value)?;
+    let op = env.op;
+    let table = Table::from_name(&env.source.table)
+        .ok_or_else(|| DecodeError::UnknownTable(env.source.table.to_string()))?;
+    let position = Position::new(env.position()?, table);
     let row = |raw: Option<&serde_json::value::RawValue>| -> Result<Option<SourceRow>, DecodeError> {
-        match raw {
-            None => Ok(None),
-            Some(r) if r.get() == "null" => Ok(None),
-            Some(r) => decode_row(table, r.get()).map(Some),
-        }
+        raw.map(|r| decode_row(table, r.get())).transpose()
     };
     let before = row(env.before)?;
     let after = row(env.after)?;
@@ -313,29 +263,7 @@ pub fn decode(value: Option<&[u8]>) -> Result<Option<ChangeEvent>, DecodeError> 
         }
         _ => {}
     }
-    Ok(Some(ChangeEvent { op, position, ts_ms: source.ts_ms, before, after }))
-}
-
-/// `source.sequence` is a JSON array of two decimal strings, `[commit, change]` (commit null for
-/// snapshot rows); without it, `source.lsn` alone is the position.
-fn parse_sequence(sequence: Option<&str>, lsn: Option<u64>) -> Result<(u64, u64), DecodeError> {
-    let bad = || DecodeError::BadPosition(format!("sequence {sequence:?}, lsn {lsn:?}"));
-    let Some(seq) = sequence else {
-        let lsn = lsn.ok_or_else(bad)?;
-        return Ok((lsn, lsn));
-    };
-    let inner = seq.trim().strip_prefix('[').and_then(|s| s.strip_suffix(']')).ok_or_else(bad)?;
-    let mut parts = inner.split(',').map(str::trim);
-    let mut next = || -> Result<Option<u64>, DecodeError> {
-        match parts.next() {
-            Some("null") => Ok(None),
-            Some(p) => p.trim_matches('"').parse::<u64>().map(Some).map_err(|_| bad()),
-            None => Err(bad()),
-        }
-    };
-    let commit = next()?;
-    let change = next()?.or(lsn).ok_or_else(bad)?;
-    Ok((commit.unwrap_or(0), change))
+    Ok(Some(ChangeEvent { op, position, ts_ms: env.source.ts_ms, before, after }))
 }
 
 fn drift(table: Table, field: &str, reason: impl Into<String>) -> DecodeError {

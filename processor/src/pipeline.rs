@@ -16,6 +16,7 @@ use crate::merge::{InputName, Merger, Pushed};
 use crate::metrics::{CheckpointWritten, DeadLettered, ProcessorMetrics};
 use crate::sink::{ClickHouseSink, SinkMessage};
 use rainbow_schemas::warehouse::{Connection, Warehouse};
+use rainbow_schemas::wire;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -414,16 +415,13 @@ impl Pipeline {
     fn heartbeat(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) -> Result<(), ProcessorError> {
         let acked = m.headers().and_then(|h| {
             h.iter()
-                .find(|h| h.key == rainbow_schemas::HEARTBEAT_ACKED_LSN_HEADER)
-                .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse::<u64>().ok())
+                .find(|h| h.key == wire::HEARTBEAT_ACKED_LSN_HEADER)
+                .and_then(|h| wire::parse_acked_header(h.value?))
         });
         let Some(acked) = acked else { return Ok(()) };
+        let acked = acked.0;
         let at = Position { commit: acked, change: 0, table: 0 };
-        let ts_ms = m
-            .payload()
-            .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
-            .and_then(|v| v.get("payload").unwrap_or(&v).get("ts_ms").and_then(|t| t.as_i64()))
-            .unwrap_or(0);
+        let ts_ms = m.payload().and_then(wire::heartbeat_ts_ms).unwrap_or(0);
         let behind: Vec<usize> = (0..self.inputs.len())
             .filter(|&i| self.merger.input_frontier(i).is_none_or(|f| f < at))
             .collect();

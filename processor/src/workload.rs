@@ -512,18 +512,7 @@ pub fn to_debezium_json(e: &ChangeEvent) -> (Vec<u8>, Vec<u8>) {
         SourceRow::Inventory(i) => json!({"product_id": i.product_id}),
         other => json!({"id": row_json(other)["id"]}),
     };
-    let op = match e.op {
-        Op::Read => "r",
-        Op::Create => "c",
-        Op::Update => "u",
-        Op::Delete => "d",
-        Op::Truncate => "t",
-    };
-    let sequence = if e.position.is_snapshot() {
-        format!("[null,\"{}\"]", e.position.change)
-    } else {
-        format!("[\"{}\",\"{}\"]", e.position.commit, e.position.change)
-    };
+    let sequence = e.position.commit_position().sequence().to_text();
     let value = json!({
         "before": e.before.as_ref().map(row_json),
         "after": e.after.as_ref().map(row_json),
@@ -533,7 +522,7 @@ pub fn to_debezium_json(e: &ChangeEvent) -> (Vec<u8>, Vec<u8>) {
             "sequence": sequence, "schema": "public", "table": table.name(), "txId": 0,
             "lsn": e.position.change, "xmin": null
         },
-        "op": op,
+        "op": e.op.code(),
         "ts_ms": e.ts_ms,
     });
     (serde_json::to_vec(&key).expect("json"), serde_json::to_vec(&value).expect("json"))

@@ -17,6 +17,7 @@ use crate::metrics::{ArchiveMetrics, SegmentWritten};
 use crate::store::{Created, Store};
 use rainbow_processor::pipeline::partition_count;
 use rainbow_processor::KafkaConnection;
+use rainbow_schemas::wire;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -257,12 +258,16 @@ impl Archiver {
     /// Adds a record to its partition's open segment, cutting segments at the limits and at
     /// day changes.
     fn add(&mut self, i: usize, mut record: ArchivedRecord) -> Result<(), ReplayError> {
-        let decoded = rainbow_processor::event::decode(record.value.as_deref()).ok().flatten();
-        let day = match &decoded {
-            Some(e) => {
-                record.commit_lsn = Some(e.position.commit);
-                record.change_lsn = Some(e.position.change);
-                master::day_of_ms(e.ts_ms)
+        // Only the envelope's position and commit time: the rows are the consumers' business.
+        let head = record.value.as_deref().and_then(|v| {
+            let env = wire::Envelope::parse(v).ok()?;
+            Some((env.position().ok()?, env.source.ts_ms))
+        });
+        let day = match head {
+            Some((at, ts_ms)) => {
+                record.commit_lsn = Some(at.commit);
+                record.change_lsn = Some(at.change);
+                master::day_of_ms(ts_ms)
             }
             None => self.inputs[i]
                 .last_day

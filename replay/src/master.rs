@@ -2,16 +2,16 @@
 //!
 //! Layout: `master/<topic>/date=YYYY-MM-DD/part-<partition, 5 digits>-<first offset, 20
 //! digits>-<last offset, 20 digits>.parquet`. The date is the UTC day of the record's source
-//! commit (`source.ts_ms`; a record without one, a tombstone or an undecodable value, takes the
-//! day of the record before it in its partition, else its Kafka timestamp's). One segment holds
+//! commit (`source.ts_ms`; a record without one, a tombstone or a value that is not a change
+//! event, takes the day of the record before it in its partition, else its Kafka timestamp's). One segment holds
 //! consecutive records of one partition and one day, in offset order. Segments of a partition
 //! never overlap: the archiver resumes after the highest archived offset, so a retry writes the
 //! identical file and never a second one over the same records.
 //!
 //! Columns: `topic` (Utf8), `partition` (Int32), `offset` (Int64), `key` and `value` (Binary,
 //! null for null), `timestamp` (Kafka timestamp, Timestamp(ms, UTC), nullable), `commit_lsn`
-//! and `change_lsn` (UInt64, the source position; null when the value does not decode;
-//! `commit_lsn` is 0 for snapshot rows).
+//! and `change_lsn` (UInt64, the source position of the wire contract; null when the value is
+//! not a change event with a position; `commit_lsn` is 0 for snapshot rows).
 
 use crate::error::ReplayError;
 use arrow::array::{

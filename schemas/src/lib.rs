@@ -1,5 +1,7 @@
 //! Rainbow's contracts, shared by every crate and the `rainbow` binary:
 //!
+//! * [`wire`]: the contract between the CDC and its consumers: commit positions, op codes, the
+//!   `source` fields consumers read, topic naming, the heartbeat header;
 //! * [`postgres`]: the source schema as sqlx migrations, and the list of captured tables;
 //! * [`warehouse`]: the warehouse DDL (dimensions, `fact_sales`, aggregates, dashboard views) and a
 //!   connection helper that adapts to the server's capabilities;
@@ -17,11 +19,6 @@ pub mod rows;
 pub mod seed;
 pub mod setting;
 pub mod warehouse;
+pub mod wire;
 
 pub use money::{Money, MoneyError, MoneySum};
-
-/// Kafka header of the CDC's heartbeat records: a WAL position (decimal) before which every
-/// transaction's change events are in Kafka (acknowledged). The processor's merge uses it to
-/// learn that an idle partition has nothing earlier to deliver. Debezium has no such header;
-/// consumers that do not know it ignore it.
-pub const HEARTBEAT_ACKED_LSN_HEADER: &str = "rainbow.acked_lsn";

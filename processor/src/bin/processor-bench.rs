@@ -208,11 +208,11 @@ fn kafka_bench(events: &[ChangeEvent]) {
             f.await.unwrap().unwrap();
         }
         let last = events.iter().map(|e| e.position.commit).max().unwrap_or(0) + 1;
-        let acked = last.to_string();
+        let acked = rainbow_schemas::wire::acked_header_value(rainbow_schemas::wire::Lsn(last));
         producer
             .send(
                 FutureRecord::to(&hb).key("{}").payload("{\"ts_ms\":0}").headers(OwnedHeaders::new().insert(
-                    Header { key: rainbow_schemas::HEARTBEAT_ACKED_LSN_HEADER, value: Some(&acked) },
+                    Header { key: rainbow_schemas::wire::HEARTBEAT_ACKED_LSN_HEADER, value: Some(&acked) },
                 )),
                 Duration::from_secs(10),
             )
@@ -241,7 +241,7 @@ fn kafka_bench(events: &[ChangeEvent]) {
                         .send(
                             FutureRecord::to(&hb).key("{}").payload("{\"ts_ms\":0}").headers(
                                 OwnedHeaders::new().insert(Header {
-                                    key: rainbow_schemas::HEARTBEAT_ACKED_LSN_HEADER,
+                                    key: rainbow_schemas::wire::HEARTBEAT_ACKED_LSN_HEADER,
                                     value: Some(&acked),
                                 }),
                             ),
