@@ -268,7 +268,7 @@ pub async fn from_clickhouse(wh: &rainbow_schemas::warehouse::Warehouse) -> anyh
 
 /// The warehouse tables of a replay's output, as Arrow.
 pub fn from_parquet(url: &str, rt: &tokio::runtime::Handle) -> anyhow::Result<Warehouse> {
-    let store = rainbow_replay::store::Store::open(url)?;
+    let store = rainbow_runtime::store::Store::open(url)?;
     let mut w = Warehouse::new();
     for name in TABLES {
         let batch = rainbow_replay::replay::read_table(&store, rt, name)?

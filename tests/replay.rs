@@ -194,7 +194,7 @@ async fn replaying_the_archive_gives_the_tables_streaming_wrote() {
     // The Kappa invariant: every table ClickHouse holds equals the replay's, row for row.
     let wh = common::warehouse(&p.database).await;
     let rt = tokio::runtime::Handle::current();
-    let store = rainbow_replay::store::Store::open(out1.to_str().unwrap()).unwrap();
+    let store = rainbow_runtime::store::Store::open(out1.to_str().unwrap()).unwrap();
     macro_rules! same {
         ($($table:literal => $row:ty),* $(,)?) => {$(
             let streamed = clickhouse_batch::<$row>(&wh, $table).await;

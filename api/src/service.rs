@@ -232,8 +232,8 @@ impl OrderService {
     }
 
     async fn failpoint(&self, step: Step) -> Result<(), ApiError> {
-        self.failpoints.check(step).await.map_err(|Injected(step)| {
-            tracing::error!(?step, "failpoint fired; rolling back");
+        self.failpoints.check(step).await.map_err(|fired: Injected| {
+            tracing::error!(step = ?fired.0, "failpoint fired; rolling back");
             ApiError::internal()
         })
     }

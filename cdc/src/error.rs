@@ -39,6 +39,8 @@ pub enum CdcError {
     KafkaUnreachable { brokers: String, reason: String },
     #[error("Kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("{0}: its partitions did not show in the brokers' metadata within 30 s of its creation")]
+    TopicMissing(#[from] rainbow_runtime::kafka::MissingTopic),
     #[error("Kafka did not acknowledge a record for {topic}: {reason}; nothing past the last acknowledged transaction was confirmed")]
     Delivery { topic: String, reason: String },
     #[error("PostgreSQL: {0}")]
@@ -64,6 +66,7 @@ impl CdcError {
         match self {
             CdcError::KafkaUnreachable { .. }
             | CdcError::Kafka(_)
+            | CdcError::TopicMissing(_)
             | CdcError::Delivery { .. }
             | CdcError::Postgres(_)
             | CdcError::SlotActive { .. } => true,

@@ -214,20 +214,3 @@ impl SnapshotTableDone<'_> {
         );
     }
 }
-
-/// Serves `GET /metrics` until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: CdcMetrics,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use axum::routing::get;
-    let app = axum::Router::new().route(
-        "/metrics",
-        get(move || {
-            let m = metrics.clone();
-            async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
-        }),
-    );
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
-}

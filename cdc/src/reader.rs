@@ -14,14 +14,17 @@ use crate::pgoutput::{self, Begin, CopyMessage, Datum, LogicalMessage, OldRow};
 use crate::sink::{self, Acked, KafkaSink, RecordKind};
 use crate::snapshot::{self, SnapshotOutcome};
 use pg_walstream::{CancellationToken, PgReplicationConnection};
+use rainbow_runtime::failpoint::CrashAfter;
+use rainbow_runtime::kafka::{self, TopicSpec};
 use rainbow_schemas::wire::{self, Lsn};
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, Producer};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::ConnectOptions;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -67,12 +70,7 @@ impl SourceDatabase {
     }
 }
 
-/// The Kafka cluster to write to.
-#[derive(Debug, Clone)]
-pub struct KafkaConnection {
-    pub brokers: String,
-    pub client_id: String,
-}
+pub use rainbow_runtime::kafka::KafkaConnection;
 
 /// What a run did, for the summary line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -108,7 +106,8 @@ pub async fn run(
                 reason: format!("{e} (set cdc.metrics_listen)"),
             })?;
         let mut stop = stop_rx.clone();
-        tokio::spawn(crate::metrics::serve(listener, metrics.clone(), async move {
+        let m = metrics.clone();
+        tokio::spawn(rainbow_runtime::serve::metrics(listener, move || m.render(), async move {
             let _ = stop.wait_for(|s| *s).await;
         }));
         tracing::info!(listen = %config.metrics_listen, "metrics at /metrics");
@@ -119,22 +118,38 @@ pub async fn run(
     let tables = config.table_names();
     catalog::check_tables(&pool, &tables).await?;
 
-    let producer_config = sink::producer_config(&kafka.brokers, &kafka.client_id, &config.compression);
+    let producer_config = sink::producer_config(kafka, &config.compression);
     let producer: FutureProducer = producer_config.create()?;
     sink::check_reachable(&producer, &kafka.brokers, Duration::from_secs(10)).await?;
-    let mut topics: Vec<(String, i32)> =
-        tables.iter().map(|(s, t)| (config.topic_for(s, t), config.topic_partitions)).collect();
-    topics.push((config.heartbeat_topic(), 1));
+    let spec = |name: String, partitions: i32| TopicSpec {
+        name,
+        partitions,
+        replication: config.topic_replication_factor,
+    };
+    let mut topics: Vec<TopicSpec> =
+        tables.iter().map(|(s, t)| spec(config.topic_for(s, t), config.topic_partitions)).collect();
+    topics.push(spec(config.heartbeat_topic(), 1));
     if config.provide_transaction_metadata {
-        topics.push((config.transaction_topic(), 1));
+        topics.push(spec(config.transaction_topic(), 1));
     }
-    sink::ensure_topics(&producer_config, &topics, config.topic_replication_factor).await?;
-    // Tables routed by a column (cdc.partition_by) need their topics' real partition counts.
+    kafka::ensure_topics(&producer_config, &topics).await?;
+    // Tables routed by a column (cdc.partition_by) need their topics' real partition counts. A
+    // topic created a moment ago may not show its partitions yet: wait for them, for 30 s.
     let routed: Vec<&(String, String)> =
         tables.iter().filter(|(s, t)| config.partition_column(s, t).is_some()).collect();
-    let counts =
-        sink::partition_counts(&producer, routed.iter().map(|(s, t)| config.topic_for(s, t)).collect())
-            .await?;
+    let routed_topics: Vec<String> = routed.iter().map(|(s, t)| config.topic_for(s, t)).collect();
+    let client = producer.clone();
+    let counts = tokio::task::spawn_blocking(move || {
+        kafka::wait_for_partitions(
+            client.client(),
+            &routed_topics,
+            "the broker",
+            &AtomicBool::new(false),
+            Some(Duration::from_secs(30)),
+        )
+    })
+    .await
+    .expect("metadata task")?;
     let partitions: HashMap<String, i32> =
         routed.iter().map(|(s, t)| format!("{s}.{t}")).zip(counts).collect();
 
@@ -289,7 +304,7 @@ pub async fn run(
         path,
         summary: &mut summary,
         context,
-        crash_after_events: failpoint_crash_after_events(),
+        crash_after: CrashAfter::from_env(FAILPOINT_VAR),
     };
     let start = stream.confirmed;
     conn.start_replication(
@@ -349,22 +364,13 @@ struct Stream<'a> {
     path: PathBuf,
     summary: &'a mut RunSummary,
     context: ContextHeaders,
-    crash_after_events: Option<u64>,
+    crash_after: Option<CrashAfter>,
 }
 
 /// Name of the environment variable of the reader's failpoint, for crash tests:
 /// `crash_after_events=N` aborts the process (no flush, no confirmation, like `kill -9`) right
 /// after the N-th change event of this run was handed to the producer.
 pub const FAILPOINT_VAR: &str = "RAINBOW_CDC_FAILPOINT";
-
-fn failpoint_crash_after_events() -> Option<u64> {
-    let raw = std::env::var(FAILPOINT_VAR).ok()?;
-    let n = raw.strip_prefix("crash_after_events=").and_then(|n| n.parse().ok());
-    if n.is_none() {
-        tracing::warn!(value = %raw, "{FAILPOINT_VAR} ignored: expected crash_after_events=N");
-    }
-    n
-}
 
 /// The headers Kafka Connect's Debezium task puts on every data record and tombstone.
 struct ContextHeaders {
@@ -696,9 +702,8 @@ impl Stream<'_> {
             )
             .await?;
         self.summary.events += 1;
-        if self.crash_after_events.is_some_and(|n| self.summary.events >= n) {
-            tracing::error!(events = self.summary.events, "failpoint {FAILPOINT_VAR}: aborting");
-            std::process::abort();
+        if let Some(crash) = &self.crash_after {
+            crash.check(self.summary.events);
         }
         if op == Op::Delete && self.config.tombstones_on_delete && key.is_some() {
             self.sink.send(&t.topic, partition, key.as_deref(), None, &headers, RecordKind::Other).await?;

@@ -10,9 +10,8 @@
 
 use crate::error::CdcError;
 use crate::metrics::{CdcMetrics, DeliveryFailed, HeartbeatAcknowledged, TransactionAcknowledged};
+use rainbow_runtime::kafka::KafkaConnection;
 use rainbow_schemas::wire::Lsn;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -76,11 +75,9 @@ pub struct KafkaSink {
 /// Producer settings for at-least-once delivery without producer-side duplicates, partitioned
 /// like Kafka's Java client so keys land where Kafka Connect would put them; batches compressed
 /// with `compression` (`cdc.compression`).
-pub fn producer_config(brokers: &str, client_id: &str, compression: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
-        .set("client.id", format!("{client_id}-cdc"))
-        .set("enable.idempotence", "true")
+pub fn producer_config(kafka: &KafkaConnection, compression: &str) -> ClientConfig {
+    let mut c = kafka.client_config("cdc");
+    c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("partitioner", "murmur2_random")
         .set("linger.ms", "5")
@@ -102,65 +99,6 @@ pub async fn check_reachable(
             .await
             .expect("metadata task");
     result.map_err(|e| CdcError::KafkaUnreachable { brokers: brokers.to_string(), reason: e.to_string() })
-}
-
-/// The partition count of each topic (they exist: see [`ensure_topics`]). A topic created a moment
-/// ago may not show its partitions in the metadata yet: asks again until it does, for 30 s.
-pub async fn partition_counts(producer: &FutureProducer, topics: Vec<String>) -> Result<Vec<i32>, CdcError> {
-    let client = producer.clone();
-    tokio::task::spawn_blocking(move || {
-        topics
-            .iter()
-            .map(|topic| {
-                let deadline = std::time::Instant::now() + Duration::from_secs(30);
-                loop {
-                    let metadata = client.client().fetch_metadata(Some(topic), Duration::from_secs(10))?;
-                    let ready = metadata.topics().first().filter(|t| t.error().is_none());
-                    let n = ready.map_or(0, |t| t.partitions().len() as i32);
-                    if n > 0 {
-                        return Ok(n);
-                    }
-                    if std::time::Instant::now() >= deadline {
-                        return Err(CdcError::Kafka(KafkaError::MetadataFetch(
-                            RDKafkaErrorCode::UnknownTopicOrPartition,
-                        )));
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            })
-            .collect()
-    })
-    .await
-    .expect("metadata task")
-}
-
-/// Creates the topics that do not exist yet. `(name, partitions)`.
-pub async fn ensure_topics(
-    config: &ClientConfig,
-    topics: &[(String, i32)],
-    replication_factor: i32,
-) -> Result<(), CdcError> {
-    let admin: AdminClient<DefaultClientContext> = config.create()?;
-    let new: Vec<NewTopic> = topics
-        .iter()
-        .map(|(name, partitions)| {
-            NewTopic::new(name, *partitions, TopicReplication::Fixed(replication_factor))
-        })
-        .collect();
-    let results = admin
-        .create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
-        .await?;
-    for result in results {
-        match result {
-            Ok(name) => tracing::info!(topic = name, "created topic"),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => {
-                tracing::error!(topic = name, %code, "cannot create topic");
-                return Err(CdcError::Kafka(KafkaError::AdminOp(code)));
-            }
-        }
-    }
-    Ok(())
 }
 
 impl KafkaSink {

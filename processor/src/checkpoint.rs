@@ -12,12 +12,8 @@ use crate::core::State;
 use crate::error::ProcessorError;
 use crate::event::Position;
 use crate::merge::InputName;
-use futures_util::TryStreamExt;
-use object_store::local::LocalFileSystem;
-use object_store::path::Path;
-use object_store::{ObjectStore, PutPayload};
+use rainbow_runtime::store::Store;
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 
 /// Leading bytes of every checkpoint object: format name and version.
 /// Version 2: the core state gained `seal_requested` (lazy aggregate sealing); version 1
@@ -77,46 +73,33 @@ impl Checkpoint {
 }
 
 pub struct CheckpointStore {
-    url: String,
-    store: Arc<dyn ObjectStore>,
-    prefix: Path,
+    store: Store,
+    folder: String,
     kept: usize,
 }
 
 impl CheckpointStore {
-    /// Opens the store at `url` (a directory, created if missing, or `file://` URL); checkpoints
-    /// go under `<name>/`.
-    pub fn open(url: &str, name: &str, kept: usize) -> Result<CheckpointStore, ProcessorError> {
-        let err = |reason: String| ProcessorError::Checkpoint { url: url.to_string(), reason };
-        let dir = match url.split_once("://") {
-            None => std::path::PathBuf::from(url),
-            Some(("file", path)) => std::path::PathBuf::from(path),
-            Some((scheme, _)) => {
-                return Err(err(format!(
-                    "scheme {scheme}:// is not supported for checkpoints yet: use a directory or file://"
-                )))
-            }
-        };
-        std::fs::create_dir_all(&dir).map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
-        let store = LocalFileSystem::new_with_prefix(&dir).map_err(|e| err(e.to_string()))?;
-        Ok(CheckpointStore { url: url.to_string(), store: Arc::new(store), prefix: Path::from(name), kept })
+    /// Opens the store at `url` (a directory, created if missing, or an object-store URL:
+    /// `file://`, `s3://`, `gs://`, `az://`); checkpoints go under `<folder>/`.
+    pub fn open(url: &str, folder: &str, kept: usize) -> Result<CheckpointStore, ProcessorError> {
+        let store = Store::open(url).map_err(|e| checkpoint_error(url, e))?;
+        Ok(CheckpointStore { store, folder: folder.to_string(), kept })
     }
 
-    fn path(&self, id: u64) -> Path {
-        self.prefix.child(format!("checkpoint-{id:020}.bin"))
+    fn path(&self, id: u64) -> String {
+        format!("{}/checkpoint-{id:020}.bin", self.folder)
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> ProcessorError {
+        checkpoint_error(&self.store.url, e)
     }
 
     async fn ids(&self) -> Result<Vec<u64>, ProcessorError> {
-        let metas: Vec<_> = self
-            .store
-            .list(Some(&self.prefix))
-            .try_collect()
-            .await
-            .map_err(|e| ProcessorError::Checkpoint { url: self.url.clone(), reason: e.to_string() })?;
-        let mut ids: Vec<u64> = metas
+        let listed = self.store.list(&self.folder).await.map_err(|e| self.err(e))?;
+        let mut ids: Vec<u64> = listed
             .iter()
-            .filter_map(|m| {
-                m.location.filename()?.strip_prefix("checkpoint-")?.strip_suffix(".bin")?.parse().ok()
+            .filter_map(|(path, _)| {
+                path.rsplit('/').next()?.strip_prefix("checkpoint-")?.strip_suffix(".bin")?.parse().ok()
             })
             .collect();
         ids.sort_unstable();
@@ -127,8 +110,7 @@ impl CheckpointStore {
     pub async fn latest(&self) -> Result<Option<Checkpoint>, ProcessorError> {
         for id in self.ids().await?.into_iter().rev() {
             let path = self.path(id);
-            let read = async { self.store.get(&path).await?.bytes().await };
-            match read.await {
+            match self.store.get(&path).await {
                 Ok(bytes) => match Checkpoint::decode(&bytes) {
                     Ok(c) => return Ok(Some(c)),
                     Err(reason) => tracing::warn!(%path, %reason, "skipping an unreadable checkpoint"),
@@ -142,17 +124,14 @@ impl CheckpointStore {
     /// Writes `checkpoint` atomically, then deletes all but the newest `kept + 1`. Returns the
     /// size written.
     pub async fn save(&self, checkpoint: &Checkpoint) -> Result<usize, ProcessorError> {
-        let bytes = checkpoint
-            .encode()
-            .map_err(|e| ProcessorError::Checkpoint { url: self.url.clone(), reason: e.to_string() })?;
+        let bytes = checkpoint.encode().map_err(|e| self.err(e))?;
         self.save_encoded(checkpoint.id, bytes).await
     }
 
     /// [`CheckpointStore::save`] of a checkpoint already encoded (magic + postcard).
     pub async fn save_encoded(&self, id: u64, bytes: Vec<u8>) -> Result<usize, ProcessorError> {
-        let err = |reason: String| ProcessorError::Checkpoint { url: self.url.clone(), reason };
         let size = bytes.len();
-        self.store.put(&self.path(id), PutPayload::from(bytes)).await.map_err(|e| err(e.to_string()))?;
+        self.store.put(&self.path(id), bytes).await.map_err(|e| self.err(e))?;
         let ids = self.ids().await?;
         let old = ids.len().saturating_sub(self.kept + 1);
         for id in &ids[..old] {
@@ -162,4 +141,8 @@ impl CheckpointStore {
         }
         Ok(size)
     }
+}
+
+fn checkpoint_error(url: &str, e: impl std::fmt::Display) -> ProcessorError {
+    ProcessorError::Checkpoint { url: url.to_string(), reason: e.to_string() }
 }

@@ -33,7 +33,8 @@ pub struct ProcessorConfig {
     pub batch_rows: usize,
     /// ... or when its oldest row waited this long.
     pub batch_interval_ms: u64,
-    /// Where checkpoints go: a directory or `file://` URL.
+    /// Where checkpoints go: a directory or an object-store URL (`file://`, `s3://`, `gs://`,
+    /// `az://`; credentials from the environment, as for the archive).
     pub checkpoint_url: String,
     pub checkpoint_interval_ms: u64,
     /// Checkpoints kept besides the latest (older ones are deleted).
@@ -113,7 +114,7 @@ impl ProcessorConfig {
             !self.checkpoint_url.trim().is_empty(),
             "processor.checkpoint_url",
             &self.checkpoint_url,
-            "a directory or file:// URL",
+            "a directory or an object-store URL (file://, s3://, gs://, az://)",
         )?;
         check(
             self.checkpoint_interval_ms >= 100,

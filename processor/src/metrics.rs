@@ -219,30 +219,3 @@ impl SinkFailed<'_> {
         );
     }
 }
-
-/// Serves `GET /metrics` until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: ProcessorMetrics,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    serve_text(listener, move || metrics.render(), shutdown).await
-}
-
-/// Serves `GET /metrics` with the Prometheus text that `render` returns, until `shutdown`
-/// resolves. Shared by the processor and the archiver.
-pub async fn serve_text(
-    listener: tokio::net::TcpListener,
-    render: impl Fn() -> String + Clone + Send + Sync + 'static,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use axum::routing::get;
-    let app = axum::Router::new().route(
-        "/metrics",
-        get(move || {
-            let text = render();
-            async move { ([("content-type", "text/plain; version=0.0.4")], text) }
-        }),
-    );
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
-}

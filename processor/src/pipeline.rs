@@ -15,26 +15,21 @@ use crate::event::{decode, ChangeEvent, Position, Table};
 use crate::merge::{InputName, Merger, Pushed};
 use crate::metrics::{CheckpointWritten, DeadLettered, ProcessorMetrics};
 use crate::sink::{ClickHouseSink, SinkMessage};
+use rainbow_runtime::failpoint::CrashAfter;
+use rainbow_runtime::kafka::{self, TopicSpec};
 use rainbow_schemas::warehouse::{Connection, Warehouse};
 use rainbow_schemas::wire;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-/// Where the processor finds Kafka.
-#[derive(Debug, Clone)]
-pub struct KafkaConnection {
-    pub brokers: String,
-    pub client_id: String,
-}
+pub use rainbow_runtime::kafka::KafkaConnection;
 
 /// What a run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -67,8 +62,9 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let m = metrics.clone();
     let metrics_server =
-        tokio::spawn(crate::metrics::serve(listener, metrics.clone(), stopped(stop_rx.clone())));
+        tokio::spawn(rainbow_runtime::serve::metrics(listener, move || m.render(), stopped(stop_rx.clone())));
 
     let warehouse = Warehouse::connect(clickhouse).await?;
     warehouse.apply_ddl(&clickhouse.database).await?;
@@ -88,7 +84,9 @@ pub async fn run(
     } else {
         tracing::info!("no checkpoint: starting from the beginning of every topic");
     }
-    ensure_topic(kafka, &config.dead_letter_topic).await?;
+    let dead_letter_topic =
+        TopicSpec { name: config.dead_letter_topic.clone(), partitions: 1, replication: -1 };
+    kafka::ensure_topics(&kafka.client_config("processor-admin"), &[dead_letter_topic]).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let (sink_tx, sink_rx) = mpsc::channel(256);
@@ -180,21 +178,6 @@ pub fn owned_partitions(
     Ok(all.into_iter().filter(|(t, _, p)| !is_fact(*t) || p % instances == instance).collect())
 }
 
-/// Creates `topic` if missing (1 partition, the broker's default replication).
-async fn ensure_topic(kafka: &KafkaConnection, topic: &str) -> Result<(), ProcessorError> {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create()?;
-    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1));
-    let results = admin.create_topics([&new], &AdminOptions::new()).await?;
-    for r in results {
-        match r {
-            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => return Err(ProcessorError::Kafka(rdkafka::error::KafkaError::AdminOp(code))),
-        }
-    }
-    Ok(())
-}
-
 struct InputMeta {
     topic: String,
     partition: i32,
@@ -228,7 +211,7 @@ struct Pipeline {
     heartbeats: VecDeque<(u64, i64)>,
     watermark_ms: i64,
     summary: RunSummary,
-    crash_after: Option<u64>,
+    crash_after: Option<CrashAfter>,
     /// `events_applied_total{table}` per table rank, resolved once.
     applied_by_table: Vec<prometheus::IntCounter>,
 }
@@ -245,9 +228,8 @@ impl Pipeline {
         metrics: ProcessorMetrics,
         stop: Arc<AtomicBool>,
     ) -> Result<Pipeline, ProcessorError> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &kafka.brokers)
-            .set("client.id", format!("{}-processor", kafka.client_id))
+        let consumer: BaseConsumer = kafka
+            .client_config("processor")
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -255,9 +237,8 @@ impl Pipeline {
             .set("fetch.wait.max.ms", "50")
             .set("queued.max.messages.kbytes", "65536")
             .create()?;
-        let dead_letters: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", &kafka.brokers)
-            .set("client.id", format!("{}-processor-dlq", kafka.client_id))
+        let dead_letters: BaseProducer = kafka
+            .client_config("processor-dlq")
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .create()?;
@@ -265,35 +246,14 @@ impl Pipeline {
         let mut topics: Vec<(Table, String)> =
             Table::ALL.iter().map(|t| (*t, config.topic_for(t.name()))).collect();
         // Partitions of every topic; wait for the CDC to create them.
-        let mut waited = Instant::now();
+        let mut names: Vec<String> = topics.iter().map(|(_, t)| t.clone()).collect();
+        names.push(heartbeat_topic.clone());
+        let counts = kafka::wait_for_partitions(consumer.client(), &names, "the CDC", &stop, None)
+            .map_err(|e| ProcessorError::MissingTopic { topic: e.topic })?;
+        let heartbeat_partitions = counts[topics.len()];
         let mut partitions: Vec<(Table, String, i32)> = Vec::new();
-        let mut heartbeat_partitions;
-        'wait: loop {
-            partitions.clear();
-            let mut missing = None;
-            for (table, topic) in &topics {
-                match partition_count(&consumer, topic) {
-                    Some(n) => partitions.extend((0..n).map(|p| (*table, topic.clone(), p))),
-                    None => missing = Some(topic.clone()),
-                }
-            }
-            heartbeat_partitions = partition_count(&consumer, &heartbeat_topic).unwrap_or(0);
-            if heartbeat_partitions == 0 {
-                missing = missing.or(Some(heartbeat_topic.clone()));
-            }
-            match missing {
-                None => break 'wait,
-                Some(topic) => {
-                    if stop.load(Ordering::SeqCst) {
-                        return Err(ProcessorError::MissingTopic { topic });
-                    }
-                    if waited.elapsed() > Duration::from_secs(10) {
-                        tracing::warn!(%topic, "waiting for the CDC to create its topics");
-                        waited = Instant::now();
-                    }
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-            }
+        for ((table, topic), n) in topics.iter().zip(&counts) {
+            partitions.extend((0..*n).map(|p| (*table, topic.clone(), p)));
         }
         topics.clear();
         if config.instances > 1 {
@@ -328,9 +288,7 @@ impl Pipeline {
             resumed = checkpoint.is_some(),
             "consuming the CDC topics in commit order"
         );
-        let crash_after = std::env::var(FAILPOINT_VAR)
-            .ok()
-            .and_then(|v| v.strip_prefix("crash_after_events=").and_then(|n| n.parse().ok()));
+        let crash_after = CrashAfter::from_env(FAILPOINT_VAR);
         let (core, checkpoint_id, events, resumed_from) = match checkpoint {
             Some(c) => (Core::from_state(config.partition, c.state), c.id, c.events, Some(c.id)),
             None => (Core::new(config.partition), 0, 0, None),
@@ -534,9 +492,8 @@ impl Pipeline {
                     self.summary.events_applied += 1;
                     self.watermark_ms = self.watermark_ms.max(event.ts_ms);
                     self.applied_by_table[usize::from(event.position.table)].inc();
-                    if self.crash_after.is_some_and(|n| self.summary.events_applied >= n) {
-                        tracing::error!("failpoint {FAILPOINT_VAR}: aborting");
-                        std::process::abort();
+                    if let Some(crash) = &self.crash_after {
+                        crash.check(self.summary.events_applied);
                     }
                 }
                 Err(rejected) => {
@@ -607,28 +564,9 @@ impl Pipeline {
     /// brokers in one ListOffsets round trip per leader: a per-partition query each costs a round
     /// trip queued behind the consumer's fetches, which stalled the loop with 30 partitions.
     fn end_offsets(&self, inputs: &[usize], timeout: Duration) -> Result<Vec<i64>, ProcessorError> {
-        let mut tpl = TopicPartitionList::new();
-        for &i in inputs {
-            let meta = &self.inputs[i];
-            // The "timestamp" -1 (Offset::End) asks for the latest offset.
-            tpl.add_partition_offset(&meta.topic, meta.partition, Offset::End)?;
-        }
-        let answered = self.consumer.offsets_for_times(tpl, timeout)?;
-        inputs
-            .iter()
-            .map(|&i| {
-                let meta = &self.inputs[i];
-                let elem = answered.find_partition(&meta.topic, meta.partition);
-                match elem.map(|e| (e.error(), e.offset())) {
-                    Some((Ok(()), Offset::Offset(high))) => Ok(high),
-                    Some((Err(e), _)) => Err(e.into()),
-                    other => Err(ProcessorError::Pipeline(format!(
-                        "no end offset for {}[{}]: {other:?}",
-                        meta.topic, meta.partition
-                    ))),
-                }
-            })
-            .collect()
+        let partitions: Vec<(&str, i32)> =
+            inputs.iter().map(|&i| (self.inputs[i].topic.as_str(), self.inputs[i].partition)).collect();
+        Ok(kafka::end_offsets(&self.consumer, &partitions, timeout)?)
     }
 
     /// Consumer lag per partition, from the brokers' high watermarks. Whether they were read.
@@ -701,16 +639,6 @@ impl Pipeline {
         }
         Ok(())
     }
-}
-
-/// Partitions of `topic`, `None` while it does not exist (or has none).
-pub fn partition_count(consumer: &BaseConsumer, topic: &str) -> Option<i32> {
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).ok()?;
-    let t = md.topics().iter().find(|t| t.name() == topic)?;
-    if t.error().is_some() || t.partitions().is_empty() {
-        return None;
-    }
-    Some(t.partitions().len() as i32)
 }
 
 #[cfg(test)]

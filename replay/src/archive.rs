@@ -14,14 +14,13 @@ use crate::config::ArchiveConfig;
 use crate::error::ReplayError;
 use crate::master::{self, ArchivedRecord, SegmentName};
 use crate::metrics::{ArchiveMetrics, SegmentWritten};
-use crate::store::{Created, Store};
-use rainbow_processor::pipeline::partition_count;
-use rainbow_processor::KafkaConnection;
+use rainbow_runtime::kafka::{self, KafkaConnection};
+use rainbow_runtime::store::{Created, Store};
 use rainbow_schemas::wire;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use std::collections::{BTreeMap, HashMap};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,7 +49,8 @@ pub async fn run(
         .map_err(|e| ReplayError::Metrics { listen: config.metrics_listen.clone(), reason: e.to_string() })?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut rx = stop_rx.clone();
-    let server = tokio::spawn(crate::metrics::serve(listener, metrics.clone(), async move {
+    let m = metrics.clone();
+    let server = tokio::spawn(rainbow_runtime::serve::metrics(listener, move || m.render(), async move {
         let _ = rx.wait_for(|s| *s).await;
     }));
     let stop = Arc::new(AtomicBool::new(false));
@@ -125,9 +125,8 @@ impl Archiver {
         metrics: ArchiveMetrics,
         stop: Arc<AtomicBool>,
     ) -> Result<Archiver, ReplayError> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &kafka.brokers)
-            .set("client.id", format!("{}-archiver", kafka.client_id))
+        let consumer: BaseConsumer = kafka
+            .client_config("archiver")
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -135,24 +134,11 @@ impl Archiver {
             .set("fetch.wait.max.ms", "100")
             .create()?;
         // Partitions of every topic: wait for the CDC to create them.
-        let mut partitions = Vec::new();
-        let mut warned = Instant::now();
-        for topic in config.topics() {
-            loop {
-                if let Some(n) = partition_count(&consumer, &topic) {
-                    partitions.extend((0..n).map(|p| (topic.clone(), p)));
-                    break;
-                }
-                if stop.load(Ordering::SeqCst) {
-                    return Err(ReplayError::MissingTopic { topic });
-                }
-                if warned.elapsed() > Duration::from_secs(10) {
-                    tracing::warn!(%topic, "waiting for the CDC to create its topics");
-                    warned = Instant::now();
-                }
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        }
+        let topics = config.topics();
+        let counts = kafka::wait_for_partitions(consumer.client(), &topics, "the CDC", &stop, None)
+            .map_err(|e| ReplayError::MissingTopic { topic: e.topic })?;
+        let partitions: Vec<(String, i32)> =
+            topics.iter().zip(counts).flat_map(|(t, n)| (0..n).map(move |p| (t.clone(), p))).collect();
         // Resume after the highest archived offset of each partition.
         let mut archived: HashMap<(String, i32), i64> = HashMap::new();
         for topic in config.topics() {
@@ -342,26 +328,16 @@ impl Archiver {
     }
 
     fn update_lag(&self) {
-        let mut tpl = TopicPartitionList::new();
-        for input in &self.inputs {
-            if tpl.add_partition_offset(&input.topic, input.partition, Offset::End).is_err() {
-                return;
-            }
-        }
-        let Ok(ends) = self.consumer.offsets_for_times(tpl, Duration::from_secs(2)) else { return };
-        let mut by_input: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        for e in ends.elements() {
-            if let Offset::Offset(high) = e.offset() {
-                by_input.insert((e.topic().to_string(), e.partition()), high);
-            }
-        }
-        for input in &self.inputs {
-            if let Some(high) = by_input.get(&(input.topic.clone(), input.partition)) {
-                self.metrics
-                    .consumer_lag
-                    .with_label_values(&[&input.topic, &input.partition.to_string()])
-                    .set((high - input.next).max(0));
-            }
+        let partitions: Vec<(&str, i32)> =
+            self.inputs.iter().map(|i| (i.topic.as_str(), i.partition)).collect();
+        let Ok(ends) = kafka::end_offsets(&self.consumer, &partitions, Duration::from_secs(2)) else {
+            return;
+        };
+        for (input, high) in self.inputs.iter().zip(ends) {
+            self.metrics
+                .consumer_lag
+                .with_label_values(&[&input.topic, &input.partition.to_string()])
+                .set((high - input.next).max(0));
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Errors of the archiver and the replay.
 
+use rainbow_runtime::store::StoreError;
+
 /// What went wrong, with the object, URL or setting it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -33,8 +35,11 @@ pub enum ReplayError {
     Interrupted,
 }
 
-impl From<object_store::Error> for ReplayError {
-    fn from(e: object_store::Error) -> Self {
-        ReplayError::Store { url: String::new(), reason: e.to_string() }
+impl From<StoreError> for ReplayError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Failed { url, reason } => ReplayError::Store { url, reason },
+            StoreError::BadUrl { url, reason } => ReplayError::BadUrl { url, reason },
+        }
     }
 }

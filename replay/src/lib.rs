@@ -2,7 +2,7 @@
 //! it through the processor's own core.
 //!
 //! * [`archive`]: `rainbow archive`, Kafka → the immutable master dataset ([`master`]) in object
-//!   storage ([`store`]), one Parquet segment per partition, offset range and day.
+//!   storage (`rainbow_runtime::store`), one Parquet segment per partition, offset range and day.
 //! * [`replay`]: `rainbow replay`, master dataset → merge by commit order → `Core` → every
 //!   warehouse table as Parquet ([`columns`]).
 
@@ -14,7 +14,6 @@ pub mod master;
 pub mod metrics;
 pub mod replay;
 pub mod spill;
-pub mod store;
 
 pub use config::{ArchiveConfig, ReplayConfig};
 pub use error::ReplayError;

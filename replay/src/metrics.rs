@@ -116,12 +116,3 @@ impl SegmentWritten<'_> {
         }
     }
 }
-
-/// Serves `GET /metrics` until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: ArchiveMetrics,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    rainbow_processor::metrics::serve_text(listener, move || metrics.render(), shutdown).await
-}

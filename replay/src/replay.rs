@@ -32,13 +32,14 @@ use crate::config::{ArchiveConfig, ReplayConfig};
 use crate::error::ReplayError;
 use crate::master::{SegmentName, SegmentReader};
 use crate::spill::{Merged, Output};
-use crate::store::Store;
 use parquet::arrow::ArrowWriter;
 use rainbow_processor::core::{Core, Outputs, State};
 use rainbow_processor::event::{decode, ChangeEvent, Position};
 use rainbow_processor::for_each_table;
 use rainbow_processor::merge::{InputName, Merger};
 use rainbow_processor::tables::{Table, Tables, Versioned};
+use rainbow_runtime::failpoint::CrashAfter;
+use rainbow_runtime::store::Store;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -296,9 +297,7 @@ pub fn run(
         "replaying"
     );
 
-    let crash_after: Option<u64> = std::env::var(FAILPOINT_VAR)
-        .ok()
-        .and_then(|v| v.strip_prefix("crash_after_events=").and_then(|n| n.parse().ok()));
+    let crash_after = CrashAfter::from_env(FAILPOINT_VAR);
     let started = Instant::now();
     let started_events = summary.events_applied;
     let mut progress = Progress::new(args.progress, estimated, summary.records_read);
@@ -406,9 +405,8 @@ pub fn run(
                 } else if !outputs.is_empty() {
                     outputs = Outputs::default();
                 }
-                if crash_after.is_some_and(|n| summary.events_applied - started_events >= n) {
-                    tracing::error!("failpoint {FAILPOINT_VAR}: aborting");
-                    std::process::abort();
+                if let Some(crash) = &crash_after {
+                    crash.check(summary.events_applied - started_events);
                 }
                 if summary.events_applied >= next_checkpoint {
                     next_checkpoint = summary.events_applied + args.config.checkpoint_every_events;
@@ -473,8 +471,10 @@ fn read_input(
     for seg in &input.segments {
         let path = seg.path();
         let selected = days.selects(&seg.date);
-        let opened =
-            rt.block_on(archive.get(&path)).and_then(|data| SegmentReader::open(&path, data, batch_rows));
+        let opened = rt
+            .block_on(archive.get(&path))
+            .map_err(ReplayError::from)
+            .and_then(|data| SegmentReader::open(&path, data, batch_rows));
         let mut reader = match opened {
             Ok(r) => r,
             Err(e) => {
@@ -637,14 +637,14 @@ fn write_rejections(
 ) -> Result<(), ReplayError> {
     const PATH: &str = "_rejected.jsonl";
     if rejected.is_empty() {
-        return rt.block_on(out.delete(PATH));
+        return Ok(rt.block_on(out.delete(PATH))?);
     }
     let mut body = Vec::new();
     for r in rejected {
         body.extend(serde_json::to_vec(r).expect("serialises"));
         body.push(b'\n');
     }
-    rt.block_on(out.put(PATH, body))
+    Ok(rt.block_on(out.put(PATH, body))?)
 }
 
 /// Reads a table of a replay's output back as one batch (tests, `rainbow check`): every part,

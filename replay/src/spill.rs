@@ -13,10 +13,10 @@
 //! interrupted attempt left. Memory while merging: one chunk per run.
 
 use crate::error::ReplayError;
-use crate::store::Store;
 use rainbow_processor::core::Outputs;
 use rainbow_processor::for_each_table;
 use rainbow_processor::tables::{Table, Tables, Versioned};
+use rainbow_runtime::store::Store;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::VecDeque;

@@ -2,10 +2,10 @@
 //! `az://` / `abfs://`, through the object_store crate's builders with credentials and options
 //! from the environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`, as those builders' `from_env` read them).
 //!
-//! Contract of [`Store::put_new`]: the object is created only if absent (never overwritten), and
-//! on a local directory it is on disk (file and directory fsynced) when the call returns.
-
-use crate::error::ReplayError;
+//! Contract: a put is atomic (readers see the whole object or none) and durable when it returns:
+//! on a local directory the file and its directory are fsynced; a remote store's put is durable
+//! when acknowledged. [`Store::put_new`] creates an object only if it is absent (never
+//! overwrites).
 use futures_util::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
@@ -28,6 +28,15 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// A store that could not be opened or did not do what was asked, with its URL.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("object store {url}: {reason}")]
+    Failed { url: String, reason: String },
+    #[error("unsupported object store URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+}
+
 /// Whether a create-only put found the object already there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Created {
@@ -37,8 +46,8 @@ pub enum Created {
 
 impl Store {
     /// Opens the store a URL or path names. A local directory is created if needed.
-    pub fn open(url: &str) -> Result<Store, ReplayError> {
-        let bad = |reason: String| ReplayError::BadUrl { url: url.to_string(), reason };
+    pub fn open(url: &str) -> Result<Store, StoreError> {
+        let bad = |reason: String| StoreError::BadUrl { url: url.to_string(), reason };
         let trimmed = url.trim();
         if trimmed.is_empty() {
             return Err(bad("empty".into()));
@@ -109,12 +118,12 @@ impl Store {
         Some(parts.join("/"))
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> ReplayError {
-        ReplayError::Store { url: self.url.clone(), reason: e.to_string() }
+    fn err(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Failed { url: self.url.clone(), reason: e.to_string() }
     }
 
     /// Every object under `relative`, recursively, as relative paths with their sizes, sorted.
-    pub async fn list(&self, relative: &str) -> Result<Vec<(String, u64)>, ReplayError> {
+    pub async fn list(&self, relative: &str) -> Result<Vec<(String, u64)>, StoreError> {
         let prefix = self.path(relative);
         let metas: Vec<_> = self.inner.list(Some(&prefix)).try_collect().await.map_err(|e| self.err(e))?;
         let mut out: Vec<(String, u64)> =
@@ -123,14 +132,14 @@ impl Store {
         Ok(out)
     }
 
-    pub async fn get(&self, relative: &str) -> Result<bytes::Bytes, ReplayError> {
+    pub async fn get(&self, relative: &str) -> Result<bytes::Bytes, StoreError> {
         let r =
             self.inner.get(&self.path(relative)).await.map_err(|e| self.err(format!("{relative}: {e}")))?;
         r.bytes().await.map_err(|e| self.err(format!("{relative}: {e}")))
     }
 
     /// `None` if the object does not exist.
-    pub async fn get_opt(&self, relative: &str) -> Result<Option<bytes::Bytes>, ReplayError> {
+    pub async fn get_opt(&self, relative: &str) -> Result<Option<bytes::Bytes>, StoreError> {
         match self.inner.get(&self.path(relative)).await {
             Ok(r) => Ok(Some(r.bytes().await.map_err(|e| self.err(format!("{relative}: {e}")))?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -139,7 +148,7 @@ impl Store {
     }
 
     /// Writes (or replaces) an object atomically.
-    pub async fn put(&self, relative: &str, data: Vec<u8>) -> Result<(), ReplayError> {
+    pub async fn put(&self, relative: &str, data: Vec<u8>) -> Result<(), StoreError> {
         self.inner
             .put(&self.path(relative), PutPayload::from(data))
             .await
@@ -148,7 +157,7 @@ impl Store {
     }
 
     /// Creates an object that must not exist yet; an existing one is left untouched.
-    pub async fn put_new(&self, relative: &str, data: Vec<u8>) -> Result<Created, ReplayError> {
+    pub async fn put_new(&self, relative: &str, data: Vec<u8>) -> Result<Created, StoreError> {
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
         match self.inner.put_opts(&self.path(relative), PutPayload::from(data), opts).await {
             Ok(_) => {
@@ -160,7 +169,7 @@ impl Store {
         }
     }
 
-    pub async fn delete(&self, relative: &str) -> Result<(), ReplayError> {
+    pub async fn delete(&self, relative: &str) -> Result<(), StoreError> {
         match self.inner.delete(&self.path(relative)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.err(format!("{relative}: {e}"))),
@@ -169,7 +178,7 @@ impl Store {
 
     /// fsync of a local object and its directory (a no-op on remote stores, whose put is
     /// durable when acknowledged).
-    fn sync(&self, relative: &str) -> Result<(), ReplayError> {
+    fn sync(&self, relative: &str) -> Result<(), StoreError> {
         let Some(root) = &self.local_root else { return Ok(()) };
         let file = root.join(self.path(relative).as_ref());
         let sync = |p: &std::path::Path| std::fs::File::open(p).and_then(|f| f.sync_all());
