@@ -7,6 +7,7 @@ use rainbow_api::loadgen::{self, BenchSettings, LoadgenSettings};
 use rainbow_api::{ApiSettings, AppState};
 use rainbow_schemas::postgres::MIGRATOR;
 use rainbow_schemas::seed::{self, SeedOutcome, SeedSpec};
+use rainbow_schemas::shape::checks;
 use rainbow_schemas::warehouse::{Connection, Warehouse};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
@@ -301,38 +302,26 @@ pub async fn replay(config: &Config, args: &crate::ReplayArgs) -> anyhow::Result
 pub async fn check(config: &Config, args: &crate::CheckArgs) -> anyhow::Result<bool> {
     let (w, what) = match &args.parquet {
         Some(url) => {
-            let (url2, rt) = (url.clone(), tokio::runtime::Handle::current());
-            let w = tokio::task::spawn_blocking(move || crate::check::from_parquet(&url2, &rt)).await??;
+            let store = rainbow_runtime::store::Store::open(url)?;
+            let rt = tokio::runtime::Handle::current();
+            let w = tokio::task::spawn_blocking(move || rainbow_replay::replay::read_for_checks(&store, &rt))
+                .await??;
             (w, format!("the replay output {url}"))
         }
         None => {
             let wh = warehouse(config).await?;
             (
-                crate::check::from_clickhouse(&wh).await?,
+                checks::from_clickhouse(&wh).await?,
                 format!("ClickHouse database {}", config.clickhouse.database),
             )
         }
     };
-    let mut findings = crate::check::run(&w);
+    let mut findings = checks::run(&w);
     let compare = if args.parquet.is_some() { args.source } else { !args.no_source };
     if compare {
         let pool = pg_pool(&config.postgres).await?;
-        let source: Option<rust_decimal::Decimal> =
-            sqlx::query_scalar("SELECT sum(quantity * price) FROM orderdetails").fetch_one(&pool).await?;
+        findings.push(checks::against_source(&w, &pool).await?);
         pool.close().await;
-        let source = source.unwrap_or_default();
-        let source_h = (source * rust_decimal::Decimal::from(100)).trunc().mantissa();
-        let facts = crate::check::fact_total(&w);
-        findings.push(crate::check::Finding {
-            check: "SUM(fact_sales.extended_sales_amount) = SUM(quantity x price) of the order lines in PostgreSQL"
-                .into(),
-            ok: facts == source_h,
-            detail: format!(
-                "warehouse {} VND, PostgreSQL {} VND",
-                crate::check::money(facts),
-                crate::check::money(source_h)
-            ),
-        });
     }
     println!("rainbow check of {what}:");
     for f in &findings {

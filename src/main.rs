@@ -1,7 +1,6 @@
 //! `rainbow`: the one binary of the platform. It only wires the crates together: each subcommand
 //! loads the configuration, sets up logging and hands over to the crate that does the work.
 
-mod check;
 mod commands;
 mod config;
 
@@ -31,6 +30,11 @@ struct Cli {
     /// Print the effective configuration (defaults + file + environment) as TOML and exit.
     #[arg(long)]
     print_config: bool,
+
+    /// Print the warehouse's definition (tables, columns with their ClickHouse types, keys,
+    /// versions, references) as JSON and exit.
+    #[arg(long, conflicts_with = "print_config")]
+    print_warehouse: bool,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -229,6 +233,10 @@ fn parse_duration(raw: &str) -> Result<std::time::Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.print_warehouse {
+        println!("{:#}", rainbow_schemas::shape::definition_json());
+        return ExitCode::SUCCESS;
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {

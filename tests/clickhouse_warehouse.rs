@@ -1,12 +1,13 @@
-//! The warehouse DDL against the real ClickHouse of the local stack: it applies (twice), rows
+//! The warehouse DDL against the real ClickHouse of the local stack: it applies (twice), agrees
+//! with the warehouse's definition (columns, types, keys, versions), rows
 //! of every output table written with the `clickhouse` crate read back equal, and the dashboard
 //! views compute the expected figures, with FINAL collapsing re-delivered rows.
 
 mod common;
 
 use clickhouse::Row;
-use rainbow_schemas::rows::*;
-use rainbow_schemas::warehouse::{Warehouse, DASHBOARD_VIEWS, OUTPUT_TABLES};
+use rainbow_schemas::shape::*;
+use rainbow_schemas::warehouse::{Warehouse, DASHBOARD_VIEWS};
 use rainbow_schemas::{Money, MoneySum};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -40,8 +41,34 @@ async fn ddl_applies_and_every_table_round_trips() {
     let db = common::unique_name("rainbow_test");
     let wh = common::warehouse(&db).await;
     let statements = wh.apply_ddl(&db).await.expect("DDL applies");
-    assert_eq!(statements, 1 + OUTPUT_TABLES.len() + DASHBOARD_VIEWS.len());
+    assert_eq!(statements, 1 + TABLES.len() + DASHBOARD_VIEWS.len());
     wh.apply_ddl(&db).await.expect("DDL is idempotent");
+
+    // The warehouse's one definition and the tables ClickHouse made of the DDL agree.
+    for t in TABLES {
+        let columns: Vec<(String, String)> = wh
+            .client
+            .query("SELECT name, type FROM system.columns WHERE database = ? AND table = ?")
+            .bind(&db)
+            .bind(t.name)
+            .fetch_all()
+            .await
+            .unwrap();
+        let want: Vec<(String, String)> =
+            t.columns.iter().map(|c| (c.name.to_string(), c.clickhouse.to_string())).collect();
+        assert_eq!(columns, want, "columns of {} in ClickHouse and in the definition", t.name);
+        let (sorting_key, engine): (String, String) = wh
+            .client
+            .query("SELECT sorting_key, engine_full FROM system.tables WHERE database = ? AND name = ?")
+            .bind(&db)
+            .bind(t.name)
+            .fetch_one()
+            .await
+            .unwrap();
+        assert_eq!(sorting_key, t.key.join(", "), "ORDER BY of {}", t.name);
+        let version = engine.strip_prefix("ReplacingMergeTree(").and_then(|e| e.split_once(')')).map(|v| v.0);
+        assert_eq!(version.filter(|v| !v.is_empty()), t.version, "version column of {}: {engine}", t.name);
+    }
 
     let tables: Vec<String> = wh
         .client
@@ -50,7 +77,7 @@ async fn ddl_applies_and_every_table_round_trips() {
         .fetch_all()
         .await
         .unwrap();
-    for name in OUTPUT_TABLES.iter().chain(DASHBOARD_VIEWS.iter()) {
+    for name in TABLES.iter().map(|t| t.name).chain(DASHBOARD_VIEWS) {
         assert!(tables.iter().any(|t| t == name), "{name} exists in {tables:?}");
     }
 

@@ -23,7 +23,7 @@ async fn warehouse_text(database: &str) -> String {
         all += &format!("== {view}\n");
         all += &clickhouse(&format!("SELECT * FROM {database}.{view}")).await.unwrap();
     }
-    for table in rainbow_schemas::warehouse::OUTPUT_TABLES {
+    for table in rainbow_schemas::shape::TABLES.iter().map(|t| t.name) {
         all += &format!("== {table}\n");
         all +=
             &clickhouse(&format!("SELECT * FROM {database}.{table} FINAL ORDER BY tuple(*)")).await.unwrap();

@@ -13,7 +13,7 @@ use common::processor::ProcessorProcess;
 use common::source::{caught_up, churn, place_orders};
 use common::TestDb;
 use rainbow_schemas::postgres::SOURCE_TABLES;
-use rainbow_schemas::rows::*;
+use rainbow_schemas::shape::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -55,23 +55,12 @@ fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// A table as ClickHouse sees it after merges (FINAL), ordered as the replay orders it (by
-/// key), as an Arrow batch through the replay's own row → column conversion.
-async fn clickhouse_batch<T>(
+/// key), as an Arrow batch through the warehouse's one row → column conversion.
+async fn clickhouse_batch<R: WarehouseRow>(
     wh: &rainbow_schemas::warehouse::Warehouse,
-    table: &str,
-) -> arrow::array::RecordBatch
-where
-    T: clickhouse::Row
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + Default
-        + Send
-        + Sync
-        + 'static
-        + for<'a> clickhouse::Row<Value<'a> = T>,
-{
-    let rows = wh.read_final::<T>(table).await.unwrap();
-    rainbow_replay::columns::to_batch(rows).unwrap()
+) -> ::arrow::array::RecordBatch {
+    let rows = wh.read_final::<R>().await.unwrap();
+    rainbow_schemas::shape::arrow::to_batch(rows).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -197,7 +186,7 @@ async fn replaying_the_archive_gives_the_tables_streaming_wrote() {
     let store = rainbow_runtime::store::Store::open(out1.to_str().unwrap()).unwrap();
     macro_rules! same {
         ($($table:literal => $row:ty),* $(,)?) => {$(
-            let streamed = clickhouse_batch::<$row>(&wh, $table).await;
+            let streamed = clickhouse_batch::<$row>(&wh).await;
             let (s, h) = (store.clone(), rt.clone());
             let replayed = tokio::task::spawn_blocking(move || {
                 rainbow_replay::replay::read_table(&s, &h, $table).unwrap().expect("table written")

@@ -38,7 +38,7 @@ use crate::event::{
 };
 use rainbow_schemas::money::{Money, MoneyError, MoneySum};
 use rainbow_schemas::pricing::{line_amounts, CouponType, PromotionTerms};
-use rainbow_schemas::rows::*;
+use rainbow_schemas::shape::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -58,52 +58,6 @@ pub enum Rejected {
     OutOfOrder { last: Position, got: Position },
     #[error("{op:?} event of {table} lacks its {side} row")]
     MissingRow { op: Op, table: &'static str, side: &'static str },
-}
-
-/// Rows produced by the core, per warehouse table, in emission order.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Outputs {
-    pub dim_customers: Vec<DimCustomer>,
-    pub dim_products: Vec<DimProduct>,
-    pub dim_sellers: Vec<DimSeller>,
-    pub dim_promotions: Vec<DimPromotion>,
-    pub dim_payments: Vec<DimPayment>,
-    pub dim_dates: Vec<DimDate>,
-    pub fact_sales: Vec<FactSale>,
-    pub agg_total_sales: Vec<AggTotalSales>,
-    pub agg_sales_by_day_of_week: Vec<AggSalesByDayOfWeek>,
-    pub agg_top_sellers: Vec<AggTopSeller>,
-    pub agg_product_profit: Vec<AggProductProfit>,
-    pub agg_payment_methods: Vec<AggPaymentMethod>,
-    pub agg_customer_ranking: Vec<AggCustomerRanking>,
-}
-
-impl Outputs {
-    /// Rows in all tables.
-    pub fn len(&self) -> usize {
-        let mut rows = 0;
-        macro_rules! count {
-            ($name:literal, $field:ident) => {
-                rows += self.$field.len();
-            };
-        }
-        crate::for_each_table!(count);
-        rows
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Appends `other`'s rows after this one's.
-    pub fn append(&mut self, other: &mut Outputs) {
-        macro_rules! append {
-            ($name:literal, $field:ident) => {
-                self.$field.append(&mut other.$field);
-            };
-        }
-        crate::for_each_table!(append);
-    }
 }
 
 /// A surrogate key: FNV-1a (64 bit) of the dimension, the natural id and the opening position.

@@ -18,7 +18,6 @@ pub mod merge;
 pub mod metrics;
 pub mod pipeline;
 pub mod sink;
-pub mod tables;
 pub mod workload;
 
 pub use config::ProcessorConfig;

@@ -9,7 +9,7 @@
 
 use crate::checkpoint::{Checkpoint, CheckpointRef, CheckpointStore};
 use crate::config::ProcessorConfig;
-use crate::core::{Core, Outputs};
+use crate::core::Core;
 use crate::error::ProcessorError;
 use crate::event::{decode, ChangeEvent, Position, Table};
 use crate::merge::{InputName, Merger, Pushed};
@@ -17,6 +17,7 @@ use crate::metrics::{CheckpointWritten, DeadLettered, ProcessorMetrics};
 use crate::sink::{ClickHouseSink, SinkMessage};
 use rainbow_runtime::failpoint::CrashAfter;
 use rainbow_runtime::kafka::{self, TopicSpec};
+use rainbow_schemas::shape::Outputs;
 use rainbow_schemas::warehouse::{Connection, Warehouse};
 use rainbow_schemas::wire;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};

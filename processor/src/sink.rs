@@ -14,13 +14,12 @@
 //! * **Errors.** A failed insert is retried with exponential backoff (`sink_attempts` in all);
 //!   then the sink stops with the error and the processor stops without checkpointing.
 
-use crate::core::Outputs;
 use crate::error::ProcessorError;
 use crate::metrics::{BatchWritten, ProcessorMetrics, SinkFailed};
-use crate::tables::{Table, Tables, Versioned};
-use clickhouse::{Client, Row};
+use clickhouse::Client;
+use rainbow_schemas::shape::Outputs;
+use rainbow_schemas::shape::{Table, Tables, WarehouseRow};
 use rainbow_schemas::warehouse::Warehouse;
-use serde::Serialize;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -99,19 +98,17 @@ impl ClickHouseSink {
         let started = Instant::now();
         let b = std::mem::take(&mut self.batch);
         macro_rules! write_table {
-            ($name:literal, $field:ident) => {
-                self.write($name, b.$field).await?;
+            ($table:ident, $row:ty) => {
+                self.write(b.$table).await?;
             };
         }
-        crate::for_each_table!(write_table);
+        rainbow_schemas::for_each_table!(write_table);
         BatchWritten { rows, duration: started.elapsed() }.emit(&self.metrics);
         Ok(())
     }
 
-    async fn write<T>(&self, table: &'static str, rows: Table<T>) -> Result<(), ProcessorError>
-    where
-        T: Versioned + Row + Serialize + Send + Sync + 'static + for<'a> Row<Value<'a> = T>,
-    {
+    async fn write<R: WarehouseRow>(&self, rows: Table<R>) -> Result<(), ProcessorError> {
+        let table = R::TABLE.name;
         if rows.is_empty() {
             return Ok(());
         }
@@ -136,11 +133,12 @@ impl ClickHouseSink {
         }
     }
 
-    async fn insert<T>(&self, table: &str, rows: &Table<T>) -> Result<(), clickhouse::error::Error>
-    where
-        T: Versioned + Row + Serialize + Send + Sync + 'static + for<'a> Row<Value<'a> = T>,
-    {
-        let mut insert = self.client.insert::<T>(table).await?;
+    async fn insert<R: WarehouseRow>(
+        &self,
+        table: &str,
+        rows: &Table<R>,
+    ) -> Result<(), clickhouse::error::Error> {
+        let mut insert = self.client.insert::<R>(table).await?;
         for row in rows.rows() {
             insert.write(row).await?;
         }

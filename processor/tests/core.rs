@@ -3,15 +3,16 @@
 //! topic interleaving, determinism and checkpoint round trips.
 
 use proptest::prelude::*;
-use rainbow_processor::core::{Core, Outputs, Rejected};
+use rainbow_processor::core::{Core, Rejected};
 use rainbow_processor::event::*;
 use rainbow_processor::merge::{InputName, Merger};
-use rainbow_processor::tables::Tables;
 use rainbow_processor::workload::{table_of, Workload, WorkloadConfig};
 use rainbow_schemas::money::Money;
 use rainbow_schemas::pricing::{line_amounts, PromotionTerms};
 use rainbow_schemas::rng::SplitMix64;
-use rainbow_schemas::rows::OPEN_VALID_TO;
+use rainbow_schemas::shape::Outputs;
+use rainbow_schemas::shape::Tables;
+use rainbow_schemas::shape::OPEN_VALID_TO;
 use std::collections::BTreeMap;
 
 /// Feeds events in order and collects the collapsed tables.

@@ -23,6 +23,8 @@ pub enum ReplayError {
     Setting(#[from] rainbow_processor::config::InvalidSetting),
     #[error("columns: {0}")]
     Columns(String),
+    #[error(transparent)]
+    Shape(#[from] rainbow_schemas::shape::arrow::ShapeError),
     #[error("replay checkpoint {path}: {reason}")]
     Checkpoint { path: String, reason: String },
     #[error("spilled replay output {path}: {reason}")]
@@ -31,6 +33,8 @@ pub enum ReplayError {
     NothingToReplay { url: String, range: String },
     #[error("metrics endpoint {listen}: {reason}")]
     Metrics { listen: String, reason: String },
+    #[error("{url} has no {table}/ (is it the --out of a rainbow replay?)")]
+    NotAReplay { url: String, table: &'static str },
     #[error("interrupted")]
     Interrupted,
 }

@@ -4,10 +4,9 @@
 //! * [`archive`]: `rainbow archive`, Kafka → the immutable master dataset ([`master`]) in object
 //!   storage (`rainbow_runtime::store`), one Parquet segment per partition, offset range and day.
 //! * [`replay`]: `rainbow replay`, master dataset → merge by commit order → `Core` → every
-//!   warehouse table as Parquet ([`columns`]).
+//!   warehouse table as Parquet (`rainbow_schemas::shape::arrow`).
 
 pub mod archive;
-pub mod columns;
 pub mod config;
 pub mod error;
 pub mod master;

@@ -27,20 +27,19 @@
 //! checkpoint and the runs are deleted once the output is complete; `<out>/_replay/summary.json`
 //! then describes the run.
 
-use crate::columns::{self, BatchBuilder, WarehouseRow};
 use crate::config::{ArchiveConfig, ReplayConfig};
 use crate::error::ReplayError;
 use crate::master::{SegmentName, SegmentReader};
 use crate::spill::{Merged, Output};
 use parquet::arrow::ArrowWriter;
-use rainbow_processor::core::{Core, Outputs, State};
+use rainbow_processor::core::{Core, State};
 use rainbow_processor::event::{decode, ChangeEvent, Position};
-use rainbow_processor::for_each_table;
 use rainbow_processor::merge::{InputName, Merger};
-use rainbow_processor::tables::{Table, Tables, Versioned};
 use rainbow_runtime::failpoint::CrashAfter;
 use rainbow_runtime::store::Store;
-use serde::de::DeserializeOwned;
+use rainbow_schemas::shape::arrow::{schema_of, BatchBuilder};
+use rainbow_schemas::shape::checks::{self, Batches};
+use rainbow_schemas::shape::{Outputs, Table, Tables, WarehouseRow};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
@@ -566,21 +565,21 @@ fn write_tables(
         let facts = scope.spawn(move || write_table(out, rt, "fact_sales", runs, fact_sales, rows_per_file));
         let mut written = Vec::new();
         macro_rules! table {
-            ("fact_sales", $field:ident) => {
+            (fact_sales, $row:ty) => {
                 written.push(("fact_sales".to_string(), 0, 0));
             };
-            ($name:literal, $field:ident) => {
+            ($table:ident, $row:ty) => {
                 written.push(write_table(
                     out,
                     rt,
-                    $name,
+                    stringify!($table),
                     runs,
-                    std::mem::take(&mut buffer.$field),
+                    std::mem::take(&mut buffer.$table),
                     rows_per_file,
                 )?);
             };
         }
-        for_each_table!(table);
+        rainbow_schemas::for_each_table!(table);
         let facts =
             facts.join().map_err(|_| ReplayError::Columns("the fact_sales writer panicked".into()))??;
         let slot = written.iter_mut().find(|w| w.0 == "fact_sales").expect("listed above");
@@ -590,7 +589,7 @@ fn write_tables(
 }
 
 /// Writes one table from its runs and buffer, `rows_per_file` rows per part (at least one part).
-fn write_table<R: WarehouseRow + Versioned + DeserializeOwned>(
+fn write_table<R: WarehouseRow>(
     out: &Store,
     rt: &tokio::runtime::Handle,
     name: &str,
@@ -601,7 +600,7 @@ fn write_table<R: WarehouseRow + Versioned + DeserializeOwned>(
     for (path, _) in rt.block_on(out.list(name))? {
         rt.block_on(out.delete(&path))?;
     }
-    let schema = columns::schema_of::<R>()?;
+    let schema = schema_of::<R>();
     let mut rows = Merged::new(out, rt, name, runs, buffer)?;
     let mut next = rows.next_row()?;
     let (mut part, mut total) = (0usize, 0usize);
@@ -668,6 +667,18 @@ pub fn read_table(
         None => Ok(None),
         Some(schema) => Ok(Some(arrow::compute::concat_batches(&schema, &batches)?)),
     }
+}
+
+/// The tables the data-quality checks read ([`rainbow_schemas::shape::checks`]), from a replay's
+/// output.
+pub fn read_for_checks(out: &Store, rt: &tokio::runtime::Handle) -> Result<Batches, ReplayError> {
+    let mut w = Batches::new();
+    for t in checks::checked_tables() {
+        let batch = read_table(out, rt, t.name)?
+            .ok_or_else(|| ReplayError::NotAReplay { url: out.url.clone(), table: t.name })?;
+        w.insert(t.name, batch);
+    }
+    Ok(w)
 }
 
 /// The progress line: records read of the estimate, events/s, ETA.

@@ -13,10 +13,8 @@
 //! interrupted attempt left. Memory while merging: one chunk per run.
 
 use crate::error::ReplayError;
-use rainbow_processor::core::Outputs;
-use rainbow_processor::for_each_table;
-use rainbow_processor::tables::{Table, Tables, Versioned};
 use rainbow_runtime::store::Store;
+use rainbow_schemas::shape::{Outputs, Table, Tables, Versioned};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -54,11 +52,11 @@ impl Output {
         }
         let run = self.runs;
         macro_rules! spill {
-            ($name:literal, $field:ident) => {
-                write_run(store, rt, $name, run, &self.buffer.$field)?;
+            ($table:ident, $row:ty) => {
+                write_run(store, rt, stringify!($table), run, &self.buffer.$table)?;
             };
         }
-        for_each_table!(spill);
+        rainbow_schemas::for_each_table!(spill);
         tracing::debug!(run, rows = self.buffer.rows_total(), "replay output spilled");
         self.buffer = Tables::default();
         self.runs += 1;

@@ -4,15 +4,16 @@
 //! over the same events; a day range equals the core with output kept for those days only;
 //! an interrupted replay resumes to the same bytes; two replays give identical files.
 
-use rainbow_processor::core::{Core, Outputs};
+use rainbow_processor::core::Core;
 use rainbow_processor::event::{ChangeEvent, Position};
-use rainbow_processor::tables::Tables;
 use rainbow_processor::workload::{to_debezium_json, Workload, WorkloadConfig};
-use rainbow_replay::columns::to_batch;
 use rainbow_replay::master::{self, ArchivedRecord, SegmentName};
 use rainbow_replay::replay::{read_table, run, Days, ReplayArgs};
 use rainbow_replay::{ArchiveConfig, ReplayConfig, ReplayError};
 use rainbow_runtime::store::Store;
+use rainbow_schemas::shape::arrow::to_batch;
+use rainbow_schemas::shape::Outputs;
+use rainbow_schemas::shape::Tables;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -201,17 +202,19 @@ fn assert_output(out: &std::path::Path, want: &Tables) {
     );
 }
 
-/// Every file under `dir` (relative path → bytes).
+/// Every file under `dir` (relative path → bytes). A replay may be writing there: a directory
+/// not created yet, or a temporary file renamed away while walking, is not there.
 fn files(dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else {
-                out.insert(p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&p).unwrap());
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                out.insert(p.strip_prefix(dir).unwrap().display().to_string(), bytes);
             }
         }
     }

@@ -5,7 +5,8 @@
 //! * [`postgres`]: the source schema as sqlx migrations, and the list of captured tables;
 //! * [`warehouse`]: the warehouse DDL (dimensions, `fact_sales`, aggregates, dashboard views) and a
 //!   connection helper that adapts to the server's capabilities;
-//! * [`rows`]: the Rust types of the warehouse rows, as written to ClickHouse;
+//! * [`shape`]: the warehouse's shape, defined once: every table's row type, columns, key and
+//!   version, from which the table list, the Arrow form and the data-quality checks derive;
 //! * [`money`]: exact money types (never floating point);
 //! * [`pricing`]: the seed's line arithmetic (promotions, discounts, extended amounts);
 //! * [`rng`]: a seeded pseudo-random generator for reference data and load generation;
@@ -15,9 +16,9 @@ pub mod money;
 pub mod postgres;
 pub mod pricing;
 pub mod rng;
-pub mod rows;
 pub mod seed;
 pub mod setting;
+pub mod shape;
 pub mod warehouse;
 pub mod wire;
 

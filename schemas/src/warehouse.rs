@@ -5,6 +5,7 @@
 //! kept within what ClickHouse 18.16 (the local stack) and current ClickHouse (chdb in the test
 //! suite) both accept; see the header of `01_dimensions.sql`.
 
+use crate::shape::WarehouseRow;
 use clickhouse::Client;
 
 /// The DDL files in the order they must run (views last: they reference the tables).
@@ -13,23 +14,6 @@ pub const DDL_FILES: [(&str, &str); 4] = [
     ("02_facts.sql", include_str!("../clickhouse/02_facts.sql")),
     ("03_aggregates.sql", include_str!("../clickhouse/03_aggregates.sql")),
     ("04_views.sql", include_str!("../clickhouse/04_views.sql")),
-];
-
-/// Output tables written by the processor and the replay (same names in Parquet).
-pub const OUTPUT_TABLES: [&str; 13] = [
-    "dim_customers",
-    "dim_products",
-    "dim_sellers",
-    "dim_promotions",
-    "dim_payments",
-    "dim_dates",
-    "fact_sales",
-    "agg_total_sales",
-    "agg_sales_by_day_of_week",
-    "agg_top_sellers",
-    "agg_product_profit",
-    "agg_payment_methods",
-    "agg_customer_ranking",
 ];
 
 /// The six dashboard views, one per seed chart.
@@ -85,7 +69,7 @@ pub struct Warehouse {
     pub server_version: String,
     /// Whether rows are validated against the table schema (RowBinaryWithNamesAndTypes). Old
     /// servers (18.16) lack that format; there the client sends plain RowBinary, so the row types
-    /// in [`crate::rows`] must match the DDL column order exactly (a test checks each one).
+    /// of [`crate::shape`] must match the DDL column order exactly (a test checks each one).
     pub validation: bool,
 }
 
@@ -159,28 +143,25 @@ impl Warehouse {
 
     /// Every row of an output table as ReplacingMergeTree leaves it (`FINAL`: per key the row
     /// of the highest version), in the table's key order (the order the replay writes).
-    pub async fn read_final<T>(&self, table: &str) -> Result<Vec<T>, WarehouseError>
-    where
-        T: clickhouse::Row + serde::de::DeserializeOwned + for<'a> clickhouse::Row<Value<'a> = T> + 'static,
-    {
-        // Every table's key leads its columns, except fact_sales (keyed by the order line).
-        let order = if table == "fact_sales" { "order_transaction, product_id" } else { "tuple(*)" };
+    pub async fn read_final<R: WarehouseRow>(&self) -> Result<Vec<R>, WarehouseError> {
+        let t = R::TABLE;
         self.client
-            .query(&format!("SELECT ?fields FROM {table} FINAL ORDER BY {order}"))
-            .fetch_all::<T>()
+            .query(&format!("SELECT ?fields FROM {} FINAL ORDER BY {}", t.name, t.key.join(", ")))
+            .fetch_all::<R>()
             .await
-            .map_err(|source| WarehouseError::Read { table: table.to_string(), source })
+            .map_err(|source| WarehouseError::Read { table: t.name.to_string(), source })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shape::TABLES;
 
     #[test]
     fn every_output_table_and_view_has_ddl() {
         let all: Vec<String> = DDL_FILES.iter().flat_map(|(_, sql)| statements(sql, "rb").unwrap()).collect();
-        for name in OUTPUT_TABLES {
+        for name in TABLES.iter().map(|t| t.name) {
             let head = format!("CREATE TABLE IF NOT EXISTS rb.{name} (");
             assert_eq!(all.iter().filter(|s| s.starts_with(&head)).count(), 1, "{name}");
         }
@@ -189,7 +170,7 @@ mod tests {
             assert_eq!(all.iter().filter(|s| s.starts_with(&head)).count(), 1, "{name}");
         }
         // database + 13 tables + 6 views
-        assert_eq!(all.len(), 1 + OUTPUT_TABLES.len() + DASHBOARD_VIEWS.len());
+        assert_eq!(all.len(), 1 + TABLES.len() + DASHBOARD_VIEWS.len());
         assert!(all.iter().all(|s| !s.contains("{db}") && !s.contains(';')));
     }
 

@@ -4,8 +4,11 @@ The local stack runs Debian's ClickHouse 18.16; production runs a current releas
 in schemas/clickhouse/ must work on both: the Rust suite proves 18.16, this file proves current.
 """
 
+import json
+import os
 import pathlib
 import re
+import subprocess
 
 import chdb.session
 import pytest
@@ -96,10 +99,6 @@ def test_final_collapses_redelivered_fact_rows(session):
 def test_replay_parquet_loads_into_the_ddl_and_swaps_in(session, tmp_path):
     """The README's Kappa reprocessing procedure on a current engine: a replay's Parquet goes into
     the same DDL under another database, the views read it, EXCHANGE TABLES swaps it in."""
-    import json
-    import os
-    import subprocess
-
     bins = pathlib.Path(os.environ.get("RAINBOW_BIN_DIR", ""))
     rainbow, bench = bins / "rainbow", bins / "replay-bench"
     assert rainbow.is_file() and bench.is_file(), (
@@ -134,3 +133,22 @@ def test_replay_parquet_loads_into_the_ddl_and_swaps_in(session, tmp_path):
     session.query(f"EXCHANGE TABLES {DB}.fact_sales AND {v2}.fact_sales")
     assert rows(session, f"SELECT count() FROM {DB}.fact_sales") == [[str(written["fact_sales"])]]
     assert rows(session, f"SELECT count() FROM {v2}.fact_sales") == before
+
+
+def test_the_ddl_agrees_with_the_warehouse_definition(session):
+    """Columns, ClickHouse types, ORDER BY and version column of every table, on a current engine,
+    equal the one definition in rainbow_schemas::shape (printed by `rainbow --print-warehouse`)."""
+    bins = pathlib.Path(os.environ.get("RAINBOW_BIN_DIR", ""))
+    rainbow = bins / "rainbow"
+    if not rainbow.exists():
+        pytest.fail(f"RAINBOW_BIN_DIR={bins} must hold rainbow (tests/run sets it after cargo test)")
+    definition = json.loads(subprocess.run([str(rainbow), "--print-warehouse"], check=True, capture_output=True, text=True).stdout)
+    assert len(definition) == 13
+    for t in definition:
+        name = t["table"]
+        columns = rows(session, f"SELECT name, type FROM system.columns WHERE database = '{DB}' AND table = '{name}' ORDER BY position")
+        assert columns == [[c["name"], c["type"]] for c in t["columns"]], name
+        [[sorting_key, engine]] = rows(session, f"SELECT sorting_key, engine_full FROM system.tables WHERE database = '{DB}' AND name = '{name}'")
+        assert sorting_key == ", ".join(t["key"]), name
+        version = re.match(r"ReplacingMergeTree(?:\((\w*)\))?", engine).group(1) or None
+        assert version == t["version"], (name, engine)

@@ -12,7 +12,8 @@
 //! local stack, then `rainbow_processor::run` into a fresh ClickHouse database: sustained
 //! events/s from start to the last aggregate in ClickHouse.
 
-use rainbow_processor::core::{Core, Outputs};
+use rainbow_processor::core::Core;
+use rainbow_schemas::shape::Outputs;
 
 // The same allocator as the `rainbow` binary: the core allocates many small rows.
 #[global_allocator]
@@ -156,7 +157,7 @@ fn kafka_bench(events: &[ChangeEvent]) {
     let expected: (i64, i64) = {
         let mut core = Core::new(0);
         let mut out = Outputs::default();
-        let mut tables = rainbow_processor::tables::Tables::default();
+        let mut tables = rainbow_schemas::shape::Tables::default();
         for e in events {
             core.apply(e, &mut out).unwrap();
             tables.absorb(&mut out);

@@ -1,16 +1,17 @@
-//! Warehouse rows as Arrow record batches: the Parquet form of every output table.
+//! Warehouse rows as Arrow record batches: the Parquet form of every output table, and the form
+//! the data-quality checks read.
 //!
-//! The columns and their order are those of the row structs in `rainbow_schemas::rows` (the
-//! ClickHouse DDL's), read through serde, so a column added there appears here without a second
-//! list. Column types follow the warehouse's meaning, not the wire encoding: money is
-//! `Decimal128(18, 2)` (sums `Decimal128(38, 2)`, ratings `Decimal128(9, 2)`), `valid_from` /
-//! `valid_to` are `Timestamp(Second, "UTC")`, `date` is `Date32`, surrogate keys are 16-hex UTF-8
-//! strings, flags stay `UInt8` as in ClickHouse. Every column is non-nullable.
+//! The columns, their order and their types derive from the table's definition
+//! ([`crate::shape`]): each ClickHouse type has one Arrow type with the same meaning ([`arrow_type`]):
+//! `Decimal(p, s)` is `Decimal128(p, s)`, `DateTime` is `Timestamp(Second, "UTC")`, `Date` is
+//! `Date32`, `String` is `Utf8` (surrogate keys as their 16 hex digits), integers keep their
+//! width and sign (flags stay `UInt8` as in ClickHouse). Every column is non-nullable. Values are
+//! appended through serde, in field order, which the definition makes the column order.
 //!
 //! Conversion is deterministic: the same rows give equal batches, and the Parquet writer then
 //! gives identical bytes.
 
-use crate::error::ReplayError;
+use super::{TableDef, WarehouseRow};
 use arrow::array::{
     ArrayRef, Date32Builder, Decimal128Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
     TimestampSecondBuilder, UInt16Builder, UInt32Builder, UInt64Builder, UInt8Builder,
@@ -19,59 +20,51 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::ser::{self, Impossible, Serialize};
 use std::sync::Arc;
 
-/// A warehouse table's rows: serialisable, with a default row to learn the columns from.
-pub trait WarehouseRow: Serialize + Default {}
-impl<T: Serialize + Default> WarehouseRow for T {}
-
-/// Arrow type of a column, from its name and the primitive serde saw.
-fn column_type(name: &str, primitive: Primitive) -> DataType {
-    match (name, primitive) {
-        ("valid_from" | "valid_to", Primitive::U32) => {
-            DataType::Timestamp(TimeUnit::Second, Some("UTC".into()))
-        }
-        ("date", Primitive::U16) => DataType::Date32,
-        ("rating_average", Primitive::I32) => DataType::Decimal128(9, 2),
-        (_, Primitive::I128) => DataType::Decimal128(38, 2),
-        (
-            "price"
-            | "original_price"
-            | "price_treatment"
-            | "regular_unit_price"
-            | "discount_unit_price"
-            | "net_unit_price"
-            | "extended_sales_amount"
-            | "extended_discount_amount",
-            Primitive::I64,
-        ) => DataType::Decimal128(18, 2),
-        (_, Primitive::Str) => DataType::Utf8,
-        (_, Primitive::I64) => DataType::Int64,
-        (_, Primitive::I32) => DataType::Int32,
-        (_, Primitive::U8) => DataType::UInt8,
-        (_, Primitive::U16) => DataType::UInt16,
-        (_, Primitive::U32) => DataType::UInt32,
-        (_, Primitive::U64) => DataType::UInt64,
-    }
+/// Rows that could not become columns.
+#[derive(Debug, thiserror::Error)]
+pub enum ShapeError {
+    #[error("columns: {0}")]
+    Columns(String),
+    #[error("Arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Primitive {
-    Str,
-    I32,
-    I64,
-    I128,
-    U8,
-    U16,
-    U32,
-    U64,
+/// The Arrow type of a ClickHouse column type, `None` for a type the warehouse does not use.
+pub fn arrow_type(clickhouse: &str) -> Option<DataType> {
+    Some(match clickhouse {
+        "String" => DataType::Utf8,
+        "Int32" => DataType::Int32,
+        "Int64" => DataType::Int64,
+        "UInt8" => DataType::UInt8,
+        "UInt16" => DataType::UInt16,
+        "UInt32" => DataType::UInt32,
+        "UInt64" => DataType::UInt64,
+        "DateTime" => DataType::Timestamp(TimeUnit::Second, Some("UTC".into())),
+        "Date" => DataType::Date32,
+        decimal => {
+            let (p, s) = decimal.strip_prefix("Decimal(")?.strip_suffix(')')?.split_once(", ")?;
+            DataType::Decimal128(p.parse().ok()?, s.parse().ok()?)
+        }
+    })
+}
+
+/// The Arrow schema of a table.
+pub fn schema(table: &TableDef) -> SchemaRef {
+    let fields: Vec<Field> = table
+        .columns
+        .iter()
+        .map(|c| {
+            let ty = arrow_type(c.clickhouse)
+                .unwrap_or_else(|| panic!("{}.{}: no Arrow type for {}", table.name, c.name, c.clickhouse));
+            Field::new(c.name, ty, false)
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
 }
 
 /// The Arrow schema of a row type.
-pub fn schema_of<R: WarehouseRow>() -> Result<SchemaRef, ReplayError> {
-    let mut probe = Probe::default();
-    R::default().serialize(&mut probe)?;
-    let fields: Vec<Field> =
-        probe.columns.iter().map(|(name, p)| Field::new(*name, column_type(name, *p), false)).collect();
-    Ok(Arc::new(Schema::new(fields)))
+pub fn schema_of<R: WarehouseRow>() -> SchemaRef {
+    schema(R::TABLE)
 }
 
 /// Builds record batches of one row type.
@@ -125,7 +118,7 @@ impl BatchBuilder {
     }
 
     /// Appends one row. The row type must be the one the schema came from.
-    pub fn push<R: Serialize>(&mut self, row: &R) -> Result<(), ReplayError> {
+    pub fn push<R: Serialize>(&mut self, row: &R) -> Result<(), ShapeError> {
         let mut w = Writer { columns: &mut self.columns, at: 0 };
         row.serialize(&mut w)?;
         self.rows += 1;
@@ -133,7 +126,7 @@ impl BatchBuilder {
     }
 
     /// The rows appended since the last call, as a batch.
-    pub fn finish(&mut self) -> Result<RecordBatch, ReplayError> {
+    pub fn finish(&mut self) -> Result<RecordBatch, ShapeError> {
         let arrays: Vec<ArrayRef> = self
             .columns
             .iter_mut()
@@ -160,8 +153,8 @@ impl BatchBuilder {
 }
 
 /// Rows of one type as one batch.
-pub fn to_batch<R: WarehouseRow>(rows: impl IntoIterator<Item = R>) -> Result<RecordBatch, ReplayError> {
-    let mut b = BatchBuilder::new(schema_of::<R>()?);
+pub fn to_batch<R: WarehouseRow>(rows: impl IntoIterator<Item = R>) -> Result<RecordBatch, ShapeError> {
+    let mut b = BatchBuilder::new(schema_of::<R>());
     for r in rows {
         b.push(&r)?;
     }
@@ -170,20 +163,14 @@ pub fn to_batch<R: WarehouseRow>(rows: impl IntoIterator<Item = R>) -> Result<Re
 
 // --- serde plumbing -------------------------------------------------------------------------
 
-fn unsupported(what: &str) -> ReplayError {
-    ReplayError::Columns(format!("a warehouse row holds {what}, which has no column type"))
+fn unsupported(what: &str) -> ShapeError {
+    ShapeError::Columns(format!("a warehouse row holds {what}, which has no column type"))
 }
 
-impl ser::Error for ReplayError {
+impl ser::Error for ShapeError {
     fn custom<T: std::fmt::Display>(msg: T) -> Self {
-        ReplayError::Columns(msg.to_string())
+        ShapeError::Columns(msg.to_string())
     }
-}
-
-/// Learns column names and primitives from a row.
-#[derive(Default)]
-struct Probe {
-    columns: Vec<(&'static str, Primitive)>,
 }
 
 /// Appends a row's fields to the column builders, in order.
@@ -194,37 +181,37 @@ struct Writer<'a> {
 
 macro_rules! reject_rest {
     () => {
-        fn serialize_bool(self, _: bool) -> Result<Self::Ok, ReplayError> {
+        fn serialize_bool(self, _: bool) -> Result<Self::Ok, ShapeError> {
             Err(unsupported("a bool"))
         }
-        fn serialize_i8(self, _: i8) -> Result<Self::Ok, ReplayError> {
+        fn serialize_i8(self, _: i8) -> Result<Self::Ok, ShapeError> {
             Err(unsupported("an i8"))
         }
-        fn serialize_i16(self, _: i16) -> Result<Self::Ok, ReplayError> {
+        fn serialize_i16(self, _: i16) -> Result<Self::Ok, ShapeError> {
             Err(unsupported("an i16"))
         }
-        fn serialize_f32(self, _: f32) -> Result<Self::Ok, ReplayError> {
+        fn serialize_f32(self, _: f32) -> Result<Self::Ok, ShapeError> {
             Err(unsupported("a float"))
         }
-        fn serialize_f64(self, _: f64) -> Result<Self::Ok, ReplayError> {
+        fn serialize_f64(self, _: f64) -> Result<Self::Ok, ShapeError> {
             Err(unsupported("a float"))
         }
-        fn serialize_char(self, _: char) -> Result<Self::Ok, ReplayError> {
+        fn serialize_char(self, _: char) -> Result<Self::Ok, ShapeError> {
             Err(unsupported("a char"))
         }
-        fn serialize_bytes(self, _: &[u8]) -> Result<Self::Ok, ReplayError> {
+        fn serialize_bytes(self, _: &[u8]) -> Result<Self::Ok, ShapeError> {
             Err(unsupported("bytes"))
         }
-        fn serialize_none(self) -> Result<Self::Ok, ReplayError> {
+        fn serialize_none(self) -> Result<Self::Ok, ShapeError> {
             Err(unsupported("an Option"))
         }
-        fn serialize_some<T: ?Sized + Serialize>(self, _: &T) -> Result<Self::Ok, ReplayError> {
+        fn serialize_some<T: ?Sized + Serialize>(self, _: &T) -> Result<Self::Ok, ShapeError> {
             Err(unsupported("an Option"))
         }
-        fn serialize_unit(self) -> Result<Self::Ok, ReplayError> {
+        fn serialize_unit(self) -> Result<Self::Ok, ShapeError> {
             Err(unsupported("a unit"))
         }
-        fn serialize_unit_struct(self, _: &'static str) -> Result<Self::Ok, ReplayError> {
+        fn serialize_unit_struct(self, _: &'static str) -> Result<Self::Ok, ShapeError> {
             Err(unsupported("a unit struct"))
         }
         fn serialize_unit_variant(
@@ -232,7 +219,7 @@ macro_rules! reject_rest {
             _: &'static str,
             _: u32,
             _: &'static str,
-        ) -> Result<Self::Ok, ReplayError> {
+        ) -> Result<Self::Ok, ShapeError> {
             Err(unsupported("an enum"))
         }
         fn serialize_newtype_variant<T: ?Sized + Serialize>(
@@ -241,20 +228,20 @@ macro_rules! reject_rest {
             _: u32,
             _: &'static str,
             _: &T,
-        ) -> Result<Self::Ok, ReplayError> {
+        ) -> Result<Self::Ok, ShapeError> {
             Err(unsupported("an enum"))
         }
-        fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, ReplayError> {
+        fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, ShapeError> {
             Err(unsupported("a sequence"))
         }
-        fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, ReplayError> {
+        fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, ShapeError> {
             Err(unsupported("a tuple"))
         }
         fn serialize_tuple_struct(
             self,
             _: &'static str,
             _: usize,
-        ) -> Result<Self::SerializeTupleStruct, ReplayError> {
+        ) -> Result<Self::SerializeTupleStruct, ShapeError> {
             Err(unsupported("a tuple struct"))
         }
         fn serialize_tuple_variant(
@@ -263,10 +250,10 @@ macro_rules! reject_rest {
             _: u32,
             _: &'static str,
             _: usize,
-        ) -> Result<Self::SerializeTupleVariant, ReplayError> {
+        ) -> Result<Self::SerializeTupleVariant, ShapeError> {
             Err(unsupported("an enum"))
         }
-        fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, ReplayError> {
+        fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, ShapeError> {
             Err(unsupported("a map"))
         }
         fn serialize_struct_variant(
@@ -275,7 +262,7 @@ macro_rules! reject_rest {
             _: u32,
             _: &'static str,
             _: usize,
-        ) -> Result<Self::SerializeStructVariant, ReplayError> {
+        ) -> Result<Self::SerializeStructVariant, ShapeError> {
             Err(unsupported("an enum"))
         }
     };
@@ -286,147 +273,96 @@ macro_rules! outer_serializer {
     ($t:ty, $field:ty) => {
         impl<'s, 'a> ser::Serializer for &'s mut $t {
             type Ok = ();
-            type Error = ReplayError;
-            type SerializeSeq = Impossible<(), ReplayError>;
-            type SerializeTuple = Impossible<(), ReplayError>;
-            type SerializeTupleStruct = Impossible<(), ReplayError>;
-            type SerializeTupleVariant = Impossible<(), ReplayError>;
-            type SerializeMap = Impossible<(), ReplayError>;
+            type Error = ShapeError;
+            type SerializeSeq = Impossible<(), ShapeError>;
+            type SerializeTuple = Impossible<(), ShapeError>;
+            type SerializeTupleStruct = Impossible<(), ShapeError>;
+            type SerializeTupleVariant = Impossible<(), ShapeError>;
+            type SerializeMap = Impossible<(), ShapeError>;
             type SerializeStruct = Self;
-            type SerializeStructVariant = Impossible<(), ReplayError>;
+            type SerializeStructVariant = Impossible<(), ShapeError>;
             reject_rest!();
-            fn serialize_i32(self, _: i32) -> Result<(), ReplayError> {
+            fn serialize_i32(self, _: i32) -> Result<(), ShapeError> {
                 Err(unsupported("a bare value instead of a struct"))
             }
-            fn serialize_i64(self, _: i64) -> Result<(), ReplayError> {
+            fn serialize_i64(self, _: i64) -> Result<(), ShapeError> {
                 Err(unsupported("a bare value instead of a struct"))
             }
-            fn serialize_i128(self, _: i128) -> Result<(), ReplayError> {
+            fn serialize_i128(self, _: i128) -> Result<(), ShapeError> {
                 Err(unsupported("a bare value instead of a struct"))
             }
-            fn serialize_u8(self, _: u8) -> Result<(), ReplayError> {
+            fn serialize_u8(self, _: u8) -> Result<(), ShapeError> {
                 Err(unsupported("a bare value instead of a struct"))
             }
-            fn serialize_u16(self, _: u16) -> Result<(), ReplayError> {
+            fn serialize_u16(self, _: u16) -> Result<(), ShapeError> {
                 Err(unsupported("a bare value instead of a struct"))
             }
-            fn serialize_u32(self, _: u32) -> Result<(), ReplayError> {
+            fn serialize_u32(self, _: u32) -> Result<(), ShapeError> {
                 Err(unsupported("a bare value instead of a struct"))
             }
-            fn serialize_u64(self, _: u64) -> Result<(), ReplayError> {
+            fn serialize_u64(self, _: u64) -> Result<(), ShapeError> {
                 Err(unsupported("a bare value instead of a struct"))
             }
-            fn serialize_str(self, _: &str) -> Result<(), ReplayError> {
+            fn serialize_str(self, _: &str) -> Result<(), ShapeError> {
                 Err(unsupported("a bare value instead of a struct"))
             }
             fn serialize_newtype_struct<T: ?Sized + Serialize>(
                 self,
                 _: &'static str,
                 v: &T,
-            ) -> Result<(), ReplayError> {
+            ) -> Result<(), ShapeError> {
                 v.serialize(self)
             }
-            fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self, ReplayError> {
+            fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self, ShapeError> {
                 Ok(self)
             }
         }
     };
 }
-outer_serializer!(Probe, ());
 outer_serializer!(Writer<'a>, ());
-
-impl ser::SerializeStruct for &mut Probe {
-    type Ok = ();
-    type Error = ReplayError;
-    fn serialize_field<T: ?Sized + Serialize>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), ReplayError> {
-        let p = value.serialize(PrimitiveOf)?;
-        self.columns.push((key, p));
-        Ok(())
-    }
-    fn end(self) -> Result<(), ReplayError> {
-        Ok(())
-    }
-}
 
 impl ser::SerializeStruct for &mut Writer<'_> {
     type Ok = ();
-    type Error = ReplayError;
+    type Error = ShapeError;
     fn serialize_field<T: ?Sized + Serialize>(
         &mut self,
         key: &'static str,
         value: &T,
-    ) -> Result<(), ReplayError> {
+    ) -> Result<(), ShapeError> {
         let column = self
             .columns
             .get_mut(self.at)
-            .ok_or_else(|| ReplayError::Columns(format!("field {key} beyond the schema")))?;
+            .ok_or_else(|| ShapeError::Columns(format!("field {key} beyond the schema")))?;
         value.serialize(Cell { column, key })?;
         self.at += 1;
         Ok(())
     }
-    fn end(self) -> Result<(), ReplayError> {
+    fn end(self) -> Result<(), ShapeError> {
         Ok(())
     }
 }
 
-/// A field's primitive (newtypes such as `Money` are looked through).
-struct PrimitiveOf;
-
 macro_rules! leaf_common {
     () => {
-        type SerializeSeq = Impossible<Self::Ok, ReplayError>;
-        type SerializeTuple = Impossible<Self::Ok, ReplayError>;
-        type SerializeTupleStruct = Impossible<Self::Ok, ReplayError>;
-        type SerializeTupleVariant = Impossible<Self::Ok, ReplayError>;
-        type SerializeMap = Impossible<Self::Ok, ReplayError>;
-        type SerializeStruct = Impossible<Self::Ok, ReplayError>;
-        type SerializeStructVariant = Impossible<Self::Ok, ReplayError>;
+        type SerializeSeq = Impossible<Self::Ok, ShapeError>;
+        type SerializeTuple = Impossible<Self::Ok, ShapeError>;
+        type SerializeTupleStruct = Impossible<Self::Ok, ShapeError>;
+        type SerializeTupleVariant = Impossible<Self::Ok, ShapeError>;
+        type SerializeMap = Impossible<Self::Ok, ShapeError>;
+        type SerializeStruct = Impossible<Self::Ok, ShapeError>;
+        type SerializeStructVariant = Impossible<Self::Ok, ShapeError>;
         reject_rest!();
         fn serialize_newtype_struct<T: ?Sized + Serialize>(
             self,
             _: &'static str,
             v: &T,
-        ) -> Result<Self::Ok, ReplayError> {
+        ) -> Result<Self::Ok, ShapeError> {
             v.serialize(self)
         }
-        fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeStruct, ReplayError> {
+        fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeStruct, ShapeError> {
             Err(unsupported("a nested struct"))
         }
     };
-}
-
-impl ser::Serializer for PrimitiveOf {
-    type Ok = Primitive;
-    type Error = ReplayError;
-    leaf_common!();
-    fn serialize_i32(self, _: i32) -> Result<Primitive, ReplayError> {
-        Ok(Primitive::I32)
-    }
-    fn serialize_i64(self, _: i64) -> Result<Primitive, ReplayError> {
-        Ok(Primitive::I64)
-    }
-    fn serialize_i128(self, _: i128) -> Result<Primitive, ReplayError> {
-        Ok(Primitive::I128)
-    }
-    fn serialize_u8(self, _: u8) -> Result<Primitive, ReplayError> {
-        Ok(Primitive::U8)
-    }
-    fn serialize_u16(self, _: u16) -> Result<Primitive, ReplayError> {
-        Ok(Primitive::U16)
-    }
-    fn serialize_u32(self, _: u32) -> Result<Primitive, ReplayError> {
-        Ok(Primitive::U32)
-    }
-    fn serialize_u64(self, _: u64) -> Result<Primitive, ReplayError> {
-        Ok(Primitive::U64)
-    }
-    fn serialize_str(self, _: &str) -> Result<Primitive, ReplayError> {
-        Ok(Primitive::Str)
-    }
 }
 
 /// One field's value into its column builder.
@@ -436,16 +372,16 @@ struct Cell<'c> {
 }
 
 impl Cell<'_> {
-    fn mismatch(&self, got: &str) -> ReplayError {
-        ReplayError::Columns(format!("field {} is {got}, not what its column holds", self.key))
+    fn mismatch(&self, got: &str) -> ShapeError {
+        ShapeError::Columns(format!("field {} is {got}, not what its column holds", self.key))
     }
 }
 
 impl ser::Serializer for Cell<'_> {
     type Ok = ();
-    type Error = ReplayError;
+    type Error = ShapeError;
     leaf_common!();
-    fn serialize_i32(self, v: i32) -> Result<(), ReplayError> {
+    fn serialize_i32(self, v: i32) -> Result<(), ShapeError> {
         match self.column {
             Column::I32(b) => b.append_value(v),
             Column::Dec(b, ..) => b.append_value(i128::from(v)),
@@ -453,7 +389,7 @@ impl ser::Serializer for Cell<'_> {
         }
         Ok(())
     }
-    fn serialize_i64(self, v: i64) -> Result<(), ReplayError> {
+    fn serialize_i64(self, v: i64) -> Result<(), ShapeError> {
         match self.column {
             Column::I64(b) => b.append_value(v),
             Column::Dec(b, ..) => b.append_value(i128::from(v)),
@@ -461,21 +397,21 @@ impl ser::Serializer for Cell<'_> {
         }
         Ok(())
     }
-    fn serialize_i128(self, v: i128) -> Result<(), ReplayError> {
+    fn serialize_i128(self, v: i128) -> Result<(), ShapeError> {
         match self.column {
             Column::Dec(b, ..) => b.append_value(v),
             _ => return Err(self.mismatch("an i128")),
         }
         Ok(())
     }
-    fn serialize_u8(self, v: u8) -> Result<(), ReplayError> {
+    fn serialize_u8(self, v: u8) -> Result<(), ShapeError> {
         match self.column {
             Column::U8(b) => b.append_value(v),
             _ => return Err(self.mismatch("a u8")),
         }
         Ok(())
     }
-    fn serialize_u16(self, v: u16) -> Result<(), ReplayError> {
+    fn serialize_u16(self, v: u16) -> Result<(), ShapeError> {
         match self.column {
             Column::U16(b) => b.append_value(v),
             Column::Date(b) => b.append_value(i32::from(v)),
@@ -483,7 +419,7 @@ impl ser::Serializer for Cell<'_> {
         }
         Ok(())
     }
-    fn serialize_u32(self, v: u32) -> Result<(), ReplayError> {
+    fn serialize_u32(self, v: u32) -> Result<(), ShapeError> {
         match self.column {
             Column::U32(b) => b.append_value(v),
             Column::Ts(b) => b.append_value(i64::from(v)),
@@ -491,14 +427,14 @@ impl ser::Serializer for Cell<'_> {
         }
         Ok(())
     }
-    fn serialize_u64(self, v: u64) -> Result<(), ReplayError> {
+    fn serialize_u64(self, v: u64) -> Result<(), ShapeError> {
         match self.column {
             Column::U64(b) => b.append_value(v),
             _ => return Err(self.mismatch("a u64")),
         }
         Ok(())
     }
-    fn serialize_str(self, v: &str) -> Result<(), ReplayError> {
+    fn serialize_str(self, v: &str) -> Result<(), ShapeError> {
         match self.column {
             Column::Utf8(b) => b.append_value(v),
             _ => return Err(self.mismatch("a string")),
@@ -510,9 +446,9 @@ impl ser::Serializer for Cell<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shape::{DimProduct, FactSale, SurrogateKey, OPEN_VALID_TO, TABLES};
+    use crate::Money;
     use arrow::array::{Array, Decimal128Array, StringArray, TimestampSecondArray};
-    use rainbow_schemas::rows::{DimProduct, FactSale, SurrogateKey};
-    use rainbow_schemas::Money;
 
     #[test]
     fn rows_become_typed_columns_in_ddl_order() {
@@ -523,7 +459,7 @@ mod tests {
             price: Money(1_234_500),
             rating_average: 475,
             valid_from: 1_725_000_000,
-            valid_to: rainbow_schemas::rows::OPEN_VALID_TO,
+            valid_to: OPEN_VALID_TO,
             is_current: 1,
             ..Default::default()
         };
@@ -553,5 +489,15 @@ mod tests {
             &DataType::Decimal128(18, 2)
         );
         assert_eq!(f.schema().field_with_name("version").unwrap().data_type(), &DataType::UInt64);
+    }
+
+    #[test]
+    fn every_column_type_of_the_definition_has_an_arrow_type() {
+        for t in TABLES {
+            for c in t.columns {
+                assert!(arrow_type(c.clickhouse).is_some(), "{}.{}: {}", t.name, c.name, c.clickhouse);
+            }
+        }
+        assert_eq!(arrow_type("Array(String)"), None);
     }
 }
