@@ -1,46 +1,60 @@
-//! Checkpoints: the core's state, the merge's last released position and every input's resume
-//! offset, written atomically to object_store.
+//! Checkpoints of the engine ([`crate::engine`]), one format for streaming and replay: the
+//! core's state, the merge's last released position, every input's resume offset, the counts,
+//! and the sink's and the dead letters' own state, written atomically to object storage.
 //!
-//! Contract: a checkpoint is written only after the sink made every row produced before it
-//! durable in ClickHouse and the dead-letter producer flushed, so resuming from it loses nothing;
-//! rows produced after it are produced again, identically (same keys, versions and content), so
-//! ClickHouse converges. Objects are `<prefix>/checkpoint-<id, 20 digits>.bin`; a put is atomic
-//! (the local store writes a temporary file and renames it), the latest is the highest id, and a
-//! corrupt latest falls back to the one before.
+//! Contract: the engine writes a checkpoint only after the sink and the dead letters made
+//! everything before it durable, so resuming from it loses nothing; what is produced after it is
+//! produced again identically. Objects are `<folder>/checkpoint-<id, 20 digits>.bin`: the magic
+//! [`MAGIC`] (format name and version), then the envelope in postcard. A put is atomic and, on
+//! a local disk, fsynced ([`rainbow_runtime::store`]); the latest is the highest id, and an
+//! unreadable latest (another format version, a torn object) falls back to the one before, or
+//! to a fresh start.
 
 use crate::core::State;
-use crate::error::ProcessorError;
+use crate::engine::{EngineError, Totals};
 use crate::event::Position;
 use crate::merge::InputName;
 use rainbow_runtime::store::Store;
 use serde::{Deserialize, Serialize};
 
 /// Leading bytes of every checkpoint object: format name and version.
-/// Version 2: the core state gained `seal_requested` (lazy aggregate sealing); version 1
-/// checkpoints are refused with "bad magic or format version" and the processor starts over.
-pub const MAGIC: &[u8; 8] = b"RBWCKPT2";
+/// Version 3: one envelope for streaming and replay (fingerprint, emitted selection, counts,
+/// sink and dead-letter state). Older checkpoints are refused with "bad magic or format version"
+/// and the engine starts over from the beginning of its input.
+pub const MAGIC: &[u8; 8] = b"RBWCKPT3";
 
+/// A checkpoint as read back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub id: u64,
+    /// What the state is of (see [`crate::engine::Options::fingerprint`]).
+    pub fingerprint: String,
+    /// The instance's number (its share of the fact partitions).
     pub partition: i32,
-    pub state: State,
+    /// Whether the events being applied were output.
+    pub emitting: bool,
     pub last_released: Option<Position>,
     pub offsets: Vec<(InputName, i64)>,
-    /// Events applied since the stream began.
-    pub events: u64,
+    pub totals: Totals,
+    pub state: State,
+    pub sink: Vec<u8>,
+    pub dead_letters: Vec<u8>,
 }
 
-/// A checkpoint by reference, to write one without cloning the state; encodes exactly like
+/// A checkpoint by reference, to write one without copying the state; encodes exactly like
 /// [`Checkpoint`].
 #[derive(Serialize)]
 pub struct CheckpointRef<'a> {
     pub id: u64,
+    pub fingerprint: &'a str,
     pub partition: i32,
-    pub state: &'a State,
+    pub emitting: bool,
     pub last_released: Option<Position>,
-    pub offsets: Vec<(InputName, i64)>,
-    pub events: u64,
+    pub offsets: &'a [(InputName, i64)],
+    pub totals: &'a Totals,
+    pub state: &'a State,
+    pub sink: &'a [u8],
+    pub dead_letters: &'a [u8],
 }
 
 impl CheckpointRef<'_> {
@@ -53,18 +67,6 @@ impl CheckpointRef<'_> {
 }
 
 impl Checkpoint {
-    pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
-        CheckpointRef {
-            id: self.id,
-            partition: self.partition,
-            state: &self.state,
-            last_released: self.last_released,
-            offsets: self.offsets.clone(),
-            events: self.events,
-        }
-        .encode()
-    }
-
     pub fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
         let body =
             bytes.strip_prefix(MAGIC).ok_or("not a Rainbow checkpoint (bad magic or format version)")?;
@@ -72,6 +74,7 @@ impl Checkpoint {
     }
 }
 
+/// The checkpoints of one engine, under a folder of an object store.
 pub struct CheckpointStore {
     store: Store,
     folder: String,
@@ -80,22 +83,30 @@ pub struct CheckpointStore {
 
 impl CheckpointStore {
     /// Opens the store at `url` (a directory, created if missing, or an object-store URL:
-    /// `file://`, `s3://`, `gs://`, `az://`); checkpoints go under `<folder>/`.
-    pub fn open(url: &str, folder: &str, kept: usize) -> Result<CheckpointStore, ProcessorError> {
-        let store = Store::open(url).map_err(|e| checkpoint_error(url, e))?;
-        Ok(CheckpointStore { store, folder: folder.to_string(), kept })
+    /// `file://`, `s3://`, `gs://`, `az://`); checkpoints go under `<folder>/`, and all but the
+    /// newest `kept + 1` are deleted after each write.
+    pub fn open(url: &str, folder: &str, kept: usize) -> Result<CheckpointStore, EngineError> {
+        let store = Store::open(url)
+            .map_err(|e| EngineError::Checkpoint { url: url.to_string(), reason: e.to_string() })?;
+        Ok(CheckpointStore::new(store, folder, kept))
+    }
+
+    /// Checkpoints under `folder` of an open store.
+    pub fn new(store: Store, folder: &str, kept: usize) -> CheckpointStore {
+        CheckpointStore { store, folder: folder.to_string(), kept }
     }
 
     fn path(&self, id: u64) -> String {
         format!("{}/checkpoint-{id:020}.bin", self.folder)
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> ProcessorError {
-        checkpoint_error(&self.store.url, e)
+    /// An error of this store.
+    pub fn error(&self, e: impl std::fmt::Display) -> EngineError {
+        EngineError::Checkpoint { url: format!("{}/{}", self.store.url, self.folder), reason: e.to_string() }
     }
 
-    async fn ids(&self) -> Result<Vec<u64>, ProcessorError> {
-        let listed = self.store.list(&self.folder).await.map_err(|e| self.err(e))?;
+    async fn ids(&self) -> Result<Vec<u64>, EngineError> {
+        let listed = self.store.list(&self.folder).await.map_err(|e| self.error(e))?;
         let mut ids: Vec<u64> = listed
             .iter()
             .filter_map(|(path, _)| {
@@ -107,7 +118,7 @@ impl CheckpointStore {
     }
 
     /// The newest readable checkpoint, if any.
-    pub async fn latest(&self) -> Result<Option<Checkpoint>, ProcessorError> {
+    pub async fn latest(&self) -> Result<Option<Checkpoint>, EngineError> {
         for id in self.ids().await?.into_iter().rev() {
             let path = self.path(id);
             match self.store.get(&path).await {
@@ -121,17 +132,9 @@ impl CheckpointStore {
         Ok(None)
     }
 
-    /// Writes `checkpoint` atomically, then deletes all but the newest `kept + 1`. Returns the
-    /// size written.
-    pub async fn save(&self, checkpoint: &Checkpoint) -> Result<usize, ProcessorError> {
-        let bytes = checkpoint.encode().map_err(|e| self.err(e))?;
-        self.save_encoded(checkpoint.id, bytes).await
-    }
-
-    /// [`CheckpointStore::save`] of a checkpoint already encoded (magic + postcard).
-    pub async fn save_encoded(&self, id: u64, bytes: Vec<u8>) -> Result<usize, ProcessorError> {
-        let size = bytes.len();
-        self.store.put(&self.path(id), bytes).await.map_err(|e| self.err(e))?;
+    /// Writes an encoded checkpoint atomically, then deletes all but the newest `kept + 1`.
+    pub async fn save_encoded(&self, id: u64, bytes: Vec<u8>) -> Result<(), EngineError> {
+        self.store.put(&self.path(id), bytes).await.map_err(|e| self.error(e))?;
         let ids = self.ids().await?;
         let old = ids.len().saturating_sub(self.kept + 1);
         for id in &ids[..old] {
@@ -139,10 +142,14 @@ impl CheckpointStore {
                 tracing::warn!(id, error = %e, "could not delete an old checkpoint");
             }
         }
-        Ok(size)
+        Ok(())
     }
-}
 
-fn checkpoint_error(url: &str, e: impl std::fmt::Display) -> ProcessorError {
-    ProcessorError::Checkpoint { url: url.to_string(), reason: e.to_string() }
+    /// Deletes every checkpoint (the output they lead to is complete).
+    pub async fn clear(&self) -> Result<(), EngineError> {
+        for id in self.ids().await? {
+            self.store.delete(&self.path(id)).await.map_err(|e| self.error(e))?;
+        }
+        Ok(())
+    }
 }

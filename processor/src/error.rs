@@ -22,12 +22,8 @@ pub enum ProcessorError {
     },
     #[error("processor.instances = {instances}, but {reason}; the fact topics need as many partitions as instances, with equal counts (cdc.topic_partitions)")]
     Instances { instances: i32, reason: String },
-    #[error("checkpoint store {url}: {reason}")]
-    Checkpoint { url: String, reason: String },
-    #[error("checkpoint {path} is unreadable: {reason}")]
-    CorruptCheckpoint { path: String, reason: String },
-    #[error("the checkpoint was written by partition {found}, this instance is partition {expected}")]
-    PartitionMismatch { found: i32, expected: i32 },
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
     #[error("metrics listener on {addr}: {source}")]
     Metrics {
         addr: String,
@@ -43,7 +39,9 @@ impl ProcessorError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            ProcessorError::Kafka(_) | ProcessorError::Sink { .. } | ProcessorError::Checkpoint { .. }
+            ProcessorError::Kafka(_)
+                | ProcessorError::Sink { .. }
+                | ProcessorError::Engine(crate::engine::EngineError::Checkpoint { .. })
         )
     }
 }

@@ -1,25 +1,26 @@
 //! Rainbow's stream processor.
 //!
-//! What happens to one change event: the Kafka source ([`pipeline`]) reads it, [`event::decode`]
-//! types it, the [`merge::Merger`] releases it in source commit order once every input has
-//! progressed past it, the [`core::Core`] turns it into warehouse rows (SCD2 dimensions,
-//! `fact_sales`, dashboard aggregates), and the ClickHouse sink ([`sink`]) writes them in batches.
-//! Checkpoints ([`checkpoint`]) store the core's state with every input position.
+//! What happens to one change event: the Kafka source ([`stream::kafka`]) reads it,
+//! [`event::decode`] types it, the [`engine`] merges it into source commit order
+//! ([`merge::Merger`]) and applies it to the [`core::Core`], which turns it into warehouse rows
+//! (SCD2 dimensions, `fact_sales`, dashboard aggregates), and the ClickHouse sink
+//! ([`stream::clickhouse`]) writes them in batches. Checkpoints ([`checkpoint`]) store the core's
+//! state with every input position.
 //!
-//! The core and the merger are pure (no I/O, no clock): the replay runs the very same code over
-//! the archived log.
+//! The engine is the one loop of streaming and replay: `rainbow replay` runs it with an archive
+//! source and a Parquet sink. The core and the merger are pure (no I/O, no clock).
 
 pub mod checkpoint;
 pub mod config;
 pub mod core;
+pub mod engine;
 pub mod error;
 pub mod event;
 pub mod merge;
 pub mod metrics;
-pub mod pipeline;
-pub mod sink;
+pub mod stream;
 pub mod workload;
 
 pub use config::ProcessorConfig;
 pub use error::ProcessorError;
-pub use pipeline::{run, KafkaConnection, RunSummary};
+pub use stream::{run, KafkaConnection, RunSummary};

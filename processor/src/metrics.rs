@@ -140,25 +140,22 @@ impl ProcessorMetrics {
     }
 }
 
-/// An event could not be processed and was parked.
-pub struct DeadLettered<'a> {
-    pub stage: &'static str,
-    pub topic: &'a str,
-    pub partition: i32,
-    pub offset: i64,
-    pub reason: &'a str,
+/// A record was parked in the dead letters (the dead-letter topic, or a replay's rejection file).
+pub struct DeadLettered<'a, 'l> {
+    pub letter: &'a crate::engine::DeadLetter<'l>,
 }
 
-impl DeadLettered<'_> {
+impl DeadLettered<'_, '_> {
     pub fn emit(&self, m: &ProcessorMetrics) {
-        m.dead_letters.with_label_values(&[self.stage]).inc();
+        let l = self.letter;
+        m.dead_letters.with_label_values(&[l.stage]).inc();
         tracing::warn!(
-            stage = self.stage,
-            topic = self.topic,
-            partition = self.partition,
-            offset = self.offset,
-            reason = self.reason,
-            "event parked in the dead-letter topic"
+            stage = l.stage,
+            topic = %l.input.topic,
+            partition = l.input.partition,
+            offset = l.offset,
+            reason = l.reason,
+            "event parked in the dead letters"
         );
     }
 }

@@ -27,6 +27,8 @@ pub enum ReplayError {
     Shape(#[from] rainbow_schemas::shape::arrow::ShapeError),
     #[error("replay checkpoint {path}: {reason}")]
     Checkpoint { path: String, reason: String },
+    #[error(transparent)]
+    Engine(#[from] rainbow_processor::engine::EngineError),
     #[error("spilled replay output {path}: {reason}")]
     Spill { path: String, reason: String },
     #[error("the archive at {url} holds no segment for the requested days ({range})")]

@@ -12,7 +12,6 @@ pub mod error;
 pub mod master;
 pub mod metrics;
 pub mod replay;
-pub mod spill;
 
 pub use config::{ArchiveConfig, ReplayConfig};
 pub use error::ReplayError;

@@ -8,12 +8,16 @@
 //!   among equal versions) and written when the batch holds `batch_rows` rows or its oldest row
 //!   waited `batch_interval_ms`, and on every [`SinkMessage::Flush`].
 //! * **Durability.** A flush is acknowledged only after ClickHouse accepted every table's insert;
-//!   the pipeline writes a checkpoint only after such an acknowledgement.
+//!   the engine writes a checkpoint only after such an acknowledgement.
 //! * **Order.** Dimensions are written before facts, facts before aggregates, so a reader never
 //!   sees a fact whose dimension row is not there yet (within one flush).
 //! * **Errors.** A failed insert is retried with exponential backoff (`sink_attempts` in all);
 //!   then the sink stops with the error and the processor stops without checkpointing.
+//!
+//! The writes run on the tokio runtime ([`ClickHouseSink::run`]); the engine's thread hands rows
+//! over through [`ClickHouseWriter`], its [`Sink`].
 
+use crate::engine::Sink;
 use crate::error::ProcessorError;
 use crate::metrics::{BatchWritten, ProcessorMetrics, SinkFailed};
 use clickhouse::Client;
@@ -27,6 +31,46 @@ pub enum SinkMessage {
     Rows(Box<Outputs>),
     /// Write everything buffered; answer when ClickHouse has it.
     Flush(oneshot::Sender<Result<(), String>>),
+}
+
+/// The engine's side of the sink: rows go to the writing task through a bounded channel (the
+/// engine waits when ClickHouse falls behind).
+pub struct ClickHouseWriter {
+    tx: mpsc::Sender<SinkMessage>,
+}
+
+impl ClickHouseWriter {
+    pub fn new(tx: mpsc::Sender<SinkMessage>) -> ClickHouseWriter {
+        ClickHouseWriter { tx }
+    }
+
+    fn stopped() -> ProcessorError {
+        ProcessorError::Pipeline("the ClickHouse sink stopped".into())
+    }
+}
+
+impl Sink for ClickHouseWriter {
+    type Error = ProcessorError;
+    type Summary = ();
+
+    fn write(&mut self, rows: &mut Outputs) -> Result<(), ProcessorError> {
+        let rows = Box::new(std::mem::take(rows));
+        self.tx.blocking_send(SinkMessage::Rows(rows)).map_err(|_| Self::stopped())
+    }
+
+    fn flush(&mut self) -> Result<(), ProcessorError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.blocking_send(SinkMessage::Flush(tx)).map_err(|_| Self::stopped())?;
+        match rx.blocking_recv() {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(ProcessorError::Pipeline("the ClickHouse sink failed".into())),
+        }
+    }
+
+    /// Closing the channel makes the task write what is left and end.
+    fn finish(self) -> Result<(), ProcessorError> {
+        Ok(())
+    }
 }
 
 pub struct ClickHouseSink {

@@ -1,0 +1,724 @@
+//! The one loop of the processor, for streaming and replay alike: a [`Source`] delivers records,
+//! the engine decodes nothing itself but merges them by source commit order ([`Merger`]), applies
+//! them to the [`Core`], parks what cannot be used ([`DeadLetters`]), seals aggregates, hands the
+//! rows to a [`Sink`], writes checkpoints and fires failpoints. `rainbow process` runs it with
+//! a Kafka source, the ClickHouse sink and the dead-letter topic ([`crate::stream`]);
+//! `rainbow replay` with an archive source, a Parquet sink and a rejection file.
+//!
+//! Guarantees, whatever the source and sink: events reach the core in commit order, each at most
+//! once per run (re-deliveries below the last released position are dropped); a checkpoint is
+//! written only after every row produced before it is durable in the sink and every record
+//! parked before it is durable in the dead letters, so resuming from it loses nothing, and what
+//! is produced again after it is produced identically (same keys, versions and content).
+//!
+//! The engine is the only place that builds a [`Merger`] or a [`Core`].
+
+use crate::checkpoint::{CheckpointRef, CheckpointStore};
+use crate::core::Core;
+use crate::event::{ChangeEvent, DecodeError, Position, Table};
+use crate::merge::{InputName, Merger, Pushed};
+use crate::metrics::{CheckpointWritten, DeadLettered, ProcessorMetrics};
+use rainbow_runtime::failpoint::CrashAfter;
+use rainbow_schemas::shape::Outputs;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Where change events come from: the partitions of the CDC's topics, live or archived.
+///
+/// Contract:
+/// * **Delivery.** At-least-once. Each input delivers its records in offset order, from the
+///   offset the engine asked for in [`Source::open`]; records at or after that offset may be
+///   delivered again after a restart (they are, from the last checkpoint's offsets).
+/// * **Ordering.** Within an input, positions do not decrease, except for re-deliveries of
+///   records already seen. Across inputs, anything goes: the engine merges.
+/// * **Progress.** An input that is idle but has nothing earlier to deliver says so with
+///   [`Intake::mark`] (a heartbeat) or [`Intake::finish`] (the end of a bounded input);
+///   otherwise nothing after its last record can be released.
+/// * **Durability.** A source keeps nothing the engine needs: where to resume is in the
+///   checkpoint. [`Source::committed`] tells it which offsets a durable checkpoint covers.
+pub trait Source {
+    type Error: From<EngineError>;
+
+    /// The inputs, in index order, each with the offset it will deliver from: `resume`'s offset
+    /// for an input the checkpoint knows, else its first. Called once, before any poll.
+    fn open(&mut self, resume: &BTreeMap<InputName, i64>) -> Result<Vec<Input>, Self::Error>;
+
+    /// Delivers what is available to `intake`, waiting a short while at most when nothing is.
+    /// [`Poll::End`] once every input has finished (bounded sources only).
+    fn poll(&mut self, intake: &mut Intake<'_, Self::Error>) -> Result<Poll, Self::Error>;
+
+    /// After each drain of the merge: flow control, progress from heartbeats.
+    fn drained(&mut self, _intake: &mut Intake<'_, Self::Error>) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    /// About once a second: the source's own telemetry (lag, paused inputs).
+    fn tick(&mut self, _intake: &Intake<'_, Self::Error>) {}
+
+    /// A checkpoint that resumes the inputs at `offsets` is durable.
+    fn committed(&mut self, _offsets: &[(InputName, i64)]) {}
+}
+
+/// Where the core's rows go.
+///
+/// Contract:
+/// * **Delivery.** At-least-once: after a restart from a checkpoint, rows produced after it are
+///   written again, identical. Rows are keyed and versioned (see [`rainbow_schemas::shape`]), so a
+///   sink that collapses like ReplacingMergeTree converges to the same tables.
+/// * **Ordering.** Rows arrive in emission order; a sink that reorders must keep, per key, the
+///   row of the highest version and, among equal versions, the last one written.
+/// * **Durability.** Rows given to [`Sink::write`] may be buffered; when [`Sink::flush`]
+///   returns Ok every row written before is durable, or is in the state [`Sink::save`] returns
+///   (which the engine puts in the checkpoint). A retry after an error may write rows again.
+pub trait Sink {
+    type Error;
+    type Summary;
+
+    /// Takes the rows (leaving `rows` empty).
+    fn write(&mut self, rows: &mut Outputs) -> Result<(), Self::Error>;
+
+    /// Makes every row written so far durable (or part of [`Sink::save`]).
+    fn flush(&mut self) -> Result<(), Self::Error>;
+
+    /// The sink's own state for a checkpoint (called after [`Sink::flush`]).
+    fn save(&self) -> Result<Vec<u8>, Self::Error> {
+        Ok(Vec::new())
+    }
+
+    /// Restores the state [`Sink::save`] returned (`None`: a fresh start).
+    fn restore(&mut self, _state: Option<&[u8]>) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    /// The end of a bounded input: write what is left, complete the output.
+    fn finish(self) -> Result<Self::Summary, Self::Error>;
+}
+
+/// Where records that cannot be used go, with why: a dead-letter topic, a rejection file.
+///
+/// Contract: [`DeadLetters::park`] may buffer; when [`DeadLetters::flush`] returns Ok every
+/// letter parked before is durable (or in [`DeadLetters::save`]'s state, which the engine puts
+/// in the checkpoint). A letter may be parked again after a restart.
+pub trait DeadLetters {
+    type Error;
+
+    fn park(&mut self, letter: &DeadLetter<'_>) -> Result<(), Self::Error>;
+
+    fn flush(&mut self) -> Result<(), Self::Error>;
+
+    fn save(&self) -> Result<Vec<u8>, Self::Error> {
+        Ok(Vec::new())
+    }
+
+    fn restore(&mut self, _state: Option<&[u8]>) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    /// The end of a bounded input: complete the output. Returns the letters parked in all.
+    fn finish(self) -> Result<u64, Self::Error>
+    where
+        Self: Sized;
+}
+
+/// A record parked, with where it came from and why.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadLetter<'a> {
+    /// `decode` (the record is not an event the core understands) or `core` (the core refused
+    /// the event).
+    pub stage: &'static str,
+    pub input: &'a InputName,
+    /// -1 when the offset is not known (an event refused by the core after the merge).
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub reason: &'a str,
+}
+
+/// One input of a source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    pub name: InputName,
+    /// The source table whose events this input carries.
+    pub table: Table,
+    /// The offset it delivers from.
+    pub start: i64,
+}
+
+/// What a poll found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Poll {
+    /// Records were delivered (or none were available); poll again.
+    More,
+    /// Every input finished: nothing will come any more.
+    End,
+}
+
+/// A record as a source delivers it.
+#[derive(Debug)]
+pub struct Record<'a> {
+    pub input: usize,
+    pub offset: i64,
+    /// The value decoded (`Ok(None)`: a tombstone).
+    pub decoded: Result<Option<ChangeEvent>, DecodeError>,
+    /// Whether the event's rows are output (a replay's selected days); else it only builds
+    /// state.
+    pub emit: bool,
+    /// The raw record, for a dead letter.
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+}
+
+/// An event waiting in the merge.
+#[derive(Debug)]
+struct Queued {
+    event: ChangeEvent,
+    emit: bool,
+}
+
+/// How aggregates are sealed (emitted at a transaction boundary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seal {
+    /// After every drain, up to the merge's frontier: the freshest aggregates (streaming).
+    AtFrontier,
+    /// At the end of the input (and where the emitted selection changes): the fewest rows
+    /// (replay, whose output is the tables as `FINAL` sees them).
+    AtEnd,
+}
+
+/// When checkpoints are written (besides at a stop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Every {
+    Interval(Duration),
+    Events(u64),
+}
+
+/// How an engine runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The instance's number, stamped on its aggregate rows.
+    pub partition: i32,
+    /// What the state is of (for example the archive and days of a replay): a checkpoint with
+    /// another fingerprint is not resumed (the engine starts over, with a warning).
+    pub fingerprint: String,
+    pub seal: Seal,
+    pub checkpoint_every: Every,
+    /// The environment variable of the crash failpoint (`crash_after_events=N`).
+    pub failpoint: &'static str,
+}
+
+/// Why the engine stopped by itself.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("checkpoint store {url}: {reason}")]
+    Checkpoint { url: String, reason: String },
+    #[error("the checkpoint was written by partition {found}, this instance is partition {expected}")]
+    PartitionMismatch { found: i32, expected: i32 },
+    #[error("the merge made no progress although every input has records queued")]
+    NoProgress,
+}
+
+/// Counts of what the engine did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Totals {
+    /// Records the source delivered (tombstones and dead letters included).
+    pub records: u64,
+    /// Events applied to the core.
+    pub events: u64,
+    /// Events applied whose rows are output (all, in streaming).
+    pub emitted: u64,
+    /// Re-deliveries dropped by the merge.
+    pub duplicates: u64,
+    /// Records and events parked in the dead letters.
+    pub rejected: u64,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineSummary {
+    /// The checkpoint resumed from: (id, events applied before it).
+    pub resumed: Option<(u64, u64)>,
+    /// Since the stream began (this run included).
+    pub totals: Totals,
+    /// This run alone.
+    pub this_run: Totals,
+    pub checkpoints: u64,
+}
+
+/// Engine-side knowledge of an input.
+struct InputInfo {
+    name: InputName,
+    table: Table,
+    finished: bool,
+    events_in: prometheus::IntCounter,
+}
+
+/// The engine's view for a source: deliver records, mark progress, read the merge's state.
+pub struct Intake<'e, E> {
+    merger: &'e mut Merger<Queued>,
+    inputs: &'e mut [InputInfo],
+    totals: &'e mut Totals,
+    this_run: &'e mut Totals,
+    watermark_ms: &'e mut i64,
+    dead: &'e mut dyn DeadLetters<Error = E>,
+    metrics: &'e ProcessorMetrics,
+}
+
+impl<E> Intake<'_, E> {
+    /// Takes one record of an input.
+    pub fn record(&mut self, r: Record<'_>) -> Result<(), E> {
+        self.totals.records += 1;
+        self.this_run.records += 1;
+        let table = self.inputs[r.input].table;
+        let refused = match r.decoded {
+            Ok(Some(event)) if event.table() == table => {
+                self.inputs[r.input].events_in.inc();
+                let position = event.position;
+                if self.merger.push(r.input, r.offset, position, Queued { event, emit: r.emit })
+                    == Pushed::Duplicate
+                {
+                    self.metrics.duplicates.inc();
+                    self.totals.duplicates += 1;
+                    self.this_run.duplicates += 1;
+                }
+                return Ok(());
+            }
+            Ok(None) => {
+                self.merger.skip(r.input, r.offset);
+                return Ok(());
+            }
+            Ok(Some(event)) => {
+                format!("event of table {} on the topic of {}", event.table().name(), table.name())
+            }
+            Err(e) => e.to_string(),
+        };
+        let name = self.inputs[r.input].name.clone();
+        let letter = DeadLetter {
+            stage: "decode",
+            input: &name,
+            offset: r.offset,
+            key: r.key,
+            value: r.value,
+            reason: &refused,
+        };
+        self.park(&letter)?;
+        self.merger.skip(r.input, r.offset);
+        Ok(())
+    }
+
+    fn park(&mut self, letter: &DeadLetter<'_>) -> Result<(), E> {
+        DeadLettered { letter }.emit(self.metrics);
+        self.totals.rejected += 1;
+        self.this_run.rejected += 1;
+        self.dead.park(letter)
+    }
+
+    /// Progress mark (a heartbeat): once `input` has delivered every record below
+    /// `end_offset`, everything it delivers afterwards is at or after `at`.
+    pub fn mark(&mut self, input: usize, end_offset: i64, at: Position) {
+        self.merger.mark(input, end_offset, at);
+    }
+
+    /// `input` has nothing more to deliver.
+    pub fn finish(&mut self, input: usize) {
+        self.merger.finish(input);
+        self.inputs[input].finished = true;
+    }
+
+    /// Raises the watermark (the commit time up to which everything is processed) to `ts_ms`.
+    pub fn advance_watermark(&mut self, ts_ms: i64) {
+        *self.watermark_ms = (*self.watermark_ms).max(ts_ms);
+    }
+
+    pub fn inputs(&self) -> usize {
+        self.inputs.len()
+    }
+
+    /// The engine's counts so far (records delivered, events applied, ...).
+    pub fn totals(&self) -> &Totals {
+        self.totals
+    }
+
+    pub fn queued(&self, input: usize) -> usize {
+        self.merger.queued(input)
+    }
+
+    pub fn is_finished(&self, input: usize) -> bool {
+        self.inputs[input].finished
+    }
+
+    pub fn next_offset(&self, input: usize) -> i64 {
+        self.merger.next_offset(input)
+    }
+
+    pub fn input_frontier(&self, input: usize) -> Option<Position> {
+        self.merger.input_frontier(input)
+    }
+
+    /// Whether `input` holds back the merge: it must keep being read for anything to be
+    /// released.
+    pub fn is_blocking(&self, input: usize) -> bool {
+        self.merger.is_blocking(input)
+    }
+
+    /// The position up to which events have been released.
+    pub fn frontier(&self) -> Option<Position> {
+        self.merger.frontier()
+    }
+}
+
+/// An [`Intake`] over the engine's parts (a macro: the borrows are of disjoint fields).
+macro_rules! intake {
+    ($engine:ident) => {
+        Intake {
+            merger: &mut $engine.merger,
+            inputs: &mut $engine.inputs,
+            totals: &mut $engine.totals,
+            this_run: &mut $engine.this_run,
+            watermark_ms: &mut $engine.watermark_ms,
+            dead: &mut $engine.dead,
+            metrics: &$engine.metrics,
+        }
+    };
+}
+
+/// Rows handed to the sink once this many are waiting, also in the middle of a drain.
+const WRITE_ROWS: usize = 4096;
+
+/// The engine: see the module documentation.
+pub struct Engine<S, K, D> {
+    source: S,
+    sink: K,
+    dead: D,
+    options: Options,
+    merger: Merger<Queued>,
+    core: Core,
+    inputs: Vec<InputInfo>,
+    out: Outputs,
+    /// Whether the events being applied are output (see [`Record::emit`]).
+    emitting: bool,
+    totals: Totals,
+    this_run: Totals,
+    store: CheckpointStore,
+    rt: tokio::runtime::Handle,
+    checkpoint_id: u64,
+    checkpoints: u64,
+    resumed: Option<(u64, u64)>,
+    next_checkpoint: (Instant, u64),
+    watermark_ms: i64,
+    crash_after: Option<CrashAfter>,
+    metrics: ProcessorMetrics,
+    applied_by_table: Vec<prometheus::IntCounter>,
+}
+
+impl<S, K, D> Engine<S, K, D>
+where
+    S: Source,
+    K: Sink<Error = S::Error>,
+    D: DeadLetters<Error = S::Error>,
+{
+    /// Restores the latest checkpoint of `store` (if it is of this fingerprint), opens the
+    /// source at its offsets and restores the sink's and the dead letters' state.
+    pub fn open(
+        mut source: S,
+        mut sink: K,
+        mut dead: D,
+        options: Options,
+        store: CheckpointStore,
+        rt: tokio::runtime::Handle,
+        metrics: ProcessorMetrics,
+    ) -> Result<Self, S::Error> {
+        let checkpoint = match rt.block_on(store.latest())? {
+            Some(c) if c.fingerprint != options.fingerprint => {
+                tracing::warn!(
+                    found = %c.fingerprint,
+                    expected = %options.fingerprint,
+                    "the checkpoint is of other input: starting over"
+                );
+                None
+            }
+            Some(c) if c.partition != options.partition => {
+                return Err(EngineError::PartitionMismatch {
+                    found: c.partition,
+                    expected: options.partition,
+                }
+                .into())
+            }
+            other => other,
+        };
+        let resume: BTreeMap<InputName, i64> =
+            checkpoint.as_ref().map(|c| c.offsets.iter().cloned().collect()).unwrap_or_default();
+        let opened = source.open(&resume)?;
+        let mut merger = Merger::new(checkpoint.as_ref().and_then(|c| c.last_released));
+        let inputs: Vec<InputInfo> = opened
+            .into_iter()
+            .map(|input| {
+                merger.add_input(input.name.clone(), input.start);
+                InputInfo {
+                    events_in: metrics.events_in.with_label_values(&[input.table.name()]),
+                    name: input.name,
+                    table: input.table,
+                    finished: false,
+                }
+            })
+            .collect();
+        sink.restore(checkpoint.as_ref().map(|c| c.sink.as_slice()))?;
+        dead.restore(checkpoint.as_ref().map(|c| c.dead_letters.as_slice()))?;
+        let (core, checkpoint_id, totals, emitting, resumed) = match checkpoint {
+            Some(c) => {
+                tracing::info!(id = c.id, events = c.totals.events, "resuming from checkpoint");
+                let resumed = Some((c.id, c.totals.events));
+                (Core::from_state(options.partition, c.state), c.id, c.totals, c.emitting, resumed)
+            }
+            None => (Core::new(options.partition), 0, Totals::default(), true, None),
+        };
+        let applied_by_table =
+            Table::ALL.iter().map(|t| metrics.events_applied.with_label_values(&[t.name()])).collect();
+        let next_checkpoint = Self::next_checkpoint_after(&options.checkpoint_every, totals.events);
+        Ok(Engine {
+            crash_after: CrashAfter::from_env(options.failpoint),
+            source,
+            sink,
+            dead,
+            options,
+            merger,
+            core,
+            inputs,
+            out: Outputs::default(),
+            emitting,
+            totals,
+            this_run: Totals::default(),
+            store,
+            rt,
+            checkpoint_id,
+            checkpoints: 0,
+            resumed,
+            next_checkpoint,
+            watermark_ms: 0,
+            metrics,
+            applied_by_table,
+        })
+    }
+
+    fn next_checkpoint_after(every: &Every, events: u64) -> (Instant, u64) {
+        match every {
+            Every::Interval(d) => (Instant::now() + *d, u64::MAX),
+            Every::Events(n) => {
+                (Instant::now() + Duration::from_secs(u64::MAX / 4), events.saturating_add(*n))
+            }
+        }
+    }
+
+    /// The counts so far.
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// The source, for its own reports.
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
+    /// Runs until `stop` is set (then drains, writes a checkpoint and returns) or a bounded
+    /// input ends (then seals, finishes the sink and the dead letters, deletes the checkpoints
+    /// and returns their summaries).
+    pub fn run(mut self, stop: &AtomicBool) -> Result<Finished<K::Summary>, S::Error> {
+        let mut next_tick = Instant::now();
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                self.drain()?;
+                self.checkpoint()?;
+                self.tick();
+                return Ok(Finished::Stopped(self.summary()));
+            }
+            let poll = self.source.poll(&mut intake!(self))?;
+            let released = self.drain()?;
+            self.source.drained(&mut intake!(self))?;
+            if Instant::now() >= next_tick {
+                self.tick();
+                next_tick = Instant::now() + Duration::from_secs(1);
+            }
+            if Instant::now() >= self.next_checkpoint.0 {
+                self.checkpoint()?;
+            }
+            if poll == Poll::End && self.merger.queued_total() == 0 {
+                return self.finish().map(Finished::Ended);
+            }
+            if released == 0
+                && (0..self.inputs.len()).all(|i| self.inputs[i].finished || self.merger.queued(i) > 0)
+            {
+                // Impossible for ordered inputs (the minimum frontier always has its record
+                // queued); a guard against a merge that would otherwise spin.
+                return Err(EngineError::NoProgress.into());
+            }
+        }
+    }
+
+    /// Releases what every input has passed to the core, in commit order, and hands the rows
+    /// to the sink. Returns how many events were released.
+    fn drain(&mut self) -> Result<u64, S::Error> {
+        let mut released = 0;
+        while let Some((input, Queued { event, emit })) = self.merger.pop() {
+            released += 1;
+            if emit != self.emitting {
+                // Where the output selection changes, the aggregates changed before are sealed
+                // and belong to the side they were changed on.
+                self.core.seal_before(event.position, &mut self.out);
+                self.route()?;
+                self.emitting = emit;
+            }
+            match self.core.apply(&event, &mut self.out) {
+                Ok(()) => {
+                    self.totals.events += 1;
+                    self.this_run.events += 1;
+                    if emit {
+                        self.totals.emitted += 1;
+                        self.this_run.emitted += 1;
+                    }
+                    self.watermark_ms = self.watermark_ms.max(event.ts_ms);
+                    self.applied_by_table[usize::from(event.position.table)].inc();
+                    if let Some(crash) = &self.crash_after {
+                        crash.check(self.this_run.events);
+                    }
+                }
+                Err(rejected) => {
+                    let value = serde_json::to_vec(&event).unwrap_or_default();
+                    let reason = rejected.to_string();
+                    let name = self.inputs[input].name.clone();
+                    let letter = DeadLetter {
+                        stage: "core",
+                        input: &name,
+                        offset: -1,
+                        key: None,
+                        value: Some(&value),
+                        reason: &reason,
+                    };
+                    intake!(self).park(&letter)?;
+                }
+            }
+            if self.out.len() >= WRITE_ROWS {
+                self.route()?;
+            }
+            if self.totals.events >= self.next_checkpoint.1 {
+                self.checkpoint()?;
+            }
+        }
+        if self.options.seal == Seal::AtFrontier {
+            self.core.request_seal();
+            if let Some(frontier) = self.merger.frontier() {
+                self.core.seal_before(frontier, &mut self.out);
+            }
+        }
+        self.route()?;
+        Ok(released)
+    }
+
+    /// Hands the rows produced so far to the sink, or drops them where the output is not
+    /// selected.
+    fn route(&mut self) -> Result<(), S::Error> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        if self.emitting {
+            self.sink.write(&mut self.out)?;
+        } else {
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Flushes the dead letters and the sink, then writes the state and input positions.
+    fn checkpoint(&mut self) -> Result<(), S::Error> {
+        let started = Instant::now();
+        self.next_checkpoint =
+            Self::next_checkpoint_after(&self.options.checkpoint_every, self.totals.events);
+        self.route()?;
+        self.dead.flush()?;
+        self.sink.flush()?;
+        let offsets = self.merger.resume_offsets();
+        let id = self.checkpoint_id + 1;
+        let sink = self.sink.save()?;
+        let dead_letters = self.dead.save()?;
+        let c = CheckpointRef {
+            id,
+            fingerprint: &self.options.fingerprint,
+            partition: self.options.partition,
+            emitting: self.emitting,
+            last_released: self.merger.last_released(),
+            offsets: &offsets,
+            totals: &self.totals,
+            state: self.core.state(),
+            sink: &sink,
+            dead_letters: &dead_letters,
+        };
+        let saved = c.encode().map_err(|e| self.store.error(e)).and_then(|bytes| {
+            let size = bytes.len();
+            self.rt.block_on(self.store.save_encoded(id, bytes)).map(|()| size)
+        });
+        let size = match saved {
+            Ok(size) => size,
+            Err(e) => {
+                self.metrics.checkpoint_errors.inc();
+                return Err(e.into());
+            }
+        };
+        self.checkpoint_id = id;
+        self.checkpoints += 1;
+        CheckpointWritten { id, bytes: size, duration: started.elapsed(), events: self.totals.events }
+            .emit(&self.metrics);
+        self.source.committed(&offsets);
+        Ok(())
+    }
+
+    /// The end of a bounded input.
+    fn finish(mut self) -> Result<(EngineSummary, K::Summary, u64), S::Error> {
+        // The last transaction's aggregates.
+        let end = Position { commit: u64::MAX, change: 0, table: 0 };
+        self.core.seal_before(end, &mut self.out);
+        self.route()?;
+        self.tick();
+        let summary = self.summary();
+        let Engine { sink, dead, core, merger, store, rt, .. } = self;
+        // The state is not needed any more: its memory goes to the sink's last writes.
+        drop(core);
+        drop(merger);
+        let written = sink.finish()?;
+        let parked = dead.finish()?;
+        rt.block_on(store.clear())?;
+        Ok((summary, written, parked))
+    }
+
+    fn summary(&self) -> EngineSummary {
+        EngineSummary {
+            resumed: self.resumed,
+            totals: self.totals.clone(),
+            this_run: self.this_run.clone(),
+            checkpoints: self.checkpoints,
+        }
+    }
+
+    /// Telemetry of the merge, the core and the source.
+    fn tick(&mut self) {
+        let m = &self.metrics;
+        m.queued.set(self.merger.queued_total() as i64);
+        if self.watermark_ms > 0 {
+            let now = chrono::Utc::now().timestamp_millis();
+            m.watermark_delay.set(((now - self.watermark_ms).max(0)) as f64 / 1000.0);
+        }
+        let size = self.core.size();
+        m.state_versions.set(size.dimension_versions as i64);
+        m.state_orders.set(size.orders as i64);
+        m.state_lines.set(size.order_lines as i64);
+        m.state_groups.set(size.aggregate_groups as i64);
+        self.source.tick(&intake!(self));
+    }
+}
+
+/// How the engine ended.
+#[derive(Debug)]
+pub enum Finished<T> {
+    /// Stopped on request, after a checkpoint.
+    Stopped(EngineSummary),
+    /// The input ended: the engine's summary, the sink's, and the letters parked in all.
+    Ended((EngineSummary, T, u64)),
+}

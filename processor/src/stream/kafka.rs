@@ -1,0 +1,274 @@
+//! The Kafka source of the streaming engine: every partition of the CDC's topics that this
+//! instance owns, read with one consumer; the CDC's heartbeats tell the merge that idle
+//! partitions have nothing earlier to deliver.
+//!
+//! Offsets come from the engine's checkpoint (a partition it does not know is read from the
+//! beginning); the consumer group's offsets are committed after each checkpoint for lag
+//! monitoring only. A partition whose merge queue is long is paused, unless the merge waits on
+//! it.
+
+use super::owned_partitions;
+use crate::config::ProcessorConfig;
+use crate::engine::{Input, Intake, Poll, Record, Source};
+use crate::error::ProcessorError;
+use crate::event::{decode, Position, Table};
+use crate::merge::InputName;
+use crate::metrics::ProcessorMetrics;
+use rainbow_runtime::kafka::{self, KafkaConnection};
+use rainbow_schemas::wire;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Messages taken per poll before the merge is drained.
+const POLL_BATCH: usize = 5_000;
+
+struct Partition {
+    topic: String,
+    partition: i32,
+    paused: bool,
+}
+
+pub struct KafkaSource {
+    config: ProcessorConfig,
+    /// Shared with the messages a poll borrows from it.
+    consumer: Arc<BaseConsumer>,
+    stop: Arc<AtomicBool>,
+    metrics: ProcessorMetrics,
+    heartbeat_topic: String,
+    partitions: Vec<Partition>,
+    /// Per topic, the input index of each partition this instance reads (`None`: not read).
+    by_topic: HashMap<String, Vec<Option<usize>>>,
+    /// Heartbeats read: (acknowledged LSN, heartbeat time ms), oldest first.
+    heartbeats: VecDeque<(u64, i64)>,
+    poll_errors: u64,
+    next_lag: Instant,
+}
+
+impl KafkaSource {
+    /// A consumer of the CDC's topics; `stop` ends the wait for them.
+    pub fn new(
+        kafka: &KafkaConnection,
+        config: &ProcessorConfig,
+        stop: Arc<AtomicBool>,
+        metrics: ProcessorMetrics,
+    ) -> Result<KafkaSource, ProcessorError> {
+        let consumer: BaseConsumer = kafka
+            .client_config("processor")
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "50")
+            .set("queued.max.messages.kbytes", "65536")
+            .create()?;
+        Ok(KafkaSource {
+            heartbeat_topic: config.heartbeat_topic(),
+            config: config.clone(),
+            consumer: Arc::new(consumer),
+            stop,
+            metrics,
+            partitions: Vec::new(),
+            by_topic: HashMap::new(),
+            heartbeats: VecDeque::new(),
+            poll_errors: 0,
+            next_lag: Instant::now(),
+        })
+    }
+
+    /// A heartbeat: every input consumed up to its current end offset has nothing before the
+    /// heartbeat's acknowledged LSN left to deliver.
+    fn heartbeat(
+        &mut self,
+        m: &BorrowedMessage<'_>,
+        intake: &mut Intake<'_, ProcessorError>,
+    ) -> Result<(), ProcessorError> {
+        let acked = m.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == wire::HEARTBEAT_ACKED_LSN_HEADER)
+                .and_then(|h| wire::parse_acked_header(h.value?))
+        });
+        let Some(acked) = acked else { return Ok(()) };
+        let at = Position { commit: acked.0, change: 0, table: 0 };
+        let ts_ms = m.payload().and_then(wire::heartbeat_ts_ms).unwrap_or(0);
+        let behind: Vec<usize> =
+            (0..intake.inputs()).filter(|&i| intake.input_frontier(i).is_none_or(|f| f < at)).collect();
+        if !behind.is_empty() {
+            let ends = self.end_offsets(&behind, Duration::from_secs(5))?;
+            for (i, high) in behind.into_iter().zip(ends) {
+                intake.mark(i, high, at);
+            }
+        }
+        self.heartbeats.push_back((acked.0, ts_ms));
+        if self.heartbeats.len() > 1_000 {
+            self.heartbeats.pop_front();
+        }
+        Ok(())
+    }
+
+    fn end_offsets(&self, inputs: &[usize], timeout: Duration) -> Result<Vec<i64>, ProcessorError> {
+        let partitions: Vec<(&str, i32)> = inputs
+            .iter()
+            .map(|&i| (self.partitions[i].topic.as_str(), self.partitions[i].partition))
+            .collect();
+        Ok(kafka::end_offsets(&self.consumer, &partitions, timeout)?)
+    }
+
+    /// Consumer lag per partition, from the brokers' high watermarks. Whether they were read.
+    fn update_lag(&self, intake: &Intake<'_, ProcessorError>) -> bool {
+        let all: Vec<usize> = (0..self.partitions.len()).collect();
+        match self.end_offsets(&all, Duration::from_secs(2)) {
+            Ok(ends) => {
+                for (i, high) in ends.into_iter().enumerate() {
+                    let p = &self.partitions[i];
+                    let lag = (high - intake.next_offset(i)).max(0);
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[&p.topic, &p.partition.to_string()])
+                        .set(lag);
+                }
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "reading end offsets for the lag failed");
+                false
+            }
+        }
+    }
+}
+
+impl Source for KafkaSource {
+    type Error = ProcessorError;
+
+    fn open(&mut self, resume: &BTreeMap<InputName, i64>) -> Result<Vec<Input>, ProcessorError> {
+        let topics: Vec<(Table, String)> =
+            Table::ALL.iter().map(|t| (*t, self.config.topic_for(t.name()))).collect();
+        // Partitions of every topic; wait for the CDC to create them.
+        let mut names: Vec<String> = topics.iter().map(|(_, t)| t.clone()).collect();
+        names.push(self.heartbeat_topic.clone());
+        let counts = kafka::wait_for_partitions(self.consumer.client(), &names, "the CDC", &self.stop, None)
+            .map_err(|e| ProcessorError::MissingTopic { topic: e.topic })?;
+        let heartbeat_partitions = counts[topics.len()];
+        let mut partitions: Vec<(Table, String, i32)> = Vec::new();
+        for ((table, topic), n) in topics.iter().zip(&counts) {
+            partitions.extend((0..*n).map(|p| (*table, topic.clone(), p)));
+        }
+        if self.config.instances > 1 {
+            partitions = owned_partitions(partitions, self.config.instances, self.config.partition)?;
+        }
+        let mut tpl = TopicPartitionList::new();
+        let mut inputs = Vec::new();
+        for (table, topic, partition) in partitions {
+            let name = InputName { topic: topic.clone(), partition };
+            let offset = resume.get(&name).copied();
+            tpl.add_partition_offset(&topic, partition, offset.map_or(Offset::Beginning, Offset::Offset))?;
+            let slots = self.by_topic.entry(topic.clone()).or_default();
+            if slots.len() <= partition as usize {
+                slots.resize(partition as usize + 1, None);
+            }
+            slots[partition as usize] = Some(inputs.len());
+            self.partitions.push(Partition { topic, partition, paused: false });
+            inputs.push(Input { name, table, start: offset.unwrap_or(0) });
+        }
+        for p in 0..heartbeat_partitions {
+            // Only heartbeats from now on matter: earlier ones say less.
+            tpl.add_partition_offset(&self.heartbeat_topic, p, Offset::End)?;
+        }
+        self.consumer.assign(&tpl)?;
+        tracing::info!(
+            partitions = inputs.len(),
+            resumed = !resume.is_empty(),
+            "consuming the CDC topics in commit order"
+        );
+        Ok(inputs)
+    }
+
+    fn poll(&mut self, intake: &mut Intake<'_, ProcessorError>) -> Result<Poll, ProcessorError> {
+        let consumer = self.consumer.clone();
+        let mut timeout = Duration::from_millis(100);
+        for _ in 0..POLL_BATCH {
+            let Some(result) = consumer.poll(timeout) else { break };
+            timeout = Duration::ZERO;
+            match result {
+                Ok(m) if m.topic() == self.heartbeat_topic => self.heartbeat(&m, intake)?,
+                Ok(m) => {
+                    let slot = self.by_topic.get(m.topic()).and_then(|v| v.get(m.partition() as usize));
+                    // A partition added after start: picked up at the next restart.
+                    let Some(&Some(input)) = slot else { continue };
+                    intake.record(Record {
+                        input,
+                        offset: m.offset(),
+                        decoded: decode(m.payload()),
+                        emit: true,
+                        key: m.key(),
+                        value: m.payload(),
+                    })?;
+                }
+                Err(e) => {
+                    self.poll_errors += 1;
+                    if self.poll_errors.is_power_of_two() {
+                        tracing::warn!(error = %e, count = self.poll_errors, "Kafka consumer error");
+                    }
+                }
+            }
+        }
+        Ok(Poll::More)
+    }
+
+    /// The heartbeats' commit times raise the watermark once the merge has passed them; inputs
+    /// whose queue is full are paused (unless the merge waits on them), the others resumed.
+    fn drained(&mut self, intake: &mut Intake<'_, ProcessorError>) -> Result<(), ProcessorError> {
+        if let Some(frontier) = intake.frontier() {
+            while let Some(&(lsn, ts)) = self.heartbeats.front() {
+                if lsn > frontier.commit {
+                    break;
+                }
+                intake.advance_watermark(ts);
+                self.heartbeats.pop_front();
+            }
+        }
+        let max = self.config.max_queued_per_input;
+        for (i, p) in self.partitions.iter_mut().enumerate() {
+            let (queued, blocking) = (intake.queued(i), intake.is_blocking(i));
+            let pause = !p.paused && queued > max && !blocking;
+            let resume = p.paused && (queued < max / 2 || blocking);
+            if pause || resume {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&p.topic, p.partition);
+                if pause {
+                    self.consumer.pause(&tpl)?;
+                } else {
+                    self.consumer.resume(&tpl)?;
+                }
+                p.paused = pause;
+            }
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self, intake: &Intake<'_, ProcessorError>) {
+        self.metrics.paused.set(self.partitions.iter().filter(|p| p.paused).count() as i64);
+        if Instant::now() >= self.next_lag {
+            // Every 5 s; after a failed read (topics just created), again in 1 s.
+            let every = if self.update_lag(intake) { 5 } else { 1 };
+            self.next_lag = Instant::now() + Duration::from_secs(every);
+        }
+    }
+
+    /// For lag monitoring only: restarts resume from the checkpoint.
+    fn committed(&mut self, offsets: &[(InputName, i64)]) {
+        let mut tpl = TopicPartitionList::new();
+        for (name, offset) in offsets {
+            if tpl.add_partition_offset(&name.topic, name.partition, Offset::Offset(*offset)).is_err() {
+                return;
+            }
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(error = %e, "committing offsets to the consumer group failed");
+        }
+    }
+}

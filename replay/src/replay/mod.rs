@@ -1,0 +1,261 @@
+//! `rainbow replay`: the master dataset through the processor's core into Parquet (backfill).
+//!
+//! Contract: the replay is the processor's engine ([`rainbow_processor::engine`]), the very loop
+//! and core `rainbow process` runs, with an archive source ([`source`]), a Parquet sink
+//! ([`sink`]) and a rejection file ([`rejections`]), so for the same input the collapsed output
+//! equals what streaming wrote to ClickHouse (the Kappa invariant). Every segment up to the last selected day is
+//! read, from the beginning of the archive: days before the selection only build state, events
+//! of the selected days also produce output rows. Output: per warehouse table,
+//! `<out>/<table>/part-NNNNN.parquet`, the table as ReplacingMergeTree `FINAL` sees it (per key
+//! the row with the highest version), sorted by the table's key; the same archive and
+//! selection give byte-identical files.
+//!
+//! Threads: one reader thread per archived partition fetches its segments in offset order and
+//! decodes them (Parquet, then the Debezium JSON) while the calling thread runs the engine; the
+//! core runs on the calling thread only, so the order of application is the merge's alone.
+//!
+//! Memory: one segment per input partition is open at a time, and per input at most
+//! `read_batch_rows` records wait in the merge plus one decoded batch in the reader's channel.
+//! The collapsed output holds at most `spill_rows` rows in memory; beyond that it goes to sorted
+//! runs in the output store ([`crate::spill`]), merged chunk by chunk when the tables are
+//! written (at most `rows_per_file` rows of a table are encoded at a time). What remains grows
+//! with the input: the core's state, bounded by keys (dimension versions, order lines, groups),
+//! not by events.
+//!
+//! Resumable: the engine's checkpoint (state, merge position, input offsets, the output buffer
+//! and the number of runs spilled, the rejections) is written to `<out>/_replay/checkpoints/`
+//! every `checkpoint_every_events` and on interrupt; a rerun of the same command resumes from it.
+//! The checkpoint and the runs are deleted once the output is complete;
+//! `<out>/_replay/summary.json` then describes the run.
+
+pub mod rejections;
+pub mod sink;
+pub mod source;
+mod spill;
+
+use crate::config::{ArchiveConfig, ReplayConfig};
+use crate::error::ReplayError;
+use crate::master::SegmentName;
+use rainbow_processor::checkpoint::CheckpointStore;
+use rainbow_processor::engine::{Engine, Every, Finished, Options, Seal};
+use rainbow_processor::event::Table;
+use rainbow_processor::merge::InputName;
+use rainbow_processor::metrics::ProcessorMetrics;
+use rainbow_runtime::store::Store;
+use rainbow_schemas::shape::checks::{self, Batches};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+pub use rejections::Rejection;
+
+/// Where the engine's checkpoints go, relative to the output.
+const CHECKPOINTS: &str = "_replay/checkpoints";
+const SUMMARY: &str = "_replay/summary.json";
+/// Environment variable of the failpoint `crash_after_events=N` (tests): abort the process once
+/// N events have been applied in this run.
+pub const FAILPOINT_VAR: &str = "RAINBOW_REPLAY_FAILPOINT";
+
+/// Which days' events produce output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Days {
+    All,
+    /// Inclusive, `YYYY-MM-DD`.
+    Range {
+        from: String,
+        to: String,
+    },
+    List(BTreeSet<String>),
+}
+
+impl Days {
+    fn selects(&self, day: &str) -> bool {
+        match self {
+            Days::All => true,
+            Days::Range { from, to } => from.as_str() <= day && day <= to.as_str(),
+            Days::List(days) => days.contains(day),
+        }
+    }
+
+    /// Segments of later days are not read at all.
+    fn last(&self) -> Option<&str> {
+        match self {
+            Days::All => None,
+            Days::Range { to, .. } => Some(to),
+            Days::List(days) => days.iter().next_back().map(String::as_str),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Days::All => "all days".into(),
+            Days::Range { from, to } => format!("{from} .. {to}"),
+            Days::List(d) => d.iter().cloned().collect::<Vec<_>>().join(","),
+        }
+    }
+}
+
+/// What to replay and where to.
+#[derive(Debug, Clone)]
+pub struct ReplayArgs {
+    pub archive_url: String,
+    pub out_url: String,
+    pub days: Days,
+    /// The archived topics' naming (the archiver's).
+    pub naming: ArchiveConfig,
+    pub config: ReplayConfig,
+    /// Draw a progress line on stderr.
+    pub progress: bool,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplaySummary {
+    pub days: String,
+    pub segments: usize,
+    pub records_read: u64,
+    pub events_applied: u64,
+    pub events_in_selection: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    /// Events applied before this run (from a checkpoint).
+    pub resumed_at: Option<u64>,
+    /// (table, rows, files).
+    pub tables: Vec<(String, usize, usize)>,
+}
+
+/// Runs a replay on the calling thread (blocking; store calls go through `rt`). Returns
+/// [`ReplayError::Interrupted`] after writing a checkpoint when `stop` is set.
+pub fn run(
+    args: &ReplayArgs,
+    rt: &tokio::runtime::Handle,
+    stop: &AtomicBool,
+) -> Result<ReplaySummary, ReplayError> {
+    args.config.validate()?;
+    let archive = Store::open(&args.archive_url)?;
+    let out = Store::open(&args.out_url)?;
+
+    // The selected segments, per partition.
+    let mut by_input: BTreeMap<InputName, Vec<SegmentName>> = BTreeMap::new();
+    let mut tables = BTreeMap::new();
+    for (table, topic) in Table::ALL.iter().zip(args.naming.topics()) {
+        for (path, _) in rt.block_on(archive.list(&format!("master/{topic}")))? {
+            let Some(s) = SegmentName::parse(&path) else { continue };
+            if args.days.last().is_some_and(|last| s.date.as_str() > last) {
+                continue;
+            }
+            by_input.entry(InputName { topic: s.topic.clone(), partition: s.partition }).or_default().push(s);
+        }
+        tables.insert(topic, *table);
+    }
+    let segments: usize = by_input.values().map(Vec::len).sum();
+    if segments == 0 {
+        return Err(ReplayError::NothingToReplay {
+            url: args.archive_url.clone(),
+            range: args.days.describe(),
+        });
+    }
+    let fingerprint = format!(
+        "archive={};days={};topics={:?}",
+        args.archive_url,
+        args.days.describe(),
+        args.naming.topics()
+    );
+    tracing::info!(
+        segments,
+        partitions = by_input.len(),
+        days = %args.days.describe(),
+        archive = %args.archive_url,
+        out = %args.out_url,
+        "replaying"
+    );
+
+    let started = Instant::now();
+    let c = &args.config;
+    let source = source::ArchiveSource::new(
+        archive,
+        rt.clone(),
+        by_input,
+        &tables,
+        args.days.clone(),
+        c.read_batch_rows,
+        args.progress,
+    );
+    let sink = sink::ParquetSink::new(out.clone(), rt.clone(), c.spill_rows, c.rows_per_file);
+    let rejections = rejections::RejectionFile::new(out.clone(), rt.clone());
+    let options = Options {
+        partition: 0,
+        fingerprint,
+        seal: Seal::AtEnd,
+        checkpoint_every: Every::Events(c.checkpoint_every_events),
+        failpoint: FAILPOINT_VAR,
+    };
+    let store = CheckpointStore::new(out.clone(), CHECKPOINTS, 0);
+    let engine = Engine::open(source, sink, rejections, options, store, rt.clone(), ProcessorMetrics::new())?;
+    let (engine, written, rejected) = match engine.run(stop)? {
+        Finished::Ended(ended) => ended,
+        Finished::Stopped(s) => {
+            tracing::info!(
+                events = s.totals.events,
+                "interrupted: checkpoint written; rerun the same command to resume"
+            );
+            return Err(ReplayError::Interrupted);
+        }
+    };
+    let t = &engine.totals;
+    let summary = ReplaySummary {
+        days: args.days.describe(),
+        segments,
+        records_read: t.records,
+        events_applied: t.events,
+        events_in_selection: t.emitted,
+        duplicates: t.duplicates,
+        rejected,
+        resumed_at: engine.resumed.map(|(_, events)| events),
+        tables: written,
+    };
+    let json = serde_json::to_vec_pretty(&summary).expect("summary serialises");
+    rt.block_on(out.put(SUMMARY, json))?;
+    tracing::info!(
+        events = engine.this_run.events,
+        secs = started.elapsed().as_secs_f64(),
+        "replay complete"
+    );
+    Ok(summary)
+}
+
+/// Reads a table of a replay's output back as one batch (tests, `rainbow check`): every part,
+/// in order. `None` when the output has no such table.
+pub fn read_table(
+    out: &Store,
+    rt: &tokio::runtime::Handle,
+    name: &str,
+) -> Result<Option<arrow::array::RecordBatch>, ReplayError> {
+    let mut schema = None;
+    let mut batches = Vec::new();
+    for (path, _) in rt.block_on(out.list(name))? {
+        let data = rt.block_on(out.get(&path))?;
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)?;
+        schema.get_or_insert_with(|| builder.schema().clone());
+        for b in builder.build()? {
+            batches.push(b?);
+        }
+    }
+    match schema {
+        None => Ok(None),
+        Some(schema) => Ok(Some(arrow::compute::concat_batches(&schema, &batches)?)),
+    }
+}
+
+/// The tables the data-quality checks read ([`rainbow_schemas::shape::checks`]), from a replay's
+/// output.
+pub fn read_for_checks(out: &Store, rt: &tokio::runtime::Handle) -> Result<Batches, ReplayError> {
+    let mut w = Batches::new();
+    for t in checks::checked_tables() {
+        let batch = read_table(out, rt, t.name)?
+            .ok_or_else(|| ReplayError::NotAReplay { url: out.url.clone(), table: t.name })?;
+        w.insert(t.name, batch);
+    }
+    Ok(w)
+}
