@@ -3,8 +3,8 @@
 use crate::config::{Config, PostgresConfig};
 use crate::{LoadgenArgs, MigrateArgs, MigrateTarget, UpArgs};
 use anyhow::Context;
-use rainbow_api::loadgen::{self, BenchSettings, LoadgenSettings};
 use rainbow_api::{ApiSettings, AppState};
+use rainbow_loadgen::{self as loadgen, BenchSettings, LoadgenSettings};
 use rainbow_schemas::postgres::MIGRATOR;
 use rainbow_schemas::seed::{self, SeedOutcome, SeedSpec};
 use rainbow_schemas::shape::checks;
@@ -226,14 +226,14 @@ pub async fn archive(config: &Config) -> anyhow::Result<()> {
         config.storage.url,
         settings.metrics_listen
     );
-    let summary = rainbow_replay::archive::run(&kafka, &config.storage.url, &settings, shutdown_signal())
+    let summary = rainbow_archive::archiver::run(&kafka, &config.storage.url, &settings, shutdown_signal())
         .await
         .context("the archiver stopped")?;
     println!("{}", archive_summary(&summary));
     Ok(())
 }
 
-fn archive_summary(s: &rainbow_replay::archive::ArchiveSummary) -> String {
+fn archive_summary(s: &rainbow_archive::archiver::ArchiveSummary) -> String {
     format!(
         "archive: {} records in {} new segments ({} bytes); {} segments found already written",
         s.records, s.segments, s.bytes, s.existing_segments
@@ -453,7 +453,7 @@ pub async fn up(config: &Config, args: &UpArgs) -> anyhow::Result<()> {
     let store_url = config.storage.url.clone();
     let archive_stop = stopped(stop_rx.clone());
     let archiver = tokio::spawn(async move {
-        rainbow_replay::archive::run(&kafka, &store_url, &archive_config, archive_stop).await
+        rainbow_archive::archiver::run(&kafka, &store_url, &archive_config, archive_stop).await
     });
     println!(
         "archive: Kafka -> master dataset {}/master/ (metrics on http://{}/metrics)",

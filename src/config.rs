@@ -54,8 +54,8 @@ pub struct Config {
     pub cdc: rainbow_cdc::CdcConfig,
     /// The stream processor (`rainbow process`); see rainbow_processor::ProcessorConfig.
     pub processor: rainbow_processor::ProcessorConfig,
-    /// The archiver (`rainbow archive`); see rainbow_replay::ArchiveConfig.
-    pub archive: rainbow_replay::ArchiveConfig,
+    /// The archiver (`rainbow archive`); see rainbow_archive::ArchiveConfig.
+    pub archive: rainbow_archive::ArchiveConfig,
     /// The replay (`rainbow replay`); see rainbow_replay::ReplayConfig.
     pub replay: rainbow_replay::ReplayConfig,
     pub storage: StorageConfig,
@@ -236,7 +236,7 @@ impl Config {
     }
 
     /// The archiver's settings with its unset topic naming taken from `[cdc]`, as the processor's.
-    pub fn archive_settings(&self) -> rainbow_replay::ArchiveConfig {
+    pub fn archive_settings(&self) -> rainbow_archive::ArchiveConfig {
         let mut a = self.archive.clone();
         if a.topic_prefix.is_none() {
             a.topic_prefix = Some(self.cdc.topic_prefix.clone());

@@ -134,7 +134,7 @@ pub struct ReplayArgs {
 
 /// A `YYYY-MM-DD` day that exists in the calendar.
 fn parse_day(raw: &str) -> Result<String, String> {
-    use rainbow_processor::event::{civil_from_days, days_from_civil};
+    use rainbow_schemas::time::{civil_from_days, days_from_civil};
     let bad = || format!("{raw:?} is not a day like 2024-08-01");
     let mut parts = raw.trim().splitn(3, '-');
     let mut next = |len: usize| {

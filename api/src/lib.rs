@@ -1,4 +1,4 @@
-//! Rainbow's order service (axum + sqlx) and its order producers.
+//! Rainbow's order service (axum + sqlx).
 //!
 //! Layers, outside in: [`routes`] (paths to handlers) → [`handlers`] (HTTP in and out) →
 //! [`service`] (business rules, one transaction per request) → [`repository`] (SQL). The
@@ -6,14 +6,12 @@
 //! Prometheus metrics and telemetry events, [`openapi`] the OpenAPI document, [`cache`] the
 //! notification-invalidated cache of order responses.
 //!
-//! [`loadgen`] is the client side: concurrent order producers and catalogue churn, used for demos,
-//! soak runs and the API benchmark.
+//! Its clients, the order producers, are the `rainbow-loadgen` crate.
 
 pub mod cache;
 pub mod error;
 pub mod failpoint;
 pub mod handlers;
-pub mod loadgen;
 pub mod metrics;
 pub mod middleware;
 pub mod model;

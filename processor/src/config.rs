@@ -1,7 +1,7 @@
 //! `[processor]` settings: serde defaults, validated at start, overridable by environment
 //! (`RAINBOW_PROCESSOR__<KEY>`, handled by the `rainbow` binary).
 
-use rainbow_schemas::wire::{is_topic_name, TopicNaming};
+use rainbow_schemas::wire::{check_consumer_naming, is_topic_name, TopicNaming};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -72,25 +72,18 @@ impl Default for ProcessorConfig {
 
 impl ProcessorConfig {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        let topic_ok = is_topic_name;
         check(
             !self.group_id.trim().is_empty(),
             "processor.group_id",
             &self.group_id,
             "a consumer group name",
         )?;
-        check(topic_ok(self.prefix()), "processor.topic_prefix", self.prefix(), "a Kafka topic name part")?;
-        check(topic_ok(&self.schema), "processor.schema", &self.schema, "a schema name")?;
-        for (table, topic) in self.topic_map.iter().flatten() {
-            let bare = table.strip_prefix(&format!("{}.", self.schema)).unwrap_or(table);
-            check(
-                crate::event::Table::from_name(bare).is_some(),
-                "processor.topic_map",
-                table,
-                "a captured table name (`table` or `schema.table`) as key",
-            )?;
-            check(topic_ok(topic), "processor.topic_map", topic, "a Kafka topic name as value")?;
-        }
+        check_consumer_naming(
+            ["processor.topic_prefix", "processor.schema", "processor.topic_map"],
+            self.topic_prefix.as_deref(),
+            &self.schema,
+            self.topic_map.as_ref(),
+        )?;
         check((1..=1024).contains(&self.instances), "processor.instances", self.instances, "1 ..= 1024")?;
         check(
             (0..self.instances).contains(&self.partition),
@@ -123,7 +116,7 @@ impl ProcessorConfig {
             "at least 100 ms",
         )?;
         check(
-            topic_ok(&self.dead_letter_topic),
+            is_topic_name(&self.dead_letter_topic),
             "processor.dead_letter_topic",
             &self.dead_letter_topic,
             "a Kafka topic name",
@@ -144,13 +137,9 @@ impl ProcessorConfig {
         Ok(())
     }
 
-    fn prefix(&self) -> &str {
-        self.topic_prefix.as_deref().unwrap_or("rainbow")
-    }
-
     /// The CDC's topic naming (the wire contract's one implementation of it).
     pub fn naming(&self) -> TopicNaming {
-        TopicNaming::new(self.prefix(), self.topic_map.clone().unwrap_or_default())
+        TopicNaming::of_consumer(self.topic_prefix.as_deref(), self.topic_map.as_ref())
     }
 
     /// The topic of a source table.

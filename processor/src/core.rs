@@ -33,12 +33,13 @@
 //! order's commit); a line added to an order later still joins the versions of the order's commit.
 
 use crate::event::{
-    civil_from_days, ChangeEvent, Customer, Op, Order, OrderLine, Payment, Position, Product, Promotion,
-    Seller, SourceRow, Table,
+    ChangeEvent, Customer, Op, Order, OrderLine, Payment, Position, Product, Promotion, Seller, SourceRow,
+    Table,
 };
 use rainbow_schemas::money::{Money, MoneyError, MoneySum};
 use rainbow_schemas::pricing::{line_amounts, CouponType, PromotionTerms};
 use rainbow_schemas::shape::*;
+use rainbow_schemas::time::civil_from_days;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -1214,7 +1215,7 @@ fn fact_row(line: &LineState, version: u64, is_deleted: u8) -> FactSale {
 /// The `dim_dates` row of a YYYYMMDD key.
 pub fn dim_date(date_key: u32) -> DimDate {
     let (y, m, d) = (date_key / 10_000, (date_key / 100) % 100, date_key % 100);
-    let days = crate::event::days_from_civil(i64::from(y), m, d);
+    let days = rainbow_schemas::time::days_from_civil(i64::from(y), m, d);
     let dow = ((days + 3).rem_euclid(7) + 1) as u8;
     DimDate {
         date_key,

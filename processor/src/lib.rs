@@ -19,7 +19,6 @@ pub mod event;
 pub mod merge;
 pub mod metrics;
 pub mod stream;
-pub mod workload;
 
 pub use config::ProcessorConfig;
 pub use error::ProcessorError;

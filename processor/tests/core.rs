@@ -6,13 +6,13 @@ use proptest::prelude::*;
 use rainbow_processor::core::{Core, Rejected};
 use rainbow_processor::event::*;
 use rainbow_processor::merge::{InputName, Merger};
-use rainbow_processor::workload::{table_of, Workload, WorkloadConfig};
 use rainbow_schemas::money::Money;
 use rainbow_schemas::pricing::{line_amounts, PromotionTerms};
 use rainbow_schemas::rng::SplitMix64;
 use rainbow_schemas::shape::Outputs;
 use rainbow_schemas::shape::Tables;
 use rainbow_schemas::shape::OPEN_VALID_TO;
+use rainbow_testkit::workload::{table_of, Workload, WorkloadConfig};
 use std::collections::BTreeMap;
 
 /// Feeds events in order and collects the collapsed tables.

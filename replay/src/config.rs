@@ -1,100 +1,9 @@
-//! `[archive]` and `[replay]` settings: serde defaults, validated at start, overridable by
-//! environment (`RAINBOW_ARCHIVE__<KEY>`, `RAINBOW_REPLAY__<KEY>`, handled by the `rainbow`
-//! binary). The master dataset lives at `storage.url` (see the root configuration).
+//! `[replay]` settings: serde defaults, validated at start, overridable by environment
+//! (`RAINBOW_REPLAY__<KEY>`, handled by the `rainbow` binary). The archive's topic naming is the
+//! archiver's (`[archive]`, see `rainbow_archive::ArchiveConfig`).
 
-use rainbow_processor::config::{check, InvalidSetting};
-use rainbow_processor::ProcessorConfig;
+use rainbow_schemas::setting::{check, InvalidSetting};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ArchiveConfig {
-    /// The archiver's own consumer group: offsets are committed there once the segment holding
-    /// them is durable (for lag monitoring; restarts resume after the highest archived offset).
-    pub group_id: String,
-    /// Topic naming, as the processor's: unset means that of `[cdc]`.
-    pub topic_prefix: Option<String>,
-    pub schema: String,
-    pub topic_map: Option<BTreeMap<String, String>>,
-    /// A segment is closed when it holds this many records ...
-    pub segment_max_records: usize,
-    /// ... or this many bytes of keys and values ...
-    pub segment_max_bytes: usize,
-    /// ... or its first record waited this long (bounds how stale the archive is).
-    pub segment_max_age_ms: u64,
-    pub metrics_listen: String,
-}
-
-impl Default for ArchiveConfig {
-    fn default() -> Self {
-        ArchiveConfig {
-            group_id: "rainbow-archiver".into(),
-            topic_prefix: None,
-            schema: "public".into(),
-            topic_map: None,
-            segment_max_records: 500_000,
-            segment_max_bytes: 64 << 20,
-            segment_max_age_ms: 60_000,
-            metrics_listen: "127.0.0.1:9103".into(),
-        }
-    }
-}
-
-impl ArchiveConfig {
-    pub fn validate(&self) -> Result<(), InvalidSetting> {
-        check(!self.group_id.trim().is_empty(), "archive.group_id", &self.group_id, "a consumer group name")?;
-        self.naming().validate().map_err(|e| InvalidSetting {
-            key: match e.key {
-                "processor.topic_prefix" => "archive.topic_prefix",
-                "processor.schema" => "archive.schema",
-                "processor.topic_map" => "archive.topic_map",
-                other => other,
-            },
-            ..e
-        })?;
-        check(
-            (1..=50_000_000).contains(&self.segment_max_records),
-            "archive.segment_max_records",
-            self.segment_max_records,
-            "1 ..= 50000000 records",
-        )?;
-        check(
-            (1024..=(1 << 31)).contains(&self.segment_max_bytes),
-            "archive.segment_max_bytes",
-            self.segment_max_bytes,
-            "1 KiB ..= 2 GiB",
-        )?;
-        check(
-            (100..=86_400_000).contains(&self.segment_max_age_ms),
-            "archive.segment_max_age_ms",
-            self.segment_max_age_ms,
-            "100 ms ..= 1 day",
-        )?;
-        check(
-            self.metrics_listen.parse::<std::net::SocketAddr>().is_ok(),
-            "archive.metrics_listen",
-            &self.metrics_listen,
-            "host:port",
-        )
-    }
-
-    /// The CDC topic naming, through the processor's settings (one implementation of it).
-    pub fn naming(&self) -> ProcessorConfig {
-        ProcessorConfig {
-            topic_prefix: self.topic_prefix.clone(),
-            schema: self.schema.clone(),
-            topic_map: self.topic_map.clone(),
-            ..ProcessorConfig::default()
-        }
-    }
-
-    /// The archived topics: one per captured table, in `Table::ALL` order.
-    pub fn topics(&self) -> Vec<String> {
-        let naming = self.naming();
-        rainbow_processor::event::Table::ALL.iter().map(|t| naming.topic_for(t.name())).collect()
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -146,14 +55,8 @@ mod tests {
 
     #[test]
     fn defaults_are_valid_and_bad_values_are_named() {
-        ArchiveConfig::default().validate().unwrap();
         ReplayConfig::default().validate().unwrap();
-        let c = ArchiveConfig { segment_max_age_ms: 5, ..Default::default() };
-        assert_eq!(c.validate().unwrap_err().key, "archive.segment_max_age_ms");
-        let c = ArchiveConfig { topic_prefix: Some("bad prefix".into()), ..Default::default() };
-        assert_eq!(c.validate().unwrap_err().key, "archive.topic_prefix");
         let c = ReplayConfig { rows_per_file: 1, ..Default::default() };
         assert_eq!(c.validate().unwrap_err().key, "replay.rows_per_file");
-        assert_eq!(ArchiveConfig::default().topics()[7], "rainbow.public.orders");
     }
 }

@@ -1,4 +1,4 @@
-//! Errors of the archiver and the replay.
+//! Errors of the replay.
 
 use rainbow_runtime::store::StoreError;
 
@@ -9,10 +9,8 @@ pub enum ReplayError {
     Store { url: String, reason: String },
     #[error("unsupported object store URL {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
-    #[error("Kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("topic {topic} does not exist (is `rainbow cdc` running, with the same topic naming?)")]
-    MissingTopic { topic: String },
+    #[error(transparent)]
+    Archive(#[from] rainbow_archive::ArchiveError),
     #[error("Parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("Arrow: {0}")]
@@ -20,9 +18,9 @@ pub enum ReplayError {
     #[error("segment {path}: {reason}")]
     Segment { path: String, reason: String },
     #[error(transparent)]
-    Setting(#[from] rainbow_processor::config::InvalidSetting),
-    #[error("columns: {0}")]
-    Columns(String),
+    Setting(#[from] rainbow_schemas::setting::InvalidSetting),
+    #[error("the {0} writer panicked")]
+    Writer(&'static str),
     #[error(transparent)]
     Shape(#[from] rainbow_schemas::shape::arrow::ShapeError),
     #[error("replay checkpoint {path}: {reason}")]
@@ -33,8 +31,6 @@ pub enum ReplayError {
     Spill { path: String, reason: String },
     #[error("the archive at {url} holds no segment for the requested days ({range})")]
     NothingToReplay { url: String, range: String },
-    #[error("metrics endpoint {listen}: {reason}")]
-    Metrics { listen: String, reason: String },
     #[error("{url} has no {table}/ (is it the --out of a rainbow replay?)")]
     NotAReplay { url: String, table: &'static str },
     #[error("interrupted")]

@@ -4,16 +4,17 @@
 //! over the same events; a day range equals the core with output kept for those days only;
 //! an interrupted replay resumes to the same bytes; two replays give identical files.
 
+use rainbow_archive::master::{self, ArchivedRecord, SegmentName};
+use rainbow_archive::ArchiveConfig;
 use rainbow_processor::core::Core;
 use rainbow_processor::event::{ChangeEvent, Position};
-use rainbow_processor::workload::{to_debezium_json, Workload, WorkloadConfig};
-use rainbow_replay::master::{self, ArchivedRecord, SegmentName};
 use rainbow_replay::replay::{read_table, run, Days, ReplayArgs};
-use rainbow_replay::{ArchiveConfig, ReplayConfig, ReplayError};
+use rainbow_replay::{ReplayConfig, ReplayError};
 use rainbow_runtime::store::Store;
 use rainbow_schemas::shape::arrow::to_batch;
 use rainbow_schemas::shape::Outputs;
 use rainbow_schemas::shape::Tables;
+use rainbow_testkit::workload::{to_debezium_json, Workload, WorkloadConfig};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,7 +42,7 @@ fn events() -> Vec<ChangeEvent> {
 }
 
 fn day(e: &ChangeEvent) -> String {
-    master::day_of_ms(e.ts_ms)
+    rainbow_schemas::time::day_of_ms(e.ts_ms)
 }
 
 /// Writes the events as the archiver would: per topic 3 partitions (by key), segments of at
@@ -79,7 +80,7 @@ fn write_archive(dir: &std::path::Path, events: &[ChangeEvent]) {
     }
     for (i, e) in events.iter().enumerate() {
         let (key, value) = to_debezium_json(e);
-        let topic = naming.naming().topic_for(e.table().name());
+        let topic = naming.topic_for(e.table().name());
         let p = (key.iter().map(|b| u32::from(*b)).sum::<u32>() % 3) as i32;
         push(&mut partitions, topic, p, key, value, Some(e), day(e));
         // A CDC restart re-sends recent records (at-least-once): each partition gets again the
@@ -103,7 +104,7 @@ fn write_archive(dir: &std::path::Path, events: &[ChangeEvent]) {
             }
         }
         if i == events.len() / 2 {
-            let topic = naming.naming().topic_for("orders");
+            let topic = naming.topic_for("orders");
             push(&mut partitions, topic, 0, b"poison".to_vec(), b"{not json".to_vec(), None, day(e));
         }
     }

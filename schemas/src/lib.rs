@@ -10,7 +10,8 @@
 //! * [`money`]: exact money types (never floating point);
 //! * [`pricing`]: the seed's line arithmetic (promotions, discounts, extended amounts);
 //! * [`rng`]: a seeded pseudo-random generator for reference data and load generation;
-//! * [`seed`]: deterministic reference data shaped like the seed's master dataset.
+//! * [`seed`]: deterministic reference data shaped like the seed's master dataset;
+//! * [`time`]: calendar arithmetic of event times, days and dates.
 
 pub mod money;
 pub mod postgres;
@@ -19,6 +20,7 @@ pub mod rng;
 pub mod seed;
 pub mod setting;
 pub mod shape;
+pub mod time;
 pub mod warehouse;
 pub mod wire;
 

@@ -374,6 +374,43 @@ impl TopicNaming {
     }
 }
 
+impl TopicNaming {
+    /// The naming a consumer of the CDC's topics (`[processor]`, `[archive]`) configures: its
+    /// prefix (unset: [`DEFAULT_PREFIX`]) and renames.
+    pub fn of_consumer(prefix: Option<&str>, renames: Option<&BTreeMap<String, String>>) -> TopicNaming {
+        TopicNaming::new(prefix.unwrap_or(DEFAULT_PREFIX), renames.cloned().unwrap_or_default())
+    }
+}
+
+/// Checks the naming settings of a consumer of the CDC's topics: the prefix, the schema of the
+/// captured tables and the renames (keys captured tables, values topic names). `keys` are the
+/// settings' names for error messages: `[prefix, schema, renames]`.
+pub fn check_consumer_naming(
+    keys: [&'static str; 3],
+    prefix: Option<&str>,
+    schema: &str,
+    renames: Option<&BTreeMap<String, String>>,
+) -> Result<(), crate::setting::InvalidSetting> {
+    use crate::setting::check;
+    let prefix = prefix.unwrap_or(DEFAULT_PREFIX);
+    check(is_topic_name(prefix), keys[0], prefix, "a Kafka topic name part")?;
+    check(is_topic_name(schema), keys[1], schema, "a schema name")?;
+    for (table, topic) in renames.into_iter().flatten() {
+        let bare = table.strip_prefix(&format!("{schema}.")).unwrap_or(table);
+        check(
+            crate::postgres::SOURCE_TABLES.contains(&bare),
+            keys[2],
+            table,
+            "a captured table name (`table` or `schema.table`) as key",
+        )?;
+        check(is_topic_name(topic), keys[2], topic, "a Kafka topic name as value")?;
+    }
+    Ok(())
+}
+
+/// `topic.prefix` when none is configured.
+pub const DEFAULT_PREFIX: &str = "rainbow";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,9 +33,10 @@ pub mod sink;
 pub mod source;
 mod spill;
 
-use crate::config::{ArchiveConfig, ReplayConfig};
+use crate::config::ReplayConfig;
 use crate::error::ReplayError;
-use crate::master::SegmentName;
+use rainbow_archive::master::SegmentName;
+use rainbow_archive::ArchiveConfig;
 use rainbow_processor::checkpoint::CheckpointStore;
 use rainbow_processor::engine::{Engine, Every, Finished, Options, Seal};
 use rainbow_processor::event::Table;

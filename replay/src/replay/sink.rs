@@ -109,8 +109,7 @@ fn write_tables(
             };
         }
         rainbow_schemas::for_each_table!(table);
-        let facts =
-            facts.join().map_err(|_| ReplayError::Columns("the fact_sales writer panicked".into()))??;
+        let facts = facts.join().map_err(|_| ReplayError::Writer("fact_sales"))??;
         let slot = written.iter_mut().find(|w| w.0 == "fact_sales").expect("listed above");
         *slot = facts;
         Ok(written)
@@ -144,8 +143,11 @@ fn write_table<R: WarehouseRow>(
         }
         let batch = b.finish()?;
         let mut bytes = Vec::new();
-        let mut w =
-            ArrowWriter::try_new(&mut bytes, schema.clone(), Some(crate::master::writer_properties()))?;
+        let mut w = ArrowWriter::try_new(
+            &mut bytes,
+            schema.clone(),
+            Some(rainbow_archive::master::writer_properties()),
+        )?;
         w.write(&batch)?;
         w.close()?;
         rt.block_on(out.put(&format!("{name}/part-{part:05}.parquet"), bytes))?;

@@ -11,7 +11,7 @@
 
 use super::Days;
 use crate::error::ReplayError;
-use crate::master::{SegmentName, SegmentReader};
+use rainbow_archive::master::{SegmentName, SegmentReader};
 use rainbow_processor::engine::{Input, Intake, Poll, Record, Source};
 use rainbow_processor::event::{decode, ChangeEvent, DecodeError, Table};
 use rainbow_processor::merge::InputName;
@@ -204,7 +204,7 @@ impl Reader {
                 .rt
                 .block_on(self.archive.get(&path))
                 .map_err(ReplayError::from)
-                .and_then(|data| SegmentReader::open(&path, data, self.batch_rows));
+                .and_then(|data| Ok(SegmentReader::open(&path, data, self.batch_rows)?));
             let mut reader = match opened {
                 Ok(r) => r,
                 Err(e) => {
@@ -216,6 +216,7 @@ impl Reader {
                 let batch = reader.next_mapped(|offset, value| {
                     (offset >= self.resume_at).then(|| Decoded { offset, event: decode(value) })
                 });
+                let batch = batch.map_err(ReplayError::from);
                 match batch {
                     Ok(Some(records)) => {
                         let records: Vec<Decoded> = records.into_iter().flatten().collect();

@@ -2,7 +2,7 @@
 //! available yet, and `migrate --seed` against the real PostgreSQL and ClickHouse with no flags
 //! beyond the environment.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 

@@ -1,11 +1,11 @@
 //! Replay benchmark (not a test): prints a table.
 //!
 //! ```text
-//! cargo run --release -p rainbow-replay --bin replay-bench -- generate --orders 220000 --archive DIR
-//! cargo run --release -p rainbow-replay --bin replay-bench -- run --archive DIR --out DIR
-//! cargo run --release -p rainbow-replay --bin replay-bench -- decode --archive DIR
+//! cargo run --release -p rainbow-bench --bin replay-bench -- generate --orders 220000 --archive DIR
+//! cargo run --release -p rainbow-bench --bin replay-bench -- run --archive DIR --out DIR
+//! cargo run --release -p rainbow-bench --bin replay-bench -- decode --archive DIR
 //! ```
-//! `generate` writes a master dataset at the seed's shape (the processor's workload simulator:
+//! `generate` writes a master dataset at the seed's shape (the test kit's workload simulator:
 //! reference data, orders with ~5.5 lines, 2.3 product changes per order, churn) as the
 //! archiver would: 3 partitions per topic, segments of at most 500,000 records per day.
 //! `run` replays it with `--all` into Parquet in its own process, so that its peak RSS is the
@@ -13,12 +13,13 @@
 //! alone: every segment read and its values decoded, one thread per archived partition as in the
 //! replay, with no merge and no core: the ceiling of a replay on this machine.
 
+use rainbow_archive::master::{self, ArchivedRecord, SegmentName};
+use rainbow_archive::ArchiveConfig;
 use rainbow_processor::event::Table;
-use rainbow_processor::workload::{to_debezium_json, Workload, WorkloadConfig};
-use rainbow_replay::master::{self, ArchivedRecord, SegmentName};
 use rainbow_replay::replay::{run, Days, ReplayArgs};
-use rainbow_replay::{ArchiveConfig, ReplayConfig};
+use rainbow_replay::ReplayConfig;
 use rainbow_runtime::store::Store;
+use rainbow_testkit::workload::{to_debezium_json, Workload, WorkloadConfig};
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -62,7 +63,7 @@ fn main() {
 fn generate(dir: &str, orders: u64) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let store = Store::open(dir).expect("archive directory");
-    let naming = ArchiveConfig::default().naming();
+    let naming = ArchiveConfig::default();
     let mut w = Workload::new(WorkloadConfig::seed_volume(), 42);
     let mut open: BTreeMap<(String, i32), (String, Vec<ArchivedRecord>)> = BTreeMap::new();
     let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
@@ -102,7 +103,7 @@ fn generate(dir: &str, orders: u64) {
             };
             *offset += 1;
             records += 1;
-            let day = master::day_of_ms(e.ts_ms);
+            let day = rainbow_schemas::time::day_of_ms(e.ts_ms);
             let entry = open.entry(k.clone()).or_insert_with(|| (day.clone(), Vec::new()));
             if entry.0 != day || entry.1.len() >= 500_000 {
                 let (d, recs) = std::mem::replace(entry, (day, Vec::new()));

@@ -5,7 +5,7 @@
 //! replay gives byte-identical Parquet, and a replay aborted mid-way and rerun resumes from its
 //! checkpoint to the same bytes.
 
-mod common;
+use crate::common;
 
 use common::archive::ArchiveProcess;
 use common::cdc::CdcProcess;

@@ -2,7 +2,7 @@
 //! primary key, REPLICA IDENTITY FULL and an `updated_at` trigger, money is exact, and the
 //! reference data loads with the seed's shape.
 
-mod common;
+use crate::common;
 
 use common::TestDb;
 use rainbow_schemas::postgres::{MIGRATOR, SOURCE_TABLES};

@@ -3,7 +3,7 @@
 //! of every output table written with the `clickhouse` crate read back equal, and the dashboard
 //! views compute the expected figures, with FINAL collapsing re-delivered rows.
 
-mod common;
+use crate::common;
 
 use clickhouse::Row;
 use rainbow_schemas::shape::*;

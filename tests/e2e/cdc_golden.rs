@@ -8,7 +8,7 @@
 //! (Rainbow names itself there). `sequence` is masked too: Rainbow's first element is the event's
 //! own commit LSN where Debezium's is the previous transaction's (see rainbow_cdc's crate docs).
 
-mod common;
+use crate::common;
 
 use common::cdc::{psql, read_until, CdcProcess, Rec};
 use common::TestDb;

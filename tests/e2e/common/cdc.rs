@@ -1,11 +1,12 @@
 //! Running `rainbow cdc` as a child process against a test database, and reading what it wrote
 //! to Kafka.
 
+use super::process::Service;
+use rainbow_schemas::wire::TopicNaming;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// One Kafka record.
@@ -34,22 +35,31 @@ impl Rec {
 
 /// A `rainbow cdc` process with its own slot, publication, topic prefix and offsets directory.
 pub struct CdcProcess {
+    pub service: Service,
     pub database: String,
     pub prefix: String,
     pub slot: String,
     pub publication: String,
-    pub dir: PathBuf,
-    pub env: Vec<(String, String)>,
-    child: Option<Child>,
-    runs: u32,
+}
+
+impl std::ops::Deref for CdcProcess {
+    type Target = Service;
+    fn deref(&self) -> &Service {
+        &self.service
+    }
+}
+
+impl std::ops::DerefMut for CdcProcess {
+    fn deref_mut(&mut self) -> &mut Service {
+        &mut self.service
+    }
 }
 
 impl CdcProcess {
     pub fn new(database: &str, extra_env: &[(&str, &str)]) -> CdcProcess {
         let prefix = super::unique_name("cdc");
         let dir = std::env::temp_dir().join(&prefix);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut env: Vec<(String, String)> = vec![
+        let env: Vec<(String, String)> = vec![
             ("RAINBOW_POSTGRES__DATABASE".into(), database.into()),
             ("RAINBOW_CDC__TOPIC_PREFIX".into(), prefix.clone()),
             ("RAINBOW_CDC__SLOT_NAME".into(), prefix.clone()),
@@ -59,70 +69,27 @@ impl CdcProcess {
             ("RAINBOW_CDC__STATUS_INTERVAL_MS".into(), "100".into()),
             ("RAINBOW_CDC__HEARTBEAT_INTERVAL_MS".into(), "0".into()),
         ];
+        let mut service = Service::new("cdc", &prefix, "info,pg_walstream=warn", env);
         for (k, v) in extra_env {
-            env.retain(|(name, _)| name != k);
-            env.push((k.to_string(), v.to_string()));
+            service.set_env(k, v);
         }
         CdcProcess {
+            service,
             database: database.into(),
             slot: prefix.clone(),
             publication: prefix.clone(),
             prefix,
-            dir,
-            env,
-            child: None,
-            runs: 0,
         }
     }
 
+    /// The topic of a table of schema `public`.
     pub fn topic(&self, table: &str) -> String {
-        format!("{}.public.{table}", self.prefix)
+        TopicNaming::new(&self.prefix, Default::default()).table_topic("public", table)
     }
 
-    /// Starts the reader; its log goes to `<dir>/cdc-<n>.log`.
-    pub fn start(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        self.runs += 1;
-        let log = std::fs::File::create(self.dir.join(format!("cdc-{}.log", self.runs))).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rainbow"));
-        cmd.arg("cdc").env("RUST_LOG", "info,pg_walstream=warn").stdout(Stdio::null()).stderr(log);
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        self.child = Some(cmd.spawn().expect("rainbow binary runs"));
-    }
-
-    /// Every log this reader wrote, for failure messages.
-    pub fn logs(&self) -> String {
-        (1..=self.runs)
-            .map(|n| std::fs::read_to_string(self.dir.join(format!("cdc-{n}.log"))).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n----- restart -----\n")
-    }
-
-    /// SIGTERM and wait; panics (with the log) unless it exits 0.
-    pub fn stop(&mut self) {
-        let mut child = self.child.take().expect("running");
-        unsafe_kill(child.id(), "TERM");
-        let status = wait_with_deadline(&mut child, Duration::from_secs(60));
-        assert!(status.success(), "rainbow cdc exited with {status}:\n{}", self.logs());
-    }
-
-    /// SIGKILL, no goodbye.
-    pub fn kill(&mut self) {
-        let mut child = self.child.take().expect("running");
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    /// Waits for the process to exit by itself (snapshot mode initial_only, start-up errors).
-    pub fn wait(&mut self, deadline: Duration) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        wait_with_deadline(&mut child, deadline)
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    /// The heartbeat topic.
+    pub fn heartbeat_topic(&self) -> String {
+        TopicNaming::new(&self.prefix, Default::default()).heartbeat_topic()
     }
 
     /// The offsets file as JSON.
@@ -133,40 +100,11 @@ impl CdcProcess {
 
     /// Stops the process if running, drops the slot and publication's topics, removes the directory.
     pub async fn cleanup(mut self, topics: &[String]) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.service.remove();
         use sqlx::Connection;
         let mut admin = sqlx::PgConnection::connect_with(&super::pg_options("postgres")).await.unwrap();
         drop_slots_of(&mut admin, &self.database).await;
         delete_topics(topics).await;
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Drop for CdcProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn unsafe_kill(pid: u32, signal: &str) {
-    let ok = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap().success();
-    assert!(ok, "kill -{signal} {pid}");
-}
-
-fn wait_with_deadline(child: &mut Child, deadline: Duration) -> std::process::ExitStatus {
-    let until = Instant::now() + deadline;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < until, "process {} did not exit within {deadline:?}", child.id());
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -202,16 +140,14 @@ pub async fn drop_slots_of(admin: &mut sqlx::PgConnection, database: &str) {
         .unwrap();
 }
 
+/// Deletes the topics a test created (best effort: cleanup).
 pub async fn delete_topics(topics: &[String]) {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
-    if topics.is_empty() {
-        return;
-    }
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", super::brokers()).create().unwrap();
+    let kafka = rainbow_runtime::kafka::KafkaConnection {
+        brokers: super::brokers(),
+        client_id: "rainbow-test".into(),
+    };
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    let _ = admin.delete_topics(&names, &AdminOptions::new()).await;
+    let _ = rainbow_runtime::kafka::delete_topics(&kafka.client_config("admin"), &names).await;
 }
 
 /// Every record of `topics` (those that exist), sorted by topic, partition, offset.

@@ -6,9 +6,10 @@
 //! The model keeps what an oracle needs: the live rows and, per product and promotion, the
 //! history of the attributes a fact joins as of its order.
 
-use crate::event::*;
+use rainbow_processor::event::*;
 use rainbow_schemas::money::Money;
 use rainbow_schemas::rng::{SplitMix64, Weighted};
+use rainbow_schemas::time::civil_from_days;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 

@@ -91,10 +91,11 @@ pub async fn caught_up(pool: &sqlx::PgPool, p: &ProcessorProcess) {
         }
         if std::time::Instant::now() >= deadline {
             // What the merge waits for: queued events, paused partitions, lag, events in and out.
-            let metrics = match reqwest::get(format!("http://{}/metrics", p.metrics)).await {
-                Ok(r) => r.text().await.unwrap_or_default(),
-                Err(e) => format!("(no /metrics: {e})"),
-            };
+            let metrics =
+                match reqwest::get(format!("http://{}/metrics", p.metrics.as_deref().unwrap_or("-"))).await {
+                    Ok(r) => r.text().await.unwrap_or_default(),
+                    Err(e) => format!("(no /metrics: {e})"),
+                };
             let state: Vec<&str> = metrics
                 .lines()
                 .filter(|l| {

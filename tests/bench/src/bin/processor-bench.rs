@@ -1,8 +1,8 @@
 //! Processor benchmarks (not tests): prints a table.
 //!
 //! ```text
-//! cargo run --release -p rainbow-processor --bin processor-bench -- core  [--orders N]
-//! cargo run --release -p rainbow-processor --bin processor-bench -- kafka [--orders N]
+//! cargo run --release -p rainbow-bench --bin processor-bench -- core  [--orders N]
+//! cargo run --release -p rainbow-bench --bin processor-bench -- kafka [--orders N]
 //! ```
 //! `core`: the pure core on one thread over a generated workload at the seed's shape (snapshot of
 //! the reference data, then orders with ~5.5 lines, 2.3 product changes per order, 2 % churn):
@@ -19,7 +19,7 @@ use rainbow_schemas::shape::Outputs;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use rainbow_processor::event::{decode, ChangeEvent, Position};
-use rainbow_processor::workload::{to_debezium_json, Workload, WorkloadConfig};
+use rainbow_testkit::workload::{to_debezium_json, Workload, WorkloadConfig};
 use std::time::{Duration, Instant};
 
 fn arg(name: &str, default: u64) -> u64 {

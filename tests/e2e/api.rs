@@ -3,7 +3,7 @@
 //! and graceful shutdown. Each test runs its own server (in-process, on an ephemeral port) over
 //! its own freshly migrated and seeded database.
 
-mod common;
+use crate::common;
 
 use common::{eventually, TestDb};
 use rainbow_api::failpoint::{Action, FailPoints, Step};
@@ -734,7 +734,7 @@ async fn shutdown_lets_in_flight_requests_finish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_churns_the_catalogue_and_sends_valid_skewed_orders() {
-    use rainbow_api::loadgen::{self, LoadgenSettings};
+    use rainbow_loadgen::{self as loadgen, LoadgenSettings};
     let api = TestApi::start().await;
     let settings = LoadgenSettings {
         api_url: api.url.clone(),

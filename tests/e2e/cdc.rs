@@ -3,7 +3,7 @@
 //! and `kill -9` under load), heartbeats on an idle database, snapshot modes and start-up errors.
 //! Each test has its own database, slot, publication, topic prefix and offsets directory.
 
-mod common;
+use crate::common;
 
 use common::cdc::{psql, read_topics, read_until, CdcProcess, Rec};
 use common::TestDb;

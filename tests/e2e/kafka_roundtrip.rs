@@ -2,7 +2,7 @@
 //! idempotent acks=all producer, read back by a consumer group that commits its offsets, and a
 //! second member of the group resumes from those offsets.
 
-mod common;
+use crate::common;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;

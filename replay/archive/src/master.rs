@@ -13,7 +13,7 @@
 //! and `change_lsn` (UInt64, the source position of the wire contract; null when the value is
 //! not a change event with a position; `commit_lsn` is 0 for snapshot rows).
 
-use crate::error::ReplayError;
+use crate::error::ArchiveError;
 use arrow::array::{
     Array, BinaryArray, BinaryBuilder, Int32Array, Int32Builder, Int64Array, Int64Builder, RecordBatch,
     StringArray, StringBuilder, TimestampMillisecondArray, TimestampMillisecondBuilder, UInt64Array,
@@ -100,13 +100,6 @@ fn valid_date(d: &str) -> bool {
         && d.bytes().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
 }
 
-/// `YYYY-MM-DD` of a Unix time in ms (UTC).
-pub fn day_of_ms(ms: i64) -> String {
-    let days = ms.div_euclid(86_400_000);
-    let (y, m, d) = rainbow_processor::event::civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
 pub fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("topic", DataType::Utf8, false),
@@ -131,7 +124,7 @@ pub fn writer_properties() -> WriterProperties {
 }
 
 /// A segment's Parquet bytes.
-pub fn encode(records: &[ArchivedRecord]) -> Result<Vec<u8>, ReplayError> {
+pub fn encode(records: &[ArchivedRecord]) -> Result<Vec<u8>, ArchiveError> {
     let mut topic = StringBuilder::new();
     let mut partition = Int32Builder::new();
     let mut offset = Int64Builder::new();
@@ -177,8 +170,8 @@ pub struct SegmentReader {
 }
 
 impl SegmentReader {
-    pub fn open(path: &str, data: bytes::Bytes, batch_rows: usize) -> Result<SegmentReader, ReplayError> {
-        let bad = |e: &dyn std::fmt::Display| ReplayError::Segment {
+    pub fn open(path: &str, data: bytes::Bytes, batch_rows: usize) -> Result<SegmentReader, ArchiveError> {
+        let bad = |e: &dyn std::fmt::Display| ArchiveError::Segment {
             path: path.to_string(),
             reason: e.to_string(),
         };
@@ -191,10 +184,10 @@ impl SegmentReader {
     }
 
     /// The next records, `None` at the end.
-    pub fn next_batch(&mut self) -> Result<Option<Vec<ArchivedRecord>>, ReplayError> {
+    pub fn next_batch(&mut self) -> Result<Option<Vec<ArchivedRecord>>, ArchiveError> {
         let Some(batch) = self.batches.next() else { return Ok(None) };
         let batch =
-            batch.map_err(|e| ReplayError::Segment { path: self.path.clone(), reason: e.to_string() })?;
+            batch.map_err(|e| ArchiveError::Segment { path: self.path.clone(), reason: e.to_string() })?;
         Ok(Some(decode_batch(&batch)))
     }
 
@@ -203,9 +196,10 @@ impl SegmentReader {
     pub fn next_mapped<T>(
         &mut self,
         mut f: impl FnMut(i64, Option<&[u8]>) -> T,
-    ) -> Result<Option<Vec<T>>, ReplayError> {
+    ) -> Result<Option<Vec<T>>, ArchiveError> {
         let Some(batch) = self.batches.next() else { return Ok(None) };
-        let b = batch.map_err(|e| ReplayError::Segment { path: self.path.clone(), reason: e.to_string() })?;
+        let b =
+            batch.map_err(|e| ArchiveError::Segment { path: self.path.clone(), reason: e.to_string() })?;
         let offset = b.column(2).as_any().downcast_ref::<Int64Array>().expect("schema checked at open");
         let value = b.column(4).as_any().downcast_ref::<BinaryArray>().expect("schema checked at open");
         Ok(Some(
@@ -267,8 +261,6 @@ mod tests {
         ] {
             assert_eq!(SegmentName::parse(bad), None, "{bad}");
         }
-        assert_eq!(day_of_ms(1_722_470_400_000), "2024-08-01");
-        assert_eq!(day_of_ms(-1), "1969-12-31");
     }
 
     #[test]

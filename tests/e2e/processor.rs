@@ -5,7 +5,7 @@
 //! while the pipeline goes on; a processor killed mid-stream (failpoint abort and SIGKILL)
 //! converges to exactly the tables and views of a clean run.
 
-mod common;
+use crate::common;
 
 use common::cdc::{read_until, CdcProcess};
 use common::processor::{clickhouse, ProcessorProcess};

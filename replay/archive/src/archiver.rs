@@ -11,11 +11,12 @@
 //! the day of the source commit changes; at shutdown every open segment is written.
 
 use crate::config::ArchiveConfig;
-use crate::error::ReplayError;
+use crate::error::ArchiveError;
 use crate::master::{self, ArchivedRecord, SegmentName};
 use crate::metrics::{ArchiveMetrics, SegmentWritten};
 use rainbow_runtime::kafka::{self, KafkaConnection};
 use rainbow_runtime::store::{Created, Store};
+use rainbow_schemas::time::day_of_ms;
 use rainbow_schemas::wire;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
@@ -40,13 +41,13 @@ pub async fn run(
     store_url: &str,
     config: &ArchiveConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<ArchiveSummary, ReplayError> {
+) -> Result<ArchiveSummary, ArchiveError> {
     config.validate()?;
     let store = Store::open(store_url)?;
     let metrics = ArchiveMetrics::new();
-    let listener = tokio::net::TcpListener::bind(&config.metrics_listen)
-        .await
-        .map_err(|e| ReplayError::Metrics { listen: config.metrics_listen.clone(), reason: e.to_string() })?;
+    let listener = tokio::net::TcpListener::bind(&config.metrics_listen).await.map_err(|e| {
+        ArchiveError::Metrics { listen: config.metrics_listen.clone(), reason: e.to_string() }
+    })?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut rx = stop_rx.clone();
     let m = metrics.clone();
@@ -65,7 +66,7 @@ pub async fn run(
                 let r = Archiver::start(&kafka, &config, store, rt, metrics, stop).and_then(Archiver::run);
                 let _ = done_tx.send(r);
             })
-            .map_err(|e| ReplayError::Store { url: store_url.into(), reason: e.to_string() })?
+            .map_err(|e| ArchiveError::Thread(e.to_string()))?
     };
     metrics.running.set(1);
     tokio::pin!(shutdown);
@@ -82,7 +83,7 @@ pub async fn run(
     metrics.running.set(0);
     let _ = stop_tx.send(true);
     let _ = server.await;
-    outcome.unwrap_or(Err(ReplayError::Interrupted))
+    outcome.unwrap_or_else(|_| Err(ArchiveError::Thread("the archiver's thread panicked".into())))
 }
 
 /// An open segment of one partition.
@@ -124,7 +125,7 @@ impl Archiver {
         rt: tokio::runtime::Handle,
         metrics: ArchiveMetrics,
         stop: Arc<AtomicBool>,
-    ) -> Result<Archiver, ReplayError> {
+    ) -> Result<Archiver, ArchiveError> {
         let consumer: BaseConsumer = kafka
             .client_config("archiver")
             .set("group.id", &config.group_id)
@@ -136,7 +137,7 @@ impl Archiver {
         // Partitions of every topic: wait for the CDC to create them.
         let topics = config.topics();
         let counts = kafka::wait_for_partitions(consumer.client(), &topics, "the CDC", &stop, None)
-            .map_err(|e| ReplayError::MissingTopic { topic: e.topic })?;
+            .map_err(|e| ArchiveError::MissingTopic { topic: e.topic })?;
         let partitions: Vec<(String, i32)> =
             topics.iter().zip(counts).flat_map(|(t, n)| (0..n).map(move |p| (t.clone(), p))).collect();
         // Resume after the highest archived offset of each partition.
@@ -184,7 +185,7 @@ impl Archiver {
         })
     }
 
-    fn run(mut self) -> Result<ArchiveSummary, ReplayError> {
+    fn run(mut self) -> Result<ArchiveSummary, ArchiveError> {
         let max_age = Duration::from_millis(self.config.segment_max_age_ms);
         let mut next_lag = Instant::now();
         let mut errors = 0u64;
@@ -243,7 +244,7 @@ impl Archiver {
 
     /// Adds a record to its partition's open segment, cutting segments at the limits and at
     /// day changes.
-    fn add(&mut self, i: usize, mut record: ArchivedRecord) -> Result<(), ReplayError> {
+    fn add(&mut self, i: usize, mut record: ArchivedRecord) -> Result<(), ArchiveError> {
         // Only the envelope's position and commit time: the rows are the consumers' business.
         let head = record.value.as_deref().and_then(|v| {
             let env = wire::Envelope::parse(v).ok()?;
@@ -253,12 +254,11 @@ impl Archiver {
             Some((at, ts_ms)) => {
                 record.commit_lsn = Some(at.commit);
                 record.change_lsn = Some(at.change);
-                master::day_of_ms(ts_ms)
+                day_of_ms(ts_ms)
             }
-            None => self.inputs[i]
-                .last_day
-                .clone()
-                .unwrap_or_else(|| master::day_of_ms(record.timestamp_ms.unwrap_or(0))),
+            None => {
+                self.inputs[i].last_day.clone().unwrap_or_else(|| day_of_ms(record.timestamp_ms.unwrap_or(0)))
+            }
         };
         if self.inputs[i].open.as_ref().is_some_and(|o| o.date != day) {
             self.flush(i)?;
@@ -282,7 +282,7 @@ impl Archiver {
     }
 
     /// Writes the partition's open segment durably, then commits its offsets.
-    fn flush(&mut self, i: usize) -> Result<(), ReplayError> {
+    fn flush(&mut self, i: usize) -> Result<(), ArchiveError> {
         let Some(open) = self.inputs[i].open.take() else { return Ok(()) };
         let (first, last) = match (open.records.first(), open.records.last()) {
             (Some(f), Some(l)) => (f.offset, l.offset),
