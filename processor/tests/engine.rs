@@ -1,0 +1,417 @@
+//! The engine without servers, over an in-memory source, sink and dead letters: the collapsed
+//! tables equal the core's in commit order whatever the interleaving and sealing; a stop and a
+//! resume from the checkpoint give the same tables as an uninterrupted run, on either side of a
+//! selection's boundary; every record it cannot use is parked with its stage; a checkpoint of
+//! other input is not resumed and one of another partition is refused.
+
+use rainbow_processor::checkpoint::CheckpointStore;
+use rainbow_processor::core::Core;
+use rainbow_processor::engine::*;
+use rainbow_processor::event::{decode, ChangeEvent, Position, SourceRow, Table};
+use rainbow_processor::merge::InputName;
+use rainbow_processor::metrics::ProcessorMetrics;
+use rainbow_schemas::shape::{Outputs, Tables};
+use rainbow_testkit::workload::{to_debezium_json, Workload, WorkloadConfig};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, thiserror::Error)]
+enum TestError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// One partition: its name, table and (offset, value) records.
+#[derive(Clone)]
+struct Partition {
+    name: InputName,
+    table: Table,
+    records: Vec<(i64, Option<Vec<u8>>)>,
+}
+
+/// A bounded source over in-memory partitions, delivering `batch` records of each partition per
+/// poll (round-robin), and setting `stop` once `stop_after` events were applied.
+struct Memory {
+    partitions: Vec<Partition>,
+    next: Vec<usize>,
+    batch: usize,
+    emit_from_ms: i64,
+    stop: Arc<AtomicBool>,
+    stop_after: Option<u64>,
+}
+
+impl Memory {
+    fn new(partitions: Vec<Partition>, batch: usize) -> Memory {
+        Memory {
+            next: vec![0; partitions.len()],
+            partitions,
+            batch,
+            emit_from_ms: i64::MIN,
+            stop: Arc::new(AtomicBool::new(false)),
+            stop_after: None,
+        }
+    }
+}
+
+impl Source for Memory {
+    type Error = TestError;
+
+    fn open(&mut self, resume: &BTreeMap<InputName, i64>) -> Result<Vec<Input>, TestError> {
+        Ok(self
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let start = resume.get(&p.name).copied().unwrap_or(0);
+                self.next[i] = p.records.iter().position(|(o, _)| *o >= start).unwrap_or(p.records.len());
+                Input { name: p.name.clone(), table: p.table, start }
+            })
+            .collect())
+    }
+
+    fn poll(&mut self, intake: &mut Intake<'_, TestError>) -> Result<Poll, TestError> {
+        if self.stop_after.is_some_and(|n| intake.totals().events >= n) {
+            self.stop.store(true, Ordering::SeqCst);
+        }
+        for (i, p) in self.partitions.iter().enumerate() {
+            if intake.is_finished(i) {
+                continue;
+            }
+            let until = (self.next[i] + self.batch).min(p.records.len());
+            for (offset, value) in &p.records[self.next[i]..until] {
+                let decoded = decode(value.as_deref());
+                let emit = decoded
+                    .as_ref()
+                    .ok()
+                    .and_then(Option::as_ref)
+                    .is_none_or(|e| e.ts_ms >= self.emit_from_ms);
+                intake.record(Record {
+                    input: i,
+                    offset: *offset,
+                    decoded,
+                    emit,
+                    key: None,
+                    value: value.as_deref(),
+                })?;
+            }
+            self.next[i] = until;
+            if until == p.records.len() {
+                intake.finish(i);
+            }
+        }
+        let all = (0..self.partitions.len()).all(|i| intake.is_finished(i));
+        Ok(if all { Poll::End } else { Poll::More })
+    }
+}
+
+/// Collapses what it is given, as ReplacingMergeTree would.
+#[derive(Default)]
+struct Collapse {
+    tables: Tables,
+}
+
+impl Sink for Collapse {
+    type Error = TestError;
+    type Summary = Tables;
+
+    fn write(&mut self, rows: &mut Outputs) -> Result<(), TestError> {
+        self.tables.absorb(rows);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), TestError> {
+        Ok(())
+    }
+
+    fn save(&self) -> Result<Vec<u8>, TestError> {
+        Ok(postcard::to_allocvec(&self.tables).unwrap())
+    }
+
+    fn restore(&mut self, state: Option<&[u8]>) -> Result<(), TestError> {
+        self.tables = state.map(|b| postcard::from_bytes(b).unwrap()).unwrap_or_default();
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Tables, TestError> {
+        Ok(self.tables)
+    }
+}
+
+/// (stage, topic, offset, reason) of a letter.
+type Letter = (String, String, i64, String);
+
+/// Keeps every letter, where the test can read them.
+#[derive(Default, Clone)]
+struct Letters {
+    parked: Arc<Mutex<Vec<Letter>>>,
+}
+
+impl DeadLetters for Letters {
+    type Error = TestError;
+
+    fn park(&mut self, l: &DeadLetter<'_>) -> Result<(), TestError> {
+        self.parked.lock().unwrap().push((l.stage.into(), l.input.topic.clone(), l.offset, l.reason.into()));
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), TestError> {
+        Ok(())
+    }
+
+    fn save(&self) -> Result<Vec<u8>, TestError> {
+        Ok(postcard::to_allocvec(&*self.parked.lock().unwrap()).unwrap())
+    }
+
+    fn restore(&mut self, state: Option<&[u8]>) -> Result<(), TestError> {
+        *self.parked.lock().unwrap() = state.map(|b| postcard::from_bytes(b).unwrap()).unwrap_or_default();
+        Ok(())
+    }
+
+    fn finish(self) -> Result<u64, TestError> {
+        Ok(self.parked.lock().unwrap().len() as u64)
+    }
+}
+
+/// A workload's events in commit order.
+fn events(seed: u64, txs: usize) -> Vec<ChangeEvent> {
+    events_of(WorkloadConfig::default(), seed, txs)
+}
+
+fn events_of(config: WorkloadConfig, seed: u64, txs: usize) -> Vec<ChangeEvent> {
+    let mut w = Workload::new(config, seed);
+    let mut all = w.snapshot();
+    for _ in 0..txs {
+        all.extend(w.next_transaction());
+    }
+    all
+}
+
+/// The events as the CDC would publish them: a topic per table, orders and their lines routed to
+/// one of two partitions by order id.
+fn partitions(events: &[ChangeEvent]) -> Vec<Partition> {
+    let mut by: BTreeMap<(String, i32), Partition> = BTreeMap::new();
+    for e in events {
+        let table = e.table();
+        let order_id = match e.after.as_ref().or(e.before.as_ref()) {
+            Some(SourceRow::Order(o)) => Some(o.id),
+            Some(SourceRow::OrderLine(l)) => Some(l.order_id),
+            _ => None,
+        };
+        let name = InputName {
+            topic: format!("t.{}", table.name()),
+            partition: order_id.map_or(0, |id| (id % 2) as i32),
+        };
+        let p = by.entry((name.topic.clone(), name.partition)).or_insert_with(|| Partition {
+            name,
+            table,
+            records: Vec::new(),
+        });
+        let offset = p.records.len() as i64;
+        p.records.push((offset, Some(to_debezium_json(e).1)));
+    }
+    by.into_values().collect()
+}
+
+fn options(seal: Seal, every: u64) -> Options {
+    Options {
+        partition: 0,
+        fingerprint: "test".into(),
+        seal,
+        checkpoint_every: Every::Events(every),
+        failpoint: "RAINBOW_TEST_ENGINE_FAILPOINT",
+    }
+}
+
+fn store(dir: &std::path::Path) -> CheckpointStore {
+    CheckpointStore::open(dir.to_str().unwrap(), "engine", 1).unwrap()
+}
+
+fn temp(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("rb-engine-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Runs an engine to the end of its input (or to its stop) with fresh sink and letters.
+fn run(
+    source: Memory,
+    options: Options,
+    store: CheckpointStore,
+    rt: &tokio::runtime::Runtime,
+) -> Finished<Tables> {
+    let stop = source.stop.clone();
+    let engine = Engine::open(
+        source,
+        Collapse::default(),
+        Letters::default(),
+        options,
+        store,
+        rt.handle().clone(),
+        ProcessorMetrics::new(),
+    )
+    .unwrap();
+    engine.run(&stop).unwrap()
+}
+
+fn ended(f: Finished<Tables>) -> (EngineSummary, Tables, u64) {
+    match f {
+        Finished::Ended(e) => e,
+        Finished::Stopped(s) => panic!("stopped: {s:?}"),
+    }
+}
+
+#[test]
+fn the_tables_are_the_cores_in_commit_order_whatever_the_interleaving_and_sealing() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let events = events(3, 400);
+    // The oracle: the core applied in commit order, sealed at the end.
+    let mut core = Core::new(0);
+    let (mut out, mut want) = (Outputs::default(), Tables::default());
+    for e in &events {
+        core.apply(e, &mut out).unwrap();
+    }
+    core.seal_before(Position { commit: u64::MAX, change: 0, table: 0 }, &mut out);
+    want.absorb(&mut out);
+    for (batch, seal) in [(1, Seal::AtFrontier), (7, Seal::AtEnd), (1000, Seal::AtFrontier)] {
+        let dir = temp(&format!("order-{batch}"));
+        let (summary, tables, parked) =
+            ended(run(Memory::new(partitions(&events), batch), options(seal, 1_000_000), store(&dir), &rt));
+        assert_eq!(tables, want, "batch {batch}, {seal:?}");
+        assert_eq!(
+            (summary.totals.events, summary.totals.emitted, parked),
+            (events.len() as u64, events.len() as u64, 0)
+        );
+        assert!(
+            !dir.join("engine").exists() || std::fs::read_dir(dir.join("engine")).unwrap().next().is_none(),
+            "the checkpoints are deleted at the end of the input"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn a_stop_and_a_resume_give_the_tables_of_an_uninterrupted_run_on_both_sides_of_a_selection() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // The seed's catalogue: many aggregate groups are changed only once, on one side of a stop.
+    let events = events_of(WorkloadConfig::seed_volume(), 11, 1_500);
+    let snapshot = events.iter().filter(|e| e.position.is_snapshot()).count();
+    let streamed = events.len() - snapshot;
+    let cutoff = events[snapshot + streamed / 2].ts_ms;
+    let source = |stop_after: Option<u64>| {
+        let mut m = Memory::new(partitions(&events), 5);
+        m.emit_from_ms = cutoff;
+        m.stop_after = stop_after;
+        m
+    };
+    let dir = temp("whole");
+    let (whole, want, _) = ended(run(source(None), options(Seal::AtEnd, 1_000), store(&dir), &rt));
+    assert!(whole.totals.emitted > 0 && whole.totals.emitted < whole.totals.events, "{whole:?}");
+    // Stopped before the selected days start, and after.
+    for stop_after in [snapshot + streamed / 4, snapshot + streamed * 3 / 4].map(|n| n as u64) {
+        let dir = temp(&format!("resume-{stop_after}"));
+        match run(source(Some(stop_after)), options(Seal::AtEnd, 1_000), store(&dir), &rt) {
+            Finished::Stopped(s) => {
+                assert!(s.checkpoints >= 1 && s.totals.events < events.len() as u64, "{s:?}");
+                assert_eq!(s.totals.emitted > 0, stop_after > (snapshot + streamed / 2) as u64, "{s:?}");
+            }
+            Finished::Ended(_) => panic!("the stop came after the end"),
+        }
+        let (resumed, tables, _) = ended(run(source(None), options(Seal::AtEnd, 1_000), store(&dir), &rt));
+        assert!(resumed.resumed.is_some(), "resumed from the checkpoint");
+        assert_eq!(resumed.totals.events, whole.totals.events, "stop after {stop_after}");
+        assert_eq!(resumed.totals.emitted, whole.totals.emitted, "stop after {stop_after}");
+        assert_eq!(tables, want, "stop after {stop_after}: the resumed tables differ");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn every_record_it_cannot_use_is_parked_with_its_stage() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let events = events(5, 50);
+    let mut parts = partitions(&events);
+    let brands = parts.iter().position(|p| p.table == Table::Brands).unwrap();
+    let at = |p: &Partition| p.records.len() as i64;
+    // Not JSON; a tombstone (skipped, not parked); an event of another table on this topic.
+    let offset_bad = at(&parts[brands]);
+    parts[brands].records.push((offset_bad, Some(b"{not json".to_vec())));
+    parts[brands].records.push((offset_bad + 1, None));
+    let customer = events.iter().find(|e| e.table() == Table::Customers).unwrap();
+    parts[brands].records.push((offset_bad + 2, Some(to_debezium_json(customer).1)));
+    // A line of an order nobody placed, after everything else: the core refuses it.
+    let lines = parts.iter().position(|p| p.table == Table::Orderdetails).unwrap();
+    let mut orphan = events.iter().rev().find(|e| e.table() == Table::Orderdetails).unwrap().clone();
+    if let Some(SourceRow::OrderLine(l)) = orphan.after.as_mut() {
+        l.order_id = 999_999;
+    }
+    orphan.position.commit += 1_000_000;
+    orphan.position.change += 1_000_000;
+    let offset = at(&parts[lines]);
+    parts[lines].records.push((offset, Some(to_debezium_json(&orphan).1)));
+
+    let dir = temp("letters");
+    let stop = Arc::new(AtomicBool::new(false));
+    let letters = Letters::default();
+    let engine = Engine::open(
+        Memory::new(parts, 10),
+        Collapse::default(),
+        letters.clone(),
+        options(Seal::AtFrontier, 1_000_000),
+        store(&dir),
+        rt.handle().clone(),
+        ProcessorMetrics::new(),
+    )
+    .unwrap();
+    let (summary, _, parked) = ended(engine.run(&stop).unwrap());
+    assert_eq!(parked, 3);
+    assert_eq!(summary.totals.rejected, 3);
+    assert_eq!(summary.totals.events, events.len() as u64, "everything else was applied");
+    let got = letters.parked.lock().unwrap().clone();
+    let brands_topic = "t.brands".to_string();
+    assert_eq!((got[0].0.as_str(), &got[0].1, got[0].2), ("decode", &brands_topic, offset_bad));
+    assert!(got[0].3.starts_with("not a Debezium change event"), "{got:?}");
+    assert_eq!((got[1].0.as_str(), &got[1].1, got[1].2), ("decode", &brands_topic, offset_bad + 2));
+    assert_eq!(got[1].3, "event of table customers on the topic of brands");
+    assert_eq!((got[2].0.as_str(), got[2].1.as_str(), got[2].2), ("core", "t.orderdetails", -1));
+    assert!(got[2].3.contains("999999") && got[2].3.contains("unknown"), "{got:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_checkpoint_of_other_input_is_not_resumed_and_one_of_another_partition_is_refused() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let events = events(7, 100);
+    let dir = temp("foreign");
+    let mut first = Memory::new(partitions(&events), 3);
+    first.stop_after = Some(events.len() as u64 / 2);
+    let Finished::Stopped(_) = run(first, options(Seal::AtEnd, 100), store(&dir), &rt) else {
+        panic!("stops")
+    };
+
+    let other = Options { fingerprint: "another archive".into(), ..options(Seal::AtEnd, 100) };
+    let (summary, _, _) = ended(run(Memory::new(partitions(&events), 3), other, store(&dir), &rt));
+    assert_eq!(summary.resumed, None, "a checkpoint of other input is not resumed");
+    assert_eq!(summary.totals.events, events.len() as u64);
+
+    let mut again = Memory::new(partitions(&events), 3);
+    again.stop_after = Some(10);
+    let Finished::Stopped(_) = run(again, options(Seal::AtEnd, 100), store(&dir), &rt) else {
+        panic!("stops")
+    };
+    let wrong = Options { partition: 1, ..options(Seal::AtEnd, 100) };
+    let e = Engine::open(
+        Memory::new(partitions(&events), 3),
+        Collapse::default(),
+        Letters::default(),
+        wrong,
+        store(&dir),
+        rt.handle().clone(),
+        ProcessorMetrics::new(),
+    )
+    .err()
+    .expect("refused");
+    assert!(matches!(e, TestError::Engine(EngineError::PartitionMismatch { found: 0, expected: 1 })), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
