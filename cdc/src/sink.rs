@@ -95,7 +95,7 @@ pub async fn check_reachable(
 ) -> Result<(), CdcError> {
     let client = producer.clone();
     let result =
-        tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, timeout).map(|_| ()))
+        tokio::task::spawn_blocking(move || rainbow_runtime::kafka::reachable(client.client(), timeout))
             .await
             .expect("metadata task");
     result.map_err(|e| CdcError::KafkaUnreachable { brokers: brokers.to_string(), reason: e.to_string() })

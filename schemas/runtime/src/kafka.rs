@@ -89,6 +89,12 @@ pub async fn delete_topics(config: &ClientConfig, topics: &[&str]) -> Result<(),
     Ok(())
 }
 
+/// Whether a broker answers a metadata request within `timeout` (a start-up check, to fail with
+/// a clear message rather than wait).
+pub fn reachable<C: ClientContext>(client: &Client<C>, timeout: Duration) -> Result<(), KafkaError> {
+    client.fetch_metadata(None, timeout).map(|_| ())
+}
+
 /// Partitions of `topic`, `None` while it does not exist (or its metadata shows none yet, as
 /// right after its creation).
 pub fn partition_count<C: ClientContext>(client: &Client<C>, topic: &str) -> Option<i32> {

@@ -132,8 +132,7 @@ fn core_bench(events: &[ChangeEvent]) {
 }
 
 fn kafka_bench(events: &[ChangeEvent]) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
+    use rainbow_runtime::kafka::{self, KafkaConnection, TopicSpec};
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
     use rdkafka::ClientConfig;
@@ -168,13 +167,13 @@ fn kafka_bench(events: &[ChangeEvent]) {
         (t.total_sales_quantity, tables.live_facts().count() as i64)
     };
     rt.block_on(async {
-        let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
-        let mut new: Vec<NewTopic<'_>> =
-            topics.iter().map(|t| NewTopic::new(t, 3, TopicReplication::Fixed(1))).collect();
+        let admin =
+            KafkaConnection { brokers: brokers.clone(), client_id: "bench".into() }.client_config("admin");
+        let mut new: Vec<TopicSpec> =
+            topics.iter().map(|t| TopicSpec { name: t.clone(), partitions: 3, replication: 1 }).collect();
         let hb = config.heartbeat_topic();
-        new.push(NewTopic::new(&hb, 1, TopicReplication::Fixed(1)));
-        admin.create_topics(&new, &AdminOptions::new()).await.unwrap();
+        new.push(TopicSpec { name: hb.clone(), partitions: 1, replication: 1 });
+        kafka::ensure_topics(&admin, &new).await.unwrap();
         topics.push(hb.clone());
         // Idempotent, as the CDC's producer is: without it a retried batch can land after a later
         // one, and the processor rightly drops the records that arrive behind their successors as
@@ -210,9 +209,10 @@ fn kafka_bench(events: &[ChangeEvent]) {
         }
         let last = events.iter().map(|e| e.position.commit).max().unwrap_or(0) + 1;
         let acked = rainbow_schemas::wire::acked_header_value(rainbow_schemas::wire::Lsn(last));
+        let (hb_key, hb_value) = rainbow_schemas::wire::heartbeat_record(&prefix, false, 0);
         producer
             .send(
-                FutureRecord::to(&hb).key("{}").payload("{\"ts_ms\":0}").headers(OwnedHeaders::new().insert(
+                FutureRecord::to(&hb).key(&hb_key).payload(&hb_value).headers(OwnedHeaders::new().insert(
                     Header { key: rainbow_schemas::wire::HEARTBEAT_ACKED_LSN_HEADER, value: Some(&acked) },
                 )),
                 Duration::from_secs(10),
@@ -240,7 +240,7 @@ fn kafka_bench(events: &[ChangeEvent]) {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     let _ = producer
                         .send(
-                            FutureRecord::to(&hb).key("{}").payload("{\"ts_ms\":0}").headers(
+                            FutureRecord::to(&hb).key(&hb_key).payload(&hb_value).headers(
                                 OwnedHeaders::new().insert(Header {
                                     key: rainbow_schemas::wire::HEARTBEAT_ACKED_LSN_HEADER,
                                     value: Some(&acked),
@@ -299,9 +299,7 @@ fn kafka_bench(events: &[ChangeEvent]) {
         let _ = http(&format!("DROP DATABASE IF EXISTS {database}")).await;
         // The processor's dead-letter topic too (created by the processor when it starts).
         topics.push(config.dead_letter_topic.clone());
-        let _ = admin
-            .delete_topics(&topics.iter().map(String::as_str).collect::<Vec<_>>(), &AdminOptions::new())
-            .await;
+        let _ = kafka::delete_topics(&admin, &topics.iter().map(String::as_str).collect::<Vec<_>>()).await;
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
