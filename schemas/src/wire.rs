@@ -222,21 +222,9 @@ pub struct Envelope<'a> {
 /// every field not named here, is skipped); without it, the envelope's fields are at the top
 /// level.
 #[derive(Deserialize)]
-struct Outer<'a> {
-    #[serde(default, borrow)]
-    payload: Option<Fields<'a>>,
-    #[serde(default, borrow)]
-    before: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    after: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    source: Option<SourceFields<'a>>,
-    #[serde(default, borrow)]
-    op: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
 struct Fields<'a> {
+    #[serde(default, borrow)]
+    payload: Option<Box<Fields<'a>>>,
     #[serde(default, borrow)]
     before: Option<&'a RawValue>,
     #[serde(default, borrow)]
@@ -250,14 +238,12 @@ struct Fields<'a> {
 impl<'a> Envelope<'a> {
     /// Parses a record value, with or without the `schema`/`payload` wrapper.
     pub fn parse(value: &'a [u8]) -> Result<Envelope<'a>, WireError> {
-        let outer: Outer<'a> =
+        let outer: Fields<'a> =
             serde_json::from_slice(value).map_err(|e| WireError::Malformed(e.to_string()))?;
-        let f = outer.payload.unwrap_or(Fields {
-            before: outer.before,
-            after: outer.after,
-            source: outer.source,
-            op: outer.op,
-        });
+        let f = match outer.payload {
+            Some(payload) => *payload,
+            None => outer,
+        };
         let source = f.source.ok_or_else(|| WireError::Malformed("no `source` block".into()))?;
         let op = match f.op.as_deref() {
             Some(code) => Op::from_code(code)?,

@@ -58,11 +58,7 @@ impl KafkaSource {
         metrics: ProcessorMetrics,
     ) -> Result<KafkaSource, ProcessorError> {
         let consumer: BaseConsumer = kafka
-            .client_config("processor")
-            .set("group.id", &config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+            .offset_keeping_consumer("processor", &config.group_id)
             .set("fetch.wait.max.ms", "50")
             .set("queued.max.messages.kbytes", "65536")
             .create()?;

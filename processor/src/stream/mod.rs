@@ -22,11 +22,12 @@ use crate::metrics::ProcessorMetrics;
 use clickhouse::{ClickHouseSink, ClickHouseWriter};
 use dead_letter::DeadLetterTopic;
 use rainbow_runtime::kafka::TopicSpec;
+use rainbow_runtime::worker::Worker;
 use rainbow_schemas::warehouse::{Connection, Warehouse};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 pub use rainbow_runtime::kafka::KafkaConnection;
 
@@ -82,7 +83,6 @@ pub async fn run(
     rainbow_runtime::kafka::ensure_topics(&kafka.client_config("processor-admin"), &[dead_letter_topic])
         .await?;
 
-    let stop = Arc::new(AtomicBool::new(false));
     let (sink_tx, sink_rx) = mpsc::channel(256);
     let sink = ClickHouseSink::new(
         &warehouse,
@@ -92,34 +92,27 @@ pub async fn run(
         metrics.clone(),
     );
     let mut sink_task = tokio::spawn(sink.run(sink_rx));
-    let (done_tx, done_rx) = oneshot::channel();
-    let thread = {
-        let (kafka, config, metrics, stop) = (kafka.clone(), config.clone(), metrics.clone(), stop.clone());
+    let mut worker = {
+        let (kafka, config, metrics) = (kafka.clone(), config.clone(), metrics.clone());
         let rt = tokio::runtime::Handle::current();
-        std::thread::Builder::new()
-            .name("rainbow-processor".into())
-            .spawn(move || {
-                let result =
-                    engine(&kafka, &config, store, ClickHouseWriter::new(sink_tx), rt, metrics, &stop);
-                let _ = done_tx.send(result);
-            })
-            .map_err(|e| ProcessorError::Pipeline(e.to_string()))?
+        Worker::spawn("rainbow-processor", move |stop| {
+            engine(&kafka, &config, store, ClickHouseWriter::new(sink_tx), rt, metrics, &stop)
+        })
+        .map_err(|e| ProcessorError::Pipeline(e.to_string()))?
     };
     metrics.running.set(1);
     tokio::pin!(shutdown);
-    let mut done_rx = done_rx;
     let outcome = tokio::select! {
         _ = &mut shutdown => {
             tracing::info!("stopping: draining, flushing to ClickHouse, writing a checkpoint");
-            stop.store(true, Ordering::SeqCst);
-            (&mut done_rx).await
+            worker.stop();
+            worker.finished().await
         }
-        r = &mut done_rx => r,
+        r = worker.finished() => r,
         s = &mut sink_task => {
             // The sink stopped on its own: an error (the engine notices its closed channel).
-            stop.store(true, Ordering::SeqCst);
-            let _ = (&mut done_rx).await;
-            let _ = thread.join();
+            worker.stop();
+            let _ = worker.finished().await;
             metrics.running.set(0);
             let _ = stop_tx.send(true);
             return Err(match s {
@@ -129,12 +122,9 @@ pub async fn run(
             });
         }
     };
-    let _ = thread.join();
     metrics.running.set(0);
-    let result = match outcome {
-        Ok(r) => r,
-        Err(_) => Err(ProcessorError::Pipeline("the engine thread panicked".into())),
-    };
+    let result =
+        outcome.unwrap_or_else(|| Err(ProcessorError::Pipeline("the engine thread panicked".into())));
     // The engine dropped its sender: the sink writes what is left and ends.
     let sink_result = sink_task.await;
     let _ = stop_tx.send(true);

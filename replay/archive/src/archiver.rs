@@ -16,6 +16,7 @@ use crate::master::{self, ArchivedRecord, SegmentName};
 use crate::metrics::{ArchiveMetrics, SegmentWritten};
 use rainbow_runtime::kafka::{self, KafkaConnection};
 use rainbow_runtime::store::{Created, Store};
+use rainbow_runtime::worker::Worker;
 use rainbow_schemas::time::day_of_ms;
 use rainbow_schemas::wire;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -54,36 +55,28 @@ pub async fn run(
     let server = tokio::spawn(rainbow_runtime::serve::metrics(listener, move || m.render(), async move {
         let _ = rx.wait_for(|s| *s).await;
     }));
-    let stop = Arc::new(AtomicBool::new(false));
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    let thread = {
-        let (kafka, config, metrics, stop, store) =
-            (kafka.clone(), config.clone(), metrics.clone(), stop.clone(), store.clone());
+    let mut worker = {
+        let (kafka, config, metrics, store) = (kafka.clone(), config.clone(), metrics.clone(), store.clone());
         let rt = tokio::runtime::Handle::current();
-        std::thread::Builder::new()
-            .name("rainbow-archive".into())
-            .spawn(move || {
-                let r = Archiver::start(&kafka, &config, store, rt, metrics, stop).and_then(Archiver::run);
-                let _ = done_tx.send(r);
-            })
-            .map_err(|e| ArchiveError::Thread(e.to_string()))?
+        Worker::spawn("rainbow-archive", move |stop| {
+            Archiver::start(&kafka, &config, store, rt, metrics, stop).and_then(Archiver::run)
+        })
+        .map_err(|e| ArchiveError::Thread(e.to_string()))?
     };
     metrics.running.set(1);
     tokio::pin!(shutdown);
-    let mut done_rx = done_rx;
     let outcome = tokio::select! {
         _ = &mut shutdown => {
             tracing::info!("stopping: writing the open segments");
-            stop.store(true, Ordering::SeqCst);
-            (&mut done_rx).await
+            worker.stop();
+            worker.finished().await
         }
-        r = &mut done_rx => r,
+        r = worker.finished() => r,
     };
-    let _ = thread.join();
     metrics.running.set(0);
     let _ = stop_tx.send(true);
     let _ = server.await;
-    outcome.unwrap_or_else(|_| Err(ArchiveError::Thread("the archiver's thread panicked".into())))
+    outcome.unwrap_or_else(|| Err(ArchiveError::Thread("the archiver's thread panicked".into())))
 }
 
 /// An open segment of one partition.
@@ -127,11 +120,7 @@ impl Archiver {
         stop: Arc<AtomicBool>,
     ) -> Result<Archiver, ArchiveError> {
         let consumer: BaseConsumer = kafka
-            .client_config("archiver")
-            .set("group.id", &config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+            .offset_keeping_consumer("archiver", &config.group_id)
             .set("fetch.wait.max.ms", "100")
             .create()?;
         // Partitions of every topic: wait for the CDC to create them.

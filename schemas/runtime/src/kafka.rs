@@ -34,6 +34,18 @@ impl KafkaConnection {
         c.set("bootstrap.servers", &self.brokers).set("client.id", format!("{}-{role}", self.client_id));
         c
     }
+
+    /// A consumer of a component that keeps its own offsets (in a checkpoint, in the archive):
+    /// assigned partitions read from the offsets it gives (from the earliest where it gives
+    /// none), offsets committed to `group` only when it says so, for lag tools.
+    pub fn offset_keeping_consumer(&self, role: &str, group: &str) -> ClientConfig {
+        let mut c = self.client_config(role);
+        c.set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest");
+        c
+    }
 }
 
 /// A topic to create when missing.

@@ -4,6 +4,7 @@
 //!   processor's checkpoints, the master dataset and the replay's output;
 //! * [`kafka`]: where Kafka is, topic creation and deletion, partition discovery, end offsets;
 //! * [`serve`]: the HTTP endpoint that serves a service's Prometheus metrics;
+//! * [`worker`]: a component's blocking loop on a thread of its own, stopped by a flag;
 //! * [`failpoint`]: crash and step failpoints for fault tests, compiled in only with the
 //!   `failpoints` feature (test builds).
 //!
@@ -14,3 +15,4 @@ pub mod failpoint;
 pub mod kafka;
 pub mod serve;
 pub mod store;
+pub mod worker;

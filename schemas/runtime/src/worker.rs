@@ -1,0 +1,73 @@
+//! A component's blocking loop (an engine, the archiver) on an OS thread of its own, driven from
+//! async code: the loop checks a stop flag; its result arrives through a channel, so the caller
+//! can wait for it beside other futures (a shutdown signal, a sink task).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use tokio::sync::oneshot;
+
+pub struct Worker<R> {
+    stop: Arc<AtomicBool>,
+    done: oneshot::Receiver<R>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<R: Send + 'static> Worker<R> {
+    /// Runs `work` on a thread named `name`; `work` ends when the flag it is given is set.
+    pub fn spawn(
+        name: &str,
+        work: impl FnOnce(Arc<AtomicBool>) -> R + Send + 'static,
+    ) -> std::io::Result<Worker<R>> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, done) = oneshot::channel();
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
+            let _ = tx.send(work(flag));
+        })?;
+        Ok(Worker { stop, done, thread: Some(thread) })
+    }
+
+    /// Asks the loop to stop (it finishes its round, then returns).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// The loop's result once it has returned; `None` if its thread panicked.
+    pub async fn finished(&mut self) -> Option<R> {
+        let result = (&mut self.done).await.ok();
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        result
+    }
+}
+
+impl<R> Drop for Worker<R> {
+    /// A worker dropped unfinished is told to stop; its thread is not waited for.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_worker_runs_until_stopped_and_returns_its_result() {
+        let mut w = Worker::spawn("test-worker", |stop| {
+            let mut rounds = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                rounds += 1;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            rounds
+        })
+        .unwrap();
+        w.stop();
+        assert!(w.finished().await.is_some());
+        let mut panics = Worker::spawn("test-panic", |_| -> u8 { panic!("on purpose") }).unwrap();
+        assert_eq!(panics.finished().await, None);
+    }
+}
