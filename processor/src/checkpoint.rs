@@ -11,7 +11,6 @@
 //! to a fresh start.
 
 use crate::core::State;
-use crate::engine::{EngineError, Totals};
 use crate::event::Position;
 use crate::merge::InputName;
 use rainbow_runtime::store::Store;
@@ -22,6 +21,29 @@ use serde::{Deserialize, Serialize};
 /// sink and dead-letter state). Older checkpoints are refused with "bad magic or format version"
 /// and the engine starts over from the beginning of its input.
 pub const MAGIC: &[u8; 8] = b"RBWCKPT3";
+
+/// Counts of what an engine did, kept in its checkpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Records the source delivered (tombstones and dead letters included).
+    pub records: u64,
+    /// Events applied to the core.
+    pub events: u64,
+    /// Events applied whose rows are output (all, in streaming).
+    pub emitted: u64,
+    /// Re-deliveries dropped by the merge.
+    pub duplicates: u64,
+    /// Records and events parked in the dead letters.
+    pub rejected: u64,
+}
+
+/// A checkpoint store that could not be read or written.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("checkpoint store {url}: {reason}")]
+pub struct CheckpointError {
+    pub url: String,
+    pub reason: String,
+}
 
 /// A checkpoint as read back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,9 +107,9 @@ impl CheckpointStore {
     /// Opens the store at `url` (a directory, created if missing, or an object-store URL:
     /// `file://`, `s3://`, `gs://`, `az://`); checkpoints go under `<folder>/`, and all but the
     /// newest `kept + 1` are deleted after each write.
-    pub fn open(url: &str, folder: &str, kept: usize) -> Result<CheckpointStore, EngineError> {
-        let store = Store::open(url)
-            .map_err(|e| EngineError::Checkpoint { url: url.to_string(), reason: e.to_string() })?;
+    pub fn open(url: &str, folder: &str, kept: usize) -> Result<CheckpointStore, CheckpointError> {
+        let store =
+            Store::open(url).map_err(|e| CheckpointError { url: url.to_string(), reason: e.to_string() })?;
         Ok(CheckpointStore::new(store, folder, kept))
     }
 
@@ -101,11 +123,11 @@ impl CheckpointStore {
     }
 
     /// An error of this store.
-    pub fn error(&self, e: impl std::fmt::Display) -> EngineError {
-        EngineError::Checkpoint { url: format!("{}/{}", self.store.url, self.folder), reason: e.to_string() }
+    pub fn error(&self, e: impl std::fmt::Display) -> CheckpointError {
+        CheckpointError { url: format!("{}/{}", self.store.url, self.folder), reason: e.to_string() }
     }
 
-    async fn ids(&self) -> Result<Vec<u64>, EngineError> {
+    async fn ids(&self) -> Result<Vec<u64>, CheckpointError> {
         let listed = self.store.list(&self.folder).await.map_err(|e| self.error(e))?;
         let mut ids: Vec<u64> = listed
             .iter()
@@ -118,7 +140,7 @@ impl CheckpointStore {
     }
 
     /// The newest readable checkpoint, if any.
-    pub async fn latest(&self) -> Result<Option<Checkpoint>, EngineError> {
+    pub async fn latest(&self) -> Result<Option<Checkpoint>, CheckpointError> {
         for id in self.ids().await?.into_iter().rev() {
             let path = self.path(id);
             match self.store.get(&path).await {
@@ -133,7 +155,7 @@ impl CheckpointStore {
     }
 
     /// Writes an encoded checkpoint atomically, then deletes all but the newest `kept + 1`.
-    pub async fn save_encoded(&self, id: u64, bytes: Vec<u8>) -> Result<(), EngineError> {
+    pub async fn save_encoded(&self, id: u64, bytes: Vec<u8>) -> Result<(), CheckpointError> {
         self.store.put(&self.path(id), bytes).await.map_err(|e| self.error(e))?;
         let ids = self.ids().await?;
         let old = ids.len().saturating_sub(self.kept + 1);
@@ -146,7 +168,7 @@ impl CheckpointStore {
     }
 
     /// Deletes every checkpoint (the output they lead to is complete).
-    pub async fn clear(&self) -> Result<(), EngineError> {
+    pub async fn clear(&self) -> Result<(), CheckpointError> {
         for id in self.ids().await? {
             self.store.delete(&self.path(id)).await.map_err(|e| self.error(e))?;
         }

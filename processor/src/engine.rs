@@ -13,7 +13,8 @@
 //!
 //! The engine is the only place that builds a [`Merger`] or a [`Core`].
 
-use crate::checkpoint::{CheckpointRef, CheckpointStore};
+pub use crate::checkpoint::Totals;
+use crate::checkpoint::{CheckpointError, CheckpointRef, CheckpointStore};
 use crate::core::Core;
 use crate::event::{ChangeEvent, DecodeError, Position, Table};
 use crate::merge::{InputName, Merger, Pushed};
@@ -210,27 +211,12 @@ pub struct Options {
 /// Why the engine stopped by itself.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("checkpoint store {url}: {reason}")]
-    Checkpoint { url: String, reason: String },
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
     #[error("the checkpoint was written by partition {found}, this instance is partition {expected}")]
     PartitionMismatch { found: i32, expected: i32 },
     #[error("the merge made no progress although every input has records queued")]
     NoProgress,
-}
-
-/// Counts of what the engine did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Totals {
-    /// Records the source delivered (tombstones and dead letters included).
-    pub records: u64,
-    /// Events applied to the core.
-    pub events: u64,
-    /// Events applied whose rows are output (all, in streaming).
-    pub emitted: u64,
-    /// Re-deliveries dropped by the merge.
-    pub duplicates: u64,
-    /// Records and events parked in the dead letters.
-    pub rejected: u64,
 }
 
 /// What a run did.
@@ -307,7 +293,14 @@ impl<E> Intake<'_, E> {
     }
 
     fn park(&mut self, letter: &DeadLetter<'_>) -> Result<(), E> {
-        DeadLettered { letter }.emit(self.metrics);
+        DeadLettered {
+            stage: letter.stage,
+            topic: &letter.input.topic,
+            partition: letter.input.partition,
+            offset: letter.offset,
+            reason: letter.reason,
+        }
+        .emit(self.metrics);
         self.totals.rejected += 1;
         self.this_run.rejected += 1;
         self.dead.park(letter)
@@ -428,7 +421,7 @@ where
         rt: tokio::runtime::Handle,
         metrics: ProcessorMetrics,
     ) -> Result<Self, S::Error> {
-        let checkpoint = match rt.block_on(store.latest())? {
+        let checkpoint = match rt.block_on(store.latest()).map_err(EngineError::from)? {
             Some(c) if c.fingerprint != options.fingerprint => {
                 tracing::warn!(
                     found = %c.fingerprint,
@@ -659,7 +652,7 @@ where
             Ok(size) => size,
             Err(e) => {
                 self.metrics.checkpoint_errors.inc();
-                return Err(e.into());
+                return Err(EngineError::from(e).into());
             }
         };
         self.checkpoint_id = id;
@@ -684,7 +677,7 @@ where
         drop(merger);
         let written = sink.finish()?;
         let parked = dead.finish()?;
-        rt.block_on(store.clear())?;
+        rt.block_on(store.clear()).map_err(EngineError::from)?;
         Ok((summary, written, parked))
     }
 

@@ -41,7 +41,7 @@ impl ProcessorError {
             self,
             ProcessorError::Kafka(_)
                 | ProcessorError::Sink { .. }
-                | ProcessorError::Engine(crate::engine::EngineError::Checkpoint { .. })
+                | ProcessorError::Engine(crate::engine::EngineError::Checkpoint(_))
         )
     }
 }

@@ -141,20 +141,23 @@ impl ProcessorMetrics {
 }
 
 /// A record was parked in the dead letters (the dead-letter topic, or a replay's rejection file).
-pub struct DeadLettered<'a, 'l> {
-    pub letter: &'a crate::engine::DeadLetter<'l>,
+pub struct DeadLettered<'a> {
+    pub stage: &'static str,
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub reason: &'a str,
 }
 
-impl DeadLettered<'_, '_> {
+impl DeadLettered<'_> {
     pub fn emit(&self, m: &ProcessorMetrics) {
-        let l = self.letter;
-        m.dead_letters.with_label_values(&[l.stage]).inc();
+        m.dead_letters.with_label_values(&[self.stage]).inc();
         tracing::warn!(
-            stage = l.stage,
-            topic = %l.input.topic,
-            partition = l.input.partition,
-            offset = l.offset,
-            reason = l.reason,
+            stage = self.stage,
+            topic = self.topic,
+            partition = self.partition,
+            offset = self.offset,
+            reason = self.reason,
             "event parked in the dead letters"
         );
     }

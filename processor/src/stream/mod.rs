@@ -77,7 +77,8 @@ pub async fn run(
     } else {
         config.group_id.clone()
     };
-    let store = CheckpointStore::open(&config.checkpoint_url, &folder, config.checkpoints_kept)?;
+    let store = CheckpointStore::open(&config.checkpoint_url, &folder, config.checkpoints_kept)
+        .map_err(crate::engine::EngineError::from)?;
     let dead_letter_topic =
         TopicSpec { name: config.dead_letter_topic.clone(), partitions: 1, replication: -1 };
     rainbow_runtime::kafka::ensure_topics(&kafka.client_config("processor-admin"), &[dead_letter_topic])
