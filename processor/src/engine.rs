@@ -397,7 +397,9 @@ pub struct Engine<S, K, D> {
     checkpoint_id: u64,
     checkpoints: u64,
     resumed: Option<(u64, u64)>,
-    next_checkpoint: (Instant, u64),
+    /// When the next checkpoint is due: at this time (interval) or this many events (count).
+    next_checkpoint_at: Option<Instant>,
+    next_checkpoint_events: u64,
     watermark_ms: i64,
     crash_after: Option<CrashAfter>,
     metrics: ProcessorMetrics,
@@ -467,7 +469,6 @@ where
         };
         let applied_by_table =
             Table::ALL.iter().map(|t| metrics.events_applied.with_label_values(&[t.name()])).collect();
-        let next_checkpoint = Self::next_checkpoint_after(&options.checkpoint_every, totals.events);
         Ok(Engine {
             crash_after: CrashAfter::from_env(options.failpoint),
             source,
@@ -486,36 +487,27 @@ where
             checkpoint_id,
             checkpoints: 0,
             resumed,
-            next_checkpoint,
+            next_checkpoint_at: None,
+            next_checkpoint_events: u64::MAX,
             watermark_ms: 0,
             metrics,
             applied_by_table,
         })
     }
 
-    fn next_checkpoint_after(every: &Every, events: u64) -> (Instant, u64) {
-        match every {
-            Every::Interval(d) => (Instant::now() + *d, u64::MAX),
-            Every::Events(n) => {
-                (Instant::now() + Duration::from_secs(u64::MAX / 4), events.saturating_add(*n))
-            }
+    /// Schedules the next checkpoint after one written now (or after the start).
+    fn schedule_checkpoint(&mut self) {
+        match self.options.checkpoint_every {
+            Every::Interval(d) => self.next_checkpoint_at = Some(Instant::now() + d),
+            Every::Events(n) => self.next_checkpoint_events = self.totals.events.saturating_add(n),
         }
-    }
-
-    /// The counts so far.
-    pub fn totals(&self) -> &Totals {
-        &self.totals
-    }
-
-    /// The source, for its own reports.
-    pub fn source(&self) -> &S {
-        &self.source
     }
 
     /// Runs until `stop` is set (then drains, writes a checkpoint and returns) or a bounded
     /// input ends (then seals, finishes the sink and the dead letters, deletes the checkpoints
     /// and returns their summaries).
     pub fn run(mut self, stop: &AtomicBool) -> Result<Finished<K::Summary>, S::Error> {
+        self.schedule_checkpoint();
         let mut next_tick = Instant::now();
         loop {
             if stop.load(Ordering::SeqCst) {
@@ -531,7 +523,7 @@ where
                 self.tick();
                 next_tick = Instant::now() + Duration::from_secs(1);
             }
-            if Instant::now() >= self.next_checkpoint.0 {
+            if self.next_checkpoint_at.is_some_and(|at| Instant::now() >= at) {
                 self.checkpoint()?;
             }
             if poll == Poll::End && self.merger.queued_total() == 0 {
@@ -592,7 +584,7 @@ where
             if self.out.len() >= WRITE_ROWS {
                 self.route()?;
             }
-            if self.totals.events >= self.next_checkpoint.1 {
+            if self.totals.events >= self.next_checkpoint_events {
                 self.checkpoint()?;
             }
         }
@@ -623,8 +615,7 @@ where
     /// Flushes the dead letters and the sink, then writes the state and input positions.
     fn checkpoint(&mut self) -> Result<(), S::Error> {
         let started = Instant::now();
-        self.next_checkpoint =
-            Self::next_checkpoint_after(&self.options.checkpoint_every, self.totals.events);
+        self.schedule_checkpoint();
         self.route()?;
         self.dead.flush()?;
         self.sink.flush()?;
