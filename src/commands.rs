@@ -8,13 +8,13 @@ use rainbow_loadgen::{self as loadgen, BenchSettings, LoadgenSettings};
 use rainbow_schemas::postgres::MIGRATOR;
 use rainbow_schemas::seed::{self, SeedOutcome, SeedSpec};
 use rainbow_schemas::shape::checks;
-use rainbow_schemas::warehouse::{Connection, Warehouse};
+use rainbow_schemas::warehouse::{Connection, Warehouse, WarehouseError};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
+use std::path::Path;
 use std::time::Duration;
 
-/// A pool on the source database, with an error that says where it tried and what to do.
-pub async fn pg_pool(pg: &PostgresConfig) -> anyhow::Result<PgPool> {
+fn pg_pool_options(pg: &PostgresConfig) -> (PgPoolOptions, PgConnectOptions) {
     let options = PgConnectOptions::new()
         .host(&pg.host)
         .port(pg.port)
@@ -22,18 +22,22 @@ pub async fn pg_pool(pg: &PostgresConfig) -> anyhow::Result<PgPool> {
         .password(&pg.password)
         .database(&pg.database)
         .application_name("rainbow");
-    PgPoolOptions::new()
+    let pool = PgPoolOptions::new()
         .max_connections(pg.max_connections)
-        .acquire_timeout(Duration::from_secs(pg.connect_timeout_secs))
-        .connect_with(options)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to PostgreSQL at {}:{} as {} (database {}); is the stack up \
+        .acquire_timeout(Duration::from_secs(pg.connect_timeout_secs));
+    (pool, options)
+}
+
+/// A pool on the source database, with an error that says where it tried and what to do.
+pub async fn pg_pool(pg: &PostgresConfig) -> anyhow::Result<PgPool> {
+    let (pool, options) = pg_pool_options(pg);
+    pool.connect_with(options).await.with_context(|| {
+        format!(
+            "cannot connect to PostgreSQL at {}:{} as {} (database {}); is the stack up \
                  (deploy/local/start)? settings: [postgres] / RAINBOW_POSTGRES__*",
-                pg.host, pg.port, pg.user, pg.database
-            )
-        })
+            pg.host, pg.port, pg.user, pg.database
+        )
+    })
 }
 
 pub async fn warehouse(config: &Config) -> anyhow::Result<Warehouse> {
@@ -113,32 +117,49 @@ fn api_settings(config: &Config) -> ApiSettings {
         body_limit: config.api.body_limit_bytes,
         shutdown_grace: Duration::from_secs(config.api.shutdown_grace_secs),
         order_cache_entries: config.api.order_cache_entries,
+        max_in_flight: config.api.max_in_flight,
     }
 }
 
 /// Binds `api.listen`, with an error that says what to do when the port is taken.
 async fn bind_api(config: &Config) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(&config.api.listen).await.with_context(|| {
-        format!(
-            "cannot listen on {} (another `rainbow api` running?); set api.listen / RAINBOW_API__LISTEN",
+    rainbow_runtime::serve::bind(&config.api.listen).await.map_err(|e| {
+        SettingsError(format!(
+            "cannot listen on {} ({e}; another `rainbow api` running?); set api.listen / RAINBOW_API__LISTEN",
             config.api.listen
-        )
+        ))
+        .into()
     })
 }
 
-/// The pool of the API, after checking that the schema is migrated.
+/// The pool of the API, connecting as requests need it (the API serves, and answers 503, while
+/// PostgreSQL is away), after checking that the schema is migrated when PostgreSQL answers.
 async fn api_pool(config: &Config) -> anyhow::Result<PgPool> {
-    let pool = pg_pool(&config.postgres).await?;
-    let (orders, keys): (Option<String>, Option<String>) =
+    let (pool, options) = pg_pool_options(&config.postgres);
+    let pool = pool.connect_lazy_with(options);
+    let tables: Result<(Option<String>, Option<String>), sqlx::Error> =
         sqlx::query_as("SELECT to_regclass('orders')::text, to_regclass('api_idempotency_keys')::text")
             .fetch_one(&pool)
-            .await
-            .context("checking the source schema")?;
+            .await;
+    let (orders, keys) = match tables {
+        Ok(t) => t,
+        Err(e) if rainbow_schemas::postgres::is_transient(&e) => {
+            tracing::warn!(
+                error = %e,
+                "PostgreSQL does not answer at {}:{}; serving anyway, requests are answered 503 until it does",
+                config.postgres.host,
+                config.postgres.port
+            );
+            return Ok(pool);
+        }
+        Err(e) => return Err(e).context("checking the source schema"),
+    };
     if orders.is_none() || keys.is_none() {
-        anyhow::bail!(
+        return Err(SettingsError(format!(
             "the database {} is not migrated (missing tables); run `rainbow migrate` first",
             config.postgres.database
-        );
+        ))
+        .into());
     }
     Ok(pool)
 }
@@ -395,110 +416,171 @@ pub async fn loadgen(config: &Config, args: &LoadgenArgs) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Bootstraps the stack, then runs every pipeline component that exists in this process until
-/// SIGINT/SIGTERM: the order API, producers that feed it, and the CDC reader.
-pub async fn up(config: &Config, args: &UpArgs) -> anyhow::Result<()> {
-    migrate(config, &MigrateArgs { target: MigrateTarget::All, seed: !args.no_seed }).await?;
-    let pool = api_pool(config).await?;
-    let listener = bind_api(config).await?;
-    let state = AppState::new(pool.clone(), api_settings(config), Default::default());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let api = tokio::spawn(rainbow_api::serve(listener, state, stopped(stop_rx.clone())));
-    println!("api: listening on http://{} (GET / lists the routes)", config.api.listen);
-    let producers = (args.orders_per_sec > 0.0 || args.churn_per_sec > 0.0).then(|| {
-        println!(
-            "loadgen: {} orders/s to the API, {} catalogue changes/s",
-            args.orders_per_sec, args.churn_per_sec
-        );
-        tokio::spawn(loadgen::run(
-            pool.clone(),
-            LoadgenSettings {
-                api_url: format!("http://{}", config.api.listen),
-                producers: 4,
-                rate: args.orders_per_sec,
-                count: None,
-                duration: None,
-                days: 28,
-                churn_rate: args.churn_per_sec,
-                orders: args.orders_per_sec > 0.0,
-                seed: 42,
-                progress: false,
-            },
-            stopped(stop_rx.clone()),
+/// Bootstraps the stack (migrations, reference data), waiting up to `up.startup_timeout_secs` for
+/// PostgreSQL and ClickHouse to answer, then runs every component as a child process of its own
+/// (`rainbow api`, `cdc`, `process`, `archive`, and `loadgen` when producers are asked for) under
+/// supervision until SIGINT/SIGTERM: a component that exits is restarted with backoff, and the
+/// command fails when one cannot be kept running (see rainbow_runtime::children).
+pub async fn up(config: &Config, config_file: Option<&Path>, args: &UpArgs) -> anyhow::Result<()> {
+    use rainbow_runtime::children::{self, ChildMetrics, Policy};
+    let listener = rainbow_runtime::serve::bind(&config.up.metrics_listen).await.map_err(|e| {
+        SettingsError(format!(
+            "cannot listen on {} ({e}; another `rainbow up` running?); set up.metrics_listen / \
+             RAINBOW_UP__METRICS_LISTEN",
+            config.up.metrics_listen
         ))
-    });
-    let (source, kafka) = cdc_endpoints(config);
-    let cdc_config = config.cdc.clone();
-    let cdc_stop = stopped(stop_rx.clone());
-    let cdc = tokio::spawn(async move { rainbow_cdc::run(&source, &kafka, &cdc_config, cdc_stop).await });
-    println!(
-        "cdc: PostgreSQL changes -> Kafka topics {}.public.<table> (metrics on http://{}/metrics)",
-        config.cdc.topic_prefix, config.cdc.metrics_listen
+    })?;
+    // One `up` per metrics address: a new one waits for the components of a previous one (still
+    // finishing their shutdown after a crash of that `up`) instead of running beside them.
+    let lock_path = std::env::temp_dir()
+        .join(format!("rainbow-up-{}.lock", config.up.metrics_listen.replace([':', '.'], "_")));
+    let patience = Duration::from_secs(config.up.stop_grace_secs + 30);
+    let lock = children::exclusive(&lock_path, patience).await.map_err(SettingsError)?;
+    bootstrap(config, args).await?;
+    let registry = prometheus::Registry::new_custom(Some("rainbow_up".into()), None).expect("valid prefix");
+    let metrics = ChildMetrics::register(&registry);
+    let stop_rx = rainbow_runtime::resilience::stop_on(shutdown_signal());
+    rainbow_runtime::serve::spawn(
+        listener,
+        move || rainbow_runtime::serve::render(&registry),
+        metrics.clone(),
+        stop_rx.clone(),
     );
-    let (kafka, clickhouse) = processor_endpoints(config);
-    let processor_config = config.processor_settings();
-    let processor_stop = stopped(stop_rx.clone());
-    let processor = tokio::spawn(async move {
-        rainbow_processor::run(&kafka, &clickhouse, &processor_config, processor_stop).await
-    });
+    let specs = components(config, config_file, args, lock.fd())?;
+    for spec in &specs {
+        println!("{}: {}", spec.name, describe_component(config, &spec.name, args));
+    }
     println!(
-        "process: Kafka -> ClickHouse database {} (metrics on http://{}/metrics)",
-        config.clickhouse.database, config.processor.metrics_listen
+        "up: supervising {} components (metrics and health on http://{}); Ctrl-C stops",
+        specs.len(),
+        config.up.metrics_listen
     );
-    let (kafka, _) = processor_endpoints(config);
-    let archive_config = config.archive_settings();
-    let store_url = config.storage.url.clone();
-    let archive_stop = stopped(stop_rx.clone());
-    let archiver = tokio::spawn(async move {
-        rainbow_archive::archiver::run(&kafka, &store_url, &archive_config, archive_stop).await
-    });
-    println!(
-        "archive: Kafka -> master dataset {}/master/ (metrics on http://{}/metrics)",
-        config.storage.url, config.archive.metrics_listen
-    );
-    println!("running; Ctrl-C stops");
-    let mut cdc = cdc;
-    let mut processor = processor;
-    let mut archiver = archiver;
-    let (cdc_outcome, processor_outcome, archive_outcome) = tokio::select! {
-        _ = shutdown_signal() => (None, None, None),
-        // The reader stops by itself only on an error (or with snapshot mode initial_only).
-        outcome = &mut cdc => (Some(outcome), None, None),
-        outcome = &mut processor => (None, Some(outcome), None),
-        outcome = &mut archiver => (None, None, Some(outcome)),
+    let policy = Policy {
+        backoff_cap: Duration::from_secs(config.up.restart_backoff_max_secs),
+        give_up_after: config.up.give_up_after,
+        grace: Duration::from_secs(config.up.stop_grace_secs),
+        ..Policy::default()
     };
-    let _ = stop_tx.send(true);
-    let archive_outcome = match archive_outcome {
-        Some(outcome) => outcome,
-        None => archiver.await,
-    };
-    match archive_outcome? {
-        Ok(summary) => println!("{}", archive_summary(&summary)),
-        Err(e) => eprintln!("archive: stopped with an error: {e}"),
-    }
-    let cdc_outcome = match cdc_outcome {
-        Some(outcome) => outcome,
-        None => cdc.await,
-    };
-    match cdc_outcome? {
-        Ok(summary) => println!("{}", cdc_summary(&summary)),
-        Err(e) => eprintln!("cdc: stopped with an error: {e}"),
-    }
-    let processor_outcome = match processor_outcome {
-        Some(outcome) => outcome,
-        None => processor.await,
-    };
-    match processor_outcome? {
-        Ok(summary) => println!("{}", processor_summary(&summary)),
-        Err(e) => eprintln!("process: stopped with an error: {e}"),
-    }
-    if let Some(p) = producers {
-        print!("{}", p.await?.context("order producers")?.render());
-    }
-    api.await?.context("serving the API")?;
-    pool.close().await;
+    children::supervise(specs, policy, metrics, stop_rx).await.map_err(|gave_up| {
+        anyhow::anyhow!(
+            "gave up on {gave_up}; every other component was stopped. Fix the cause and run \
+             `rainbow up` again: each component resumes where it stopped"
+        )
+    })?;
+    println!("up: every component stopped");
     Ok(())
 }
+
+/// Migrations and reference data, retried while PostgreSQL or ClickHouse does not answer (a
+/// stack still starting), for up to `up.startup_timeout_secs`.
+async fn bootstrap(config: &Config, args: &UpArgs) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(config.up.startup_timeout_secs);
+    let mut backoff = rainbow_runtime::resilience::default_backoff();
+    let migrate_args = MigrateArgs { target: MigrateTarget::All, seed: !args.no_seed };
+    loop {
+        match migrate(config, &migrate_args).await {
+            Ok(()) => return Ok(()),
+            Err(e) if transient(&e) && std::time::Instant::now() < deadline => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "bootstrap: a server does not answer yet; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => {
+                return Err(e).context(format!(
+                    "bootstrapping the stack (waited up to {} s: up.startup_timeout_secs)",
+                    config.up.startup_timeout_secs
+                ))
+            }
+        }
+    }
+}
+
+/// Whether an error is a server not answering (worth another attempt).
+fn transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.downcast_ref::<sqlx::Error>().is_some_and(rainbow_schemas::postgres::is_transient)
+            || cause.downcast_ref::<sqlx::migrate::MigrateError>().is_some_and(
+                |e| matches!(e, sqlx::migrate::MigrateError::Execute(e) if rainbow_schemas::postgres::is_transient(e)),
+            )
+            || cause.downcast_ref::<WarehouseError>().is_some_and(WarehouseError::is_transient)
+    })
+}
+
+/// The child processes of `rainbow up`: this binary with a subcommand each, the same
+/// configuration file (the environment, and so every RAINBOW_* override, is inherited).
+fn components(
+    config: &Config,
+    config_file: Option<&Path>,
+    args: &UpArgs,
+    lock: std::os::fd::RawFd,
+) -> anyhow::Result<Vec<rainbow_runtime::children::ChildSpec>> {
+    let program = std::env::current_exe().context("finding the rainbow binary to start the components")?;
+    let base: Vec<String> = match config_file {
+        Some(file) => vec!["--config".into(), file.display().to_string()],
+        None => Vec::new(),
+    };
+    let spec =
+        |name: &str, extra: &[String], wait_for: Option<String>| rainbow_runtime::children::ChildSpec {
+            name: name.into(),
+            program: program.clone(),
+            args: base
+                .iter()
+                .cloned()
+                .chain(std::iter::once(name.to_string()))
+                .chain(extra.iter().cloned())
+                .collect(),
+            wait_for,
+            lock: Some(lock),
+        };
+    let mut specs = vec![
+        // The API first: the producers post to it.
+        spec("api", &[], Some(config.api.listen.clone())),
+        spec("cdc", &[], None),
+        spec("process", &[], None),
+        spec("archive", &[], None),
+    ];
+    if args.orders_per_sec > 0.0 || args.churn_per_sec > 0.0 {
+        let mut extra = vec![
+            "--quiet".to_string(),
+            "--producers".into(),
+            "4".into(),
+            "--churn-rate".into(),
+            args.churn_per_sec.to_string(),
+        ];
+        if args.orders_per_sec > 0.0 {
+            extra.extend(["--rate".into(), args.orders_per_sec.to_string()]);
+        } else {
+            extra.push("--no-orders".into());
+        }
+        specs.push(spec("loadgen", &extra, None));
+    }
+    Ok(specs)
+}
+
+fn describe_component(config: &Config, name: &str, args: &UpArgs) -> String {
+    match name {
+        "api" => format!("order API on http://{} (GET / lists the routes)", config.api.listen),
+        "cdc" => format!(
+            "PostgreSQL changes -> Kafka topics {}.public.<table> (metrics on http://{}/metrics)",
+            config.cdc.topic_prefix, config.cdc.metrics_listen
+        ),
+        "process" => format!(
+            "Kafka -> ClickHouse database {} (metrics on http://{}/metrics)",
+            config.clickhouse.database, config.processor.metrics_listen
+        ),
+        "archive" => format!(
+            "Kafka -> master dataset {}/master/ (metrics on http://{}/metrics)",
+            config.storage.url, config.archive.metrics_listen
+        ),
+        "loadgen" => {
+            format!("{} orders/s to the API, {} catalogue changes/s", args.orders_per_sec, args.churn_per_sec)
+        }
+        _ => String::new(),
+    }
+}
+
+/// An error in the user's settings or input: `rainbow` exits with
+/// [`rainbow_runtime::children::EXIT_SETTINGS`], and `rainbow up` does not restart the component.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SettingsError(pub String);

@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 
 /// The default configuration file, read when present and `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "rainbow.toml";
+/// What `--print-config` shows instead of a password.
+pub const MASK: &str = "********";
+
 /// Prefix of every configuration environment variable.
 pub const ENV_PREFIX: &str = "RAINBOW_";
 /// `RAINBOW_*` variables that are not settings: read by the stack scripts and the CLI.
@@ -60,6 +63,39 @@ pub struct Config {
     pub replay: rainbow_replay::ReplayConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
+    /// The supervisor (`rainbow up`).
+    pub up: UpConfig,
+}
+
+/// `rainbow up`: how it keeps the components running.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpConfig {
+    /// Address of the supervisor's `/metrics` (`rainbow_up_restarts_total{component}`,
+    /// `rainbow_up_running{component}`), `/healthz` and `/readyz`.
+    pub metrics_listen: String,
+    /// How long the bootstrap (migrations, reference data) waits for PostgreSQL and ClickHouse
+    /// to answer before giving up.
+    pub startup_timeout_secs: u64,
+    /// A component that fails this many times in a row, each within a minute of its start, is
+    /// given up on: `rainbow up` stops the others and exits non-zero.
+    pub give_up_after: u32,
+    /// Longest delay between two restarts of a component (they start at 1 s and double).
+    pub restart_backoff_max_secs: u64,
+    /// On stop, how long a component may take to finish its shutdown before it is killed.
+    pub stop_grace_secs: u64,
+}
+
+impl Default for UpConfig {
+    fn default() -> Self {
+        UpConfig {
+            metrics_listen: "127.0.0.1:9104".into(),
+            startup_timeout_secs: 300,
+            give_up_after: 10,
+            restart_backoff_max_secs: 30,
+            stop_grace_secs: 90,
+        }
+    }
 }
 
 /// The source database.
@@ -135,13 +171,16 @@ pub struct ApiConfig {
     /// Address to listen on, `ip:port`.
     pub listen: String,
     pub request_timeout_ms: u64,
-    /// Largest accepted request body.
+    /// Largest accepted request body (an order of 1,000 lines is about 40 KB): what a request may
+    /// make the server hold.
     pub body_limit_bytes: usize,
     /// On SIGINT/SIGTERM, how long in-flight requests may take to finish.
     pub shutdown_grace_secs: u64,
     /// Orders kept in the notification-invalidated response cache of GET /api/v1/orders/{id}; 0
     /// disables it.
     pub order_cache_entries: usize,
+    /// Requests served at once; more are answered 503 at once, before their body is read.
+    pub max_in_flight: usize,
 }
 
 impl Default for ApiConfig {
@@ -149,9 +188,10 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: "127.0.0.1:8080".into(),
             request_timeout_ms: 10_000,
-            body_limit_bytes: 1 << 20,
+            body_limit_bytes: 64 << 10,
             shutdown_grace_secs: 30,
             order_cache_entries: 100_000,
+            max_in_flight: 512,
         }
     }
 }
@@ -326,11 +366,43 @@ impl Config {
             "bytes >= 1024",
         )?;
         check(
+            (1..=100_000).contains(&self.api.max_in_flight),
+            "api.max_in_flight",
+            self.api.max_in_flight,
+            "1 ..= 100000 requests",
+        )?;
+        check(
             self.api.shutdown_grace_secs <= 3600,
             "api.shutdown_grace_secs",
             self.api.shutdown_grace_secs,
             "seconds, 0-3600",
         )?;
+        let up = &self.up;
+        check(
+            up.metrics_listen.parse::<SocketAddr>().is_ok(),
+            "up.metrics_listen",
+            &up.metrics_listen,
+            "ip:port, e.g. 127.0.0.1:9104",
+        )?;
+        check(
+            up.startup_timeout_secs > 0,
+            "up.startup_timeout_secs",
+            up.startup_timeout_secs,
+            "seconds > 0",
+        )?;
+        check(
+            (1..=1000).contains(&up.give_up_after),
+            "up.give_up_after",
+            up.give_up_after,
+            "1-1000 failures",
+        )?;
+        check(
+            (1..=3600).contains(&up.restart_backoff_max_secs),
+            "up.restart_backoff_max_secs",
+            up.restart_backoff_max_secs,
+            "seconds, 1-3600",
+        )?;
+        check(up.stop_grace_secs <= 3600, "up.stop_grace_secs", up.stop_grace_secs, "seconds, 0-3600")?;
         self.cdc.validate()?;
         self.processor_settings().validate()?;
         self.archive_settings().validate()?;
@@ -350,9 +422,16 @@ impl Config {
         Ok(())
     }
 
-    /// The configuration as TOML, every setting with its effective value.
+    /// The configuration as TOML, every setting with its effective value, passwords masked (a
+    /// printed configuration ends up in logs and tickets).
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("configuration is always representable as TOML")
+        let mut shown = self.clone();
+        for password in [&mut shown.postgres.password, &mut shown.clickhouse.password] {
+            if !password.is_empty() {
+                *password = MASK.into();
+            }
+        }
+        toml::to_string_pretty(&shown).expect("configuration is always representable as TOML")
     }
 }
 
@@ -548,9 +627,15 @@ mod tests {
     }
 
     #[test]
-    fn printed_configuration_reads_back_identically() {
-        let c = load(&[("RAINBOW_CLICKHOUSE__DATABASE", "wh")]).unwrap();
-        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+    fn printed_configuration_reads_back_identically_but_for_the_masked_passwords() {
+        let c = load(&[("RAINBOW_CLICKHOUSE__DATABASE", "wh"), ("RAINBOW_CLICKHOUSE__PASSWORD", "s3cret")])
+            .unwrap();
+        let printed = c.to_toml();
+        assert!(!printed.contains("s3cret") && !printed.contains("password = \"rainbow\""), "{printed}");
+        let mut back: Config = toml::from_str(&printed).unwrap();
+        assert_eq!((back.postgres.password.as_str(), back.clickhouse.password.as_str()), (MASK, MASK));
+        back.postgres.password.clone_from(&c.postgres.password);
+        back.clickhouse.password.clone_from(&c.clickhouse.password);
         assert_eq!(back, c);
     }
 }

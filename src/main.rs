@@ -266,14 +266,44 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Migrate(args) => runtime().block_on(commands::migrate(&config, &args)),
-        Command::Up(args) => runtime().block_on(commands::up(&config, &args)),
+        Command::Up(args) => runtime().block_on(commands::up(&config, cli.config.as_deref(), &args)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rainbow: error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+/// The exit code of a failed command, from whose fault the error is: 2 for the user's settings
+/// or input, 3 for a permanent failure that needs a person (`rainbow up` restarts neither), 1 for
+/// anything else (a transient failure: `rainbow up` restarts the component).
+fn exit_code(e: &anyhow::Error) -> u8 {
+    use rainbow_runtime::children::{EXIT_PERMANENT, EXIT_SETTINGS};
+    use rainbow_runtime::resilience::{Classify, Fault};
+    let fault = e.chain().find_map(|cause| {
+        if cause.is::<config::ConfigError>() || cause.is::<commands::SettingsError>() {
+            return Some(Fault::Input);
+        }
+        if let Some(e) = cause.downcast_ref::<rainbow_loadgen::LoadgenError>() {
+            return matches!(
+                e,
+                rainbow_loadgen::LoadgenError::Invalid(_) | rainbow_loadgen::LoadgenError::EmptyCatalogue
+            )
+            .then_some(Fault::Input);
+        }
+        cause
+            .downcast_ref::<rainbow_cdc::CdcError>()
+            .map(Classify::fault)
+            .or_else(|| cause.downcast_ref::<rainbow_processor::ProcessorError>().map(Classify::fault))
+            .or_else(|| cause.downcast_ref::<rainbow_archive::ArchiveError>().map(Classify::fault))
+    });
+    match fault {
+        Some(Fault::Input) => EXIT_SETTINGS as u8,
+        Some(Fault::Permanent) => EXIT_PERMANENT as u8,
+        Some(Fault::Transient(_)) | None => 1,
     }
 }
 

@@ -74,18 +74,18 @@ impl ApiError {
     /// A database error: unavailability becomes 503, anything else 500 (and is logged).
     pub fn from_database(e: sqlx::Error) -> ApiError {
         match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                tracing::warn!(error = %e, "database unavailable");
-                ApiError::unavailable(format!("the database is unavailable: {e}"))
-            }
             sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")) => {
+                tracing::info!(error = %db, "transaction conflict");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     TRANSACTION_CONFLICT,
-                    format!(
-                        "the transaction conflicted with a concurrent one and was rolled back; retry: {db}"
-                    ),
+                    "the transaction conflicted with a concurrent one and was rolled back; retry",
                 )
+            }
+            // Down, restarting (57P01 admin shutdown, 57P03 starting up), out of connections.
+            e if rainbow_schemas::postgres::is_transient(&e) => {
+                tracing::warn!(error = %e, "database unavailable");
+                ApiError::unavailable("the database is unavailable; nothing was changed, retry later")
             }
             other => {
                 tracing::error!(error = %other, "database error");

@@ -2,7 +2,7 @@
 //! and no business rules live here.
 
 use crate::error::ApiError;
-use crate::model::{parse_order_id, ListQuery, NewOrder};
+use crate::model::{parse_order_id, ListQuery, NewOrder, MAX_LINES};
 use crate::routes::ROUTES;
 use crate::server::AppState;
 use crate::service::Created;
@@ -32,6 +32,19 @@ pub async fn service_info(State(app): State<AppState>) -> Json<Value> {
 pub async fn ping(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
     app.service.ping().await?;
     Ok(Json(json!({"status": "ok"})))
+}
+
+/// Liveness: the process serves.
+pub async fn healthz() -> &'static str {
+    "alive\n"
+}
+
+/// Readiness: the database answered the last probe (see [`crate::server::serve`]).
+pub async fn readyz(State(app): State<AppState>) -> Response {
+    match app.metrics.resilience.readiness() {
+        Ok(()) => "ready\n".into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
+    }
 }
 
 pub async fn get_order(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -79,6 +92,15 @@ pub async fn create_order(
         }
     })?;
     let key = idempotency_key(&headers)?;
+    // Bounded before anything is built from it: a body of many tiny values is refused by a scan
+    // that allocates nothing.
+    let values = json_values(&body);
+    if values > MAX_JSON_VALUES {
+        return Err(ApiError::invalid(
+            "products",
+            format!("the body holds {values} JSON values or more; an order has at most {MAX_LINES} lines"),
+        ));
+    }
     let value: Value = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {e}"))
     })?;
@@ -89,6 +111,34 @@ pub async fn create_order(
     };
     let location = HeaderValue::from_str(&format!("/api/v1/orders/{}", view.id)).expect("ascii");
     Ok((status, [(header::LOCATION, location)], Json(view)).into_response())
+}
+
+/// The most JSON values an order may hold: an object per line with two fields, and the order's
+/// own few fields.
+const MAX_JSON_VALUES: usize = MAX_LINES * 4 + 64;
+
+/// An upper bound of the JSON values in `body` (arrays, objects and scalars), counted without
+/// parsing: commas and opening brackets outside strings, plus one. Invalid JSON is left to the
+/// parser.
+fn json_values(body: &[u8]) -> usize {
+    let (mut count, mut in_string, mut escaped) = (1usize, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b',' | b'[' | b'{' => count += 1,
+                _ => {}
+            }
+        }
+    }
+    count
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -135,4 +185,17 @@ pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri
         response.headers_mut().insert(header::ALLOW, v);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_values;
+
+    #[test]
+    fn values_are_counted_outside_strings() {
+        // 2 commas, 1 array, 2 objects, plus one: the 6 values (the numbers and the containers).
+        assert_eq!(json_values(br#"{"customerId":1,"products":[{"productId":2,"quantity":3}]}"#), 6);
+        assert_eq!(json_values(br#"{"a":"x,[{\",y"}"#), 2);
+        assert_eq!(json_values(&[b'['; 10_000]), 10_001);
+    }
 }

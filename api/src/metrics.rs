@@ -13,9 +13,9 @@
 //!   response cache or from the database.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
+use rainbow_runtime::resilience::{Dependency, Resilience};
 use sqlx::PgPool;
 
 #[derive(Clone)]
@@ -31,6 +31,8 @@ pub struct ApiMetrics {
     idempotent_replays: IntCounter,
     orders_rejected: IntCounterVec,
     cache_lookups: IntCounterVec,
+    /// The database's reachability (probed), retries and health.
+    pub resilience: Resilience,
 }
 
 /// Latency buckets (seconds): sub-millisecond reads up to the request timeout.
@@ -92,7 +94,10 @@ impl ApiMetrics {
         ] {
             registry.register(c).expect("unique metric names");
         }
+        let resilience = Resilience::register(&registry);
+        resilience.expect(&[Dependency::Postgres]);
         ApiMetrics {
+            resilience,
             registry,
             requests,
             duration,
@@ -122,9 +127,7 @@ impl ApiMetrics {
         self.pool_connections.with_label_values(&["idle"]).set(idle);
         self.pool_connections.with_label_values(&["in_use"]).set((size - idle).max(0));
         self.pool_max.set(i64::from(pool.options().get_max_connections()));
-        let mut out = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding");
-        String::from_utf8(out).expect("metrics are UTF-8")
+        rainbow_runtime::serve::render(&self.registry)
     }
 }
 

@@ -1,6 +1,7 @@
 //! What wraps every request: a request id (taken from `x-request-id` when the client sends a sane
-//! one, else generated) echoed in the response and carried by the request's tracing span; the
-//! request timeout; and the HTTP metrics.
+//! one, else generated) echoed in the response and carried by the request's tracing span; the cap
+//! on requests in flight (503 beyond it, before the body is read); the request timeout; and the
+//! HTTP metrics, whose labels never carry a string the client chose.
 
 use crate::error::ApiError;
 use crate::server::AppState;
@@ -51,13 +52,38 @@ pub async fn observe(State(app): State<AppState>, mut req: Request, next: Next) 
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_string)
         .unwrap_or_else(|| app.request_ids.next());
-    let method = req.method().as_str().to_string();
+    let method = method_label(req.method());
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string());
     let route_label = route.as_deref().unwrap_or("unmatched").to_string();
+    let probe = matches!(route.as_deref(), Some("/healthz" | "/readyz" | "/metrics" | "/ping"));
+    if !probe && app.metrics.in_flight.get() >= app.settings.max_in_flight as i64 {
+        app.metrics.requests.with_label_values(&[method, &route_label, "503"]).inc();
+        let mut response = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!(
+                "the server is serving {} requests, its limit; nothing was done, retry shortly",
+                app.settings.max_in_flight
+            ),
+        )
+        .into_response();
+        response.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+        return response;
+    }
+    if !probe && app.metrics.resilience.is_down(rainbow_runtime::resilience::Dependency::Postgres) {
+        // The probe found the database away: answer at once rather than after the pool's
+        // connect timeout; served again within a probe interval of its return.
+        app.metrics.requests.with_label_values(&[method, &route_label, "503"]).inc();
+        let mut response =
+            ApiError::unavailable("the database is unavailable; nothing was changed, retry later")
+                .into_response();
+        response.headers_mut().insert("retry-after", HeaderValue::from_static("2"));
+        return response;
+    }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         req.headers_mut().insert(REQUEST_ID, v);
     }
-    let span = tracing::info_span!("request", id = %request_id, method = %method, path = %req.uri().path());
+    let span = tracing::info_span!("request", id = %request_id, method, path = %req.uri().path());
     let in_flight = InFlight::enter(&app.metrics.in_flight);
     let timeout = app.settings.request_timeout;
     let mut response = match tokio::time::timeout(timeout, next.run(req).instrument(span.clone())).await {
@@ -75,8 +101,8 @@ pub async fn observe(State(app): State<AppState>, mut req: Request, next: Next) 
     drop(in_flight);
     let status = response.status();
     let elapsed = started.elapsed();
-    app.metrics.requests.with_label_values(&[&method, &route_label, status.as_str()]).inc();
-    app.metrics.duration.with_label_values(&[&method, &route_label]).observe(elapsed.as_secs_f64());
+    app.metrics.requests.with_label_values(&[method, &route_label, status.as_str()]).inc();
+    app.metrics.duration.with_label_values(&[method, &route_label]).observe(elapsed.as_secs_f64());
     span.in_scope(|| {
         let micros = elapsed.as_micros() as u64;
         if status.is_server_error() {
@@ -89,6 +115,22 @@ pub async fn observe(State(app): State<AppState>, mut req: Request, next: Next) 
         response.headers_mut().insert(REQUEST_ID, v);
     }
     response
+}
+
+/// The `method` label: one of the methods the API knows, else `other` (a client must not be able
+/// to create series).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// Counts a request in flight until dropped, so a request abandoned by its client (its future

@@ -22,6 +22,11 @@ fn operation(method: &str, path: &str, summary: &str) -> Value {
         ("GET", "/ping") => json!({"responses": {
             "200": ok_json("The database answers", json!({"type": "object", "properties": {"status": {"type": "string", "enum": ["ok"]}}})),
             "503": error_response("The database does not answer")}}),
+        ("GET", "/healthz") => json!({"responses": {"200": {"description": "The process serves",
+            "content": {"text/plain": {"schema": {"type": "string"}}}}}}),
+        ("GET", "/readyz") => json!({"responses": {
+            "200": {"description": "The database answered the last probe", "content": {"text/plain": {"schema": {"type": "string"}}}},
+            "503": {"description": "Not ready, and why", "content": {"text/plain": {"schema": {"type": "string"}}}}}}),
         ("GET", "/metrics") => json!({"responses": {"200": {"description": "Prometheus text format",
             "content": {"text/plain": {"schema": {"type": "string"}}}}}}),
         ("GET", "/api/v1/openapi.json") => {

@@ -14,9 +14,15 @@ pub struct RouteInfo {
     pub summary: &'static str,
 }
 
-pub const ROUTES: [RouteInfo; 7] = [
+pub const ROUTES: [RouteInfo; 9] = [
     RouteInfo { method: "GET", path: "/", summary: "Service information: name, version, uptime, routes" },
     RouteInfo { method: "GET", path: "/ping", summary: "Health check: 200 only when the database answers" },
+    RouteInfo { method: "GET", path: "/healthz", summary: "Liveness: 200 while the process serves" },
+    RouteInfo {
+        method: "GET",
+        path: "/readyz",
+        summary: "Readiness: 200 when the database answered its last probe, else 503 with the reason",
+    },
     RouteInfo { method: "GET", path: "/metrics", summary: "Prometheus metrics (text exposition format)" },
     RouteInfo { method: "GET", path: "/api/v1/openapi.json", summary: "This API's OpenAPI 3.0 document" },
     RouteInfo {
@@ -43,6 +49,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(handlers::service_info))
         .route("/ping", get(handlers::ping))
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
         .route("/api/v1/openapi.json", get(handlers::openapi))
         .route("/api/v1/orders", get(handlers::list_orders).post(handlers::create_order))

@@ -22,15 +22,18 @@ pub struct ApiSettings {
     pub shutdown_grace: Duration,
     /// Orders kept in the response cache of `GET /api/v1/orders/{id}`; 0 disables it.
     pub order_cache_entries: usize,
+    /// Requests served at once; more are answered 503 at once (probes and metrics excepted).
+    pub max_in_flight: usize,
 }
 
 impl Default for ApiSettings {
     fn default() -> Self {
         ApiSettings {
             request_timeout: Duration::from_secs(10),
-            body_limit: 1 << 20,
+            body_limit: 64 << 10,
             shutdown_grace: Duration::from_secs(30),
             order_cache_entries: 100_000,
+            max_in_flight: 512,
         }
     }
 }
@@ -76,6 +79,7 @@ pub async fn serve(
         tokio::spawn(follow_invalidations(state.service.cache().clone(), listen_pool))
     });
     let _stop_follower = AbortOnDrop(follower);
+    let _stop_probe = AbortOnDrop(Some(tokio::spawn(probe_database(state.clone()))));
     let in_flight = state.metrics.in_flight.clone();
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
@@ -107,6 +111,27 @@ pub async fn serve(
             );
             Ok(())
         }
+    }
+}
+
+/// How often the database is probed for `/readyz` and the dependency metrics.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+
+/// Probes the database for ever: its reachability is what `/readyz` answers and what
+/// `dependency_down_seconds{dependency="postgres"}` measures. Requests need no probe: while the
+/// database is away they are answered 503, and served again as soon as it is back.
+async fn probe_database(state: AppState) {
+    use rainbow_runtime::resilience::Dependency;
+    let r = &state.metrics.resilience;
+    loop {
+        match state.service.ping().await {
+            Ok(()) => {
+                r.connected(Dependency::Postgres);
+                r.set_ready(true);
+            }
+            Err(_) => r.failed(Dependency::Postgres),
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
     }
 }
 

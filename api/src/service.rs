@@ -92,7 +92,10 @@ impl OrderService {
         };
         match tokio::time::timeout(PING_TIMEOUT, work).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(ApiError::unavailable(format!("the database does not answer: {e}"))),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the database does not answer");
+                Err(ApiError::unavailable("the database does not answer"))
+            }
             Err(_) => Err(ApiError::unavailable(format!(
                 "the database did not answer within {} s",
                 PING_TIMEOUT.as_secs()

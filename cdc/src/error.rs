@@ -4,6 +4,7 @@
 use crate::config::InvalidSetting;
 use crate::event::EncodeError;
 use crate::pgoutput::DecodeError;
+use rainbow_runtime::resilience::{Classify, Dependency, Fault};
 use rainbow_schemas::wire::Lsn;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,19 +60,41 @@ pub enum CdcError {
     Metrics { addr: String, reason: String },
 }
 
-impl CdcError {
-    /// True when the cause may go away by itself (a server restarting, a network blip), so that
-    /// restarting the reader is worth it. Configuration and permission errors are not.
-    pub fn is_transient(&self) -> bool {
+impl Classify for CdcError {
+    /// Kafka's and PostgreSQL's faults are transient (a restart, an outage): the reader resumes
+    /// from its slot. Settings and permissions are the user's; a lost slot and a broken stream
+    /// need a person (the message says what to do).
+    fn fault(&self) -> Fault {
         match self {
             CdcError::KafkaUnreachable { .. }
             | CdcError::Kafka(_)
             | CdcError::TopicMissing(_)
-            | CdcError::Delivery { .. }
-            | CdcError::Postgres(_)
-            | CdcError::SlotActive { .. } => true,
-            CdcError::Replication(e) => e.is_transient(),
-            _ => false,
+            | CdcError::Delivery { .. } => Fault::Transient(Dependency::Kafka),
+            CdcError::Postgres(e) => postgres_fault(e),
+            CdcError::SlotActive { .. } => Fault::Transient(Dependency::Postgres),
+            CdcError::Replication(e) if e.is_transient() => Fault::Transient(Dependency::Postgres),
+            CdcError::Config(_)
+            | CdcError::Routing(_)
+            | CdcError::WalLevel(_)
+            | CdcError::NoReplicationPermission(_)
+            | CdcError::UnknownTables(_)
+            | CdcError::SlotMismatch { .. }
+            | CdcError::Metrics { .. } => Fault::Input,
+            _ => Fault::Permanent,
         }
+    }
+}
+
+/// A PostgreSQL error's fault (see [`rainbow_schemas::postgres::is_transient`]): the connection,
+/// the server shutting down or overloaded, a conflict are transient; a permission or a missing
+/// object is the user's; anything else needs a person.
+pub fn postgres_fault(e: &sqlx::Error) -> Fault {
+    use rainbow_schemas::postgres::{is_settings, is_transient};
+    if is_transient(e) {
+        Fault::Transient(Dependency::Postgres)
+    } else if is_settings(e) {
+        Fault::Input
+    } else {
+        Fault::Permanent
     }
 }

@@ -15,12 +15,14 @@
 //! * `snapshot_rows_total{table}`, `snapshot_rows_estimated{table}` (from pg_class.reltuples),
 //!   `snapshot_running`;
 //! * `kafka_delivery_errors_total`, `events_in_flight`;
-//! * `last_heartbeat_timestamp_seconds`, `streaming` (1 while the replication stream is open).
+//! * `last_heartbeat_timestamp_seconds`, `streaming` (1 while the replication stream is open);
+//! * `retries_total{dependency}`, `dependency_down_seconds{dependency}`, `restarts_total`: the
+//!   faults ridden out (`rainbow_runtime::resilience`).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
+use rainbow_runtime::resilience::{Dependency, Resilience};
 use std::time::Duration;
 
 #[derive(Clone)]
@@ -41,6 +43,8 @@ pub struct CdcMetrics {
     pub in_flight: IntGauge,
     last_heartbeat: IntGauge,
     pub streaming: IntGauge,
+    /// Retries, dependencies' down time, restarts, health.
+    pub resilience: Resilience,
 }
 
 /// Seconds from commit to acknowledgement: a few milliseconds when healthy, minutes when Kafka
@@ -123,14 +127,17 @@ impl CdcMetrics {
                 "When Kafka last acknowledged a heartbeat record (Unix seconds)",
             ),
             streaming: gauge("streaming", "1 while the replication stream is open"),
+            resilience: {
+                let r = Resilience::register(&registry);
+                r.expect(&[Dependency::Postgres, Dependency::Kafka]);
+                r
+            },
             registry,
         }
     }
 
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
-        String::from_utf8(buf).expect("metrics are UTF-8")
+        rainbow_runtime::serve::render(&self.registry)
     }
 
     pub fn record_event(&self, table: &str, op: &str, bytes: usize) {

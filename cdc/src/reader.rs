@@ -16,6 +16,7 @@ use crate::snapshot::{self, SnapshotOutcome};
 use pg_walstream::{CancellationToken, PgReplicationConnection};
 use rainbow_runtime::failpoint::CrashAfter;
 use rainbow_runtime::kafka::{self, TopicSpec};
+use rainbow_runtime::resilience::{supervise, Dependency};
 use rainbow_schemas::wire::{self, Lsn};
 use rdkafka::producer::{FutureProducer, Producer};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -85,7 +86,9 @@ pub struct RunSummary {
 
 /// Runs the reader until `shutdown` resolves (or, with snapshot mode `initial_only`, until the
 /// snapshot is done). On shutdown it waits for Kafka to acknowledge what was sent, confirms that
-/// to the slot and stores the offset; then returns.
+/// to the slot and stores the offset; then returns. Outages of PostgreSQL and Kafka are ridden
+/// out: the failed attempt is retried with backoff and resumes from the slot
+/// ([`rainbow_runtime::resilience::supervise`]); permanent errors stop it.
 pub async fn run(
     source: &SourceDatabase,
     kafka: &KafkaConnection,
@@ -93,26 +96,38 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<RunSummary, CdcError> {
     config.validate()?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
+    let stop_rx = rainbow_runtime::resilience::stop_on(shutdown);
     let metrics = CdcMetrics::new();
     if !config.metrics_listen.is_empty() {
         let listener =
-            tokio::net::TcpListener::bind(&config.metrics_listen).await.map_err(|e| CdcError::Metrics {
+            rainbow_runtime::serve::bind(&config.metrics_listen).await.map_err(|e| CdcError::Metrics {
                 addr: config.metrics_listen.clone(),
                 reason: format!("{e} (set cdc.metrics_listen)"),
             })?;
-        let mut stop = stop_rx.clone();
         let m = metrics.clone();
-        tokio::spawn(rainbow_runtime::serve::metrics(listener, move || m.render(), async move {
-            let _ = stop.wait_for(|s| *s).await;
-        }));
-        tracing::info!(listen = %config.metrics_listen, "metrics at /metrics");
+        rainbow_runtime::serve::spawn(
+            listener,
+            move || m.render(),
+            metrics.resilience.clone(),
+            stop_rx.clone(),
+        );
+        tracing::info!(listen = %config.metrics_listen, "metrics at /metrics, health at /healthz and /readyz");
     }
+    let outcome =
+        supervise("cdc", &metrics.resilience, stop_rx, |stop| attempt(source, kafka, config, &metrics, stop))
+            .await?;
+    Ok(outcome.unwrap_or_default())
+}
 
+/// One attempt: check the server, make sure of topics, publication and slot, snapshot if needed,
+/// then stream until `stop_rx` says so or something fails.
+async fn attempt(
+    source: &SourceDatabase,
+    kafka: &KafkaConnection,
+    config: &CdcConfig,
+    metrics: &CdcMetrics,
+    stop_rx: watch::Receiver<bool>,
+) -> Result<RunSummary, CdcError> {
     let pool = source.pool().await?;
     catalog::check_server(&pool).await?;
     let tables = config.table_names();
@@ -236,6 +251,9 @@ pub async fn run(
         mapping: config.type_mapping(),
     };
     let context = ContextHeaders::new(&config.topic_prefix);
+    metrics.resilience.connected(Dependency::Postgres);
+    metrics.resilience.connected(Dependency::Kafka);
+    metrics.resilience.set_ready(true);
     let (sink, tracker) = KafkaSink::new(producer.clone(), metrics.clone(), config.max_in_flight);
     let acked_rx = tracker.subscribe();
     let mut tracker = tokio::spawn(tracker.run());
@@ -255,7 +273,7 @@ pub async fn run(
             tables: &encoders,
             headers: &headers,
         };
-        let outcome = snapshot::run(&pool, request, &sink, &metrics, &stop_rx).await?;
+        let outcome = snapshot::run(&pool, request, &sink, metrics, &stop_rx).await?;
         match outcome {
             SnapshotOutcome::Interrupted => return Ok(summary),
             SnapshotOutcome::Completed { rows } => summary.snapshot_rows = Some(rows),
@@ -293,7 +311,7 @@ pub async fn run(
         config,
         pool: &pool,
         sink: &sink,
-        metrics: &metrics,
+        metrics,
         settings,
         partitions,
         relations: HashMap::new(),
@@ -491,6 +509,7 @@ impl Stream<'_> {
         let received = self.received.max(self.confirmed);
         conn.send_standby_status_update(received.0, self.confirmed.0, self.confirmed.0, reply_requested)
             .await?;
+        self.metrics.resilience.progressed();
         self.summary.confirmed = Some(self.confirmed);
         if moved {
             PositionConfirmed { lsn: self.confirmed }.emit(self.metrics);

@@ -392,6 +392,13 @@ func validateCompose(r *report, root, bin string, imageEnv map[string]string) {
 			checkCompose(fmt.Sprintf("listens on %s, scraped by job %s", listenOf(role, s), job), err)
 			host, _, _ := hostPort(listenOf(role, s))
 			r.expect("compose: "+n+": listens on all interfaces", host == "0.0.0.0", "listens on %s only", host)
+			want := fmt.Sprintf("http://127.0.0.1:%d/readyz", port)
+			test := ""
+			if svc.HealthCheck != nil {
+				test = strings.Join(svc.HealthCheck.Test, " ")
+			}
+			r.expect("compose: "+n+": healthcheck on its /readyz", strings.Contains(test, "curl") && strings.Contains(test, want),
+				"healthcheck %q, want curl of %s", test, want)
 		}
 		switch role {
 		case "api":
@@ -640,6 +647,12 @@ func validateK8s(r *report, root, bin string, imageEnv map[string]string) {
 					declared = declared || int(cp.ContainerPort) == port
 				}
 				r.expect(fmt.Sprintf("%s: containerPort %d declared", where, port), declared, "ports %v", c.Ports)
+				probe := func(kind string, p *corev1.Probe, path string) {
+					ok := p != nil && p.HTTPGet != nil && p.HTTPGet.Path == path && p.HTTPGet.Port.IntValue() == port
+					r.expect(fmt.Sprintf("%s: %s on %s, port %d", where, kind, path, port), ok, "probe %+v", p)
+				}
+				probe("readinessProbe", c.ReadinessProbe, "/readyz")
+				probe("livenessProbe", c.LivenessProbe, "/healthz")
 				var svcName string
 				for name, svc := range services {
 					if svc.Spec.Selector["app"] != "" && svc.Spec.Selector["app"] == o.labels["app"] {
@@ -745,6 +758,9 @@ func validate(root, bin string, out io.Writer) int {
 	for _, f := range append(froms, supersetFroms...) {
 		checkPinned(r, "Dockerfile FROM", f)
 	}
+	dockerfile, _ := os.ReadFile(filepath.Join(root, "deploy/docker/Dockerfile"))
+	r.expect("the image installs curl (the compose healthchecks run it)",
+		regexp.MustCompile(`apt-get install[^\n]*\bcurl\b`).Match(dockerfile), "no `apt-get install ... curl` in deploy/docker/Dockerfile")
 	if _, err := rainbowEnv(bin, imageEnv); !r.check("the image's ENV loads", err) {
 		return r.failed
 	}

@@ -85,6 +85,12 @@ func TestMutationsAreCaught(t *testing.T) {
 			"replay arguments parse"},
 		{"Superset off the warehouse", "deploy/k8s/superset.yaml", "svc.cluster.local:9000/rainbow", "svc.cluster.local:9000/default",
 			"Superset queries the warehouse"},
+		{"healthcheck off the port", "deploy/compose/compose.yaml", `"http://127.0.0.1:9101/readyz"`, `"http://127.0.0.1:9111/readyz"`,
+			"cdc: healthcheck on its /readyz"},
+		{"liveness on readiness", "deploy/k8s/processor.yaml", "httpGet: {path: /healthz, port: 9102}", "httpGet: {path: /readyz, port: 9102}",
+			"livenessProbe on /healthz, port 9102"},
+		{"readiness off", "deploy/k8s/api.yaml", "httpGet: {path: /readyz, port: 8080}", "httpGet: {path: /ping, port: 8080}",
+			"readinessProbe on /readyz, port 8080"},
 		{"service port missing", "deploy/k8s/clickhouse.yaml", "{name: http, port: 8123, targetPort: 8123}", "{name: http, port: 8124, targetPort: 8123}",
 			"clickhouse at http://clickhouse.rainbow.svc.cluster.local:8123"},
 	}

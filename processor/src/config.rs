@@ -44,8 +44,11 @@ pub struct ProcessorConfig {
     pub metrics_listen: String,
     /// Events buffered per input partition before it is paused (memory bound of the merge).
     pub max_queued_per_input: usize,
-    /// Attempts of a failing ClickHouse insert before the processor stops.
+    /// Attempts of a ClickHouse insert that the server refuses (an unknown table, a type error)
+    /// before the processor stops. Outages are retried for as long as they last.
     pub sink_attempts: u32,
+    /// How long one ClickHouse insert may take before it counts as failed (a hung server).
+    pub sink_timeout_ms: u64,
 }
 
 impl Default for ProcessorConfig {
@@ -66,6 +69,7 @@ impl Default for ProcessorConfig {
             metrics_listen: "127.0.0.1:9102".into(),
             max_queued_per_input: 20_000,
             sink_attempts: 6,
+            sink_timeout_ms: 30_000,
         }
     }
 }
@@ -134,6 +138,12 @@ impl ProcessorConfig {
             "at least 100 events",
         )?;
         check(self.sink_attempts >= 1, "processor.sink_attempts", self.sink_attempts, "at least 1")?;
+        check(
+            (1_000..=600_000).contains(&self.sink_timeout_ms),
+            "processor.sink_timeout_ms",
+            self.sink_timeout_ms,
+            "1000 ..= 600000 ms",
+        )?;
         Ok(())
     }
 

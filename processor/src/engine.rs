@@ -684,6 +684,7 @@ where
     /// Telemetry of the merge, the core and the source.
     fn tick(&mut self) {
         let m = &self.metrics;
+        m.resilience.progressed();
         m.queued.set(self.merger.queued_total() as i64);
         if self.watermark_ms > 0 {
             let now = chrono::Utc::now().timestamp_millis();

@@ -2,6 +2,7 @@
 //! [`crate::event::DecodeError`]: those park one event and the pipeline goes on; these stop it.
 
 use crate::config::InvalidSetting;
+use rainbow_runtime::resilience::{Classify, Dependency, Fault};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessorError {
@@ -32,16 +33,33 @@ pub enum ProcessorError {
     },
     #[error("the pipeline thread stopped unexpectedly: {0}")]
     Pipeline(String),
+    #[error("{count} dead letter(s) were not delivered to Kafka ({reason}): not checkpointing past them")]
+    DeadLetters { count: u64, reason: String },
+    #[error(
+        "stopped while ClickHouse did not take {table}: the rows since the last checkpoint are written \
+         again at the next start"
+    )]
+    Interrupted { table: &'static str },
 }
 
-impl ProcessorError {
-    /// Whether trying again later may succeed (the external system may come back).
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            ProcessorError::Kafka(_)
-                | ProcessorError::Sink { .. }
-                | ProcessorError::Engine(crate::engine::EngineError::Checkpoint(_))
-        )
+impl Classify for ProcessorError {
+    fn fault(&self) -> Fault {
+        use crate::engine::EngineError;
+        match self {
+            ProcessorError::Config(_) | ProcessorError::Instances { .. } | ProcessorError::Metrics { .. } => {
+                Fault::Input
+            }
+            ProcessorError::Kafka(_) | ProcessorError::DeadLetters { .. } => {
+                Fault::Transient(Dependency::Kafka)
+            }
+            ProcessorError::Warehouse(e) if e.is_transient() => Fault::Transient(Dependency::ClickHouse),
+            ProcessorError::Warehouse(_) | ProcessorError::Sink { .. } => Fault::Permanent,
+            ProcessorError::Engine(EngineError::Checkpoint(_)) => Fault::Transient(Dependency::ObjectStore),
+            ProcessorError::Engine(EngineError::PartitionMismatch { .. }) => Fault::Input,
+            ProcessorError::Engine(EngineError::NoProgress)
+            | ProcessorError::MissingTopic { .. }
+            | ProcessorError::Pipeline(_)
+            | ProcessorError::Interrupted { .. } => Fault::Permanent,
+        }
     }
 }

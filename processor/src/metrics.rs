@@ -14,12 +14,14 @@
 //!   `last_checkpoint_timestamp_seconds`, `checkpoints_total`, `checkpoint_errors_total`;
 //! * `state_dimension_versions`, `state_orders`, `state_order_lines`, `state_aggregate_groups`;
 //! * `sink_batch_rows` and `sink_flush_duration_seconds` (histograms), `sink_errors_total`;
-//! * `running`: 1 while the pipeline runs.
+//! * `running`: 1 while the pipeline runs;
+//! * `retries_total{dependency}`, `dependency_down_seconds{dependency}`, `restarts_total`: the
+//!   faults ridden out (`rainbow_runtime::resilience`).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
+use rainbow_runtime::resilience::{Dependency, Resilience};
 use std::time::Duration;
 
 #[derive(Clone)]
@@ -47,6 +49,8 @@ pub struct ProcessorMetrics {
     pub sink_flush: Histogram,
     pub sink_errors: IntCounter,
     pub running: IntGauge,
+    /// Retries, dependencies' down time, restarts, health.
+    pub resilience: Resilience,
 }
 
 impl Default for ProcessorMetrics {
@@ -67,7 +71,7 @@ impl ProcessorMetrics {
         }
         let by_table = |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), &["table"]);
         let seconds = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-        ProcessorMetrics {
+        let m = ProcessorMetrics {
             events_in: reg!(by_table("events_in_total", "Change events decoded from Kafka")),
             events_applied: reg!(by_table(
                 "events_applied_total",
@@ -129,14 +133,33 @@ impl ProcessorMetrics {
                 "Failed ClickHouse writes (each attempt)"
             )),
             running: reg!(IntGauge::new("running", "1 while the pipeline runs")),
+            resilience: {
+                let r = Resilience::register(&registry);
+                r.expect(&[Dependency::Kafka, Dependency::ClickHouse, Dependency::ObjectStore]);
+                r
+            },
             registry,
+        };
+        // Every reason's series from the start, at 0: the alert's increase() sees the first letter.
+        for reason in ["decode", "core"] {
+            m.dead_letters.with_label_values(&[reason]);
         }
+        m
+    }
+
+    /// The sum of a counter over all its labels.
+    pub fn total(counter: &IntCounterVec) -> u64 {
+        use prometheus::core::Collector;
+        counter
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
     }
 
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("encode");
-        String::from_utf8(buf).expect("utf-8")
+        rainbow_runtime::serve::render(&self.registry)
     }
 }
 
@@ -174,6 +197,7 @@ pub struct CheckpointWritten {
 impl CheckpointWritten {
     pub fn emit(&self, m: &ProcessorMetrics) {
         m.checkpoints.inc();
+        m.resilience.connected(Dependency::ObjectStore);
         m.checkpoint_bytes.set(self.bytes as i64);
         m.checkpoint_duration.observe(self.duration.as_secs_f64());
         m.last_checkpoint.set(chrono::Utc::now().timestamp());
@@ -201,10 +225,13 @@ impl BatchWritten {
     }
 }
 
-/// A ClickHouse write failed (it is retried).
+/// A ClickHouse write failed: an outage (retried for as long as it lasts) or a refusal (retried
+/// up to `sink_attempts`).
 pub struct SinkFailed<'a> {
     pub table: &'a str,
+    /// Refusals so far (0 for an outage).
     pub attempt: u32,
+    pub transient: bool,
     pub error: &'a str,
 }
 
@@ -213,9 +240,10 @@ impl SinkFailed<'_> {
         m.sink_errors.inc();
         tracing::warn!(
             table = self.table,
-            attempt = self.attempt,
+            refusals = self.attempt,
+            outage = self.transient,
             error = self.error,
-            "ClickHouse write failed"
+            "ClickHouse write failed; retrying"
         );
     }
 }

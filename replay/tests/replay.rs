@@ -203,25 +203,6 @@ fn assert_output(out: &std::path::Path, want: &Tables) {
     );
 }
 
-/// Every file under `dir` (relative path → bytes). A replay may be writing there: a directory
-/// not created yet, or a temporary file renamed away while walking, is not there.
-fn files(dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(bytes) = std::fs::read(&p) {
-                out.insert(p.strip_prefix(dir).unwrap().display().to_string(), bytes);
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn replay_equals_the_core_and_is_byte_identical_twice_with_or_without_spills() {
     let events = events();
@@ -246,7 +227,7 @@ fn replay_equals_the_core_and_is_byte_identical_twice_with_or_without_spills() {
     spilling.config.spill_rows = 40;
     assert!(want.rows_total() > 40 * 20, "many runs: {}", want.rows_total());
     run(&spilling, rt.handle(), &stop).unwrap();
-    let (a, b) = (files(&out1), files(&out2));
+    let (a, b) = (rainbow_testkit::files(&out1), rainbow_testkit::files(&out2));
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     for (path, bytes) in &a {
         assert!(b[path] == *bytes, "{path} differs between two replays");
@@ -328,7 +309,7 @@ fn an_interrupted_replay_resumes_to_the_same_bytes() {
     let mut first = a.clone();
     first.config.spill_rows = 1;
     let (stop, finished) = (AtomicBool::new(false), AtomicBool::new(false));
-    let spilled = || files(&resumed).keys().any(|p| p.starts_with("_replay/runs/"));
+    let spilled = || rainbow_testkit::files(&resumed).keys().any(|p| p.starts_with("_replay/runs/"));
     let e = std::thread::scope(|scope| {
         scope.spawn(|| {
             while !finished.load(Ordering::SeqCst) && !spilled() {
@@ -343,14 +324,14 @@ fn an_interrupted_replay_resumes_to_the_same_bytes() {
     .unwrap_err();
     assert!(matches!(e, ReplayError::Interrupted), "{e}");
     assert!(
-        files(&resumed).keys().any(|p| p.starts_with("_replay/checkpoints/checkpoint-")),
+        rainbow_testkit::files(&resumed).keys().any(|p| p.starts_with("_replay/checkpoints/checkpoint-")),
         "the interrupted replay wrote a checkpoint"
     );
     // Output rows were spilled before the checkpoint: the resume merges runs of both attempts.
     assert!(spilled(), "output rows were spilled before the checkpoint");
     // Runs that the checkpoint does not count (a crash after a spill leaves them) are rewritten
     // from their first chunk on, never merged: here, garbage in the next run numbers.
-    let counted = files(&resumed)
+    let counted = rainbow_testkit::files(&resumed)
         .keys()
         .filter_map(|p| p.split('/').nth(3)?.strip_prefix("run-")?.parse::<u32>().ok())
         .max()
@@ -369,7 +350,7 @@ fn an_interrupted_replay_resumes_to_the_same_bytes() {
     let at = s.resumed_at.expect("resumed from the checkpoint");
     assert!(at > 0 && (at as usize) < events.len(), "{s:?}");
     assert_eq!(s.events_applied as usize, events.len(), "{s:?}");
-    let (x, y) = (files(&clean), files(&resumed));
+    let (x, y) = (rainbow_testkit::files(&clean), rainbow_testkit::files(&resumed));
     for (path, bytes) in &x {
         if path.starts_with("_replay/") {
             continue; // the summary records the resume

@@ -1,5 +1,6 @@
 //! The source database's schema: sqlx migrations embedded at compile time from
-//! `schemas/migrations/`, applied by `rainbow migrate`.
+//! `schemas/migrations/`, applied by `rainbow migrate`; and what its errors mean
+//! ([`is_transient`], [`is_settings`]).
 
 use sqlx::migrate::Migrator;
 
@@ -20,3 +21,33 @@ pub const SOURCE_TABLES: [&str; 10] = [
     "orderdetails",
     "inventories",
 ];
+
+/// The SQLSTATE class of a server error (its first two characters).
+fn sqlstate_class(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(db) => db.code().map(|c| c.chars().take(2).collect()),
+        _ => None,
+    }
+}
+
+/// Whether trying again later may succeed: the connection failed or was lost, the server is
+/// shutting down or starting (class 57), out of resources (53), or the transaction conflicted
+/// with another (40); a failed migration counts by its cause.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Migrate(m) => matches!(&**m, sqlx::migrate::MigrateError::Execute(e) if is_transient(e)),
+        _ => matches!(sqlstate_class(e).as_deref(), Some("08" | "57" | "53" | "40")),
+    }
+}
+
+/// Whether the user's settings are the cause: the connection options, the credentials or
+/// privileges (classes 28 and 42).
+pub fn is_settings(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Configuration(_)) || matches!(sqlstate_class(e).as_deref(), Some("28" | "42"))
+}

@@ -7,6 +7,46 @@
 
 use crate::shape::WarehouseRow;
 use clickhouse::Client;
+use std::future::Future;
+use std::time::Duration;
+
+/// How long one call to ClickHouse may take before it counts as failed: a server that hangs
+/// (stopped, overloaded) must not block its caller for ever.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the probes of [`Warehouse::connect`] may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `call`, failing with [`clickhouse::error::Error::TimedOut`] after `limit`.
+pub async fn bounded<T>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, clickhouse::error::Error>>,
+) -> Result<T, clickhouse::error::Error> {
+    tokio::time::timeout(limit, call).await.unwrap_or(Err(clickhouse::error::Error::TimedOut))
+}
+
+/// ClickHouse's error codes that no retry can fix: the statement or the data is wrong for the
+/// schema (an unknown table or column, a type or parse error, a syntax error).
+const PERMANENT_CODES: [u32; 14] = [6, 16, 26, 27, 36, 38, 41, 44, 47, 53, 60, 62, 81, 117];
+
+/// Whether trying again later may succeed: the network, a timeout, or a server-side condition
+/// that passes (memory, too many parts, shutting down); not a statement or data the server
+/// refuses for what they are.
+pub fn is_transient(e: &clickhouse::error::Error) -> bool {
+    use clickhouse::error::Error;
+    match e {
+        Error::Network(_) | Error::TimedOut => true,
+        Error::BadResponse(text) => {
+            let code = text
+                .split("Code: ")
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse::<u32>().ok());
+            !code.is_some_and(|c| PERMANENT_CODES.contains(&c))
+        }
+        _ => false,
+    }
+}
 
 /// The DDL files in the order they must run (views last: they reference the tables).
 pub const DDL_FILES: [(&str, &str); 4] = [
@@ -51,6 +91,18 @@ pub enum WarehouseError {
         #[source]
         source: clickhouse::error::Error,
     },
+}
+
+impl WarehouseError {
+    /// Whether trying again later may succeed (see [`is_transient`]).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            WarehouseError::BadDatabaseName(_) => false,
+            WarehouseError::Unreachable { source, .. }
+            | WarehouseError::Statement { source, .. }
+            | WarehouseError::Read { source, .. } => is_transient(source),
+        }
+    }
 }
 
 /// Where and how to reach ClickHouse.
@@ -116,8 +168,11 @@ impl Warehouse {
             .with_password(&conn.password)
             .with_validation(false);
         let unreachable = |source| WarehouseError::Unreachable { url: conn.url.clone(), source };
-        let server_version: String = base.query("SELECT version()").fetch_one().await.map_err(unreachable)?;
-        let validation = base.query("SELECT 1 FORMAT RowBinaryWithNamesAndTypes").execute().await.is_ok();
+        let server_version: String = bounded(CONNECT_TIMEOUT, base.query("SELECT version()").fetch_one())
+            .await
+            .map_err(unreachable)?;
+        let probe = base.query("SELECT 1 FORMAT RowBinaryWithNamesAndTypes");
+        let validation = bounded(CONNECT_TIMEOUT, probe.execute()).await.is_ok();
         let client = base.with_database(&conn.database).with_validation(validation);
         Ok(Warehouse { client, server_version, validation })
     }
@@ -129,11 +184,8 @@ impl Warehouse {
         let mut applied = 0;
         for (file, sql) in DDL_FILES {
             for (index, statement) in statements(sql, database)?.into_iter().enumerate() {
-                client.query(&statement).execute().await.map_err(|source| WarehouseError::Statement {
-                    file,
-                    index: index + 1,
-                    statement,
-                    source,
+                bounded(CALL_TIMEOUT, client.query(&statement).execute()).await.map_err(|source| {
+                    WarehouseError::Statement { file, index: index + 1, statement, source }
                 })?;
                 applied += 1;
             }
@@ -145,9 +197,9 @@ impl Warehouse {
     /// of the highest version), in the table's key order (the order the replay writes).
     pub async fn read_final<R: WarehouseRow>(&self) -> Result<Vec<R>, WarehouseError> {
         let t = R::TABLE;
-        self.client
-            .query(&format!("SELECT ?fields FROM {} FINAL ORDER BY {}", t.name, t.key.join(", ")))
-            .fetch_all::<R>()
+        let query =
+            self.client.query(&format!("SELECT ?fields FROM {} FINAL ORDER BY {}", t.name, t.key.join(", ")));
+        bounded(CALL_TIMEOUT, query.fetch_all::<R>())
             .await
             .map_err(|source| WarehouseError::Read { table: t.name.to_string(), source })
     }
@@ -172,6 +224,17 @@ mod tests {
         // database + 13 tables + 6 views
         assert_eq!(all.len(), 1 + TABLES.len() + DASHBOARD_VIEWS.len());
         assert!(all.iter().all(|s| !s.contains("{db}") && !s.contains(';')));
+    }
+
+    #[test]
+    fn only_errors_that_may_pass_are_transient() {
+        use clickhouse::error::Error;
+        assert!(is_transient(&Error::TimedOut));
+        assert!(is_transient(&Error::BadResponse("Code: 252. DB::Exception: Too many parts".into())));
+        assert!(!is_transient(&Error::BadResponse(
+            "Code: 60. DB::Exception: Table rb.x doesn't exist".into()
+        )));
+        assert!(!is_transient(&Error::NotEnoughData));
     }
 
     #[test]

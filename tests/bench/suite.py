@@ -17,6 +17,10 @@ Groups (all by default; --only to pick):
              pipeline under `rainbow up`, load from `rainbow loadgen`)
   replay     archive -> Parquet records/s, wall time and peak RSS, and the input side alone
              (replay-bench run / decode; seed volume)
+  recovery   per fault of the fault suite (tests/faults, release build, default settings), the time
+             from the fault's end until the warehouse holds every order committed before it; one
+             run of the suite (about 15 minutes), so not in the default groups: --only recovery
+             --merge docs/BENCHMARKS.json adds it to the document
 --small uses a tenth of the seed's volume for a quick run (the document says so).
 """
 import argparse
@@ -513,6 +517,7 @@ def bench_freshness(res, runs, small):
             "RAINBOW_PROCESSOR__METRICS_LISTEN": "127.0.0.1:19312",
             "RAINBOW_PROCESSOR__BATCH_INTERVAL_MS": "100",
             "RAINBOW_ARCHIVE__GROUP_ID": f"{name}-archiver", "RAINBOW_ARCHIVE__METRICS_LISTEN": "127.0.0.1:19313",
+            "RAINBOW_UP__METRICS_LISTEN": "127.0.0.1:19314",
             "RAINBOW_STORAGE__URL": f"{tmp}/store", "RUST_LOG": "warn",
         }
         up = subprocess.Popen([binary, "up", "--orders-per-sec", "0", "--churn-per-sec", "0"], cwd=ROOT,
@@ -670,6 +675,20 @@ def fmt(v, unit):
     return f"{v:,.0f}"
 
 
+def bench_recovery(res, runs, small):
+    # One run whatever --runs says: the suite takes about 15 minutes, and it measures every fault.
+    log("recovery: the fault suite (cargo test --release --test faults), one run")
+    text = run(["cargo", "test", "--release", "--locked", "--test", "faults"], timeout=3600)
+    found = 0
+    for line in text.splitlines():
+        m = re.match(r"faults: (.+?)\s+lasted\s+([0-9.]+) s; warehouse caught up\s+([0-9.]+) s after its end", line)
+        if m:
+            found += 1
+            res.add("Recovery", f"{m.group(1)}: fault end -> caught up", "s", float(m.group(3)), better="lower")
+    if found == 0:
+        raise RuntimeError("the fault suite printed no recovery time:\n" + text[-3000:])
+
+
 def report(res, runs, small, groups, started, path):
     lines = [
         "# Benchmarks",
@@ -727,6 +746,15 @@ def report(res, runs, small, groups, started, path):
         "in whole milliseconds.",
         "",
     ]
+    if any(f["group"] == "Recovery" for f in res.figures.values()):
+        lines += [
+            "Recovery: one run of the fault suite (tests/faults; README, \"Failure modes\"): `rainbow up` at",
+            "its default settings on a private stack under 5 orders/s and 0.5 catalogue changes/s; each",
+            "figure is the time from the end of the fault (the server back, the process killed) until",
+            "ClickHouse holds every order committed in PostgreSQL before that moment, in fact_sales and",
+            "in v_total_sales.",
+            "",
+        ]
     if DURATIONS:
         total = sum(DURATIONS.values())
         lines += [
@@ -745,9 +773,12 @@ def report(res, runs, small, groups, started, path):
     log(f"wrote {path} and {raw}")
 
 
-LABELS = {"api": "API", "cdc": "CDC", "freshness": "Freshness", "processor": "Processor", "replay": "Replay"}
+LABELS = {"api": "API", "cdc": "CDC", "freshness": "Freshness", "processor": "Processor", "replay": "Replay",
+          "recovery": "Recovery"}
 GROUPS = {"api": bench_api, "cdc": bench_cdc, "freshness": bench_freshness, "processor": bench_processor,
-          "replay": bench_replay}
+          "replay": bench_replay, "recovery": bench_recovery}
+# What runs without --only: all but the recovery group (one run of it takes about 15 minutes).
+DEFAULT_GROUPS = ["api", "cdc", "freshness", "processor", "replay"]
 
 
 def main():
@@ -755,7 +786,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--small", action="store_true", help="a tenth of the seed volume")
-    ap.add_argument("--only", default=",".join(GROUPS), help="comma-separated groups: " + ", ".join(GROUPS))
+    ap.add_argument("--only", default=",".join(DEFAULT_GROUPS), help="comma-separated groups: " + ", ".join(GROUPS))
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCHMARKS.md"))
     ap.add_argument("--render", metavar="JSON", help="only rewrite --out from a previous run's raw figures")
     ap.add_argument("--merge", metavar="JSON",

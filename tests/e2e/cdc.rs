@@ -297,7 +297,8 @@ async fn clean_restart_loses_nothing_and_repeats_nothing() {
     exec(&db.pool, &format!("SELECT pg_drop_replication_slot('{}')", cdc.slot)).await;
     cdc.start();
     let status = cdc.wait(DEADLINE);
-    assert_eq!(status.code(), Some(1));
+    // Exit code 3: a permanent error, which `rainbow up` does not retry.
+    assert_eq!(status.code(), Some(3));
     assert!(cdc.logs().contains(&format!("replication slot \"{}\" is gone", cdc.slot)), "{}", cdc.logs());
     cdc.cleanup(&topics).await;
     db.drop().await;
@@ -617,9 +618,11 @@ async fn snapshot_modes() {
     db.drop().await;
 }
 
+/// The reader's exit at start-up on a setting or a permission to fix: code 2 (`rainbow up` does not
+/// restart it), and its log.
 fn failure(cdc: &mut CdcProcess) -> String {
     let status = cdc.wait(Duration::from_secs(60));
-    assert_eq!(status.code(), Some(1), "{}", cdc.logs());
+    assert_eq!(status.code(), Some(2), "{}", cdc.logs());
     cdc.logs()
 }
 
@@ -633,10 +636,31 @@ async fn start_up_errors_are_specific() {
     assert!(log.contains("cdc.tables names tables that do not exist: public.nope"), "{log}");
     cdc.cleanup(&[]).await;
 
-    let mut cdc = CdcProcess::new(&db.name, &[("RAINBOW_KAFKA__BROKERS", "127.0.0.1:1")]);
+    // Kafka away (or a wrong address: the two look the same): a transient fault, retried with
+    // backoff for as long as it lasts, said in the log, the metrics and /readyz.
+    let addr = format!("127.0.0.1:{}", common::process::free_port());
+    let mut cdc = CdcProcess::new(
+        &db.name,
+        &[("RAINBOW_KAFKA__BROKERS", "127.0.0.1:1"), ("RAINBOW_CDC__METRICS_LISTEN", &addr)],
+    );
+    cdc.metrics = Some(addr);
     cdc.start();
-    let log = failure(&mut cdc);
-    assert!(log.contains("cannot reach Kafka at 127.0.0.1:1"), "{log}");
+    let until = std::time::Instant::now() + DEADLINE;
+    while cdc.logs().matches("cannot reach Kafka at 127.0.0.1:1").count() < 2 {
+        assert!(cdc.is_running() && std::time::Instant::now() < until, "{}", cdc.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(cdc.logs().contains("transient failure: retrying"), "{}", cdc.logs());
+    let metrics = cdc.metrics().await;
+    let retries = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rainbow_cdc_retries_total{dependency=\"kafka\"} "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(retries.is_some_and(|n| n >= 2), "{metrics}");
+    let ready = reqwest::get(format!("http://{}/readyz", cdc.metrics.as_deref().unwrap())).await.unwrap();
+    assert_eq!(ready.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(ready.text().await.unwrap().contains("kafka unreachable"));
+    cdc.stop();
     cdc.cleanup(&[]).await;
 
     let role = common::unique_name("norepl");
@@ -660,16 +684,25 @@ async fn start_up_errors_are_specific() {
         assert!(std::time::Instant::now() < until);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A second reader on the same slot (a restart while the previous instance still finishes its
+    // shutdown, say) waits, retrying, and takes over once the first has stopped.
     let mut second = CdcProcess::new(&db.name, &[]);
     second.env = first.env.clone();
     second.start();
-    let log = failure(&mut second);
-    assert!(
-        log.contains(&format!("replication slot \"{}\" is in use by another process", first.slot)),
-        "{log}"
-    );
+    let busy = format!("replication slot \"{}\" is in use by another process", first.slot);
+    let until = std::time::Instant::now() + DEADLINE;
+    while !second.logs().contains(&busy) {
+        assert!(second.is_running() && std::time::Instant::now() < until, "{}", second.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(first.is_running());
     first.stop();
+    let until = std::time::Instant::now() + DEADLINE;
+    while !second.logs().contains("streaming changes") {
+        assert!(second.is_running() && std::time::Instant::now() < until, "{}", second.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    second.stop();
     first.cleanup(&topics).await;
     db.drop().await;
 }

@@ -61,7 +61,8 @@ fn api_and_loadgen_refuse_what_they_cannot_serve() {
         &["api"],
         &[("RAINBOW_POSTGRES__DATABASE", "postgres"), ("RAINBOW_API__LISTEN", "127.0.0.1:0")],
     );
-    assert_eq!(out.status.code(), Some(1));
+    // Exit code 2: a setting or a state to fix, which `rainbow up` does not retry.
+    assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("not migrated") && text(&out).contains("rainbow migrate"), "{}", text(&out));
     let out = rainbow(&["loadgen", "--producers", "0"], &[]);
     assert!(text(&out).contains("--producers must be between 1 and 4096"), "{}", text(&out));
@@ -158,4 +159,54 @@ async fn migrate_seed_against_the_real_servers_is_idempotent() {
         let mut admin = sqlx::PgConnection::connect_with(&common::pg_options("postgres")).await.unwrap();
         common::drop_database(&mut admin, &db).await;
     }
+}
+
+/// `rainbow up` gives up on a component that stops on its settings (exit code 2: restarting
+/// cannot help), stops the healthy ones, says which and why, and exits non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_gives_up_on_a_component_stopped_by_its_settings_and_exits_non_zero() {
+    use common::process::free_port;
+    let db = common::TestDb::create().await;
+    let name = db.name.clone();
+    let dir = std::env::temp_dir().join(&name);
+    let port = |_: &str| format!("127.0.0.1:{}", free_port());
+    let api = port("api");
+    let env: Vec<(String, String)> = vec![
+        ("RAINBOW_POSTGRES__DATABASE".into(), name.clone()),
+        ("RAINBOW_CLICKHOUSE__DATABASE".into(), format!("rb_{name}")),
+        ("RAINBOW_API__LISTEN".into(), api.clone()),
+        ("RAINBOW_CDC__TABLES".into(), "public.brands,public.nope".into()),
+        ("RAINBOW_CDC__SLOT_NAME".into(), name.clone()),
+        ("RAINBOW_CDC__PUBLICATION_NAME".into(), name.clone()),
+        ("RAINBOW_CDC__TOPIC_PREFIX".into(), name.clone()),
+        ("RAINBOW_CDC__OFFSETS_DIR".into(), dir.join("cdc").display().to_string()),
+        ("RAINBOW_CDC__METRICS_LISTEN".into(), port("cdc")),
+        ("RAINBOW_PROCESSOR__GROUP_ID".into(), name.clone()),
+        ("RAINBOW_PROCESSOR__CHECKPOINT_URL".into(), dir.join("checkpoints").display().to_string()),
+        ("RAINBOW_PROCESSOR__DEAD_LETTER_TOPIC".into(), format!("{name}.dead_letter")),
+        ("RAINBOW_PROCESSOR__METRICS_LISTEN".into(), port("processor")),
+        ("RAINBOW_ARCHIVE__GROUP_ID".into(), format!("{name}-archiver")),
+        ("RAINBOW_ARCHIVE__METRICS_LISTEN".into(), port("archive")),
+        ("RAINBOW_STORAGE__URL".into(), dir.join("store").display().to_string()),
+        ("RAINBOW_UP__METRICS_LISTEN".into(), port("up")),
+    ];
+    let started = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        rainbow(&["up", "--no-seed", "--orders-per-sec", "0", "--churn-per-sec", "0"], &env)
+    })
+    .await
+    .unwrap();
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("cdc.tables names tables that do not exist: public.nope"), "{log}");
+    assert!(log.contains("gave up on cdc stopped on its settings or input (exit code 2)"), "{log}");
+    assert!(log.contains("every other component was stopped"), "{log}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(120), "it gave up at once, without retries");
+    // The healthy components were stopped: the API's port is free again.
+    assert!(std::net::TcpListener::bind(&api).is_ok(), "the API still runs:\n{log}");
+    let _ = common::processor::clickhouse(&format!("DROP DATABASE IF EXISTS rb_{name}")).await;
+    common::cdc::delete_topics(&[format!("{name}.dead_letter")]).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    db.drop().await;
 }

@@ -458,3 +458,56 @@ async fn two_instances_split_the_orders_and_together_match_the_source() {
     cdc.cleanup(&topics).await;
     db.drop().await;
 }
+
+/// The dead-letter producer's contract: a flush succeeds once the brokers acknowledged every letter
+/// parked before it, and fails, naming how many and why, when one could not be delivered (here: a
+/// topic that does not exist, on brokers that do not create topics), so that the engine does not
+/// checkpoint past the records those letters stand for.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_letter_not_delivered_fails_the_flush() {
+    use rainbow_processor::engine::{DeadLetter, DeadLetters};
+    use rainbow_processor::merge::InputName;
+    use rainbow_processor::stream::dead_letter::DeadLetterTopic;
+    let kafka = rainbow_runtime::kafka::KafkaConnection {
+        brokers: common::brokers(),
+        client_id: "rainbow-test".into(),
+    };
+    let good = common::unique_name("dlq_ok");
+    rainbow_runtime::kafka::ensure_topics(
+        &kafka.client_config("admin"),
+        &[rainbow_runtime::kafka::TopicSpec { name: good.clone(), partitions: 1, replication: -1 }],
+    )
+    .await
+    .unwrap();
+    let missing = common::unique_name("dlq_missing");
+    let (good2, missing2, kafka2) = (good.clone(), missing.clone(), kafka.clone());
+    let (ok, failed) = tokio::task::spawn_blocking(move || {
+        let input = InputName { topic: "rainbow.public.orders".into(), partition: 0 };
+        let letter = DeadLetter {
+            stage: "decode",
+            input: &input,
+            offset: 7,
+            key: None,
+            value: Some(b"{"),
+            reason: "bad JSON",
+        };
+        let mut delivered = DeadLetterTopic::new(&kafka2, &good2).unwrap();
+        delivered.park(&letter).unwrap();
+        let ok = delivered.flush();
+        let mut lost = DeadLetterTopic::new(&kafka2, &missing2).unwrap();
+        lost.park(&letter).unwrap();
+        (ok, lost.flush())
+    })
+    .await
+    .unwrap();
+    assert!(ok.is_ok(), "{ok:?}");
+    assert_eq!(common::archive::end_offsets(std::slice::from_ref(&good)).values().sum::<i64>(), 1);
+    match failed {
+        Err(rainbow_processor::ProcessorError::DeadLetters { count, reason }) => {
+            assert_eq!(count, 1);
+            assert!(!reason.is_empty());
+        }
+        other => panic!("a letter to {missing} was not reported as undelivered: {other:?}"),
+    }
+    common::cdc::delete_topics(&[good]).await;
+}

@@ -10,58 +10,14 @@ use crate::common;
 use common::archive::ArchiveProcess;
 use common::cdc::CdcProcess;
 use common::processor::ProcessorProcess;
+use common::replay::replay;
 use common::source::{caught_up, churn, place_orders};
 use common::TestDb;
 use rainbow_schemas::postgres::SOURCE_TABLES;
-use rainbow_schemas::shape::*;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(120);
-
-/// `rainbow replay --all` of `archive` into `out`; (success, stdout + stderr).
-fn replay(prefix: &str, archive: &Path, out: &Path, env: &[(&str, &str)]) -> (bool, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rainbow"));
-    cmd.args(["replay", "--all", "--quiet", "--out"])
-        .arg(out)
-        .arg("--archive")
-        .arg(archive)
-        .env("RAINBOW_CDC__TOPIC_PREFIX", prefix);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let o = cmd.output().expect("rainbow runs");
-    (o.status.success(), String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr))
-}
-
-/// Every file under `dir`, relative path → bytes.
-fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
-}
-
-/// A table as ClickHouse sees it after merges (FINAL), ordered as the replay orders it (by
-/// key), as an Arrow batch through the warehouse's one row → column conversion.
-async fn clickhouse_batch<R: WarehouseRow>(
-    wh: &rainbow_schemas::warehouse::Warehouse,
-) -> ::arrow::array::RecordBatch {
-    let rows = wh.read_final::<R>().await.unwrap();
-    rainbow_schemas::shape::arrow::to_batch(rows).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replaying_the_archive_gives_the_tables_streaming_wrote() {
@@ -87,28 +43,10 @@ async fn replaying_the_archive_gives_the_tables_streaming_wrote() {
 
     // The archive covers every record of every CDC topic, each offset once.
     let topics: Vec<String> = SOURCE_TABLES.iter().map(|t| cdc.topic(t)).collect();
-    let consumer: BaseConsumer =
-        rdkafka::ClientConfig::new().set("bootstrap.servers", common::brokers()).create().unwrap();
-    let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    for t in &topics {
-        let md = consumer.fetch_metadata(Some(t), Duration::from_secs(10)).unwrap();
-        for part in md.topics()[0].partitions() {
-            let (_, high) = consumer.fetch_watermarks(t, part.id(), Duration::from_secs(10)).unwrap();
-            ends.insert((t.clone(), part.id()), high);
-        }
-    }
+    let ends = common::archive::end_offsets(&topics);
     let total: i64 = ends.values().sum();
     assert!(total > 1000, "{ends:?}");
-    common::eventually("the archive to reach every partition's end", DEADLINE, || {
-        let segs = archive.segments();
-        let mut covered: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        for (_, topic, partition, first, last) in &segs {
-            *covered.entry((topic.clone(), *partition)).or_default() += last - first + 1;
-        }
-        let done = ends.iter().all(|(k, high)| covered.get(k).copied().unwrap_or(0) == *high);
-        async move { done.then_some(()) }
-    })
-    .await;
+    common::archive::assert_every_offset_once(&archive.store, &ends, DEADLINE).await;
     let metrics = archive.metrics().await;
     for line in [
         "rainbow_archive_records_total{topic=\"",
@@ -122,18 +60,6 @@ async fn replaying_the_archive_gives_the_tables_streaming_wrote() {
     }
     common::assert_alert_metrics_exported("archive", &metrics);
     archive.stop();
-    let segs = archive.segments();
-    let mut by_partition: BTreeMap<(String, i32), Vec<(i64, i64)>> = BTreeMap::new();
-    for (_, topic, partition, first, last) in &segs {
-        by_partition.entry((topic.clone(), *partition)).or_default().push((*first, *last));
-    }
-    for (k, ranges) in &by_partition {
-        let mut next = 0;
-        for (first, last) in ranges {
-            assert_eq!(*first, next, "{k:?}: segments leave a gap or overlap: {ranges:?}");
-            next = last + 1;
-        }
-    }
     let log = archive.logs();
     assert!(log.contains("segment written"), "{log}");
 
@@ -146,7 +72,7 @@ async fn replaying_the_archive_gives_the_tables_streaming_wrote() {
     assert!(text.contains("fact_sales/: ") && text.contains("events applied"), "{text}");
     let (ok, text) = replay(&cdc.prefix, &archive.store, &out2, &[("RAINBOW_REPLAY__SPILL_ROWS", "100")]);
     assert!(ok, "{text}");
-    let (a, b) = (files(&out1), files(&out2));
+    let (a, b) = (rainbow_testkit::files(&out1), rainbow_testkit::files(&out2));
     assert!(a.keys().any(|k| k.starts_with("fact_sales/part-")), "{:?}", a.keys());
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     for (path, bytes) in &a {
@@ -167,7 +93,10 @@ async fn replaying_the_archive_gives_the_tables_streaming_wrote() {
     );
     assert!(!ok, "the failpoint aborts: {text}");
     assert!(has_checkpoint(&out3), "the interrupted replay wrote a checkpoint");
-    assert!(files(&out3).keys().any(|k| k.starts_with("_replay/runs/")), "output spilled before the crash");
+    assert!(
+        rainbow_testkit::files(&out3).keys().any(|k| k.starts_with("_replay/runs/")),
+        "output spilled before the crash"
+    );
     let (ok, text) = replay(
         &cdc.prefix,
         &archive.store,
@@ -175,43 +104,13 @@ async fn replaying_the_archive_gives_the_tables_streaming_wrote() {
         &[("RAINBOW_REPLAY__CHECKPOINT_EVERY_EVENTS", "1000"), ("RAINBOW_REPLAY__SPILL_ROWS", "100")],
     );
     assert!(ok && text.contains("resumed after 1000"), "{text}");
-    let c = files(&out3);
+    let c = rainbow_testkit::files(&out3);
     for (path, bytes) in a.iter().filter(|(p, _)| !p.starts_with("_replay/")) {
         assert!(c.get(path) == Some(bytes), "{path} differs after a resume");
     }
 
     // The Kappa invariant: every table ClickHouse holds equals the replay's, row for row.
-    let wh = common::warehouse(&p.database).await;
-    let rt = tokio::runtime::Handle::current();
-    let store = rainbow_runtime::store::Store::open(out1.to_str().unwrap()).unwrap();
-    macro_rules! same {
-        ($($table:literal => $row:ty),* $(,)?) => {$(
-            let streamed = clickhouse_batch::<$row>(&wh).await;
-            let (s, h) = (store.clone(), rt.clone());
-            let replayed = tokio::task::spawn_blocking(move || {
-                rainbow_replay::replay::read_table(&s, &h, $table).unwrap().expect("table written")
-            })
-            .await
-            .unwrap();
-            assert!(streamed.num_rows() > 0, "{} is empty", $table);
-            assert_eq!(replayed, streamed, "table {} differs between the replay and ClickHouse", $table);
-        )*};
-    }
-    same!(
-        "dim_customers" => DimCustomer,
-        "dim_products" => DimProduct,
-        "dim_sellers" => DimSeller,
-        "dim_promotions" => DimPromotion,
-        "dim_payments" => DimPayment,
-        "dim_dates" => DimDate,
-        "fact_sales" => FactSale,
-        "agg_total_sales" => AggTotalSales,
-        "agg_sales_by_day_of_week" => AggSalesByDayOfWeek,
-        "agg_top_sellers" => AggTopSeller,
-        "agg_product_profit" => AggProductProfit,
-        "agg_payment_methods" => AggPaymentMethod,
-        "agg_customer_ranking" => AggCustomerRanking,
-    );
+    common::replay::assert_same_as_clickhouse(&out1, &p.database).await;
 
     // `rainbow check` passes on both, also against PostgreSQL's total ...
     let check = |args: &[&str]| {

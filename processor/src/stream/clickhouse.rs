@@ -11,8 +11,12 @@
 //!   the engine writes a checkpoint only after such an acknowledgement.
 //! * **Order.** Dimensions are written before facts, facts before aggregates, so a reader never
 //!   sees a fact whose dimension row is not there yet (within one flush).
-//! * **Errors.** A failed insert is retried with exponential backoff (`sink_attempts` in all);
-//!   then the sink stops with the error and the processor stops without checkpointing.
+//! * **Errors.** Every insert has a timeout (`sink_timeout_ms`: a hung server counts as failed).
+//!   An outage (network, timeout, a server-side condition that passes) is retried with capped
+//!   exponential backoff and jitter for as long as it lasts, ClickHouse counted as down
+//!   meanwhile; the engine waits (the channel is bounded) and resumes where it was. An insert the
+//!   server refuses for what it is (an unknown table, a type error) is tried `sink_attempts`
+//!   times; then the sink stops with the error and the processor stops without checkpointing.
 //!
 //! The writes run on the tokio runtime ([`ClickHouseSink::run`]); the engine's thread hands rows
 //! over through [`ClickHouseWriter`], its [`Sink`].
@@ -21,11 +25,12 @@ use crate::engine::Sink;
 use crate::error::ProcessorError;
 use crate::metrics::{BatchWritten, ProcessorMetrics, SinkFailed};
 use clickhouse::Client;
+use rainbow_runtime::resilience::{Backoff, Dependency};
 use rainbow_schemas::shape::Outputs;
 use rainbow_schemas::shape::{Table, Tables, WarehouseRow};
-use rainbow_schemas::warehouse::Warehouse;
+use rainbow_schemas::warehouse::{self, Warehouse};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub enum SinkMessage {
     Rows(Box<Outputs>),
@@ -73,39 +78,48 @@ impl Sink for ClickHouseWriter {
     }
 }
 
+/// How the sink batches and retries (from `[processor]`).
+#[derive(Debug, Clone)]
+pub struct SinkSettings {
+    pub batch_rows: usize,
+    pub interval: Duration,
+    /// Attempts of an insert the server refuses (not an outage) before the sink gives up.
+    pub attempts: u32,
+    /// How long one insert may take.
+    pub timeout: Duration,
+}
+
 pub struct ClickHouseSink {
     client: Client,
     batch: Tables,
     oldest: Option<Instant>,
-    batch_rows: usize,
-    interval: Duration,
-    attempts: u32,
+    settings: SinkSettings,
     metrics: ProcessorMetrics,
+    /// Ends a retry during an outage when the processor stops.
+    stop: watch::Receiver<bool>,
 }
 
 impl ClickHouseSink {
     pub fn new(
         warehouse: &Warehouse,
-        batch_rows: usize,
-        interval: Duration,
-        attempts: u32,
+        settings: SinkSettings,
         metrics: ProcessorMetrics,
+        stop: watch::Receiver<bool>,
     ) -> ClickHouseSink {
         ClickHouseSink {
             client: warehouse.client.clone(),
             batch: Tables::default(),
             oldest: None,
-            batch_rows,
-            interval,
-            attempts,
+            settings,
             metrics,
+            stop,
         }
     }
 
     /// Runs until the channel closes (then writes what is left) or a write fails for good.
     pub async fn run(mut self, mut rx: mpsc::Receiver<SinkMessage>) -> Result<(), ProcessorError> {
         loop {
-            let deadline = self.oldest.map(|t| t + self.interval);
+            let deadline = self.oldest.map(|t| t + self.settings.interval);
             tokio::select! {
                 message = rx.recv() => match message {
                     None => return self.flush().await,
@@ -116,7 +130,7 @@ impl ClickHouseSink {
                         }
                         self.oldest.get_or_insert_with(Instant::now);
                         self.batch.absorb(rows);
-                        if self.batch.rows_total() >= self.batch_rows {
+                        if self.batch.rows_total() >= self.settings.batch_rows {
                             self.flush().await?;
                         }
                     }
@@ -156,23 +170,33 @@ impl ClickHouseSink {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut backoff = Duration::from_millis(250);
-        let mut attempt = 1;
+        let resilience = &self.metrics.resilience;
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+        let mut refused = 0;
         loop {
-            match self.insert(table, &rows).await {
+            let result = warehouse::bounded(self.settings.timeout, self.insert(table, &rows)).await;
+            let e = match result {
                 Ok(()) => {
+                    resilience.connected(Dependency::ClickHouse);
                     self.metrics.rows_written.with_label_values(&[table]).inc_by(rows.len() as u64);
                     return Ok(());
                 }
-                Err(e) => {
-                    SinkFailed { table, attempt, error: &e.to_string() }.emit(&self.metrics);
-                    if attempt >= self.attempts {
-                        return Err(ProcessorError::Sink { table, attempts: attempt, source: e });
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                    attempt += 1;
-                }
+                Err(e) => e,
+            };
+            let transient = warehouse::is_transient(&e);
+            if !transient {
+                refused += 1;
+            }
+            SinkFailed { table, attempt: refused, transient, error: &e.to_string() }.emit(&self.metrics);
+            if transient {
+                resilience.failed(Dependency::ClickHouse);
+            } else if refused >= self.settings.attempts {
+                return Err(ProcessorError::Sink { table, attempts: refused, source: e });
+            }
+            let mut stop = self.stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = stop.wait_for(|s| *s) => return Err(ProcessorError::Interrupted { table }),
             }
         }
     }

@@ -2,32 +2,60 @@
 //! headers (`rainbow.dlq.reason`, `.stage`, `.topic`, `.partition`, `.offset`), through an
 //! idempotent producer with `acks=all`.
 //!
-//! Contract ([`DeadLetters`]): [`DeadLetterTopic::flush`] returns once every letter parked before
-//! was delivered, so a checkpoint written after it never covers a record whose letter is lost.
+//! Contract ([`DeadLetters`]): [`DeadLetterTopic::flush`] returns Ok only once every letter parked
+//! before was acknowledged by the brokers; a letter whose delivery failed makes it fail, so the
+//! checkpoint that would cover its record is not written, and the record is parked again after
+//! the restart.
 
 use crate::engine::{DeadLetter, DeadLetters};
 use crate::error::ProcessorError;
 use rainbow_runtime::kafka::KafkaConnection;
+use rdkafka::client::ClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use std::sync::Mutex;
 use std::time::Duration;
+
+/// Keeps the first delivery failure since the last flush.
+#[derive(Default)]
+pub struct Deliveries {
+    failed: Mutex<(u64, Option<String>)>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            let mut failed = self.failed.lock().expect("lock");
+            failed.0 += 1;
+            failed.1.get_or_insert_with(|| e.to_string());
+        }
+    }
+}
 
 /// How long a flush may wait for the brokers to acknowledge the letters parked.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the producer tries to deliver one letter: less than a flush waits.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub struct DeadLetterTopic {
     topic: String,
-    producer: BaseProducer,
+    producer: BaseProducer<Deliveries>,
     parked: u64,
 }
 
 impl DeadLetterTopic {
     pub fn new(kafka: &KafkaConnection, topic: &str) -> Result<DeadLetterTopic, ProcessorError> {
-        let producer: BaseProducer = kafka
+        let producer: BaseProducer<Deliveries> = kafka
             .client_config("processor-dlq")
             .set("acks", "all")
             .set("enable.idempotence", "true")
-            .create()?;
+            // A letter not delivered within a flush's wait is reported as failed by it.
+            .set("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string())
+            .create_with_context(Deliveries::default())?;
         Ok(DeadLetterTopic { topic: topic.to_string(), producer, parked: 0 })
     }
 }
@@ -71,7 +99,12 @@ impl DeadLetters for DeadLetterTopic {
     }
 
     fn flush(&mut self) -> Result<(), ProcessorError> {
-        Ok(self.producer.flush(FLUSH_TIMEOUT)?)
+        self.producer.flush(FLUSH_TIMEOUT)?;
+        let (count, first) = std::mem::take(&mut *self.producer.context().failed.lock().expect("lock"));
+        match first {
+            None => Ok(()),
+            Some(reason) => Err(ProcessorError::DeadLetters { count, reason }),
+        }
     }
 
     fn finish(mut self) -> Result<u64, ProcessorError> {

@@ -15,6 +15,7 @@ use crate::event::{decode, Position, Table};
 use crate::merge::InputName;
 use crate::metrics::ProcessorMetrics;
 use rainbow_runtime::kafka::{self, KafkaConnection};
+use rainbow_runtime::resilience::Dependency;
 use rainbow_schemas::wire;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -94,9 +95,18 @@ impl KafkaSource {
         let behind: Vec<usize> =
             (0..intake.inputs()).filter(|&i| intake.input_frontier(i).is_none_or(|f| f < at)).collect();
         if !behind.is_empty() {
-            let ends = self.end_offsets(&behind, Duration::from_secs(5))?;
-            for (i, high) in behind.into_iter().zip(ends) {
-                intake.mark(i, high, at);
+            match self.end_offsets(&behind, Duration::from_secs(5)) {
+                Ok(ends) => {
+                    for (i, high) in behind.into_iter().zip(ends) {
+                        intake.mark(i, high, at);
+                    }
+                }
+                // The next heartbeat says as much; meanwhile facts wait for their dimensions.
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading end offsets for a heartbeat failed");
+                    self.metrics.resilience.failed(Dependency::Kafka);
+                    return Ok(());
+                }
             }
         }
         self.heartbeats.push_back((acked.0, ts_ms));
@@ -119,6 +129,7 @@ impl KafkaSource {
         let all: Vec<usize> = (0..self.partitions.len()).collect();
         match self.end_offsets(&all, Duration::from_secs(2)) {
             Ok(ends) => {
+                self.metrics.resilience.connected(Dependency::Kafka);
                 for (i, high) in ends.into_iter().enumerate() {
                     let p = &self.partitions[i];
                     let lag = (high - intake.next_offset(i)).max(0);
@@ -186,9 +197,11 @@ impl Source for KafkaSource {
     fn poll(&mut self, intake: &mut Intake<'_, ProcessorError>) -> Result<Poll, ProcessorError> {
         let consumer = self.consumer.clone();
         let mut timeout = Duration::from_millis(100);
+        let mut received = false;
         for _ in 0..POLL_BATCH {
             let Some(result) = consumer.poll(timeout) else { break };
             timeout = Duration::ZERO;
+            received |= result.is_ok();
             match result {
                 Ok(m) if m.topic() == self.heartbeat_topic => self.heartbeat(&m, intake)?,
                 Ok(m) => {
@@ -204,13 +217,18 @@ impl Source for KafkaSource {
                         value: m.payload(),
                     })?;
                 }
+                // librdkafka reconnects by itself; the error says the brokers are away meanwhile.
                 Err(e) => {
                     self.poll_errors += 1;
+                    self.metrics.resilience.failed(Dependency::Kafka);
                     if self.poll_errors.is_power_of_two() {
                         tracing::warn!(error = %e, count = self.poll_errors, "Kafka consumer error");
                     }
                 }
             }
+        }
+        if received {
+            self.metrics.resilience.connected(Dependency::Kafka);
         }
         Ok(Poll::More)
     }

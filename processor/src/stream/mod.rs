@@ -13,15 +13,17 @@ pub mod clickhouse;
 pub mod dead_letter;
 pub mod kafka;
 
-use crate::checkpoint::CheckpointStore;
+use crate::checkpoint::{CheckpointError, CheckpointStore};
 use crate::config::ProcessorConfig;
-use crate::engine::{Engine, Every, Finished, Options, Seal};
+use crate::engine::{Engine, EngineError, Every, Finished, Options, Seal};
 use crate::error::ProcessorError;
 use crate::event::Table;
 use crate::metrics::ProcessorMetrics;
-use clickhouse::{ClickHouseSink, ClickHouseWriter};
+use clickhouse::{ClickHouseSink, ClickHouseWriter, SinkSettings};
 use dead_letter::DeadLetterTopic;
 use rainbow_runtime::kafka::TopicSpec;
+use rainbow_runtime::resilience::{stopped, supervise, Dependency};
+use rainbow_runtime::store::Store;
 use rainbow_runtime::worker::Worker;
 use rainbow_schemas::warehouse::{Connection, Warehouse};
 use std::sync::atomic::AtomicBool;
@@ -48,8 +50,10 @@ pub const FAILPOINT_VAR: &str = "RAINBOW_PROCESSOR_FAILPOINT";
 /// What the state of a streaming processor is of: checkpoints of a replay are not resumed here.
 const FINGERPRINT: &str = "stream";
 
-/// Runs the processor until `shutdown` resolves (then drains, flushes, checkpoints) or an error
-/// stops it.
+/// Runs the processor until `shutdown` resolves (then drains, flushes, checkpoints) or a
+/// permanent error stops it. Outages of Kafka, ClickHouse or the checkpoint store are ridden
+/// out: the failed attempt is retried with backoff ([`rainbow_runtime::resilience::supervise`])
+/// and resumes from the last checkpoint; `/readyz` says so meanwhile.
 pub async fn run(
     kafka: &KafkaConnection,
     clickhouse: &Connection,
@@ -58,84 +62,135 @@ pub async fn run(
 ) -> Result<RunSummary, ProcessorError> {
     config.validate()?;
     let metrics = ProcessorMetrics::new();
-    let listener = tokio::net::TcpListener::bind(&config.metrics_listen)
+    let listener = rainbow_runtime::serve::bind(&config.metrics_listen)
         .await
         .map_err(|source| ProcessorError::Metrics { addr: config.metrics_listen.clone(), source })?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
+    // A checkpoint URL that cannot be opened is a setting to fix, not an outage.
+    let store = Store::open(&config.checkpoint_url).map_err(|e| {
+        EngineError::Checkpoint(CheckpointError { url: config.checkpoint_url.clone(), reason: e.to_string() })
+    })?;
+    let stop_rx = rainbow_runtime::resilience::stop_on(shutdown);
     let m = metrics.clone();
-    let metrics_server =
-        tokio::spawn(rainbow_runtime::serve::metrics(listener, move || m.render(), stopped(stop_rx.clone())));
+    let endpoints = rainbow_runtime::serve::spawn(
+        listener,
+        move || m.render(),
+        metrics.resilience.clone(),
+        stop_rx.clone(),
+    );
+    metrics.running.set(1);
+    let outcome = supervise("processor", &metrics.resilience, stop_rx.clone(), |stop| {
+        attempt(kafka, clickhouse, config, store.clone(), &metrics, stop)
+    })
+    .await;
+    metrics.running.set(0);
+    let outcome = match outcome {
+        Err(ProcessorError::Interrupted { table }) if *stop_rx.borrow() => {
+            tracing::warn!(table, "stopped while ClickHouse was unreachable; the rows since the last checkpoint are produced again at the next start");
+            Ok(None)
+        }
+        other => other,
+    };
+    let _ = endpoints.await;
+    let summary = |resumed_from| RunSummary {
+        resumed_from,
+        events_applied: ProcessorMetrics::total(&metrics.events_applied),
+        dead_letters: ProcessorMetrics::total(&metrics.dead_letters),
+        duplicates: metrics.duplicates.get(),
+        checkpoints: metrics.checkpoints.get(),
+    };
+    match outcome {
+        Ok(Some(resumed_from)) => Ok(summary(resumed_from)),
+        Ok(None) => Ok(summary(None)),
+        Err(e) => Err(e),
+    }
+}
 
+/// One attempt: connect to ClickHouse and apply the DDL, make sure of the dead-letter topic, then
+/// run the engine until `stop` is set or something fails. Returns the checkpoint it resumed from.
+async fn attempt(
+    kafka: &KafkaConnection,
+    clickhouse: &Connection,
+    config: &ProcessorConfig,
+    store: Store,
+    metrics: &ProcessorMetrics,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<u64>, ProcessorError> {
     let warehouse = Warehouse::connect(clickhouse).await?;
     warehouse.apply_ddl(&clickhouse.database).await?;
+    metrics.resilience.connected(Dependency::ClickHouse);
     // One folder per instance: instances of a scaled-out group may share a checkpoint location.
     let folder = if config.instances > 1 {
         format!("{}-{}", config.group_id, config.partition)
     } else {
         config.group_id.clone()
     };
-    let store = CheckpointStore::open(&config.checkpoint_url, &folder, config.checkpoints_kept)
-        .map_err(crate::engine::EngineError::from)?;
+    let checkpoints = CheckpointStore::new(store, &folder, config.checkpoints_kept);
     let dead_letter_topic =
         TopicSpec { name: config.dead_letter_topic.clone(), partitions: 1, replication: -1 };
     rainbow_runtime::kafka::ensure_topics(&kafka.client_config("processor-admin"), &[dead_letter_topic])
         .await?;
+    metrics.resilience.connected(Dependency::Kafka);
 
     let (sink_tx, sink_rx) = mpsc::channel(256);
-    let sink = ClickHouseSink::new(
-        &warehouse,
-        config.batch_rows,
-        Duration::from_millis(config.batch_interval_ms),
-        config.sink_attempts,
-        metrics.clone(),
-    );
+    let settings = SinkSettings {
+        batch_rows: config.batch_rows,
+        interval: Duration::from_millis(config.batch_interval_ms),
+        attempts: config.sink_attempts,
+        timeout: Duration::from_millis(config.sink_timeout_ms),
+    };
+    let sink = ClickHouseSink::new(&warehouse, settings, metrics.clone(), stop.clone());
     let mut sink_task = tokio::spawn(sink.run(sink_rx));
     let mut worker = {
         let (kafka, config, metrics) = (kafka.clone(), config.clone(), metrics.clone());
         let rt = tokio::runtime::Handle::current();
         Worker::spawn("rainbow-processor", move |stop| {
-            engine(&kafka, &config, store, ClickHouseWriter::new(sink_tx), rt, metrics, &stop)
+            engine(&kafka, &config, checkpoints, ClickHouseWriter::new(sink_tx), rt, metrics, &stop)
         })
         .map_err(|e| ProcessorError::Pipeline(e.to_string()))?
     };
-    metrics.running.set(1);
-    tokio::pin!(shutdown);
+    let mut sink_result = None;
     let outcome = tokio::select! {
-        _ = &mut shutdown => {
+        _ = stopped(stop.clone()) => {
             tracing::info!("stopping: draining, flushing to ClickHouse, writing a checkpoint");
             worker.stop();
             worker.finished().await
         }
         r = worker.finished() => r,
         s = &mut sink_task => {
-            // The sink stopped on its own: an error (the engine notices its closed channel).
-            worker.stop();
-            let _ = worker.finished().await;
-            metrics.running.set(0);
-            let _ = stop_tx.send(true);
-            return Err(match s {
-                Ok(Err(e)) => e,
-                Ok(Ok(())) => ProcessorError::Pipeline("the sink stopped".into()),
-                Err(e) => ProcessorError::Pipeline(e.to_string()),
-            });
+            match s {
+                // The channel closed: the engine ended, and its outcome says why.
+                Ok(Ok(())) => {
+                    sink_result = Some(Ok(()));
+                    worker.finished().await
+                }
+                // The sink failed: the engine notices its closed channel.
+                Ok(Err(e)) => {
+                    worker.stop();
+                    let _ = worker.finished().await;
+                    return Err(e);
+                }
+                Err(e) => {
+                    worker.stop();
+                    let _ = worker.finished().await;
+                    return Err(ProcessorError::Pipeline(format!("the ClickHouse sink task failed: {e}")));
+                }
+            }
         }
     };
-    metrics.running.set(0);
     let result =
         outcome.unwrap_or_else(|| Err(ProcessorError::Pipeline("the engine thread panicked".into())));
     // The engine dropped its sender: the sink writes what is left and ends.
-    let sink_result = sink_task.await;
-    let _ = stop_tx.send(true);
-    let _ = metrics_server.await;
+    let sink_result = match sink_result {
+        Some(r) => r,
+        None => sink_task.await.unwrap_or_else(|e| {
+            Err(ProcessorError::Pipeline(format!("the ClickHouse sink task failed: {e}")))
+        }),
+    };
     match (result, sink_result) {
-        (Err(ProcessorError::Pipeline(_)), Ok(Err(e))) => Err(e),
-        (Ok(summary), Ok(Ok(()))) => Ok(summary),
-        (Ok(_), Ok(Err(e))) => Err(e),
-        (Err(e), _) => Err(e),
-        (Ok(_), Err(e)) => Err(ProcessorError::Pipeline(e.to_string())),
+        // The engine saw the sink's channel close: the sink's error is the cause.
+        (Err(ProcessorError::Pipeline(_)), Err(e)) => Err(e),
+        (Ok(resumed), Ok(())) => Ok(resumed),
+        (Ok(_), Err(e)) | (Err(e), _) => Err(e),
     }
 }
 
@@ -148,7 +203,7 @@ fn engine(
     rt: tokio::runtime::Handle,
     metrics: ProcessorMetrics,
     stop: &Arc<AtomicBool>,
-) -> Result<RunSummary, ProcessorError> {
+) -> Result<Option<u64>, ProcessorError> {
     let source = kafka::KafkaSource::new(kafka, config, stop.clone(), metrics.clone())?;
     let dead_letters = DeadLetterTopic::new(kafka, &config.dead_letter_topic)?;
     let options = Options {
@@ -158,17 +213,14 @@ fn engine(
         checkpoint_every: Every::Interval(Duration::from_millis(config.checkpoint_interval_ms)),
         failpoint: FAILPOINT_VAR,
     };
-    let engine = Engine::open(source, sink, dead_letters, options, store, rt, metrics)?;
+    let engine = Engine::open(source, sink, dead_letters, options, store, rt, metrics.clone())?;
+    // Opening read the newest checkpoint.
+    metrics.resilience.connected(Dependency::ObjectStore);
+    metrics.resilience.set_ready(true);
     let summary = match engine.run(stop)? {
         Finished::Stopped(s) | Finished::Ended((s, (), _)) => s,
     };
-    Ok(RunSummary {
-        resumed_from: summary.resumed.map(|(id, _)| id),
-        events_applied: summary.this_run.events,
-        dead_letters: summary.this_run.rejected,
-        duplicates: summary.this_run.duplicates,
-        checkpoints: summary.checkpoints,
-    })
+    Ok(summary.resumed.map(|(id, _)| id))
 }
 
 /// Of every topic's partitions, those this instance reads: all of the dimension topics', and of

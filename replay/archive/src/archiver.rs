@@ -15,6 +15,7 @@ use crate::error::ArchiveError;
 use crate::master::{self, ArchivedRecord, SegmentName};
 use crate::metrics::{ArchiveMetrics, SegmentWritten};
 use rainbow_runtime::kafka::{self, KafkaConnection};
+use rainbow_runtime::resilience::{stopped, supervise, Dependency};
 use rainbow_runtime::store::{Created, Store};
 use rainbow_runtime::worker::Worker;
 use rainbow_schemas::time::day_of_ms;
@@ -24,7 +25,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// What a run did.
@@ -36,7 +37,18 @@ pub struct ArchiveSummary {
     pub bytes: u64,
 }
 
-/// Archives until `shutdown` resolves, then writes the open segments and returns.
+impl ArchiveSummary {
+    fn add(&mut self, other: &ArchiveSummary) {
+        self.records += other.records;
+        self.segments += other.segments;
+        self.existing_segments += other.existing_segments;
+        self.bytes += other.bytes;
+    }
+}
+
+/// Archives until `shutdown` resolves, then writes the open segments and returns. Outages of
+/// Kafka and of the object store are ridden out: the failed attempt is retried with backoff and
+/// resumes after the highest archived offset ([`rainbow_runtime::resilience::supervise`]).
 pub async fn run(
     kafka: &KafkaConnection,
     store_url: &str,
@@ -46,37 +58,63 @@ pub async fn run(
     config.validate()?;
     let store = Store::open(store_url)?;
     let metrics = ArchiveMetrics::new();
-    let listener = tokio::net::TcpListener::bind(&config.metrics_listen).await.map_err(|e| {
+    let listener = rainbow_runtime::serve::bind(&config.metrics_listen).await.map_err(|e| {
         ArchiveError::Metrics { listen: config.metrics_listen.clone(), reason: e.to_string() }
     })?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut rx = stop_rx.clone();
+    let stop_rx = rainbow_runtime::resilience::stop_on(shutdown);
     let m = metrics.clone();
-    let server = tokio::spawn(rainbow_runtime::serve::metrics(listener, move || m.render(), async move {
-        let _ = rx.wait_for(|s| *s).await;
-    }));
-    let mut worker = {
-        let (kafka, config, metrics, store) = (kafka.clone(), config.clone(), metrics.clone(), store.clone());
-        let rt = tokio::runtime::Handle::current();
-        Worker::spawn("rainbow-archive", move |stop| {
-            Archiver::start(&kafka, &config, store, rt, metrics, stop).and_then(Archiver::run)
-        })
-        .map_err(|e| ArchiveError::Thread(e.to_string()))?
-    };
+    let endpoints = rainbow_runtime::serve::spawn(
+        listener,
+        move || m.render(),
+        metrics.resilience.clone(),
+        stop_rx.clone(),
+    );
     metrics.running.set(1);
-    tokio::pin!(shutdown);
+    let total = Arc::new(Mutex::new(ArchiveSummary::default()));
+    let outcome = supervise("archive", &metrics.resilience, stop_rx, |stop| {
+        attempt(kafka, config, store.clone(), metrics.clone(), stop, total.clone())
+    })
+    .await;
+    metrics.running.set(0);
+    let _ = endpoints.await;
+    let total = total.lock().expect("lock").clone();
+    outcome.map(|_| total)
+}
+
+/// One attempt: the archiver on a thread of its own until `stop` says so or something fails.
+/// What it archived is added to `total`, also when it fails.
+async fn attempt(
+    kafka: &KafkaConnection,
+    config: &ArchiveConfig,
+    store: Store,
+    metrics: ArchiveMetrics,
+    stop: tokio::sync::watch::Receiver<bool>,
+    total: Arc<Mutex<ArchiveSummary>>,
+) -> Result<(), ArchiveError> {
+    let (kafka, config) = (kafka.clone(), config.clone());
+    let rt = tokio::runtime::Handle::current();
+    let mut worker = Worker::spawn("rainbow-archive", move |stop| {
+        match Archiver::start(&kafka, &config, store, rt, metrics, stop) {
+            Ok(mut archiver) => {
+                let result = archiver.run();
+                (result, archiver.summary)
+            }
+            Err(e) => (Err(e), ArchiveSummary::default()),
+        }
+    })
+    .map_err(|e| ArchiveError::Thread(e.to_string()))?;
     let outcome = tokio::select! {
-        _ = &mut shutdown => {
+        _ = stopped(stop) => {
             tracing::info!("stopping: writing the open segments");
             worker.stop();
             worker.finished().await
         }
         r = worker.finished() => r,
     };
-    metrics.running.set(0);
-    let _ = stop_tx.send(true);
-    let _ = server.await;
-    outcome.unwrap_or_else(|| Err(ArchiveError::Thread("the archiver's thread panicked".into())))
+    let (result, summary) =
+        outcome.ok_or_else(|| ArchiveError::Thread("the archiver's thread panicked".into()))?;
+    total.lock().expect("lock").add(&summary);
+    result
 }
 
 /// An open segment of one partition.
@@ -161,6 +199,8 @@ impl Archiver {
             url = %store.url,
             "archiving the CDC topics"
         );
+        metrics.resilience.connected(Dependency::Kafka);
+        metrics.resilience.set_ready(true);
         Ok(Archiver {
             config: config.clone(),
             consumer,
@@ -174,17 +214,21 @@ impl Archiver {
         })
     }
 
-    fn run(mut self) -> Result<ArchiveSummary, ArchiveError> {
+    /// Archives until stopped (then writes the open segments) or something fails; what it did is
+    /// in `self.summary` either way.
+    fn run(&mut self) -> Result<(), ArchiveError> {
         let max_age = Duration::from_millis(self.config.segment_max_age_ms);
         let mut next_lag = Instant::now();
         let mut errors = 0u64;
         while !self.stop.load(Ordering::SeqCst) {
             let mut timeout = Duration::from_millis(100);
+            let mut received = false;
             for _ in 0..10_000 {
                 let Some(m) = self.consumer.poll(timeout) else { break };
                 timeout = Duration::ZERO;
                 match m {
                     Ok(m) => {
+                        received = true;
                         let Some(&i) =
                             self.by_topic.get(m.topic()).and_then(|v| v.get(m.partition() as usize))
                         else {
@@ -202,14 +246,20 @@ impl Archiver {
                         };
                         self.add(i, record)?;
                     }
+                    // librdkafka reconnects by itself; the error says the brokers are away meanwhile.
                     Err(e) => {
                         errors += 1;
+                        self.metrics.resilience.failed(Dependency::Kafka);
                         if errors.is_power_of_two() {
                             tracing::warn!(error = %e, count = errors, "Kafka consumer error");
                         }
                     }
                 }
             }
+            if received {
+                self.metrics.resilience.connected(Dependency::Kafka);
+            }
+            self.metrics.resilience.progressed();
             let aged: Vec<usize> = (0..self.inputs.len())
                 .filter(|&i| self.inputs[i].open.as_ref().is_some_and(|o| o.since.elapsed() >= max_age))
                 .collect();
@@ -228,7 +278,7 @@ impl Archiver {
             self.flush(i)?;
         }
         self.metrics.buffered.set(0);
-        Ok(self.summary)
+        Ok(())
     }
 
     /// Adds a record to its partition's open segment, cutting segments at the limits and at
@@ -299,6 +349,7 @@ impl Archiver {
             existed: created == Created::AlreadyThere,
         }
         .emit(&self.metrics);
+        self.metrics.resilience.connected(Dependency::ObjectStore);
         match created {
             Created::Written => {
                 self.summary.records += open.records.len() as u64;

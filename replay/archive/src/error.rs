@@ -1,5 +1,6 @@
 //! Errors of the archiver and of the master dataset's segments.
 
+use rainbow_runtime::resilience::{Classify, Dependency, Fault};
 use rainbow_runtime::store::StoreError;
 
 /// What went wrong, with the object, URL or setting it concerns.
@@ -23,4 +24,21 @@ pub enum ArchiveError {
     Metrics { listen: String, reason: String },
     #[error("the archiver's thread stopped unexpectedly: {0}")]
     Thread(String),
+}
+
+impl Classify for ArchiveError {
+    fn fault(&self) -> Fault {
+        match self {
+            ArchiveError::Store(StoreError::Failed { .. }) => Fault::Transient(Dependency::ObjectStore),
+            ArchiveError::Kafka(_) => Fault::Transient(Dependency::Kafka),
+            ArchiveError::Store(StoreError::BadUrl { .. })
+            | ArchiveError::Setting(_)
+            | ArchiveError::Metrics { .. } => Fault::Input,
+            ArchiveError::MissingTopic { .. }
+            | ArchiveError::Parquet(_)
+            | ArchiveError::Arrow(_)
+            | ArchiveError::Segment { .. }
+            | ArchiveError::Thread(_) => Fault::Permanent,
+        }
+    }
 }

@@ -5,12 +5,14 @@
 //! * `existing_segments_total`: segments found already written (a retry), left untouched;
 //! * `consumer_lag_messages{topic,partition}`: high watermark minus the next offset to archive;
 //! * `buffered_records`: records waiting in open segments;
-//! * `last_segment_timestamp_seconds`; `running`: 1 while the archiver runs.
+//! * `last_segment_timestamp_seconds`; `running`: 1 while the archiver runs;
+//! * `retries_total{dependency}`, `dependency_down_seconds{dependency}`, `restarts_total`: the
+//!   faults ridden out (`rainbow_runtime::resilience`).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
+use rainbow_runtime::resilience::{Dependency, Resilience};
 use std::time::Duration;
 
 #[derive(Clone)]
@@ -25,6 +27,8 @@ pub struct ArchiveMetrics {
     pub buffered: IntGauge,
     pub last_segment: IntGauge,
     pub running: IntGauge,
+    /// Retries, dependencies' down time, restarts, health.
+    pub resilience: Resilience,
 }
 
 impl Default for ArchiveMetrics {
@@ -74,14 +78,17 @@ impl ArchiveMetrics {
             )
             .expect("metric")),
             running: reg!(IntGauge::new("running", "1 while the archiver runs").expect("metric")),
+            resilience: {
+                let r = Resilience::register(&registry);
+                r.expect(&[Dependency::Kafka, Dependency::ObjectStore]);
+                r
+            },
             registry,
         }
     }
 
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
-        String::from_utf8(buf).expect("UTF-8")
+        rainbow_runtime::serve::render(&self.registry)
     }
 }
 

@@ -31,7 +31,10 @@ impl KafkaConnection {
     /// A client configuration with the brokers and `client.id` = `<client_id>-<role>`.
     pub fn client_config(&self, role: &str) -> ClientConfig {
         let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.brokers).set("client.id", format!("{}-{role}", self.client_id));
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", format!("{}-{role}", self.client_id))
+            // Reconnect within a second of a broker's return (librdkafka backs off up to 10 s).
+            .set("reconnect.backoff.max.ms", "1000");
         c
     }
 

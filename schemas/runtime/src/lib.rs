@@ -3,7 +3,11 @@
 //! * [`store`]: object storage by URL (a local directory, `s3://`, `gs://`, `az://`), for the
 //!   processor's checkpoints, the master dataset and the replay's output;
 //! * [`kafka`]: where Kafka is, topic creation and deletion, partition discovery, end offsets;
-//! * [`serve`]: the HTTP endpoint that serves a service's Prometheus metrics;
+//! * [`resilience`]: fault classification, retries with capped exponential backoff and jitter,
+//!   the telemetry of dependencies (retries, down time, restarts) and health;
+//! * [`children`]: child processes kept running under supervision, the way `rainbow up` runs
+//!   the platform;
+//! * [`serve`]: the HTTP endpoint of a service's metrics and health (`/healthz`, `/readyz`);
 //! * [`worker`]: a component's blocking loop on a thread of its own, stopped by a flag;
 //! * [`failpoint`]: crash and step failpoints for fault tests, compiled in only with the
 //!   `failpoints` feature (test builds).
@@ -11,8 +15,10 @@
 //! It depends on no other Rainbow crate: the contracts live in `rainbow-schemas`, the domain in
 //! the service crates.
 
+pub mod children;
 pub mod failpoint;
 pub mod kafka;
+pub mod resilience;
 pub mod serve;
 pub mod store;
 pub mod worker;

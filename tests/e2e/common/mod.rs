@@ -7,6 +7,7 @@ pub mod archive;
 pub mod cdc;
 pub mod process;
 pub mod processor;
+pub mod replay;
 pub mod source;
 
 pub fn env_or(name: &str, default: &str) -> String {

@@ -15,6 +15,8 @@ pub struct Service {
     pub dir: PathBuf,
     /// The child's environment (on top of the test process's).
     pub env: Vec<(String, String)>,
+    /// Arguments after the subcommand.
+    pub args: Vec<String>,
     /// `host:port` of its `/metrics`, if it serves one.
     pub metrics: Option<String>,
     child: Option<Child>,
@@ -31,7 +33,7 @@ impl Service {
     ) -> Service {
         let dir = std::env::temp_dir().join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        Service { command, log_filter, dir, env, metrics: None, child: None, runs: 0 }
+        Service { command, log_filter, dir, env, args: Vec::new(), metrics: None, child: None, runs: 0 }
     }
 
     /// Sets (or replaces) one variable of the environment.
@@ -51,7 +53,11 @@ impl Service {
         self.runs += 1;
         let log = std::fs::File::create(self.log_path(self.runs)).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rainbow"));
-        cmd.arg(self.command).env("RUST_LOG", self.log_filter).stdout(Stdio::null()).stderr(log);
+        cmd.arg(self.command)
+            .args(&self.args)
+            .env("RUST_LOG", self.log_filter)
+            .stdout(Stdio::null())
+            .stderr(log);
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -71,6 +77,11 @@ impl Service {
             .map(|n| std::fs::read_to_string(self.log_path(n)).unwrap_or_default())
             .collect::<Vec<_>>()
             .join("\n----- restart -----\n")
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     pub fn is_running(&mut self) -> bool {
