@@ -199,6 +199,8 @@ impl Archiver {
             url = %store.url,
             "archiving the CDC topics"
         );
+        // Both answered: the archive was listed, the topics' partitions read.
+        metrics.resilience.connected(Dependency::ObjectStore);
         metrics.resilience.connected(Dependency::Kafka);
         metrics.resilience.set_ready(true);
         Ok(Archiver {
@@ -373,6 +375,8 @@ impl Archiver {
         let Ok(ends) = kafka::end_offsets(&self.consumer, &partitions, Duration::from_secs(2)) else {
             return;
         };
+        // The brokers answer (also when no record arrives to say so).
+        self.metrics.resilience.connected(Dependency::Kafka);
         for (input, high) in self.inputs.iter().zip(ends) {
             self.metrics
                 .consumer_lag
