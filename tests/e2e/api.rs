@@ -841,3 +841,59 @@ async fn cached_orders_follow_changes_made_directly_in_postgres() {
     .await;
     api.finish().await;
 }
+
+/// What a client can make the API hold is bounded: a body of many tiny values is refused before
+/// it is parsed into a tree, requests beyond `max_in_flight` are answered 503 at once (before
+/// their body is read), and methods a client makes up never become label values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_client_sends_is_bounded_before_it_is_held() {
+    use tokio::io::AsyncWriteExt;
+    let api = TestApi::start_with(ApiSettings { max_in_flight: 1, ..ApiSettings::default() }).await;
+    let json = [("content-type", "application/json")];
+
+    // 20,000 empty objects fit in the 64 KiB limit; refused by the count of values.
+    let body = format!(r#"{{"customerId": 1, "payment_id": 2, "products": [{}{{}}]}}"#, "{},".repeat(19_999));
+    assert!(body.len() < 64 * 1024);
+    let (status, error) = api.post_raw(body, &json).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert_eq!(error_of(&error), ("invalid_request".to_string(), Some("products".to_string())));
+    assert!(error["error"]["message"].as_str().unwrap().contains("at most"), "{error}");
+
+    // A request whose body never comes holds the one slot; the next is refused at once.
+    let addr = api.url.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(
+        b"POST /api/v1/orders HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let refused = common::eventually("the slow request to be in flight", Duration::from_secs(10), || async {
+        let r = api.client.post(format!("{}/api/v1/orders", api.url)).body("{}").send().await.unwrap();
+        (r.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(r)
+    })
+    .await;
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(error_of(&body).0, "overloaded");
+    // Probes are never refused.
+    let ping = api.client.get(format!("{}/healthz", api.url)).send().await.unwrap();
+    assert_eq!(ping.status(), StatusCode::OK);
+    drop(slow);
+
+    // Made-up methods: 405 (or 404), counted under `other`.
+    for method in ["FOO", "BAR", "BAZ"] {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let r = common::eventually("the slot to be free again", Duration::from_secs(10), || async {
+            let r = api.client.request(m.clone(), format!("{}/api/v1/orders", api.url)).send().await.unwrap();
+            (r.status() != StatusCode::SERVICE_UNAVAILABLE).then_some(r)
+        })
+        .await;
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let text = api.metrics().await;
+    for made_up in ["FOO", "BAR", "BAZ"] {
+        assert!(!text.contains(made_up), "{made_up} became a label value:\n{text}");
+    }
+    assert!(text.contains("method=\"other\""), "{text}");
+    api.finish().await;
+}
