@@ -61,6 +61,24 @@ pub enum Rejected {
     MissingRow { op: Op, table: &'static str, side: &'static str },
 }
 
+impl Rejected {
+    /// The cause as a metric label value (`dead_letters_total{reason}`).
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Rejected::UnknownOrder { .. } => "unknown_order",
+            Rejected::UnknownProduct { .. } => "unknown_product",
+            Rejected::UnknownPromotion { .. } => "unknown_promotion",
+            Rejected::Amount { .. } => "amount",
+            Rejected::OutOfOrder { .. } => "out_of_order",
+            Rejected::MissingRow { .. } => "missing_row",
+        }
+    }
+
+    /// Every cause, for metrics that show each from the start.
+    pub const CAUSES: [&'static str; 6] =
+        ["unknown_order", "unknown_product", "unknown_promotion", "amount", "out_of_order", "missing_row"];
+}
+
 /// A surrogate key: FNV-1a (64 bit) of the dimension, the natural id and the opening position.
 /// Stable across platforms and Rust versions (std's hasher is not). 0 means "no dimension row".
 fn surrogate_key(dimension: &str, id: i64, at: Position) -> u64 {

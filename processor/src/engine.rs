@@ -128,6 +128,9 @@ pub struct DeadLetter<'a> {
     /// `decode` (the record is not an event the core understands) or `core` (the core refused
     /// the event).
     pub stage: &'static str,
+    /// Why, as a metric label: [`crate::event::DecodeError::cause`], `wrong_topic`, or
+    /// [`crate::core::Rejected::cause`].
+    pub cause: &'static str,
     pub input: &'a InputName,
     /// -1 when the offset is not known (an event refused by the core after the merge).
     pub offset: i64,
@@ -256,14 +259,15 @@ impl<E> Intake<'_, E> {
         self.totals.records += 1;
         self.this_run.records += 1;
         let table = self.inputs[r.input].table;
-        let refused = match r.decoded {
+        let (cause, refused) = match r.decoded {
             Ok(Some(event)) if event.table() == table => {
                 self.inputs[r.input].events_in.inc();
                 let position = event.position;
                 if self.merger.push(r.input, r.offset, position, Queued { event, emit: r.emit })
                     == Pushed::Duplicate
                 {
-                    self.metrics.duplicates.inc();
+                    let reason = if position.is_snapshot() { "snapshot_after_stream" } else { "redelivery" };
+                    self.metrics.dropped.with_label_values(&[reason]).inc();
                     self.totals.duplicates += 1;
                     self.this_run.duplicates += 1;
                 }
@@ -273,14 +277,16 @@ impl<E> Intake<'_, E> {
                 self.merger.skip(r.input, r.offset);
                 return Ok(());
             }
-            Ok(Some(event)) => {
-                format!("event of table {} on the topic of {}", event.table().name(), table.name())
-            }
-            Err(e) => e.to_string(),
+            Ok(Some(event)) => (
+                "wrong_topic",
+                format!("event of table {} on the topic of {}", event.table().name(), table.name()),
+            ),
+            Err(e) => (e.cause(), e.to_string()),
         };
         let name = self.inputs[r.input].name.clone();
         let letter = DeadLetter {
             stage: "decode",
+            cause,
             input: &name,
             offset: r.offset,
             key: r.key,
@@ -295,6 +301,7 @@ impl<E> Intake<'_, E> {
     fn park(&mut self, letter: &DeadLetter<'_>) -> Result<(), E> {
         DeadLettered {
             stage: letter.stage,
+            cause: letter.cause,
             topic: &letter.input.topic,
             partition: letter.input.partition,
             offset: letter.offset,
@@ -572,6 +579,7 @@ where
                     let name = self.inputs[input].name.clone();
                     let letter = DeadLetter {
                         stage: "core",
+                        cause: rejected.cause(),
                         input: &name,
                         offset: -1,
                         key: None,

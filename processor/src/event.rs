@@ -3,8 +3,11 @@
 //! Decoding is pure and strict: a record either becomes one typed [`ChangeEvent`] or a
 //! [`DecodeError`] that names what is wrong (the runtime parks it in the dead-letter topic). Both
 //! JSON forms are accepted, with and without the `schema`/`payload` wrapper, and every
-//! `decimal.handling.mode` of Debezium: `precise` (base64 of the unscaled big-endian integer; every
-//! numeric column of the source schema has scale 2), `string` ("13.34") and `double` (13.34).
+//! `decimal.handling.mode` of Debezium: `precise` (base64 of the unscaled big-endian integer, at
+//! the scale the record's Connect schema declares for the column, or a `VariableScaleDecimal`
+//! struct that carries its own), `string` ("13.34") and `double` (13.34). Money is exact: a
+//! value with more decimal places than money has (0.01) is schema drift, never rounded, and a
+//! `precise` value without a schema (whose scale is therefore unknown) is refused.
 
 use base64::Engine;
 use rainbow_schemas::money::Money;
@@ -228,6 +231,19 @@ pub enum DecodeError {
     BadPosition(String),
 }
 
+impl DecodeError {
+    /// The cause as a metric label value (`dead_letters_total{reason}`).
+    pub fn cause(&self) -> &'static str {
+        match self {
+            DecodeError::Malformed(_) => "malformed",
+            DecodeError::UnknownTable(_) => "unknown_table",
+            DecodeError::UnknownOp(_) => "unknown_op",
+            DecodeError::SchemaDrift { .. } => "schema_drift",
+            DecodeError::BadPosition(_) => "bad_position",
+        }
+    }
+}
+
 impl From<WireError> for DecodeError {
     fn from(e: WireError) -> DecodeError {
         match e {
@@ -247,8 +263,9 @@ pub fn decode(value: Option<&[u8]>) -> Result<Option<ChangeEvent>, DecodeError> 
     let table = Table::from_name(&env.source.table)
         .ok_or_else(|| DecodeError::UnknownTable(env.source.table.to_string()))?;
     let position = Position::new(env.position()?, table);
+    let scales = env.schema.map(|schema| Scales::of(table, schema.get())).transpose()?;
     let row = |raw: Option<&serde_json::value::RawValue>| -> Result<Option<SourceRow>, DecodeError> {
-        raw.map(|r| decode_row(table, r.get())).transpose()
+        raw.map(|r| decode_row(table, r.get(), scales.as_deref())).transpose()
     };
     let before = row(env.before)?;
     let after = row(env.after)?;
@@ -271,10 +288,80 @@ fn drift(table: Table, field: &str, reason: impl Into<String>) -> DecodeError {
     DecodeError::SchemaDrift { table: table.name(), field: field.to_string(), reason: reason.into() }
 }
 
+/// The scale of every decimal column of a table's rows, as a record's Connect schema declares it
+/// (the `after` struct, else `before`). Records of one table share their schema until the table
+/// changes, so each thread keeps the last schema seen per table and parses a schema only when its
+/// text differs.
+#[derive(Debug, Default, PartialEq)]
+struct Scales(Vec<(Box<str>, u32)>);
+
+/// A schema's text and its scales.
+type SeenSchema = (Box<str>, std::rc::Rc<Scales>);
+
+impl Scales {
+    fn of(table: Table, schema: &str) -> Result<std::rc::Rc<Scales>, DecodeError> {
+        thread_local! {
+            static LAST: std::cell::RefCell<Vec<Option<SeenSchema>>> =
+                std::cell::RefCell::new(vec![None; Table::ALL.len()]);
+        }
+        LAST.with(|last| {
+            let mut last = last.borrow_mut();
+            let slot = &mut last[table as usize];
+            if let Some((text, scales)) = slot.as_ref() {
+                if **text == *schema {
+                    return Ok(scales.clone());
+                }
+            }
+            let scales = std::rc::Rc::new(Scales::parse(table, schema)?);
+            *slot = Some((schema.into(), scales.clone()));
+            Ok(scales)
+        })
+    }
+
+    fn parse(table: Table, schema: &str) -> Result<Scales, DecodeError> {
+        #[derive(Deserialize)]
+        struct Field {
+            #[serde(default)]
+            field: String,
+            #[serde(default)]
+            name: Option<String>,
+            #[serde(default)]
+            parameters: Option<std::collections::HashMap<String, String>>,
+            #[serde(default)]
+            fields: Vec<Field>,
+        }
+        let envelope: Field = serde_json::from_str(schema).map_err(|e| {
+            DecodeError::Malformed(format!("the record's `schema` is not a Connect schema: {e}"))
+        })?;
+        let row =
+            ["after", "before"].iter().find_map(|side| envelope.fields.iter().find(|f| f.field == *side));
+        let mut scales = Vec::new();
+        for f in row.map(|r| r.fields.as_slice()).unwrap_or_default() {
+            if f.name.as_deref() == Some("org.apache.kafka.connect.data.Decimal") {
+                let scale =
+                    f.parameters.as_ref().and_then(|p| p.get("scale")).and_then(|s| s.parse::<u32>().ok());
+                let scale = scale
+                    .ok_or_else(|| drift(table, &f.field, "a Decimal field without a numeric `scale`"))?;
+                scales.push((f.field.as_str().into(), scale));
+            }
+        }
+        Ok(Scales(scales))
+    }
+
+    fn get(&self, field: &str) -> Option<u32> {
+        self.0.iter().find(|(f, _)| &**f == field).map(|(_, s)| *s)
+    }
+}
+
 /// A numeric column in any `decimal.handling.mode`.
 enum Numeric<'a> {
     Double(f64),
     Text(Cow<'a, str>),
+    /// Debezium's `VariableScaleDecimal` (a `numeric` without a declared scale, precise mode).
+    Variable {
+        scale: u32,
+        value: Cow<'a, str>,
+    },
 }
 
 // Numeric and Timestamp deserialise a JSON number or string with a visitor, not as untagged
@@ -302,6 +389,22 @@ impl<'de: 'a, 'a> Deserialize<'de> for Numeric<'a> {
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
                 Ok(Numeric::Text(Cow::Owned(v.to_string())))
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let (mut scale, mut value) = (None, None);
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    match &*key {
+                        "scale" => scale = Some(map.next_value::<u32>()?),
+                        "value" => value = Some(map.next_value::<Cow<'de, str>>()?),
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                match (scale, value) {
+                    (Some(scale), Some(value)) => Ok(Numeric::Variable { scale, value }),
+                    _ => Err(serde::de::Error::custom("a variable-scale decimal needs `scale` and `value`")),
+                }
             }
         }
         d.deserialize_any(V(std::marker::PhantomData))
@@ -336,12 +439,18 @@ impl<'de: 'a, 'a> Deserialize<'de> for Timestamp<'a> {
 }
 
 impl Numeric<'_> {
-    fn money(&self, table: Table, field: &str) -> Result<Money, DecodeError> {
+    /// The amount, exactly. `scales` is the record's schema (None without one): a `precise`
+    /// value's scale comes from it.
+    fn money(&self, table: Table, field: &str, scales: Option<&Scales>) -> Result<Money, DecodeError> {
         match self {
             Numeric::Double(v) => {
                 let scaled = (v * 100.0).round();
                 if !scaled.is_finite() || scaled.abs() >= 1e18 {
                     return Err(drift(table, field, format!("{v} is not a money amount")));
+                }
+                // A double from a column with more decimal places than money: refused, not rounded.
+                if (v * 100.0 - scaled).abs() > 1e-6 * scaled.abs().max(1.0) {
+                    return Err(drift(table, field, format!("{v} has more than 2 decimal places")));
                 }
                 Ok(Money(scaled as i64))
             }
@@ -353,25 +462,43 @@ impl Numeric<'_> {
                 Money::from_decimal(d).map_err(|e| drift(table, field, e.to_string()))
             }
             Numeric::Text(s) => {
-                // precise: the unscaled value (scale 2) as big-endian two's complement, base64.
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(s.as_bytes())
-                    .map_err(|_| drift(table, field, format!("{s:?} is neither a decimal nor base64")))?;
-                if bytes.is_empty() || bytes.len() > 8 {
+                let Some(scale) = scales.and_then(|sc| sc.get(field)) else {
                     return Err(drift(
                         table,
                         field,
-                        format!("{} bytes do not fit Decimal(18,2)", bytes.len()),
+                        match scales {
+                            None => format!(
+                                "{s:?} is a `precise` decimal without the record's schema, so its scale is \
+                                 unknown: set cdc.schemas_enable=true or cdc.decimal_handling_mode=string"
+                            ),
+                            Some(_) => {
+                                format!("{s:?} is neither a decimal nor a Decimal of the record's schema")
+                            }
+                        },
                     ));
-                }
-                let mut v: i64 = if bytes[0] & 0x80 != 0 { -1 } else { 0 };
-                for b in bytes {
-                    v = (v << 8) | i64::from(b);
-                }
-                Ok(Money(v))
+                };
+                unscaled(table, field, s, scale)
             }
+            Numeric::Variable { scale, value } => unscaled(table, field, value, *scale),
         }
     }
+}
+
+/// A Connect `Decimal`: the unscaled value as big-endian two's complement, base64, at `scale`.
+fn unscaled(table: Table, field: &str, base64: &str, scale: u32) -> Result<Money, DecodeError> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(base64.as_bytes())
+        .map_err(|_| drift(table, field, format!("{base64:?} is not base64")))?;
+    if bytes.is_empty() || bytes.len() > 12 {
+        return Err(drift(table, field, format!("{} bytes do not fit a money amount", bytes.len())));
+    }
+    let mut v: i128 = if bytes[0] & 0x80 != 0 { -1 } else { 0 };
+    for b in bytes {
+        v = (v << 8) | i128::from(b);
+    }
+    let d = rust_decimal::Decimal::try_from_i128_with_scale(v, scale)
+        .map_err(|e| drift(table, field, format!("unscaled {v} at scale {scale}: {e}")))?;
+    Money::from_decimal(d).map_err(|e| drift(table, field, e.to_string()))
 }
 
 /// A `TIMESTAMPTZ` as Debezium's ZonedTimestamp ("2024-08-01T10:00:00.123456Z"), or µs / ms as a
@@ -391,7 +518,7 @@ impl Timestamp<'_> {
     }
 }
 
-fn decode_row(table: Table, json: &str) -> Result<SourceRow, DecodeError> {
+fn decode_row(table: Table, json: &str, scales: Option<&Scales>) -> Result<SourceRow, DecodeError> {
     fn parse<'a, T: Deserialize<'a>>(table: Table, json: &'a str) -> Result<T, DecodeError> {
         serde_json::from_str(json).map_err(|e| {
             let text = e.to_string();
@@ -436,7 +563,7 @@ fn decode_row(table: Table, json: &str) -> Result<SourceRow, DecodeError> {
                 id: r.id,
                 name: r.name,
                 coupon_type: r.coupon_type,
-                price_treatment: r.price_treatment.money(table, "price_treatment")?,
+                price_treatment: r.price_treatment.money(table, "price_treatment", scales)?,
             })
         }
         Table::Products => {
@@ -444,9 +571,9 @@ fn decode_row(table: Table, json: &str) -> Result<SourceRow, DecodeError> {
             SourceRow::Product(Product {
                 id: r.id,
                 name: r.name,
-                price: r.price.money(table, "price")?,
-                original_price: r.original_price.money(table, "original_price")?,
-                rating_average: r.rating_average.money(table, "rating_average")?,
+                price: r.price.money(table, "price", scales)?,
+                original_price: r.original_price.money(table, "original_price", scales)?,
+                rating_average: r.rating_average.money(table, "rating_average", scales)?,
                 review_count: r.review_count,
                 sold_count: r.sold_count,
                 category_id: r.category_id,
@@ -473,7 +600,7 @@ fn decode_row(table: Table, json: &str) -> Result<SourceRow, DecodeError> {
                 order_id: r.order_id,
                 product_id: r.product_id,
                 quantity: r.quantity,
-                price: r.price.money(table, "price")?,
+                price: r.price.money(table, "price", scales)?,
                 promotion_id: r.promotion_id,
             })
         }
@@ -561,17 +688,86 @@ struct RawInventory {
 mod tests {
     use super::*;
 
+    /// A products record as the CDC writes it; `schema` is the record's Connect schema or None
+    /// (the bare form). `price` is precise at `scale`.
+    fn product(schema: Option<(u32, &str)>, price: &str) -> Vec<u8> {
+        let payload = format!(
+            r#"{{"before":null,"after":{{"id":7,"name":"P","price":{price},"original_price":"13.34","rating_average":4.5,"review_count":2,"sold_count":0,"category_id":1,"seller_id":2,"brand_id":3,"promotion_id":null,"created_at":"2024-08-01T10:00:00.000000Z"}},"source":{{"version":"x","connector":"postgresql","name":"rb","ts_ms":1722506400000,"snapshot":"false","db":"d","sequence":"[\"100\",\"96\"]","schema":"public","table":"products","txId":5,"lsn":96,"xmin":null}},"op":"c","ts_ms":1}}"#
+        );
+        match schema {
+            None => payload.into_bytes(),
+            Some((scale, kind)) => {
+                let price = match kind {
+                    "decimal" => format!(
+                        r#"{{"type":"bytes","optional":false,"name":"org.apache.kafka.connect.data.Decimal","version":1,"parameters":{{"scale":"{scale}","connect.decimal.precision":"18"}},"field":"price"}}"#
+                    ),
+                    _ => r#"{"type":"struct","fields":[{"type":"int32","optional":false,"field":"scale"},{"type":"bytes","optional":false,"field":"value"}],"optional":false,"name":"io.debezium.data.VariableScaleDecimal","field":"price"}"#.to_string(),
+                };
+                let row = format!(
+                    r#"{{"type":"struct","fields":[{{"type":"int64","optional":false,"field":"id"}},{price}],"optional":true,"field":"ROW"}}"#
+                );
+                format!(
+                    r#"{{"schema":{{"type":"struct","fields":[{},{},{{"type":"string","optional":false,"field":"op"}}]}},"payload":{payload}}}"#,
+                    row.replace("ROW", "before"),
+                    row.replace("ROW", "after")
+                )
+                .into_bytes()
+            }
+        }
+    }
+
+    fn price(value: &[u8]) -> Result<Money, DecodeError> {
+        match decode(Some(value))?.unwrap().after.unwrap() {
+            SourceRow::Product(p) => Ok(p.price),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn decodes_both_json_forms_and_every_decimal_mode() {
-        let bare = br#"{"before":null,"after":{"id":7,"name":"P","price":"JxA=","original_price":"13.34","rating_average":4.5,"review_count":2,"sold_count":0,"category_id":1,"seller_id":2,"brand_id":3,"promotion_id":null,"created_at":"2024-08-01T10:00:00.000000Z"},"source":{"version":"x","connector":"postgresql","name":"rb","ts_ms":1722506400000,"snapshot":"false","db":"d","sequence":"[\"100\",\"96\"]","schema":"public","table":"products","txId":5,"lsn":96,"xmin":null},"op":"c","ts_ms":1}"#;
-        let e = decode(Some(bare)).unwrap().unwrap();
+        // 0x2710 = 10000: 100.00 at scale 2, 1.0000 at scale 4.
+        let bare = product(None, r#""100.00""#);
+        let e = decode(Some(&bare)).unwrap().unwrap();
         assert_eq!(e.position, Position { commit: 100, change: 96, table: Table::Products.rank() });
         let SourceRow::Product(p) = e.after.unwrap() else { panic!() };
         assert_eq!((p.price, p.original_price, p.rating_average), (Money(10000), Money(1334), Money(450)));
-        let wrapped =
-            format!(r#"{{"schema":{{"type":"struct"}},"payload":{}}}"#, std::str::from_utf8(bare).unwrap());
-        assert_eq!(decode(Some(wrapped.as_bytes())).unwrap().unwrap().position.commit, 100);
+        assert_eq!(price(&product(Some((2, "decimal")), r#""JxA=""#)), Ok(Money(10000)));
+        assert_eq!(
+            decode(Some(&product(Some((2, "decimal")), r#""JxA=""#))).unwrap().unwrap().position.commit,
+            100
+        );
+        assert_eq!(price(&product(None, "100.5")), Ok(Money(10050)));
         assert_eq!(decode(None).unwrap(), None);
+    }
+
+    #[test]
+    fn a_precise_decimal_is_read_at_the_scale_its_schema_declares() {
+        // A column widened to NUMERIC(18,4): 1.0000 is 1 VND, not 100.
+        assert_eq!(price(&product(Some((4, "decimal")), r#""JxA=""#)), Ok(Money(100)));
+        // 0x01E240 = 123456 at scale 4 = 12.3456: more places than money has, refused.
+        match price(&product(Some((4, "decimal")), r#""AeJA""#)) {
+            Err(DecodeError::SchemaDrift { field, reason, .. }) => {
+                assert_eq!(field, "price");
+                assert!(reason.contains("more than 2 decimal places"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Negative, and scale 0.
+        assert_eq!(price(&product(Some((0, "decimal")), r#""/w==""#)), Ok(Money(-100)));
+        // A numeric without a declared scale: the value carries it.
+        assert_eq!(price(&product(Some((0, "variable")), r#"{"scale":4,"value":"JxA="}"#)), Ok(Money(100)));
+        // Without a schema the scale is unknown: refused with what to do, never assumed.
+        match price(&product(None, r#""JxA=""#)) {
+            Err(DecodeError::SchemaDrift { reason, .. }) => {
+                assert!(reason.contains("schemas_enable"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // A double with more places than money has: refused, not rounded.
+        assert!(matches!(price(&product(None, "12.3456")), Err(DecodeError::SchemaDrift { .. })));
+        // The same schema twice, then another: each record is read at its own schema's scale.
+        assert_eq!(price(&product(Some((2, "decimal")), r#""JxA=""#)), Ok(Money(10000)));
+        assert_eq!(price(&product(Some((4, "decimal")), r#""JxA=""#)), Ok(Money(100)));
     }
 
     #[test]

@@ -3,9 +3,16 @@
 //!
 //! Metrics, all prefixed `rainbow_processor_`:
 //! * `events_in_total{table}`: change events decoded from Kafka; `events_applied_total{table}`:
-//!   released to the core; `duplicates_total`: re-deliveries dropped by the merge;
+//!   released to the core; `dropped_total{reason}`: events the merge dropped because their
+//!   position is behind the last released one: `redelivery` (a streamed change sent again, as
+//!   at-least-once delivery does after a restart) or `snapshot_after_stream` (a snapshot row
+//!   arriving after streamed changes were applied: a second snapshot of the source, which the
+//!   processor cannot yet reconcile; alerted);
 //! * `rows_written_total{table}`: rows ClickHouse accepted, per output table;
-//! * `dead_letters_total{reason}`: events parked in the dead-letter topic (decode | core);
+//! * `dead_letters_total{reason}`: events parked in the dead-letter topic, by cause: before the
+//!   core (malformed, unknown_table, unknown_op, schema_drift, bad_position, wrong_topic) or
+//!   refused by it (unknown_order, unknown_product, unknown_promotion, amount, out_of_order,
+//!   missing_row);
 //! * `consumer_lag_messages{topic,partition}`: high watermark minus the next offset to consume;
 //!   `queued_events`: events waiting in the merge; `paused_partitions`;
 //! * `watermark_delay_seconds`: now minus the commit time up to which everything is processed
@@ -29,7 +36,7 @@ pub struct ProcessorMetrics {
     registry: Registry,
     pub events_in: IntCounterVec,
     pub events_applied: IntCounterVec,
-    pub duplicates: IntCounter,
+    pub dropped: IntCounterVec,
     pub rows_written: IntCounterVec,
     pub dead_letters: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
@@ -77,7 +84,10 @@ impl ProcessorMetrics {
                 "events_applied_total",
                 "Change events released to the core in commit order"
             )),
-            duplicates: reg!(IntCounter::new("duplicates_total", "Re-delivered events dropped by the merge")),
+            dropped: reg!(IntCounterVec::new(
+                Opts::new("dropped_total", "Events dropped by the merge, behind the last released position"),
+                &["reason"]
+            )),
             rows_written: reg!(by_table("rows_written_total", "Rows ClickHouse accepted, per output table")),
             dead_letters: reg!(IntCounterVec::new(
                 Opts::new("dead_letters_total", "Events parked in the dead-letter topic"),
@@ -141,7 +151,10 @@ impl ProcessorMetrics {
             registry,
         };
         // Every reason's series from the start, at 0: the alert's increase() sees the first letter.
-        for reason in ["decode", "core"] {
+        for reason in ["redelivery", "snapshot_after_stream"] {
+            m.dropped.with_label_values(&[reason]);
+        }
+        for reason in DEAD_LETTER_DECODE_CAUSES.iter().chain(&crate::core::Rejected::CAUSES) {
             m.dead_letters.with_label_values(&[reason]);
         }
         m
@@ -163,9 +176,15 @@ impl ProcessorMetrics {
     }
 }
 
+/// The causes of records parked before the core: [`crate::event::DecodeError::cause`] and an
+/// event on another table's topic.
+pub const DEAD_LETTER_DECODE_CAUSES: [&str; 6] =
+    ["malformed", "unknown_table", "unknown_op", "schema_drift", "bad_position", "wrong_topic"];
+
 /// A record was parked in the dead letters (the dead-letter topic, or a replay's rejection file).
 pub struct DeadLettered<'a> {
     pub stage: &'static str,
+    pub cause: &'static str,
     pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,
@@ -174,9 +193,10 @@ pub struct DeadLettered<'a> {
 
 impl DeadLettered<'_> {
     pub fn emit(&self, m: &ProcessorMetrics) {
-        m.dead_letters.with_label_values(&[self.stage]).inc();
+        m.dead_letters.with_label_values(&[self.cause]).inc();
         tracing::warn!(
             stage = self.stage,
+            cause = self.cause,
             topic = self.topic,
             partition = self.partition,
             offset = self.offset,

@@ -212,17 +212,21 @@ pub struct SourceFields<'a> {
 /// `before` / `after` rows (decoded by the consumer, which knows the table).
 #[derive(Debug)]
 pub struct Envelope<'a> {
+    /// The Connect schema of the record (the JSON form with the wrapper), as sent.
+    pub schema: Option<&'a RawValue>,
     pub op: Op,
     pub source: SourceFields<'a>,
     pub before: Option<&'a RawValue>,
     pub after: Option<&'a RawValue>,
 }
 
-/// Both JSON forms in one pass: with the wrapper, `payload` holds the envelope (`schema`, like
-/// every field not named here, is skipped); without it, the envelope's fields are at the top
-/// level.
+/// Both JSON forms in one pass: with the wrapper, `payload` holds the envelope and `schema` is
+/// kept as sent (every field not named here is skipped); without it, the envelope's fields are at
+/// the top level.
 #[derive(Deserialize)]
 struct Fields<'a> {
+    #[serde(default, borrow)]
+    schema: Option<&'a RawValue>,
     #[serde(default, borrow)]
     payload: Option<Box<Fields<'a>>>,
     #[serde(default, borrow)]
@@ -238,8 +242,9 @@ struct Fields<'a> {
 impl<'a> Envelope<'a> {
     /// Parses a record value, with or without the `schema`/`payload` wrapper.
     pub fn parse(value: &'a [u8]) -> Result<Envelope<'a>, WireError> {
-        let outer: Fields<'a> =
+        let mut outer: Fields<'a> =
             serde_json::from_slice(value).map_err(|e| WireError::Malformed(e.to_string()))?;
+        let schema = outer.schema.take().filter(|s| s.get() != "null");
         let f = match outer.payload {
             Some(payload) => *payload,
             None => outer,
@@ -250,7 +255,7 @@ impl<'a> Envelope<'a> {
             None => return Err(WireError::Malformed("no `op`".into())),
         };
         let row = |raw: Option<&'a RawValue>| raw.filter(|r| r.get() != "null");
-        Ok(Envelope { op, source, before: row(f.before), after: row(f.after) })
+        Ok(Envelope { schema, op, source, before: row(f.before), after: row(f.after) })
     }
 
     /// The change's position (see [`CommitPosition::from_source`]).

@@ -311,7 +311,7 @@ async fn views_match_the_source_and_poison_events_are_parked() {
     })
     .await;
     for line in [
-        "rainbow_processor_dead_letters_total{reason=\"decode\"} 1",
+        "rainbow_processor_dead_letters_total{reason=\"malformed\"} 1",
         "rainbow_processor_running 1",
         "rainbow_processor_events_applied_total{table=\"orderdetails\"}",
         "rainbow_processor_consumer_lag_messages{",
@@ -485,6 +485,7 @@ async fn a_dead_letter_not_delivered_fails_the_flush() {
         let input = InputName { topic: "rainbow.public.orders".into(), partition: 0 };
         let letter = DeadLetter {
             stage: "decode",
+            cause: "malformed",
             input: &input,
             offset: 7,
             key: None,
@@ -510,4 +511,103 @@ async fn a_dead_letter_not_delivered_fails_the_flush() {
         other => panic!("a letter to {missing} was not reported as undelivered: {other:?}"),
     }
     common::cdc::delete_topics(&[good]).await;
+}
+
+/// `ALTER TABLE … TYPE NUMERIC(18,4)` of the money columns while the pipeline streams: the CDC
+/// sends the new scale in each record's schema and the processor reads every amount at it, so
+/// the warehouse stays equal to PostgreSQL to the cent; an amount with more decimal places than
+/// money has is parked with its reason and counted, never rounded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_widened_numeric_column_keeps_money_exact() {
+    let db = TestDb::seeded().await;
+    let mut cdc = cdc_for(&db);
+    cdc.start();
+    let mut p = ProcessorProcess::new(&cdc.prefix);
+    p.start(&[]);
+    place_orders(&db.pool, 0, 20).await;
+    for sql in [
+        "ALTER TABLE orderdetails ALTER COLUMN price TYPE NUMERIC(18,4)",
+        "ALTER TABLE products ALTER COLUMN price TYPE NUMERIC(18,4)",
+        // Amounts that use the new scale's room for whole cents only: 0.5 VND more.
+        "UPDATE products SET price = price + 0.5 WHERE id % 7 = 0",
+    ] {
+        common::source::exec(&db.pool, sql).await;
+    }
+    place_orders(&db.pool, 20, 40).await;
+
+    // Exact: order lines, their amount, the dashboard's total, the catalogue's current prices.
+    let want = pg_rows(
+        &db.pool,
+        "SELECT count(*), sum(quantity * price)::numeric(38,2), sum(quantity)
+         FROM orderdetails",
+    )
+    .await;
+    let facts = format!(
+        "SELECT count(), sum(extended_sales_amount), sum(sales_quantity) FROM {}.fact_sales FINAL WHERE is_deleted = 0",
+        p.database
+    );
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let got = clickhouse(&facts).await.unwrap_or_default();
+        if got == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fact_sales {got:?} != order lines {want:?}\n{}\n{}",
+            p.metrics().await,
+            p.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let total =
+        pg_rows(&db.pool, "SELECT sum(quantity), sum(quantity * price)::numeric(38,2) FROM orderdetails")
+            .await;
+    let sql = format!("SELECT total_sales_quantity, total_sales_amount FROM {}.v_total_sales", p.database);
+    assert_eq!(clickhouse(&sql).await.unwrap(), total);
+    let prices = pg_rows(
+        &db.pool,
+        "SELECT id, price::numeric(18,2) FROM products WHERE id % 7 = 0 ORDER BY id LIMIT 20",
+    )
+    .await;
+    let sql = format!(
+        "SELECT product_id, price FROM {}.dim_products FINAL WHERE is_current = 1 AND product_id % 7 = 0
+         ORDER BY product_id LIMIT 20",
+        p.database
+    );
+    assert_eq!(clickhouse(&sql).await.unwrap(), prices);
+    assert!(prices.contains(".50\n"), "the test changes prices by 0.5 VND: {prices}");
+
+    // 12.3456 VND is not an amount of money (0.01 VND): parked with its reason, counted.
+    common::source::exec(
+        &db.pool,
+        "WITH o AS (INSERT INTO orders (customer_id, payment_id) VALUES (1, 1) RETURNING id)
+         INSERT INTO orderdetails (order_id, product_id, quantity, price) SELECT o.id, 5, 1, 12.3456 FROM o",
+    )
+    .await;
+    let parked = read_until(std::slice::from_ref(&p.dead_letter_topic), DEADLINE, "the parked line", |r| {
+        !r.is_empty()
+    })
+    .await;
+    let reason = parked[0]
+        .headers
+        .iter()
+        .find(|(k, _)| k == "rainbow.dlq.reason")
+        .map(|(_, v)| String::from_utf8_lossy(v).to_string())
+        .unwrap_or_default();
+    assert!(
+        reason.contains("orderdetails.price") && reason.contains("more than 2 decimal places"),
+        "{reason}"
+    );
+    let metrics = p.metrics().await;
+    assert!(metrics.contains("rainbow_processor_dead_letters_total{reason=\"schema_drift\"} 1"), "{metrics}");
+    // Nothing else was parked, and the amounts before it stay exact.
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(clickhouse(&facts).await.unwrap(), want);
+
+    p.stop();
+    p.cleanup().await;
+    let topics = topics_of(&cdc);
+    cdc.cleanup(&topics).await;
+    db.drop().await;
 }

@@ -95,7 +95,7 @@ pub async fn run(
         resumed_from,
         events_applied: ProcessorMetrics::total(&metrics.events_applied),
         dead_letters: ProcessorMetrics::total(&metrics.dead_letters),
-        duplicates: metrics.duplicates.get(),
+        duplicates: ProcessorMetrics::total(&metrics.dropped),
         checkpoints: metrics.checkpoints.get(),
     };
     match outcome {
