@@ -17,10 +17,10 @@ use rainbow_runtime::store::Store;
 use serde::{Deserialize, Serialize};
 
 /// Leading bytes of every checkpoint object: format name and version.
-/// Version 3: one envelope for streaming and replay (fingerprint, emitted selection, counts,
-/// sink and dead-letter state). Older checkpoints are refused with "bad magic or format version"
-/// and the engine starts over from the beginning of its input.
-pub const MAGIC: &[u8; 8] = b"RBWCKPT3";
+/// Version 4: one envelope for streaming and replay (fingerprint, the source it was read from,
+/// emitted selection, counts, sink and dead-letter state). Older checkpoints are refused with
+/// "bad magic or format version" and the engine starts over from the beginning of its input.
+pub const MAGIC: &[u8; 8] = b"RBWCKPT4";
 
 /// Counts of what an engine did, kept in its checkpoints.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +51,8 @@ pub struct Checkpoint {
     pub id: u64,
     /// What the state is of (see [`crate::engine::Options::fingerprint`]).
     pub fingerprint: String,
+    /// The source the inputs were read from ([`crate::engine::Source::identity`]).
+    pub source: String,
     /// The instance's number (its share of the fact partitions).
     pub partition: i32,
     /// Whether the events being applied were output.
@@ -69,6 +71,7 @@ pub struct Checkpoint {
 pub struct CheckpointRef<'a> {
     pub id: u64,
     pub fingerprint: &'a str,
+    pub source: &'a str,
     pub partition: i32,
     pub emitting: bool,
     pub last_released: Option<Position>,
@@ -122,9 +125,14 @@ impl CheckpointStore {
         format!("{}/checkpoint-{id:020}.bin", self.folder)
     }
 
+    /// Where the checkpoints are, for messages: `<store url>/<folder>`.
+    pub fn location(&self) -> String {
+        format!("{}/{}", self.store.url, self.folder)
+    }
+
     /// An error of this store.
     pub fn error(&self, e: impl std::fmt::Display) -> CheckpointError {
-        CheckpointError { url: format!("{}/{}", self.store.url, self.folder), reason: e.to_string() }
+        CheckpointError { url: self.location(), reason: e.to_string() }
     }
 
     async fn ids(&self) -> Result<Vec<u64>, CheckpointError> {

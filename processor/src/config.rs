@@ -49,6 +49,10 @@ pub struct ProcessorConfig {
     pub sink_attempts: u32,
     /// How long one ClickHouse insert may take before it counts as failed (a hung server).
     pub sink_timeout_ms: u64,
+    /// Whether to go on when records were removed from a topic before the processor read them
+    /// (retention, a recreated topic): counted in `offset_gap_records_total` and alerted. Off:
+    /// the processor stops and says so, since the warehouse would miss those changes.
+    pub allow_offset_gap: bool,
 }
 
 impl Default for ProcessorConfig {
@@ -70,6 +74,7 @@ impl Default for ProcessorConfig {
             max_queued_per_input: 20_000,
             sink_attempts: 6,
             sink_timeout_ms: 30_000,
+            allow_offset_gap: false,
         }
     }
 }

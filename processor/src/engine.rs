@@ -45,6 +45,14 @@ pub trait Source {
     /// for an input the checkpoint knows, else its first. Called once, before any poll.
     fn open(&mut self, resume: &BTreeMap<InputName, i64>) -> Result<Vec<Input>, Self::Error>;
 
+    /// Which source this is, for example `kafka cluster <id>`; called once, before
+    /// [`Source::open`]. A checkpoint written while reading another source is refused
+    /// ([`EngineError::ForeignSource`]): its offsets and positions mean nothing here. Empty
+    /// when the source cannot tell (checked by other means, as an archive's fingerprint).
+    fn identity(&mut self) -> Result<String, Self::Error> {
+        Ok(String::new())
+    }
+
     /// Delivers what is available to `intake`, waiting a short while at most when nothing is.
     /// [`Poll::End`] once every input has finished (bounded sources only).
     fn poll(&mut self, intake: &mut Intake<'_, Self::Error>) -> Result<Poll, Self::Error>;
@@ -218,6 +226,13 @@ pub enum EngineError {
     Checkpoint(#[from] CheckpointError),
     #[error("the checkpoint was written by partition {found}, this instance is partition {expected}")]
     PartitionMismatch { found: i32, expected: i32 },
+    #[error(
+        "the checkpoint in {store} was written while reading {found}, but this source is {expected}: \
+         its offsets and positions belong to another source, and resuming would drop this source's \
+         events. To start over from this source, delete the checkpoints ({store}) and the warehouse \
+         tables they led to (README, \"Starting over\")"
+    )]
+    ForeignSource { store: String, found: String, expected: String },
     #[error("the merge made no progress although every input has records queued")]
     NoProgress,
 }
@@ -391,6 +406,8 @@ pub struct Engine<S, K, D> {
     sink: K,
     dead: D,
     options: Options,
+    /// [`Source::identity`], written into every checkpoint.
+    identity: String,
     merger: Merger<Queued>,
     core: Core,
     inputs: Vec<InputInfo>,
@@ -430,7 +447,16 @@ where
         rt: tokio::runtime::Handle,
         metrics: ProcessorMetrics,
     ) -> Result<Self, S::Error> {
+        let identity = source.identity()?;
         let checkpoint = match rt.block_on(store.latest()).map_err(EngineError::from)? {
+            Some(c) if !c.source.is_empty() && !identity.is_empty() && c.source != identity => {
+                return Err(EngineError::ForeignSource {
+                    store: store.location(),
+                    found: c.source,
+                    expected: identity,
+                }
+                .into())
+            }
             Some(c) if c.fingerprint != options.fingerprint => {
                 tracing::warn!(
                     found = %c.fingerprint,
@@ -482,6 +508,7 @@ where
             sink,
             dead,
             options,
+            identity,
             merger,
             core,
             inputs,
@@ -634,6 +661,7 @@ where
         let c = CheckpointRef {
             id,
             fingerprint: &self.options.fingerprint,
+            source: &self.identity,
             partition: self.options.partition,
             emitting: self.emitting,
             last_released: self.merger.last_released(),

@@ -31,6 +31,22 @@ pub enum ProcessorError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "Kafka topic {topic} partition {partition}: the processor had read up to offset {expected}, but the \
+         next record is at offset {got}: {} records were removed (by retention, or the topic was \
+         recreated) before the processor read them, and the warehouse would miss their changes. \
+         Rebuild the warehouse from a new snapshot of the source (README, \"Starting over\"), or set \
+         processor.allow_offset_gap=true to go on without them (counted in \
+         rainbow_processor_offset_gap_records_total)", got - expected
+    )]
+    OffsetGap { topic: String, partition: i32, expected: i64, got: i64 },
+    #[error(
+        "Kafka topic {topic} partition {partition} ends at offset {end}, but the checkpoint resumes it at \
+         {checkpoint}: the topic was recreated or the brokers are new, and the checkpoint belongs to \
+         what was there before. To start over from this source, delete the processor's checkpoints \
+         and the warehouse tables they led to (README, \"Starting over\")"
+    )]
+    OffsetBeyondEnd { topic: String, partition: i32, checkpoint: i64, end: i64 },
     #[error("the pipeline thread stopped unexpectedly: {0}")]
     Pipeline(String),
     #[error("{count} dead letter(s) were not delivered to Kafka ({reason}): not checkpointing past them")]
@@ -55,7 +71,11 @@ impl Classify for ProcessorError {
             ProcessorError::Warehouse(e) if e.is_transient() => Fault::Transient(Dependency::ClickHouse),
             ProcessorError::Warehouse(_) | ProcessorError::Sink { .. } => Fault::Permanent,
             ProcessorError::Engine(EngineError::Checkpoint(_)) => Fault::Transient(Dependency::ObjectStore),
-            ProcessorError::Engine(EngineError::PartitionMismatch { .. }) => Fault::Input,
+            ProcessorError::Engine(
+                EngineError::PartitionMismatch { .. } | EngineError::ForeignSource { .. },
+            )
+            | ProcessorError::OffsetBeyondEnd { .. } => Fault::Input,
+            ProcessorError::OffsetGap { .. } => Fault::Permanent,
             ProcessorError::Engine(EngineError::NoProgress)
             | ProcessorError::MissingTopic { .. }
             | ProcessorError::Pipeline(_)

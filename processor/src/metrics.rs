@@ -8,6 +8,9 @@
 //!   at-least-once delivery does after a restart) or `snapshot_after_stream` (a snapshot row
 //!   arriving after streamed changes were applied: a second snapshot of the source, which the
 //!   processor cannot yet reconcile; alerted);
+//! * `offset_gap_records_total{topic}`: records removed from a topic (retention, a recreated
+//!   topic) before the processor read them, skipped with `processor.allow_offset_gap` (without
+//!   it the processor stops); alerted;
 //! * `rows_written_total{table}`: rows ClickHouse accepted, per output table;
 //! * `dead_letters_total{reason}`: events parked in the dead-letter topic, by cause: before the
 //!   core (malformed, unknown_table, unknown_op, schema_drift, bad_position, wrong_topic) or
@@ -37,6 +40,7 @@ pub struct ProcessorMetrics {
     pub events_in: IntCounterVec,
     pub events_applied: IntCounterVec,
     pub dropped: IntCounterVec,
+    pub offset_gap_records: IntCounterVec,
     pub rows_written: IntCounterVec,
     pub dead_letters: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
@@ -89,6 +93,13 @@ impl ProcessorMetrics {
                 &["reason"]
             )),
             rows_written: reg!(by_table("rows_written_total", "Rows ClickHouse accepted, per output table")),
+            offset_gap_records: reg!(IntCounterVec::new(
+                Opts::new(
+                    "offset_gap_records_total",
+                    "Records removed from a topic before they were read (with processor.allow_offset_gap)"
+                ),
+                &["topic"]
+            )),
             dead_letters: reg!(IntCounterVec::new(
                 Opts::new("dead_letters_total", "Events parked in the dead-letter topic"),
                 &["reason"]

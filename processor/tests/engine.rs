@@ -39,6 +39,8 @@ struct Memory {
     emit_from_ms: i64,
     stop: Arc<AtomicBool>,
     stop_after: Option<u64>,
+    /// What [`Source::identity`] says.
+    identity: String,
 }
 
 impl Memory {
@@ -50,12 +52,17 @@ impl Memory {
             emit_from_ms: i64::MIN,
             stop: Arc::new(AtomicBool::new(false)),
             stop_after: None,
+            identity: "cluster A".into(),
         }
     }
 }
 
 impl Source for Memory {
     type Error = TestError;
+
+    fn identity(&mut self) -> Result<String, TestError> {
+        Ok(self.identity.clone())
+    }
 
     fn open(&mut self, resume: &BTreeMap<InputName, i64>) -> Result<Vec<Input>, TestError> {
         Ok(self
@@ -413,5 +420,42 @@ fn a_checkpoint_of_other_input_is_not_resumed_and_one_of_another_partition_is_re
     .err()
     .expect("refused");
     assert!(matches!(e, TestError::Engine(EngineError::PartitionMismatch { found: 0, expected: 1 })), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_checkpoint_written_while_reading_another_source_is_refused_with_what_differs() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let events = events(8, 60);
+    let dir = temp("other-source");
+    let mut first = Memory::new(partitions(&events), 3);
+    first.stop_after = Some(events.len() as u64 / 2);
+    let Finished::Stopped(_) = run(first, options(Seal::AtEnd, 100), store(&dir), &rt) else {
+        panic!("stops")
+    };
+    let mut other = Memory::new(partitions(&events), 3);
+    other.identity = "cluster B".into();
+    let e = Engine::open(
+        other,
+        Collapse::default(),
+        Letters::default(),
+        options(Seal::AtEnd, 100),
+        store(&dir),
+        rt.handle().clone(),
+        ProcessorMetrics::new(),
+    )
+    .err()
+    .expect("refused");
+    let text = e.to_string();
+    assert!(
+        matches!(&e, TestError::Engine(EngineError::ForeignSource { found, expected, .. })
+            if found == "cluster A" && expected == "cluster B"),
+        "{text}"
+    );
+    assert!(text.contains(dir.to_str().unwrap()) && text.contains("delete the checkpoints"), "{text}");
+    // The same source resumes.
+    let (summary, _, _) =
+        ended(run(Memory::new(partitions(&events), 3), options(Seal::AtEnd, 100), store(&dir), &rt));
+    assert!(summary.resumed.is_some());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -611,3 +611,93 @@ async fn a_widened_numeric_column_keeps_money_exact() {
     cdc.cleanup(&topics).await;
     db.drop().await;
 }
+
+/// The orders topic's records from its start to its end removed by hand (as retention does).
+async fn delete_records(topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let partitions = common::archive::end_offsets(&[topic.to_string()]);
+    let admin: AdminClient<DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", common::brokers()).create().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for (topic, partition) in partitions.keys() {
+        tpl.add_partition_offset(topic, *partition, rdkafka::Offset::End).unwrap();
+    }
+    let done = admin.delete_records(&tpl, &AdminOptions::new()).await.unwrap();
+    for e in done.elements() {
+        e.error().unwrap_or_else(|err| panic!("deleting the records of {topic}: {err}"));
+    }
+}
+
+/// Records removed before the processor read them (retention) stop it with what to do, unless
+/// `processor.allow_offset_gap` (then they are counted); a checkpoint whose topics were
+/// recreated under it is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_removed_before_they_were_read_and_recreated_topics_stop_the_processor() {
+    let db = TestDb::seeded().await;
+    let mut cdc = cdc_for(&db);
+    cdc.start();
+    let mut p = ProcessorProcess::new(&cdc.prefix);
+    p.start(&[]);
+    place_orders(&db.pool, 0, 10).await;
+    caught_up(&db.pool, &p).await;
+    p.stop();
+
+    // While it is stopped: 20 orders, then the orders topic's records are removed.
+    place_orders(&db.pool, 10, 20).await;
+    let orders = cdc.topic("orders");
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(&db.pool).await.unwrap();
+    common::eventually("the CDC to publish the orders", DEADLINE, || async {
+        let ends = common::archive::end_offsets(std::slice::from_ref(&orders));
+        (ends.values().sum::<i64>() == count).then_some(())
+    })
+    .await;
+    delete_records(&orders).await;
+    p.start(&[]);
+    let status = p.wait(DEADLINE);
+    assert_eq!(status.code(), Some(3), "{}", p.logs());
+    assert!(
+        p.logs().contains(&format!("Kafka topic {orders} partition "))
+            && p.logs().contains("records were removed")
+            && p.logs().contains("processor.allow_offset_gap=true"),
+        "{}",
+        p.logs()
+    );
+
+    // Allowed: it goes on, and counts how many it went without (20, over the partitions).
+    p.start(&[("RAINBOW_PROCESSOR__ALLOW_OFFSET_GAP", "true")]);
+    let want = format!("rainbow_processor_offset_gap_records_total{{topic=\"{orders}\"}} 20");
+    common::eventually("the gap to be counted", DEADLINE, || async {
+        p.metrics().await.contains(&want).then_some(())
+    })
+    .await;
+    p.stop();
+
+    // The topics recreated under the checkpoint: refused, not read as if nothing happened.
+    cdc.stop();
+    let topics = topics_of(&cdc);
+    common::cdc::delete_topics(&topics).await;
+    cdc.start();
+    let consumer: rdkafka::consumer::BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", common::brokers()).create().unwrap();
+    common::eventually("the CDC to recreate its topics", DEADLINE, || {
+        // Right after its creation a partition may have no leader yet: not an error, not yet.
+        use rdkafka::consumer::Consumer;
+        let led = consumer.fetch_watermarks(&orders, 0, Duration::from_secs(5)).is_ok();
+        async move { led.then_some(()) }
+    })
+    .await;
+    p.start(&[]);
+    let status = p.wait(DEADLINE);
+    assert_eq!(status.code(), Some(2), "{}", p.logs());
+    assert!(
+        p.logs().contains("the topic was recreated or the brokers are new")
+            && p.logs().contains("Starting over"),
+        "{}",
+        p.logs()
+    );
+
+    p.cleanup().await;
+    cdc.cleanup(&topics).await;
+    db.drop().await;
+}

@@ -176,3 +176,48 @@ fn has_checkpoint(out: &std::path::Path) -> bool {
         .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("checkpoint-")))
         .unwrap_or(false)
 }
+
+/// The archive records the Kafka cluster its records come from; an archiver reading another
+/// cluster refuses to write there, naming both and what to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_archive_of_another_kafka_cluster_is_refused() {
+    let db = TestDb::seeded().await;
+    let mut cdc = CdcProcess::new(&db.name, &[]);
+    cdc.start();
+    let mut archive = ArchiveProcess::new(&cdc.prefix);
+    archive.start();
+    common::eventually("a first segment", DEADLINE, || {
+        let n = archive.segments().len();
+        async move { (n > 0).then_some(()) }
+    })
+    .await;
+    archive.stop();
+    let recorded = archive.store.join(rainbow_archive::archiver::SOURCE_OBJECT);
+    let cluster = std::fs::read_to_string(&recorded).unwrap();
+    assert!(cluster.starts_with("Kafka cluster ") && cluster.len() > 20, "{cluster:?}");
+
+    // The same archive, as if its records came from another cluster.
+    std::fs::write(&recorded, "Kafka cluster elsewhere").unwrap();
+    archive.start();
+    let status = archive.wait(DEADLINE);
+    assert_eq!(status.code(), Some(2), "{}", archive.logs());
+    let logs = archive.logs();
+    assert!(
+        logs.contains("holds records of Kafka cluster elsewhere, but the brokers are Kafka cluster ")
+            && logs.contains("Starting over"),
+        "{logs}"
+    );
+    // The same cluster again: it resumes.
+    std::fs::write(&recorded, &cluster).unwrap();
+    archive.start();
+    common::eventually("the archiver to run", DEADLINE, || async {
+        archive.metrics().await.contains("rainbow_archive_running 1").then_some(())
+    })
+    .await;
+    archive.stop();
+
+    let topics: Vec<String> = SOURCE_TABLES.iter().map(|t| cdc.topic(t)).collect();
+    archive.remove();
+    cdc.cleanup(&topics).await;
+    db.drop().await;
+}

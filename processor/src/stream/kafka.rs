@@ -148,8 +148,31 @@ impl KafkaSource {
     }
 }
 
+impl KafkaSource {
+    /// Records from `expected` up to `got` were removed before they were read: an error, or
+    /// with `allow_offset_gap` counted and logged.
+    fn gap(&self, topic: &str, partition: i32, expected: i64, got: i64) -> Result<(), ProcessorError> {
+        if !self.config.allow_offset_gap {
+            return Err(ProcessorError::OffsetGap { topic: topic.to_string(), partition, expected, got });
+        }
+        self.metrics.offset_gap_records.with_label_values(&[topic]).inc_by((got - expected) as u64);
+        tracing::error!(
+            topic,
+            partition,
+            expected,
+            got,
+            "records were removed before they were read; going on without them (processor.allow_offset_gap)"
+        );
+        Ok(())
+    }
+}
+
 impl Source for KafkaSource {
     type Error = ProcessorError;
+
+    fn identity(&mut self) -> Result<String, ProcessorError> {
+        Ok(format!("Kafka cluster {}", kafka::cluster_id(self.consumer.client(), Duration::from_secs(10))?))
+    }
 
     fn open(&mut self, resume: &BTreeMap<InputName, i64>) -> Result<Vec<Input>, ProcessorError> {
         let topics: Vec<(Table, String)> =
@@ -171,7 +194,26 @@ impl Source for KafkaSource {
         let mut inputs = Vec::new();
         for (table, topic, partition) in partitions {
             let name = InputName { topic: topic.clone(), partition };
-            let offset = resume.get(&name).copied();
+            // Every topic's series from the start, at 0: the alert's increase() sees the first gap.
+            self.metrics.offset_gap_records.with_label_values(&[&topic]);
+            let mut offset = resume.get(&name).copied();
+            if let Some(at) = offset {
+                // The checkpoint's offset must be within what the partition holds now.
+                let (low, high) =
+                    self.consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
+                if at > high {
+                    return Err(ProcessorError::OffsetBeyondEnd {
+                        topic,
+                        partition,
+                        checkpoint: at,
+                        end: high,
+                    });
+                }
+                if at < low {
+                    self.gap(&topic, partition, at, low)?;
+                    offset = Some(low);
+                }
+            }
             tpl.add_partition_offset(&topic, partition, offset.map_or(Offset::Beginning, Offset::Offset))?;
             let slots = self.by_topic.entry(topic.clone()).or_default();
             if slots.len() <= partition as usize {
@@ -208,6 +250,11 @@ impl Source for KafkaSource {
                     let slot = self.by_topic.get(m.topic()).and_then(|v| v.get(m.partition() as usize));
                     // A partition added after start: picked up at the next restart.
                     let Some(&Some(input)) = slot else { continue };
+                    // Offsets of the CDC's topics are contiguous (no transactions, no compaction).
+                    let expected = intake.next_offset(input);
+                    if m.offset() > expected {
+                        self.gap(m.topic(), m.partition(), expected, m.offset())?;
+                    }
                     intake.record(Record {
                         input,
                         offset: m.offset(),

@@ -90,6 +90,8 @@ pub async fn run(
         }
         other => other,
     };
+    // The endpoints end with the component however it ended: a failure sets no stop signal.
+    endpoints.abort();
     let _ = endpoints.await;
     let summary = |resumed_from| RunSummary {
         resumed_from,

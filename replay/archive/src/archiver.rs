@@ -7,6 +7,11 @@
 //! between writing a segment and committing neither loses nor duplicates a record, and a segment
 //! is never written twice over the same records. Existing objects are never modified or deleted.
 //!
+//! The archive belongs to one Kafka cluster: its id is written to [`SOURCE_OBJECT`] with the
+//! first start, and an archiver reading another cluster refuses to write there. Records removed
+//! from a topic before they were archived (an offset that jumps forward, an archived offset
+//! beyond the partition's end) stop the archiver, unless `allow_offset_gap` (then counted).
+//!
 //! Segments are cut at `segment_max_records`, `segment_max_bytes`, `segment_max_age_ms`, and when
 //! the day of the source commit changes; at shutdown every open segment is written.
 
@@ -27,6 +32,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// The object holding the Kafka cluster id the archive's records come from.
+pub const SOURCE_OBJECT: &str = "_archive/kafka-cluster-id";
 
 /// What a run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -76,6 +84,8 @@ pub async fn run(
     })
     .await;
     metrics.running.set(0);
+    // The endpoints end with the component however it ended: a failure sets no stop signal.
+    endpoints.abort();
     let _ = endpoints.await;
     let total = total.lock().expect("lock").clone();
     outcome.map(|_| total)
@@ -115,6 +125,30 @@ async fn attempt(
         outcome.ok_or_else(|| ArchiveError::Thread("the archiver's thread panicked".into()))?;
     total.lock().expect("lock").add(&summary);
     result
+}
+
+/// Records from `expected` up to `got` were removed before they were archived: an error, or
+/// with `allow_offset_gap` counted and logged.
+fn gap(
+    config: &ArchiveConfig,
+    metrics: &ArchiveMetrics,
+    topic: &str,
+    partition: i32,
+    expected: i64,
+    got: i64,
+) -> Result<(), ArchiveError> {
+    if !config.allow_offset_gap {
+        return Err(ArchiveError::OffsetGap { topic: topic.to_string(), partition, expected, got });
+    }
+    metrics.offset_gap_records.with_label_values(&[topic]).inc_by((got - expected) as u64);
+    tracing::error!(
+        topic,
+        partition,
+        expected,
+        got,
+        "records were removed before they were archived; going on without them (archive.allow_offset_gap)"
+    );
+    Ok(())
 }
 
 /// An open segment of one partition.
@@ -167,6 +201,15 @@ impl Archiver {
             .map_err(|e| ArchiveError::MissingTopic { topic: e.topic })?;
         let partitions: Vec<(String, i32)> =
             topics.iter().zip(counts).flat_map(|(t, n)| (0..n).map(move |p| (t.clone(), p))).collect();
+        // The archive is of one cluster: the first start records it, later ones compare.
+        let cluster =
+            format!("Kafka cluster {}", kafka::cluster_id(consumer.client(), Duration::from_secs(10))?);
+        if rt.block_on(store.put_new(SOURCE_OBJECT, cluster.clone().into_bytes()))? == Created::AlreadyThere {
+            let found = String::from_utf8_lossy(&rt.block_on(store.get(SOURCE_OBJECT))?).to_string();
+            if found != cluster {
+                return Err(ArchiveError::ForeignSource { url: store.url.clone(), found, expected: cluster });
+            }
+        }
         // Resume after the highest archived offset of each partition.
         let mut archived: HashMap<(String, i32), i64> = HashMap::new();
         for topic in config.topics() {
@@ -182,12 +225,29 @@ impl Archiver {
         let mut inputs = Vec::new();
         let mut by_topic: HashMap<String, Vec<usize>> = HashMap::new();
         for (topic, partition) in partitions {
-            let next = archived.get(&(topic.clone(), partition)).map_or(0, |last| last + 1);
+            let mut next = archived.get(&(topic.clone(), partition)).map_or(0, |last| last + 1);
+            if next > 0 {
+                let (low, high) = consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
+                if next > high {
+                    return Err(ArchiveError::OffsetBeyondEnd {
+                        topic,
+                        partition,
+                        archived: next - 1,
+                        end: high,
+                    });
+                }
+                if next < low {
+                    gap(config, &metrics, &topic, partition, next, low)?;
+                    next = low;
+                }
+            }
             tpl.add_partition_offset(
                 &topic,
                 partition,
                 if next == 0 { Offset::Beginning } else { Offset::Offset(next) },
             )?;
+            // Every topic's series from the start, at 0: the alert's increase() sees the first gap.
+            metrics.offset_gap_records.with_label_values(&[&topic]);
             // Partitions arrive in order 0..n per topic, so the position is the partition.
             by_topic.entry(topic.clone()).or_default().push(inputs.len());
             inputs.push(Input { topic, partition, open: None, last_day: None, next });
@@ -236,6 +296,19 @@ impl Archiver {
                         else {
                             continue;
                         };
+                        // Offsets of the CDC's topics are contiguous (no transactions, no compaction).
+                        let input = &self.inputs[i];
+                        let expected = input
+                            .open
+                            .as_ref()
+                            .and_then(|o| o.records.last())
+                            .map_or(input.next, |r| r.offset + 1);
+                        if m.offset() > expected {
+                            gap(&self.config, &self.metrics, m.topic(), m.partition(), expected, m.offset())?;
+                        } else if m.offset() < expected {
+                            // A re-delivery of a record already archived or buffered.
+                            continue;
+                        }
                         let record = ArchivedRecord {
                             topic: self.inputs[i].topic.clone(),
                             partition: m.partition(),

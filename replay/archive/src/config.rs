@@ -25,6 +25,10 @@ pub struct ArchiveConfig {
     /// ... or its first record waited this long (bounds how stale the archive is).
     pub segment_max_age_ms: u64,
     pub metrics_listen: String,
+    /// Whether to go on when records were removed from a topic before they were archived
+    /// (retention, a recreated topic): counted in `offset_gap_records_total` and alerted. Off:
+    /// the archiver stops and says so, since the master dataset would miss those changes.
+    pub allow_offset_gap: bool,
 }
 
 impl Default for ArchiveConfig {
@@ -38,6 +42,7 @@ impl Default for ArchiveConfig {
             segment_max_bytes: 64 << 20,
             segment_max_age_ms: 60_000,
             metrics_listen: "127.0.0.1:9103".into(),
+            allow_offset_gap: false,
         }
     }
 }

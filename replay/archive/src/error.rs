@@ -24,6 +24,26 @@ pub enum ArchiveError {
     Metrics { listen: String, reason: String },
     #[error("the archiver's thread stopped unexpectedly: {0}")]
     Thread(String),
+    #[error(
+        "the archive at {url} holds records of {found}, but the brokers are {expected}: its offsets \
+         belong to another source, and archiving this one there would skip or mix records. Point \
+         storage.url at a new archive, or move the old one away to start over (README, \"Starting over\")"
+    )]
+    ForeignSource { url: String, found: String, expected: String },
+    #[error(
+        "Kafka topic {topic} partition {partition} ends at offset {end}, but the archive holds it up to \
+         offset {archived}: the topic was recreated or the brokers are new. Point storage.url at a new \
+         archive, or move the old one away to start over (README, \"Starting over\")"
+    )]
+    OffsetBeyondEnd { topic: String, partition: i32, archived: i64, end: i64 },
+    #[error(
+        "Kafka topic {topic} partition {partition}: the next offset to archive is {expected}, but the next \
+         record is at offset {got}: {} records were removed (by retention, or the topic was recreated) \
+         before they were archived, and the master dataset would miss them. Set \
+         archive.allow_offset_gap=true to go on without them (counted in \
+         rainbow_archive_offset_gap_records_total)", got - expected
+    )]
+    OffsetGap { topic: String, partition: i32, expected: i64, got: i64 },
 }
 
 impl Classify for ArchiveError {
@@ -33,7 +53,10 @@ impl Classify for ArchiveError {
             ArchiveError::Kafka(_) => Fault::Transient(Dependency::Kafka),
             ArchiveError::Store(StoreError::BadUrl { .. })
             | ArchiveError::Setting(_)
-            | ArchiveError::Metrics { .. } => Fault::Input,
+            | ArchiveError::Metrics { .. }
+            | ArchiveError::ForeignSource { .. }
+            | ArchiveError::OffsetBeyondEnd { .. } => Fault::Input,
+            ArchiveError::OffsetGap { .. } => Fault::Permanent,
             ArchiveError::MissingTopic { .. }
             | ArchiveError::Parquet(_)
             | ArchiveError::Arrow(_)

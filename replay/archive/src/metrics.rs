@@ -24,6 +24,7 @@ pub struct ArchiveMetrics {
     pub existing: IntCounter,
     pub write_duration: Histogram,
     pub consumer_lag: IntGaugeVec,
+    pub offset_gap_records: IntCounterVec,
     pub buffered: IntGauge,
     pub last_segment: IntGauge,
     pub running: IntGauge,
@@ -71,6 +72,10 @@ impl ArchiveMetrics {
                 &["topic", "partition"],
             )
             .expect("metric")),
+            offset_gap_records: reg!(by_topic(
+                "offset_gap_records_total",
+                "Records removed from a topic before they were archived (with archive.allow_offset_gap)"
+            )),
             buffered: reg!(IntGauge::new("buffered_records", "Records in open segments").expect("metric")),
             last_segment: reg!(IntGauge::new(
                 "last_segment_timestamp_seconds",

@@ -107,6 +107,17 @@ impl Drop for ArchiveSource {
 impl Source for ArchiveSource {
     type Error = ReplayError;
 
+    /// The Kafka cluster the archive's records come from (empty for an archive written before
+    /// archives recorded it): a replay checkpoint of another cluster's archive is refused.
+    fn identity(&mut self) -> Result<String, ReplayError> {
+        let object = rainbow_archive::archiver::SOURCE_OBJECT;
+        let listed = self.rt.block_on(self.archive.list(object))?;
+        if listed.iter().all(|(path, _)| path != object) {
+            return Ok(String::new());
+        }
+        Ok(String::from_utf8_lossy(&self.rt.block_on(self.archive.get(object))?).to_string())
+    }
+
     fn open(&mut self, resume: &BTreeMap<InputName, i64>) -> Result<Vec<Input>, ReplayError> {
         let mut inputs = Vec::new();
         for p in &mut self.partitions {

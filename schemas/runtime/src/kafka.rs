@@ -110,6 +110,11 @@ pub fn reachable<C: ClientContext>(client: &Client<C>, timeout: Duration) -> Res
     client.fetch_metadata(None, timeout).map(|_| ())
 }
 
+/// The cluster id of the brokers (KIP-78), which a new cluster does not share with an old one.
+pub fn cluster_id<C: ClientContext>(client: &Client<C>, timeout: Duration) -> Result<String, KafkaError> {
+    client.fetch_cluster_id(timeout).ok_or(KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut))
+}
+
 /// Partitions of `topic`, `None` while it does not exist (or its metadata shows none yet, as
 /// right after its creation).
 pub fn partition_count<C: ClientContext>(client: &Client<C>, topic: &str) -> Option<i32> {
