@@ -522,8 +522,12 @@ fn decode_row(table: Table, json: &str, scales: Option<&Scales>) -> Result<Sourc
     fn parse<'a, T: Deserialize<'a>>(table: Table, json: &'a str) -> Result<T, DecodeError> {
         serde_json::from_str(json).map_err(|e| {
             let text = e.to_string();
-            // serde's messages name the field: "missing field `price`", "invalid type: ..."
-            let field = text.split('`').nth(1).unwrap_or("?").to_string();
+            // "missing field `price`" names it; "invalid type: ..." does not: then the field is
+            // the last key before where the error was found.
+            let field = match text.strip_prefix("missing field `") {
+                Some(rest) => rest.split('`').next().unwrap_or("?").to_string(),
+                None => key_before(json, e.line(), e.column()).unwrap_or("?").to_string(),
+            };
             DecodeError::SchemaDrift { table: table.name(), field, reason: text }
         })
     }
@@ -611,6 +615,16 @@ fn decode_row(table: Table, json: &str, scales: Option<&Scales>) -> Result<Sourc
     })
 }
 
+/// The last object key that starts before `line`:`column` (1-based, as serde_json reports) of
+/// `json`: the field whose value an error was found in.
+fn key_before(json: &str, line: usize, column: usize) -> Option<&str> {
+    let start: usize = json.split_inclusive('\n').take(line.saturating_sub(1)).map(str::len).sum();
+    let before = json.get(..(start + column).min(json.len()))?;
+    let colon = before.rfind("\":")?;
+    let key_start = before[..colon].rfind('"')? + 1;
+    Some(&before[key_start..colon])
+}
+
 #[derive(Deserialize)]
 struct IdName {
     id: i64,
@@ -622,7 +636,11 @@ struct RawCustomer {
     id: i64,
     name: String,
     email: String,
+    // A nullable column must be present (null or a value): absent, it was dropped or renamed,
+    // and the event is schema drift rather than a row with a defaulted NULL.
+    #[serde(deserialize_with = "Option::deserialize")]
     phone: Option<String>,
+    #[serde(deserialize_with = "Option::deserialize")]
     address: Option<String>,
 }
 
@@ -656,6 +674,7 @@ struct RawProduct<'a> {
     category_id: i64,
     seller_id: i64,
     brand_id: i64,
+    #[serde(deserialize_with = "Option::deserialize")]
     promotion_id: Option<i64>,
 }
 
@@ -675,6 +694,7 @@ struct RawLine<'a> {
     quantity: i64,
     #[serde(borrow)]
     price: Numeric<'a>,
+    #[serde(deserialize_with = "Option::deserialize")]
     promotion_id: Option<i64>,
 }
 
@@ -788,6 +808,17 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(decode(Some(b"{not json")), Err(DecodeError::Malformed(_))));
+        // A nullable column that is absent (dropped, renamed) is drift, not NULL.
+        let no_phone = br#"{"after":{"id":1,"name":"a","email":"e","address":null},"source":{"ts_ms":5,"table":"customers","lsn":5,"sequence":"[\"6\",\"5\"]"},"op":"c"}"#;
+        match decode(Some(no_phone)) {
+            Err(DecodeError::SchemaDrift { table: "customers", field, .. }) => assert_eq!(field, "phone"),
+            other => panic!("{other:?}"),
+        }
+        let mistyped = br#"{"after":{"order_id":1,"product_id":2,"quantity":"A+g=","price":"1.00","promotion_id":null},"source":{"ts_ms":5,"table":"orderdetails","lsn":5,"sequence":"[\"6\",\"5\"]"},"op":"c"}"#;
+        match decode(Some(mistyped)) {
+            Err(DecodeError::SchemaDrift { table: "orderdetails", field, .. }) => assert_eq!(field, "quantity"),
+            other => panic!("{other:?}"),
+        }
         let bad_op =
             br#"{"after":{"id":1,"name":"x"},"source":{"ts_ms":5,"table":"brands","lsn":5},"op":"x"}"#;
         assert_eq!(decode(Some(bad_op)), Err(DecodeError::UnknownOp("x".into())));

@@ -701,3 +701,161 @@ async fn records_removed_before_they_were_read_and_recreated_topics_stop_the_pro
     cdc.cleanup(&topics).await;
     db.drop().await;
 }
+
+/// The archived values of every record of `topic` under the master dataset `store`.
+async fn archived_values(store: &std::path::Path, topic: &str) -> Vec<Vec<u8>> {
+    let objects = rainbow_runtime::store::Store::open(store.to_str().unwrap()).unwrap();
+    let mut values = Vec::new();
+    for (rel, t, ..) in common::archive::segments(store) {
+        if t != topic {
+            continue;
+        }
+        let data = objects.get(&rel).await.unwrap();
+        let mut reader = rainbow_archive::master::SegmentReader::open(&rel, data, 1000).unwrap();
+        while let Some(batch) = reader.next_batch().unwrap() {
+            values.extend(batch.into_iter().filter_map(|r| r.value));
+        }
+    }
+    values
+}
+
+/// The dead letters' reasons so far (from the dead-letter topic).
+async fn parked_reasons(p: &ProcessorProcess, at_least: usize) -> Vec<String> {
+    let parked = read_until(std::slice::from_ref(&p.dead_letter_topic), DEADLINE, "the parked events", |r| {
+        r.len() >= at_least
+    })
+    .await;
+    parked
+        .iter()
+        .map(|r| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == "rainbow.dlq.reason")
+                .map(|(_, v)| String::from_utf8_lossy(v).to_string())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The captured tables change while orders stream, as databases do: a column added (carried
+/// through and kept in the archive), a column the pipeline does not need dropped, a table's
+/// primary key changed, a new table added to the capture (archived without restarting the
+/// archiver): the warehouse stays equal to PostgreSQL. A column the pipeline needs renamed and a
+/// type it cannot represent: those events are parked with their reason and counted, never
+/// defaulted. Then a replay of the archive equals the warehouse, table by table.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_captured_tables_change_while_streaming() {
+    let db = TestDb::seeded().await;
+    let mut cdc = cdc_for(&db);
+    cdc.start();
+    let mut p = ProcessorProcess::new(&cdc.prefix);
+    p.start(&[]);
+    let mut archive = common::archive::ArchiveProcess::new(&cdc.prefix);
+    archive.start();
+    place_orders(&db.pool, 0, 10).await;
+
+    let exec = |sql: &'static str| common::source::exec(&db.pool, sql);
+    // A new column; a column nothing downstream reads dropped; a new primary key of the lines.
+    exec("ALTER TABLE orders ADD COLUMN channel TEXT NOT NULL DEFAULT 'web'").await;
+    exec("ALTER TABLE promotions DROP COLUMN end_date").await;
+    exec("UPDATE promotions SET name = name || ' (spring)' WHERE id IN (1, 2)").await;
+    exec(
+        "ALTER TABLE orderdetails DROP CONSTRAINT orderdetails_pkey,
+         ADD COLUMN line_id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+    )
+    .await;
+    place_orders(&db.pool, 10, 20).await;
+    churn(&db.pool).await;
+    // A new table, added to the capture: the CDC restarts with it, the others go on.
+    exec("CREATE TABLE returns (id BIGINT PRIMARY KEY, order_id BIGINT NOT NULL, reason TEXT)").await;
+    exec("ALTER TABLE returns REPLICA IDENTITY FULL").await;
+    cdc.stop();
+    let tables = SOURCE_TABLES.join(",") + ",returns";
+    cdc.set_env("RAINBOW_CDC__TABLES", &tables);
+    cdc.start();
+    exec("INSERT INTO returns VALUES (1, 3, 'too small'), (2, 5, NULL)").await;
+    place_orders(&db.pool, 30, 10).await;
+
+    caught_up(&db.pool, &p).await;
+    assert_views_match_the_source(&db.pool, &p.database).await;
+    let promotions =
+        pg_rows(&db.pool, "SELECT id, name FROM promotions WHERE id IN (1, 2) ORDER BY id").await;
+    let sql = format!(
+        "SELECT promotion_id, name FROM {}.dim_promotions FINAL WHERE is_current = 1 AND promotion_id IN (1, 2)
+         ORDER BY promotion_id",
+        p.database
+    );
+    assert_eq!(clickhouse(&sql).await.unwrap(), promotions);
+    let metrics = p.metrics().await;
+    assert!(metrics.contains("rainbow_processor_dead_letters_total{reason=\"schema_drift\"} 0"), "{metrics}");
+
+    // The archive keeps the new column, and archives the new table's topic without a restart.
+    let returns = cdc.topic("returns");
+    common::eventually("the new table's records in the archive", DEADLINE, || async {
+        (archived_values(&archive.store, &returns).await.len() == 2).then_some(())
+    })
+    .await;
+    let orders_topic = cdc.topic("orders");
+    common::eventually("the new orders, with their new column, in the archive", DEADLINE, || async {
+        let with_channel = archived_values(&archive.store, &orders_topic)
+            .await
+            .iter()
+            .filter(|v| String::from_utf8_lossy(v).contains("\"channel\":\"web\""))
+            .count();
+        (with_channel >= 30).then_some(())
+    })
+    .await;
+    assert!(archive.logs().contains("archiving a new topic of the CDC"), "{}", archive.logs());
+
+    // A column the dimension needs, renamed: parked with its reason, not a NULL phone.
+    exec("ALTER TABLE customers RENAME COLUMN phone TO phone_number").await;
+    exec("UPDATE customers SET name = name || ' Jr.' WHERE id = 1").await;
+    let reasons = parked_reasons(&p, 1).await;
+    assert!(reasons[0].contains("schema drift in customers.phone"), "{reasons:?}");
+    // A type the money model cannot hold (fractional quantities): the lines are parked.
+    exec("ALTER TABLE orderdetails ALTER COLUMN quantity TYPE NUMERIC(10,3)").await;
+    let before: i64 = sqlx::query_scalar("SELECT max(id) FROM orders").fetch_one(&db.pool).await.unwrap();
+    place_orders(&db.pool, 40, 1).await;
+    let lines: i64 = sqlx::query_scalar("SELECT count(*) FROM orderdetails WHERE order_id > $1")
+        .bind(before)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let reasons = parked_reasons(&p, 1 + lines as usize).await;
+    assert_eq!(reasons.len() as i64, 1 + lines, "{reasons:?}");
+    assert!(reasons[1..].iter().all(|r| r.contains("schema drift in orderdetails.quantity")), "{reasons:?}");
+    let want = format!("rainbow_processor_dead_letters_total{{reason=\"schema_drift\"}} {}", 1 + lines);
+    common::eventually("the parked events counted", DEADLINE, || async {
+        p.metrics().await.contains(&want).then_some(())
+    })
+    .await;
+    // Everything before the parked lines is exact.
+    let want = pg_rows(
+        &db.pool,
+        &format!("SELECT count(*), sum(quantity * price)::numeric(38,2) FROM orderdetails WHERE order_id <= {before}"),
+    )
+    .await;
+    let sql = format!(
+        "SELECT count(), sum(extended_sales_amount) FROM {}.fact_sales FINAL WHERE is_deleted = 0",
+        p.database
+    );
+    assert_eq!(clickhouse(&sql).await.unwrap(), want);
+
+    // The Kappa invariant across all of it: the replay of the archive equals the warehouse.
+    let topics: Vec<String> = SOURCE_TABLES.iter().map(|t| cdc.topic(t)).collect();
+    let ends = common::archive::end_offsets(&topics);
+    common::archive::assert_every_offset_once(&archive.store, &ends, DEADLINE).await;
+    p.stop();
+    archive.stop();
+    let out = archive.dir.join("replay");
+    let (ok, text) = common::replay::replay(&cdc.prefix, &archive.store, &out, &[]);
+    assert!(ok, "{text}");
+    common::replay::assert_same_as_clickhouse(&out, &p.database).await;
+
+    archive.remove();
+    p.cleanup().await;
+    let mut all = topics_of(&cdc);
+    all.push(returns);
+    cdc.cleanup(&all).await;
+    db.drop().await;
+}

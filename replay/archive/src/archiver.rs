@@ -7,6 +7,10 @@
 //! between writing a segment and committing neither loses nor duplicates a record, and a segment
 //! is never written twice over the same records. Existing objects are never modified or deleted.
 //!
+//! Besides the captured tables' topics, every topic of the CDC's naming (`<prefix>.<schema>.`)
+//! is archived, also one that appears while the archiver runs (a table added to the capture):
+//! it is picked up within seconds, from its first offset, without a restart.
+//!
 //! The archive belongs to one Kafka cluster: its id is written to [`SOURCE_OBJECT`] with the
 //! first start, and an archiver reading another cluster refuses to write there. Records removed
 //! from a topic before they were archived (an offset that jumps forward, an archived offset
@@ -127,6 +131,22 @@ async fn attempt(
     result
 }
 
+/// Topics of the CDC's naming (`<prefix>.<schema>.<table>`) that exist and are not in `known`
+/// (none when the brokers do not answer: the next look finds them).
+fn new_topics(consumer: &BaseConsumer, config: &ArchiveConfig, known: &[String]) -> Vec<String> {
+    let prefix = config.topic_for("");
+    let Ok(md) = consumer.fetch_metadata(None, Duration::from_secs(5)) else { return Vec::new() };
+    let mut found: Vec<String> = md
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.name().to_string())
+        .filter(|name| name.starts_with(&prefix) && name.len() > prefix.len() && !known.contains(name))
+        .collect();
+    found.sort();
+    found
+}
+
 /// Records from `expected` up to `got` were removed before they were archived: an error, or
 /// with `allow_offset_gap` counted and logged.
 fn gap(
@@ -196,7 +216,8 @@ impl Archiver {
             .set("fetch.wait.max.ms", "100")
             .create()?;
         // Partitions of every topic: wait for the CDC to create them.
-        let topics = config.topics();
+        let mut topics = config.topics();
+        topics.extend(new_topics(&consumer, config, &topics));
         let counts = kafka::wait_for_partitions(consumer.client(), &topics, "the CDC", &stop, None)
             .map_err(|e| ArchiveError::MissingTopic { topic: e.topic })?;
         let partitions: Vec<(String, i32)> =
@@ -212,7 +233,7 @@ impl Archiver {
         }
         // Resume after the highest archived offset of each partition.
         let mut archived: HashMap<(String, i32), i64> = HashMap::new();
-        for topic in config.topics() {
+        for topic in &topics {
             let listed = rt.block_on(store.list(&format!("master/{topic}")))?;
             for (path, _) in listed {
                 if let Some(s) = SegmentName::parse(&path) {
@@ -347,6 +368,7 @@ impl Archiver {
             if Instant::now() >= next_lag {
                 next_lag = Instant::now() + Duration::from_secs(5);
                 self.update_lag();
+                self.pick_up_new_topics()?;
             }
         }
         for i in 0..self.inputs.len() {
@@ -438,6 +460,33 @@ impl Archiver {
         tpl.add_partition_offset(&name.topic, name.partition, Offset::Offset(last + 1))?;
         if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
             tracing::debug!(error = %e, "committing archived offsets failed (monitoring only)");
+        }
+        Ok(())
+    }
+
+    /// Starts archiving the topics of the CDC's naming that appeared since the start, from their
+    /// first offset.
+    fn pick_up_new_topics(&mut self) -> Result<(), ArchiveError> {
+        let known: Vec<String> = self.by_topic.keys().cloned().collect();
+        let mut tpl = TopicPartitionList::new();
+        for topic in new_topics(&self.consumer, &self.config, &known) {
+            let Some(n) = kafka::partition_count(self.consumer.client(), &topic) else { continue };
+            self.metrics.offset_gap_records.with_label_values(&[&topic]);
+            for partition in 0..n {
+                tpl.add_partition_offset(&topic, partition, Offset::Beginning)?;
+                self.by_topic.entry(topic.clone()).or_default().push(self.inputs.len());
+                self.inputs.push(Input {
+                    topic: topic.clone(),
+                    partition,
+                    open: None,
+                    last_day: None,
+                    next: 0,
+                });
+            }
+            tracing::info!(%topic, partitions = n, "archiving a new topic of the CDC");
+        }
+        if tpl.count() > 0 {
+            self.consumer.incremental_assign(&tpl)?;
         }
         Ok(())
     }
