@@ -223,10 +223,18 @@ async fn attempt(
     conn.exec("SET DateStyle = 'ISO, YMD'")?;
     conn.exec("SET TimeZone = 'UTC'")?;
     let mut slot_exists = slot.is_some();
-    if slot_exists && need_snapshot && config.snapshot_mode != SnapshotMode::Always {
-        // A slot without a completed snapshot: a previous run stopped during the snapshot. Its
-        // exported snapshot is gone, so start over with a new slot.
-        tracing::warn!(slot = %config.slot_name, "the slot's initial snapshot never completed; recreating the slot to take it again");
+    if slot_exists && need_snapshot {
+        if config.snapshot_mode == SnapshotMode::Always {
+            // A snapshot must meet the stream at one position, which only a new slot's exported
+            // snapshot gives: everything before its consistent point is in the snapshot (rows
+            // changed or deleted meanwhile included, which consumers reconcile), everything after
+            // it is streamed.
+            tracing::info!(slot = %config.slot_name, "snapshot mode always: recreating the slot for a new snapshot");
+        } else {
+            // A slot without a completed snapshot: a previous run stopped during the snapshot. Its
+            // exported snapshot is gone, so start over with a new slot.
+            tracing::warn!(slot = %config.slot_name, "the slot's initial snapshot never completed; recreating the slot to take it again");
+        }
         conn.exec(&format!("DROP_REPLICATION_SLOT {} WAIT", catalog::quote_ident(&config.slot_name)))?;
         slot_exists = false;
     }

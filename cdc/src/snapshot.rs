@@ -26,8 +26,8 @@ pub enum SnapshotOutcome {
 
 /// What to snapshot and how to label it.
 pub struct SnapshotRequest<'a> {
-    /// The slot's exported snapshot; without it the snapshot is the transaction's own (snapshot
-    /// mode `always` on an existing slot, where the stream then repeats changes the snapshot saw).
+    /// The slot's exported snapshot, which meets the stream exactly at `at`; without it the
+    /// snapshot is the transaction's own.
     pub exported: Option<&'a str>,
     /// The slot's consistent point: every event's `source.lsn`.
     pub at: Lsn,

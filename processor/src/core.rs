@@ -29,6 +29,13 @@
 //! and brand names, so renaming either versions every product that carries it. Surrogate keys are
 //! a hash of (dimension, natural id, position of the opening event).
 //!
+//! Snapshots reconcile: a snapshot row is an upsert like any other (an unchanged row opens
+//! nothing, a changed one a new version at the snapshot's consistent point), and once the merge
+//! is past a table's snapshot rows (a later event, or [`Core::seal_before`]), the rows of that
+//! table the snapshot did not deliver are removed as deletes at the consistent point: they were
+//! deleted while nothing captured them (a second snapshot of the source: snapshot mode `always`,
+//! a slot recreated after its loss). A table the snapshot delivered no row of is left as it is.
+//!
 //! Facts join the dimension versions that were current when their order was applied (as-of the
 //! order's commit); a line added to an order later still joins the versions of the order's commit.
 
@@ -486,11 +493,22 @@ pub struct State {
     lines: BTreeMap<(i64, i64), LineState>,
     dates: BTreeSet<u32>,
     aggregates: Aggregates,
+    /// The snapshot rows of one table being applied, and the keys they delivered.
+    scan: Option<Scan>,
     last: Option<Position>,
     events: u64,
     /// Emit changed aggregates at the next transaction boundary (see [`Core::request_seal`]);
     /// part of the state so that a resumed core emits exactly when the uninterrupted one would.
     seal_requested: bool,
+}
+
+/// A table's snapshot rows being applied (they share one position): the keys seen so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Scan {
+    at: Position,
+    /// Commit time of the snapshot rows, seconds.
+    time: u32,
+    seen: BTreeSet<(i64, i64)>,
 }
 
 /// Counts of what the core holds: the state-size metrics.
@@ -590,7 +608,23 @@ impl Core {
             version: at.version(),
             time: (event.ts_ms.max(0) / 1000).min(i64::from(u32::MAX)) as u32,
         };
+        // A table's snapshot rows share one position (the CDC's); rows of the same snapshot and
+        // table at other positions (other producers) belong to the same scan.
+        let same_scan = |scan: &Scan| {
+            event.op == Op::Read && at.version() == scan.at.version() && at.table == scan.at.table
+        };
+        if self.state.scan.as_ref().is_some_and(|scan| !same_scan(scan)) {
+            self.finish_scan(out);
+        }
         self.dispatch(event, ctx, out)?;
+        if event.op == Op::Read && at.is_snapshot() {
+            if let Some(row) = &event.after {
+                let scan =
+                    self.state.scan.get_or_insert_with(|| Scan { at, time: ctx.time, seen: BTreeSet::new() });
+                scan.at = scan.at.max(at);
+                scan.seen.insert(row_key(row));
+            }
+        }
         self.state.last = Some(at);
         self.state.events += 1;
         Ok(())
@@ -606,6 +640,9 @@ impl Core {
     /// Seals the current transaction if every event before `frontier` has been applied and the
     /// last applied event's transaction ends before it: emits the changed aggregate groups.
     pub fn seal_before(&mut self, frontier: Position, out: &mut Outputs) {
+        if self.state.scan.as_ref().is_some_and(|scan| scan.at < frontier) {
+            self.finish_scan(out);
+        }
         if matches!(self.state.last, Some(last) if last.commit < frontier.commit) {
             self.seal(out);
         }
@@ -827,40 +864,58 @@ impl Core {
 
     /// TRUNCATE: every row of the table goes, as if deleted one by one (in key order).
     fn truncate(&mut self, table: Table, ctx: Ctx, out: &mut Outputs) {
+        self.retain(table, &|_| false, ctx, out);
+    }
+
+    /// The end of a table's snapshot rows: its rows the snapshot did not deliver are deleted.
+    fn finish_scan(&mut self, out: &mut Outputs) {
+        let Some(scan) = self.state.scan.take() else { return };
+        let table = Table::ALL[usize::from(scan.at.table)];
+        let ctx = Ctx { at: scan.at, version: scan.at.version(), time: scan.time };
+        self.retain(table, &|key| scan.seen.contains(&key), ctx, out);
+    }
+
+    /// Deletes every row of `table` whose key ([`row_key`]) `keep` refuses, in key order.
+    fn retain(&mut self, table: Table, keep: &dyn Fn((i64, i64)) -> bool, ctx: Ctx, out: &mut Outputs) {
         let s = &mut self.state;
+        let gone = |ids: Vec<i64>| -> Vec<i64> { ids.into_iter().filter(|id| !keep((*id, 0))).collect() };
         match table {
-            Table::Brands => s.brands.clear(),
-            Table::Categories => s.categories.clear(),
+            Table::Brands => s.brands.retain(|id, _| keep((*id, 0))),
+            Table::Categories => s.categories.retain(|id, _| keep((*id, 0))),
             Table::Customers => {
-                for (id, m) in s.customers.iter_mut() {
-                    close(m, *id, ctx, out);
+                for id in gone(s.customers.keys().copied().collect()) {
+                    close(s.customers.get_mut(&id).expect("listed"), id, ctx, out);
                 }
             }
             Table::Sellers => {
-                for (id, m) in s.sellers.iter_mut() {
-                    close(m, *id, ctx, out);
+                for id in gone(s.sellers.keys().copied().collect()) {
+                    close(s.sellers.get_mut(&id).expect("listed"), id, ctx, out);
                 }
             }
             Table::Payments => {
-                for (id, m) in s.payments.iter_mut() {
-                    close(m, *id, ctx, out);
+                for id in gone(s.payments.keys().copied().collect()) {
+                    close(s.payments.get_mut(&id).expect("listed"), id, ctx, out);
                 }
             }
             Table::Promotions => {
-                for (id, m) in s.promotions.iter_mut() {
-                    close(m, *id, ctx, out);
+                for id in gone(s.promotions.keys().copied().collect()) {
+                    close(s.promotions.get_mut(&id).expect("listed"), id, ctx, out);
                 }
             }
             Table::Products => {
-                for (id, m) in s.products.iter_mut() {
-                    close(m, *id, ctx, out);
+                let ids: BTreeSet<i64> = s.products.keys().chain(s.product_sources.keys()).copied().collect();
+                for id in gone(ids.into_iter().collect()) {
+                    if let Some(m) = s.products.get_mut(&id) {
+                        close(m, id, ctx, out);
+                    }
+                    if let Some(src) = s.product_sources.remove(&id) {
+                        remove_index(&mut s.products_by_brand, src.brand_id, id);
+                        remove_index(&mut s.products_by_category, src.category_id, id);
+                    }
                 }
-                s.product_sources.clear();
-                s.products_by_brand.clear();
-                s.products_by_category.clear();
             }
             Table::Orders => {
-                let mut ids: Vec<i64> = s.orders.keys().copied().collect();
+                let mut ids = gone(s.orders.keys().copied().collect());
                 ids.sort_unstable();
                 for id in ids {
                     if let Some(order) = self.state.orders.remove(&id) {
@@ -869,7 +924,7 @@ impl Core {
                 }
             }
             Table::Orderdetails => {
-                let keys: Vec<(i64, i64)> = s.lines.keys().copied().collect();
+                let keys: Vec<(i64, i64)> = s.lines.keys().copied().filter(|k| !keep(*k)).collect();
                 for (o, p) in keys {
                     self.delete_line(o, p, ctx, out);
                 }

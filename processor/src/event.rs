@@ -63,9 +63,12 @@ impl Table {
 
 /// Where an event sits in source commit order.
 ///
-/// `commit` is the LSN of the transaction's commit record (Rainbow's `source.sequence[0]`), 0 for
-/// snapshot rows, which precede every streamed transaction. `change` is the LSN of the row change
-/// (`source.lsn`); for snapshot rows, the snapshot's consistent point. Ordering by
+/// `commit` is the LSN of the transaction's commit record (Rainbow's `source.sequence[0]`).
+/// `change` is the LSN of the row change (`source.lsn`), below its commit's. A snapshot row
+/// (`source.sequence` `[null, <consistent point>]`) sits just below the snapshot's consistent
+/// point: `commit` = the point - 1, `change` = the point, so it follows everything streamed
+/// before the snapshot (a later snapshot of the source, too, is applied in its place rather than
+/// dropped) and precedes everything streamed after it; `change > commit` marks it. Ordering by
 /// `(commit, change, table)` is commit order; equal triples are rows of one multi-row write (or
 /// one snapshot table), whose relative order does not matter to the core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
@@ -80,26 +83,38 @@ impl Position {
 
     /// A change's position on the wire, tie-broken by its table.
     pub fn new(at: CommitPosition, table: Table) -> Position {
+        if at.commit == 0 {
+            return Position::snapshot(at.change, table);
+        }
         Position { commit: at.commit, change: at.change, table: table.rank() }
+    }
+
+    /// The position of a row of a snapshot whose consistent point is `at`.
+    pub fn snapshot(at: u64, table: Table) -> Position {
+        Position { commit: at.saturating_sub(1), change: at, table: table.rank() }
     }
 
     /// The position as the wire carries it (without the table).
     pub fn commit_position(&self) -> CommitPosition {
+        if self.is_snapshot() {
+            return CommitPosition { commit: 0, change: self.change };
+        }
         CommitPosition { commit: self.commit, change: self.change }
     }
 
     /// The version stamped on every output row this event produces: the commit LSN, or for a
     /// snapshot row the snapshot's consistent point (below every later commit LSN).
     pub fn version(&self) -> u64 {
-        if self.commit == 0 {
+        if self.is_snapshot() {
             self.change
         } else {
             self.commit
         }
     }
 
+    /// A snapshot row (a streamed change's LSN is below its commit's).
     pub fn is_snapshot(&self) -> bool {
-        self.commit == 0
+        self.change > self.commit
     }
 }
 
@@ -816,7 +831,9 @@ mod tests {
         }
         let mistyped = br#"{"after":{"order_id":1,"product_id":2,"quantity":"A+g=","price":"1.00","promotion_id":null},"source":{"ts_ms":5,"table":"orderdetails","lsn":5,"sequence":"[\"6\",\"5\"]"},"op":"c"}"#;
         match decode(Some(mistyped)) {
-            Err(DecodeError::SchemaDrift { table: "orderdetails", field, .. }) => assert_eq!(field, "quantity"),
+            Err(DecodeError::SchemaDrift { table: "orderdetails", field, .. }) => {
+                assert_eq!(field, "quantity")
+            }
             other => panic!("{other:?}"),
         }
         let bad_op =

@@ -656,3 +656,91 @@ fn same_input_same_bytes_and_checkpoints_resume_exactly() {
     joined.append(&mut resumed.out.clone());
     assert_eq!(joined, a.out);
 }
+
+/// A second snapshot of the source reconciles: unchanged rows open nothing, changed ones a new
+/// version at its consistent point, rows it does not deliver (deleted while nothing captured
+/// them) are closed or removed, in every dimension and fact; SCD2 history stays contiguous with
+/// one current version per id.
+#[test]
+fn a_second_snapshot_reconciles_rows_changed_and_deleted_while_nothing_captured_them() {
+    let snap = |at: u64, ts_s: i64, row: SourceRow| ChangeEvent {
+        op: Op::Read,
+        position: Position::snapshot(at, table_of(&row)),
+        ts_ms: ts_s * 1000,
+        before: None,
+        after: Some(row),
+    };
+    let t0 = 1_722_470_400;
+    let mut feed = Feed::new();
+    let first = [
+        SourceRow::Brand(Brand { id: 1, name: "Acme".into() }),
+        SourceRow::Category(Category { id: 1, name: "Phones".into() }),
+        customer(1, "An", "an@x"),
+        customer(2, "Binh", "binh@x"),
+        customer(3, "Chi", "chi@x"),
+        SourceRow::Payment(Payment { id: 1, method: "Cash".into() }),
+        SourceRow::Product(product(1, 100, 1, 1, None)),
+        order(10, 1, 1, t0),
+        order(11, 3, 1, t0),
+        line(10, 1, 2, 100, None),
+        line(11, 1, 1, 100, None),
+    ];
+    let mut first = first.map(|r| snap(1_000, t0, r)).to_vec();
+    first.sort_by_key(|e| e.position);
+    for e in &first {
+        feed.apply(e);
+    }
+    // Streamed: customer 2 renamed.
+    let mut s = Script { commit: 0, change: 2_000, ts_s: t0 + 60 };
+    s.tx();
+    feed.apply(&s.u(customer(2, "Binh", "binh@x"), customer(2, "Binh II", "binh@x")));
+    feed.seal();
+
+    // Nothing captured for a while: customer 2 renamed again, customer 3 and its order deleted,
+    // customer 4 added, line (10, 1) changed. Then a new snapshot at 90,000.
+    let t1 = t0 + 3_600;
+    let second = [
+        SourceRow::Brand(Brand { id: 1, name: "Acme".into() }),
+        SourceRow::Category(Category { id: 1, name: "Phones".into() }),
+        customer(1, "An", "an@x"),
+        customer(2, "Binh III", "binh@x"),
+        customer(4, "Dung", "dung@x"),
+        SourceRow::Payment(Payment { id: 1, method: "Cash".into() }),
+        SourceRow::Product(product(1, 100, 1, 1, None)),
+        order(10, 1, 1, t0),
+        line(10, 1, 5, 100, None),
+    ];
+    let mut second = second.map(|r| snap(90_000, t1, r)).to_vec();
+    second.sort_by_key(|e| e.position);
+    assert!(second[0].position > s.ev(Op::Create, None, Some(customer(9, "x", "x"))).position);
+    for e in &second {
+        feed.apply(e);
+    }
+    feed.seal();
+
+    let current = |id: i64| {
+        let v: Vec<_> =
+            feed.tables.dim_customers.rows().filter(|c| c.customer_id == id && c.is_current == 1).collect();
+        assert!(v.len() <= 1, "one current version of customer {id}: {v:?}");
+        v.first().map(|c| (c.name.clone(), c.version))
+    };
+    assert_eq!(current(1), Some(("An".to_string(), 1_000)), "unchanged: no new version");
+    assert_eq!(current(2), Some(("Binh III".to_string(), 90_000)));
+    assert_eq!(current(3), None, "deleted while nothing captured it: closed");
+    assert_eq!(current(4), Some(("Dung".to_string(), 90_000)));
+    // History of customer 2: three versions, each closed when the next opened.
+    let mut history: Vec<_> = feed.tables.dim_customers.rows().filter(|c| c.customer_id == 2).collect();
+    history.sort_by_key(|c| c.valid_from);
+    assert_eq!(history.len(), 3, "{history:?}");
+    for pair in history.windows(2) {
+        assert_eq!(pair[0].valid_to, pair[1].valid_from, "contiguous: {history:?}");
+    }
+    let closed = feed.tables.dim_customers.rows().find(|c| c.customer_id == 3).unwrap();
+    assert_eq!((closed.is_current, closed.valid_to, closed.version), (0, t1 as u32, 90_000));
+    // Facts: the order deleted while nothing captured it is retracted, the changed line updated.
+    let live: Vec<_> = feed.tables.fact_sales.rows().filter(|f| f.is_deleted == 0).collect();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!((live[0].order_transaction, live[0].sales_quantity), (10, 5));
+    let total = feed.tables.agg_total_sales.rows().next().unwrap();
+    assert_eq!(total.total_sales_quantity, 5);
+}

@@ -72,8 +72,9 @@ fn write_archive(dir: &std::path::Path, events: &[ChangeEvent]) {
                 key: Some(key),
                 value: Some(value),
                 timestamp_ms: e.map(|e| e.ts_ms),
-                commit_lsn: e.map(|e| e.position.commit),
-                change_lsn: e.map(|e| e.position.change),
+                // As the archiver records them: the wire's position (a snapshot row's commit is 0).
+                commit_lsn: e.map(|e| e.position.commit_position().commit),
+                change_lsn: e.map(|e| e.position.commit_position().change),
             },
             d,
         ));

@@ -193,7 +193,7 @@ impl Workload {
             .map(|row| {
                 let e = ChangeEvent {
                     op: Op::Read,
-                    position: Position { commit: 0, change: cp, table: table_of(&row).rank() },
+                    position: Position::snapshot(cp, table_of(&row)),
                     ts_ms: ts,
                     before: None,
                     after: Some(row),
