@@ -34,7 +34,8 @@
 //! is past a table's snapshot rows (a later event, or [`Core::seal_before`]), the rows of that
 //! table the snapshot did not deliver are removed as deletes at the consistent point: they were
 //! deleted while nothing captured them (a second snapshot of the source: snapshot mode `always`,
-//! a slot recreated after its loss). A table the snapshot delivered no row of is left as it is.
+//! a slot recreated after its loss). Tables come in rank order, so a table a snapshot skips (and,
+//! once the merge is past the snapshot, every table after its last) had no row: all its rows go.
 //!
 //! Facts join the dimension versions that were current when their order was applied (as-of the
 //! order's commit); a line added to an order later still joins the versions of the order's commit.
@@ -495,6 +496,8 @@ pub struct State {
     aggregates: Aggregates,
     /// The snapshot rows of one table being applied, and the keys they delivered.
     scan: Option<Scan>,
+    /// The snapshot being applied: its version and the rank of the next table it may deliver.
+    snapshot: Option<SnapshotProgress>,
     last: Option<Position>,
     events: u64,
     /// Emit changed aggregates at the next transaction boundary (see [`Core::request_seal`]);
@@ -509,6 +512,16 @@ struct Scan {
     /// Commit time of the snapshot rows, seconds.
     time: u32,
     seen: BTreeSet<(i64, i64)>,
+}
+
+/// A snapshot being applied (its tables come in rank order): tables it skips delivered no row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct SnapshotProgress {
+    version: u64,
+    /// Commit time of the snapshot rows, seconds.
+    time: u32,
+    /// Tables of lower rank are done.
+    next_rank: u8,
 }
 
 /// Counts of what the core holds: the state-size metrics.
@@ -616,6 +629,20 @@ impl Core {
         if self.state.scan.as_ref().is_some_and(|scan| !same_scan(scan)) {
             self.finish_scan(out);
         }
+        let snapshot_row = event.op == Op::Read && at.is_snapshot();
+        if self.state.snapshot.as_ref().is_some_and(|p| !snapshot_row || p.version != at.version()) {
+            self.finish_snapshot(out);
+        }
+        if snapshot_row {
+            let p = self.state.snapshot.get_or_insert(SnapshotProgress {
+                version: at.version(),
+                time: ctx.time,
+                next_rank: 0,
+            });
+            let (skipped, time) = (p.next_rank..at.table, p.time);
+            p.next_rank = p.next_rank.max(at.table + 1);
+            self.empty_tables(skipped, at.version(), time, out);
+        }
         self.dispatch(event, ctx, out)?;
         if event.op == Op::Read && at.is_snapshot() {
             if let Some(row) = &event.after {
@@ -642,6 +669,11 @@ impl Core {
     pub fn seal_before(&mut self, frontier: Position, out: &mut Outputs) {
         if self.state.scan.as_ref().is_some_and(|scan| scan.at < frontier) {
             self.finish_scan(out);
+        }
+        if self.state.snapshot.as_ref().is_some_and(|p| {
+            frontier > Position { commit: p.version.saturating_sub(1), change: p.version, table: u8::MAX }
+        }) {
+            self.finish_snapshot(out);
         }
         if matches!(self.state.last, Some(last) if last.commit < frontier.commit) {
             self.seal(out);
@@ -873,6 +905,22 @@ impl Core {
         let table = Table::ALL[usize::from(scan.at.table)];
         let ctx = Ctx { at: scan.at, version: scan.at.version(), time: scan.time };
         self.retain(table, &|key| scan.seen.contains(&key), ctx, out);
+    }
+
+    /// The end of a snapshot: the tables after the last one it delivered rows of had none.
+    fn finish_snapshot(&mut self, out: &mut Outputs) {
+        self.finish_scan(out);
+        let Some(p) = self.state.snapshot.take() else { return };
+        self.empty_tables(p.next_rank..Table::ALL.len() as u8, p.version, p.time, out);
+    }
+
+    /// Every row of the tables of rank `ranks` is deleted: a snapshot at `version` delivered none.
+    fn empty_tables(&mut self, ranks: std::ops::Range<u8>, version: u64, time: u32, out: &mut Outputs) {
+        for rank in ranks {
+            let table = Table::ALL[usize::from(rank)];
+            let at = Position::snapshot(version, table);
+            self.retain(table, &|_| false, Ctx { at, version, time }, out);
+        }
     }
 
     /// Deletes every row of `table` whose key ([`row_key`]) `keep` refuses, in key order.

@@ -233,6 +233,14 @@ pub enum EngineError {
          tables they led to (README, \"Starting over\")"
     )]
     ForeignSource { store: String, found: String, expected: String },
+    #[error(
+        "{topic} holds a snapshot of the source at position {snapshot}, but changes up to position \
+         {applied} were applied already: the source's positions went back (a new PostgreSQL, a \
+         restored backup, behind the same topics), and its events would be dropped as \
+         re-deliveries. To start over from this source, delete the checkpoints and the warehouse \
+         tables they led to (README, \"Starting over\")"
+    )]
+    SourceRewound { topic: String, snapshot: u64, applied: u64 },
     #[error("the merge made no progress although every input has records queued")]
     NoProgress,
 }
@@ -268,7 +276,7 @@ pub struct Intake<'e, E> {
     metrics: &'e ProcessorMetrics,
 }
 
-impl<E> Intake<'_, E> {
+impl<E: From<EngineError>> Intake<'_, E> {
     /// Takes one record of an input.
     pub fn record(&mut self, r: Record<'_>) -> Result<(), E> {
         self.totals.records += 1;
@@ -285,6 +293,16 @@ impl<E> Intake<'_, E> {
                     self.metrics.dropped.with_label_values(&[reason]).inc();
                     self.totals.duplicates += 1;
                     self.this_run.duplicates += 1;
+                    if position.is_snapshot() {
+                        // A snapshot meets the stream after everything it follows: one behind
+                        // what was applied comes from a source whose positions went back.
+                        return Err(EngineError::SourceRewound {
+                            topic: self.inputs[r.input].name.topic.clone(),
+                            snapshot: position.version(),
+                            applied: self.merger.last_released().map_or(0, |p| p.version()),
+                        }
+                        .into());
+                    }
                 }
                 return Ok(());
             }

@@ -72,7 +72,9 @@ impl Classify for ProcessorError {
             ProcessorError::Warehouse(_) | ProcessorError::Sink { .. } => Fault::Permanent,
             ProcessorError::Engine(EngineError::Checkpoint(_)) => Fault::Transient(Dependency::ObjectStore),
             ProcessorError::Engine(
-                EngineError::PartitionMismatch { .. } | EngineError::ForeignSource { .. },
+                EngineError::PartitionMismatch { .. }
+                | EngineError::ForeignSource { .. }
+                | EngineError::SourceRewound { .. },
             )
             | ProcessorError::OffsetBeyondEnd { .. } => Fault::Input,
             ProcessorError::OffsetGap { .. } => Fault::Permanent,

@@ -6,8 +6,8 @@
 //!   released to the core; `dropped_total{reason}`: events the merge dropped because their
 //!   position is behind the last released one: `redelivery` (a streamed change sent again, as
 //!   at-least-once delivery does after a restart) or `snapshot_after_stream` (a snapshot row
-//!   arriving after streamed changes were applied: a second snapshot of the source, which the
-//!   processor cannot yet reconcile; alerted);
+//!   behind changes already applied: the source's positions went back; the processor stops;
+//!   alerted);
 //! * `offset_gap_records_total{topic}`: records removed from a topic (retention, a recreated
 //!   topic) before the processor read them, skipped with `processor.allow_offset_gap` (without
 //!   it the processor stops); alerted;

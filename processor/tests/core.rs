@@ -744,3 +744,40 @@ fn a_second_snapshot_reconciles_rows_changed_and_deleted_while_nothing_captured_
     let total = feed.tables.agg_total_sales.rows().next().unwrap();
     assert_eq!(total.total_sales_quantity, 5);
 }
+
+/// A table a second snapshot delivers no row of was emptied while nothing captured it: its rows
+/// are closed, whether the table comes between others or after the last one delivered.
+#[test]
+fn a_table_emptied_while_nothing_captured_it_is_emptied_by_the_next_snapshot() {
+    let snap = |at: u64, row: SourceRow| ChangeEvent {
+        op: Op::Read,
+        position: Position::snapshot(at, table_of(&row)),
+        ts_ms: 1_722_470_400_000,
+        before: None,
+        after: Some(row),
+    };
+    let seller = |id: i64| SourceRow::Seller(Seller { id, name: format!("S{id}") });
+    let payment = |id: i64| SourceRow::Payment(Payment { id, method: format!("M{id}") });
+    let mut feed = Feed::new();
+    for row in [customer(1, "An", "an@x"), seller(1), seller(2), payment(1)] {
+        feed.apply(&snap(1_000, row));
+    }
+    feed.seal();
+    // The next snapshot: customers, then payments; no seller left.
+    for row in [customer(1, "An", "an@x"), payment(1)] {
+        feed.apply(&snap(9_000, row));
+    }
+    feed.seal();
+    let current = |t: &Tables| {
+        (
+            t.dim_customers.rows().filter(|r| r.is_current == 1).count(),
+            t.dim_sellers.rows().filter(|r| r.is_current == 1).count(),
+            t.dim_payments.rows().filter(|r| r.is_current == 1).count(),
+        )
+    };
+    assert_eq!(current(&feed.tables), (1, 0, 1), "sellers, skipped by the snapshot, are closed");
+    // And a table after the last one delivered: payments gone too.
+    feed.apply(&snap(20_000, customer(1, "An", "an@x")));
+    feed.seal();
+    assert_eq!(current(&feed.tables), (1, 0, 0));
+}

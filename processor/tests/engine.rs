@@ -7,7 +7,7 @@
 use rainbow_processor::checkpoint::CheckpointStore;
 use rainbow_processor::core::Core;
 use rainbow_processor::engine::*;
-use rainbow_processor::event::{decode, ChangeEvent, Position, SourceRow, Table};
+use rainbow_processor::event::{decode, Brand, ChangeEvent, Op, Position, SourceRow, Table};
 use rainbow_processor::merge::InputName;
 use rainbow_processor::metrics::ProcessorMetrics;
 use rainbow_schemas::shape::{Outputs, Tables};
@@ -457,5 +457,42 @@ fn a_checkpoint_written_while_reading_another_source_is_refused_with_what_differ
     let (summary, _, _) =
         ended(run(Memory::new(partitions(&events), 3), options(Seal::AtEnd, 100), store(&dir), &rt));
     assert!(summary.resumed.is_some());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A snapshot behind what was applied (a source whose positions went back: a new PostgreSQL
+/// behind the same topics) stops the engine with what happened, instead of being dropped.
+#[test]
+fn a_snapshot_behind_what_was_applied_stops_the_engine() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let events = events(9, 40);
+    let mut parts = partitions(&events);
+    // After everything, on the brands topic: a snapshot row of a source at an earlier position.
+    let old = ChangeEvent {
+        op: Op::Read,
+        position: Position::snapshot(5, Table::Brands),
+        ts_ms: 0,
+        before: None,
+        after: Some(SourceRow::Brand(Brand { id: 1, name: "B".into() })),
+    };
+    let brands = parts.iter_mut().find(|p| p.table == Table::Brands).unwrap();
+    let offset = brands.records.len() as i64;
+    brands.records.push((offset, Some(to_debezium_json(&old).1)));
+    let dir = temp("rewound");
+    let source = Memory::new(parts, 3);
+    let stop = source.stop.clone();
+    let engine = Engine::open(
+        source,
+        Collapse::default(),
+        Letters::default(),
+        options(Seal::AtEnd, 1_000),
+        store(&dir),
+        rt.handle().clone(),
+        ProcessorMetrics::new(),
+    )
+    .unwrap();
+    let Err(e) = engine.run(&stop) else { panic!("a snapshot behind what was applied was accepted") };
+    assert!(matches!(e, TestError::Engine(EngineError::SourceRewound { snapshot: 5, .. })), "{e}");
+    assert!(e.to_string().contains("the source's positions went back"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
