@@ -644,7 +644,7 @@ impl Core {
             self.empty_tables(skipped, at.version(), time, out);
         }
         self.dispatch(event, ctx, out)?;
-        if event.op == Op::Read && at.is_snapshot() {
+        if snapshot_row {
             if let Some(row) = &event.after {
                 let scan =
                     self.state.scan.get_or_insert_with(|| Scan { at, time: ctx.time, seen: BTreeSet::new() });

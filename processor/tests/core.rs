@@ -657,19 +657,23 @@ fn same_input_same_bytes_and_checkpoints_resume_exactly() {
     assert_eq!(joined, a.out);
 }
 
+/// A row of a snapshot whose consistent point is `at`, read at `ts_s`.
+fn snap(at: u64, ts_s: i64, row: SourceRow) -> ChangeEvent {
+    ChangeEvent {
+        op: Op::Read,
+        position: Position::snapshot(at, table_of(&row)),
+        ts_ms: ts_s * 1000,
+        before: None,
+        after: Some(row),
+    }
+}
+
 /// A second snapshot of the source reconciles: unchanged rows open nothing, changed ones a new
 /// version at its consistent point, rows it does not deliver (deleted while nothing captured
 /// them) are closed or removed, in every dimension and fact; SCD2 history stays contiguous with
 /// one current version per id.
 #[test]
 fn a_second_snapshot_reconciles_rows_changed_and_deleted_while_nothing_captured_them() {
-    let snap = |at: u64, ts_s: i64, row: SourceRow| ChangeEvent {
-        op: Op::Read,
-        position: Position::snapshot(at, table_of(&row)),
-        ts_ms: ts_s * 1000,
-        before: None,
-        after: Some(row),
-    };
     let t0 = 1_722_470_400;
     let mut feed = Feed::new();
     let first = [
@@ -749,13 +753,7 @@ fn a_second_snapshot_reconciles_rows_changed_and_deleted_while_nothing_captured_
 /// are closed, whether the table comes between others or after the last one delivered.
 #[test]
 fn a_table_emptied_while_nothing_captured_it_is_emptied_by_the_next_snapshot() {
-    let snap = |at: u64, row: SourceRow| ChangeEvent {
-        op: Op::Read,
-        position: Position::snapshot(at, table_of(&row)),
-        ts_ms: 1_722_470_400_000,
-        before: None,
-        after: Some(row),
-    };
+    let snap = |at: u64, row: SourceRow| snap(at, 1_722_470_400, row);
     let seller = |id: i64| SourceRow::Seller(Seller { id, name: format!("S{id}") });
     let payment = |id: i64| SourceRow::Payment(Payment { id, method: format!("M{id}") });
     let mut feed = Feed::new();

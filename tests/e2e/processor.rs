@@ -585,16 +585,8 @@ async fn a_widened_numeric_column_keeps_money_exact() {
          INSERT INTO orderdetails (order_id, product_id, quantity, price) SELECT o.id, 5, 1, 12.3456 FROM o",
     )
     .await;
-    let parked = read_until(std::slice::from_ref(&p.dead_letter_topic), DEADLINE, "the parked line", |r| {
-        !r.is_empty()
-    })
-    .await;
-    let reason = parked[0]
-        .headers
-        .iter()
-        .find(|(k, _)| k == "rainbow.dlq.reason")
-        .map(|(_, v)| String::from_utf8_lossy(v).to_string())
-        .unwrap_or_default();
+    let reasons = parked_reasons(&p, 1).await;
+    let reason = &reasons[0];
     assert!(
         reason.contains("orderdetails.price") && reason.contains("more than 2 decimal places"),
         "{reason}"
@@ -602,7 +594,7 @@ async fn a_widened_numeric_column_keeps_money_exact() {
     let metrics = p.metrics().await;
     assert!(metrics.contains("rainbow_processor_dead_letters_total{reason=\"schema_drift\"} 1"), "{metrics}");
     // Nothing else was parked, and the amounts before it stay exact.
-    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
     assert_eq!(clickhouse(&facts).await.unwrap(), want);
 
     p.stop();
@@ -717,6 +709,24 @@ async fn archived_values(store: &std::path::Path, topic: &str) -> Vec<Vec<u8>> {
         }
     }
     values
+}
+
+/// Stops the processor and the archiver once the archive holds every CDC record, replays the
+/// archive and compares every table with what the processor wrote (the Kappa invariant).
+async fn replay_equals_the_warehouse(
+    cdc: &CdcProcess,
+    archive: &mut common::archive::ArchiveProcess,
+    p: &mut ProcessorProcess,
+) {
+    let topics: Vec<String> = SOURCE_TABLES.iter().map(|t| cdc.topic(t)).collect();
+    let ends = common::archive::end_offsets(&topics);
+    common::archive::assert_every_offset_once(&archive.store, &ends, DEADLINE).await;
+    p.stop();
+    archive.stop();
+    let out = archive.dir.join("replay");
+    let (ok, text) = common::replay::replay(&cdc.prefix, &archive.store, &out, &[]);
+    assert!(ok, "{text}");
+    common::replay::assert_same_as_clickhouse(&out, &p.database).await;
 }
 
 /// The dead letters' reasons so far (from the dead-letter topic).
@@ -842,15 +852,7 @@ async fn the_captured_tables_change_while_streaming() {
     assert_eq!(clickhouse(&sql).await.unwrap(), want);
 
     // The Kappa invariant across all of it: the replay of the archive equals the warehouse.
-    let topics: Vec<String> = SOURCE_TABLES.iter().map(|t| cdc.topic(t)).collect();
-    let ends = common::archive::end_offsets(&topics);
-    common::archive::assert_every_offset_once(&archive.store, &ends, DEADLINE).await;
-    p.stop();
-    archive.stop();
-    let out = archive.dir.join("replay");
-    let (ok, text) = common::replay::replay(&cdc.prefix, &archive.store, &out, &[]);
-    assert!(ok, "{text}");
-    common::replay::assert_same_as_clickhouse(&out, &p.database).await;
+    replay_equals_the_warehouse(&cdc, &mut archive, &mut p).await;
 
     archive.remove();
     p.cleanup().await;
@@ -931,15 +933,7 @@ async fn a_second_snapshot_reconciles_the_warehouse() {
     );
 
     // The Kappa invariant: the replay of the archive equals the warehouse.
-    let topics: Vec<String> = SOURCE_TABLES.iter().map(|t| cdc.topic(t)).collect();
-    let ends = common::archive::end_offsets(&topics);
-    common::archive::assert_every_offset_once(&archive.store, &ends, DEADLINE).await;
-    p.stop();
-    archive.stop();
-    let out = archive.dir.join("replay");
-    let (ok, text) = common::replay::replay(&cdc.prefix, &archive.store, &out, &[]);
-    assert!(ok, "{text}");
-    common::replay::assert_same_as_clickhouse(&out, &p.database).await;
+    replay_equals_the_warehouse(&cdc, &mut archive, &mut p).await;
 
     archive.remove();
     p.cleanup().await;
