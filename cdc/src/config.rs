@@ -74,6 +74,12 @@ pub struct CdcConfig {
     pub metrics_listen: String,
     /// Events sent to Kafka and not yet acknowledged before reading pauses.
     pub max_in_flight: usize,
+    /// `signal.data.collection`: the signal table (`schema.table`), whose `execute-snapshot` rows
+    /// ask for an incremental snapshot while streaming. Signals are off when it is empty or not
+    /// one of `tables`.
+    pub signal_table: String,
+    /// `incremental.snapshot.chunk.size`: rows per chunk of an incremental snapshot.
+    pub incremental_snapshot_chunk_size: usize,
     /// Compression of the producer's batches (`compression.type`): `lz4` (default), `zstd`,
     /// `snappy`, `gzip` or `none`. Transparent to consumers; Debezium envelopes with schemas
     /// repeat their schema in every record, so compression halves the broker's work or better.
@@ -106,6 +112,8 @@ impl Default for CdcConfig {
             offsets_dir: ".rainbow/cdc".into(),
             metrics_listen: "127.0.0.1:9101".into(),
             max_in_flight: 100_000,
+            signal_table: format!("public.{}", rainbow_schemas::postgres::SIGNAL_TABLE),
+            incremental_snapshot_chunk_size: 1024,
             compression: "lz4".into(),
         }
     }
@@ -200,6 +208,20 @@ impl CdcConfig {
         )?;
         check(self.max_in_flight >= 1, "cdc.max_in_flight", self.max_in_flight, "at least 1")?;
         check(
+            (1..=1_000_000).contains(&self.incremental_snapshot_chunk_size),
+            "cdc.incremental_snapshot_chunk_size",
+            self.incremental_snapshot_chunk_size,
+            "1 to 1000000 rows",
+        )?;
+        if !self.signal_table.is_empty() {
+            check(
+                parse_table_name(&self.signal_table).is_some(),
+                "cdc.signal_table",
+                &self.signal_table,
+                "a table name (`schema.table` or `table`), or empty for no signals",
+            )?;
+        }
+        check(
             matches!(self.compression.as_str(), "lz4" | "zstd" | "snappy" | "gzip" | "none"),
             "cdc.compression",
             &self.compression,
@@ -229,6 +251,13 @@ impl CdcConfig {
     /// How the topics are named (the wire contract's one implementation of it).
     pub fn naming(&self) -> TopicNaming {
         TopicNaming::new(&self.topic_prefix, self.topic_map.clone())
+    }
+
+    /// The signal table as `(schema, table)`, if signals are on: it is named and captured (one
+    /// of `tables`; the reader sees its rows in the stream).
+    pub fn signal_table(&self) -> Option<(String, String)> {
+        parse_table_name(&self.signal_table)
+            .filter(|t| !self.signal_table.is_empty() && self.table_names().contains(t))
     }
 
     /// The topic of a table's change events.
@@ -273,8 +302,20 @@ mod tests {
     fn defaults_capture_the_source_tables_and_validate() {
         let c = CdcConfig::default();
         c.validate().unwrap();
-        assert_eq!(c.table_names().len(), 10);
+        assert_eq!(c.table_names().len(), 11, "the ten source tables and the signal table");
         assert!(c.table_names().iter().all(|(s, _)| s == "public"));
+        assert_eq!(c.signal_table(), Some(("public".into(), "rainbow_signal".into())));
+        let mut off = c.clone();
+        off.signal_table = String::new();
+        off.validate().unwrap();
+        assert_eq!(off.signal_table(), None);
+        let mut uncaptured = c.clone();
+        uncaptured.tables.retain(|t| !t.ends_with("rainbow_signal"));
+        uncaptured.validate().unwrap();
+        assert_eq!(uncaptured.signal_table(), None, "not captured: signals off");
+        let mut bad = c.clone();
+        bad.signal_table = "no such".into();
+        assert!(bad.validate().unwrap_err().to_string().contains("cdc.signal_table"));
         assert!(!c.tables.iter().any(|t| t.contains("idempotency")));
         assert_eq!(c.topic_for("public", "orders"), "rainbow.public.orders");
     }

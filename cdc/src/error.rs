@@ -58,6 +58,8 @@ pub enum CdcError {
     Offsets { path: String, reason: String },
     #[error("metrics endpoint on {addr}: {reason}")]
     Metrics { addr: String, reason: String },
+    #[error("incremental snapshot: {0}")]
+    IncrementalSnapshot(String),
 }
 
 impl Classify for CdcError {

@@ -52,6 +52,8 @@ pub enum SnapshotMarker {
     FirstInDataCollection,
     LastInDataCollection,
     Last,
+    /// A row of an on-demand incremental snapshot (read while streaming).
+    Incremental,
 }
 
 impl SnapshotMarker {
@@ -63,6 +65,7 @@ impl SnapshotMarker {
             SnapshotMarker::FirstInDataCollection => "first_in_data_collection",
             SnapshotMarker::LastInDataCollection => "last_in_data_collection",
             SnapshotMarker::Last => "last",
+            SnapshotMarker::Incremental => rainbow_schemas::wire::INCREMENTAL_SNAPSHOT,
         }
     }
 }

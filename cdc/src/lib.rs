@@ -19,7 +19,9 @@
 //!   `(commit LSN, change LSN)`: commit LSNs increase with commit order; within a transaction
 //!   change LSNs do not decrease, and equal change LSNs only occur for rows written by one
 //!   multi-row statement to one table. Snapshot events (`op` = `r`) have a null commit LSN and
-//!   the slot's consistent point as change LSN: they precede every streamed event.
+//!   the slot's consistent point as change LSN: they precede every streamed event. Rows of an
+//!   on-demand incremental snapshot (`source.snapshot` = `incremental`, see [`incremental`])
+//!   carry a commit and a change LSN like streamed changes and sit at that position.
 //!   Note: real Debezium puts the *previous* transaction's commit LSN first in `sequence`;
 //!   Rainbow puts the event's own transaction's, which is what commit ordering needs.
 
@@ -27,6 +29,7 @@ pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod incremental;
 pub mod metrics;
 pub mod offsets;
 pub mod pgoutput;

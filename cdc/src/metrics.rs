@@ -14,6 +14,8 @@
 //!   interval;
 //! * `snapshot_rows_total{table}`, `snapshot_rows_estimated{table}` (from pg_class.reltuples),
 //!   `snapshot_running`;
+//! * `incremental_snapshot_rows_total{table}`, `incremental_snapshot_chunks_total{table,outcome}`,
+//!   `incremental_snapshot_running`, `signals_total{type,outcome}` (on-demand snapshots);
 //! * `kafka_delivery_errors_total`, `events_in_flight`;
 //! * `last_heartbeat_timestamp_seconds`, `streaming` (1 while the replication stream is open);
 //! * `retries_total{dependency}`, `dependency_down_seconds{dependency}`, `restarts_total`: the
@@ -39,6 +41,11 @@ pub struct CdcMetrics {
     snapshot_rows: IntCounterVec,
     pub snapshot_estimated: IntGaugeVec,
     pub snapshot_running: IntGauge,
+    /// Incremental snapshots: rows sent, chunks by outcome, signals by outcome, running.
+    pub incremental_rows: IntCounterVec,
+    pub incremental_chunks: IntCounterVec,
+    pub signals: IntCounterVec,
+    pub incremental_running: IntGauge,
     delivery_errors: IntCounter,
     pub in_flight: IntGauge,
     last_heartbeat: IntGauge,
@@ -120,6 +127,26 @@ impl CdcMetrics {
             ),
             snapshot_estimated,
             snapshot_running: gauge("snapshot_running", "1 while the initial snapshot runs"),
+            incremental_rows: counter_vec(
+                "incremental_snapshot_rows_total",
+                "Rows incremental snapshots sent, per table",
+                &["table"],
+            ),
+            incremental_chunks: counter_vec(
+                "incremental_snapshot_chunks_total",
+                "Chunks of incremental snapshots: sent, read_again (a commit not yet visible), \
+                 failed (the table's snapshot was abandoned)",
+                &["table", "outcome"],
+            ),
+            signals: counter_vec(
+                "signals_total",
+                "Rows of the signal table: accepted requests, rejected ones (see the log), ignored types",
+                &["type", "outcome"],
+            ),
+            incremental_running: gauge(
+                "incremental_snapshot_running",
+                "1 while an incremental snapshot runs",
+            ),
             delivery_errors: counter("kafka_delivery_errors_total", "Records Kafka failed to acknowledge"),
             in_flight: gauge("events_in_flight", "Records sent to Kafka and not acknowledged yet"),
             last_heartbeat: gauge(

@@ -14,6 +14,10 @@ use std::path::{Path, PathBuf};
 pub struct StoredOffset {
     pub slot: String,
     pub database: String,
+    /// The PostgreSQL cluster's system identifier (`IDENTIFY_SYSTEM`): a file of another cluster
+    /// (re-initialised, restored) is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_identifier: Option<String>,
     /// The initial snapshot is entirely in Kafka.
     pub snapshot_completed: bool,
     /// Every transaction that ends at or before this position is in Kafka (`None`: streaming has
@@ -24,6 +28,9 @@ pub struct StoredOffset {
     pub last_tx_id: Option<u32>,
     /// Wall-clock time of the write, for people reading the file.
     pub written_at: String,
+    /// An incremental snapshot in progress, as far as Kafka acknowledged it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<crate::incremental::Progress>,
 }
 
 /// `<dir>/<slot>.offsets.json`.
@@ -79,11 +86,17 @@ mod tests {
         let offset = StoredOffset {
             slot: "slot_a".into(),
             database: "db".into(),
+            system_identifier: Some("7453453453453453453".into()),
             snapshot_completed: true,
             lsn: Some(Lsn(0x1_0000_0010)),
             last_commit_lsn: Some(Lsn(0x1_0000_0000)),
             last_tx_id: Some(7),
             written_at: "now".into(),
+            incremental: Some(crate::incremental::Progress {
+                signal: "s1".into(),
+                tables: vec!["public.customers".into(), "public.orderdetails".into()],
+                after: Some(vec![Some("12".into()), Some("7".into())]),
+            }),
         };
         save(&path, &offset).unwrap();
         assert_eq!(load(&path).unwrap(), Some(offset));

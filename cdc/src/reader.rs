@@ -8,6 +8,7 @@ use crate::event::{
     transaction_record, CollectionCount, EncoderSettings, Op, SnapshotMarker, Source, TableEncoder,
     TableShape, TxBlock,
 };
+use crate::incremental::{self, Incremental, Progress, Request, TableRun};
 use crate::metrics::{CdcMetrics, PositionConfirmed};
 use crate::offsets::{self, StoredOffset};
 use crate::pgoutput::{self, Begin, CopyMessage, Datum, LogicalMessage, OldRow};
@@ -22,7 +23,7 @@ use rdkafka::producer::{FutureProducer, Producer};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::ConnectOptions;
 use sqlx::PgPool;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -169,6 +170,11 @@ async fn attempt(
         routed.iter().map(|(s, t)| format!("{s}.{t}")).zip(counts).collect();
 
     catalog::ensure_publication(&pool, &config.publication_name, &tables).await?;
+    // The series the alerts watch, from the start at 0: their increase() sees the first one.
+    for (s, t) in &tables {
+        metrics.incremental_chunks.with_label_values(&[&format!("{s}.{t}"), "failed"]);
+    }
+    metrics.signals.with_label_values(&[rainbow_schemas::postgres::SIGNAL_EXECUTE_SNAPSHOT, "rejected"]);
 
     let path = offsets::offsets_path(&config.offsets_dir, &config.slot_name);
     let mut stored = offsets::load(&path)?;
@@ -222,6 +228,21 @@ async fn attempt(
     // The pgoutput text of dates and timestamps follows these session settings.
     conn.exec("SET DateStyle = 'ISO, YMD'")?;
     conn.exec("SET TimeZone = 'UTC'")?;
+    let system_identifier = conn.exec("IDENTIFY_SYSTEM")?.get_value(0, 0).filter(|v| !v.is_empty());
+    if let (Some(known), Some(now)) =
+        (stored.as_ref().and_then(|s| s.system_identifier.as_ref()), system_identifier.as_ref())
+    {
+        if known != now {
+            return Err(CdcError::Offsets {
+                path: path.display().to_string(),
+                reason: format!(
+                    "it was written for the PostgreSQL cluster with system identifier {known}, and this \
+                     server's is {now} (a re-initialised or restored cluster); start over (README, \
+                     \"Starting over\"): remove the file and let the reader take a new snapshot"
+                ),
+            });
+        }
+    }
     let mut slot_exists = slot.is_some();
     if slot_exists && need_snapshot {
         if config.snapshot_mode == SnapshotMode::Always {
@@ -289,11 +310,13 @@ async fn attempt(
         let offset = StoredOffset {
             slot: config.slot_name.clone(),
             database: source.database.clone(),
+            system_identifier: system_identifier.clone(),
             snapshot_completed: true,
             lsn: Some(streamed_to.unwrap_or(consistent_point).max(consistent_point)),
             last_commit_lsn: None,
             last_tx_id: None,
             written_at: chrono::Utc::now().to_rfc3339(),
+            incremental: stored.as_ref().and_then(|s| s.incremental.clone()),
         };
         offsets::save(&path, &offset)?;
         stored = Some(offset);
@@ -305,15 +328,23 @@ async fn attempt(
         let offset = StoredOffset {
             slot: config.slot_name.clone(),
             database: source.database.clone(),
+            system_identifier: system_identifier.clone(),
             snapshot_completed: false,
             lsn: None,
             last_commit_lsn: None,
             last_tx_id: None,
             written_at: chrono::Utc::now().to_rfc3339(),
+            incremental: None,
         };
         stored = Some(offset);
     }
-    let stored = stored.expect("set above");
+    let mut stored = stored.expect("set above");
+    stored.system_identifier = system_identifier.or(stored.system_identifier);
+    let incremental = stored.incremental.clone().map(|p| {
+        tracing::info!(signal = %p.signal, tables = ?p.tables, "resuming the incremental snapshot");
+        Incremental::resume(p)
+    });
+    metrics.incremental_running.set(i64::from(incremental.is_some()));
 
     let mut stream = Stream {
         config,
@@ -331,6 +362,11 @@ async fn attempt(
         summary: &mut summary,
         context,
         crash_after: CrashAfter::from_env(FAILPOINT_VAR),
+        signal_table: config.signal_table(),
+        requests: Vec::new(),
+        incremental,
+        recent_xids: VecDeque::with_capacity(RECENT_XIDS),
+        progress: VecDeque::new(),
     };
     let start = stream.confirmed;
     conn.start_replication(
@@ -340,6 +376,9 @@ async fn attempt(
     )?;
     metrics.streaming.set(1);
     tracing::info!(slot = %config.slot_name, from = %start, "streaming changes");
+    if config.signal_table().is_none() && !config.signal_table.is_empty() {
+        tracing::info!(signal_table = %config.signal_table, "the signal table is not one of cdc.tables: signals (on-demand snapshots) are off");
+    }
     let result = stream.run(&mut conn, acked_rx, &mut tracker, stop_rx).await;
     metrics.streaming.set(0);
     drop(conn);
@@ -391,7 +430,19 @@ struct Stream<'a> {
     summary: &'a mut RunSummary,
     context: ContextHeaders,
     crash_after: Option<CrashAfter>,
+    /// The signal table `(schema, table)`, if signals are on.
+    signal_table: Option<(String, String)>,
+    /// Snapshot requests of the open transaction, acted on at its commit.
+    requests: Vec<Request>,
+    incremental: Option<Incremental>,
+    /// Ids of the transactions decoded last (see [`TableRun::read_chunk`]).
+    recent_xids: VecDeque<u32>,
+    /// Incremental-snapshot progress to store once Kafka acknowledged past its position.
+    progress: VecDeque<(Lsn, Option<Progress>)>,
 }
+
+/// How many recent transaction ids the stream remembers.
+const RECENT_XIDS: usize = 4096;
 
 /// Name of the environment variable of the reader's failpoint, for crash tests:
 /// `crash_after_events=N` aborts the process (no flush, no confirmation, like `kill -9`) right
@@ -477,7 +528,10 @@ impl Stream<'_> {
                         CopyMessage::Keepalive { end, reply_requested } => {
                             self.received = self.received.max(end);
                             if self.tx.is_none() {
+                                // Every commit before `end` was decoded.
+                                self.release_chunk(end).await?;
                                 self.sink.position(end).await?;
+                                self.incremental_step().await?;
                             }
                             if reply_requested {
                                 self.confirm(conn, &acked, false).await?;
@@ -519,7 +573,12 @@ impl Stream<'_> {
             .await?;
         self.metrics.resilience.progressed();
         self.summary.confirmed = Some(self.confirmed);
-        if moved {
+        let mut progressed = false;
+        while self.progress.front().is_some_and(|(at, _)| *at < self.confirmed) {
+            self.stored.incremental = self.progress.pop_front().expect("checked").1;
+            progressed = true;
+        }
+        if moved || progressed {
             PositionConfirmed { lsn: self.confirmed }.emit(self.metrics);
             self.stored.lsn = Some(self.confirmed);
             if a.last_commit_lsn.is_some() {
@@ -541,7 +600,12 @@ impl Stream<'_> {
             wire::heartbeat_record(&self.config.topic_prefix, self.config.schemas_enable, now_ms);
         let topic: Arc<str> = Arc::from(self.config.heartbeat_topic());
         // Transactions confirmed to the slot (by this run or an earlier one) were acknowledged.
-        let acked = wire::acked_header_value(acked_lsn.unwrap_or(self.confirmed).max(self.confirmed));
+        let mut acked = acked_lsn.unwrap_or(self.confirmed).max(self.confirmed);
+        if let Some(at) = self.incremental.as_ref().and_then(Incremental::pending_at) {
+            // A chunk waiting for the stream will sit at `at`: nothing at or after it is claimed.
+            acked = acked.min(at);
+        }
+        let acked = wire::acked_header_value(acked);
         let headers = [(wire::HEARTBEAT_ACKED_LSN_HEADER, acked.as_bytes())];
         self.sink
             .send(&topic, None, Some(&key), Some(&value), &headers, RecordKind::Heartbeat { now_ms })
@@ -558,6 +622,8 @@ impl Stream<'_> {
     async fn handle(&mut self, lsn: Lsn, message: LogicalMessage) -> Result<(), CdcError> {
         match message {
             LogicalMessage::Begin(begin) => {
+                // Every commit before this one was decoded: a chunk waiting for that goes first.
+                self.release_chunk(begin.final_lsn).await?;
                 // Debezium's transaction ids are "<xid>:<LSN of the message at hand>": BEGIN, each
                 // event and END each carry their own LSN.
                 let id = wire::transaction_id(begin.xid, lsn);
@@ -589,6 +655,14 @@ impl Stream<'_> {
                 }
                 self.sink.end_transaction(commit.end_lsn, commit_lsn, xid, commit.commit_time_us).await?;
                 self.summary.transactions += 1;
+                if self.recent_xids.len() == RECENT_XIDS {
+                    self.recent_xids.pop_front();
+                }
+                self.recent_xids.push_back(xid);
+                for request in std::mem::take(&mut self.requests) {
+                    self.accept(request, commit_lsn);
+                }
+                self.incremental_step().await?;
             }
             LogicalMessage::Relation(relation) => {
                 let shape = catalog::relation_shape(self.pool, &relation).await?;
@@ -598,6 +672,10 @@ impl Stream<'_> {
             LogicalMessage::Insert { relation, new } => {
                 let t = self.encoder(relation)?;
                 self.change(&t, Op::Create, lsn, None, Some(&new), None).await?;
+                if self.signal_table.as_ref().is_some_and(|(s, n)| *s == t.shape.schema && *n == t.shape.name)
+                {
+                    self.signal(&t, &new);
+                }
             }
             LogicalMessage::Update { relation, old, new } => {
                 let t = self.encoder(relation)?;
@@ -649,6 +727,178 @@ impl Stream<'_> {
             }
             LogicalMessage::Origin { .. } | LogicalMessage::Type { .. } | LogicalMessage::Message { .. } => {}
         }
+        Ok(())
+    }
+
+    /// A row inserted into the signal table: a snapshot request is taken at its commit.
+    fn signal(&mut self, t: &TableEncoder, row: &[Datum]) {
+        let column = |name: &str| {
+            t.shape.columns.iter().position(|c| c.name == name).and_then(|i| match row.get(i) {
+                Some(Datum::Text(s)) => Some(s.as_str()),
+                _ => None,
+            })
+        };
+        let (id, kind) = (column("id").unwrap_or_default(), column("type").unwrap_or_default());
+        let label = match kind {
+            k if k == rainbow_schemas::postgres::SIGNAL_EXECUTE_SNAPSHOT => k,
+            k if k == rainbow_schemas::postgres::SIGNAL_SNAPSHOT_TABLE_DONE => k,
+            _ => "other",
+        };
+        let captured = self.config.table_names();
+        let checked = incremental::parse_signal(id, kind, column("data")).and_then(|request| {
+            let Some(request) = request else { return Ok(None) };
+            match request
+                .tables
+                .iter()
+                .find(|t| !captured.contains(t) || Some(*t) == self.signal_table.as_ref())
+            {
+                Some((s, n)) => Err(format!("{s}.{n} is not a captured table (cdc.tables)")),
+                None => Ok(Some(request)),
+            }
+        });
+        let outcome = match checked {
+            Ok(Some(request)) => {
+                tracing::info!(signal = id, tables = ?request.tables, "incremental snapshot requested");
+                self.requests.push(request);
+                "accepted"
+            }
+            Ok(None) => "ignored",
+            Err(reason) => {
+                tracing::warn!(signal = id, %reason, "signal rejected: nothing will be snapshotted for it");
+                "rejected"
+            }
+        };
+        self.metrics.signals.with_label_values(&[label, outcome]).inc();
+    }
+
+    /// Starts (or extends) the incremental snapshot a committed signal asked for.
+    fn accept(&mut self, request: Request, commit_lsn: Lsn) {
+        match &mut self.incremental {
+            Some(running) => running.add(request),
+            None => self.incremental = Some(Incremental::new(request)),
+        }
+        self.metrics.incremental_running.set(1);
+        let progress = self.incremental.as_ref().and_then(Incremental::progress);
+        self.progress.push_back((commit_lsn, progress));
+    }
+
+    /// Moves the incremental snapshot on: starts the next table, or reads the next chunk when
+    /// none waits for the stream.
+    async fn incremental_step(&mut self) -> Result<(), CdcError> {
+        let (pool, metrics) = (self.pool, self.metrics);
+        loop {
+            let Some(inc) = self.incremental.as_mut() else { return Ok(()) };
+            match &mut inc.run {
+                Some(run) if run.pending.is_some() => return Ok(()),
+                Some(run) => {
+                    let table = run.encoder.table.clone();
+                    match run.read_chunk(pool, self.config.incremental_snapshot_chunk_size).await {
+                        Ok(true) => return Ok(()),
+                        Ok(false) => {
+                            metrics.incremental_chunks.with_label_values(&[&table, "read_again"]).inc();
+                            return Ok(());
+                        }
+                        Err(CdcError::Postgres(e)) if !rainbow_schemas::postgres::is_transient(&e) => {
+                            metrics.incremental_chunks.with_label_values(&[&table, "failed"]).inc();
+                            tracing::error!(%table, error = %e, "incremental snapshot of the table abandoned (ask again with a new signal)");
+                            inc.run = None;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                None => {
+                    let Some((schema, name)) = inc.queue.pop_front() else {
+                        tracing::info!(signal = %inc.signal, "incremental snapshot completed");
+                        self.incremental = None;
+                        metrics.incremental_running.set(0);
+                        return Ok(());
+                    };
+                    let after = inc.resume_after.take();
+                    let started = match catalog::table_shape(pool, &schema, &name).await {
+                        Ok(shape) => {
+                            let encoder =
+                                Arc::new(encoder_for(shape, self.config, &self.settings, &self.partitions)?);
+                            TableRun::start(pool, encoder, after, &self.recent_xids).await
+                        }
+                        Err(CdcError::Postgres(e)) if rainbow_schemas::postgres::is_transient(&e) => {
+                            return Err(CdcError::Postgres(e))
+                        }
+                        Err(e) => Err(e.to_string()),
+                    };
+                    let inc = self.incremental.as_mut().expect("running");
+                    match started {
+                        Ok(run) => {
+                            tracing::info!(signal = %inc.signal, table = %run.encoder.table, "incremental snapshot of the table started");
+                            inc.run = Some(run);
+                        }
+                        Err(reason) => {
+                            let table = format!("{schema}.{name}");
+                            metrics.incremental_chunks.with_label_values(&[&table, "failed"]).inc();
+                            tracing::error!(%table, %reason, "incremental snapshot of the table abandoned");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the chunk waiting for the stream once the stream decoded every commit before
+    /// `passed` (after the chunk's position); after a table's last chunk, records that the table
+    /// is done in the signal table.
+    async fn release_chunk(&mut self, passed: Lsn) -> Result<(), CdcError> {
+        let Some(inc) = self.incremental.as_mut() else { return Ok(()) };
+        let Some(run) = inc.run.as_mut() else { return Ok(()) };
+        if run.pending.as_ref().is_none_or(|c| c.at >= passed) {
+            return Ok(());
+        }
+        let chunk = run.pending.take().expect("checked");
+        let t = run.encoder.clone();
+        let (commit, change) = chunk.position();
+        let now = chrono::Utc::now();
+        let source = Source {
+            ts_us: now.timestamp_micros(),
+            snapshot: SnapshotMarker::Incremental,
+            tx_id: None,
+            lsn: Some(change),
+            commit_lsn: Some(commit),
+        };
+        let now_ns = now.timestamp_nanos_opt().unwrap_or(0);
+        let context = self.context.as_slices();
+        for (_, row) in &chunk.rows {
+            let key = t.key(row)?;
+            let value = t.value(Op::Read, None, Some(row), &source, None, now_ns)?;
+            let kind = RecordKind::Change { table: t.table.clone(), op: Op::Read.code() };
+            self.sink.send(&t.topic, t.partition(row), key.as_deref(), Some(&value), &context, kind).await?;
+        }
+        let sent = chunk.rows.len() as u64;
+        self.metrics.incremental_rows.with_label_values(&[&t.table]).inc_by(sent);
+        self.metrics.incremental_chunks.with_label_values(&[&t.table, "sent"]).inc();
+        run.rows += sent;
+        run.after = chunk.last_key.clone();
+        if chunk.complete {
+            let (schema, name) = self.signal_table.clone().unwrap_or_default();
+            let data = serde_json::json!({
+                "data-collection": t.shape.qualified(),
+                "signal": inc.signal,
+                "rows": run.rows,
+            });
+            sqlx::query(&format!(
+                "INSERT INTO {}.{} (id, type, data) VALUES ($1, $2, $3)",
+                catalog::quote_ident(&schema),
+                catalog::quote_ident(&name)
+            ))
+            .bind(format!("rainbow-done-{}", commit.0))
+            .bind(rainbow_schemas::postgres::SIGNAL_SNAPSHOT_TABLE_DONE)
+            .bind(data.to_string())
+            .execute(self.pool)
+            .await?;
+            tracing::info!(signal = %inc.signal, table = %t.table, rows = run.rows, "incremental snapshot of the table done");
+            inc.run = None;
+        } else if chunk.dropped > 0 {
+            tracing::debug!(table = %t.table, dropped = chunk.dropped, "rows changed meanwhile left the chunk");
+        }
+        let progress = inc.progress();
+        self.progress.push_back((commit, progress));
         Ok(())
     }
 
@@ -710,6 +960,14 @@ impl Stream<'_> {
         });
         let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
         let row = after.or(before).unwrap_or(&[]);
+        if let (Some(run), Some(tx)) =
+            (self.incremental.as_mut().and_then(|i| i.run.as_mut()), self.tx.as_ref())
+        {
+            if run.encoder.table == t.table {
+                let key = (op != Op::Truncate).then(|| incremental::key_of(t, row));
+                run.changed(tx.begin.xid, key);
+            }
+        }
         let key = if op == Op::Truncate { None } else { t.key(row)? };
         let partition = t.partition(row);
         let value = t.value(op, before, after, &source, tx_block.as_ref(), now_ns)?;

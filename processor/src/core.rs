@@ -498,6 +498,9 @@ pub struct State {
     scan: Option<Scan>,
     /// The snapshot being applied: its version and the rank of the next table it may deliver.
     snapshot: Option<SnapshotProgress>,
+    /// Tables an incremental snapshot was asked for (by rank), and the keys of theirs seen since:
+    /// delivered by the snapshot or changed by the stream.
+    incremental: BTreeMap<u8, BTreeSet<(i64, i64)>>,
     last: Option<Position>,
     events: u64,
     /// Emit changed aggregates at the next transaction boundary (see [`Core::request_seal`]);
@@ -643,7 +646,14 @@ impl Core {
             p.next_rank = p.next_rank.max(at.table + 1);
             self.empty_tables(skipped, at.version(), time, out);
         }
-        self.dispatch(event, ctx, out)?;
+        if event.table() == Table::Signals {
+            self.signal(event, ctx, out);
+        } else {
+            self.dispatch(event, ctx, out)?;
+            if let Some(seen) = self.state.incremental.get_mut(&at.table) {
+                seen.extend(event.before.iter().chain(&event.after).map(row_key));
+            }
+        }
         if snapshot_row {
             if let Some(row) = &event.after {
                 let scan =
@@ -838,7 +848,7 @@ impl Core {
             }
             SourceRow::Order(o) => self.upsert_order(o, ctx, out)?,
             SourceRow::OrderLine(l) => self.upsert_line(l, ctx, out)?,
-            SourceRow::Inventory(_) => {}
+            SourceRow::Inventory(_) | SourceRow::Signal(_) => {}
         }
         Ok(())
     }
@@ -889,7 +899,7 @@ impl Core {
                 }
             }
             SourceRow::OrderLine(l) => self.delete_line(l.order_id, l.product_id, ctx, out),
-            SourceRow::Inventory(_) => {}
+            SourceRow::Inventory(_) | SourceRow::Signal(_) => {}
         }
         Ok(())
     }
@@ -897,6 +907,47 @@ impl Core {
     /// TRUNCATE: every row of the table goes, as if deleted one by one (in key order).
     fn truncate(&mut self, table: Table, ctx: Ctx, out: &mut Outputs) {
         self.retain(table, &|_| false, ctx, out);
+    }
+
+    /// A row of the signal table. A streamed `execute-snapshot` starts tracking the keys of the
+    /// tables it names; `snapshot-table-done` (the CDC's, once the table's last chunk is in
+    /// Kafka) deletes the table's rows that were neither delivered by the incremental snapshot
+    /// nor changed by the stream since the request: they are gone from the source. A table asked
+    /// for again while tracked keeps its keys (the CDC reads it once for both).
+    fn signal(&mut self, event: &ChangeEvent, ctx: Ctx, out: &mut Outputs) {
+        let Some(SourceRow::Signal(signal)) = &event.after else { return };
+        if event.op != Op::Create || event.position.is_snapshot() {
+            return;
+        }
+        let tables = |key: &str| -> Vec<Table> {
+            let data: serde_json::Value =
+                signal.data.as_deref().and_then(|d| serde_json::from_str(d).ok()).unwrap_or_default();
+            let names: Vec<&str> = match &data[key] {
+                serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_str()).collect(),
+                serde_json::Value::String(s) => vec![s.as_str()],
+                _ => vec![],
+            };
+            names
+                .into_iter()
+                .filter_map(|n| Table::from_name(n.rsplit('.').next().unwrap_or(n)))
+                .filter(|t| *t != Table::Signals)
+                .collect()
+        };
+        match signal.kind.as_str() {
+            rainbow_schemas::postgres::SIGNAL_EXECUTE_SNAPSHOT => {
+                for table in tables("data-collections") {
+                    self.state.incremental.entry(table.rank()).or_default();
+                }
+            }
+            rainbow_schemas::postgres::SIGNAL_SNAPSHOT_TABLE_DONE => {
+                for table in tables("data-collection") {
+                    if let Some(seen) = self.state.incremental.remove(&table.rank()) {
+                        self.retain(table, &|key| seen.contains(&key), ctx, out);
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 
     /// The end of a table's snapshot rows: its rows the snapshot did not deliver are deleted.
@@ -977,7 +1028,7 @@ impl Core {
                     self.delete_line(o, p, ctx, out);
                 }
             }
-            Table::Inventories => {}
+            Table::Inventories | Table::Signals => {}
         }
     }
 
@@ -1307,6 +1358,7 @@ fn row_key(row: &SourceRow) -> (i64, i64) {
         SourceRow::Order(r) => (r.id, 0),
         SourceRow::OrderLine(r) => (r.order_id, r.product_id),
         SourceRow::Inventory(r) => (r.product_id, 0),
+        SourceRow::Signal(_) => (0, 0),
     }
 }
 

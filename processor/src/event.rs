@@ -31,10 +31,12 @@ pub enum Table {
     Orders,
     Orderdetails,
     Inventories,
+    /// The signal table: on-demand snapshot requests and their completion (no output rows).
+    Signals,
 }
 
 impl Table {
-    pub const ALL: [Table; 10] = [
+    pub const ALL: [Table; 11] = [
         Table::Brands,
         Table::Categories,
         Table::Customers,
@@ -45,6 +47,7 @@ impl Table {
         Table::Orders,
         Table::Orderdetails,
         Table::Inventories,
+        Table::Signals,
     ];
 
     pub fn name(self) -> &'static str {
@@ -215,6 +218,14 @@ pub struct Inventory {
     pub quantity: i64,
 }
 
+/// A row of the signal table (`rainbow_signal`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signal {
+    pub id: String,
+    pub kind: String,
+    pub data: Option<String>,
+}
+
 /// A row of one source table; `before` and `after` of an event are the same variant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SourceRow {
@@ -228,6 +239,7 @@ pub enum SourceRow {
     Order(Order),
     OrderLine(OrderLine),
     Inventory(Inventory),
+    Signal(Signal),
 }
 
 /// Why a record is not a change event the core can apply. The runtime sends the record to the
@@ -627,6 +639,10 @@ fn decode_row(table: Table, json: &str, scales: Option<&Scales>) -> Result<Sourc
             let r: RawInventory = parse(table, json)?;
             SourceRow::Inventory(Inventory { product_id: r.product_id, quantity: r.quantity })
         }
+        Table::Signals => {
+            let r: RawSignal = parse(table, json)?;
+            SourceRow::Signal(Signal { id: r.id, kind: r.kind, data: r.data })
+        }
     })
 }
 
@@ -711,6 +727,15 @@ struct RawLine<'a> {
     price: Numeric<'a>,
     #[serde(deserialize_with = "Option::deserialize")]
     promotion_id: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct RawSignal {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    data: Option<String>,
 }
 
 #[derive(Deserialize)]

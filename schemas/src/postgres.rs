@@ -8,8 +8,9 @@ use sqlx::migrate::Migrator;
 /// applied versions in `_sqlx_migrations` and refuses a migration whose checksum changed.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
-/// The captured source tables, parents before children (the order reference data is loaded in).
-pub const SOURCE_TABLES: [&str; 10] = [
+/// The captured source tables, parents before children (the order reference data is loaded in),
+/// then the signal table ([`SIGNAL_TABLE`]).
+pub const SOURCE_TABLES: [&str; 11] = [
     "brands",
     "categories",
     "customers",
@@ -20,7 +21,18 @@ pub const SOURCE_TABLES: [&str; 10] = [
     "orders",
     "orderdetails",
     "inventories",
+    SIGNAL_TABLE,
 ];
+
+/// The signal table (migration `0004_rainbow_signal.sql`): on-demand snapshots are asked for,
+/// and reported done, by rows inserted into it.
+pub const SIGNAL_TABLE: &str = "rainbow_signal";
+
+/// Signal `type` of a request for an incremental snapshot (Debezium's name).
+pub const SIGNAL_EXECUTE_SNAPSHOT: &str = "execute-snapshot";
+
+/// Signal `type` that `rainbow cdc` writes when a table's incremental snapshot is in Kafka.
+pub const SIGNAL_SNAPSHOT_TABLE_DONE: &str = "snapshot-table-done";
 
 /// The SQLSTATE class of a server error (its first two characters).
 fn sqlstate_class(e: &sqlx::Error) -> Option<String> {

@@ -168,10 +168,13 @@ impl CommitPosition {
     }
 
     /// The position of a change from its `op` and `source` fields: `sequence` when present, else
-    /// `lsn` alone (commit = change). A snapshot row's commit is 0 whatever `sequence` says; a
-    /// streamed change must have a commit LSN.
+    /// `lsn` alone (commit = change). A snapshot row's commit is 0 whatever `sequence` says,
+    /// except for a row of an incremental snapshot (`source.snapshot` = `incremental`), read while
+    /// streaming, which sits at its `sequence` like a streamed change; a streamed change must have
+    /// a commit LSN.
     pub fn from_source(
         op: Op,
+        snapshot: Option<&str>,
         sequence: Option<&str>,
         lsn: Option<u64>,
     ) -> Result<CommitPosition, WireError> {
@@ -186,7 +189,7 @@ impl CommitPosition {
                 (s.commit.unwrap_or(0), s.change.or(lsn).ok_or_else(bad)?)
             }
         };
-        if op == Op::Read {
+        if op == Op::Read && snapshot != Some(INCREMENTAL_SNAPSHOT) {
             return Ok(CommitPosition { commit: 0, change });
         }
         if commit == 0 {
@@ -206,7 +209,12 @@ pub struct SourceFields<'a> {
     pub lsn: Option<u64>,
     #[serde(default, borrow)]
     pub sequence: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub snapshot: Option<Cow<'a, str>>,
 }
+
+/// `source.snapshot` of a row of an incremental snapshot (read while streaming).
+pub const INCREMENTAL_SNAPSHOT: &str = "incremental";
 
 /// A change event's envelope as a consumer reads it: `op`, the `source` fields and the raw
 /// `before` / `after` rows (decoded by the consumer, which knows the table).
@@ -260,7 +268,12 @@ impl<'a> Envelope<'a> {
 
     /// The change's position (see [`CommitPosition::from_source`]).
     pub fn position(&self) -> Result<CommitPosition, WireError> {
-        CommitPosition::from_source(self.op, self.source.sequence.as_deref(), self.source.lsn)
+        CommitPosition::from_source(
+            self.op,
+            self.source.snapshot.as_deref(),
+            self.source.sequence.as_deref(),
+            self.source.lsn,
+        )
     }
 }
 
@@ -421,21 +434,29 @@ mod tests {
         for p in [CommitPosition { commit: 100, change: 96 }, CommitPosition { commit: 0, change: 500 }] {
             let text = p.sequence().to_text();
             let op = if p.is_snapshot() { Op::Read } else { Op::Update };
-            assert_eq!(CommitPosition::from_source(op, Some(&text), None).unwrap(), p, "{text}");
+            assert_eq!(CommitPosition::from_source(op, None, Some(&text), None).unwrap(), p, "{text}");
         }
         assert_eq!(CommitPosition { commit: 0, change: 500 }.sequence().to_text(), r#"[null,"500"]"#);
         assert_eq!(Sequence { commit: Some(7), change: Some(5) }.to_text(), r#"["7","5"]"#);
         // Without sequence, the lsn alone; a snapshot row's commit is 0 whatever sequence says.
         assert_eq!(
-            CommitPosition::from_source(Op::Create, None, Some(9)).unwrap(),
+            CommitPosition::from_source(Op::Create, None, None, Some(9)).unwrap(),
             CommitPosition { commit: 9, change: 9 }
         );
-        assert_eq!(CommitPosition::from_source(Op::Read, Some(r#"["3","4"]"#), None).unwrap().commit, 0);
+        assert_eq!(
+            CommitPosition::from_source(Op::Read, Some("true"), Some(r#"["3","4"]"#), None).unwrap().commit,
+            0
+        );
+        // An incremental snapshot's row sits where its sequence says.
+        assert_eq!(
+            CommitPosition::from_source(Op::Read, Some("incremental"), Some(r#"["8","7"]"#), None).unwrap(),
+            CommitPosition { commit: 8, change: 7 }
+        );
         for bad in ["[\"x\",\"1\"]", "[1]", "1,2"] {
-            assert!(CommitPosition::from_source(Op::Create, Some(bad), None).is_err(), "{bad}");
+            assert!(CommitPosition::from_source(Op::Create, None, Some(bad), None).is_err(), "{bad}");
         }
         assert_eq!(
-            CommitPosition::from_source(Op::Create, Some(r#"[null,"5"]"#), None),
+            CommitPosition::from_source(Op::Create, None, Some(r#"[null,"5"]"#), None),
             Err(WireError::BadPosition("a streamed change without a commit LSN".into()))
         );
     }

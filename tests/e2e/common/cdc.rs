@@ -82,6 +82,13 @@ impl CdcProcess {
         }
     }
 
+    /// Serves /metrics on a free port (off by default).
+    pub fn serve_metrics(&mut self) {
+        let addr = format!("127.0.0.1:{}", super::process::free_port());
+        self.service.set_env("RAINBOW_CDC__METRICS_LISTEN", &addr);
+        self.service.metrics = Some(addr);
+    }
+
     /// The topic of a table of schema `public`.
     pub fn topic(&self, table: &str) -> String {
         TopicNaming::new(&self.prefix, Default::default()).table_topic("public", table)

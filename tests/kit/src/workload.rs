@@ -232,7 +232,7 @@ impl Workload {
                     self.orders.insert(r.id, (r, created));
                 }
                 SourceRow::OrderLine(r) => drop(self.lines.insert((r.order_id, r.product_id), r)),
-                SourceRow::Inventory(_) => {}
+                SourceRow::Inventory(_) | SourceRow::Signal(_) => {}
             }
         } else if let (Op::Delete, Some(row)) = (e.op, &e.before) {
             match row {
@@ -462,6 +462,7 @@ pub fn table_of(row: &SourceRow) -> Table {
         SourceRow::Order(_) => Table::Orders,
         SourceRow::OrderLine(_) => Table::Orderdetails,
         SourceRow::Inventory(_) => Table::Inventories,
+        SourceRow::Signal(_) => Table::Signals,
     }
 }
 
@@ -477,6 +478,7 @@ fn row_json(row: &SourceRow) -> Value {
             json!({"id": r.id, "name": r.name, "email": r.email, "phone": r.phone, "address": r.address})
         }
         SourceRow::Seller(r) => json!({"id": r.id, "name": r.name}),
+        SourceRow::Signal(r) => json!({"id": r.id, "type": r.kind, "data": r.data}),
         SourceRow::Payment(r) => json!({"id": r.id, "method": r.method}),
         SourceRow::Promotion(r) => json!({"id": r.id, "name": r.name, "coupon_type": r.coupon_type,
             "price_treatment": money_json(r.price_treatment)}),
