@@ -16,6 +16,7 @@ use crate::sink::{self, Acked, KafkaSink, RecordKind};
 use crate::snapshot::{self, SnapshotOutcome};
 use pg_walstream::{CancellationToken, PgReplicationConnection};
 use rainbow_runtime::failpoint::CrashAfter;
+use rainbow_runtime::identity::{SourceIdentity, HEARTBEAT_SOURCE_HEADER};
 use rainbow_runtime::kafka::{self, TopicSpec};
 use rainbow_runtime::resilience::{supervise, Dependency};
 use rainbow_schemas::wire::{self, Lsn};
@@ -340,6 +341,10 @@ async fn attempt(
     }
     let mut stored = stored.expect("set above");
     stored.system_identifier = system_identifier.or(stored.system_identifier);
+    let source_facts = stored
+        .system_identifier
+        .as_deref()
+        .map(|system| SourceIdentity::postgres(system, &source.database, &config.slot_name).to_string());
     let incremental = stored.incremental.clone().map(|p| {
         tracing::info!(signal = %p.signal, tables = ?p.tables, "resuming the incremental snapshot");
         Incremental::resume(p)
@@ -367,6 +372,7 @@ async fn attempt(
         incremental,
         recent_xids: VecDeque::with_capacity(RECENT_XIDS),
         progress: VecDeque::new(),
+        source_facts,
     };
     let start = stream.confirmed;
     conn.start_replication(
@@ -439,6 +445,8 @@ struct Stream<'a> {
     recent_xids: VecDeque<u32>,
     /// Incremental-snapshot progress to store once Kafka acknowledged past its position.
     progress: VecDeque<(Lsn, Option<Progress>)>,
+    /// What the heartbeats say this source is ([`SourceIdentity::postgres`]).
+    source_facts: Option<String>,
 }
 
 /// How many recent transaction ids the stream remembers.
@@ -593,7 +601,9 @@ impl Stream<'_> {
 
     /// Sends a heartbeat record. Its header `rainbow.acked_lsn` (decimal) is a position before
     /// which every transaction's events are in Kafka: consumers that merge topics by commit
-    /// order use it to know that an idle partition has nothing earlier to deliver.
+    /// order use it to know that an idle partition has nothing earlier to deliver. Its header
+    /// `rainbow.source` names the PostgreSQL cluster, database and slot, which consumers record
+    /// with their state to refuse state of another source.
     async fn heartbeat(&mut self, acked_lsn: Option<Lsn>) -> Result<(), CdcError> {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let (key, value) =
@@ -606,7 +616,10 @@ impl Stream<'_> {
             acked = acked.min(at);
         }
         let acked = wire::acked_header_value(acked);
-        let headers = [(wire::HEARTBEAT_ACKED_LSN_HEADER, acked.as_bytes())];
+        let mut headers = vec![(wire::HEARTBEAT_ACKED_LSN_HEADER, acked.as_bytes())];
+        if let Some(facts) = &self.source_facts {
+            headers.push((HEARTBEAT_SOURCE_HEADER, facts.as_bytes()));
+        }
         self.sink
             .send(&topic, None, Some(&key), Some(&value), &headers, RecordKind::Heartbeat { now_ms })
             .await?;

@@ -20,6 +20,7 @@ use crate::event::{ChangeEvent, DecodeError, Position, Table};
 use crate::merge::{InputName, Merger, Pushed};
 use crate::metrics::{CheckpointWritten, DeadLettered, ProcessorMetrics};
 use rainbow_runtime::failpoint::CrashAfter;
+use rainbow_runtime::identity::SourceIdentity;
 use rainbow_schemas::shape::Outputs;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,12 +46,19 @@ pub trait Source {
     /// for an input the checkpoint knows, else its first. Called once, before any poll.
     fn open(&mut self, resume: &BTreeMap<InputName, i64>) -> Result<Vec<Input>, Self::Error>;
 
-    /// Which source this is, for example `kafka cluster <id>`; called once, before
-    /// [`Source::open`]. A checkpoint written while reading another source is refused
-    /// ([`EngineError::ForeignSource`]): its offsets and positions mean nothing here. Empty
-    /// when the source cannot tell (checked by other means, as an archive's fingerprint).
+    /// Which source this is, as facts ([`SourceIdentity`]: `kafka.cluster=<id>; ..`); called
+    /// once, before [`Source::open`]. A checkpoint that recorded a fact with another value was
+    /// written while reading another source and is refused ([`EngineError::ForeignSource`]):
+    /// its offsets and positions mean nothing here. Empty when the source cannot tell (checked
+    /// by other means, as an archive's fingerprint).
     fn identity(&mut self) -> Result<String, Self::Error> {
         Ok(String::new())
+    }
+
+    /// Facts about the source learnt while reading it (as the PostgreSQL facts of a heartbeat
+    /// when none had come before the start), recorded by the next checkpoints.
+    fn learnt_identity(&self) -> Option<String> {
+        None
     }
 
     /// Delivers what is available to `intake`, waiting a short while at most when nothing is.
@@ -227,12 +235,12 @@ pub enum EngineError {
     #[error("the checkpoint was written by partition {found}, this instance is partition {expected}")]
     PartitionMismatch { found: i32, expected: i32 },
     #[error(
-        "the checkpoint in {store} was written while reading {found}, but this source is {expected}: \
-         its offsets and positions belong to another source, and resuming would drop this source's \
-         events. To start over from this source, delete the checkpoints ({store}) and the warehouse \
-         tables they led to (README, \"Starting over\")"
+        "the checkpoint in {store} was written while reading another source ({differences}): its \
+         offsets and positions belong to that source, and resuming would drop or misplace this \
+         source's events. To start over from this source, delete the checkpoints ({store}) and the \
+         warehouse tables they led to (README, \"Starting over\")"
     )]
-    ForeignSource { store: String, found: String, expected: String },
+    ForeignSource { store: String, differences: String },
     #[error(
         "{topic} holds a snapshot of the source at position {snapshot}, but changes up to position \
          {applied} were applied already: the source's positions went back (a new PostgreSQL, a \
@@ -465,13 +473,18 @@ where
         rt: tokio::runtime::Handle,
         metrics: ProcessorMetrics,
     ) -> Result<Self, S::Error> {
-        let identity = source.identity()?;
-        let checkpoint = match rt.block_on(store.latest()).map_err(EngineError::from)? {
-            Some(c) if !c.source.is_empty() && !identity.is_empty() && c.source != identity => {
+        let now = SourceIdentity::parse(&source.identity()?);
+        let latest = rt.block_on(store.latest()).map_err(EngineError::from)?;
+        // What checkpoints record: what the last one recorded, and what this start adds.
+        let mut identity = latest.as_ref().map(|c| SourceIdentity::parse(&c.source)).unwrap_or_default();
+        let conflicts = identity.conflicts(&now);
+        identity.merge(&now);
+        let identity = identity.to_string();
+        let checkpoint = match latest {
+            Some(_) if !conflicts.is_empty() => {
                 return Err(EngineError::ForeignSource {
                     store: store.location(),
-                    found: c.source,
-                    expected: identity,
+                    differences: conflicts.join("; "),
                 }
                 .into())
             }
@@ -676,6 +689,11 @@ where
         let id = self.checkpoint_id + 1;
         let sink = self.sink.save()?;
         let dead_letters = self.dead.save()?;
+        if let Some(learnt) = self.source.learnt_identity() {
+            let mut identity = SourceIdentity::parse(&self.identity);
+            identity.merge(&SourceIdentity::parse(&learnt));
+            self.identity = identity.to_string();
+        }
         let c = CheckpointRef {
             id,
             fingerprint: &self.options.fingerprint,

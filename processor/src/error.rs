@@ -56,6 +56,13 @@ pub enum ProcessorError {
          again at the next start"
     )]
     Interrupted { table: &'static str },
+    #[error(
+        "the CDC's heartbeats now name another source than the one this processor's state comes \
+         from ({differences}): its events would be applied to the state of another database. To \
+         start over from this source, delete the checkpoints and the warehouse tables they led to \
+         (README, \"Starting over\")"
+    )]
+    SourceChanged { differences: String },
 }
 
 impl Classify for ProcessorError {
@@ -76,7 +83,8 @@ impl Classify for ProcessorError {
                 | EngineError::ForeignSource { .. }
                 | EngineError::SourceRewound { .. },
             )
-            | ProcessorError::OffsetBeyondEnd { .. } => Fault::Input,
+            | ProcessorError::OffsetBeyondEnd { .. }
+            | ProcessorError::SourceChanged { .. } => Fault::Input,
             ProcessorError::OffsetGap { .. } => Fault::Permanent,
             ProcessorError::Engine(EngineError::NoProgress)
             | ProcessorError::MissingTopic { .. }

@@ -52,7 +52,7 @@ impl Memory {
             emit_from_ms: i64::MIN,
             stop: Arc::new(AtomicBool::new(false)),
             stop_after: None,
-            identity: "cluster A".into(),
+            identity: "kafka.cluster=A".into(),
         }
     }
 }
@@ -434,7 +434,7 @@ fn a_checkpoint_written_while_reading_another_source_is_refused_with_what_differ
         panic!("stops")
     };
     let mut other = Memory::new(partitions(&events), 3);
-    other.identity = "cluster B".into();
+    other.identity = "kafka.cluster=B; postgres.system=7".into();
     let e = Engine::open(
         other,
         Collapse::default(),
@@ -448,14 +448,16 @@ fn a_checkpoint_written_while_reading_another_source_is_refused_with_what_differ
     .expect("refused");
     let text = e.to_string();
     assert!(
-        matches!(&e, TestError::Engine(EngineError::ForeignSource { found, expected, .. })
-            if found == "cluster A" && expected == "cluster B"),
+        matches!(&e, TestError::Engine(EngineError::ForeignSource { differences, .. })
+            if differences == "kafka.cluster: A recorded, B now"),
         "{text}"
     );
     assert!(text.contains(dir.to_str().unwrap()) && text.contains("delete the checkpoints"), "{text}");
-    // The same source resumes.
-    let (summary, _, _) =
-        ended(run(Memory::new(partitions(&events), 3), options(Seal::AtEnd, 100), store(&dir), &rt));
+    // The same source resumes, and one that tells more about itself (a topic id, the PostgreSQL
+    // facts of a heartbeat) too.
+    let mut more = Memory::new(partitions(&events), 3);
+    more.identity = "kafka.cluster=A; postgres.system=7".into();
+    let (summary, _, _) = ended(run(more, options(Seal::AtEnd, 100), store(&dir), &rt));
     assert!(summary.resumed.is_some());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -706,3 +706,45 @@ async fn start_up_errors_are_specific() {
     first.cleanup(&topics).await;
     db.drop().await;
 }
+
+/// The offsets file records the PostgreSQL cluster's system identifier: a file of another cluster
+/// (a re-initialised or restored server under the same settings) stops the reader (exit 3) with
+/// both identifiers and the way to start over, and its heartbeats name the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offsets_file_of_another_postgres_cluster_is_refused() {
+    let db = TestDb::seeded().await;
+    let mut cdc = CdcProcess::new(&db.name, &[("RAINBOW_CDC__HEARTBEAT_INTERVAL_MS", "200")]);
+    let topics = all_topics(&cdc);
+    cdc.start();
+    let heartbeat = cdc.heartbeat_topic();
+    let beats =
+        read_until(std::slice::from_ref(&heartbeat), DEADLINE, "a heartbeat", |r| !r.is_empty()).await;
+    let system: String = scalar(&db.pool, "SELECT system_identifier::text FROM pg_control_system()").await;
+    let facts = beats[0]
+        .headers
+        .iter()
+        .find(|(k, _)| k == rainbow_runtime::identity::HEARTBEAT_SOURCE_HEADER)
+        .map(|(_, v)| String::from_utf8_lossy(v).to_string());
+    assert_eq!(
+        facts.as_deref(),
+        Some(
+            format!("postgres.database={}; postgres.slot={}; postgres.system={system}", db.name, cdc.slot)
+                .as_str()
+        )
+    );
+    cdc.stop();
+    let mut offsets = cdc.stored_offset().unwrap();
+    assert_eq!(offsets["system_identifier"], system.as_str());
+
+    offsets["system_identifier"] = "1".into();
+    let path = cdc.dir.join(format!("{}.offsets.json", cdc.slot));
+    std::fs::write(&path, serde_json::to_vec(&offsets).unwrap()).unwrap();
+    cdc.start();
+    let status = cdc.wait(DEADLINE);
+    assert_eq!(status.code(), Some(3), "{}", cdc.logs());
+    let want = format!("system identifier 1, and this server's is {system}");
+    assert!(cdc.logs().contains(&want) && cdc.logs().contains("Starting over"), "{}", cdc.logs());
+
+    cdc.cleanup(&topics).await;
+    db.drop().await;
+}

@@ -682,8 +682,10 @@ async fn records_removed_before_they_were_read_and_recreated_topics_stop_the_pro
     p.start(&[]);
     let status = p.wait(DEADLINE);
     assert_eq!(status.code(), Some(2), "{}", p.logs());
+    // The checkpoint recorded each topic's id: the new topics' ids differ.
     assert!(
-        p.logs().contains("the topic was recreated or the brokers are new")
+        p.logs().contains("written while reading another source")
+            && p.logs().contains(&format!("kafka.topic.{orders}: "))
             && p.logs().contains("Starting over"),
         "{}",
         p.logs()
@@ -691,6 +693,60 @@ async fn records_removed_before_they_were_read_and_recreated_topics_stop_the_pro
 
     p.cleanup().await;
     cdc.cleanup(&topics).await;
+    db.drop().await;
+}
+
+/// The processor records the PostgreSQL source its state comes from (system identifier,
+/// database, slot, from the CDC's heartbeats): a CDC reading through another slot behind the same
+/// topics stops the running processor, and its checkpoint is refused at the next start, each
+/// naming what differs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_processor_refuses_another_postgres_source_behind_the_same_topics() {
+    let db = TestDb::seeded().await;
+    let mut cdc = cdc_for(&db);
+    cdc.start();
+    let mut p = ProcessorProcess::new(&cdc.prefix);
+    p.start(&[("RAINBOW_PROCESSOR__CHECKPOINT_INTERVAL_MS", "200")]);
+    place_orders(&db.pool, 0, 5).await;
+    caught_up(&db.pool, &p).await;
+    // A checkpoint written after the first heartbeats records the facts.
+    let checkpoints = p.dir.join("checkpoints");
+    common::eventually("a checkpoint naming the slot", DEADLINE, || {
+        let found = std::fs::read_dir(&checkpoints).into_iter().flatten().flatten().any(|group| {
+            std::fs::read_dir(group.path()).into_iter().flatten().flatten().any(|f| {
+                std::fs::read(f.path()).is_ok_and(|b| {
+                    let text = String::from_utf8_lossy(&b);
+                    text.contains("postgres.slot=") && text.contains("postgres.system=")
+                })
+            })
+        });
+        async move { found.then_some(()) }
+    })
+    .await;
+
+    // Another slot behind the same topics: the running processor stops at its first heartbeat.
+    cdc.stop();
+    let other_slot = format!("{}_b", cdc.slot);
+    cdc.set_env("RAINBOW_CDC__SLOT_NAME", &other_slot);
+    cdc.start();
+    let status = p.wait(DEADLINE);
+    assert_eq!(status.code(), Some(2), "{}", p.logs());
+    let needle = format!("postgres.slot: {} recorded, {other_slot} now", cdc.slot);
+    assert!(
+        p.logs().contains("heartbeats now name another source") && p.logs().contains(&needle),
+        "{}",
+        p.logs()
+    );
+    // And at the next start, its checkpoint is refused.
+    p.start(&[]);
+    let status = p.wait(DEADLINE);
+    assert_eq!(status.code(), Some(2), "{}", p.logs());
+    let last = p.logs().rsplit("----- restart -----").next().unwrap_or_default().to_string();
+    assert!(last.contains("written while reading another source") && last.contains(&needle), "{last}");
+
+    p.cleanup().await;
+    let all = topics_of(&cdc);
+    cdc.cleanup(&all).await;
     db.drop().await;
 }
 

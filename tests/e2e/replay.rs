@@ -177,13 +177,18 @@ fn has_checkpoint(out: &std::path::Path) -> bool {
         .unwrap_or(false)
 }
 
-/// The archive records the Kafka cluster its records come from; an archiver reading another
-/// cluster refuses to write there, naming both and what to do.
+/// The archive records the source its records come from (the Kafka cluster, each topic's id, the
+/// PostgreSQL cluster, database and slot of the CDC's heartbeats); an archiver reading another
+/// source refuses to write there, naming what differs and what to do.
 #[tokio::test(flavor = "multi_thread")]
-async fn an_archive_of_another_kafka_cluster_is_refused() {
+async fn an_archive_of_another_source_is_refused() {
     let db = TestDb::seeded().await;
-    let mut cdc = CdcProcess::new(&db.name, &[]);
+    let mut cdc = CdcProcess::new(&db.name, &[("RAINBOW_CDC__HEARTBEAT_INTERVAL_MS", "200")]);
     cdc.start();
+    // A heartbeat (with the PostgreSQL facts) is in Kafka before the archiver starts.
+    let heartbeat = cdc.heartbeat_topic();
+    common::cdc::read_until(std::slice::from_ref(&heartbeat), DEADLINE, "a heartbeat", |r| !r.is_empty())
+        .await;
     let mut archive = ArchiveProcess::new(&cdc.prefix);
     archive.start();
     common::eventually("a first segment", DEADLINE, || {
@@ -195,20 +200,34 @@ async fn an_archive_of_another_kafka_cluster_is_refused() {
     let recorded = archive.store.join(rainbow_archive::archiver::SOURCE_OBJECT);
     let cluster = std::fs::read_to_string(&recorded).unwrap();
     assert!(cluster.starts_with("Kafka cluster ") && cluster.len() > 20, "{cluster:?}");
+    let facts = archive.store.join(rainbow_archive::archiver::SOURCE_FACTS);
+    let fact = |key: &str| std::fs::read_to_string(facts.join(key)).unwrap_or_default();
+    assert_eq!(fact("postgres.database"), db.name);
+    assert_eq!(fact("postgres.slot"), cdc.slot);
+    assert!(fact("postgres.system").len() >= 15, "{:?}", fact("postgres.system"));
+    let orders_id = format!("kafka.topic.{}", cdc.topic("orders"));
+    assert_eq!(fact(&orders_id).len(), 22, "a topic id in base64: {:?}", fact(&orders_id));
 
-    // The same archive, as if its records came from another cluster.
-    std::fs::write(&recorded, "Kafka cluster elsewhere").unwrap();
-    archive.start();
-    let status = archive.wait(DEADLINE);
-    assert_eq!(status.code(), Some(2), "{}", archive.logs());
-    let logs = archive.logs();
-    assert!(
-        logs.contains("holds records of Kafka cluster elsewhere, but the brokers are Kafka cluster ")
-            && logs.contains("Starting over"),
-        "{logs}"
-    );
-    // The same cluster again: it resumes.
-    std::fs::write(&recorded, &cluster).unwrap();
+    // The same archive, as if its records came from another cluster, or another PostgreSQL.
+    for (path, other, needle) in [
+        (recorded.clone(), "Kafka cluster elsewhere".to_string(), "kafka.cluster: elsewhere recorded, "),
+        (facts.join("postgres.system"), "42".to_string(), "postgres.system: 42 recorded, "),
+    ] {
+        let kept = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, other).unwrap();
+        archive.start();
+        let status = archive.wait(DEADLINE);
+        assert_eq!(status.code(), Some(2), "{}", archive.logs());
+        let logs = archive.logs();
+        assert!(
+            logs.contains("holds records of another source")
+                && logs.contains(needle)
+                && logs.contains("Starting over"),
+            "{logs}"
+        );
+        std::fs::write(&path, kept).unwrap();
+    }
+    // The same source again: it resumes.
     archive.start();
     common::eventually("the archiver to run", DEADLINE, || async {
         archive.metrics().await.contains("rainbow_archive_running 1").then_some(())

@@ -14,6 +14,7 @@ use crate::error::ProcessorError;
 use crate::event::{decode, Position, Table};
 use crate::merge::InputName;
 use crate::metrics::ProcessorMetrics;
+use rainbow_runtime::identity::{SourceIdentity, HEARTBEAT_SOURCE_HEADER};
 use rainbow_runtime::kafka::{self, KafkaConnection};
 use rainbow_runtime::resilience::Dependency;
 use rainbow_schemas::wire;
@@ -46,6 +47,10 @@ pub struct KafkaSource {
     by_topic: HashMap<String, Vec<Option<usize>>>,
     /// Heartbeats read: (acknowledged LSN, heartbeat time ms), oldest first.
     heartbeats: VecDeque<(u64, i64)>,
+    kafka: KafkaConnection,
+    /// The PostgreSQL facts of the source (from the CDC's heartbeats): a heartbeat naming
+    /// another stops the processor.
+    postgres: Option<SourceIdentity>,
     poll_errors: u64,
     next_lag: Instant,
 }
@@ -72,6 +77,8 @@ impl KafkaSource {
             partitions: Vec::new(),
             by_topic: HashMap::new(),
             heartbeats: VecDeque::new(),
+            kafka: kafka.clone(),
+            postgres: None,
             poll_errors: 0,
             next_lag: Instant::now(),
         })
@@ -84,6 +91,18 @@ impl KafkaSource {
         m: &BorrowedMessage<'_>,
         intake: &mut Intake<'_, ProcessorError>,
     ) -> Result<(), ProcessorError> {
+        let source = m.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == HEARTBEAT_SOURCE_HEADER)
+                .and_then(|h| std::str::from_utf8(h.value?).ok().map(SourceIdentity::parse))
+        });
+        if let Some(now) = source {
+            let known = self.postgres.get_or_insert_with(|| now.clone());
+            let conflicts = known.conflicts(&now);
+            if !conflicts.is_empty() {
+                return Err(ProcessorError::SourceChanged { differences: conflicts.join("; ") });
+            }
+        }
         let acked = m.headers().and_then(|h| {
             h.iter()
                 .find(|h| h.key == wire::HEARTBEAT_ACKED_LSN_HEADER)
@@ -170,8 +189,22 @@ impl KafkaSource {
 impl Source for KafkaSource {
     type Error = ProcessorError;
 
+    /// The Kafka cluster, the ids of the CDC topics that exist, and the PostgreSQL cluster,
+    /// database and slot of the CDC's last heartbeat.
     fn identity(&mut self) -> Result<String, ProcessorError> {
-        Ok(format!("Kafka cluster {}", kafka::cluster_id(self.consumer.client(), Duration::from_secs(10))?))
+        let mut topics: Vec<String> = Table::ALL.iter().map(|t| self.config.topic_for(t.name())).collect();
+        topics.push(self.heartbeat_topic.clone());
+        let id = kafka::source_identity(&self.kafka, &topics, &self.heartbeat_topic)?;
+        let mut postgres = SourceIdentity::new();
+        for (k, v) in id.facts().filter(|(k, _)| k.starts_with("postgres.")) {
+            postgres.insert(k, v);
+        }
+        self.postgres = (!postgres.is_empty()).then_some(postgres);
+        Ok(id.to_string())
+    }
+
+    fn learnt_identity(&self) -> Option<String> {
+        self.postgres.as_ref().map(SourceIdentity::to_string)
     }
 
     fn open(&mut self, resume: &BTreeMap<InputName, i64>) -> Result<Vec<Input>, ProcessorError> {

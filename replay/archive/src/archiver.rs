@@ -40,6 +40,10 @@ use std::time::{Duration, Instant};
 /// The object holding the Kafka cluster id the archive's records come from.
 pub const SOURCE_OBJECT: &str = "_archive/kafka-cluster-id";
 
+/// Folder of the archive's other source facts, one object per fact named by its key
+/// ([`rainbow_runtime::identity`]): `kafka.topic.<topic>`, `postgres.system`, ...
+pub const SOURCE_FACTS: &str = "_archive/source";
+
 /// What a run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ArchiveSummary {
@@ -222,14 +226,34 @@ impl Archiver {
             .map_err(|e| ArchiveError::MissingTopic { topic: e.topic })?;
         let partitions: Vec<(String, i32)> =
             topics.iter().zip(counts).flat_map(|(t, n)| (0..n).map(move |p| (t.clone(), p))).collect();
-        // The archive is of one cluster: the first start records it, later ones compare.
-        let cluster =
-            format!("Kafka cluster {}", kafka::cluster_id(consumer.client(), Duration::from_secs(10))?);
-        if rt.block_on(store.put_new(SOURCE_OBJECT, cluster.clone().into_bytes()))? == Created::AlreadyThere {
-            let found = String::from_utf8_lossy(&rt.block_on(store.get(SOURCE_OBJECT))?).to_string();
-            if found != cluster {
-                return Err(ArchiveError::ForeignSource { url: store.url.clone(), found, expected: cluster });
+        // The archive is of one source: each fact (the cluster, each topic's id, the PostgreSQL
+        // cluster, database and slot of the CDC's heartbeats) is recorded when first seen, and
+        // compared at every later start.
+        let now = kafka::source_identity(kafka, &topics, &config.naming().heartbeat_topic())?;
+        let mut conflicts = Vec::new();
+        for (key, value) in now.facts() {
+            let object = if key == "kafka.cluster" {
+                SOURCE_OBJECT.to_string()
+            } else {
+                format!("{SOURCE_FACTS}/{key}")
+            };
+            let text =
+                if key == "kafka.cluster" { format!("Kafka cluster {value}") } else { value.to_string() };
+            if rt.block_on(store.put_new(&object, text.clone().into_bytes()))? == Created::AlreadyThere {
+                let found = String::from_utf8_lossy(&rt.block_on(store.get(&object))?).to_string();
+                if found != text {
+                    conflicts.push(format!(
+                        "{key}: {} recorded, {value} now",
+                        found.trim_start_matches("Kafka cluster ")
+                    ));
+                }
             }
+        }
+        if !conflicts.is_empty() {
+            return Err(ArchiveError::ForeignSource {
+                url: store.url.clone(),
+                differences: conflicts.join("; "),
+            });
         }
         // Resume after the highest archived offset of each partition.
         let mut archived: HashMap<(String, i32), i64> = HashMap::new();

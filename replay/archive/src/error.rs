@@ -25,11 +25,11 @@ pub enum ArchiveError {
     #[error("the archiver's thread stopped unexpectedly: {0}")]
     Thread(String),
     #[error(
-        "the archive at {url} holds records of {found}, but the brokers are {expected}: its offsets \
-         belong to another source, and archiving this one there would skip or mix records. Point \
-         storage.url at a new archive, or move the old one away to start over (README, \"Starting over\")"
+        "the archive at {url} holds records of another source ({differences}): its offsets belong \
+         to that source, and archiving this one there would skip or mix records. Point storage.url \
+         at a new archive, or move the old one away to start over (README, \"Starting over\")"
     )]
-    ForeignSource { url: String, found: String, expected: String },
+    ForeignSource { url: String, differences: String },
     #[error(
         "Kafka topic {topic} partition {partition} ends at offset {end}, but the archive holds it up to \
          offset {archived}: the topic was recreated or the brokers are new. Point storage.url at a new \

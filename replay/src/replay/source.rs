@@ -107,15 +107,24 @@ impl Drop for ArchiveSource {
 impl Source for ArchiveSource {
     type Error = ReplayError;
 
-    /// The Kafka cluster the archive's records come from (empty for an archive written before
-    /// archives recorded it): a replay checkpoint of another cluster's archive is refused.
+    /// The source the archive's records come from, as the archiver recorded it (the Kafka
+    /// cluster, topic ids, the PostgreSQL cluster, database and slot; empty for an archive
+    /// written before archives recorded it): a replay checkpoint of another source's archive is
+    /// refused.
     fn identity(&mut self) -> Result<String, ReplayError> {
-        let object = rainbow_archive::archiver::SOURCE_OBJECT;
-        let listed = self.rt.block_on(self.archive.list(object))?;
-        if listed.iter().all(|(path, _)| path != object) {
-            return Ok(String::new());
+        use rainbow_archive::archiver::{SOURCE_FACTS, SOURCE_OBJECT};
+        let mut id = rainbow_runtime::identity::SourceIdentity::new();
+        let mut listed = self.rt.block_on(self.archive.list(SOURCE_OBJECT))?;
+        listed.retain(|(path, _)| path == SOURCE_OBJECT);
+        listed.extend(self.rt.block_on(self.archive.list(&format!("{SOURCE_FACTS}/")))?);
+        for (path, _) in listed {
+            let text = String::from_utf8_lossy(&self.rt.block_on(self.archive.get(&path))?).to_string();
+            match path.strip_prefix(&format!("{SOURCE_FACTS}/")) {
+                Some(key) => id.insert(key, &text),
+                None => id.merge(&rainbow_runtime::identity::SourceIdentity::parse(&text)),
+            }
         }
-        Ok(String::from_utf8_lossy(&self.rt.block_on(self.archive.get(object))?).to_string())
+        Ok(id.to_string())
     }
 
     fn open(&mut self, resume: &BTreeMap<InputName, i64>) -> Result<Vec<Input>, ReplayError> {

@@ -115,6 +115,150 @@ pub fn cluster_id<C: ClientContext>(client: &Client<C>, timeout: Duration) -> Re
     client.fetch_cluster_id(timeout).ok_or(KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut))
 }
 
+/// The topic id of each of `topics` (Kafka's UUID in base64, the same for a topic's whole life and
+/// different for a topic deleted and created again under the same name), in order; `None` for a
+/// topic that does not exist. librdkafka's DescribeTopics (the Rust wrapper has no call for it).
+pub fn topic_ids<C: ClientContext>(
+    client: &Client<C>,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<Vec<Option<String>>, KafkaError> {
+    use rdkafka::bindings as rd;
+    use std::ffi::{CStr, CString};
+    let failed = |code: RDKafkaErrorCode| KafkaError::MetadataFetch(code);
+    let names: Vec<CString> = topics
+        .iter()
+        .map(|t| CString::new(t.as_str()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| failed(RDKafkaErrorCode::InvalidTopic))?;
+    let mut pointers: Vec<*const std::os::raw::c_char> = names.iter().map(|n| n.as_ptr()).collect();
+    let timeout_ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: every object created here is destroyed before returning; the names outlive the
+    // collection; results are read before their event is destroyed and copied out.
+    unsafe {
+        let rk = client.native_ptr();
+        let collection = rd::rd_kafka_TopicCollection_of_topic_names(pointers.as_mut_ptr(), pointers.len());
+        let options =
+            rd::rd_kafka_AdminOptions_new(rk, rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBETOPICS);
+        let mut errstr = [0 as std::os::raw::c_char; 256];
+        rd::rd_kafka_AdminOptions_set_request_timeout(options, timeout_ms, errstr.as_mut_ptr(), errstr.len());
+        let queue = rd::rd_kafka_queue_new(rk);
+        rd::rd_kafka_DescribeTopics(rk, collection, options, queue);
+        // The request times out on its own; wait a little longer for its result.
+        let event = rd::rd_kafka_queue_poll(queue, timeout_ms.saturating_add(5_000));
+        let result = if event.is_null() {
+            Err(failed(RDKafkaErrorCode::OperationTimedOut))
+        } else if rd::rd_kafka_event_error(event) != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            Err(failed(rd::rd_kafka_event_error(event).into()))
+        } else {
+            let described = rd::rd_kafka_event_DescribeTopics_result(event);
+            let mut count = 0usize;
+            let list = rd::rd_kafka_DescribeTopics_result_topics(described, &mut count);
+            let mut ids = std::collections::HashMap::new();
+            let mut error = None;
+            for i in 0..count {
+                let d = *list.add(i);
+                let name =
+                    CStr::from_ptr(rd::rd_kafka_TopicDescription_name(d)).to_string_lossy().into_owned();
+                let e = rd::rd_kafka_TopicDescription_error(d);
+                let code = if e.is_null() {
+                    rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+                } else {
+                    rd::rd_kafka_error_code(e)
+                };
+                match code {
+                    rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => {}
+                    rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART => continue,
+                    other => {
+                        error.get_or_insert(other.into());
+                        continue;
+                    }
+                }
+                let id = rd::rd_kafka_TopicDescription_topic_id(d);
+                if !id.is_null() {
+                    ids.insert(
+                        name,
+                        CStr::from_ptr(rd::rd_kafka_Uuid_base64str(id)).to_string_lossy().into_owned(),
+                    );
+                }
+            }
+            match error {
+                Some(code) => Err(failed(code)),
+                None => Ok(topics.iter().map(|t| ids.remove(t)).collect()),
+            }
+        };
+        if !event.is_null() {
+            rd::rd_kafka_event_destroy(event);
+        }
+        rd::rd_kafka_queue_destroy(queue);
+        rd::rd_kafka_AdminOptions_destroy(options);
+        rd::rd_kafka_TopicCollection_destroy(collection);
+        result
+    }
+}
+
+/// The source's identity as Kafka knows it: the cluster id, the id of each of `topics` that
+/// exists, and the PostgreSQL facts of the CDC's last heartbeat on `heartbeat_topic` (none when
+/// it has none yet). See [`crate::identity`].
+pub fn source_identity(
+    kafka: &KafkaConnection,
+    topics: &[String],
+    heartbeat_topic: &str,
+) -> Result<crate::identity::SourceIdentity, KafkaError> {
+    let consumer: BaseConsumer = kafka
+        .client_config("identity")
+        .set("group.id", format!("{}-identity", kafka.client_id))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut id = crate::identity::SourceIdentity::new();
+    id.insert("kafka.cluster", &cluster_id(consumer.client(), Duration::from_secs(10))?);
+    for (topic, topic_id) in topics.iter().zip(topic_ids(consumer.client(), topics, Duration::from_secs(10))?)
+    {
+        if let Some(topic_id) = topic_id {
+            id.insert(&format!("kafka.topic.{topic}"), &topic_id);
+        }
+    }
+    if let Some(pg) = last_heartbeat_source(&consumer, heartbeat_topic)? {
+        id.merge(&pg);
+    }
+    Ok(id)
+}
+
+/// The PostgreSQL facts ([`crate::identity::HEARTBEAT_SOURCE_HEADER`]) of the last heartbeat on
+/// `topic`, if there is one that carries them.
+fn last_heartbeat_source(
+    consumer: &BaseConsumer,
+    topic: &str,
+) -> Result<Option<crate::identity::SourceIdentity>, KafkaError> {
+    use rdkafka::message::{Headers, Message};
+    if partition_count(consumer.client(), topic).is_none() {
+        return Ok(None);
+    }
+    let (low, high) = consumer.fetch_watermarks(topic, 0, METADATA_TIMEOUT)?;
+    if high <= low {
+        return Ok(None);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(high - 1))?;
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let facts = m.headers().and_then(|h| {
+                    h.iter().find(|h| h.key == crate::identity::HEARTBEAT_SOURCE_HEADER).and_then(|h| {
+                        std::str::from_utf8(h.value?).ok().map(crate::identity::SourceIdentity::parse)
+                    })
+                });
+                return Ok(facts);
+            }
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
+    }
+    Err(KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut))
+}
+
 /// Partitions of `topic`, `None` while it does not exist (or its metadata shows none yet, as
 /// right after its creation).
 pub fn partition_count<C: ClientContext>(client: &Client<C>, topic: &str) -> Option<i32> {

@@ -17,6 +17,7 @@
 
 pub mod children;
 pub mod failpoint;
+pub mod identity;
 pub mod kafka;
 pub mod resilience;
 pub mod serve;
