@@ -767,6 +767,36 @@ async fn archived_values(store: &std::path::Path, topic: &str) -> Vec<Vec<u8>> {
     values
 }
 
+/// A pipeline with an archive, for the reconciliation tests: started with 20 orders in.
+struct Archived {
+    cdc: CdcProcess,
+    p: ProcessorProcess,
+    archive: common::archive::ArchiveProcess,
+}
+
+impl Archived {
+    async fn start(db: &TestDb, mut cdc: CdcProcess) -> Archived {
+        cdc.start();
+        let mut p = ProcessorProcess::new(&cdc.prefix);
+        p.start(&[]);
+        let mut archive = common::archive::ArchiveProcess::new(&cdc.prefix);
+        archive.start();
+        place_orders(&db.pool, 0, 20).await;
+        caught_up(&db.pool, &p).await;
+        Archived { cdc, p, archive }
+    }
+
+    /// The Kappa invariant (the replay of the archive equals the warehouse), then cleans up.
+    async fn replay_and_clean_up(mut self, db: TestDb) {
+        replay_equals_the_warehouse(&self.cdc, &mut self.archive, &mut self.p).await;
+        self.archive.remove();
+        self.p.cleanup().await;
+        let all = topics_of(&self.cdc);
+        self.cdc.cleanup(&all).await;
+        db.drop().await;
+    }
+}
+
 /// Stops the processor and the archiver once the archive holds every CDC record, replays the
 /// archive and compares every table with what the processor wrote (the Kappa invariant).
 async fn replay_equals_the_warehouse(
@@ -948,14 +978,8 @@ async fn assert_one_current_version_per_row(pool: &sqlx::PgPool, database: &str)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_snapshot_reconciles_the_warehouse() {
     let db = TestDb::seeded().await;
-    let mut cdc = cdc_for(&db);
-    cdc.start();
-    let mut p = ProcessorProcess::new(&cdc.prefix);
-    p.start(&[]);
-    let mut archive = common::archive::ArchiveProcess::new(&cdc.prefix);
-    archive.start();
-    place_orders(&db.pool, 0, 20).await;
-    caught_up(&db.pool, &p).await;
+    let cdc = cdc_for(&db);
+    let Archived { mut cdc, p, archive } = Archived::start(&db, cdc).await;
 
     // Changes while nothing streams them: the new snapshot is all that will tell of them.
     cdc.stop();
@@ -988,14 +1012,7 @@ async fn a_second_snapshot_reconciles_the_warehouse() {
         "{metrics}"
     );
 
-    // The Kappa invariant: the replay of the archive equals the warehouse.
-    replay_equals_the_warehouse(&cdc, &mut archive, &mut p).await;
-
-    archive.remove();
-    p.cleanup().await;
-    let all = topics_of(&cdc);
-    cdc.cleanup(&all).await;
-    db.drop().await;
+    Archived { cdc, p, archive }.replay_and_clean_up(db).await;
 }
 
 /// An on-demand incremental snapshot reconciles the warehouse while the stream goes on: changes
@@ -1014,13 +1031,7 @@ async fn an_incremental_snapshot_reconciles_the_warehouse_while_streaming() {
         ],
     );
     cdc.serve_metrics();
-    cdc.start();
-    let mut p = ProcessorProcess::new(&cdc.prefix);
-    p.start(&[]);
-    let mut archive = common::archive::ArchiveProcess::new(&cdc.prefix);
-    archive.start();
-    place_orders(&db.pool, 0, 20).await;
-    caught_up(&db.pool, &p).await;
+    let Archived { cdc, p, archive } = Archived::start(&db, cdc).await;
 
     // Changes nothing captures: the tables are out of the publication meanwhile.
     let tables = "customers, sellers, products, orders, orderdetails";
@@ -1094,13 +1105,7 @@ async fn an_incremental_snapshot_reconciles_the_warehouse_while_streaming() {
         .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
     assert!(chunks >= Some(30), "3,000 products in chunks of 100: {chunks:?}\n{metrics}");
 
-    replay_equals_the_warehouse(&cdc, &mut archive, &mut p).await;
-
-    archive.remove();
-    p.cleanup().await;
-    let all = topics_of(&cdc);
-    cdc.cleanup(&all).await;
-    db.drop().await;
+    Archived { cdc, p, archive }.replay_and_clean_up(db).await;
 }
 
 /// What changes while `rainbow cdc` is stopped: new orders from `from`, a cancelled order (its
