@@ -49,8 +49,9 @@ pub struct CdcConfig {
     /// `provide.transaction.metadata`: BEGIN/END records and the `transaction` block.
     pub provide_transaction_metadata: bool,
     /// `heartbeat.interval.ms`: heartbeat record and slot feedback period; 0 disables heartbeats.
-    /// The processor learns from heartbeats that idle partitions have nothing earlier to deliver,
-    /// so this bounds how long a fact waits behind a quiet dimension topic (default 1 s).
+    /// The processor learns from heartbeats that idle partitions have nothing earlier to deliver:
+    /// besides these periodic ones, a heartbeat record follows each advance of what Kafka
+    /// acknowledged (at most one per 20 ms), so a fact does not wait for a quiet dimension topic.
     pub heartbeat_interval_ms: u64,
     /// `heartbeat.action.query`: SQL run on the source at each heartbeat (empty: none), for
     /// databases whose captured tables are quiet while others write.

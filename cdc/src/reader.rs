@@ -449,6 +449,9 @@ struct Stream<'a> {
     source_facts: Option<String>,
 }
 
+/// The shortest time between two heartbeat records sent because Kafka acknowledged more.
+const ANNOUNCE_GAP: Duration = Duration::from_millis(50);
+
 /// How many recent transaction ids the stream remembers.
 const RECENT_XIDS: usize = 4096;
 
@@ -496,6 +499,13 @@ impl Stream<'_> {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut lag = tokio::time::interval(Duration::from_secs(5));
         lag.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Announcements of what Kafka acknowledged, as it moves (at most one per
+        // ANNOUNCE_GAP): consumers release events past quiet partitions without waiting for the
+        // next periodic heartbeat.
+        let mut announce = acked.clone();
+        let mut announced = tokio::time::Instant::now();
+        let mut unannounced = false;
+        let mut announcing = self.config.heartbeat_interval_ms > 0;
         loop {
             tokio::select! {
                 biased;
@@ -512,9 +522,21 @@ impl Stream<'_> {
                 _ = status.tick() => {
                     self.confirm(conn, &acked, false).await?;
                 }
+                changed = announce.changed(), if announcing && !unannounced => {
+                    unannounced = changed.is_ok();
+                    announcing = changed.is_ok();
+                }
+                // Not more often than once per gap: the latest position then covers all.
+                _ = tokio::time::sleep_until(announced + ANNOUNCE_GAP), if unannounced => {
+                    let acked_lsn = announce.borrow_and_update().lsn;
+                    self.announce(acked_lsn).await?;
+                    announced = tokio::time::Instant::now();
+                    unannounced = false;
+                }
                 _ = heartbeat.tick(), if self.config.heartbeat_interval_ms > 0 => {
                     let acked_lsn = acked.borrow().lsn;
                     self.heartbeat(acked_lsn).await?;
+                    announced = tokio::time::Instant::now();
                     // Ask the server for a keepalive: outside a transaction its position becomes
                     // confirmable, so a quiet slot keeps moving.
                     self.confirm(conn, &acked, true).await?;
@@ -605,6 +627,18 @@ impl Stream<'_> {
     /// `rainbow.source` names the PostgreSQL cluster, database and slot, which consumers record
     /// with their state to refuse state of another source.
     async fn heartbeat(&mut self, acked_lsn: Option<Lsn>) -> Result<(), CdcError> {
+        self.announce(acked_lsn).await?;
+        let query = self.config.heartbeat_action_query.trim();
+        if !query.is_empty() {
+            if let Err(e) = sqlx::query(query).execute(self.pool).await {
+                tracing::warn!(error = %e, "heartbeat action query failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// The heartbeat record alone (see [`Stream::heartbeat`]).
+    async fn announce(&mut self, acked_lsn: Option<Lsn>) -> Result<(), CdcError> {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let (key, value) =
             wire::heartbeat_record(&self.config.topic_prefix, self.config.schemas_enable, now_ms);
@@ -623,12 +657,6 @@ impl Stream<'_> {
         self.sink
             .send(&topic, None, Some(&key), Some(&value), &headers, RecordKind::Heartbeat { now_ms })
             .await?;
-        let query = self.config.heartbeat_action_query.trim();
-        if !query.is_empty() {
-            if let Err(e) = sqlx::query(query).execute(self.pool).await {
-                tracing::warn!(error = %e, "heartbeat action query failed");
-            }
-        }
         Ok(())
     }
 

@@ -31,7 +31,9 @@ pub struct ProcessorConfig {
     pub instances: i32,
     /// The sink writes a batch when it holds this many rows ...
     pub batch_rows: usize,
-    /// ... or when its oldest row waited this long.
+    /// ... and otherwise as soon as rows are released, but at most once per this interval (a
+    /// quiet pipeline shows a change at once; a busy one writes once per interval, which bounds
+    /// the parts ClickHouse makes and merges).
     pub batch_interval_ms: u64,
     /// Where checkpoints go: a directory or an object-store URL (`file://`, `s3://`, `gs://`,
     /// `az://`; credentials from the environment, as for the archive).
@@ -65,7 +67,7 @@ impl Default for ProcessorConfig {
             partition: 0,
             instances: 1,
             batch_rows: 10_000,
-            batch_interval_ms: 1_000,
+            batch_interval_ms: 100,
             checkpoint_url: ".rainbow/processor/checkpoints".into(),
             checkpoint_interval_ms: 10_000,
             checkpoints_kept: 2,

@@ -95,6 +95,10 @@ pub trait Sink {
     /// Takes the rows (leaving `rows` empty).
     fn write(&mut self, rows: &mut Outputs) -> Result<(), Self::Error>;
 
+    /// The commit time (ms since the epoch) of the newest event whose rows the next
+    /// [`Sink::write`] holds, for the latency metrics; a sink may ignore it.
+    fn newest_commit(&mut self, _ts_ms: i64) {}
+
     /// Makes every row written so far durable (or part of [`Sink::save`]).
     fn flush(&mut self) -> Result<(), Self::Error>;
 
@@ -187,6 +191,9 @@ pub struct Record<'a> {
     /// The raw record, for a dead letter.
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
+    /// When the record was appended to its topic (ms since the epoch), where the source knows
+    /// it live (streaming): the merge-latency metric starts there.
+    pub appended_ms: Option<i64>,
 }
 
 /// An event waiting in the merge.
@@ -194,6 +201,7 @@ pub struct Record<'a> {
 struct Queued {
     event: ChangeEvent,
     emit: bool,
+    appended_ms: Option<i64>,
 }
 
 /// How aggregates are sealed (emitted at a transaction boundary).
@@ -294,8 +302,12 @@ impl<E: From<EngineError>> Intake<'_, E> {
             Ok(Some(event)) if event.table() == table => {
                 self.inputs[r.input].events_in.inc();
                 let position = event.position;
-                if self.merger.push(r.input, r.offset, position, Queued { event, emit: r.emit })
-                    == Pushed::Duplicate
+                if self.merger.push(
+                    r.input,
+                    r.offset,
+                    position,
+                    Queued { event, emit: r.emit, appended_ms: r.appended_ms },
+                ) == Pushed::Duplicate
                 {
                     let reason = if position.is_snapshot() { "snapshot_after_stream" } else { "redelivery" };
                     self.metrics.dropped.with_label_values(&[reason]).inc();
@@ -451,6 +463,8 @@ pub struct Engine<S, K, D> {
     next_checkpoint_at: Option<Instant>,
     next_checkpoint_events: u64,
     watermark_ms: i64,
+    /// Commit time of the newest event applied (ms since the epoch), for the sink's metrics.
+    newest_event_ms: i64,
     crash_after: Option<CrashAfter>,
     metrics: ProcessorMetrics,
     applied_by_table: Vec<prometheus::IntCounter>,
@@ -555,6 +569,7 @@ where
             next_checkpoint_at: None,
             next_checkpoint_events: u64::MAX,
             watermark_ms: 0,
+            newest_event_ms: 0,
             metrics,
             applied_by_table,
         })
@@ -608,8 +623,13 @@ where
     /// to the sink. Returns how many events were released.
     fn drain(&mut self) -> Result<u64, S::Error> {
         let mut released = 0;
-        while let Some((input, Queued { event, emit })) = self.merger.pop() {
+        let mut now_ms = None;
+        while let Some((input, Queued { event, emit, appended_ms })) = self.merger.pop() {
             released += 1;
+            if let Some(appended) = appended_ms {
+                let now = *now_ms.get_or_insert_with(|| chrono::Utc::now().timestamp_millis());
+                self.metrics.merge_latency.observe((now - appended).max(0) as f64 / 1000.0);
+            }
             if emit != self.emitting {
                 // Where the output selection changes, the aggregates changed before are sealed
                 // and belong to the side they were changed on.
@@ -626,6 +646,7 @@ where
                         self.this_run.emitted += 1;
                     }
                     self.watermark_ms = self.watermark_ms.max(event.ts_ms);
+                    self.newest_event_ms = self.newest_event_ms.max(event.ts_ms);
                     self.applied_by_table[usize::from(event.position.table)].inc();
                     if let Some(crash) = &self.crash_after {
                         crash.check(self.this_run.events);
@@ -671,6 +692,7 @@ where
             return Ok(());
         }
         if self.emitting {
+            self.sink.newest_commit(self.newest_event_ms);
             self.sink.write(&mut self.out)?;
         } else {
             self.out.clear();

@@ -24,6 +24,11 @@
 //!   `last_checkpoint_timestamp_seconds`, `checkpoints_total`, `checkpoint_errors_total`;
 //! * `state_dimension_versions`, `state_orders`, `state_order_lines`, `state_aggregate_groups`;
 //! * `sink_batch_rows` and `sink_flush_duration_seconds` (histograms), `sink_errors_total`;
+//! * where an event's time goes, per stage (histograms; the CDC's `commit_to_ack_seconds` is the
+//!   stage before): `merge_latency_seconds` (in Kafka → released by the merge, per event),
+//!   `sink_latency_seconds` (released → acknowledged by ClickHouse, the oldest row of each
+//!   write), `freshness_seconds` (commit in PostgreSQL of the newest change a write holds →
+//!   ClickHouse acknowledged the write: how old the dashboards' newest figure is; alerted);
 //! * `running`: 1 while the pipeline runs;
 //! * `retries_total{dependency}`, `dependency_down_seconds{dependency}`, `restarts_total`: the
 //!   faults ridden out (`rainbow_runtime::resilience`).
@@ -58,6 +63,9 @@ pub struct ProcessorMetrics {
     pub state_groups: IntGauge,
     pub sink_batch_rows: Histogram,
     pub sink_flush: Histogram,
+    pub merge_latency: Histogram,
+    pub sink_latency: Histogram,
+    pub freshness: Histogram,
     pub sink_errors: IntCounter,
     pub running: IntGauge,
     /// Retries, dependencies' down time, restarts, health.
@@ -148,6 +156,24 @@ impl ProcessorMetrics {
             sink_flush: reg!(Histogram::with_opts(
                 HistogramOpts::new("sink_flush_duration_seconds", "Time to write one batch to ClickHouse")
                     .buckets(seconds.to_vec())
+            )),
+            merge_latency: reg!(Histogram::with_opts(
+                HistogramOpts::new("merge_latency_seconds", "From a record's append to Kafka to its release by the merge")
+                    .buckets(LATENCY_BUCKETS.to_vec())
+            )),
+            sink_latency: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "sink_latency_seconds",
+                    "From a row's release by the merge to ClickHouse acknowledging it (the oldest row of each write)"
+                )
+                .buckets(LATENCY_BUCKETS.to_vec())
+            )),
+            freshness: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "freshness_seconds",
+                    "From the commit of the newest change a ClickHouse write holds to its acknowledgement"
+                )
+                .buckets(LATENCY_BUCKETS.to_vec())
             )),
             sink_errors: reg!(IntCounter::new(
                 "sink_errors_total",
@@ -246,15 +272,29 @@ impl CheckpointWritten {
 pub struct BatchWritten {
     pub rows: usize,
     pub duration: Duration,
+    /// Since the oldest row of the write was released by the merge.
+    pub since_release: Option<Duration>,
+    /// Since the commit of the newest change the write holds (wall clock).
+    pub since_commit: Option<Duration>,
 }
 
 impl BatchWritten {
     pub fn emit(&self, m: &ProcessorMetrics) {
         m.sink_batch_rows.observe(self.rows as f64);
         m.sink_flush.observe(self.duration.as_secs_f64());
+        if let Some(d) = self.since_release {
+            m.sink_latency.observe(d.as_secs_f64());
+        }
+        if let Some(d) = self.since_commit {
+            m.freshness.observe(d.as_secs_f64());
+        }
         tracing::trace!(rows = self.rows, ms = self.duration.as_millis() as u64, "batch written");
     }
 }
+
+/// Buckets of the per-stage latencies: milliseconds when healthy, minutes behind an outage.
+const LATENCY_BUCKETS: [f64; 17] =
+    [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.35, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0];
 
 /// A ClickHouse write failed: an outage (retried for as long as it lasts) or a refusal (retried
 /// up to `sink_attempts`).

@@ -100,6 +100,7 @@ impl Source for Memory {
                     emit,
                     key: None,
                     value: value.as_deref(),
+                    appended_ms: None,
                 })?;
             }
             self.next[i] = until;

@@ -487,6 +487,12 @@ def bench_cdc(res, runs, small):
             drop_database(db)
 
 
+# How often the freshness run reads v_total_sales: a dashboard refreshing ten times a second
+# (every query costs the one ClickHouse of this 2-core machine; at 50 per second the readings
+# themselves slowed the writes they measure).
+POLL_SECONDS = 0.05
+
+
 def bench_freshness(res, runs, small):
     """From an order's commit (its 201) to its amount in v_total_sales, at 500 orders/s.
 
@@ -515,7 +521,6 @@ def bench_freshness(res, runs, small):
             "RAINBOW_PROCESSOR__GROUP_ID": name, "RAINBOW_PROCESSOR__CHECKPOINT_URL": f"{tmp}/checkpoints",
             "RAINBOW_PROCESSOR__DEAD_LETTER_TOPIC": f"{name}.dead_letter",
             "RAINBOW_PROCESSOR__METRICS_LISTEN": "127.0.0.1:19312",
-            "RAINBOW_PROCESSOR__BATCH_INTERVAL_MS": "100",
             "RAINBOW_ARCHIVE__GROUP_ID": f"{name}-archiver", "RAINBOW_ARCHIVE__METRICS_LISTEN": "127.0.0.1:19313",
             "RAINBOW_UP__METRICS_LISTEN": "127.0.0.1:19314",
             "RAINBOW_STORAGE__URL": f"{tmp}/store", "RUST_LOG": "warn",
@@ -557,7 +562,7 @@ def bench_freshness(res, runs, small):
                         polls.append((t, float(ch(f"SELECT total_sales_amount FROM {name}.v_total_sales") or 0)))
                     except (OSError, ValueError):
                         pass
-                    time.sleep(max(0.0, 0.02 - (time.monotonic() - t)))
+                    time.sleep(max(0.0, POLL_SECONDS - (time.monotonic() - t)))
 
             threads = [threading.Thread(target=sampler), threading.Thread(target=poller)]
             for t in threads:
@@ -585,8 +590,8 @@ def bench_freshness(res, runs, small):
             delays.sort()
             pick = lambda q: delays[min(len(delays) - 1, int(q * len(delays)))]
             rate = re.search(r"\(([0-9.]+)/s\)", load)
-            res.add("Freshness", "POST 201 -> visible in v_total_sales, p50", "ms", pick(0.5), better="lower")
-            res.add("Freshness", "POST 201 -> visible in v_total_sales, p99", "ms", pick(0.99), better="lower")
+            res.add("Freshness", "POST 201 -> visible in v_total_sales, p50", "ms", pick(0.5), 250, better="lower")
+            res.add("Freshness", "POST 201 -> visible in v_total_sales, p99", "ms", pick(0.99), 750, better="lower")
             if rate:
                 res.add("Freshness", "orders/s achieved during the run", "orders/s", float(rate.group(1)), 500)
         finally:

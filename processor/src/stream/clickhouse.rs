@@ -5,12 +5,16 @@
 //!   checkpoint); every row is keyed by its table's deterministic key and versioned by the
 //!   commit position, so `FINAL` (and the views) converge to the same result.
 //! * **Batching.** Rows are collapsed per key as ReplacingMergeTree would (highest version, last
-//!   among equal versions) and written when the batch holds `batch_rows` rows or its oldest row
-//!   waited `batch_interval_ms`, and on every [`SinkMessage::Flush`].
+//!   among equal versions). The engine hands rows over each time the merge is drained; they are
+//!   written at once when the previous write ended at least `batch_interval_ms` ago (a quiet
+//!   pipeline shows a change as soon as it is applied), else when that interval has passed (a
+//!   busy one writes at most once per interval, which bounds ClickHouse's parts); and when the
+//!   batch holds `batch_rows` rows, and on every [`SinkMessage::Flush`].
 //! * **Durability.** A flush is acknowledged only after ClickHouse accepted every table's insert;
 //!   the engine writes a checkpoint only after such an acknowledgement.
-//! * **Order.** Dimensions are written before facts, facts before aggregates, so a reader never
-//!   sees a fact whose dimension row is not there yet (within one flush).
+//! * **Order.** Dimensions are written before facts and aggregates, so a reader never sees a fact
+//!   whose dimension row is not there yet (within one flush); the dimensions are written
+//!   concurrently, then the facts and the aggregates.
 //! * **Errors.** Every insert has a timeout (`sink_timeout_ms`: a hung server counts as failed).
 //!   An outage (network, timeout, a server-side condition that passes) is retried with capped
 //!   exponential backoff and jitter for as long as it lasts, ClickHouse counted as down
@@ -26,14 +30,24 @@ use crate::error::ProcessorError;
 use crate::metrics::{BatchWritten, ProcessorMetrics, SinkFailed};
 use clickhouse::Client;
 use rainbow_runtime::resilience::{Backoff, Dependency};
+use rainbow_schemas::shape::Kind;
 use rainbow_schemas::shape::Outputs;
 use rainbow_schemas::shape::{Table, Tables, WarehouseRow};
 use rainbow_schemas::warehouse::{self, Warehouse};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
+/// One table's insert, awaited with the others of its stage.
+type Write<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ProcessorError>> + Send + 'a>>;
+
 pub enum SinkMessage {
-    Rows(Box<Outputs>),
+    Rows {
+        rows: Box<Outputs>,
+        /// When the merge released them.
+        released: Instant,
+        /// Commit time of the newest change among them, ms since the epoch.
+        newest_commit_ms: Option<i64>,
+    },
     /// Write everything buffered; answer when ClickHouse has it.
     Flush(oneshot::Sender<Result<(), String>>),
 }
@@ -42,11 +56,12 @@ pub enum SinkMessage {
 /// engine waits when ClickHouse falls behind).
 pub struct ClickHouseWriter {
     tx: mpsc::Sender<SinkMessage>,
+    newest_commit_ms: Option<i64>,
 }
 
 impl ClickHouseWriter {
     pub fn new(tx: mpsc::Sender<SinkMessage>) -> ClickHouseWriter {
-        ClickHouseWriter { tx }
+        ClickHouseWriter { tx, newest_commit_ms: None }
     }
 
     fn stopped() -> ProcessorError {
@@ -58,9 +73,17 @@ impl Sink for ClickHouseWriter {
     type Error = ProcessorError;
     type Summary = ();
 
+    fn newest_commit(&mut self, ts_ms: i64) {
+        self.newest_commit_ms = Some(ts_ms);
+    }
+
     fn write(&mut self, rows: &mut Outputs) -> Result<(), ProcessorError> {
-        let rows = Box::new(std::mem::take(rows));
-        self.tx.blocking_send(SinkMessage::Rows(rows)).map_err(|_| Self::stopped())
+        let message = SinkMessage::Rows {
+            rows: Box::new(std::mem::take(rows)),
+            released: Instant::now(),
+            newest_commit_ms: self.newest_commit_ms.take(),
+        };
+        self.tx.blocking_send(message).map_err(|_| Self::stopped())
     }
 
     fn flush(&mut self) -> Result<(), ProcessorError> {
@@ -92,7 +115,12 @@ pub struct SinkSettings {
 pub struct ClickHouseSink {
     client: Client,
     batch: Tables,
+    /// When the batch's oldest rows were released, and when it is to be written.
     oldest: Option<Instant>,
+    due: Option<Instant>,
+    newest_commit_ms: Option<i64>,
+    /// When the last write ended.
+    last_write: Option<Instant>,
     settings: SinkSettings,
     metrics: ProcessorMetrics,
     /// Ends a retry during an outage when the processor stops.
@@ -110,6 +138,9 @@ impl ClickHouseSink {
             client: warehouse.client.clone(),
             batch: Tables::default(),
             oldest: None,
+            due: None,
+            newest_commit_ms: None,
+            last_write: None,
             settings,
             metrics,
             stop,
@@ -119,16 +150,22 @@ impl ClickHouseSink {
     /// Runs until the channel closes (then writes what is left) or a write fails for good.
     pub async fn run(mut self, mut rx: mpsc::Receiver<SinkMessage>) -> Result<(), ProcessorError> {
         loop {
-            let deadline = self.oldest.map(|t| t + self.settings.interval);
+            if self.due.is_some_and(|due| due <= Instant::now()) {
+                self.flush().await?;
+            }
+            let deadline = self.due;
             tokio::select! {
                 message = rx.recv() => match message {
                     None => return self.flush().await,
-                    Some(SinkMessage::Rows(mut rows)) => {
+                    Some(SinkMessage::Rows { mut rows, released, newest_commit_ms }) => {
                         let rows = &mut *rows;
                         if rows.is_empty() {
                             continue;
                         }
-                        self.oldest.get_or_insert_with(Instant::now);
+                        self.oldest.get_or_insert(released);
+                        self.newest_commit_ms = self.newest_commit_ms.max(newest_commit_ms);
+                        let earliest = self.last_write.map_or(released, |t| t + self.settings.interval);
+                        self.due.get_or_insert(earliest.max(released));
                         self.batch.absorb(rows);
                         if self.batch.rows_total() >= self.settings.batch_rows {
                             self.flush().await?;
@@ -149,19 +186,37 @@ impl ClickHouseSink {
 
     async fn flush(&mut self) -> Result<(), ProcessorError> {
         let rows = self.batch.rows_total();
-        self.oldest = None;
+        let oldest = self.oldest.take();
+        let newest_commit_ms = self.newest_commit_ms.take();
+        self.due = None;
         if rows == 0 {
             return Ok(());
         }
         let started = Instant::now();
         let b = std::mem::take(&mut self.batch);
+        // Dimensions (and dates), then facts and aggregates; the tables of a stage at once.
+        let mut stages: [Vec<Write<'_>>; 2] = Default::default();
         macro_rules! write_table {
             ($table:ident, $row:ty) => {
-                self.write(b.$table).await?;
+                let stage = match <$row as WarehouseRow>::TABLE.kind {
+                    Kind::Dimension { .. } | Kind::Dates => 0,
+                    Kind::Fact | Kind::Aggregate => 1,
+                };
+                stages[stage].push(Box::pin(self.write(b.$table)));
             };
         }
         rainbow_schemas::for_each_table!(write_table);
-        BatchWritten { rows, duration: started.elapsed() }.emit(&self.metrics);
+        for stage in stages {
+            futures_util::future::try_join_all(stage).await?;
+        }
+        let now = Instant::now();
+        self.last_write = Some(now);
+        let since_commit = newest_commit_ms.and_then(|ms| {
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            u64::try_from(now_ms - ms).ok().map(Duration::from_millis)
+        });
+        BatchWritten { rows, duration: now - started, since_release: oldest.map(|t| now - t), since_commit }
+            .emit(&self.metrics);
         Ok(())
     }
 

@@ -295,6 +295,7 @@ impl Source for KafkaSource {
                         emit: true,
                         key: m.key(),
                         value: m.payload(),
+                        appended_ms: m.timestamp().to_millis(),
                     })?;
                 }
                 // librdkafka reconnects by itself; the error says the brokers are away meanwhile.

@@ -176,6 +176,7 @@ impl Source for ArchiveSource {
                             emit: selected,
                             key: None,
                             value: None,
+                            appended_ms: None,
                         })?;
                     }
                 }

@@ -144,9 +144,12 @@ pub fn assert_alert_metrics_exported(service: &str, metrics: &str) {
     names.dedup();
     assert!(!names.is_empty(), "rules.yml uses no {prefix}* metric");
     for name in names {
-        let exported = metrics
-            .lines()
-            .any(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')));
+        // A histogram is exported as `<name>_bucket` (and `_sum`, `_count`).
+        let exported = metrics.lines().any(|l| {
+            l.strip_prefix(name).is_some_and(|rest| {
+                rest.starts_with('{') || rest.starts_with(' ') || rest.starts_with("_bucket{")
+            })
+        });
         assert!(exported, "rules.yml uses {name}, which /metrics does not export:\n{metrics}");
     }
 }
