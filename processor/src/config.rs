@@ -67,7 +67,7 @@ impl Default for ProcessorConfig {
             partition: 0,
             instances: 1,
             batch_rows: 10_000,
-            batch_interval_ms: 100,
+            batch_interval_ms: 200,
             checkpoint_url: ".rainbow/processor/checkpoints".into(),
             checkpoint_interval_ms: 10_000,
             checkpoints_kept: 2,
