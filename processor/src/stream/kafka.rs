@@ -55,6 +55,13 @@ pub struct KafkaSource {
     next_lag: Instant,
 }
 
+/// A heartbeat record's content.
+struct Heartbeat {
+    acked: Option<rainbow_schemas::wire::Lsn>,
+    ts_ms: i64,
+    source: Option<SourceIdentity>,
+}
+
 impl KafkaSource {
     /// A consumer of the CDC's topics; `stop` ends the wait for them.
     pub fn new(
@@ -84,33 +91,37 @@ impl KafkaSource {
         })
     }
 
+    /// What a heartbeat record says (see [`KafkaSource::heartbeat`]).
+    fn read_heartbeat(m: &BorrowedMessage<'_>) -> Heartbeat {
+        let header =
+            |key: &str| m.headers().and_then(|h| h.iter().find(|h| h.key == key).and_then(|h| h.value));
+        Heartbeat {
+            acked: header(wire::HEARTBEAT_ACKED_LSN_HEADER).and_then(wire::parse_acked_header),
+            ts_ms: m.payload().and_then(wire::heartbeat_ts_ms).unwrap_or(0),
+            source: header(HEARTBEAT_SOURCE_HEADER)
+                .and_then(|v| std::str::from_utf8(v).ok().map(SourceIdentity::parse)),
+        }
+    }
+
     /// A heartbeat: every input consumed up to its current end offset has nothing before the
-    /// heartbeat's acknowledged LSN left to deliver.
+    /// heartbeat's acknowledged LSN left to deliver. Of the heartbeats one poll reads, only the
+    /// newest is acted on (it says all the others say): a backlog of them, after a stall, costs
+    /// one end-offsets request instead of one each.
     fn heartbeat(
         &mut self,
-        m: &BorrowedMessage<'_>,
+        beat: Heartbeat,
         intake: &mut Intake<'_, ProcessorError>,
     ) -> Result<(), ProcessorError> {
-        let source = m.headers().and_then(|h| {
-            h.iter()
-                .find(|h| h.key == HEARTBEAT_SOURCE_HEADER)
-                .and_then(|h| std::str::from_utf8(h.value?).ok().map(SourceIdentity::parse))
-        });
-        if let Some(now) = source {
+        if let Some(now) = beat.source {
             let known = self.postgres.get_or_insert_with(|| now.clone());
             let conflicts = known.conflicts(&now);
             if !conflicts.is_empty() {
                 return Err(ProcessorError::SourceChanged { differences: conflicts.join("; ") });
             }
         }
-        let acked = m.headers().and_then(|h| {
-            h.iter()
-                .find(|h| h.key == wire::HEARTBEAT_ACKED_LSN_HEADER)
-                .and_then(|h| wire::parse_acked_header(h.value?))
-        });
-        let Some(acked) = acked else { return Ok(()) };
+        let Some(acked) = beat.acked else { return Ok(()) };
         let at = Position { commit: acked.0, change: 0, table: 0 };
-        let ts_ms = m.payload().and_then(wire::heartbeat_ts_ms).unwrap_or(0);
+        let ts_ms = beat.ts_ms;
         let behind: Vec<usize> =
             (0..intake.inputs()).filter(|&i| intake.input_frontier(i).is_none_or(|f| f < at)).collect();
         if !behind.is_empty() {
@@ -273,12 +284,13 @@ impl Source for KafkaSource {
         let consumer = self.consumer.clone();
         let mut timeout = Duration::from_millis(100);
         let mut received = false;
+        let mut newest_beat: Option<Heartbeat> = None;
         for _ in 0..POLL_BATCH {
             let Some(result) = consumer.poll(timeout) else { break };
             timeout = Duration::ZERO;
             received |= result.is_ok();
             match result {
-                Ok(m) if m.topic() == self.heartbeat_topic => self.heartbeat(&m, intake)?,
+                Ok(m) if m.topic() == self.heartbeat_topic => newest_beat = Some(Self::read_heartbeat(&m)),
                 Ok(m) => {
                     let slot = self.by_topic.get(m.topic()).and_then(|v| v.get(m.partition() as usize));
                     // A partition added after start: picked up at the next restart.
@@ -307,6 +319,9 @@ impl Source for KafkaSource {
                     }
                 }
             }
+        }
+        if let Some(beat) = newest_beat {
+            self.heartbeat(beat, intake)?;
         }
         if received {
             self.metrics.resilience.connected(Dependency::Kafka);
