@@ -212,14 +212,22 @@ pub fn source_identity(
         .create()?;
     let mut id = crate::identity::SourceIdentity::new();
     id.insert("kafka.cluster", &cluster_id(consumer.client(), Duration::from_secs(10))?);
-    for (topic, topic_id) in topics.iter().zip(topic_ids(consumer.client(), topics, Duration::from_secs(10))?)
-    {
-        if let Some(topic_id) = topic_id {
-            id.insert(&format!("kafka.topic.{topic}"), &topic_id);
+    // The other facts are recorded when they can be read: a topic just created may have no
+    // leader yet (a later start records it), which is no reason to stop.
+    match topic_ids(consumer.client(), topics, Duration::from_secs(10)) {
+        Ok(ids) => {
+            for (topic, topic_id) in topics.iter().zip(ids) {
+                if let Some(topic_id) = topic_id {
+                    id.insert(&format!("kafka.topic.{topic}"), &topic_id);
+                }
+            }
         }
+        Err(e) => tracing::debug!(error = %e, "topic ids not read this time"),
     }
-    if let Some(pg) = last_heartbeat_source(&consumer, heartbeat_topic)? {
-        id.merge(&pg);
+    match last_heartbeat_source(&consumer, heartbeat_topic) {
+        Ok(Some(pg)) => id.merge(&pg),
+        Ok(None) => {}
+        Err(e) => tracing::debug!(error = %e, "the last heartbeat not read this time"),
     }
     Ok(id)
 }
