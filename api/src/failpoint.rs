@@ -4,15 +4,15 @@
 
 pub use rainbow_runtime::failpoint::Action;
 
-/// The steps of `POST /api/v1/orders` at which a failpoint can fire.
+/// The steps of `POST /api/v1/orders` at which a failpoint can fire. The order is written by one
+/// statement in its own transaction, so there is no step inside it: before it nothing is written,
+/// after it everything is committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Step {
-    /// The idempotency key (if any) is inserted; nothing else is written yet.
-    KeyReserved,
-    /// The order's products are locked and read.
-    ProductsLocked,
-    /// Every row is written (order, lines, sold counts, stock); only COMMIT is left.
-    BeforeCommit,
+    /// The request is valid; nothing is written yet.
+    BeforeWrite,
+    /// The order is committed; the response is not sent yet.
+    Committed,
 }
 
 /// The order service's failpoints.

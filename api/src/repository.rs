@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 
 /// A product as an order line captures it, with what the response shows about it.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProductForSale {
     pub id: i64,
     pub name: String,
@@ -19,21 +19,150 @@ pub struct ProductForSale {
     pub price_treatment: Option<Decimal>,
 }
 
-/// Reserves an idempotency key with the canonical request. Returns false when the key exists
-/// (after waiting for a concurrent transaction holding it to finish, as unique inserts do).
-pub async fn reserve_key(
+/// What [`place_order`] did. Only [`Placed::Created`] wrote anything.
+#[derive(Debug)]
+pub enum Placed {
+    Created {
+        order: CreatedOrder,
+        products: Vec<ProductForSale>,
+    },
+    /// The line (index into the request's lines) whose product does not exist.
+    UnknownProduct(usize),
+    /// Products whose inventory is below the ordered quantity: (product id, available), in
+    /// product id order.
+    ShortOfStock(Vec<(i64, i64)>),
+    /// The idempotency key exists already (committed by another request, which this one waited
+    /// for if it was in flight): read it with [`find_key`].
+    KeyTaken,
+}
+
+/// Places an order in one statement, which is its own transaction (run it outside any, in
+/// autocommit: the statement commits or rolls back as a whole, and a single round trip keeps the
+/// product row locks short). It locks the order's products in id order (so concurrent orders
+/// never deadlock and a line captures the price and promotion as they are at commit), reserves
+/// the idempotency key with the order's id and the canonical request, and writes the order row,
+/// its lines, the sold counts and the stock decrements where an inventory row exists — or
+/// nothing, when a product is missing, the stock is short or the key is taken.
+///
+/// The stock check reads the statement's snapshot; an order that raced a concurrent decrement
+/// past it fails on `inventories_quantity_check`, so stock never goes negative either way. An
+/// unknown customer or payment method fails on the orders' foreign keys.
+pub async fn place_order(
     conn: &mut PgConnection,
-    key: &str,
-    request: &serde_json::Value,
-) -> sqlx::Result<bool> {
-    let inserted = sqlx::query(
-        "INSERT INTO api_idempotency_keys (key, request) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING RETURNING 1",
+    order: &NewOrder,
+    idempotency_key: Option<&str>,
+) -> sqlx::Result<Placed> {
+    let ids: Vec<i64> = order.lines.iter().map(|l| l.product_id).collect();
+    let quantities: Vec<i32> = order.lines.iter().map(|l| l.quantity as i32).collect();
+    let request = idempotency_key.map(|_| order.canonical());
+    let rows = sqlx::query(
+        "WITH wanted AS (
+             SELECT * FROM unnest($3::bigint[], $4::int[]) WITH ORDINALITY AS l(product_id, quantity, line)
+         ), locked AS MATERIALIZED (
+             SELECT p.id, p.name, p.price, p.promotion_id FROM products p
+             WHERE p.id = ANY($3) ORDER BY p.id FOR NO KEY UPDATE
+         ), all_locked AS MATERIALIZED (
+             SELECT count(*) = (SELECT count(DISTINCT product_id) FROM wanted) AS ok FROM locked
+         ), short AS MATERIALIZED (
+             SELECT i.product_id, i.quantity FROM inventories i JOIN wanted w USING (product_id)
+             WHERE i.quantity < w.quantity
+         ), new_id AS MATERIALIZED (
+             SELECT nextval(pg_get_serial_sequence('orders', 'id')) AS id
+             WHERE (SELECT ok FROM all_locked) AND NOT EXISTS (SELECT 1 FROM short)
+         ), key AS (
+             INSERT INTO api_idempotency_keys (key, request, order_id)
+             SELECT $6, $7, n.id FROM new_id n WHERE $6::text IS NOT NULL
+             ON CONFLICT (key) DO NOTHING
+             RETURNING key
+         ), new_order AS (
+             INSERT INTO orders (id, customer_id, payment_id, created_at, updated_at)
+             SELECT n.id, $1, $2, COALESCE($5, now()), COALESCE($5, now()) FROM new_id n
+             WHERE $6::text IS NULL OR EXISTS (SELECT 1 FROM key)
+             RETURNING id, created_at, customer_id, payment_id
+         ), lines AS (
+             INSERT INTO orderdetails (order_id, product_id, quantity, price, promotion_id, created_at, updated_at)
+             SELECT o.id, w.product_id, w.quantity, l.price, l.promotion_id, o.created_at, o.created_at
+             FROM new_order o, wanted w JOIN locked l ON l.id = w.product_id
+         ), sold AS (
+             UPDATE products p SET sold_count = p.sold_count + w.quantity
+             FROM wanted w, new_order o WHERE p.id = w.product_id
+         ), stock AS (
+             UPDATE inventories i SET quantity = i.quantity - w.quantity
+             FROM wanted w, new_order o WHERE i.product_id = w.product_id
+         )
+         SELECT o.id, o.created_at, c.name AS customer_name, c.email AS customer_email, pay.method AS payment_method,
+                EXISTS (SELECT 1 FROM new_id) AS attempted,
+                (SELECT min(line) FROM wanted w WHERE NOT EXISTS (SELECT 1 FROM locked l WHERE l.id = w.product_id))
+                    AS missing_line,
+                (SELECT array_agg(product_id ORDER BY product_id) FROM short) AS short_products,
+                (SELECT array_agg(quantity ORDER BY product_id) FROM short) AS short_available,
+                l.id AS product_id, l.name AS product_name, l.price, l.promotion_id,
+                pm.name AS promotion_name, pm.coupon_type, pm.price_treatment
+         FROM (SELECT 1) AS one
+         LEFT JOIN new_order o ON true
+         LEFT JOIN customers c ON c.id = o.customer_id
+         LEFT JOIN payments pay ON pay.id = o.payment_id
+         LEFT JOIN locked l ON o.id IS NOT NULL
+         LEFT JOIN promotions pm ON pm.id = l.promotion_id",
     )
-    .bind(key)
+    .bind(order.customer_id)
+    .bind(order.payment_id)
+    .bind(&ids)
+    .bind(&quantities)
+    .bind(order.created_at)
+    .bind(idempotency_key)
     .bind(request)
-    .fetch_optional(conn)
+    .fetch_all(conn)
     .await?;
-    Ok(inserted.is_some())
+    let first = rows.first().ok_or(sqlx::Error::RowNotFound)?;
+    let id: Option<i64> = first.try_get("id")?;
+    let Some(id) = id else {
+        if let Some(line) = first.try_get::<Option<i64>, _>("missing_line")? {
+            return Ok(Placed::UnknownProduct((line - 1) as usize));
+        }
+        let products: Vec<i64> = first.try_get::<Option<Vec<i64>>, _>("short_products")?.unwrap_or_default();
+        if !products.is_empty() {
+            let available: Vec<i64> =
+                first.try_get::<Option<Vec<i64>>, _>("short_available")?.unwrap_or_default();
+            return Ok(Placed::ShortOfStock(products.into_iter().zip(available).collect()));
+        }
+        if first.try_get::<bool, _>("attempted")? && idempotency_key.is_some() {
+            return Ok(Placed::KeyTaken);
+        }
+        return Err(sqlx::Error::Protocol("placing an order returned no order and no reason".into()));
+    };
+    let order = CreatedOrder {
+        id,
+        created_at: first.try_get("created_at")?,
+        customer_name: first.try_get("customer_name")?,
+        customer_email: first.try_get("customer_email")?,
+        payment_method: first.try_get("payment_method")?,
+    };
+    let products = rows
+        .iter()
+        .map(|r| {
+            Ok(ProductForSale {
+                id: r.try_get("product_id")?,
+                name: r.try_get("product_name")?,
+                price: r.try_get("price")?,
+                promotion_id: r.try_get("promotion_id")?,
+                promotion_name: r.try_get("promotion_name")?,
+                coupon_type: r.try_get("coupon_type")?,
+                price_treatment: r.try_get("price_treatment")?,
+            })
+        })
+        .collect::<sqlx::Result<_>>()?;
+    Ok(Placed::Created { order, products })
+}
+
+/// The new order's row and what its response needs from other tables.
+#[derive(Debug)]
+pub struct CreatedOrder {
+    pub id: i64,
+    pub created_at: DateTime<Utc>,
+    pub customer_name: String,
+    pub customer_email: String,
+    pub payment_method: String,
 }
 
 /// The request and order stored under an idempotency key.
@@ -47,117 +176,12 @@ pub async fn find_key(
         .await
 }
 
-/// Locks the given products (in id order, so concurrent orders never deadlock) and returns the
-/// ones that exist with their current price and promotion. The locks serialize concurrent orders
-/// on a product, so that the stock check of [`insert_order`], a later statement, sees every
-/// earlier order's decrement.
-pub async fn lock_products(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<Vec<ProductForSale>> {
-    sqlx::query_as(
-        "SELECT p.id, p.name, p.price, p.promotion_id, pm.name AS promotion_name, pm.coupon_type, pm.price_treatment
-         FROM products p LEFT JOIN promotions pm ON pm.id = p.promotion_id
-         WHERE p.id = ANY($1) ORDER BY p.id FOR NO KEY UPDATE OF p",
-    )
-    .bind(ids)
-    .fetch_all(conn)
-    .await
-}
-
-/// What [`insert_order`] did.
-#[derive(Debug)]
-pub enum Inserted {
-    Created(CreatedOrder),
-    /// Products whose inventory is below the ordered quantity: (product id, available).
-    ShortOfStock(Vec<(i64, i64)>),
-}
-
-/// Writes the order in one statement: the order row, its lines (with the captured price and
-/// promotion of `products`, which must hold every line's product), the sold counts, the stock
-/// decrements where an inventory row exists, and the idempotency key's order id. On
-/// [`Inserted::ShortOfStock`] some rows may be written: the caller must roll back.
-///
-/// Assumes the products are locked by this transaction ([`lock_products`]).
-pub async fn insert_order(
-    conn: &mut PgConnection,
-    order: &NewOrder,
-    products: &[ProductForSale],
-    idempotency_key: Option<&str>,
-) -> sqlx::Result<Inserted> {
-    let price_of = |id: i64| products.iter().find(|p| p.id == id).expect("every line's product is locked");
-    let ids: Vec<i64> = order.lines.iter().map(|l| l.product_id).collect();
-    let quantities: Vec<i32> = order.lines.iter().map(|l| l.quantity as i32).collect();
-    let prices: Vec<Decimal> = order.lines.iter().map(|l| price_of(l.product_id).price).collect();
-    let promotions: Vec<Option<i64>> =
-        order.lines.iter().map(|l| price_of(l.product_id).promotion_id).collect();
-    let row = sqlx::query(
-        "WITH wanted AS (
-             SELECT * FROM unnest($3::bigint[], $4::int[], $5::numeric[], $6::bigint[])
-                 AS l(product_id, quantity, price, promotion_id)
-         ), short AS (
-             SELECT i.product_id, i.quantity FROM inventories i JOIN wanted w USING (product_id)
-             WHERE i.quantity < w.quantity
-         ), new_order AS (
-             INSERT INTO orders (customer_id, payment_id, created_at, updated_at)
-             SELECT $1, $2, COALESCE($7, now()), COALESCE($7, now())
-             WHERE NOT EXISTS (SELECT 1 FROM short)
-             RETURNING id, created_at, customer_id, payment_id
-         ), lines AS (
-             INSERT INTO orderdetails (order_id, product_id, quantity, price, promotion_id, created_at, updated_at)
-             SELECT o.id, w.product_id, w.quantity, w.price, w.promotion_id, o.created_at, o.created_at
-             FROM new_order o, wanted w
-         ), sold AS (
-             UPDATE products p SET sold_count = p.sold_count + w.quantity
-             FROM wanted w, new_order o WHERE p.id = w.product_id
-         ), stock AS (
-             UPDATE inventories i SET quantity = i.quantity - w.quantity
-             FROM wanted w, new_order o WHERE i.product_id = w.product_id
-         ), key AS (
-             UPDATE api_idempotency_keys k SET order_id = o.id FROM new_order o WHERE k.key = $8
-         )
-         SELECT o.id, o.created_at, c.name AS customer_name, c.email AS customer_email, pay.method AS payment_method,
-                (SELECT array_agg(product_id ORDER BY product_id) FROM short) AS short_products,
-                (SELECT array_agg(quantity ORDER BY product_id) FROM short) AS short_available
-         FROM (SELECT 1) AS one
-         LEFT JOIN new_order o ON true
-         LEFT JOIN customers c ON c.id = o.customer_id
-         LEFT JOIN payments pay ON pay.id = o.payment_id",
-    )
-    .bind(order.customer_id)
-    .bind(order.payment_id)
-    .bind(&ids)
-    .bind(&quantities)
-    .bind(&prices)
-    .bind(&promotions)
-    .bind(order.created_at)
-    .bind(idempotency_key)
-    .fetch_one(conn)
-    .await?;
-    let id: Option<i64> = row.try_get("id")?;
-    match id {
-        Some(id) => Ok(Inserted::Created(CreatedOrder {
-            id,
-            created_at: row.try_get("created_at")?,
-            customer_name: row.try_get("customer_name")?,
-            customer_email: row.try_get("customer_email")?,
-            payment_method: row.try_get("payment_method")?,
-        })),
-        None => {
-            let products: Vec<i64> =
-                row.try_get::<Option<Vec<i64>>, _>("short_products")?.unwrap_or_default();
-            let available: Vec<i64> =
-                row.try_get::<Option<Vec<i64>>, _>("short_available")?.unwrap_or_default();
-            Ok(Inserted::ShortOfStock(products.into_iter().zip(available).collect()))
-        }
-    }
-}
-
-/// The new order's row and what its response needs from other tables.
-#[derive(Debug)]
-pub struct CreatedOrder {
-    pub id: i64,
-    pub created_at: DateTime<Utc>,
-    pub customer_name: String,
-    pub customer_email: String,
-    pub payment_method: String,
+/// Whether an idempotency key exists (committed).
+pub async fn key_exists(conn: &mut PgConnection, key: &str) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_idempotency_keys WHERE key = $1)")
+        .bind(key)
+        .fetch_one(conn)
+        .await
 }
 
 /// One row per line of an order (one row with null line columns for an order without lines), in

@@ -1,10 +1,10 @@
-//! The order service: the business rules of the API, with one database transaction as the unit
-//! of work of each request. Handlers call it; it calls the repository.
+//! The order service: the business rules of the API. Handlers call it; it calls the repository.
 //!
 //! Guarantees of [`OrderService::create_order`]:
 //! * all or nothing: the order, its lines, the sold counts, the stock decrements and the
-//!   idempotency key commit together or not at all (any error, a dropped request future included,
-//!   rolls the transaction back);
+//!   idempotency key are written by one statement in its own transaction (one round trip, so the
+//!   products' row locks last only as long as the statement and its commit), so they commit
+//!   together or not at all;
 //! * each line captures its product's price and promotion as they are when the order commits,
 //!   under a row lock held until commit;
 //! * stock never goes negative: an order that asks for more than an inventory row holds is refused
@@ -19,7 +19,7 @@ use crate::model::{
     CustomerRef, LineView, ListQuery, NewOrder, OrderPage, OrderSummary, OrderView, PaymentRef, PromotionRef,
     Totals,
 };
-use crate::repository::{self as repo, Inserted};
+use crate::repository::{self as repo, Placed};
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use rainbow_schemas::pricing::{line_amounts, CouponType, PromotionTerms};
@@ -163,30 +163,26 @@ impl OrderService {
     }
 
     async fn create_in_transaction(&self, order: &NewOrder, key: Option<&str>) -> Result<Created, ApiError> {
-        let mut tx = self.pool.begin().await?;
-        if let Some(key) = key {
-            if !repo::reserve_key(&mut tx, key, &order.canonical()).await? {
-                return self.replay(&mut tx, key, order).await;
+        self.failpoint(Step::BeforeWrite).await?;
+        let mut conn = self.pool.acquire().await?;
+        let placed = repo::place_order(&mut conn, order, key).await.map_err(reference_error)?;
+        let (created, products) = match (placed, key) {
+            (Placed::Created { order, products }, _) => (order, products),
+            (Placed::KeyTaken, Some(key)) => return self.replay(&mut conn, key, order).await,
+            // A refused request whose key is taken is a retry or a reuse of the key: the key decides.
+            (Placed::UnknownProduct(_) | Placed::ShortOfStock(_), Some(key))
+                if repo::key_exists(&mut conn, key).await? =>
+            {
+                return self.replay(&mut conn, key, order).await
             }
-        }
-        self.failpoint(Step::KeyReserved).await?;
-
-        let ids: Vec<i64> = order.lines.iter().map(|l| l.product_id).collect();
-        let products = repo::lock_products(&mut tx, &ids).await?;
-        if let Some((i, line)) =
-            order.lines.iter().enumerate().find(|(_, l)| !products.iter().any(|p| p.id == l.product_id))
-        {
-            return Err(ApiError::unknown_reference(
-                format!("products[{i}].productId"),
-                format!("product {} does not exist", line.product_id),
-            ));
-        }
-        self.failpoint(Step::ProductsLocked).await?;
-
-        let inserted = repo::insert_order(&mut tx, order, &products, key).await.map_err(reference_error)?;
-        let created = match inserted {
-            Inserted::Created(created) => created,
-            Inserted::ShortOfStock(short) => {
+            (Placed::KeyTaken, None) => return Err(ApiError::internal()),
+            (Placed::UnknownProduct(i), _) => {
+                return Err(ApiError::unknown_reference(
+                    format!("products[{i}].productId"),
+                    format!("product {} does not exist", order.lines[i].product_id),
+                ))
+            }
+            (Placed::ShortOfStock(short), _) => {
                 let (product, available) = short[0];
                 let i = order.lines.iter().position(|l| l.product_id == product).unwrap_or(0);
                 return Err(ApiError::new(
@@ -200,10 +196,8 @@ impl OrderService {
                 .with_field(format!("products[{i}].quantity")));
             }
         };
-        let view = created_view(order, &products, created)?;
-        self.failpoint(Step::BeforeCommit).await?;
-        tx.commit().await?;
-        Ok(Created::New(view))
+        self.failpoint(Step::Committed).await?;
+        Ok(Created::New(created_view(order, &products, created)?))
     }
 
     /// The key exists: return its order if the request is the same, else refuse.
