@@ -450,7 +450,7 @@ struct Stream<'a> {
 }
 
 /// The shortest time between two heartbeat records sent because Kafka acknowledged more.
-const ANNOUNCE_GAP: Duration = Duration::from_millis(50);
+const ANNOUNCE_GAP: Duration = Duration::from_millis(20);
 
 /// How many recent transaction ids the stream remembers.
 const RECENT_XIDS: usize = 4096;

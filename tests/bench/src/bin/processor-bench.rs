@@ -7,7 +7,8 @@
 //! `core`: the pure core on one thread over a generated workload at the seed's shape (snapshot of
 //! the reference data, then orders with ~5.5 lines, 2.3 product changes per order, 2 % churn):
 //! events/s of `Core::apply` on typed events, events/s of decode + apply from Debezium JSON, and
-//! the resident memory the state takes per million keys.
+//! the resident memory the state takes per million keys; then the state's resident memory per
+//! dimension key, from a snapshot of a million customers and a million products.
 //! `kafka`: the same workload as Debezium JSON in fresh Kafka topics (3 partitions each) of the
 //! local stack, then `rainbow_processor::run` into a fresh ClickHouse database: sustained
 //! events/s from start to the last aggregate in ClickHouse.
@@ -129,6 +130,30 @@ fn core_bench(events: &[ChangeEvent]) {
         "| peak RSS of the process (workload included) | {:.0} MiB |",
         rss_kib("VmHWM:") as f64 / 1024.0
     );
+    dimension_memory();
+}
+
+/// The state's resident memory per dimension key: the snapshot of a catalogue of a million
+/// customers and a million products (one current version each), applied to an empty core.
+fn dimension_memory() {
+    let config =
+        WorkloadConfig { customers: 1_000_000, products: 1_000_000, ..WorkloadConfig::seed_volume() };
+    let events = Workload::new(config, 7).snapshot();
+    let rss_before = rss_kib("VmRSS:");
+    let mut core = Core::new(0);
+    let mut out = Outputs::default();
+    for e in &events {
+        core.apply(e, &mut out).expect("applies");
+        if out.len() > 10_000 {
+            out = Outputs::default();
+            core.request_seal();
+        }
+    }
+    drop(out);
+    let rss = rss_kib("VmRSS:").saturating_sub(rss_before);
+    let keys = core.size().dimension_versions;
+    println!("| dimension keys (a catalogue snapshot) | {keys} |");
+    println!("| resident memory per dimension key | {:.0} B |", rss as f64 * 1024.0 / keys as f64);
 }
 
 fn kafka_bench(events: &[ChangeEvent]) {
