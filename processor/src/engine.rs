@@ -102,6 +102,14 @@ pub trait Sink {
     /// Makes every row written so far durable (or part of [`Sink::save`]).
     fn flush(&mut self) -> Result<(), Self::Error>;
 
+    /// Starts making every row written so far durable and returns at once: the engine goes on
+    /// applying events and writes the checkpoint when [`Durable::Later`] reports success. A sink
+    /// that returns `Later` keeps no state of its own ([`Sink::save`] stays empty). Default:
+    /// [`Sink::flush`] now.
+    fn flush_begin(&mut self) -> Result<Durable, Self::Error> {
+        self.flush().map(|()| Durable::Now)
+    }
+
     /// The sink's own state for a checkpoint (called after [`Sink::flush`]).
     fn save(&self) -> Result<Vec<u8>, Self::Error> {
         Ok(Vec::new())
@@ -114,6 +122,32 @@ pub trait Sink {
 
     /// The end of a bounded input: write what is left, complete the output.
     fn finish(self) -> Result<Self::Summary, Self::Error>;
+}
+
+/// What [`Sink::flush_begin`] started.
+pub enum Durable {
+    /// Durable already.
+    Now,
+    /// Durable once this answers `Ok`; an `Err` (or a dropped sender) is the sink failing.
+    Later(tokio::sync::oneshot::Receiver<Result<(), String>>),
+}
+
+/// A checkpoint's id, bytes and resume offsets, encoded.
+struct Encoded {
+    id: u64,
+    bytes: Vec<u8>,
+    offsets: Vec<(InputName, i64)>,
+}
+
+/// A checkpoint whose state is encoded and whose rows the sink is making durable: written to the
+/// store once the sink has them, while the engine goes on.
+struct PendingCheckpoint {
+    id: u64,
+    bytes: Vec<u8>,
+    offsets: Vec<(InputName, i64)>,
+    durable: tokio::sync::oneshot::Receiver<Result<(), String>>,
+    started: Instant,
+    events: u64,
 }
 
 /// Where records that cannot be used go, with why: a dead-letter topic, a rejection file.
@@ -259,6 +293,8 @@ pub enum EngineError {
     SourceRewound { topic: String, snapshot: u64, applied: u64 },
     #[error("the merge made no progress although every input has records queued")]
     NoProgress,
+    #[error("the sink could not make the rows of a checkpoint durable: {0}")]
+    SinkFailed(String),
 }
 
 /// What a run did.
@@ -462,6 +498,8 @@ pub struct Engine<S, K, D> {
     /// When the next checkpoint is due: at this time (interval) or this many events (count).
     next_checkpoint_at: Option<Instant>,
     next_checkpoint_events: u64,
+    /// A checkpoint begun on the interval, waiting for the sink (at most one).
+    pending: Option<PendingCheckpoint>,
     watermark_ms: i64,
     /// Commit time of the newest event applied (ms since the epoch), for the sink's metrics.
     newest_event_ms: i64,
@@ -568,6 +606,7 @@ where
             resumed,
             next_checkpoint_at: None,
             next_checkpoint_events: u64::MAX,
+            pending: None,
             watermark_ms: 0,
             newest_event_ms: 0,
             metrics,
@@ -603,8 +642,9 @@ where
                 self.tick();
                 next_tick = Instant::now() + Duration::from_secs(1);
             }
-            if self.next_checkpoint_at.is_some_and(|at| Instant::now() >= at) {
-                self.checkpoint()?;
+            self.complete_checkpoint()?;
+            if self.pending.is_none() && self.next_checkpoint_at.is_some_and(|at| Instant::now() >= at) {
+                self.begin_checkpoint()?;
             }
             if poll == Poll::End && self.merger.queued_total() == 0 {
                 return self.finish().map(Finished::Ended);
@@ -700,13 +740,78 @@ where
         Ok(())
     }
 
-    /// Flushes the dead letters and the sink, then writes the state and input positions.
+    /// Flushes the dead letters and the sink, then writes the state and input positions (a
+    /// checkpoint begun before and still waiting for the sink is superseded by this one).
     fn checkpoint(&mut self) -> Result<(), S::Error> {
         let started = Instant::now();
+        self.pending = None;
         self.schedule_checkpoint();
         self.route()?;
         self.dead.flush()?;
         self.sink.flush()?;
+        let Encoded { id, bytes, offsets } = self.encode_checkpoint()?;
+        self.save_checkpoint(id, bytes, &offsets, started, self.totals.events)?;
+        self.metrics.checkpoint_pause.observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// The interval's checkpoint, off the hot path: the state and positions are encoded now, the
+    /// sink is asked to make the rows before them durable, and the engine goes on; the checkpoint
+    /// is written by [`Engine::complete_checkpoint`] once the sink has them.
+    fn begin_checkpoint(&mut self) -> Result<(), S::Error> {
+        let started = Instant::now();
+        self.schedule_checkpoint();
+        self.route()?;
+        self.dead.flush()?;
+        match self.sink.flush_begin()? {
+            Durable::Now => {
+                let Encoded { id, bytes, offsets } = self.encode_checkpoint()?;
+                self.save_checkpoint(id, bytes, &offsets, started, self.totals.events)?;
+                self.metrics.checkpoint_pause.observe(started.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Durable::Later(durable) => {
+                let Encoded { id, bytes, offsets } = self.encode_checkpoint()?;
+                self.pending = Some(PendingCheckpoint {
+                    id,
+                    bytes,
+                    offsets,
+                    durable,
+                    started,
+                    events: self.totals.events,
+                });
+                self.metrics.checkpoint_pause.observe(started.elapsed().as_secs_f64());
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes the pending checkpoint if the sink has made its rows durable.
+    fn complete_checkpoint(&mut self) -> Result<(), S::Error> {
+        let Some(pending) = self.pending.as_mut() else { return Ok(()) };
+        match pending.durable.try_recv() {
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => Ok(()),
+            Ok(Ok(())) => {
+                let p = self.pending.take().expect("pending checkpoint");
+                let writing = Instant::now();
+                self.save_checkpoint(p.id, p.bytes, &p.offsets, p.started, p.events)?;
+                self.metrics.checkpoint_pause.observe(writing.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Ok(Err(reason)) => {
+                self.pending = None;
+                Err(EngineError::SinkFailed(reason).into())
+            }
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                self.pending = None;
+                Err(EngineError::SinkFailed("the sink stopped before its rows were durable".into()).into())
+            }
+        }
+    }
+
+    /// The next checkpoint's id, encoding (state, positions, sink and dead-letter state) and
+    /// resume offsets, as of now.
+    fn encode_checkpoint(&mut self) -> Result<Encoded, S::Error> {
         let offsets = self.merger.resume_offsets();
         let id = self.checkpoint_id + 1;
         let sink = self.sink.save()?;
@@ -729,22 +834,28 @@ where
             sink: &sink,
             dead_letters: &dead_letters,
         };
-        let saved = c.encode().map_err(|e| self.store.error(e)).and_then(|bytes| {
-            let size = bytes.len();
-            self.rt.block_on(self.store.save_encoded(id, bytes)).map(|()| size)
-        });
-        let size = match saved {
-            Ok(size) => size,
-            Err(e) => {
-                self.metrics.checkpoint_errors.inc();
-                return Err(EngineError::from(e).into());
-            }
-        };
+        let bytes = c.encode().map_err(|e| EngineError::from(self.store.error(e)))?;
+        Ok(Encoded { id, bytes, offsets })
+    }
+
+    /// Writes an encoded checkpoint to the store, then tells the source its positions.
+    fn save_checkpoint(
+        &mut self,
+        id: u64,
+        bytes: Vec<u8>,
+        offsets: &[(InputName, i64)],
+        started: Instant,
+        events: u64,
+    ) -> Result<(), S::Error> {
+        let size = bytes.len();
+        if let Err(e) = self.rt.block_on(self.store.save_encoded(id, bytes)) {
+            self.metrics.checkpoint_errors.inc();
+            return Err(EngineError::from(e).into());
+        }
         self.checkpoint_id = id;
         self.checkpoints += 1;
-        CheckpointWritten { id, bytes: size, duration: started.elapsed(), events: self.totals.events }
-            .emit(&self.metrics);
-        self.source.committed(&offsets);
+        CheckpointWritten { id, bytes: size, duration: started.elapsed(), events }.emit(&self.metrics);
+        self.source.committed(offsets);
         Ok(())
     }
 

@@ -86,7 +86,7 @@ impl Classify for ProcessorError {
             | ProcessorError::OffsetBeyondEnd { .. }
             | ProcessorError::SourceChanged { .. } => Fault::Input,
             ProcessorError::OffsetGap { .. } => Fault::Permanent,
-            ProcessorError::Engine(EngineError::NoProgress)
+            ProcessorError::Engine(EngineError::NoProgress | EngineError::SinkFailed(_))
             | ProcessorError::MissingTopic { .. }
             | ProcessorError::Pipeline(_)
             | ProcessorError::Interrupted { .. } => Fault::Permanent,

@@ -20,7 +20,8 @@
 //!   `queued_events`: events waiting in the merge; `paused_partitions`;
 //! * `watermark_delay_seconds`: now minus the commit time up to which everything is processed
 //!   (heartbeats keep it current when the source is idle; it grows when an input stalls);
-//! * `checkpoint_duration_seconds` (histogram), `checkpoint_bytes`,
+//! * `checkpoint_duration_seconds` (histogram: asked to written; the engine goes on while the sink
+//!   flushes), `checkpoint_pause_seconds` (histogram: the time it held up events), `checkpoint_bytes`,
 //!   `last_checkpoint_timestamp_seconds`, `checkpoints_total`, `checkpoint_errors_total`;
 //! * `state_dimension_versions`, `state_orders`, `state_order_lines`, `state_aggregate_groups`;
 //! * `sink_batch_rows` and `sink_flush_duration_seconds` (histograms), `sink_errors_total`;
@@ -53,6 +54,7 @@ pub struct ProcessorMetrics {
     pub paused: IntGauge,
     pub watermark_delay: prometheus::Gauge,
     pub checkpoint_duration: Histogram,
+    pub checkpoint_pause: Histogram,
     pub checkpoint_bytes: IntGauge,
     pub last_checkpoint: IntGauge,
     pub checkpoints: IntCounter,
@@ -131,7 +133,15 @@ impl ProcessorMetrics {
             checkpoint_duration: reg!(Histogram::with_opts(
                 HistogramOpts::new(
                     "checkpoint_duration_seconds",
-                    "Sink flush plus state write of one checkpoint"
+                    "From the start of a checkpoint (sink flush asked, state encoded) until it is written"
+                )
+                .buckets(seconds.to_vec())
+            )),
+            checkpoint_pause: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "checkpoint_pause_seconds",
+                    "How long a checkpoint held up the processing of events (encoding the state, writing it; \
+                     at stop, waiting for the sink too)"
                 )
                 .buckets(seconds.to_vec())
             )),

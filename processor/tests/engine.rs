@@ -499,3 +499,128 @@ fn a_snapshot_behind_what_was_applied_stops_the_engine() {
     assert!(e.to_string().contains("the source's positions went back"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Where [`Deferred`] leaves the sender that answers its pending flush.
+type Answer = Arc<Mutex<Option<tokio::sync::oneshot::Sender<Result<(), String>>>>>;
+
+/// A sink whose flushes the test answers: [`Sink::flush_begin`] hands its sender to the test.
+#[derive(Default)]
+struct Deferred {
+    tables: Tables,
+    answer: Answer,
+}
+
+impl Sink for Deferred {
+    type Error = TestError;
+    type Summary = Tables;
+
+    fn write(&mut self, rows: &mut Outputs) -> Result<(), TestError> {
+        self.tables.absorb(rows);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), TestError> {
+        Ok(())
+    }
+
+    fn flush_begin(&mut self) -> Result<Durable, TestError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        *self.answer.lock().unwrap() = Some(tx);
+        Ok(Durable::Later(rx))
+    }
+
+    fn finish(self) -> Result<Tables, TestError> {
+        Ok(self.tables)
+    }
+}
+
+/// Delivers one record per partition per poll. While the interval's checkpoint waits for the
+/// sink, it checks that events go on being applied and that nothing is written to the store; 200
+/// events later it answers the sink; then it stops the engine.
+struct Gated {
+    inner: Memory,
+    answer: Answer,
+    dir: std::path::PathBuf,
+    /// Events applied when the pending checkpoint was seen first, and when it was answered.
+    pending_since: Option<u64>,
+    answered_at: Option<u64>,
+    seen: Arc<Mutex<(u64, u64, bool)>>,
+}
+
+impl Source for Gated {
+    type Error = TestError;
+
+    fn identity(&mut self) -> Result<String, TestError> {
+        self.inner.identity()
+    }
+
+    fn open(&mut self, resume: &BTreeMap<InputName, i64>) -> Result<Vec<Input>, TestError> {
+        self.inner.open(resume)
+    }
+
+    fn poll(&mut self, intake: &mut Intake<'_, TestError>) -> Result<Poll, TestError> {
+        let events = intake.totals().events;
+        let written = std::fs::read_dir(self.dir.join("engine")).map(|d| d.count()).unwrap_or(0);
+        if self.answered_at.is_none() && self.answer.lock().unwrap().is_some() {
+            let since = *self.pending_since.get_or_insert(events);
+            assert_eq!(written, 0, "a checkpoint was written before the sink had its rows");
+            if events >= since + 200 {
+                let tx = self.answer.lock().unwrap().take().unwrap();
+                tx.send(Ok(())).unwrap();
+                self.answered_at = Some(events);
+                *self.seen.lock().unwrap() = (since, events, false);
+            }
+        } else if let Some(at) = self.answered_at {
+            if written > 0 {
+                self.seen.lock().unwrap().2 = true;
+                self.inner.stop.store(true, Ordering::SeqCst);
+            }
+            assert!(events < at + 5_000, "the answered checkpoint was never written");
+        }
+        self.inner.poll(intake)
+    }
+}
+
+#[test]
+fn an_interval_checkpoint_waits_for_the_sink_without_holding_up_events() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let events = events(11, 2_000);
+    let dir = temp("deferred");
+    let inner = Memory::new(partitions(&events), 1);
+    let stop = inner.stop.clone();
+    let sink = Deferred::default();
+    let seen = Arc::new(Mutex::new((0, 0, false)));
+    let source = Gated {
+        inner,
+        answer: sink.answer.clone(),
+        dir: dir.clone(),
+        pending_since: None,
+        answered_at: None,
+        seen: seen.clone(),
+    };
+    let options = Options {
+        checkpoint_every: Every::Interval(std::time::Duration::ZERO),
+        ..options(Seal::AtFrontier, 0)
+    };
+    let engine = Engine::open(
+        source,
+        sink,
+        Letters::default(),
+        options,
+        store(&dir),
+        rt.handle().clone(),
+        ProcessorMetrics::new(),
+    )
+    .unwrap();
+    let finished = engine.run(&stop).unwrap();
+    let (since, answered, written) = *seen.lock().unwrap();
+    assert!(answered >= since + 200, "events went on while the checkpoint waited: {since} -> {answered}");
+    assert!(written, "the checkpoint was written once the sink answered");
+    let Finished::Stopped(summary) = finished else { panic!("the input ended before the test stopped it") };
+    // The interval's checkpoint and the one written at stop.
+    assert!(summary.checkpoints >= 2, "{summary:?}");
+    // Resumed from the last checkpoint, the engine holds every event applied before the stop.
+    let resumed = rt.block_on(store(&dir).latest()).unwrap().expect("a checkpoint");
+    assert_eq!(resumed.totals.events, summary.totals.events);
+    let _ = std::fs::remove_dir_all(&dir);
+}

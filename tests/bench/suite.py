@@ -85,6 +85,31 @@ def psql(db, sql, capture=True):
     return run(cmd, env=env).strip() if capture else run(cmd, env=env)
 
 
+class PsqlSession:
+    """One psql process on one connection, for queries repeated many times a second: starting psql
+    for each would cost a process and a connection each time (tens of milliseconds on a busy
+    machine, which a freshness sample would count as delay)."""
+
+    def __init__(self, db):
+        env = dict(os.environ, PGPASSWORD=PG["password"])
+        self.proc = subprocess.Popen(
+            [f"{PG_BIN}/psql", "-X", "-q", "-At", "-h", PG["host"], "-p", PG["port"], "-U", PG["user"], "-d", db],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
+
+    def scalar(self, sql):
+        """The first column of the single row `sql` returns."""
+        self.proc.stdin.write(sql.rstrip().rstrip(";") + ";\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"psql exited {self.proc.poll()} during: {sql}")
+        return line.strip()
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+
+
 def drop_database(db):
     """DROP DATABASE ... WITH (FORCE), retried for 30 s: an autovacuum worker may hold the database
     for a moment, and a non-superuser may not terminate it."""
@@ -574,8 +599,8 @@ def _rss_mib(pid):
 def pipeline_run(seconds, churn_per_sec, health=False):
     """`rainbow up` at its default settings runs the whole pipeline (api, cdc, process, archive) on
     databases of its own; `rainbow loadgen --rate 500` posts orders (and churns the catalogue when
-    asked). Every 100 ms the sampler reads the source's total (PostgreSQL: every order whose 201
-    was sent is committed and in it) and the time; a poller reads v_total_sales every 50 ms. A
+    asked). Every 100 ms the sampler reads the source's total (PostgreSQL, on one open connection:
+    every order whose 201 was sent is committed and in it) and the time; a poller reads v_total_sales every 50 ms. A
     sample's freshness is the time until the view reached the source's total of that moment: the
     delay of the latest order committed then (churn changes no order line, so both totals only
     grow). With `health`, ClickHouse's active parts per table and the processor's RSS are sampled
@@ -626,11 +651,15 @@ def pipeline_run(seconds, churn_per_sec, health=False):
         errors_before = metric_sum(metrics("127.0.0.1:19312"), "rainbow_processor_sink_errors_total")
 
         def sampler():
-            while not stop.is_set():
-                t0 = time.monotonic()
-                total = float(psql(name, "SELECT coalesce(sum(quantity * price), 0) FROM orderdetails") or 0)
-                samples.append((t0, total))
-                time.sleep(max(0.0, 0.1 - (time.monotonic() - t0)))
+            session = PsqlSession(name)
+            try:
+                while not stop.is_set():
+                    t0 = time.monotonic()
+                    total = float(session.scalar("SELECT coalesce(sum(quantity * price), 0) FROM orderdetails") or 0)
+                    samples.append((t0, total))
+                    time.sleep(max(0.0, 0.1 - (time.monotonic() - t0)))
+            finally:
+                session.close()
 
         def poller():
             while not stop.is_set():
