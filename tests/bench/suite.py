@@ -926,8 +926,8 @@ def report(res, runs, small, groups, started, path):
     log(f"wrote {path} and {raw}")
 
 
-LABELS = {"api": "API", "cdc": "CDC", "freshness": "Freshness", "processor": "Processor", "replay": "Replay",
-          "recovery": "Recovery"}
+LABELS = {"api": "API", "cdc": "CDC", "freshness": "Freshness", "soak": "Soak", "processor": "Processor",
+          "replay": "Replay", "recovery": "Recovery"}
 GROUPS = {"api": bench_api, "cdc": bench_cdc, "freshness": bench_freshness, "soak": bench_soak, "processor": bench_processor,
           "replay": bench_replay, "recovery": bench_recovery}
 # What runs without --only: all but the recovery group (one run of it takes about 15 minutes).
@@ -963,11 +963,16 @@ def main():
     res = Results()
     t0 = time.monotonic()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    # The figures so far, after each group: a failure later (or in the report) loses no run.
+    partial = os.path.splitext(args.out)[0] + ".partial.json"
     for g in groups:
         g0 = time.monotonic()
         GROUPS[g](res, args.runs, args.small)
         DURATIONS[g] = time.monotonic() - g0
         log(f"{g}: {DURATIONS[g]:.0f} s")
+        with open(partial, "w") as fh:
+            json.dump({"figures": res.figures, "durations": DURATIONS, "groups": groups,
+                       "started": started.isoformat()}, fh, indent=1)
     all_groups = groups
     GROUP_RUNS.update({g: started.isoformat() for g in groups})
     if args.merge:
@@ -990,6 +995,7 @@ def main():
                   + ".")
         log(MERGED)
     report(res, args.runs, args.small, all_groups, started, args.out)
+    os.remove(partial)
     log(f"done in {time.monotonic() - t0:.0f} s")
 
 
