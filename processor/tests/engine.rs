@@ -503,10 +503,11 @@ fn a_snapshot_behind_what_was_applied_stops_the_engine() {
 /// Where [`Deferred`] leaves the sender that answers its pending flush.
 type Answer = Arc<Mutex<Option<tokio::sync::oneshot::Sender<Result<(), String>>>>>;
 
-/// A sink whose flushes the test answers: [`Sink::flush_begin`] hands its sender to the test.
+/// A sink whose flushes the test answers: [`Sink::flush_begin`] hands its sender to the test;
+/// the rest is [`Collapse`]'s.
 #[derive(Default)]
 struct Deferred {
-    tables: Tables,
+    collapse: Collapse,
     answer: Answer,
 }
 
@@ -515,12 +516,11 @@ impl Sink for Deferred {
     type Summary = Tables;
 
     fn write(&mut self, rows: &mut Outputs) -> Result<(), TestError> {
-        self.tables.absorb(rows);
-        Ok(())
+        self.collapse.write(rows)
     }
 
     fn flush(&mut self) -> Result<(), TestError> {
-        Ok(())
+        self.collapse.flush()
     }
 
     fn flush_begin(&mut self) -> Result<Durable, TestError> {
@@ -530,7 +530,7 @@ impl Sink for Deferred {
     }
 
     fn finish(self) -> Result<Tables, TestError> {
-        Ok(self.tables)
+        self.collapse.finish()
     }
 }
 
