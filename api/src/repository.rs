@@ -176,14 +176,6 @@ pub async fn find_key(
         .await
 }
 
-/// Whether an idempotency key exists (committed).
-pub async fn key_exists(conn: &mut PgConnection, key: &str) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_idempotency_keys WHERE key = $1)")
-        .bind(key)
-        .fetch_one(conn)
-        .await
-}
-
 /// One row per line of an order (one row with null line columns for an order without lines), in
 /// product id order: the order, its customer and payment, and each line with its product and the
 /// promotion the line captured. One statement, so one consistent snapshot.

@@ -171,7 +171,7 @@ impl OrderService {
             (Placed::KeyTaken, Some(key)) => return self.replay(&mut conn, key, order).await,
             // A refused request whose key is taken is a retry or a reuse of the key: the key decides.
             (Placed::UnknownProduct(_) | Placed::ShortOfStock(_), Some(key))
-                if repo::key_exists(&mut conn, key).await? =>
+                if repo::find_key(&mut conn, key).await?.is_some() =>
             {
                 return self.replay(&mut conn, key, order).await
             }

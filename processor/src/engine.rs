@@ -142,9 +142,7 @@ struct Encoded {
 /// A checkpoint whose state is encoded and whose rows the sink is making durable: written to the
 /// store once the sink has them, while the engine goes on.
 struct PendingCheckpoint {
-    id: u64,
-    bytes: Vec<u8>,
-    offsets: Vec<(InputName, i64)>,
+    encoded: Encoded,
     durable: tokio::sync::oneshot::Receiver<Result<(), String>>,
     started: Instant,
     events: u64,
@@ -743,47 +741,40 @@ where
     /// Flushes the dead letters and the sink, then writes the state and input positions (a
     /// checkpoint begun before and still waiting for the sink is superseded by this one).
     fn checkpoint(&mut self) -> Result<(), S::Error> {
-        let started = Instant::now();
         self.pending = None;
-        self.schedule_checkpoint();
-        self.route()?;
-        self.dead.flush()?;
-        self.sink.flush()?;
-        let Encoded { id, bytes, offsets } = self.encode_checkpoint()?;
-        self.save_checkpoint(id, bytes, &offsets, started, self.totals.events)?;
-        self.metrics.checkpoint_pause.observe(started.elapsed().as_secs_f64());
-        Ok(())
+        self.start_checkpoint(false)
     }
 
     /// The interval's checkpoint, off the hot path: the state and positions are encoded now, the
     /// sink is asked to make the rows before them durable, and the engine goes on; the checkpoint
     /// is written by [`Engine::complete_checkpoint`] once the sink has them.
     fn begin_checkpoint(&mut self) -> Result<(), S::Error> {
+        self.start_checkpoint(true)
+    }
+
+    /// Encodes a checkpoint and writes it, at once when the sink's rows are durable already, or
+    /// (`may_defer`, a sink that answers later) once [`Engine::complete_checkpoint`] sees them be.
+    fn start_checkpoint(&mut self, may_defer: bool) -> Result<(), S::Error> {
         let started = Instant::now();
         self.schedule_checkpoint();
         self.route()?;
         self.dead.flush()?;
-        match self.sink.flush_begin()? {
-            Durable::Now => {
-                let Encoded { id, bytes, offsets } = self.encode_checkpoint()?;
-                self.save_checkpoint(id, bytes, &offsets, started, self.totals.events)?;
-                self.metrics.checkpoint_pause.observe(started.elapsed().as_secs_f64());
-                Ok(())
-            }
+        let durable = if may_defer {
+            self.sink.flush_begin()?
+        } else {
+            self.sink.flush()?;
+            Durable::Now
+        };
+        let encoded = self.encode_checkpoint()?;
+        let events = self.totals.events;
+        match durable {
+            Durable::Now => self.save_checkpoint(encoded, started, events)?,
             Durable::Later(durable) => {
-                let Encoded { id, bytes, offsets } = self.encode_checkpoint()?;
-                self.pending = Some(PendingCheckpoint {
-                    id,
-                    bytes,
-                    offsets,
-                    durable,
-                    started,
-                    events: self.totals.events,
-                });
-                self.metrics.checkpoint_pause.observe(started.elapsed().as_secs_f64());
-                Ok(())
+                self.pending = Some(PendingCheckpoint { encoded, durable, started, events })
             }
         }
+        self.metrics.checkpoint_pause.observe(started.elapsed().as_secs_f64());
+        Ok(())
     }
 
     /// Writes the pending checkpoint if the sink has made its rows durable.
@@ -794,7 +785,7 @@ where
             Ok(Ok(())) => {
                 let p = self.pending.take().expect("pending checkpoint");
                 let writing = Instant::now();
-                self.save_checkpoint(p.id, p.bytes, &p.offsets, p.started, p.events)?;
+                self.save_checkpoint(p.encoded, p.started, p.events)?;
                 self.metrics.checkpoint_pause.observe(writing.elapsed().as_secs_f64());
                 Ok(())
             }
@@ -834,19 +825,18 @@ where
             sink: &sink,
             dead_letters: &dead_letters,
         };
-        let bytes = c.encode().map_err(|e| EngineError::from(self.store.error(e)))?;
-        Ok(Encoded { id, bytes, offsets })
+        match c.encode() {
+            Ok(bytes) => Ok(Encoded { id, bytes, offsets }),
+            Err(e) => {
+                self.metrics.checkpoint_errors.inc();
+                Err(EngineError::from(self.store.error(e)).into())
+            }
+        }
     }
 
     /// Writes an encoded checkpoint to the store, then tells the source its positions.
-    fn save_checkpoint(
-        &mut self,
-        id: u64,
-        bytes: Vec<u8>,
-        offsets: &[(InputName, i64)],
-        started: Instant,
-        events: u64,
-    ) -> Result<(), S::Error> {
+    fn save_checkpoint(&mut self, encoded: Encoded, started: Instant, events: u64) -> Result<(), S::Error> {
+        let Encoded { id, bytes, offsets } = encoded;
         let size = bytes.len();
         if let Err(e) = self.rt.block_on(self.store.save_encoded(id, bytes)) {
             self.metrics.checkpoint_errors.inc();
@@ -855,7 +845,7 @@ where
         self.checkpoint_id = id;
         self.checkpoints += 1;
         CheckpointWritten { id, bytes: size, duration: started.elapsed(), events }.emit(&self.metrics);
-        self.source.committed(offsets);
+        self.source.committed(&offsets);
         Ok(())
     }
 
