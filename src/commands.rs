@@ -52,6 +52,9 @@ pub async fn warehouse(config: &Config) -> anyhow::Result<Warehouse> {
     .context("is the stack up (deploy/local/start)? settings: [clickhouse] / RAINBOW_CLICKHOUSE__*")
 }
 
+/// `rainbow migrate`: the PostgreSQL migrations (sqlx, recorded in `_sqlx_migrations`), the
+/// warehouse migrations (recorded in `{db}.rainbow_migrations`, see
+/// [`rainbow_schemas::warehouse::Warehouse::migrate`]), and optionally the reference data.
 pub async fn migrate(config: &Config, args: &MigrateArgs) -> anyhow::Result<()> {
     if matches!(args.target, MigrateTarget::All | MigrateTarget::Postgres) || args.seed {
         let pool = pg_pool(&config.postgres).await?;
@@ -82,10 +85,24 @@ pub async fn migrate(config: &Config, args: &MigrateArgs) -> anyhow::Result<()> 
     }
     if matches!(args.target, MigrateTarget::All | MigrateTarget::Clickhouse) {
         let wh = warehouse(config).await?;
-        let statements = wh.apply_ddl(&config.clickhouse.database).await?;
+        let database = &config.clickhouse.database;
+        let report = wh.migrate(database).await?;
+        if report.adopted {
+            println!(
+                "clickhouse: database {database} held a warehouse made before migrations: its tables and \
+                 data are kept, the baseline (migrations 1 to {}) is recorded over them",
+                rainbow_schemas::warehouse::BASELINE
+            );
+        }
+        for (version, name) in &report.applied {
+            println!("clickhouse: applied migration {version} ({name})");
+        }
         println!(
-            "clickhouse: {statements} DDL statements applied to database {} (server {}, row validation {})",
-            config.clickhouse.database,
+            "clickhouse: warehouse up to date ({} migrations, {} applied now, {} statements run) in \
+             database {database} (server {}, row validation {})",
+            rainbow_schemas::warehouse::MIGRATIONS.len(),
+            report.applied.len(),
+            report.statements,
             wh.server_version,
             if wh.validation { "on" } else { "off" }
         );
@@ -351,6 +368,20 @@ pub async fn check(config: &Config, args: &crate::CheckArgs) -> anyhow::Result<b
     let failed = findings.iter().filter(|f| !f.ok).count();
     println!("{} checks, {} failed", findings.len(), failed);
     Ok(failed == 0)
+}
+
+/// Reads every component's /metrics and prints the screen or the JSON; `Ok(false)` when one
+/// does not answer.
+pub async fn status(config: &Config, args: &crate::StatusArgs) -> anyhow::Result<bool> {
+    use crate::status;
+    let targets = status::targets(config, &args.components);
+    let report = status::probe(&targets, args.timeout).await?;
+    if args.json {
+        println!("{:#}", status::to_json(&report));
+    } else {
+        print!("{}", status::render(&report));
+    }
+    Ok(report.all_answer())
 }
 
 fn processor_summary(s: &rainbow_processor::RunSummary) -> String {

@@ -3,6 +3,7 @@
 
 mod commands;
 mod config;
+mod status;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use config::{Config, LogFormat};
@@ -19,7 +20,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Order API -> PostgreSQL -> CDC (Debezium format) -> Kafka -> processor (SCD2 dimensions,
 /// facts, aggregates) -> ClickHouse; Kafka is archived to object storage and replayed through the
 /// same processor code for backfills. Every setting has a default that matches the local stack
-/// (deploy/local/start); override it in rainbow.toml or with RAINBOW_<SECTION>__<KEY>.
+/// (deploy/local/start); override it in rainbow.toml or with RAINBOW_<SECTION>__<KEY>. The default
+/// paths (CDC offsets, processor checkpoints, master dataset) lie under $RAINBOW_HOME, else under
+/// .rainbow in the working directory.
 #[derive(Debug, Parser)]
 #[command(name = "rainbow", version, propagate_version = true, max_term_width = 100)]
 struct Cli {
@@ -27,7 +30,8 @@ struct Cli {
     #[arg(long, global = true, env = "RAINBOW_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// Print the effective configuration (defaults + file + environment) as TOML and exit.
+    /// Print the effective configuration (defaults + file + environment) as TOML and exit; the
+    /// default paths as resolved under $RAINBOW_HOME (else .rainbow).
     #[arg(long)]
     print_config: bool,
 
@@ -69,6 +73,45 @@ enum Command {
     /// Bootstrap the running stack (schemas, reference data) and run every pipeline component
     /// that exists so far.
     Up(UpArgs),
+    /// One screen of every component's state, lag, freshness, last checkpoint, dead letters and
+    /// the replication slot's retained WAL, read from their /metrics. Exit code 1 when one does
+    /// not answer.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_long_help = "\
+Where: each component's /metrics and /readyz at its configured address (api.listen,
+cdc.metrics_listen, processor.metrics_listen, archive.metrics_listen, up.metrics_listen; --config
+and RAINBOW_* apply), all read at once. Nothing is changed anywhere.
+
+Shown, per component (percentiles since it started; '-' for a figure not exported yet, null in
+--json):
+  api        requests, latency p50/p99
+  cdc        streaming, WAL the slot retains, slot lag (WAL bytes past its confirmed position),
+             age of the last commit in Kafka, commit -> ack p50/p99, events
+  processor  consumer lag, watermark delay, freshness p50/p99, age of the last checkpoint,
+             dead letters, events applied
+  archiver   consumer lag, age of the last segment, records archived
+  up         components running, restarts, those not running
+and, for each, the dependencies it cannot reach and /readyz's answer.
+
+Exit status:
+  0  every component read answers (one whose metrics are off, an empty cdc.metrics_listen,
+     is shown as such and does not count)
+  1  at least one does not answer (its line says why and what to start)
+  2  invalid settings or arguments")]
+pub struct StatusArgs {
+    /// Only these components (default: all).
+    #[arg(value_enum, value_name = "COMPONENT")]
+    pub components: Vec<status::Component>,
+    /// Print JSON instead of the screen: raw numbers (bytes, seconds, counts; null when not
+    /// exported) under stable keys, `.components.<name>.{state, url, ready, error, figures}`.
+    #[arg(long)]
+    pub json: bool,
+    /// How long each request may take: 2s, 500ms.
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -267,6 +310,11 @@ fn main() -> ExitCode {
         },
         Command::Migrate(args) => runtime().block_on(commands::migrate(&config, &args)),
         Command::Up(args) => runtime().block_on(commands::up(&config, cli.config.as_deref(), &args)),
+        Command::Status(args) => match runtime().block_on(commands::status(&config, &args)) {
+            Ok(true) => return ExitCode::SUCCESS,
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,6 +16,13 @@
 #   RAINBOW_CLICKHOUSE__URL               http://127.0.0.1:8123   ClickHouse HTTP interface (its port is used)
 #   RAINBOW_STACK_CLICKHOUSE_TCP_PORT     9000                    ClickHouse native protocol
 #   RAINBOW_STACK_START_TIMEOUT           90                      seconds each server may take to answer
+#   RAINBOW_STACK_PROMETHEUS_PORT         9090                    Prometheus web UI and API
+#   RAINBOW_STACK_PROMETHEUS_INTERVAL     15s                     Prometheus scrape and rule evaluation interval
+#   RAINBOW_STACK_SUPERSET_PORT           8088                    Superset web UI
+#   RAINBOW_STACK_SUPERSET_VERSION        6.1.0                   apache-superset from PyPI
+#   RAINBOW_STACK_SUPERSET_VENV           $RAINBOW_HOME/superset/venv   its Python venv
+#   RAINBOW_CLICKHOUSE__DATABASE          rainbow                 the warehouse database the dashboard reads
+#   RAINBOW_API__LISTEN, RAINBOW_{CDC,PROCESSOR,ARCHIVE,UP}__METRICS_LISTEN   what Prometheus scrapes
 
 RAINBOW_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 RAINBOW_HOME=${RAINBOW_HOME:-$RAINBOW_ROOT/.rainbow}
@@ -42,14 +49,34 @@ CH_HTTP_PORT=${CH_HTTP_PORT%%/*}
 CH_TCP_PORT=${RAINBOW_STACK_CLICKHOUSE_TCP_PORT:-9000}
 CH_DIR=$RAINBOW_HOME/clickhouse
 
+CH_DATABASE=${RAINBOW_CLICKHOUSE__DATABASE:-rainbow}
+
+PROM_PORT=${RAINBOW_STACK_PROMETHEUS_PORT:-9090}
+PROM_INTERVAL=${RAINBOW_STACK_PROMETHEUS_INTERVAL:-15s}
+PROM_DIR=$RAINBOW_HOME/prometheus
+# The addresses of the components' /metrics, as the `rainbow` binary reads them.
+SCRAPE_API=${RAINBOW_API__LISTEN:-127.0.0.1:8080}
+SCRAPE_CDC=${RAINBOW_CDC__METRICS_LISTEN:-127.0.0.1:9101}
+SCRAPE_PROCESSOR=${RAINBOW_PROCESSOR__METRICS_LISTEN:-127.0.0.1:9102}
+SCRAPE_ARCHIVE=${RAINBOW_ARCHIVE__METRICS_LISTEN:-127.0.0.1:9103}
+SCRAPE_UP=${RAINBOW_UP__METRICS_LISTEN:-127.0.0.1:9104}
+
+SUPERSET_PORT=${RAINBOW_STACK_SUPERSET_PORT:-8088}
+SUPERSET_VERSION=${RAINBOW_STACK_SUPERSET_VERSION:-6.1.0}
+SUPERSET_DIR=$RAINBOW_HOME/superset
+# Another stack (a test's private Superset) may reuse an installed venv instead of its own 0.9 GB.
+SUPERSET_VENV=${RAINBOW_STACK_SUPERSET_VENV:-$SUPERSET_DIR/venv}
+
 START_TIMEOUT=${RAINBOW_STACK_START_TIMEOUT:-90}
-SERVERS=(postgres kafka clickhouse)
+# Start order; stop goes the other way. The last two are what `start --no-dashboards` leaves out.
+SERVERS=(postgres kafka clickhouse prometheus superset)
+DASHBOARD_SERVERS=(prometheus superset)
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
 
 is_port() { [[ $1 =~ ^[0-9]+$ ]] && (( $1 > 0 && $1 < 65536 )); }
-for p in PG_PORT KAFKA_PORT KAFKA_CONTROLLER_PORT CH_HTTP_PORT CH_TCP_PORT; do
+for p in PG_PORT KAFKA_PORT KAFKA_CONTROLLER_PORT CH_HTTP_PORT CH_TCP_PORT PROM_PORT SUPERSET_PORT; do
   is_port "${!p}" || die "$p='${!p}' is not a TCP port (1-65535); check the RAINBOW_* variables"
 done
 

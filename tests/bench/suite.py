@@ -20,6 +20,10 @@ Groups (all by default; --only to pick):
              active parts per table, failed inserts, the processor's memory at start and end
   replay     archive -> Parquet records/s, wall time and peak RSS, and the input side alone
              (replay-bench run / decode; seed volume)
+  flink      a consumer nobody here wrote beside ours, on the same topics of one `rainbow cdc`:
+             Apache Flink 2.2's SQL debezium-json job of tests/flink (total sales and sales per
+             payment method) and `rainbow process`: backlog events/s of each, then freshness of
+             both figures at a paced 50 orders/s (p50/p99); not in the default groups: --only flink
   recovery   per fault of the fault suite (tests/faults, release build, default settings), the time
              from the fault's end until the warehouse holds every order committed before it; one
              run of the suite (about 15 minutes), so not in the default groups: --only recovery
@@ -32,6 +36,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -803,6 +808,282 @@ def _histogram_delta(before, after, name):
             yield f"{k} {float(v) - old.get(k, 0.0)}"
 
 
+# One order of the seed's shape: the order and its 5 or 6 lines (6.5 row changes), the changes that
+# the two aggregates of the flink group read.
+FLINK_TX = """\\set customer random(1, 100)
+\\set payment random(1, 4)
+\\set first random(1, 2990)
+\\set lines random(5, 6)
+BEGIN;
+INSERT INTO orders (customer_id, payment_id) VALUES (:customer, :payment) RETURNING id AS order_id \\gset
+INSERT INTO orderdetails (order_id, product_id, quantity, price, promotion_id)
+  SELECT :order_id, id, 1 + id % 3, price, promotion_id FROM products WHERE id >= :first ORDER BY id LIMIT :lines;
+COMMIT;
+"""
+FLINK_TOPICS = ("orders", "orderdetails", "payments")
+
+
+class FlinkFollower:
+    """tests/flink's Flink SQL job (job.sql: debezium-json over rainbow cdc's topics, total sales
+    and sales per payment method) unbounded, on a local mini-cluster in its own JVM, printing every
+    changelog row as it reaches the client (`tests/flink/jvm FlinkCdcTotals --follow`). Keeps what
+    the client saw: (epoch s, total_sales_amount, sum of the payment methods' amounts) after each
+    row, and the job's submission time."""
+
+    def __init__(self, prefix, log_file):
+        import threading
+
+        self.started = None
+        self.observed = []  # (epoch s, total amount, payment methods' amount)
+        self.total = 0.0
+        self.payments = {}
+        self.proc = subprocess.Popen(
+            [os.path.join(ROOT, "tests", "flink", "jvm"), "FlinkCdcTotals",
+             "--sql", os.path.join(ROOT, "tests", "flink", "job.sql"), "--follow",
+             "--set", f"prefix={prefix}", "--set", f"group={prefix}-flink",
+             "--set", "brokers=" + os.environ.get("RAINBOW_KAFKA__BROKERS", "127.0.0.1:9092"),
+             "--set", "bounded_mode=unbounded", "--set", "minibatch_latency=200 ms"],
+            cwd=ROOT, env=dict(os.environ, FLINK_LOG_FILE=log_file), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, bufsize=1)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            if line.startswith("# started "):
+                self.started = int(line.split()[2]) / 1000
+                continue
+            ts, kind, figure, pid, _method, _orders, _qty, amount = line.split("\t")
+            adds = kind in ("+I", "+U")
+            if figure == "total_sales":
+                if adds:
+                    self.total = float(amount)
+            elif adds:
+                self.payments[pid] = float(amount)
+            else:
+                self.payments.pop(pid, None)
+            self.observed.append((int(ts) / 1000, self.total, sum(self.payments.values())))
+
+    def alive(self):
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the Flink job exited {self.proc.returncode}: {self.proc.stderr.read()[-3000:]}")
+
+    def first_reaching(self, total, since=0.0):
+        """When the client first saw both figures at `total` or more, at or after `since` (epoch s);
+        `since` itself when they were already there; None if not yet."""
+        before = [o for o in self.observed if o[0] <= since]
+        if before and min(before[-1][1], before[-1][2]) >= total - 0.005:
+            return since
+        return next((t for t, a, p in self.observed if t > since and min(a, p) >= total - 0.005), None)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def bench_flink(res, runs, small):
+    """A consumer nobody here wrote, beside ours: Apache Flink 2.2 (tests/flink: Flink SQL's
+    debezium-json over rainbow cdc's topics, total sales and sales per payment method, on a local
+    mini-cluster, parallelism 1, mini-batches of 200 ms) and `rainbow process` (defaults: batches
+    of 200 ms) on the same topics of one `rainbow cdc` (cdc.decimal_handling_mode = string, which
+    Flink needs: tests/flink/README.md), one after the other and then side by side:
+      throughput: a backlog of orders (`FLINK_TX`) in Kafka; each consumer starts from the
+        beginning alone; events/s = the records of the topics it reads / the time from its start
+        (Flink: its job's submission, JVM start and planning left out and reported apart) until
+        both its figures equal PostgreSQL's;
+      freshness: both running, pgbench adds 50 orders/s for 20 s; every 100 ms the source's total
+        is noted, and a sample's freshness is the time until the consumer shows it in both
+        figures (v_total_sales and the sum of v_payment_methods polled every 50 ms; Flink: the
+        changelog rows as its client receives them)."""
+    binary = os.path.join(RELEASE, "rainbow")
+    ch_url = os.environ.get("RAINBOW_CLICKHOUSE__URL", "http://127.0.0.1:8123")
+    backlog = 2_000 if small else 10_000
+    paced_seconds, paced_rate = 20, 50
+    log("flink: resolving Flink 2.2 from Maven Central and compiling tests/flink (first time only)")
+    run([os.path.join(ROOT, "tests", "flink", "jvm"), "--prepare"], timeout=900)
+
+    def ch(sql):
+        req = urllib.request.Request(ch_url, data=sql.encode(), method="POST")
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.read().decode().strip()
+
+    for i in range(runs):
+        name = f"flinkbench{int(time.time())}"
+        log(f"flink run {i + 1}/{runs}: {backlog:,} orders of backlog, then {paced_rate} orders/s for "
+            f"{paced_seconds} s ({name})")
+        tmp = tempfile.mkdtemp(prefix="rainbow-bench-flink-")
+        env = {"RAINBOW_POSTGRES__DATABASE": name, "RAINBOW_CLICKHOUSE__DATABASE": name,
+               "RAINBOW_CDC__TOPIC_PREFIX": name, "RAINBOW_CDC__SLOT_NAME": name,
+               "RAINBOW_CDC__PUBLICATION_NAME": name, "RAINBOW_CDC__OFFSETS_DIR": f"{tmp}/cdc",
+               "RAINBOW_CDC__METRICS_LISTEN": "127.0.0.1:19321", "RAINBOW_CDC__DECIMAL_HANDLING_MODE": "string",
+               "RAINBOW_PROCESSOR__GROUP_ID": f"{name}-processor",
+               "RAINBOW_PROCESSOR__CHECKPOINT_URL": f"{tmp}/checkpoints",
+               "RAINBOW_PROCESSOR__DEAD_LETTER_TOPIC": f"{name}.dead_letter",
+               "RAINBOW_PROCESSOR__METRICS_LISTEN": "127.0.0.1:19322", "RUST_LOG": "warn"}
+        drop_database(name)
+        psql("postgres", f"CREATE DATABASE {name}")
+        procs, flink = [], None
+        try:
+            run([binary, "migrate", "--target", "postgres", "--seed"], env=env)
+            cdc = subprocess.Popen([binary, "cdc"], cwd=ROOT, env=dict(os.environ, **env),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            procs.append(cdc)
+
+            def alive():
+                for p in procs:
+                    if p.poll() is not None:
+                        raise RuntimeError(f"{' '.join(p.args[-1:])} exited {p.returncode}: {p.stderr.read()[-2000:]}")
+                if flink is not None:
+                    flink.alive()
+
+            def wait(what, cond, deadline_s=600):
+                start = time.monotonic()
+                while not cond():
+                    alive()
+                    if time.monotonic() - start > deadline_s:
+                        raise RuntimeError(f"{what}: not within {deadline_s} s")
+                    time.sleep(0.05)
+
+            slot_active = lambda: psql(name, f"SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{name}' "
+                                             "AND active") == "1"
+            wait("the CDC's slot", slot_active, 120)
+            script = os.path.join(tmp, "order.sql")
+            with open(script, "w") as fh:
+                fh.write(FLINK_TX)
+            pgbench(name, script, "-c", "2", "-t", str(backlog // 2))
+            end_lsn = psql(name, "SELECT pg_current_wal_lsn()")
+            wait("the CDC to confirm the backlog", lambda: psql(
+                name, f"SELECT confirmed_flush_lsn >= '{end_lsn}' FROM pg_replication_slots "
+                      f"WHERE slot_name = '{name}'") == "t")
+            total = float(psql(name, "SELECT coalesce(sum(quantity * price), 0) FROM orderdetails"))
+            flink_events = sum(kafka_count(f"{name}.public.{t}") for t in FLINK_TOPICS)
+            tables = psql(name, "SELECT string_agg(tablename, ' ') FROM pg_tables WHERE schemaname = 'public'")
+            ours_events = sum(kafka_count(f"{name}.public.{t}") for t in tables.split())
+
+            def views():
+                try:
+                    a, p = ch(f"SELECT (SELECT toFloat64(total_sales_amount) FROM {name}.v_total_sales), "
+                              f"(SELECT toFloat64(sum(total_sales_amount)) FROM {name}.v_payment_methods) "
+                              "FORMAT TSV").split("\t")
+                    return min(float(a), float(p))
+                except (OSError, ValueError):
+                    return -1.0
+
+            # Throughput: rainbow process alone, from the beginning of the topics.
+            t0 = time.time()
+            proc = subprocess.Popen([binary, "process"], cwd=ROOT, env=dict(os.environ, **env),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            procs.append(proc)
+            wait("rainbow process to catch up", lambda: views() >= total - 0.005)
+            ours_s = time.time() - t0
+            # The same for Flink, alone (rainbow process is idle meanwhile).
+            t_jvm = time.time()
+            flink = FlinkFollower(name, os.path.join(tmp, "flink.log"))
+            wait("the Flink job to catch up", lambda: flink.started is not None and flink.first_reaching(total) is not None)
+            flink_s = flink.first_reaching(total) - flink.started
+            res.add("Flink", "backlog read from Kafka: rainbow process (all 10 tables' topics, every warehouse table)",
+                    "events/s", ours_events / ours_s)
+            res.add("Flink", "backlog read from Kafka: Flink 2.2 SQL (3 topics, the two aggregates)", "events/s",
+                    flink_events / flink_s, ref_name="rainbow process", ref_value=ours_events / ours_s)
+            res.add("Flink", "Flink: JVM start, planning and mini-cluster until the job runs", "s",
+                    flink.started - t_jvm, better="lower")
+            log(f"flink: rainbow process {ours_events:,} events in {ours_s:.1f} s, "
+                f"Flink {flink_events:,} events in {flink_s:.1f} s (+{flink.started - t_jvm:.1f} s start)")
+
+            # Freshness: both running, a paced load.
+            import threading
+
+            samples, polls, stop = [], [], threading.Event()
+
+            def sampler():
+                session = PsqlSession(name)
+                try:
+                    while not stop.is_set():
+                        t = time.time()
+                        samples.append((t, float(session.scalar(
+                            "SELECT coalesce(sum(quantity * price), 0) FROM orderdetails") or 0)))
+                        time.sleep(max(0.0, 0.1 - (time.time() - t)))
+                finally:
+                    session.close()
+
+            def poller():
+                while not stop.is_set():
+                    t = time.time()
+                    polls.append((t, views()))
+                    time.sleep(max(0.0, POLL_SECONDS - (time.time() - t)))
+
+            threads = [threading.Thread(target=sampler), threading.Thread(target=poller)]
+            for t in threads:
+                t.start()
+            try:
+                load_start = time.time()
+                pgbench(name, script, "-c", "2", "-R", str(paced_rate), "-T", str(paced_seconds))
+                load_end = time.time()
+                final = float(psql(name, "SELECT coalesce(sum(quantity * price), 0) FROM orderdetails"))
+                wait("both consumers to reach the final total",
+                     lambda: polls and polls[-1][1] >= final - 0.005 and flink.first_reaching(final) is not None, 60)
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join()
+            ours, theirs = [], []
+            for t0, amount in samples:
+                if amount <= 0 or t0 < load_start or t0 > load_end:
+                    continue
+                seen = next((t for t, v in polls if t >= t0 and v >= amount - 0.005), None)
+                if seen is not None:
+                    ours.append((seen - t0) * 1000)
+                seen = flink.first_reaching(amount, t0)
+                if seen is not None:
+                    theirs.append((seen - t0) * 1000)
+            if not ours or not theirs:
+                raise RuntimeError("no freshness sample reached the consumers")
+            for q, label in ((0.5, "p50"), (0.99, "p99")):
+                res.add("Flink", f"freshness at {paced_rate} orders/s, {label}: rainbow process -> views", "ms",
+                        quantile(ours, q), better="lower")
+                res.add("Flink", f"freshness at {paced_rate} orders/s, {label}: Flink 2.2 SQL -> its client", "ms",
+                        quantile(theirs, q), better="lower", ref_name="rainbow process", ref_value=quantile(ours, q))
+            log(f"flink: freshness p50/p99 rainbow process {quantile(ours, 0.5):.0f}/{quantile(ours, 0.99):.0f} ms, "
+                f"Flink {quantile(theirs, 0.5):.0f}/{quantile(theirs, 0.99):.0f} ms")
+        finally:
+            if flink is not None:
+                flink.stop()
+            for p in reversed(procs):
+                p.terminate()
+                try:
+                    p.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            psql("postgres", f"SELECT pg_drop_replication_slot('{name}') FROM pg_replication_slots WHERE slot_name = '{name}'")
+            drop_database(name)
+            try:
+                ch(f"DROP DATABASE IF EXISTS {name}")
+            except OSError:
+                pass
+            delete_topics(name)
+            delete_topics(f"__debezium-heartbeat.{name}")
+            _delete_groups(name)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _delete_groups(prefix):
+    """Deletes the consumer groups a run created (the processor commits its offsets)."""
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=os.environ.get("RAINBOW_KAFKA__BROKERS", "127.0.0.1:9092"))
+    try:
+        groups = [g["group_id"] for g in admin.list_groups() if g["group_id"].startswith(prefix)]
+        if groups:
+            admin.delete_groups(groups)
+    finally:
+        admin.close()
+
+
 # ---------------------------------------------------------------- report
 
 MACHINE = None
@@ -921,6 +1202,20 @@ def report(res, runs, small, groups, started, path):
             "(Freshness above) and, after kill -9 of the API, the API's restart by `rainbow up`.",
             "",
         ]
+    if any(f["group"] == "Flink" for f in res.figures.values()):
+        lines += [
+            "Flink: tests/flink's Flink SQL job (Apache Flink 2.2 from Maven Central on a local mini-cluster,",
+            "parallelism 1, `debezium-json` with the schema included, mini-batches of 200 ms) and `rainbow process`",
+            "(defaults, batches of 200 ms) read the same topics of one `rainbow cdc` (decimal_handling_mode =",
+            "string, which Flink needs: tests/flink/README.md). Backlog: each consumer alone from the beginning",
+            "of the topics until both its figures equal PostgreSQL's; Flink reads 3 topics (orders, order lines,",
+            "payment methods) for two aggregates, rainbow process all 10 for every warehouse table, so the ratio",
+            "compares unequal work; Flink's JVM start and planning are left out of its rate and shown apart.",
+            "Freshness: both running under pgbench at 50 orders/s; every 100 ms the source's total is noted, and",
+            "a sample's freshness is the time until the consumer shows it in total sales and in the sum of",
+            "sales per payment method (the views polled every 50 ms; Flink: rows as its collect() client gets them).",
+            "",
+        ]
     if DURATIONS:
         total = sum(DURATIONS.values())
         lines += [
@@ -942,9 +1237,9 @@ def report(res, runs, small, groups, started, path):
 
 
 LABELS = {"api": "API", "cdc": "CDC", "freshness": "Freshness", "soak": "Soak", "processor": "Processor",
-          "replay": "Replay", "recovery": "Recovery"}
+          "replay": "Replay", "flink": "Flink", "recovery": "Recovery"}
 GROUPS = {"api": bench_api, "cdc": bench_cdc, "freshness": bench_freshness, "soak": bench_soak, "processor": bench_processor,
-          "replay": bench_replay, "recovery": bench_recovery}
+          "replay": bench_replay, "flink": bench_flink, "recovery": bench_recovery}
 # What runs without --only: all but the recovery group (one run of it takes about 15 minutes).
 DEFAULT_GROUPS = ["api", "cdc", "freshness", "soak", "processor", "replay"]
 

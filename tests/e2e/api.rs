@@ -122,9 +122,14 @@ impl TestApi {
     }
 }
 
-/// The value of the first sample line of a Prometheus text exposition starting with `line_start`.
-fn metric_value(text: &str, line_start: &str) -> Option<f64> {
-    text.lines().find(|l| l.starts_with(line_start))?.rsplit(' ').next()?.parse().ok()
+/// The value of one series (`name{labels}` as exposed) of a Prometheus text exposition, read by
+/// the parser `rainbow status` uses.
+fn metric_value(text: &str, series: &str) -> Option<f64> {
+    use rainbow_runtime::exposition::Exposition;
+    let want = Exposition::parse(&format!("{} 0", series.trim())).samples.pop()?;
+    let got = Exposition::parse(text);
+    let value = got.series(&want.name).find(|s| s.labels == want.labels).map(|s| s.value);
+    value
 }
 
 fn order(customer: i64, payment: i64, lines: &[(i64, i64)]) -> Value {

@@ -23,7 +23,7 @@ fn text(o: &Output) -> String {
 fn help_lists_every_command() {
     let out = rainbow(&["--help"], &[]);
     assert!(out.status.success());
-    for cmd in ["api", "cdc", "process", "archive", "replay", "loadgen", "migrate", "check", "up"] {
+    for cmd in ["api", "cdc", "process", "archive", "replay", "loadgen", "migrate", "check", "up", "status"] {
         assert!(text(&out).contains(&format!("\n  {cmd} ")), "{cmd} in --help");
         assert!(rainbow(&[cmd, "--help"], &[]).status.success(), "{cmd} --help");
     }
@@ -78,6 +78,79 @@ fn an_invalid_setting_stops_the_program_naming_the_key() {
     assert!(msg.contains("`clickhouse.url`") && msg.contains("http://"), "{msg}");
 }
 
+/// `rainbow --print-config` run in `cwd` with only the given RAINBOW_* variables.
+fn print_config(cwd: &std::path::Path, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rainbow"));
+    cmd.arg("--print-config").current_dir(cwd);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("RAINBOW_")) {
+        cmd.env_remove(k);
+    }
+    cmd.envs(env.iter().copied());
+    cmd.output().expect("rainbow runs")
+}
+
+/// Every setting of the printed configuration that is a local path, as `key = value`.
+fn local_paths(printed: &str) -> Vec<(String, String)> {
+    fn walk(prefix: &str, v: &toml::Value, out: &mut Vec<(String, String)>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    walk(&if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, v, out)
+                }
+            }
+            toml::Value::String(s) if (s.contains('/') && !s.contains("://")) || s.starts_with('.') => {
+                out.push((prefix.to_string(), s.clone()))
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk("", &printed.parse::<toml::Value>().expect("TOML"), &mut out);
+    out
+}
+
+#[test]
+fn rainbow_home_holds_every_default_path() {
+    let dir = std::env::temp_dir().join(common::unique_name("rainbow_home"));
+    let home = dir.join("state");
+    std::fs::create_dir_all(&dir).unwrap();
+    let expected = ["cdc.offsets_dir", "processor.checkpoint_url", "storage.url"];
+
+    let out = print_config(&dir, &[("RAINBOW_HOME", home.to_str().unwrap())]);
+    assert!(out.status.success(), "{}", text(&out));
+    let paths = local_paths(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(paths.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), expected, "{paths:?}");
+    for (key, value) in &paths {
+        assert!(
+            std::path::Path::new(value).starts_with(&home),
+            "{key} = {value:?} is not under {}",
+            home.display()
+        );
+    }
+    assert!(!home.exists(), "printing the configuration creates nothing");
+
+    // Unset: .rainbow in the working directory, as before RAINBOW_HOME moved anything.
+    let out = print_config(&dir, &[]);
+    let paths = local_paths(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(paths.len(), expected.len(), "{paths:?}");
+    for (key, value) in paths {
+        assert!(value.starts_with(".rainbow/"), "{key} = {value:?}");
+    }
+
+    // An explicit setting wins; the others stay under RAINBOW_HOME.
+    let out =
+        print_config(&dir, &[("RAINBOW_HOME", home.to_str().unwrap()), ("RAINBOW_STORAGE__URL", "s3://b/r")]);
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(printed.contains("url = \"s3://b/r\""), "{printed}");
+    assert_eq!(local_paths(&printed).len(), 2, "{printed}");
+
+    // Set but empty: refused as a setting error, naming the variable.
+    let out = print_config(&dir, &[("RAINBOW_HOME", "")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("RAINBOW_HOME=\"\" is empty"), "{}", text(&out));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 async fn admin_execute(sql: &str) {
     use sqlx::{Connection, Executor};
     let mut admin = sqlx::PgConnection::connect_with(&common::pg_options("postgres"))
@@ -104,7 +177,13 @@ async fn migrate_seed_against_the_real_servers_is_idempotent() {
         ),
         "{out}"
     );
-    assert!(out.contains("20 DDL statements applied"), "{out}");
+    let warehouse_migrations = rainbow_schemas::warehouse::MIGRATIONS.len();
+    assert!(
+        out.contains(&format!(
+            "warehouse up to date ({warehouse_migrations} migrations, {warehouse_migrations} applied now"
+        )),
+        "{out}"
+    );
 
     let second = rainbow(&["migrate", "--seed"], &env);
     assert!(second.status.success(), "{}", text(&second));

@@ -18,7 +18,7 @@
 
 #[path = "../e2e/common/mod.rs"]
 mod common;
-mod figures;
+use common::figures;
 mod pipeline;
 mod stack;
 

@@ -61,7 +61,7 @@ impl Stack {
         }
         std::fs::create_dir_all(&stack.objects).unwrap();
         stack.mount();
-        stack.script("start", &[]);
+        stack.script("start", &["--no-dashboards"]);
         stack
     }
 

@@ -8,6 +8,8 @@
 //! * [`children`]: child processes kept running under supervision, the way `rainbow up` runs
 //!   the platform;
 //! * [`serve`]: the HTTP endpoint of a service's metrics and health (`/healthz`, `/readyz`);
+//! * [`exposition`]: reading that endpoint's Prometheus text format back (samples, sums,
+//!   histogram quantiles), for `rainbow status` and the tests;
 //! * [`worker`]: a component's blocking loop on a thread of its own, stopped by a flag;
 //! * [`failpoint`]: crash and step failpoints for fault tests, compiled in only with the
 //!   `failpoints` feature (test builds).
@@ -16,6 +18,7 @@
 //! the service crates.
 
 pub mod children;
+pub mod exposition;
 pub mod failpoint;
 pub mod identity;
 pub mod kafka;

@@ -99,6 +99,14 @@ impl CdcProcess {
         TopicNaming::new(&self.prefix, Default::default()).heartbeat_topic()
     }
 
+    /// Every topic it writes: one per source table, and the heartbeat topic.
+    pub fn topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> =
+            rainbow_schemas::postgres::SOURCE_TABLES.iter().map(|t| self.topic(t)).collect();
+        topics.push(self.heartbeat_topic());
+        topics
+    }
+
     /// The offsets file as JSON.
     pub fn stored_offset(&self) -> Option<serde_json::Value> {
         let path = self.dir.join(format!("{}.offsets.json", self.slot));

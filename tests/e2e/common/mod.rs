@@ -5,6 +5,7 @@
 
 pub mod archive;
 pub mod cdc;
+pub mod figures;
 pub mod process;
 pub mod processor;
 pub mod replay;

@@ -1,6 +1,7 @@
-//! The warehouse against PostgreSQL, exactly: the figures the source defines (every order line
-//! once with its quantity and price; every dashboard view's quantities, amounts, counts and
-//! ranks; the current version of every dimension row), compared as text, row for row.
+//! The warehouse against PostgreSQL, exactly (the fault suite's final check, and the dashboard
+//! test's before it opens the charts): the figures the source defines (every order line once with
+//! its quantity and price; every dashboard view's quantities, amounts, counts and ranks; the
+//! current version of every dimension row), compared as text, row for row.
 //!
 //! What depends on history rather than on the source's present state (the profit, which uses
 //! the promotion in force when each order committed, and the category and names a view shows
