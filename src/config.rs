@@ -5,6 +5,10 @@
 //! environment variables `RAINBOW_<SECTION>__<KEY>` (for example `RAINBOW_API__LISTEN`).
 //! Unknown keys, unknown `RAINBOW_*` variables and invalid values stop the program at start with
 //! a message naming the key and the expected form.
+//!
+//! Where data lives: every setting whose default is a local path defaults to a place under one
+//! directory, the *state root* ([`state_root`], [`STATE_PATHS`]): `$RAINBOW_HOME` when set, else
+//! `.rainbow` in the working directory.
 
 use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
@@ -20,9 +24,21 @@ pub const MASK: &str = "********";
 
 /// Prefix of every configuration environment variable.
 pub const ENV_PREFIX: &str = "RAINBOW_";
+/// The variable that moves the state root (see [`state_root`]).
+pub const HOME_VAR: &str = "RAINBOW_HOME";
+/// The state root when `RAINBOW_HOME` is unset, relative to the working directory.
+pub const DEFAULT_HOME: &str = ".rainbow";
+/// Every setting whose default lives under the state root, and where under it (set by
+/// [`Config::defaults_in`], in this order). The crates' own `Default`s hold these paths under
+/// [`DEFAULT_HOME`] (a test keeps them equal).
+pub const STATE_PATHS: [(&str, &str); 3] = [
+    ("cdc.offsets_dir", "cdc"),
+    ("processor.checkpoint_url", "processor/checkpoints"),
+    ("storage.url", "store"),
+];
 /// `RAINBOW_*` variables that are not settings: read by the stack scripts and the CLI.
 const NON_SETTING_VARS: [&str; 6] = [
-    "RAINBOW_HOME",
+    HOME_VAR,
     "RAINBOW_CONFIG",
     "RAINBOW_LOG",
     "RAINBOW_CDC_FAILPOINT",
@@ -44,6 +60,48 @@ pub enum ConfigError {
          (double underscore), for example RAINBOW_API__LISTEN"
     )]
     UnknownVariable(String),
+    #[error(
+        "RAINBOW_HOME={value:?} {reason} (RAINBOW_HOME is the local directory under which every \
+         default path lies; unset, it is .rainbow in the working directory)"
+    )]
+    Home { value: String, reason: String },
+}
+
+/// The state root, the directory under which every default path lies, from the value of
+/// `RAINBOW_HOME` (`None`: unset).
+///
+/// The contract, in one place:
+/// * `RAINBOW_HOME` set: that directory, as given (a relative value stays relative to the
+///   working directory). It need not exist yet (each component creates what it writes), but it
+///   must be a local directory: empty, a URL, or a path whose first existing part is not a
+///   directory is an error ([`ConfigError::Home`]), whether or not a default is used.
+/// * Unset: [`DEFAULT_HOME`], `.rainbow` in the working directory. That is where the binary
+///   always kept its data and where the stack scripts and `tests/run` put theirs
+///   (`<repo>/.rainbow`), so for someone running from the repository root nothing moves.
+/// * Each setting of [`STATE_PATHS`] defaults to `<state root>/<its path>` (see
+///   [`Config::defaults_in`]); a value from the file or a `RAINBOW_<SECTION>__<KEY>` variable
+///   wins, and is used as written. `--print-config` shows the resolved paths.
+pub fn state_root(home: Option<&str>) -> Result<PathBuf, ConfigError> {
+    let Some(value) = home else { return Ok(PathBuf::from(DEFAULT_HOME)) };
+    let unusable = |reason: String| ConfigError::Home { value: value.to_string(), reason };
+    if value.trim().is_empty() {
+        return Err(unusable("is empty; unset it or give a directory".into()));
+    }
+    if value.contains("://") {
+        return Err(unusable(
+            "is a URL, not a local directory; an object store goes in storage.url and \
+             processor.checkpoint_url"
+                .into(),
+        ));
+    }
+    let root = PathBuf::from(value);
+    if let Some(existing) = root.ancestors().find(|a| !a.as_os_str().is_empty() && a.exists()) {
+        if !existing.is_dir() {
+            let what = if existing == root { "it".to_string() } else { existing.display().to_string() };
+            return Err(unusable(format!("is not a usable directory: {what} exists and is not a directory")));
+        }
+    }
+    Ok(root)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -196,8 +254,10 @@ impl Default for ApiConfig {
     }
 }
 
-/// Object storage for checkpoints and the master dataset: a local path or an object_store URL
-/// (`file://`, `s3://`, `gs://`, `az://`).
+/// Object storage for the master dataset (the archive, and the replay's input by default): a
+/// local path or an object_store URL (`file://`, `s3://`, `gs://`, `az://`). Default:
+/// `<state root>/store` (see [`state_root`]). The processor's checkpoints have their own setting,
+/// `processor.checkpoint_url`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
@@ -232,6 +292,18 @@ impl Default for LogConfig {
 }
 
 impl Config {
+    /// The built-in defaults with every path of [`STATE_PATHS`] under the state root `root`
+    /// (see [`state_root`]). `Config::default()` is `Config::defaults_in(".rainbow")`.
+    pub fn defaults_in(root: &Path) -> Config {
+        let mut config = Config::default();
+        let settings =
+            [&mut config.cdc.offsets_dir, &mut config.processor.checkpoint_url, &mut config.storage.url];
+        for ((_, under), value) in STATE_PATHS.iter().zip(settings) {
+            *value = root.join(under).display().to_string();
+        }
+        config
+    }
+
     /// Loads defaults, then the file, then the process environment; validates the result.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         Config::load_from(file, std::env::vars())
@@ -242,18 +314,17 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        match file {
-            Some(path) if !path.exists() => return Err(ConfigError::MissingFile(path.to_path_buf())),
-            Some(path) => figment = figment.merge(Toml::file_exact(path)),
-            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
-                figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_FILE))
-            }
-            None => {}
+        if let Some(path) = file.filter(|p| !p.exists()) {
+            return Err(ConfigError::MissingFile(path.to_path_buf()));
         }
+        let mut home = None;
         let mut settings = Vec::new();
         for (name, value) in env {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+            if name == HOME_VAR {
+                home = Some(value);
+                continue;
+            }
             if NON_SETTING_VARS.contains(&name.as_str())
                 || NON_SETTING_PREFIXES.iter().any(|p| name.starts_with(p))
             {
@@ -264,6 +335,15 @@ impl Config {
             };
             let key = format!("{}.{}", section.to_lowercase(), key.to_lowercase());
             settings.push(EnvSetting { name, key, value });
+        }
+        let root = state_root(home.as_deref())?;
+        let mut figment = Figment::from(Serialized::defaults(Config::defaults_in(&root)));
+        match file {
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_FILE))
+            }
+            None => {}
         }
         // Sorted so that the outcome never depends on the order of the process environment.
         settings.sort_by(|a, b| a.name.cmp(&b.name));
@@ -624,6 +704,101 @@ mod tests {
         assert!(err.contains("processor.partition"), "{err}");
         let err = load(&[("RAINBOW_CDC__PARTITION_BY", "public.orders=bad column")]).unwrap_err().to_string();
         assert!(err.contains("cdc.partition_by"), "{err}");
+    }
+
+    /// Each setting of STATE_PATHS, as the loaded configuration holds it.
+    fn state_paths(c: &Config) -> Vec<(&'static str, String)> {
+        let f = Figment::from(Serialized::defaults(c));
+        STATE_PATHS.iter().map(|(key, _)| (*key, f.extract_inner::<String>(key).unwrap())).collect()
+    }
+
+    #[test]
+    fn default_paths_lie_under_dot_rainbow_without_rainbow_home() {
+        let c = load(&[]).unwrap();
+        assert_eq!(
+            state_paths(&c),
+            [
+                ("cdc.offsets_dir", ".rainbow/cdc".to_string()),
+                ("processor.checkpoint_url", ".rainbow/processor/checkpoints".into()),
+                ("storage.url", ".rainbow/store".into()),
+            ]
+        );
+        // The crates' own defaults are the same paths: one rule, not two.
+        assert_eq!(Config::defaults_in(Path::new(DEFAULT_HOME)), Config::default());
+    }
+
+    #[test]
+    fn rainbow_home_moves_every_default_path() {
+        for (home, prefix) in [("/x", "/x/"), ("/x/", "/x/"), ("state/here", "state/here/")] {
+            let c = load(&[("RAINBOW_HOME", home)]).unwrap();
+            let paths = state_paths(&c);
+            for ((key, under), (_, value)) in STATE_PATHS.iter().zip(&paths) {
+                assert_eq!(value, &format!("{prefix}{under}"), "{key} with RAINBOW_HOME={home}");
+            }
+            assert_eq!(paths[0].1, format!("{prefix}cdc"));
+            let printed = c.to_toml();
+            assert!(printed.contains(&format!("offsets_dir = \"{prefix}cdc\"")), "{printed}");
+            assert!(printed.contains(&format!("url = \"{prefix}store\"")), "{printed}");
+            // Nothing else changes.
+            let mut same = c.clone();
+            same.cdc.offsets_dir.clone_from(&Config::default().cdc.offsets_dir);
+            same.processor.checkpoint_url.clone_from(&Config::default().processor.checkpoint_url);
+            same.storage.url.clone_from(&Config::default().storage.url);
+            assert_eq!(same, Config::default());
+        }
+    }
+
+    #[test]
+    fn an_explicit_path_wins_over_rainbow_home() {
+        let c = load(&[
+            ("RAINBOW_HOME", "/x"),
+            ("RAINBOW_CDC__OFFSETS_DIR", "/var/lib/rainbow/cdc"),
+            ("RAINBOW_STORAGE__URL", "s3://bucket/rainbow"),
+        ])
+        .unwrap();
+        assert_eq!(c.cdc.offsets_dir, "/var/lib/rainbow/cdc");
+        assert_eq!(c.storage.url, "s3://bucket/rainbow");
+        assert_eq!(c.processor.checkpoint_url, "/x/processor/checkpoints", "the one not set");
+
+        let dir = std::env::temp_dir().join(format!("rainbow-config-home-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("rainbow.toml");
+        std::fs::write(&file, "[processor]\ncheckpoint_url = \"relative/checkpoints\"\n").unwrap();
+        let c = Config::load_from(Some(&file), env(&[("RAINBOW_HOME", "/x")])).unwrap();
+        assert_eq!(c.processor.checkpoint_url, "relative/checkpoints", "as written in the file");
+        assert_eq!(c.cdc.offsets_dir, "/x/cdc");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_unusable_rainbow_home_is_refused_clearly() {
+        let file = std::env::temp_dir().join(format!("rainbow-config-home-file-{}", std::process::id()));
+        std::fs::write(&file, "").unwrap();
+        let below = file.join("below").display().to_string();
+        let cases = [
+            ("", "is empty"),
+            ("  ", "is empty"),
+            ("s3://bucket/rainbow", "is a URL"),
+            (file.to_str().unwrap(), "exists and is not a directory"),
+            (below.as_str(), "exists and is not a directory"),
+        ];
+        for (home, needle) in cases {
+            let err = load(&[("RAINBOW_HOME", home)]).unwrap_err();
+            assert!(matches!(err, ConfigError::Home { .. }), "{home:?}: {err:?}");
+            let err = err.to_string();
+            assert!(err.contains("RAINBOW_HOME") && err.contains(needle), "{home:?}: {err}");
+        }
+        // Refused even when every path is set explicitly: the variable is wrong either way.
+        let err = load(&[
+            ("RAINBOW_HOME", ""),
+            ("RAINBOW_CDC__OFFSETS_DIR", "/a"),
+            ("RAINBOW_PROCESSOR__CHECKPOINT_URL", "/b"),
+            ("RAINBOW_STORAGE__URL", "/c"),
+        ]);
+        assert!(matches!(err, Err(ConfigError::Home { .. })));
+        std::fs::remove_file(&file).unwrap();
+        // A directory that does not exist yet is fine: components create what they write.
+        assert!(load(&[("RAINBOW_HOME", "/nonexistent/rainbow/home")]).is_ok());
     }
 
     #[test]

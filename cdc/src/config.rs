@@ -69,7 +69,9 @@ pub struct CdcConfig {
     /// Partitions and replication factor of topics the reader creates.
     pub topic_partitions: i32,
     pub topic_replication_factor: i32,
-    /// Directory of the stored offsets (`<slot>.offsets.json`).
+    /// Directory of the stored offsets (`<slot>.offsets.json`). Default `.rainbow/cdc`; the
+    /// `rainbow` binary puts it under its state root instead, `$RAINBOW_HOME/cdc` when
+    /// `RAINBOW_HOME` is set (`rainbow::config::state_root`).
     pub offsets_dir: String,
     /// Address of the /metrics endpoint; empty disables it.
     pub metrics_listen: String,

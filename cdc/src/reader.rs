@@ -173,7 +173,7 @@ async fn attempt(
     catalog::ensure_publication(&pool, &config.publication_name, &tables).await?;
     // The series the alerts watch, from the start at 0: their increase() sees the first one.
     for (s, t) in &tables {
-        metrics.incremental_chunks.with_label_values(&[&format!("{s}.{t}"), "failed"]);
+        metrics.incremental_chunks.with_label_values(&[format!("{s}.{t}").as_str(), "failed"]);
     }
     metrics.signals.with_label_values(&[rainbow_schemas::postgres::SIGNAL_EXECUTE_SNAPSHOT, "rejected"]);
 
@@ -836,11 +836,11 @@ impl Stream<'_> {
                     match run.read_chunk(pool, self.config.incremental_snapshot_chunk_size).await {
                         Ok(true) => return Ok(()),
                         Ok(false) => {
-                            metrics.incremental_chunks.with_label_values(&[&table, "read_again"]).inc();
+                            metrics.incremental_chunks.with_label_values(&[&*table, "read_again"]).inc();
                             return Ok(());
                         }
                         Err(CdcError::Postgres(e)) if !rainbow_schemas::postgres::is_transient(&e) => {
-                            metrics.incremental_chunks.with_label_values(&[&table, "failed"]).inc();
+                            metrics.incremental_chunks.with_label_values(&[&*table, "failed"]).inc();
                             tracing::error!(%table, error = %e, "incremental snapshot of the table abandoned (ask again with a new signal)");
                             inc.run = None;
                         }
@@ -874,7 +874,7 @@ impl Stream<'_> {
                         }
                         Err(reason) => {
                             let table = format!("{schema}.{name}");
-                            metrics.incremental_chunks.with_label_values(&[&table, "failed"]).inc();
+                            metrics.incremental_chunks.with_label_values(&[table.as_str(), "failed"]).inc();
                             tracing::error!(%table, %reason, "incremental snapshot of the table abandoned");
                         }
                     }
@@ -913,7 +913,7 @@ impl Stream<'_> {
         }
         let sent = chunk.rows.len() as u64;
         self.metrics.incremental_rows.with_label_values(&[&t.table]).inc_by(sent);
-        self.metrics.incremental_chunks.with_label_values(&[&t.table, "sent"]).inc();
+        self.metrics.incremental_chunks.with_label_values(&[&*t.table, "sent"]).inc();
         run.rows += sent;
         run.after = chunk.last_key.clone();
         if chunk.complete {

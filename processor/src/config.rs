@@ -36,7 +36,10 @@ pub struct ProcessorConfig {
     /// the parts ClickHouse makes and merges).
     pub batch_interval_ms: u64,
     /// Where checkpoints go: a directory or an object-store URL (`file://`, `s3://`, `gs://`,
-    /// `az://`; credentials from the environment, as for the archive).
+    /// `az://`; credentials from the environment, as for the archive). Default
+    /// `.rainbow/processor/checkpoints`; the `rainbow` binary puts it under its state root
+    /// instead, `$RAINBOW_HOME/processor/checkpoints` when `RAINBOW_HOME` is set
+    /// (`rainbow::config::state_root`).
     pub checkpoint_url: String,
     pub checkpoint_interval_ms: u64,
     /// Checkpoints kept besides the latest (older ones are deleted).

@@ -1,13 +1,14 @@
-//! The warehouse DDL against the real ClickHouse of the local stack: it applies (twice), agrees
-//! with the warehouse's definition (columns, types, keys, versions), rows
+//! The warehouse DDL against the real ClickHouse of the local stack: the migrations apply (twice),
+//! the result agrees with the warehouse's definition (columns, types, keys, versions), rows
 //! of every output table written with the `clickhouse` crate read back equal, and the dashboard
-//! views compute the expected figures, with FINAL collapsing re-delivered rows.
+//! views compute the expected figures, with FINAL collapsing re-delivered rows. A warehouse made
+//! by the DDL of before the migrations is upgraded by `rainbow migrate`, its data kept.
 
 use crate::common;
 
 use clickhouse::Row;
 use rainbow_schemas::shape::*;
-use rainbow_schemas::warehouse::{Warehouse, DASHBOARD_VIEWS};
+use rainbow_schemas::warehouse::{Warehouse, DASHBOARD_VIEWS, MIGRATIONS};
 use rainbow_schemas::{Money, MoneySum};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -40,9 +41,11 @@ fn sorted<T: Clone + Debug>(rows: &[T], key: impl Fn(&T) -> String) -> Vec<T> {
 async fn ddl_applies_and_every_table_round_trips() {
     let db = common::unique_name("rainbow_test");
     let wh = common::warehouse(&db).await;
-    let statements = wh.apply_ddl(&db).await.expect("DDL applies");
-    assert_eq!(statements, 1 + TABLES.len() + DASHBOARD_VIEWS.len());
-    wh.apply_ddl(&db).await.expect("DDL is idempotent");
+    let report = wh.migrate(&db).await.expect("the migrations apply");
+    assert_eq!(report.applied.len(), MIGRATIONS.len());
+    assert!(!report.adopted);
+    let again = wh.migrate(&db).await.expect("migrating again is a no-op");
+    assert_eq!((again.applied.len(), again.statements), (0, 0));
 
     // The warehouse's one definition and the tables ClickHouse made of the DDL agree.
     for t in TABLES {
@@ -453,4 +456,156 @@ async fn ddl_applies_and_every_table_round_trips() {
     assert_eq!(ranks, vec![(1, 1, 2, 350), (2, 2, 5, 300)]);
 
     wh.client.query(&format!("DROP DATABASE {db}")).execute().await.unwrap();
+}
+
+/// The warehouse DDL as it was before migrations existed (`git show` of schemas/clickhouse/ at the
+/// commit that introduced them): what an existing installation holds.
+const WAREHOUSE_V0: [&str; 4] = [
+    include_str!("fixtures/warehouse_v0/01_dimensions.sql"),
+    include_str!("fixtures/warehouse_v0/02_facts.sql"),
+    include_str!("fixtures/warehouse_v0/03_aggregates.sql"),
+    include_str!("fixtures/warehouse_v0/04_views.sql"),
+];
+
+/// `rainbow migrate --target clickhouse` on `database`, as a user runs it: (success, output).
+fn rainbow_migrate(database: &str) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rainbow"))
+        .args(["migrate", "--target", "clickhouse"])
+        .env("RAINBOW_CLICKHOUSE__DATABASE", database)
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("rainbow runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_upgrades_a_warehouse_made_before_migrations_and_keeps_its_data() {
+    let db = common::unique_name("rainbow_upgrade");
+    let wh = common::warehouse(&db).await;
+    let admin = wh.client.clone().with_database("default");
+    let sql = |q: String| {
+        let admin = admin.clone();
+        async move { admin.query(&q).execute().await.unwrap_or_else(|e| panic!("{q}: {e}")) }
+    };
+
+    // An installation of the previous release, with data.
+    for file in WAREHOUSE_V0 {
+        for statement in rainbow_schemas::warehouse::statements(file, &db).unwrap() {
+            sql(statement).await;
+        }
+    }
+    sql(format!(
+        "INSERT INTO {db}.agg_total_sales VALUES (0, 1, 1.00, 0, 1), (0, 3, 2000.00, 200.00, 5), (1, 2, 1000.50, 0.50, 7)"
+    ))
+    .await;
+    sql(format!(
+        "INSERT INTO {db}.agg_payment_methods VALUES (0, 1, 'Cash', 9, 1.00, 1), (0, 1, 'Cash', 2, 2000.00, 5), \
+         (1, 2, 'Credit Card', 1, 1000.50, 7)"
+    ))
+    .await;
+    sql(format!(
+        "INSERT INTO {db}.fact_sales VALUES (20240901, 'p1', 's1', '', 'c1', 'pay1', 42, 7, 3, 9990000, 0, 9990000, \
+         29970000, 0, 100, 0)"
+    ))
+    .await;
+    let count = |q: String| {
+        let client = wh.client.clone();
+        async move { client.query(&q).fetch_one::<u64>().await.unwrap_or_else(|e| panic!("{q}: {e}")) }
+    };
+    let view_columns =
+        format!("SELECT count() FROM system.columns WHERE database = '{db}' AND table = 'v_total_sales'");
+    assert_eq!(count(view_columns.clone()).await, 3, "the previous v_total_sales");
+    // As if an earlier upgrade had died after the first statement of migration 5 (no
+    // transactions): the view is gone and nothing is recorded; the next run repeats it whole.
+    let first = rainbow_schemas::warehouse::statements(MIGRATIONS[4].sql, &db).unwrap().remove(0);
+    assert!(first.starts_with("DROP TABLE IF EXISTS"), "{first}");
+    sql(first).await;
+
+    // The upgrade: the warehouse is recognised, nothing is recreated, migration 5 applies.
+    let (ok, out) = rainbow_migrate(&db);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("database {db} held a warehouse made before migrations")), "{out}");
+    assert!(out.contains("applied migration 5 (total_sales_orders)"), "{out}");
+    let n = MIGRATIONS.len();
+    assert!(out.contains(&format!("({n} migrations, {n} applied now")), "{out}");
+
+    let recorded: Vec<(u32, String, String)> = wh
+        .client
+        .query("SELECT version, name, checksum FROM rainbow_migrations ORDER BY version")
+        .fetch_all()
+        .await
+        .unwrap();
+    let want: Vec<(u32, String, String)> =
+        MIGRATIONS.iter().map(|m| (m.version(), m.name().to_string(), m.checksum())).collect();
+    assert_eq!(recorded, want);
+    assert_eq!(want.iter().map(|w| w.0).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+
+    // The new columns answer with the figures of the rows that were already there.
+    #[derive(Debug, PartialEq, Row, Serialize, Deserialize)]
+    struct TotalSales {
+        total_sales_quantity: i64,
+        total_sales_amount: MoneySum,
+        total_profit: MoneySum,
+        order_count: i64,
+        average_order_value: MoneySum,
+    }
+    let total: TotalSales = wh.client.query("SELECT ?fields FROM v_total_sales").fetch_one().await.unwrap();
+    assert_eq!(
+        total,
+        TotalSales {
+            total_sales_quantity: 5,
+            total_sales_amount: MoneySum(300_050),
+            total_profit: MoneySum(280_000),
+            order_count: 3,
+            // 3000.50 / 3, truncated to the cent.
+            average_order_value: MoneySum(100_016),
+        }
+    );
+    assert_eq!(count(view_columns.clone()).await, 5);
+    // The data is all still there, superseded versions included (no table was recreated).
+    assert_eq!(count("SELECT count() FROM agg_total_sales".into()).await, 3);
+    assert_eq!(count("SELECT count() FROM agg_payment_methods".into()).await, 3);
+    assert_eq!(count("SELECT count() FROM fact_sales WHERE order_transaction = 42".into()).await, 1);
+    // The other views still answer.
+    for view in DASHBOARD_VIEWS {
+        count(format!("SELECT count() FROM {view}")).await;
+    }
+
+    // Migrating again applies nothing.
+    let (ok, out) = rainbow_migrate(&db);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("({n} migrations, 0 applied now, 0 statements run)")), "{out}");
+    assert!(!out.contains("made before migrations"), "{out}");
+    assert_eq!(count("SELECT count() FROM rainbow_migrations".into()).await, n as u64);
+
+    // A warehouse migrated by a newer Rainbow: refused, nothing applied.
+    let record = |version: u32, name: &str, checksum: &str| {
+        format!("INSERT INTO {db}.rainbow_migrations SELECT {version}, '{name}', '{checksum}', now(), 'test'")
+    };
+    sql(record(99, "from_the_future", "00")).await;
+    let (ok, out) = rainbow_migrate(&db);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("migration 99 (from_the_future) applied, which this build of Rainbow does not know"),
+        "{out}"
+    );
+    assert!(out.contains("migrated by a newer Rainbow"), "{out}");
+
+    // A recorded migration whose file changed: a clear error saying what to do.
+    sql(record(2, "facts", "tampered")).await;
+    let (ok, out) = rainbow_migrate(&db);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "warehouse migration 2 (facts) was applied to database {db} with checksum tampered, but \
+             schemas/clickhouse/02_facts.sql of this build has checksum {}",
+            MIGRATIONS[1].checksum()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("Restore the file as released and put the change in a new migration"), "{out}");
+    assert_eq!(count("SELECT count() FROM rainbow_migrations".into()).await, n as u64 + 2);
+
+    sql(format!("DROP DATABASE {db}")).await;
 }

@@ -35,12 +35,6 @@ fn cdc_for(db: &TestDb) -> CdcProcess {
     CdcProcess::new(&db.name, &[("RAINBOW_CDC__HEARTBEAT_INTERVAL_MS", "200")])
 }
 
-fn topics_of(cdc: &CdcProcess) -> Vec<String> {
-    let mut t: Vec<String> = SOURCE_TABLES.iter().map(|t| cdc.topic(t)).collect();
-    t.push(format!("__debezium-heartbeat.{}", cdc.prefix));
-    t
-}
-
 /// The Superset bundle (deploy/superset/bundle): per chart, sorted by name, its title, its
 /// dataset's name and the dataset's SQL. Checks that each chart's columns are its dataset's.
 fn superset_charts() -> Vec<(String, String, String)> {
@@ -96,13 +90,16 @@ async fn assert_views_match_the_source(pool: &sqlx::PgPool, database: &str) {
         format!("SELECT {cols} FROM {}.{view} ORDER BY {order}", database)
     };
 
-    // Total sales: quantity, amount, and profit with the seed's discount formulas.
+    // Total sales: quantity, amount, and profit with the seed's discount formulas; the number of
+    // orders and the amount per order (truncated to the cent).
     let discount = "least(d.price, CASE pr.coupon_type WHEN 'Percentage' THEN round(d.price * pr.price_treatment / 100, 2)
                     WHEN 'Fixed Amount' THEN pr.price_treatment * 1000 ELSE 0 END)";
     let want = pg_rows(
         pool,
         &format!(
-            "SELECT sum(d.quantity), sum(d.quantity * d.price), sum(d.quantity * (d.price - {discount}))
+            "SELECT sum(d.quantity), sum(d.quantity * d.price), sum(d.quantity * (d.price - {discount})),
+                    (SELECT count(*) FROM orders),
+                    trunc(sum(d.quantity * d.price) / (SELECT count(*) FROM orders), 2)
              FROM orderdetails d LEFT JOIN promotions pr ON pr.id = d.promotion_id"
         ),
     )
@@ -326,7 +323,7 @@ async fn views_match_the_source_and_poison_events_are_parked() {
     p.stop();
     assert!(p.logs().contains("process: ") || p.logs().contains("stopping"), "{}", p.logs());
     p.cleanup().await;
-    let topics = topics_of(&cdc);
+    let topics = cdc.topics();
     cdc.cleanup(&topics).await;
     db.drop().await;
 }
@@ -401,7 +398,7 @@ async fn a_processor_killed_mid_stream_converges_to_a_clean_run() {
     crashy.stop();
     clean.cleanup().await;
     crashy.cleanup().await;
-    let topics = topics_of(&cdc);
+    let topics = cdc.topics();
     cdc.cleanup(&topics).await;
     db.drop().await;
 }
@@ -454,7 +451,7 @@ async fn two_instances_split_the_orders_and_together_match_the_source() {
     whole.cleanup().await;
     b.cleanup().await;
     a.cleanup().await;
-    let topics = topics_of(&cdc);
+    let topics = cdc.topics();
     cdc.cleanup(&topics).await;
     db.drop().await;
 }
@@ -599,7 +596,7 @@ async fn a_widened_numeric_column_keeps_money_exact() {
 
     p.stop();
     p.cleanup().await;
-    let topics = topics_of(&cdc);
+    let topics = cdc.topics();
     cdc.cleanup(&topics).await;
     db.drop().await;
 }
@@ -667,7 +664,7 @@ async fn records_removed_before_they_were_read_and_recreated_topics_stop_the_pro
 
     // The topics recreated under the checkpoint: refused, not read as if nothing happened.
     cdc.stop();
-    let topics = topics_of(&cdc);
+    let topics = cdc.topics();
     common::cdc::delete_topics(&topics).await;
     cdc.start();
     let consumer: rdkafka::consumer::BaseConsumer =
@@ -745,7 +742,7 @@ async fn a_processor_refuses_another_postgres_source_behind_the_same_topics() {
     assert!(last.contains("written while reading another source") && last.contains(&needle), "{last}");
 
     p.cleanup().await;
-    let all = topics_of(&cdc);
+    let all = cdc.topics();
     cdc.cleanup(&all).await;
     db.drop().await;
 }
@@ -791,7 +788,7 @@ impl Archived {
         replay_equals_the_warehouse(&self.cdc, &mut self.archive, &mut self.p).await;
         self.archive.remove();
         self.p.cleanup().await;
-        let all = topics_of(&self.cdc);
+        let all = self.cdc.topics();
         self.cdc.cleanup(&all).await;
         db.drop().await;
     }
@@ -942,7 +939,7 @@ async fn the_captured_tables_change_while_streaming() {
 
     archive.remove();
     p.cleanup().await;
-    let mut all = topics_of(&cdc);
+    let mut all = cdc.topics();
     all.push(returns);
     cdc.cleanup(&all).await;
     db.drop().await;
