@@ -105,7 +105,7 @@ pub async fn run(
                 emitter.push(t, datums, rows == 0).await?;
                 rows += 1;
                 metrics.snapshot_row(&table_name);
-                if rows % 1024 == 0 {
+                if rows.is_multiple_of(1024) {
                     if *shutdown.borrow() {
                         interrupted = true;
                         break 'tables;
