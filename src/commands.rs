@@ -288,9 +288,10 @@ pub async fn replay(config: &Config, args: &crate::ReplayArgs) -> anyhow::Result
         (_, _, Some(list)) => Days::List(list.iter().cloned().collect()),
         _ => Days::All,
     };
+    let out = args.out.clone().unwrap_or_else(|| config.replay.out_url.clone());
     let replay = ReplayArgs {
         archive_url: args.archive.clone().unwrap_or_else(|| config.storage.url.clone()),
-        out_url: args.out.clone(),
+        out_url: out.clone(),
         days,
         naming: config.archive_settings(),
         config: config.replay.clone(),
@@ -312,7 +313,7 @@ pub async fn replay(config: &Config, args: &crate::ReplayArgs) -> anyhow::Result
         .context("the replay thread")?;
     let summary = match summary {
         Err(rainbow_replay::ReplayError::Interrupted) => {
-            anyhow::bail!("interrupted: rerun the same command to resume from the checkpoint in {}", args.out)
+            anyhow::bail!("interrupted: rerun the same command to resume from the checkpoint in {out}")
         }
         other => other.context("the replay failed")?,
     };
@@ -331,7 +332,7 @@ pub async fn replay(config: &Config, args: &crate::ReplayArgs) -> anyhow::Result
         secs
     );
     for (table, rows, files) in &summary.tables {
-        println!("  {}/{table}/: {rows} rows in {files} file(s)", args.out.trim_end_matches('/'));
+        println!("  {}/{table}/: {rows} rows in {files} file(s)", out.trim_end_matches('/'));
     }
     Ok(())
 }
@@ -368,6 +369,30 @@ pub async fn check(config: &Config, args: &crate::CheckArgs) -> anyhow::Result<b
     let failed = findings.iter().filter(|f| !f.ok).count();
     println!("{} checks, {} failed", findings.len(), failed);
     Ok(failed == 0)
+}
+
+/// `rainbow reset warehouse|cdc` (see [`crate::reset`]): refuses while the component runs, then
+/// removes its state (with --yes) or lists what it would remove, and prints the report.
+pub async fn reset(config: &Config, args: &crate::ResetArgs) -> anyhow::Result<()> {
+    use crate::reset;
+    use crate::status::Component;
+    use crate::ResetTarget;
+    let (command, steps, next) = match args.what {
+        ResetTarget::Warehouse => {
+            reset::refuse_if_running(config, &[Component::Processor, Component::Up]).await?;
+            let wh = warehouse(config).await?;
+            ("warehouse", reset::warehouse(config, &wh, args.yes).await?, reset::WAREHOUSE_NEXT)
+        }
+        ResetTarget::Cdc => {
+            reset::refuse_if_running(config, &[Component::Cdc, Component::Up]).await?;
+            let pool = pg_pool(&config.postgres).await?;
+            let steps = reset::cdc(config, &pool, args.yes).await;
+            pool.close().await;
+            ("cdc", steps?, reset::CDC_NEXT)
+        }
+    };
+    print!("{}", reset::render(command, &steps, args.yes, next));
+    Ok(())
 }
 
 /// Reads every component's /metrics and prints the screen or the JSON; `Ok(false)` when one

@@ -31,10 +31,11 @@ pub const DEFAULT_HOME: &str = ".rainbow";
 /// Every setting whose default lives under the state root, and where under it (set by
 /// [`Config::defaults_in`], in this order). The crates' own `Default`s hold these paths under
 /// [`DEFAULT_HOME`] (a test keeps them equal).
-pub const STATE_PATHS: [(&str, &str); 3] = [
+pub const STATE_PATHS: [(&str, &str); 4] = [
     ("cdc.offsets_dir", "cdc"),
     ("processor.checkpoint_url", "processor/checkpoints"),
     ("storage.url", "store"),
+    ("replay.out_url", "replay"),
 ];
 /// `RAINBOW_*` variables that are not settings: read by the stack scripts and the CLI.
 const NON_SETTING_VARS: [&str; 6] = [
@@ -296,8 +297,12 @@ impl Config {
     /// (see [`state_root`]). `Config::default()` is `Config::defaults_in(".rainbow")`.
     pub fn defaults_in(root: &Path) -> Config {
         let mut config = Config::default();
-        let settings =
-            [&mut config.cdc.offsets_dir, &mut config.processor.checkpoint_url, &mut config.storage.url];
+        let settings = [
+            &mut config.cdc.offsets_dir,
+            &mut config.processor.checkpoint_url,
+            &mut config.storage.url,
+            &mut config.replay.out_url,
+        ];
         for ((_, under), value) in STATE_PATHS.iter().zip(settings) {
             *value = root.join(under).display().to_string();
         }
@@ -721,6 +726,7 @@ mod tests {
                 ("cdc.offsets_dir", ".rainbow/cdc".to_string()),
                 ("processor.checkpoint_url", ".rainbow/processor/checkpoints".into()),
                 ("storage.url", ".rainbow/store".into()),
+                ("replay.out_url", ".rainbow/replay".into()),
             ]
         );
         // The crates' own defaults are the same paths: one rule, not two.
@@ -744,6 +750,7 @@ mod tests {
             same.cdc.offsets_dir.clone_from(&Config::default().cdc.offsets_dir);
             same.processor.checkpoint_url.clone_from(&Config::default().processor.checkpoint_url);
             same.storage.url.clone_from(&Config::default().storage.url);
+            same.replay.out_url.clone_from(&Config::default().replay.out_url);
             assert_eq!(same, Config::default());
         }
     }

@@ -3,6 +3,7 @@
 
 mod commands;
 mod config;
+mod reset;
 mod status;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -59,24 +60,73 @@ enum Command {
     /// <storage.url>/master/) until SIGINT/SIGTERM. Settings: [archive] / RAINBOW_ARCHIVE__*.
     Archive,
     /// Replay the master dataset through the processor's core into Parquet (backfill): every
-    /// warehouse table under <out>/<table>/. Resumable: rerun the same command after an interrupt.
+    /// warehouse table under <out>/<table>/ (default out: replay.out_url, <state root>/replay).
+    /// Resumable: rerun the same command after an interrupt.
     Replay(ReplayArgs),
     /// Order producers: POST realistic orders to the API, churn the catalogue in PostgreSQL, or
     /// benchmark the API (--bench).
     Loadgen(LoadgenArgs),
-    /// Apply the PostgreSQL migrations and the ClickHouse DDL; optionally load reference data.
+    /// Apply the PostgreSQL migrations and the ClickHouse warehouse migrations (each recorded in
+    /// its database: _sqlx_migrations, rainbow_migrations); optionally load reference data.
     Migrate(MigrateArgs),
     /// Data-quality checks of the warehouse in ClickHouse (FINAL), or of a replay's Parquet with
     /// --parquet: keys, SCD2 versions and intervals, relationships, accepted values, amounts, and
     /// the total against PostgreSQL. Prints a report; exit code 1 when a check fails.
     Check(CheckArgs),
-    /// Bootstrap the running stack (schemas, reference data) and run every pipeline component
-    /// that exists so far.
+    /// Bootstrap the running stack (migrations, reference data), then run every pipeline
+    /// component under supervision until Ctrl-C: the API, producers, the CDC reader, the
+    /// processor and the archiver; a component that exits is restarted.
     Up(UpArgs),
     /// One screen of every component's state, lag, freshness, last checkpoint, dead letters and
     /// the replication slot's retained WAL, read from their /metrics. Exit code 1 when one does
     /// not answer.
     Status(StatusArgs),
+    /// Start a component over from nothing: `warehouse` (drop the ClickHouse database, the
+    /// processor's checkpoints and consumer group: the next `rainbow process` rebuilds it from the
+    /// topics) or `cdc` (drop the replication slot, the publication and the offsets file: the next
+    /// `rainbow cdc` snapshots the source again). A dry run unless --yes.
+    Reset(ResetArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ResetTarget {
+    /// The warehouse: ClickHouse database `clickhouse.database`, the processor's checkpoints
+    /// of `processor.group_id` under `processor.checkpoint_url`, and that Kafka consumer group.
+    Warehouse,
+    /// The CDC reader: replication slot `cdc.slot_name`, publication `cdc.publication_name`
+    /// and the offsets file under `cdc.offsets_dir`.
+    Cdc,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_long_help = "\
+warehouse: for a warehouse to rebuild from the topics (its state belongs to another source, a
+  table was changed by hand, a bug was fixed in the processor). Drops the ClickHouse database
+  clickhouse.database, deletes the checkpoints of consumer group processor.group_id under
+  processor.checkpoint_url (every instance's) and that consumer group in Kafka (its offsets only
+  feed lag tools). The next `rainbow process` (or `rainbow up`) creates the warehouse again and
+  reads every topic from its beginning. The topics, the archive and the CDC are left alone.
+
+cdc: for a lost or invalid replication slot (\"replication slot ... is gone\"), or to take a new
+  snapshot of the source. Deletes the offsets file (cdc.offsets_dir/<slot>.offsets.json), drops
+  the replication slot cdc.slot_name and the publication cdc.publication_name. The next
+  `rainbow cdc` (or `rainbow up`) creates both again and snapshots every table into the same
+  topics; the processor reconciles the warehouse with the new snapshot (rows changed or deleted
+  meanwhile end up right), so the warehouse needs no reset.
+
+Both refuse while what they reset runs (`rainbow up` on up.metrics_listen; the processor on
+processor.metrics_listen; the CDC reader on cdc.metrics_listen or holding the slot): stop it
+first. Without --yes nothing is changed: they print what they would do. They print what they did;
+a second run finds nothing to reset. --config and RAINBOW_* apply, as for the component reset.
+
+Exit status: 0 done (or nothing to do, or a dry run); 1 refused or failed; 2 invalid settings.")]
+pub struct ResetArgs {
+    /// What to reset.
+    #[arg(value_enum, value_name = "WHAT")]
+    pub what: ResetTarget,
+    /// Do it. Without it, print what would be done and change nothing.
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -165,8 +215,10 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "DAYS", value_delimiter = ',', value_parser = parse_day)]
     pub days: Option<Vec<String>>,
     /// Where the Parquet tables go: a directory or an object-store URL (s3://, gs://, az://).
+    /// Default: replay.out_url, `<state root>/replay`. Rerunning the same command into the same
+    /// place resumes from its checkpoint.
     #[arg(long, value_name = "URL")]
-    pub out: String,
+    pub out: Option<String>,
     /// The master dataset. Default: storage.url.
     #[arg(long, value_name = "URL")]
     pub archive: Option<String>,
@@ -310,6 +362,7 @@ fn main() -> ExitCode {
         },
         Command::Migrate(args) => runtime().block_on(commands::migrate(&config, &args)),
         Command::Up(args) => runtime().block_on(commands::up(&config, cli.config.as_deref(), &args)),
+        Command::Reset(args) => runtime().block_on(commands::reset(&config, &args)),
         Command::Status(args) => match runtime().block_on(commands::status(&config, &args)) {
             Ok(true) => return ExitCode::SUCCESS,
             Ok(false) => return ExitCode::from(1),

@@ -238,8 +238,9 @@ async fn attempt(
                 path: path.display().to_string(),
                 reason: format!(
                     "it was written for the PostgreSQL cluster with system identifier {known}, and this \
-                     server's is {now} (a re-initialised or restored cluster); start over (README, \
-                     \"Starting over\"): remove the file and let the reader take a new snapshot"
+                     server's is {now} (a re-initialised or restored cluster); start over with \
+                     `rainbow reset cdc --yes` (docs/operating.md, \"Reset recipes\"): it removes the file \
+                     and the slot, and the reader takes a new snapshot"
                 ),
             });
         }

@@ -6,7 +6,10 @@
 # Stack-only knobs are named RAINBOW_STACK_*; RAINBOW_HOME moves all data.
 #
 #   variable                              default                 used for
-#   RAINBOW_HOME                          <repo>/.rainbow         every byte the stack writes
+#   RAINBOW_HOME                          <repo>/.rainbow         every byte the stack writes; also the state root
+#                                                                 of the `rainbow` binary (cdc/, processor/, store/, replay/),
+#                                                                 whose own default is ./.rainbow: run it from the repository
+#                                                                 root or export RAINBOW_HOME
 #   RAINBOW_POSTGRES__PORT                5432                    PostgreSQL (127.0.0.1)
 #   RAINBOW_POSTGRES__USER / __PASSWORD   rainbow / rainbow       role created for Rainbow
 #   RAINBOW_POSTGRES__DATABASE            rainbow                 database created for Rainbow

@@ -38,6 +38,44 @@ pub struct Totals {
     pub rejected: u64,
 }
 
+/// The folder of an instance's checkpoints under `processor.checkpoint_url`: the consumer
+/// group's name, or `<group>-<partition>` for each instance of a scaled-out processor (the
+/// instances of a group may share a checkpoint location).
+pub fn folder(group_id: &str, instances: i32, partition: i32) -> String {
+    if instances > 1 {
+        format!("{group_id}-{partition}")
+    } else {
+        group_id.to_string()
+    }
+}
+
+/// Whether `folder` is one that [`folder`] gives for `group_id`, whatever the number of
+/// instances.
+pub fn is_folder_of(group_id: &str, folder: &str) -> bool {
+    folder == group_id
+        || folder
+            .strip_prefix(group_id)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The folders of `store` that hold checkpoints of `group_id`'s instances ([`is_folder_of`]),
+/// sorted.
+pub async fn folders_of(store: &Store, group_id: &str) -> Result<Vec<String>, CheckpointError> {
+    let listed = store
+        .list("")
+        .await
+        .map_err(|e| CheckpointError { url: store.url.clone(), reason: e.to_string() })?;
+    let mut folders: Vec<String> = listed
+        .iter()
+        .filter_map(|(path, _)| path.split_once('/').map(|(first, _)| first))
+        .filter(|first| is_folder_of(group_id, first))
+        .map(String::from)
+        .collect();
+    folders.dedup();
+    Ok(folders)
+}
+
 /// A checkpoint store that could not be read or written.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("checkpoint store {url}: {reason}")]
@@ -136,7 +174,8 @@ impl CheckpointStore {
         CheckpointError { url: self.location(), reason: e.to_string() }
     }
 
-    async fn ids(&self) -> Result<Vec<u64>, CheckpointError> {
+    /// The ids of the checkpoints under the folder, oldest first.
+    pub async fn ids(&self) -> Result<Vec<u64>, CheckpointError> {
         let listed = self.store.list(&self.folder).await.map_err(|e| self.error(e))?;
         let mut ids: Vec<u64> = listed
             .iter()
@@ -182,5 +221,36 @@ impl CheckpointStore {
             self.store.delete(&self.path(id)).await.map_err(|e| self.error(e))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folders_of_a_group_whatever_its_instances() {
+        assert_eq!(folder("g", 1, 0), "g");
+        assert_eq!(folder("g", 3, 2), "g-2");
+        for (f, of) in
+            [("g", true), ("g-0", true), ("g-12", true), ("g-", false), ("g-x", false), ("gg", false)]
+        {
+            assert_eq!(is_folder_of("g", f), of, "{f}");
+        }
+    }
+
+    #[tokio::test]
+    async fn folders_of_lists_the_groups_checkpoint_folders() {
+        let dir = std::env::temp_dir().join(format!("rainbow-ckpt-folders-{}", std::process::id()));
+        let store = Store::open(dir.to_str().unwrap()).unwrap();
+        for (folder, id) in [("g", 1), ("g", 2), ("g-1", 1), ("h", 1)] {
+            store.put(&format!("{folder}/checkpoint-{id:020}.bin"), b"x".to_vec()).await.unwrap();
+        }
+        assert_eq!(folders_of(&store, "g").await.unwrap(), ["g-1", "g"]);
+        let checkpoints = CheckpointStore::new(store.clone(), "g", 0);
+        assert_eq!(checkpoints.ids().await.unwrap(), [1, 2]);
+        checkpoints.clear().await.unwrap();
+        assert!(checkpoints.ids().await.unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -277,16 +277,18 @@ pub enum EngineError {
     #[error(
         "the checkpoint in {store} was written while reading another source ({differences}): its \
          offsets and positions belong to that source, and resuming would drop or misplace this \
-         source's events. To start over from this source, delete the checkpoints ({store}) and the \
-         warehouse tables they led to (README, \"Starting over\")"
+         source's events. To start over from this source, run `rainbow reset warehouse --yes`, \
+         which deletes the checkpoints ({store}) and the warehouse tables they led to \
+         (docs/operating.md, \"Reset recipes\")"
     )]
     ForeignSource { store: String, differences: String },
     #[error(
         "{topic} holds a snapshot of the source at position {snapshot}, but changes up to position \
          {applied} were applied already: the source's positions went back (a new PostgreSQL, a \
          restored backup, behind the same topics), and its events would be dropped as \
-         re-deliveries. To start over from this source, delete the checkpoints and the warehouse \
-         tables they led to (README, \"Starting over\")"
+         re-deliveries. To start over from this source, run `rainbow reset warehouse --yes`, which \
+         deletes the checkpoints and the warehouse tables they led to (docs/operating.md, \
+         \"Reset recipes\")"
     )]
     SourceRewound { topic: String, snapshot: u64, applied: u64 },
     #[error("the merge made no progress although every input has records queued")]

@@ -35,7 +35,8 @@ pub enum ProcessorError {
         "Kafka topic {topic} partition {partition}: the processor had read up to offset {expected}, but the \
          next record is at offset {got}: {} records were removed (by retention, or the topic was \
          recreated) before the processor read them, and the warehouse would miss their changes. \
-         Rebuild the warehouse from a new snapshot of the source (README, \"Starting over\"), or set \
+         Rebuild the warehouse from a new snapshot of the source (`rainbow reset cdc --yes` and \
+         `rainbow reset warehouse --yes`: docs/operating.md, \"Reset recipes\"), or set \
          processor.allow_offset_gap=true to go on without them (counted in \
          rainbow_processor_offset_gap_records_total)", got - expected
     )]
@@ -43,8 +44,9 @@ pub enum ProcessorError {
     #[error(
         "Kafka topic {topic} partition {partition} ends at offset {end}, but the checkpoint resumes it at \
          {checkpoint}: the topic was recreated or the brokers are new, and the checkpoint belongs to \
-         what was there before. To start over from this source, delete the processor's checkpoints \
-         and the warehouse tables they led to (README, \"Starting over\")"
+         what was there before. To start over from this source, run `rainbow reset warehouse --yes`, \
+         which deletes the processor's checkpoints and the warehouse tables they led to \
+         (docs/operating.md, \"Reset recipes\")"
     )]
     OffsetBeyondEnd { topic: String, partition: i32, checkpoint: i64, end: i64 },
     #[error("the pipeline thread stopped unexpectedly: {0}")]
@@ -59,8 +61,8 @@ pub enum ProcessorError {
     #[error(
         "the CDC's heartbeats now name another source than the one this processor's state comes \
          from ({differences}): its events would be applied to the state of another database. To \
-         start over from this source, delete the checkpoints and the warehouse tables they led to \
-         (README, \"Starting over\")"
+         start over from this source, run `rainbow reset warehouse --yes`, which deletes the \
+         checkpoints and the warehouse tables they led to (docs/operating.md, \"Reset recipes\")"
     )]
     SourceChanged { differences: String },
 }

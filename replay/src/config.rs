@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReplayConfig {
+    /// Where the Parquet tables go when `rainbow replay --out` is not given: a directory or an
+    /// object-store URL. The `rainbow` binary puts it under its state root (`<root>/replay`).
+    pub out_url: String,
     /// A resumable checkpoint is written after this many events (and at the end).
     pub checkpoint_every_events: u64,
     /// Output Parquet files hold at most this many rows (a table is split into parts).
@@ -22,6 +25,7 @@ pub struct ReplayConfig {
 impl Default for ReplayConfig {
     fn default() -> Self {
         ReplayConfig {
+            out_url: ".rainbow/replay".into(),
             checkpoint_every_events: 2_000_000,
             rows_per_file: 1_000_000,
             read_batch_rows: 4096,

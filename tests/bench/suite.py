@@ -1133,7 +1133,7 @@ def report(res, runs, small, groups, started, path):
         "Written by `tests/bench/run" + (" --small" if small else "") + "` (tests/bench/suite.py); rerun it to refresh",
         f"this file. Every figure is the min / median / max of {runs} runs. The ratio compares the median",
         "with the reference: an external tool on the same input where there is one, else the target;",
-        "above 1 is better than the reference. How each group measures: README, \"Performance\".",
+        "above 1 is better than the reference. How each group measures: docs/performance.md.",
         "",
         f"- Machine: {machine()}.",
         f"- Run: {started:%Y-%m-%d %H:%M} UTC, {('a tenth of the seed volume (--small)' if small else 'the seed volume')}; "
@@ -1194,7 +1194,7 @@ def report(res, runs, small, groups, started, path):
     ]
     if any(f["group"] == "Recovery" for f in res.figures.values()):
         lines += [
-            "Recovery: one run of the fault suite (tests/faults; README, \"Failure modes\"): `rainbow up` at",
+            "Recovery: one run of the fault suite (tests/faults; docs/failure-modes.md): `rainbow up` at",
             "its default settings on a private stack under 5 orders/s and 0.5 catalogue changes/s; each",
             "figure is the time from the end of the fault (the server back, the process killed) until",
             "ClickHouse holds every order committed in PostgreSQL before that moment and the first order",

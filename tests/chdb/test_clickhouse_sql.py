@@ -108,7 +108,7 @@ def test_final_collapses_redelivered_fact_rows(session):
 
 
 def test_replay_parquet_loads_into_the_ddl_and_swaps_in(session, tmp_path):
-    """The README's Kappa reprocessing procedure on a current engine: a replay's Parquet goes into
+    """The Kappa reprocessing procedure of docs/batch.md on a current engine: a replay's Parquet goes into
     the same DDL under another database, the views read it, EXCHANGE TABLES swaps it in."""
     bins = pathlib.Path(os.environ.get("RAINBOW_BIN_DIR", ""))
     rainbow, bench = bins / "rainbow", bins / "replay-bench"

@@ -743,7 +743,7 @@ async fn an_offsets_file_of_another_postgres_cluster_is_refused() {
     let status = cdc.wait(DEADLINE);
     assert_eq!(status.code(), Some(3), "{}", cdc.logs());
     let want = format!("system identifier 1, and this server's is {system}");
-    assert!(cdc.logs().contains(&want) && cdc.logs().contains("Starting over"), "{}", cdc.logs());
+    assert!(cdc.logs().contains(&want) && cdc.logs().contains("Reset recipes"), "{}", cdc.logs());
 
     cdc.cleanup(&topics).await;
     db.drop().await;

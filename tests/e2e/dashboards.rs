@@ -120,7 +120,9 @@ async fn the_dashboard_shows_in_a_browser_what_postgres_computes_and_follows_a_n
 
     // Orders through the API, dated over four weeks (every day of the week has sales), then
     // updates and deletes in the source.
-    let mut loadgen = Service::new("loadgen", &unique_name("loadgen"), "warn", vec![]);
+    // The producers read the catalogue from the same database the API writes to.
+    let env = vec![("RAINBOW_POSTGRES__DATABASE".to_string(), db.name.clone())];
+    let mut loadgen = Service::new("loadgen", &unique_name("loadgen"), "warn", env);
     loadgen.args = ["--url", &url, "--count", "400", "--rate", "0", "--quiet"].map(String::from).to_vec();
     eventually("the API to answer", DEADLINE, || async {
         reqwest::get(format!("{url}/readyz")).await.ok().filter(|r| r.status().is_success())

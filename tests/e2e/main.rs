@@ -15,4 +15,5 @@ mod kafka_roundtrip;
 mod postgres_schema;
 mod processor;
 mod replay;
+mod reset;
 mod status;

@@ -683,7 +683,7 @@ async fn records_removed_before_they_were_read_and_recreated_topics_stop_the_pro
     assert!(
         p.logs().contains("written while reading another source")
             && p.logs().contains(&format!("kafka.topic.{orders}: "))
-            && p.logs().contains("Starting over"),
+            && p.logs().contains("Reset recipes"),
         "{}",
         p.logs()
     );

@@ -222,7 +222,7 @@ async fn an_archive_of_another_source_is_refused() {
         assert!(
             logs.contains("holds records of another source")
                 && logs.contains(needle)
-                && logs.contains("Starting over"),
+                && logs.contains("Reset recipes"),
             "{logs}"
         );
         std::fs::write(&path, kept).unwrap();

@@ -49,8 +49,12 @@ impl Stack {
         std::env::set_var("RAINBOW_PROCESSOR__CHECKPOINT_URL", objects.join("checkpoints"));
         std::env::set_var("RAINBOW_CDC__OFFSETS_DIR", home.join("cdc"));
         let stack = Stack { root, home, objects };
-        // Leftovers of an interrupted run: its servers, its mount, its data.
-        stack.script("stop", &[]);
+        // Leftovers of an interrupted run: its servers and its data, by the recipe of the
+        // operating guide (deploy/local/reset), then its mount and what only the suite writes.
+        stack.script("reset", &["--yes"]);
+        for gone in ["postgres", "kafka/data", "clickhouse", "cdc", "replay", "run", "logs"] {
+            assert!(!stack.home.join(gone).exists(), "deploy/local/reset --yes left {gone} behind");
+        }
         stack.unmount();
         stack.clear();
         // The Kafka jars of the main stack, when it has them: no second Maven resolution.
@@ -65,19 +69,16 @@ impl Stack {
         stack
     }
 
+    /// Removes what deploy/local/reset leaves that only the suite writes: the object store's
+    /// mount point (unmounted first) and what an interrupted run left in it.
     fn clear(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.home) else { return };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() && !p.is_symlink() {
-                std::fs::remove_dir_all(&p).unwrap_or_else(|err| panic!("removing {}: {err}", p.display()));
-            } else {
-                std::fs::remove_file(&p).unwrap();
-            }
+        if self.objects.exists() {
+            std::fs::remove_dir_all(&self.objects)
+                .unwrap_or_else(|err| panic!("removing {}: {err}", self.objects.display()));
         }
     }
 
-    /// Runs `deploy/local/<script> [servers]` with this process's environment.
+    /// Runs `deploy/local/<script> [arguments]` with this process's environment.
     fn script(&self, script: &str, servers: &[&str]) {
         if let Err(e) = self.try_script(script, servers) {
             panic!("{e}");

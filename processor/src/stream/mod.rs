@@ -121,11 +121,7 @@ async fn attempt(
     warehouse.apply_ddl(&clickhouse.database).await?;
     metrics.resilience.connected(Dependency::ClickHouse);
     // One folder per instance: instances of a scaled-out group may share a checkpoint location.
-    let folder = if config.instances > 1 {
-        format!("{}-{}", config.group_id, config.partition)
-    } else {
-        config.group_id.clone()
-    };
+    let folder = crate::checkpoint::folder(&config.group_id, config.instances, config.partition);
     let checkpoints = CheckpointStore::new(store, &folder, config.checkpoints_kept);
     let dead_letter_topic =
         TopicSpec { name: config.dead_letter_topic.clone(), partitions: 1, replication: -1 };

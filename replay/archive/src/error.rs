@@ -27,13 +27,13 @@ pub enum ArchiveError {
     #[error(
         "the archive at {url} holds records of another source ({differences}): its offsets belong \
          to that source, and archiving this one there would skip or mix records. Point storage.url \
-         at a new archive, or move the old one away to start over (README, \"Starting over\")"
+         at a new archive, or move the old one away to start over (docs/operating.md, \"Reset recipes\")"
     )]
     ForeignSource { url: String, differences: String },
     #[error(
         "Kafka topic {topic} partition {partition} ends at offset {end}, but the archive holds it up to \
          offset {archived}: the topic was recreated or the brokers are new. Point storage.url at a new \
-         archive, or move the old one away to start over (README, \"Starting over\")"
+         archive, or move the old one away to start over (docs/operating.md, \"Reset recipes\")"
     )]
     OffsetBeyondEnd { topic: String, partition: i32, archived: i64, end: i64 },
     #[error(

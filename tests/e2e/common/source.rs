@@ -73,21 +73,32 @@ pub async fn churn(pool: &sqlx::PgPool) {
     exec(pool, "DELETE FROM orders WHERE id = (SELECT min(id) + 2 FROM orders)").await;
 }
 
-/// Waits until ClickHouse's live facts match the source's order lines (count and amount).
+/// Waits until ClickHouse's live facts match the source's order lines (count and amount), and
+/// the aggregate written last in a flush (`agg_customer_ranking`, behind the facts and the other
+/// aggregates) holds the same amount: every table of the last flush is in.
 pub async fn caught_up(pool: &sqlx::PgPool, p: &ProcessorProcess) {
     let want = pg_rows(pool, "SELECT count(*), sum(quantity * price) FROM orderdetails").await;
     let sql = format!(
-        "SELECT count(), sum(extended_sales_amount) FROM {}.fact_sales FINAL WHERE is_deleted = 0",
-        p.database
+        "SELECT count(), sum(extended_sales_amount) FROM {db}.fact_sales FINAL WHERE is_deleted = 0",
+        db = p.database
     );
+    let last_aggregate = format!("SELECT sum(total_sales_amount) FROM {}.v_customer_ranking", p.database);
+    let amount =
+        |text: &str| text.trim().rsplit('\t').next().and_then(|v| v.parse::<rust_decimal::Decimal>().ok());
     let mut last = String::new();
     let deadline = std::time::Instant::now() + DEADLINE;
     loop {
         if let Ok(got) = clickhouse(&sql).await {
             if got == want {
-                return;
+                let ranked = clickhouse(&last_aggregate).await.ok();
+                if ranked.as_deref().and_then(amount).unwrap_or_default() == amount(&want).unwrap_or_default()
+                {
+                    return;
+                }
+                last = format!("{got} (customer ranking: {ranked:?})");
+            } else {
+                last = got;
             }
-            last = got;
         }
         if std::time::Instant::now() >= deadline {
             // What the merge waits for: queued events, paused partitions, lag, events in and out.

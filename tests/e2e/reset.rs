@@ -1,0 +1,283 @@
+//! The reset recipes of the operating guide, each run for real: `rainbow reset warehouse` and
+//! `rainbow reset cdc` on a throwaway source with its CDC and processor (refused while they run,
+//! a dry run that changes nothing, the reset, a second run that finds nothing, and the warehouse
+//! equal to PostgreSQL again after the restart), and `deploy/local/reset` on a private
+//! RAINBOW_HOME of fake files (what it deletes, what it keeps, its refusals).
+
+use crate::common;
+
+use common::cdc::CdcProcess;
+use common::figures::assert_exactly_the_source;
+use common::process::free_port;
+use common::processor::{clickhouse, ProcessorProcess};
+use common::source::{caught_up, churn, exec, place_orders};
+use common::TestDb;
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// `rainbow reset <args>` with a service's environment, and nothing answering on the
+/// supervisor's address (a `rainbow up` of the developer's is not ours to refuse on).
+fn reset(env: &[(String, String)], args: &[&str], up: &str) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rainbow"));
+    cmd.arg("reset").args(args).current_dir(std::env::temp_dir()).env("RAINBOW_UP__METRICS_LISTEN", up);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("rainbow runs");
+    eprintln!("$ rainbow reset {}\n{}", args.join(" "), text(&out));
+    (out.status.success(), text(&out))
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+async fn database_exists(database: &str) -> bool {
+    clickhouse(&format!("SELECT count() FROM system.databases WHERE name = '{database}'")).await.unwrap()
+        == "1\n"
+}
+
+/// Checkpoint objects under a processor's checkpoint directory (any folder).
+fn checkpoints(dir: &Path) -> usize {
+    let Ok(folders) = std::fs::read_dir(dir) else { return 0 };
+    folders
+        .flatten()
+        .filter_map(|f| std::fs::read_dir(f.path()).ok())
+        .flatten()
+        .flatten()
+        .filter(|f| f.file_name().to_string_lossy().starts_with("checkpoint-"))
+        .count()
+}
+
+async fn slot_and_publication(pool: &sqlx::PgPool, name: &str) -> (bool, bool) {
+    sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1), \
+                EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+    )
+    .bind(name)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reset_warehouse_and_reset_cdc_rebuild_exactly_the_source() {
+    let up = format!("127.0.0.1:{}", free_port());
+    let db = TestDb::seeded().await;
+    let mut cdc = CdcProcess::new(&db.name, &[("RAINBOW_CDC__HEARTBEAT_INTERVAL_MS", "200")]);
+    cdc.start();
+    let mut p = ProcessorProcess::new(&cdc.prefix);
+    p.start(&[]);
+    place_orders(&db.pool, 0, 40).await;
+    churn(&db.pool).await;
+    place_orders(&db.pool, 40, 20).await;
+    caught_up(&db.pool, &p).await;
+    let checkpoint_dir = p.dir.join("checkpoints");
+
+    // The warehouse. Refused while the processor runs; nothing changes.
+    let (ok, out) = reset(&p.env, &["warehouse", "--yes"], &up);
+    assert!(
+        !ok && out.contains("the processor is running")
+            && out.contains("stop `rainbow up` / `rainbow process` first"),
+        "{out}"
+    );
+    assert!(database_exists(&p.database).await);
+    p.stop();
+    assert!(checkpoints(&checkpoint_dir) > 0, "the processor wrote checkpoints");
+
+    // A dry run changes nothing.
+    let (ok, out) = reset(&p.env, &["warehouse"], &up);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("dry run, nothing changed")
+            && out.contains(&format!("ClickHouse database {}", p.database)),
+        "{out}"
+    );
+    assert!(out.contains("checkpoint(s) in") && out.contains("Kafka consumer group"), "{out}");
+    assert!(database_exists(&p.database).await && checkpoints(&checkpoint_dir) > 0);
+
+    let (ok, out) = reset(&p.env, &["warehouse", "--yes"], &up);
+    assert!(ok, "{out}");
+    for line in [
+        "dropped  ClickHouse database",
+        "deleted  ",
+        "deleted  Kafka consumer group",
+        "rebuilds it from the beginning",
+    ] {
+        assert!(out.contains(line), "{line:?} in {out}");
+    }
+    assert!(!database_exists(&p.database).await, "{out}");
+    assert_eq!(checkpoints(&checkpoint_dir), 0, "{out}");
+    let (ok, out) = reset(&p.env, &["warehouse", "--yes"], &up);
+    assert!(ok && out.contains("rainbow reset warehouse: nothing to reset"), "{out}");
+    let (ok, out) = reset(&p.env, &["warehouse"], &up);
+    assert!(ok && out.contains("nothing to reset"), "{out}");
+
+    // The next start rebuilds everything from the topics.
+    p.start(&[]);
+    caught_up(&db.pool, &p).await;
+    assert_exactly_the_source(&db.pool, &p.database).await;
+
+    // The CDC. Refused while the reader holds its slot (its metrics are off: the slot tells).
+    let (ok, out) = reset(&cdc.env, &["cdc", "--yes"], &up);
+    assert!(
+        !ok && out.contains("is in use by process")
+            && out.contains("stop `rainbow up` / `rainbow cdc` first"),
+        "{out}"
+    );
+    cdc.stop();
+    assert!(cdc.stored_offset().is_some());
+    let (ok, out) = reset(&cdc.env, &["cdc"], &up);
+    assert!(
+        ok && out.contains("dry run, nothing changed") && out.contains("drop     replication slot"),
+        "{out}"
+    );
+    assert_eq!(slot_and_publication(&db.pool, &cdc.slot).await, (true, true));
+    assert!(cdc.stored_offset().is_some());
+
+    let (ok, out) = reset(&cdc.env, &["cdc", "--yes"], &up);
+    assert!(ok, "{out}");
+    for line in [
+        "deleted  offsets file",
+        "dropped  replication slot",
+        "dropped  publication",
+        "snapshots every table",
+    ] {
+        assert!(out.contains(line), "{line:?} in {out}");
+    }
+    assert_eq!(slot_and_publication(&db.pool, &cdc.slot).await, (false, false), "{out}");
+    assert!(cdc.stored_offset().is_none(), "{out}");
+    let (ok, out) = reset(&cdc.env, &["cdc", "--yes"], &up);
+    assert!(ok && out.contains("rainbow reset cdc: nothing to reset"), "{out}");
+
+    // Changes nothing captured: only the new snapshot tells of them (a cancelled order, a
+    // changed line, a new price, new orders).
+    place_orders(&db.pool, 60, 15).await;
+    for sql in [
+        "DELETE FROM orders WHERE id = (SELECT min(id) FROM orders)",
+        "UPDATE orderdetails SET quantity = quantity + 3 WHERE order_id = (SELECT max(id) FROM orders)",
+        "UPDATE products SET price = price + 1000 WHERE id = 7",
+    ] {
+        exec(&db.pool, sql).await;
+    }
+    cdc.start();
+    caught_up(&db.pool, &p).await;
+    assert_exactly_the_source(&db.pool, &p.database).await;
+    // It took a second snapshot on a new slot, and the processor reconciled with it (it dropped
+    // none of its rows as coming after the stream).
+    let logs = cdc.logs();
+    assert_eq!(logs.matches("created the replication slot").count(), 2, "{logs}");
+    assert_eq!(logs.matches("snapshot completed").count(), 2, "{logs}");
+    let metrics = p.metrics().await;
+    assert!(
+        metrics.contains("rainbow_processor_dropped_total{reason=\"snapshot_after_stream\"} 0"),
+        "{metrics}"
+    );
+
+    p.stop();
+    p.cleanup().await;
+    let topics = cdc.topics();
+    cdc.cleanup(&topics).await;
+    db.drop().await;
+}
+
+/// Runs deploy/local/reset with a private RAINBOW_HOME and the components' addresses on ports
+/// nothing listens on (unless a test opens one).
+fn stack_reset(home: &Path, args: &[&str], up: &str) -> (bool, String) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/local/reset");
+    let unused = |_| format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(script);
+    cmd.args(args).env("RAINBOW_HOME", home).env("RAINBOW_UP__METRICS_LISTEN", up);
+    for var in ["API__LISTEN", "CDC__METRICS_LISTEN", "PROCESSOR__METRICS_LISTEN", "ARCHIVE__METRICS_LISTEN"]
+    {
+        cmd.env(format!("RAINBOW_{var}"), unused(var));
+    }
+    let out = cmd.output().expect("deploy/local/reset runs");
+    eprintln!("$ deploy/local/reset {}\n{}", args.join(" "), text(&out));
+    (out.status.success(), text(&out))
+}
+
+#[test]
+fn the_local_stack_reset_deletes_the_data_and_keeps_the_downloads() {
+    let home = std::env::temp_dir().join(common::unique_name("reset_home"));
+    let deleted = [
+        "postgres/data/PG_VERSION",
+        "kafka/data/meta.properties",
+        "clickhouse/data/rainbow/fact_sales.bin",
+        "prometheus/data/wal/00000001",
+        "superset/superset.db",
+        "superset/credentials.env",
+        "superset/.bundle",
+        "cdc/rainbow.offsets.json",
+        "processor/checkpoints/rainbow-processor/checkpoint-00000000000000000001.bin",
+        "store/master/orders/segment.parquet",
+        "replay/fact_sales/part-0.parquet",
+        "run/postgres.pid",
+        "logs/kafka.log",
+        "faults/postgres/data/PG_VERSION",
+    ];
+    let kept = [
+        "superset/venv/bin/python",
+        "venv/bin/python",
+        "bench-venv/bin/python",
+        "kafka/lib/kafka.jar",
+        "flink/lib/flink.jar",
+        "debezium/connector.jar",
+    ];
+    for f in deleted.iter().chain(&kept) {
+        let path = home.join(f);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "x").unwrap();
+    }
+    // A stale pid file: no process of that number (stop removes it, nothing is killed).
+    std::fs::write(home.join("run/postgres.pid"), "999999999").unwrap();
+    let up = format!("127.0.0.1:{}", free_port());
+
+    // A rainbow component answering on its address: refused, nothing deleted.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = listener.local_addr().unwrap().to_string();
+    let (ok, out) = stack_reset(&home, &["--yes"], &busy);
+    assert!(!ok && out.contains("stop `rainbow up`") && out.contains("nothing was changed"), "{out}");
+    drop(listener);
+    assert!(deleted.iter().all(|f| home.join(f).exists()), "{out}");
+
+    // The dry run lists and changes nothing.
+    let (ok, out) = stack_reset(&home, &[], &up);
+    assert!(ok && out.contains("dry run, nothing changed"), "{out}");
+    for dir in
+        ["postgres", "kafka/data", "clickhouse", "prometheus/data", "superset/superset.db", "cdc", "faults"]
+    {
+        assert!(out.contains(&format!("delete   {}/{dir}", home.display())), "{dir} in {out}");
+    }
+    assert!(!out.contains("superset/venv") || out.contains("keep"), "{out}");
+    assert!(deleted.iter().chain(&kept).all(|f| home.join(f).exists()), "{out}");
+
+    let (ok, out) = stack_reset(&home, &["--yes"], &up);
+    assert!(ok && out.contains("reset: done"), "{out}");
+    for f in deleted {
+        assert!(!home.join(f).exists(), "{f} is left: {out}");
+    }
+    for dir in [
+        "postgres",
+        "kafka/data",
+        "clickhouse",
+        "prometheus/data",
+        "cdc",
+        "processor",
+        "store",
+        "run",
+        "logs",
+        "faults",
+    ] {
+        assert!(!home.join(dir).exists(), "{dir} is left: {out}");
+    }
+    for f in kept {
+        assert!(home.join(f).exists(), "{f} was deleted: {out}");
+    }
+
+    let (ok, out) = stack_reset(&home, &["--yes"], &up);
+    assert!(ok && out.contains("nothing to reset"), "{out}");
+    let (ok, out) = stack_reset(&home, &["--bogus"], &up);
+    assert!(!ok && out.contains("unknown argument"), "{out}");
+    std::fs::remove_dir_all(&home).unwrap();
+}
