@@ -453,7 +453,7 @@ fn a_checkpoint_written_while_reading_another_source_is_refused_with_what_differ
             if differences == "kafka.cluster: A recorded, B now"),
         "{text}"
     );
-    assert!(text.contains(dir.to_str().unwrap()) && text.contains("delete the checkpoints"), "{text}");
+    assert!(text.contains(dir.to_str().unwrap()) && text.contains("rainbow reset warehouse --yes"), "{text}");
     // The same source resumes, and one that tells more about itself (a topic id, the PostgreSQL
     // facts of a heartbeat) too.
     let mut more = Memory::new(partitions(&events), 3);

@@ -166,19 +166,19 @@ def test_the_ddl_agrees_with_the_warehouse_definition(session):
 
 
 def test_migrations_upgrade_a_warehouse_made_before_them(session):
-    """The previous DDL (tests/e2e/fixtures/warehouse_v0, what installations hold) with data, then
-    the migrations after the baseline, twice: the views answer with the new columns, the rows stay."""
+    """The previous DDL (the baseline migrations 1-4, never edited since: what installations hold)
+    with data, then the migrations after the baseline, twice: the views answer with the new
+    columns, the rows stay."""
     s = session
     db = "rainbow_v0"
-    fixtures = pathlib.Path(__file__).resolve().parents[1] / "e2e" / "fixtures" / "warehouse_v0"
-    for _, f in migrations(fixtures):
-        for st in statements(f.read_text(), db):
-            s.query(st)
+    for version, f in migrations():
+        if version <= 4:
+            for st in statements(f.read_text(), db):
+                s.query(st)
     s.query(f"INSERT INTO {db}.agg_total_sales VALUES (0, 1, 1.00, 0, 1), (0, 3, 2000.00, 200.00, 5), (1, 2, 1000.50, 0.50, 7)")
     s.query(f"INSERT INTO {db}.agg_payment_methods VALUES (0, 1, 'Cash', 9, 1, 1), (0, 1, 'Cash', 2, 2000, 5), (1, 2, 'Card', 1, 1000.50, 7)")
     assert rows(s, f"SELECT * FROM {db}.v_total_sales") == [["5", "3000.5", "2800"]]
-    baseline = [v for v, _ in migrations(fixtures)]
-    assert baseline == [1, 2, 3, 4] and [v for v, _ in migrations()][:4] == baseline
+    assert [v for v, _ in migrations()][:4] == [1, 2, 3, 4]
     for _ in range(2):
         for version, f in migrations():
             if version > 4:
