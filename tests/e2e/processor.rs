@@ -303,7 +303,7 @@ async fn views_match_the_source_and_poison_events_are_parked() {
     assert!(reason.as_deref().is_some_and(|r| r.starts_with("not a Debezium change event")), "{reason:?}");
     // The lag gauges appear once the end offsets were read (every 5 s, at start as well).
     let metrics = common::eventually("consumer lag in /metrics", DEADLINE, || async {
-        let m = p.metrics().await;
+        let m = p.try_metrics().await?;
         m.contains("rainbow_processor_consumer_lag_messages{").then_some(m)
     })
     .await;
@@ -657,7 +657,7 @@ async fn records_removed_before_they_were_read_and_recreated_topics_stop_the_pro
     p.start(&[("RAINBOW_PROCESSOR__ALLOW_OFFSET_GAP", "true")]);
     let want = format!("rainbow_processor_offset_gap_records_total{{topic=\"{orders}\"}} 20");
     common::eventually("the gap to be counted", DEADLINE, || async {
-        p.metrics().await.contains(&want).then_some(())
+        p.try_metrics().await?.contains(&want).then_some(())
     })
     .await;
     p.stop();
@@ -919,7 +919,7 @@ async fn the_captured_tables_change_while_streaming() {
     assert!(reasons[1..].iter().all(|r| r.contains("schema drift in orderdetails.quantity")), "{reasons:?}");
     let want = format!("rainbow_processor_dead_letters_total{{reason=\"schema_drift\"}} {}", 1 + lines);
     common::eventually("the parked events counted", DEADLINE, || async {
-        p.metrics().await.contains(&want).then_some(())
+        p.try_metrics().await?.contains(&want).then_some(())
     })
     .await;
     // Everything before the parked lines is exact.

@@ -230,7 +230,7 @@ async fn an_archive_of_another_source_is_refused() {
     // The same source again: it resumes.
     archive.start();
     common::eventually("the archiver to run", DEADLINE, || async {
-        archive.metrics().await.contains("rainbow_archive_running 1").then_some(())
+        archive.try_metrics().await?.contains("rainbow_archive_running 1").then_some(())
     })
     .await;
     archive.stop();

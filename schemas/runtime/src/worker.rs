@@ -1,6 +1,7 @@
 //! A component's blocking loop (an engine, the archiver) on an OS thread of its own, driven from
 //! async code: the loop checks a stop flag; its result arrives through a channel, so the caller
-//! can wait for it beside other futures (a shutdown signal, a sink task).
+//! can wait for it beside other futures (a shutdown signal, a sink task). [`Worker::finished`] is
+//! cancellation-safe: a `select!` may drop it after the result arrived and call it again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,7 +10,10 @@ use tokio::sync::oneshot;
 
 pub struct Worker<R> {
     stop: Arc<AtomicBool>,
-    done: oneshot::Receiver<R>,
+    /// The loop's result channel, until it answered.
+    done: Option<oneshot::Receiver<R>>,
+    /// What it answered (`None`: the thread panicked), kept until [`Worker::finished`] returns it.
+    result: Option<Option<R>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -25,7 +29,7 @@ impl<R: Send + 'static> Worker<R> {
         let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
             let _ = tx.send(work(flag));
         })?;
-        Ok(Worker { stop, done, thread: Some(thread) })
+        Ok(Worker { stop, done: Some(done), result: None, thread: Some(thread) })
     }
 
     /// Asks the loop to stop (it finishes its round, then returns).
@@ -33,13 +37,19 @@ impl<R: Send + 'static> Worker<R> {
         self.stop.store(true, Ordering::SeqCst);
     }
 
-    /// The loop's result once it has returned; `None` if its thread panicked.
+    /// The loop's result once it has returned; `None` if its thread panicked. Dropped half-way
+    /// (the result received, the thread not yet joined), a later call still returns the result: a
+    /// oneshot receiver polled again after it answered would panic.
     pub async fn finished(&mut self) -> Option<R> {
-        let result = (&mut self.done).await.ok();
+        if let Some(done) = self.done.as_mut() {
+            let result = done.await.ok();
+            self.done = None;
+            self.result = Some(result);
+        }
         if let Some(thread) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
-        result
+        self.result.take().flatten()
     }
 }
 
@@ -69,5 +79,25 @@ mod tests {
         assert!(w.finished().await.is_some());
         let mut panics = Worker::spawn("test-panic", |_| -> u8 { panic!("on purpose") }).unwrap();
         assert_eq!(panics.finished().await, None);
+    }
+
+    #[tokio::test]
+    async fn finished_dropped_after_the_result_arrived_returns_it_on_the_next_call() {
+        use std::future::Future;
+        let mut w = Worker::spawn("test-cancel", |_| 7u32).unwrap();
+        while !w.thread.as_ref().is_some_and(|t| t.is_finished()) {
+            tokio::task::yield_now().await;
+        }
+        // One poll receives the result, then waits for the join; a select! drops it there.
+        {
+            let f = w.finished();
+            tokio::pin!(f);
+            std::future::poll_fn(|cx| {
+                let _ = f.as_mut().poll(cx);
+                std::task::Poll::Ready(())
+            })
+            .await;
+        }
+        assert_eq!(w.finished().await, Some(7));
     }
 }

@@ -128,6 +128,13 @@ impl Service {
         reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap()
     }
 
+    /// The text of `/metrics`, or None while it does not answer (still starting, or stopped): for
+    /// probes polled until a condition holds.
+    pub async fn try_metrics(&self) -> Option<String> {
+        let addr = self.metrics.as_ref().expect("this service serves metrics");
+        reqwest::get(format!("http://{addr}/metrics")).await.ok()?.text().await.ok()
+    }
+
     /// Kills the process if it runs and removes its directory.
     pub fn remove(&mut self) {
         if let Some(mut child) = self.child.take() {
