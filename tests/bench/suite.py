@@ -639,9 +639,7 @@ def pipeline_run(seconds, churn_per_sec, health=False):
                           env=dict(os.environ, **env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def ch(sql):
-        req = urllib.request.Request(ch_url, data=sql.encode(), method="POST")
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return r.read().decode().strip()
+        return clickhouse(ch_url, sql)
 
     try:
         deadline = time.monotonic() + 120
@@ -756,14 +754,27 @@ def pipeline_run(seconds, churn_per_sec, health=False):
             up.wait(timeout=60)
         except subprocess.TimeoutExpired:
             up.kill()
-        psql("postgres", f"SELECT pg_drop_replication_slot('{name}') FROM pg_replication_slots WHERE slot_name = '{name}'")
-        drop_database(name)
-        try:
-            ch(f"DROP DATABASE IF EXISTS {name}")
-        except OSError:
-            pass
-        delete_topics(name)
-        delete_topics(f"__debezium-heartbeat.{name}")
+        drop_pipeline(name)
+
+
+def clickhouse(url, sql):
+    """Runs `sql` on ClickHouse's HTTP interface at `url`; the answer as text."""
+    req = urllib.request.Request(url, data=sql.encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return r.read().decode().strip()
+
+
+def drop_pipeline(name):
+    """Removes what a pipeline run named `name` left: its replication slot, its PostgreSQL and
+    ClickHouse databases, its CDC topics and heartbeat topic."""
+    psql("postgres", f"SELECT pg_drop_replication_slot('{name}') FROM pg_replication_slots WHERE slot_name = '{name}'")
+    drop_database(name)
+    try:
+        clickhouse(os.environ.get("RAINBOW_CLICKHOUSE__URL", "http://127.0.0.1:8123"), f"DROP DATABASE IF EXISTS {name}")
+    except OSError:
+        pass
+    delete_topics(name)
+    delete_topics(f"__debezium-heartbeat.{name}")
 
 
 def debezium_run(db, topics, prefix, base, changes, total, script, pace_seconds):
@@ -908,9 +919,7 @@ def bench_flink(res, runs, small):
     run([os.path.join(ROOT, "tests", "flink", "jvm"), "--prepare"], timeout=900)
 
     def ch(sql):
-        req = urllib.request.Request(ch_url, data=sql.encode(), method="POST")
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return r.read().decode().strip()
+        return clickhouse(ch_url, sql)
 
     for i in range(runs):
         name = f"flinkbench{int(time.time())}"
@@ -1059,14 +1068,7 @@ def bench_flink(res, runs, small):
                     p.wait(timeout=60)
                 except subprocess.TimeoutExpired:
                     p.kill()
-            psql("postgres", f"SELECT pg_drop_replication_slot('{name}') FROM pg_replication_slots WHERE slot_name = '{name}'")
-            drop_database(name)
-            try:
-                ch(f"DROP DATABASE IF EXISTS {name}")
-            except OSError:
-                pass
-            delete_topics(name)
-            delete_topics(f"__debezium-heartbeat.{name}")
+            drop_pipeline(name)
             _delete_groups(name)
             shutil.rmtree(tmp, ignore_errors=True)
 
