@@ -28,15 +28,11 @@ use rainbow_processor::checkpoint::{self, CheckpointError, CheckpointStore};
 use rainbow_runtime::kafka::KafkaConnection;
 use rainbow_runtime::store::Store;
 use rainbow_schemas::warehouse::{bounded, Warehouse, CALL_TIMEOUT};
-use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::types::RDKafkaErrorCode;
 use sqlx::PgPool;
 use std::time::Duration;
 
-/// How long the probes of the running components and Kafka's answers may take.
+/// How long the probes of the running components may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-const KAFKA_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What the next start does after `rainbow reset warehouse`.
 pub const WAREHOUSE_NEXT: &str = "The next `rainbow process` (or `rainbow up`) creates the warehouse \
@@ -217,9 +213,14 @@ pub async fn warehouse(config: &Config, wh: &Warehouse, yes: bool) -> Result<Vec
     let kafka =
         KafkaConnection { brokers: config.kafka.brokers.clone(), client_id: config.kafka.client_id.clone() };
     let group = processor.group_id.clone();
-    let present = consumer_group_exists(&kafka, &group).await?;
+    let client = kafka.client_config("reset");
+    let present = rainbow_runtime::kafka::consumer_group_exists(&client, &group)
+        .await
+        .map_err(|e| kafka_error(&kafka, format!("describing consumer group {group}: {e}")))?;
     if present && yes {
-        delete_consumer_group(&kafka, &group).await?;
+        rainbow_runtime::kafka::delete_consumer_group(&client, &group)
+            .await
+            .map_err(|e| kafka_error(&kafka, format!("deleting consumer group {group}: {e}")))?;
     }
     let what = format!("Kafka consumer group {group} (its committed offsets, read by lag tools only)");
     steps.push(Step::new(Verb::Delete, what, present));
@@ -230,41 +231,6 @@ fn kafka_error(kafka: &KafkaConnection, reason: impl std::fmt::Display) -> Reset
     ResetError::Kafka { brokers: kafka.brokers.clone(), reason: reason.to_string() }
 }
 
-fn admin(kafka: &KafkaConnection) -> Result<AdminClient<DefaultClientContext>, ResetError> {
-    kafka.client_config("reset").create().map_err(|e| kafka_error(kafka, e))
-}
-
-/// Whether the brokers know consumer group `group` (with committed offsets or members).
-async fn consumer_group_exists(kafka: &KafkaConnection, group: &str) -> Result<bool, ResetError> {
-    let admin = admin(kafka)?;
-    let name = group.to_string();
-    let listed = tokio::task::spawn_blocking(move || {
-        admin
-            .inner()
-            .fetch_group_list(Some(&name), KAFKA_TIMEOUT)
-            .map(|list| list.groups().iter().any(|g| g.name() == name && !matches!(g.state(), "" | "Dead")))
-    })
-    .await
-    .map_err(|e| kafka_error(kafka, e))?;
-    listed.map_err(|e| kafka_error(kafka, format!("describing consumer group {group}: {e}")))
-}
-
-async fn delete_consumer_group(kafka: &KafkaConnection, group: &str) -> Result<(), ResetError> {
-    let admin = admin(kafka)?;
-    let options = AdminOptions::new().request_timeout(Some(KAFKA_TIMEOUT));
-    let results = admin.delete_groups(&[group], &options).await.map_err(|e| kafka_error(kafka, e))?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::GroupIdNotFound)) => {}
-            Err((name, code)) => {
-                return Err(kafka_error(kafka, format!("deleting consumer group {name}: {code}")))
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `rainbow reset cdc` (see the module's contract); `yes`: do it, else only look.
 pub async fn cdc(config: &Config, pool: &PgPool, yes: bool) -> Result<Vec<Step>, ResetError> {
     let cdc = &config.cdc;
     let database = &config.postgres.database;

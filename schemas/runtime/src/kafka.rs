@@ -1,5 +1,5 @@
 //! Kafka administration shared by the CDC, the processor, the archiver and the tools: where the
-//! brokers are, topic creation and deletion, partition discovery, end offsets.
+//! brokers are, topic creation and deletion, consumer groups, partition discovery, end offsets.
 //!
 //! Every call has a timeout. Topic creation is idempotent (an existing topic is left as it is);
 //! partition discovery waits for topics another component creates (the CDC creates the topics
@@ -98,6 +98,33 @@ pub async fn delete_topics(config: &ClientConfig, topics: &[&str]) -> Result<(),
     for result in admin.delete_topics(topics, &options).await? {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((_, code)) => return Err(KafkaError::AdminOp(code)),
+        }
+    }
+    Ok(())
+}
+
+/// Whether the brokers know consumer group `group` (with committed offsets or members).
+pub async fn consumer_group_exists(config: &ClientConfig, group: &str) -> Result<bool, KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = config.create()?;
+    let name = group.to_string();
+    tokio::task::spawn_blocking(move || {
+        admin
+            .inner()
+            .fetch_group_list(Some(&name), ADMIN_TIMEOUT)
+            .map(|list| list.groups().iter().any(|g| g.name() == name && !matches!(g.state(), "" | "Dead")))
+    })
+    .await
+    .map_err(|_| KafkaError::Canceled)?
+}
+
+/// Deletes a consumer group (its committed offsets); a missing one is not an error.
+pub async fn delete_consumer_group(config: &ClientConfig, group: &str) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = config.create()?;
+    let options = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
+    for result in admin.delete_groups(&[group], &options).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::GroupIdNotFound)) => {}
             Err((_, code)) => return Err(KafkaError::AdminOp(code)),
         }
     }
