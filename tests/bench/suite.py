@@ -335,17 +335,19 @@ SLOTS = ("bench_rbw", "bench_pgr", "bench_dbz")
 
 # One transaction of the seed's shape: an order, its 5 or 6 lines (5.5 on average) and 2 or 3
 # product changes (2.3 on average): 8.8 row changes. pgbench substitutes the variables.
-SEED_TX = """\\set customer random(1, 100)
+ORDER_VARS = """\\set customer random(1, 100)
 \\set payment random(1, 4)
 \\set first random(1, 2990)
 \\set lines random(5, 6)
-\\set churn random(0, 9)
-\\set changed random(1, 2997)
-BEGIN;
-INSERT INTO orders (customer_id, payment_id) VALUES (:customer, :payment) RETURNING id AS order_id \\gset
+"""
+ORDER_STATEMENTS = """INSERT INTO orders (customer_id, payment_id) VALUES (:customer, :payment) RETURNING id AS order_id \\gset
 INSERT INTO orderdetails (order_id, product_id, quantity, price, promotion_id)
   SELECT :order_id, id, 1 + id % 3, price, promotion_id FROM products WHERE id >= :first ORDER BY id LIMIT :lines;
-UPDATE products SET sold_count = sold_count + 1, updated_at = now()
+"""
+SEED_TX = ORDER_VARS + """\\set churn random(0, 9)
+\\set changed random(1, 2997)
+BEGIN;
+""" + ORDER_STATEMENTS + """UPDATE products SET sold_count = sold_count + 1, updated_at = now()
   WHERE id BETWEEN :changed AND :changed + 1 + (:churn < 3)::int;
 COMMIT;
 """
@@ -821,16 +823,7 @@ def _histogram_delta(before, after, name):
 
 # One order of the seed's shape: the order and its 5 or 6 lines (6.5 row changes), the changes that
 # the two aggregates of the flink group read.
-FLINK_TX = """\\set customer random(1, 100)
-\\set payment random(1, 4)
-\\set first random(1, 2990)
-\\set lines random(5, 6)
-BEGIN;
-INSERT INTO orders (customer_id, payment_id) VALUES (:customer, :payment) RETURNING id AS order_id \\gset
-INSERT INTO orderdetails (order_id, product_id, quantity, price, promotion_id)
-  SELECT :order_id, id, 1 + id % 3, price, promotion_id FROM products WHERE id >= :first ORDER BY id LIMIT :lines;
-COMMIT;
-"""
+FLINK_TX = ORDER_VARS + "BEGIN;\n" + ORDER_STATEMENTS + "COMMIT;\n"
 FLINK_TOPICS = ("orders", "orderdetails", "payments")
 
 
