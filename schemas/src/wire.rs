@@ -211,6 +211,9 @@ pub struct SourceFields<'a> {
     pub sequence: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     pub snapshot: Option<Cow<'a, str>>,
+    /// The PostgreSQL transaction id.
+    #[serde(default, rename = "txId")]
+    pub tx_id: Option<i64>,
 }
 
 /// `source.snapshot` of a row of an incremental snapshot (read while streaming).

@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use common::cdc::{psql, read_topics, read_until, CdcProcess, Rec};
+use common::cdc::{psql, read_topics, read_until, snapshot_done, CdcProcess, Rec};
 use common::TestDb;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -45,10 +45,6 @@ fn count_ops(records: &[Rec], topic: &str) -> BTreeMap<String, usize> {
         *m.entry(p["op"].as_str().unwrap().to_string()).or_default() += 1;
     }
     m
-}
-
-fn snapshot_done(records: &[Rec]) -> bool {
-    records.iter().any(|r| r.payload().is_some_and(|p| p["source"]["snapshot"] == "last"))
 }
 
 /// The commit position of an event: (commit LSN, change LSN) from `source.sequence`.

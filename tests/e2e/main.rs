@@ -11,6 +11,7 @@ mod cdc_golden;
 mod cli;
 mod clickhouse_warehouse;
 mod dashboards;
+mod iceberg;
 mod kafka_roundtrip;
 mod postgres_schema;
 mod processor;

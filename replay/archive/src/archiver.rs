@@ -18,11 +18,18 @@
 //!
 //! Segments are cut at `segment_max_records`, `segment_max_bytes`, `segment_max_age_ms`, and when
 //! the day of the source commit changes; at shutdown every open segment is written.
+//!
+//! Every segment's records are also appended to the topic's Iceberg changelog table
+//! ([`rainbow_iceberg`]) before the segment is written, in one commit that records the
+//! partition's next offset; records below a table's committed offset are not appended again.
+//! At start, a table behind the segments (an archive written before the tables existed, or a
+//! crash) is filled from the segments first, so table and segments always hold the same records.
 
 use crate::config::ArchiveConfig;
 use crate::error::ArchiveError;
 use crate::master::{self, ArchivedRecord, SegmentName};
-use crate::metrics::{ArchiveMetrics, SegmentWritten};
+use crate::metrics::{iceberg_appended, ArchiveMetrics, SegmentWritten};
+use rainbow_iceberg::{ChangeRecord, ChangelogTable, Lake};
 use rainbow_runtime::kafka::{self, KafkaConnection};
 use rainbow_runtime::resilience::{stopped, supervise, Dependency};
 use rainbow_runtime::store::{Created, Store};
@@ -204,6 +211,9 @@ struct Archiver {
     /// Topic → input index per partition number (looked up by `&str`: no String per record).
     by_topic: HashMap<String, Vec<usize>>,
     summary: ArchiveSummary,
+    lake: Lake,
+    /// The changelog table of each topic.
+    tables: HashMap<String, ChangelogTable>,
 }
 
 impl Archiver {
@@ -257,14 +267,28 @@ impl Archiver {
         }
         // Resume after the highest archived offset of each partition.
         let mut archived: HashMap<(String, i32), i64> = HashMap::new();
+        let mut segments: HashMap<(String, i32), Vec<SegmentName>> = HashMap::new();
         for topic in &topics {
             let listed = rt.block_on(store.list(&format!("master/{topic}")))?;
             for (path, _) in listed {
                 if let Some(s) = SegmentName::parse(&path) {
-                    let e = archived.entry((s.topic, s.partition)).or_insert(-1);
+                    let e = archived.entry((s.topic.clone(), s.partition)).or_insert(-1);
                     *e = (*e).max(s.last);
+                    segments.entry((s.topic.clone(), s.partition)).or_default().push(s);
                 }
             }
+        }
+        // The changelog tables, filled from the segments where they are behind.
+        let lake = rt.block_on(Lake::open(&config.lake(&store)?))?;
+        let mut tables = HashMap::new();
+        for topic in &topics {
+            let table = open_table(&rt, &lake, config, &metrics, topic)?;
+            tables.insert(topic.clone(), table);
+        }
+        for ((topic, partition), segs) in &mut segments {
+            segs.sort_by_key(|s| s.first);
+            let table = tables.get_mut(topic).expect("a table per topic");
+            backfill(&rt, &store, &lake, &metrics, table, *partition, segs)?;
         }
         let mut tpl = TopicPartitionList::new();
         let mut inputs = Vec::new();
@@ -318,6 +342,8 @@ impl Archiver {
             inputs,
             by_topic,
             summary: ArchiveSummary::default(),
+            lake,
+            tables,
         })
     }
 
@@ -457,6 +483,8 @@ impl Archiver {
             last,
         };
         let path = name.path();
+        let table = self.tables.get_mut(&name.topic).expect("a table per topic");
+        append(&self.rt, &self.lake, &self.metrics, table, name.partition, &open.records)?;
         let started = Instant::now();
         let bytes = master::encode(&open.records)?;
         let size = bytes.len();
@@ -495,6 +523,8 @@ impl Archiver {
         let mut tpl = TopicPartitionList::new();
         for topic in new_topics(&self.consumer, &self.config, &known) {
             let Some(n) = kafka::partition_count(self.consumer.client(), &topic) else { continue };
+            let table = open_table(&self.rt, &self.lake, &self.config, &self.metrics, &topic)?;
+            self.tables.insert(topic.clone(), table);
             self.metrics.offset_gap_records.with_label_values(&[&topic]);
             for partition in 0..n {
                 tpl.add_partition_offset(&topic, partition, Offset::Beginning)?;
@@ -530,4 +560,77 @@ impl Archiver {
                 .set((high - input.next).max(0));
         }
     }
+}
+
+/// Opens (or creates) the changelog table of `topic`; its series start at 0.
+fn open_table(
+    rt: &tokio::runtime::Handle,
+    lake: &Lake,
+    config: &ArchiveConfig,
+    metrics: &ArchiveMetrics,
+    topic: &str,
+) -> Result<ChangelogTable, ArchiveError> {
+    let name = config.table_of(topic);
+    let table = rt.block_on(ChangelogTable::open(lake, &name, topic))?;
+    for reason in ["tombstone", "not_a_change_event"] {
+        metrics.iceberg_untyped.with_label_values(&[&name, reason]);
+    }
+    metrics.iceberg_records.with_label_values(&[&name]);
+    Ok(table)
+}
+
+/// Appends `records` (consecutive, of one partition) to the changelog table in one commit.
+fn append(
+    rt: &tokio::runtime::Handle,
+    lake: &Lake,
+    metrics: &ArchiveMetrics,
+    table: &mut ChangelogTable,
+    partition: i32,
+    records: &[ArchivedRecord],
+) -> Result<(), ArchiveError> {
+    let started = Instant::now();
+    let rows: Vec<ChangeRecord<'_>> = records
+        .iter()
+        .map(|r| ChangeRecord {
+            offset: r.offset,
+            kafka_ts_ms: r.timestamp_ms,
+            key: r.key.as_deref(),
+            value: r.value.as_deref(),
+        })
+        .collect();
+    let stats = rt.block_on(table.append(lake, partition, &rows))?;
+    iceberg_appended(metrics, &table.name, &stats, started.elapsed());
+    Ok(())
+}
+
+/// Appends the records of `segments` (one partition's, in offset order) that the changelog
+/// table does not hold yet.
+fn backfill(
+    rt: &tokio::runtime::Handle,
+    store: &Store,
+    lake: &Lake,
+    metrics: &ArchiveMetrics,
+    table: &mut ChangelogTable,
+    partition: i32,
+    segments: &[SegmentName],
+) -> Result<(), ArchiveError> {
+    let from = table.committed().get(&partition).copied().unwrap_or(0);
+    let behind: Vec<&SegmentName> = segments.iter().filter(|s| s.last >= from).collect();
+    let Some(last) = behind.last().map(|s| s.last) else { return Ok(()) };
+    tracing::info!(
+        table = %table.name,
+        partition,
+        from,
+        to = last,
+        segments = behind.len(),
+        "filling the Iceberg changelog table from the archive's segments"
+    );
+    for seg in behind {
+        let path = seg.path();
+        let mut reader = master::SegmentReader::open(&path, rt.block_on(store.get(&path))?, 100_000)?;
+        while let Some(records) = reader.next_batch()? {
+            append(rt, lake, metrics, table, partition, &records)?;
+        }
+    }
+    Ok(())
 }

@@ -29,6 +29,17 @@ pub struct ArchiveConfig {
     /// (retention, a recreated topic): counted in `offset_gap_records_total` and alerted. Off:
     /// the archiver stops and says so, since the master dataset would miss those changes.
     pub allow_offset_gap: bool,
+    /// The Iceberg catalog of the changelog tables: `sqlite:<path>` (embedded, no server) or a
+    /// REST catalog's `http(s)://` URL. Unset: `sqlite:<storage.url>/iceberg/catalog.db` (a
+    /// local storage.url; an object store needs a REST catalog or a SQLite file named here).
+    pub catalog_url: Option<String>,
+    /// Where the changelog tables' files go. Unset: `<storage.url>/iceberg`.
+    pub warehouse_url: Option<String>,
+    /// The catalog namespace of the changelog tables.
+    pub namespace: String,
+    /// Settings of the warehouse's storage client (`s3.region`, `s3.endpoint`, ...), passed as
+    /// they are.
+    pub iceberg_properties: BTreeMap<String, String>,
 }
 
 impl Default for ArchiveConfig {
@@ -43,6 +54,10 @@ impl Default for ArchiveConfig {
             segment_max_age_ms: 60_000,
             metrics_listen: "127.0.0.1:9103".into(),
             allow_offset_gap: false,
+            catalog_url: None,
+            warehouse_url: None,
+            namespace: "master".into(),
+            iceberg_properties: BTreeMap::new(),
         }
     }
 }
@@ -74,6 +89,21 @@ impl ArchiveConfig {
             self.segment_max_age_ms,
             "100 ms ..= 1 day",
         )?;
+        if let Some(url) = &self.catalog_url {
+            check(
+                url.starts_with("sqlite:") || url.starts_with("http://") || url.starts_with("https://"),
+                "archive.catalog_url",
+                url,
+                "sqlite:<path> or the http(s) URL of a REST catalog",
+            )?;
+        }
+        check(
+            !self.namespace.is_empty()
+                && self.namespace.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            "archive.namespace",
+            &self.namespace,
+            "letters, digits and _",
+        )?;
         check(
             self.metrics_listen.parse::<std::net::SocketAddr>().is_ok(),
             "archive.metrics_listen",
@@ -90,6 +120,38 @@ impl ArchiveConfig {
     /// The topic of a captured table.
     pub fn topic_for(&self, table: &str) -> String {
         self.naming().table_topic(&self.schema, table)
+    }
+
+    /// The catalog and warehouse of the changelog tables, the defaults under `store`.
+    pub fn lake(
+        &self,
+        store: &rainbow_runtime::store::Store,
+    ) -> Result<rainbow_iceberg::LakeConfig, InvalidSetting> {
+        let catalog_url = match (&self.catalog_url, store.local_root()) {
+            (Some(url), _) => url.clone(),
+            (None, Some(root)) => format!("sqlite:{}", root.join("iceberg/catalog.db").display()),
+            (None, None) => {
+                return Err(InvalidSetting {
+                    key: "archive.catalog_url",
+                    value: String::new(),
+                    expected: "set: storage.url is an object store, which has no embedded catalog; a REST \
+                               catalog's URL, or sqlite:<local path>",
+                })
+            }
+        };
+        Ok(rainbow_iceberg::LakeConfig {
+            catalog_url,
+            warehouse_url: self.warehouse_url.clone().unwrap_or_else(|| store.url_of("iceberg")),
+            namespace: self.namespace.clone(),
+            properties: self.iceberg_properties.clone().into_iter().collect(),
+        })
+    }
+
+    /// The changelog table of a topic: the topic's name after the prefix, dots as `_`
+    /// (`rainbow.public.orders` -> `public_orders`).
+    pub fn table_of(&self, topic: &str) -> String {
+        let prefix = format!("{}.", self.naming().prefix);
+        topic.strip_prefix(&prefix).unwrap_or(topic).replace(['.', '-'], "_")
     }
 
     /// The archived topics: one per captured table, in the order of `SOURCE_TABLES`.

@@ -20,6 +20,8 @@ pub enum ArchiveError {
     Segment { path: String, reason: String },
     #[error(transparent)]
     Setting(#[from] rainbow_schemas::setting::InvalidSetting),
+    #[error(transparent)]
+    Lake(#[from] rainbow_iceberg::LakeError),
     #[error("metrics endpoint {listen}: {reason}")]
     Metrics { listen: String, reason: String },
     #[error("the archiver's thread stopped unexpectedly: {0}")]
@@ -48,8 +50,20 @@ pub enum ArchiveError {
 
 impl Classify for ArchiveError {
     fn fault(&self) -> Fault {
+        use rainbow_iceberg::LakeError;
         match self {
             ArchiveError::Store(StoreError::Failed { .. }) => Fault::Transient(Dependency::ObjectStore),
+            // The catalog or the warehouse did not answer, or another writer committed first.
+            ArchiveError::Lake(LakeError::Catalog { source, .. } | LakeError::Table { source, .. })
+                if !matches!(
+                    source.kind(),
+                    iceberg::ErrorKind::DataInvalid | iceberg::ErrorKind::FeatureUnsupported
+                ) =>
+            {
+                Fault::Transient(Dependency::ObjectStore)
+            }
+            ArchiveError::Lake(LakeError::Setting { .. }) => Fault::Input,
+            ArchiveError::Lake(_) => Fault::Permanent,
             ArchiveError::Kafka(_) => Fault::Transient(Dependency::Kafka),
             ArchiveError::Store(StoreError::BadUrl { .. })
             | ArchiveError::Setting(_)

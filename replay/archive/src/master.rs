@@ -22,8 +22,6 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
 use std::sync::Arc;
 
 /// One archived Kafka record.
@@ -113,15 +111,8 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
-/// Parquet writer settings of every file Rainbow writes: snappy, no wall-clock metadata, so the
-/// same rows give the same bytes.
-pub fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .set_created_by(format!("rainbow {}", env!("CARGO_PKG_VERSION")))
-        .set_max_row_group_size(128 * 1024)
-        .build()
-}
+/// Parquet writer settings of every file Rainbow writes (one definition, with the Iceberg tables').
+pub use rainbow_iceberg::parquet_properties as writer_properties;
 
 /// A segment's Parquet bytes.
 pub fn encode(records: &[ArchivedRecord]) -> Result<Vec<u8>, ArchiveError> {

@@ -6,6 +6,10 @@
 //! * `consumer_lag_messages{topic,partition}`: high watermark minus the next offset to archive;
 //! * `buffered_records`: records waiting in open segments;
 //! * `last_segment_timestamp_seconds`; `running`: 1 while the archiver runs;
+//! * `iceberg_commits_total{table}`, `iceberg_records_total{table}`, `iceberg_bytes_total{table}`,
+//!   `iceberg_commit_duration_seconds` (histogram): appends to the changelog tables;
+//! * `iceberg_untyped_records_total{table,reason}`: records kept raw without typed columns
+//!   (`tombstone`, `not_a_change_event`); `iceberg_columns_added_total{table}`: schema evolutions;
 //! * `retries_total{dependency}`, `dependency_down_seconds{dependency}`, `restarts_total`: the
 //!   faults ridden out (`rainbow_runtime::resilience`).
 
@@ -28,6 +32,12 @@ pub struct ArchiveMetrics {
     pub buffered: IntGauge,
     pub last_segment: IntGauge,
     pub running: IntGauge,
+    pub iceberg_commits: IntCounterVec,
+    pub iceberg_records: IntCounterVec,
+    pub iceberg_bytes: IntCounterVec,
+    pub iceberg_untyped: IntCounterVec,
+    pub iceberg_columns_added: IntCounterVec,
+    pub iceberg_commit_duration: Histogram,
     /// Retries, dependencies' down time, restarts, health.
     pub resilience: Resilience,
 }
@@ -48,6 +58,8 @@ impl ArchiveMetrics {
                 m
             }};
         }
+        let by_table =
+            |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), &["table"]).expect("metric");
         let by_topic =
             |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), &["topic"]).expect("metric");
         ArchiveMetrics {
@@ -83,6 +95,29 @@ impl ArchiveMetrics {
             )
             .expect("metric")),
             running: reg!(IntGauge::new("running", "1 while the archiver runs").expect("metric")),
+            iceberg_commits: reg!(by_table("iceberg_commits_total", "Appends committed to the changelog tables")),
+            iceberg_records: reg!(by_table("iceberg_records_total", "Records committed to the changelog tables")),
+            iceberg_bytes: reg!(by_table("iceberg_bytes_total", "Parquet bytes of the changelog tables' data files")),
+            iceberg_untyped: reg!(IntCounterVec::new(
+                Opts::new(
+                    "iceberg_untyped_records_total",
+                    "Records kept in a changelog table without typed columns, by reason (tombstone, not_a_change_event)"
+                ),
+                &["table", "reason"],
+            )
+            .expect("metric")),
+            iceberg_columns_added: reg!(by_table(
+                "iceberg_columns_added_total",
+                "Source columns added to a changelog table's schema (Iceberg schema evolution)"
+            )),
+            iceberg_commit_duration: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "iceberg_commit_duration_seconds",
+                    "Writing the data files of one append and committing it"
+                )
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            )
+            .expect("metric")),
             resilience: {
                 let r = Resilience::register(&registry);
                 r.expect(&[Dependency::Kafka, Dependency::ObjectStore]);
@@ -127,4 +162,24 @@ impl SegmentWritten<'_> {
             );
         }
     }
+}
+
+/// An append to a changelog table was committed.
+pub fn iceberg_appended(
+    m: &ArchiveMetrics,
+    table: &str,
+    s: &rainbow_iceberg::AppendStats,
+    duration: Duration,
+) {
+    if s.records == 0 {
+        return;
+    }
+    m.iceberg_commits.with_label_values(&[table]).inc();
+    m.iceberg_records.with_label_values(&[table]).inc_by(s.records);
+    m.iceberg_bytes.with_label_values(&[table]).inc_by(s.bytes);
+    m.iceberg_untyped.with_label_values(&[table, "tombstone"]).inc_by(s.tombstones);
+    m.iceberg_untyped.with_label_values(&[table, "not_a_change_event"]).inc_by(s.not_change_events);
+    m.iceberg_columns_added.with_label_values(&[table]).inc_by(s.columns_added);
+    m.iceberg_commit_duration.observe(duration.as_secs_f64());
+    tracing::debug!(table, records = s.records, files = s.files, bytes = s.bytes, "Iceberg append committed");
 }

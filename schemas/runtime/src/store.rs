@@ -103,6 +103,20 @@ impl Store {
         }
     }
 
+    /// The directory of a local store (`None` for an object store).
+    pub fn local_root(&self) -> Option<&std::path::Path> {
+        self.local_root.as_deref()
+    }
+
+    /// `relative` as a URL other clients understand: `file:///<absolute path>` for a local
+    /// store, the store's URL joined with it otherwise.
+    pub fn url_of(&self, relative: &str) -> String {
+        match &self.local_root {
+            Some(root) => format!("file://{}", root.join(relative).display()),
+            None => format!("{}/{}", self.url.trim_end_matches('/'), relative.trim_start_matches('/')),
+        }
+    }
+
     /// The object path of `relative` (slash-separated) under the store's prefix.
     pub fn path(&self, relative: &str) -> Path {
         let mut p = self.prefix.clone();

@@ -237,6 +237,11 @@ fn read_topics_blocking(topics: &[String]) -> Result<Vec<Rec>, rdkafka::error::K
     Ok(out)
 }
 
+/// Whether the records hold the snapshot's last row.
+pub fn snapshot_done(records: &[Rec]) -> bool {
+    records.iter().any(|r| r.payload().is_some_and(|p| p["source"]["snapshot"] == "last"))
+}
+
 /// Reads `topics` again and again until `done` accepts the records, or panics after `deadline`.
 pub async fn read_until(
     topics: &[String],

@@ -1,0 +1,170 @@
+//! A changelog table on the embedded SQL catalog (SQLite) and a local warehouse: appends,
+//! resume from the committed offsets, schema evolution, a refused type change, read back with
+//! the `iceberg` crate's own scan.
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Decimal128Type, Int32Type, Int64Type};
+use futures_util::TryStreamExt;
+use rainbow_iceberg::{ChangeRecord, ChangelogTable, Lake, LakeConfig, LakeError};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+
+fn lake_config(tag: &str) -> (LakeConfig, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("rainbow-iceberg-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = LakeConfig {
+        catalog_url: format!("sqlite:{}", dir.join("catalog.db").display()),
+        warehouse_url: format!("file://{}", dir.join("warehouse").display()),
+        namespace: "master".into(),
+        properties: HashMap::new(),
+    };
+    (config, dir)
+}
+
+fn field(ty: &str, name: &str) -> Value {
+    json!({"type": ty, "optional": true, "field": name})
+}
+
+fn decimal(name: &str, scale: u32) -> Value {
+    json!({"type": "bytes", "optional": true, "name": "org.apache.kafka.connect.data.Decimal", "version": 1,
+           "parameters": {"scale": scale.to_string(), "connect.decimal.precision": "12"}, "field": name})
+}
+
+/// A Debezium envelope (with the schema wrapper) of table `products`.
+fn envelope(op: &str, lsn: u64, ts_ms: i64, columns: &[Value], row: Value) -> Vec<u8> {
+    let row_schema = json!({"type": "struct", "optional": true, "fields": columns});
+    let mut before = row_schema.clone();
+    before["field"] = json!("before");
+    let mut after = row_schema;
+    after["field"] = json!("after");
+    let (b, a) = if op == "d" { (row, Value::Null) } else { (Value::Null, row) };
+    serde_json::to_vec(&json!({
+        "schema": {"type": "struct", "fields": [before, after, {"type": "struct", "fields": [], "field": "source"},
+                   field("string", "op")]},
+        "payload": {"before": b, "after": a, "op": op,
+                    "source": {"table": "products", "ts_ms": ts_ms, "lsn": lsn, "txId": 700 + lsn as i64,
+                               "sequence": format!("[\"{lsn}\",\"{lsn}\"]"), "snapshot": "false"}}
+    }))
+    .unwrap()
+}
+
+/// -> base64 of the unscaled big-endian value.
+fn unscaled(v: i64) -> String {
+    use base64::Engine;
+    let b = v.to_be_bytes();
+    let skip = b.iter().take_while(|&&x| x == 0).count().min(7);
+    base64::engine::general_purpose::STANDARD.encode(&b[skip..])
+}
+
+async fn read_all(lake: &Lake, name: &str) -> RecordBatch {
+    let table = lake.catalog().load_table(&lake.ident(name)).await.unwrap();
+    let batches: Vec<RecordBatch> =
+        table.scan().select_all().build().unwrap().to_arrow().await.unwrap().try_collect().await.unwrap();
+    let schema = batches[0].schema();
+    let all = arrow::compute::concat_batches(&schema, &batches).unwrap();
+    // Files come back in no set order: sort by offset.
+    let offsets = all.column_by_name("_kafka_offset").unwrap();
+    let order = arrow::compute::sort_to_indices(offsets, None, None).unwrap();
+    arrow::compute::take_record_batch(&all, &order).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_resume_from_the_committed_offsets_and_the_schema_evolves() {
+    let (config, dir) = lake_config("append");
+    let lake = Lake::open(&config).await.unwrap();
+    let mut t = ChangelogTable::open(&lake, "products", "rb.public.products").await.unwrap();
+    assert!(t.committed().is_empty());
+
+    let cols = [
+        json!({"type": "int32", "optional": false, "field": "id"}),
+        field("string", "name"),
+        decimal("price", 2),
+    ];
+    let day1 = 1_722_470_400_000; // 2024-08-01
+    let values = [
+        envelope("c", 100, day1, &cols, json!({"id": 1, "name": "pen", "price": unscaled(1250)})),
+        envelope("u", 110, day1 + 5, &cols, json!({"id": 1, "name": "pen", "price": unscaled(-99)})),
+        envelope("d", 120, day1 + 86_400_000, &cols, json!({"id": 1, "name": null, "price": null})),
+    ];
+    let mut records: Vec<ChangeRecord> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| ChangeRecord {
+            offset: i as i64,
+            kafka_ts_ms: Some(day1),
+            key: Some(b"k1"),
+            value: Some(v),
+        })
+        .collect();
+    records.push(ChangeRecord { offset: 3, kafka_ts_ms: Some(day1), key: Some(b"k1"), value: None });
+    let s = t.append(&lake, 0, &records).await.unwrap();
+    assert_eq!((s.records, s.files, s.tombstones, s.columns_added), (4, 2, 1, 3), "two days, two files");
+    assert_eq!(t.committed(), &BTreeMap::from([(0, 4)]));
+    assert_eq!(read_all(&lake, "products").await.num_rows(), 4);
+
+    // A re-delivery of offsets 2..=3 plus a new record: only the new one is appended, and a
+    // new source column evolves the schema.
+    let cols2 = [cols[0].clone(), cols[1].clone(), cols[2].clone(), field("int64", "stock")];
+    let v4 = envelope(
+        "c",
+        130,
+        day1 + 86_400_001,
+        &cols2,
+        json!({"id": 2, "name": "ink", "price": unscaled(5), "stock": 7}),
+    );
+    let again =
+        [records[2], records[3], ChangeRecord { offset: 4, kafka_ts_ms: None, key: None, value: Some(&v4) }];
+    let mut reopened = ChangelogTable::open(&lake, "products", "rb.public.products").await.unwrap();
+    assert_eq!(
+        reopened.committed(),
+        &BTreeMap::from([(0, 4)]),
+        "offsets read back from the snapshot summary"
+    );
+    let s = reopened.append(&lake, 0, &again).await.unwrap();
+    assert_eq!((s.records, s.already_there, s.columns_added), (1, 2, 1));
+    assert_eq!(reopened.committed(), &BTreeMap::from([(0, 5)]));
+
+    let b = read_all(&lake, "products").await;
+    assert_eq!(b.num_rows(), 5);
+    let ops: Vec<Option<&str>> = b.column_by_name("_op").unwrap().as_string::<i32>().iter().collect();
+    assert_eq!(ops, [Some("c"), Some("u"), Some("d"), None, Some("c")]);
+    let ids = b.column_by_name("id").unwrap().as_primitive::<Int32Type>();
+    assert_eq!(
+        (ids.value(0), ids.value(2), ids.is_null(3), ids.value(4)),
+        (1, 1, true, 2),
+        "a delete keeps its before image"
+    );
+    let price = b.column_by_name("price").unwrap().as_primitive::<Decimal128Type>();
+    assert_eq!(price.value_as_string(0), "12.50");
+    assert_eq!(price.value_as_string(1), "-0.99");
+    let stock = b.column_by_name("stock").unwrap().as_primitive::<Int64Type>();
+    assert!(stock.is_null(0) && stock.value(4) == 7);
+    let lsn = b.column_by_name("_commit_lsn").unwrap().as_primitive::<Int64Type>();
+    assert_eq!(lsn.value(1), 110);
+    let txid = b.column_by_name("_txid").unwrap().as_primitive::<Int64Type>();
+    assert_eq!(txid.value(2), 820);
+    let envelope_col = b.column_by_name("_envelope").unwrap().as_binary::<i64>();
+    assert_eq!(envelope_col.value(1), values[1].as_slice(), "the raw envelope is kept byte for byte");
+    // The tombstone takes the commit time of the delete before it.
+    let ts =
+        b.column_by_name("_commit_ts").unwrap().as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+    assert_eq!(ts.value(3), ts.value(2));
+
+    // A decimal column whose scale grows cannot hold the new values exactly: refused by name.
+    let cols3 = [cols[0].clone(), cols[1].clone(), decimal("price", 4)];
+    let v5 = envelope(
+        "c",
+        140,
+        day1 + 86_400_002,
+        &cols3,
+        json!({"id": 3, "name": "cap", "price": unscaled(12345)}),
+    );
+    let e = reopened
+        .append(&lake, 0, &[ChangeRecord { offset: 5, kafka_ts_ms: None, key: None, value: Some(&v5) }])
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, LakeError::TypeChanged { column, .. } if column == "price"), "{e}");
+    assert_eq!(reopened.committed(), &BTreeMap::from([(0, 5)]), "nothing committed");
+    let _ = std::fs::remove_dir_all(dir);
+}
