@@ -319,10 +319,11 @@ pub async fn replay(config: &Config, args: &crate::ReplayArgs) -> anyhow::Result
     };
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "replay: {} ({} segments): {} records read, {} events applied{} ({} in the selected days), {} re-deliveries dropped, {} rejected{} in {:.1} s",
+        "replay: {} ({} data files): {} records read ({} from their raw envelope), {} events applied{} ({} in the selected days), {} re-deliveries dropped, {} rejected{} in {:.1} s",
         summary.days,
-        summary.segments,
+        summary.files,
         summary.records_read,
+        summary.records_from_envelopes,
         summary.events_applied,
         summary.resumed_at.map(|n| format!(", resumed after {n}")).unwrap_or_default(),
         summary.events_in_selection,

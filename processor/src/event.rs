@@ -9,6 +9,8 @@
 //! value with more decimal places than money has (0.01) is schema drift, never rounded, and a
 //! `precise` value without a schema (whose scale is therefore unknown) is refused.
 
+pub mod typed;
+
 use base64::Engine;
 use rainbow_schemas::money::Money;
 use rainbow_schemas::time::parse_zoned;

@@ -11,6 +11,8 @@ pub enum ReplayError {
     BadUrl { url: String, reason: String },
     #[error(transparent)]
     Archive(#[from] rainbow_archive::ArchiveError),
+    #[error(transparent)]
+    Lake(#[from] rainbow_iceberg::LakeError),
     #[error("Parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("Arrow: {0}")]
@@ -29,7 +31,10 @@ pub enum ReplayError {
     Engine(#[from] rainbow_processor::engine::EngineError),
     #[error("spilled replay output {path}: {reason}")]
     Spill { path: String, reason: String },
-    #[error("the archive at {url} holds no segment for the requested days ({range})")]
+    #[error(
+        "the archive at {url} holds no record for the requested days ({range}) in its Iceberg changelog \
+         tables (an archive from before the tables: `rainbow archive` builds them from its segments at start)"
+    )]
     NothingToReplay { url: String, range: String },
     #[error("{url} has no {table}/ (is it the --out of a rainbow replay?)")]
     NotAReplay { url: String, table: &'static str },

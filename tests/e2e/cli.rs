@@ -51,7 +51,7 @@ fn replay_refuses_bad_selections_and_empty_archives_clearly() {
     let archive = dir.join("empty").display().to_string();
     let o = rainbow(&["replay", "--all", "--out", &out, "--archive", &archive], &[]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).contains("holds no segment"), "{}", text(&o));
+    assert!(text(&o).contains("holds no record"), "{}", text(&o));
     assert!(!out_dir.join("fact_sales").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -28,7 +28,7 @@ from collections import Counter
 import chdb
 from pyiceberg.catalog.sql import SqlCatalog
 
-META = {"_op", "_commit_ts", "_commit_lsn", "_change_lsn", "_txid", "_kafka_topic", "_kafka_partition",
+META = {"_op", "_commit_ts", "_commit_lsn", "_change_lsn", "_txid", "_table", "_untyped", "_kafka_topic", "_kafka_partition",
         "_kafka_offset", "_kafka_ts", "_key", "_envelope"}
 
 

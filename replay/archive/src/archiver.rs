@@ -266,30 +266,14 @@ impl Archiver {
             });
         }
         // Resume after the highest archived offset of each partition.
-        let mut archived: HashMap<(String, i32), i64> = HashMap::new();
-        let mut segments: HashMap<(String, i32), Vec<SegmentName>> = HashMap::new();
-        for topic in &topics {
-            let listed = rt.block_on(store.list(&format!("master/{topic}")))?;
-            for (path, _) in listed {
-                if let Some(s) = SegmentName::parse(&path) {
-                    let e = archived.entry((s.topic.clone(), s.partition)).or_insert(-1);
-                    *e = (*e).max(s.last);
-                    segments.entry((s.topic.clone(), s.partition)).or_default().push(s);
-                }
-            }
-        }
+        let segments = list_segments(&rt, &store, &topics)?;
+        let archived: HashMap<(String, i32), i64> = segments
+            .iter()
+            .map(|(k, segs)| (k.clone(), segs.iter().map(|s| s.last).max().unwrap_or(-1)))
+            .collect();
         // The changelog tables, filled from the segments where they are behind.
         let lake = rt.block_on(Lake::open(&config.lake(&store)?))?;
-        let mut tables = HashMap::new();
-        for topic in &topics {
-            let table = open_table(&rt, &lake, config, &metrics, topic)?;
-            tables.insert(topic.clone(), table);
-        }
-        for ((topic, partition), segs) in &mut segments {
-            segs.sort_by_key(|s| s.first);
-            let table = tables.get_mut(topic).expect("a table per topic");
-            backfill(&rt, &store, &lake, &metrics, table, *partition, segs)?;
-        }
+        let tables = open_tables(&rt, &store, &lake, config, &metrics, &topics, &segments)?;
         let mut tpl = TopicPartitionList::new();
         let mut inputs = Vec::new();
         let mut by_topic: HashMap<String, Vec<usize>> = HashMap::new();
@@ -562,6 +546,72 @@ impl Archiver {
     }
 }
 
+/// The segments of `topics` per partition, in offset order.
+fn list_segments(
+    rt: &tokio::runtime::Handle,
+    store: &Store,
+    topics: &[String],
+) -> Result<HashMap<(String, i32), Vec<SegmentName>>, ArchiveError> {
+    let mut segments: HashMap<(String, i32), Vec<SegmentName>> = HashMap::new();
+    for topic in topics {
+        for (path, _) in rt.block_on(store.list(&format!("master/{topic}")))? {
+            if let Some(s) = SegmentName::parse(&path) {
+                segments.entry((s.topic.clone(), s.partition)).or_default().push(s);
+            }
+        }
+    }
+    for segs in segments.values_mut() {
+        segs.sort_by_key(|s| s.first);
+    }
+    Ok(segments)
+}
+
+/// Opens (or creates) the changelog tables of `topics` and fills each from the `segments` it
+/// does not hold yet.
+fn open_tables(
+    rt: &tokio::runtime::Handle,
+    store: &Store,
+    lake: &Lake,
+    config: &ArchiveConfig,
+    metrics: &ArchiveMetrics,
+    topics: &[String],
+    segments: &HashMap<(String, i32), Vec<SegmentName>>,
+) -> Result<HashMap<String, ChangelogTable>, ArchiveError> {
+    let mut tables = HashMap::new();
+    for topic in topics {
+        tables.insert(topic.clone(), open_table(rt, lake, config, metrics, topic)?);
+    }
+    let mut behind: Vec<_> = segments.iter().collect();
+    behind.sort_by(|a, b| a.0.cmp(b.0));
+    for ((topic, partition), segs) in behind {
+        let table = tables.get_mut(topic).expect("a table per topic");
+        backfill(rt, store, lake, metrics, table, *partition, segs)?;
+    }
+    Ok(tables)
+}
+
+/// Builds (or completes) the changelog tables of the archive at `store_url` from its segments,
+/// without Kafka: what `rainbow archive` does at start. Returns the records the tables hold.
+pub fn fill_tables(
+    store_url: &str,
+    config: &ArchiveConfig,
+    rt: &tokio::runtime::Handle,
+) -> Result<u64, ArchiveError> {
+    let store = Store::open(store_url)?;
+    let mut topics = config.topics();
+    for (path, _) in rt.block_on(store.list("master"))? {
+        if let Some(s) = SegmentName::parse(&path) {
+            if !topics.contains(&s.topic) {
+                topics.push(s.topic);
+            }
+        }
+    }
+    let segments = list_segments(rt, &store, &topics)?;
+    let lake = rt.block_on(Lake::open(&config.lake(&store)?))?;
+    let tables = open_tables(rt, &store, &lake, config, &ArchiveMetrics::new(), &topics, &segments)?;
+    Ok(tables.values().flat_map(|t| t.committed().values()).map(|n| *n as u64).sum())
+}
+
 /// Opens (or creates) the changelog table of `topic`; its series start at 0.
 fn open_table(
     rt: &tokio::runtime::Handle,
@@ -576,6 +626,7 @@ fn open_table(
         metrics.iceberg_untyped.with_label_values(&[&name, reason]);
     }
     metrics.iceberg_records.with_label_values(&[&name]);
+    metrics.iceberg_untyped_values.with_label_values(&[&name]);
     Ok(table)
 }
 

@@ -9,7 +9,8 @@
 //! * `iceberg_commits_total{table}`, `iceberg_records_total{table}`, `iceberg_bytes_total{table}`,
 //!   `iceberg_commit_duration_seconds` (histogram): appends to the changelog tables;
 //! * `iceberg_untyped_records_total{table,reason}`: records kept raw without typed columns
-//!   (`tombstone`, `not_a_change_event`); `iceberg_columns_added_total{table}`: schema evolutions;
+//!   (`tombstone`, `not_a_change_event`); `iceberg_untyped_values_total{table}`: values kept in
+//!   the raw envelope only; `iceberg_columns_added_total{table}`: schema evolutions;
 //! * `retries_total{dependency}`, `dependency_down_seconds{dependency}`, `restarts_total`: the
 //!   faults ridden out (`rainbow_runtime::resilience`).
 
@@ -36,6 +37,7 @@ pub struct ArchiveMetrics {
     pub iceberg_records: IntCounterVec,
     pub iceberg_bytes: IntCounterVec,
     pub iceberg_untyped: IntCounterVec,
+    pub iceberg_untyped_values: IntCounterVec,
     pub iceberg_columns_added: IntCounterVec,
     pub iceberg_commit_duration: Histogram,
     /// Retries, dependencies' down time, restarts, health.
@@ -106,6 +108,10 @@ impl ArchiveMetrics {
                 &["table", "reason"],
             )
             .expect("metric")),
+            iceberg_untyped_values: reg!(by_table(
+                "iceberg_untyped_values_total",
+                "Values kept in the raw envelope only: a source column's type changed beyond its Iceberg column's, or a value is not of its column's type"
+            )),
             iceberg_columns_added: reg!(by_table(
                 "iceberg_columns_added_total",
                 "Source columns added to a changelog table's schema (Iceberg schema evolution)"
@@ -180,6 +186,7 @@ pub fn iceberg_appended(
     m.iceberg_untyped.with_label_values(&[table, "tombstone"]).inc_by(s.tombstones);
     m.iceberg_untyped.with_label_values(&[table, "not_a_change_event"]).inc_by(s.not_change_events);
     m.iceberg_columns_added.with_label_values(&[table]).inc_by(s.columns_added);
+    m.iceberg_untyped_values.with_label_values(&[table]).inc_by(s.untyped_values);
     m.iceberg_commit_duration.observe(duration.as_secs_f64());
     tracing::debug!(table, records = s.records, files = s.files, bytes = s.bytes, "Iceberg append committed");
 }

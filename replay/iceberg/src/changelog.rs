@@ -28,12 +28,14 @@ pub const OFFSETS_PROPERTY: &str = "rainbow.kafka.offsets";
 pub const TOPIC_PROPERTY: &str = "rainbow.kafka.topic";
 
 /// The metadata columns, in order, before the source row's columns.
-pub const META_COLUMNS: [&str; 11] = [
+pub const META_COLUMNS: [&str; 13] = [
     "_op",
     "_commit_ts",
     "_commit_lsn",
     "_change_lsn",
     "_txid",
+    "_table",
+    "_untyped",
     "_kafka_topic",
     "_kafka_partition",
     "_kafka_offset",
@@ -41,6 +43,17 @@ pub const META_COLUMNS: [&str; 11] = [
     "_key",
     "_envelope",
 ];
+
+/// A data file of a changelog table: consecutive offsets of one Kafka partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangelogFile {
+    pub path: String,
+    pub partition: i32,
+    pub first: i64,
+    pub last: i64,
+    /// The commit day (days since the epoch) of its records; `None` for records without one.
+    pub day: Option<i32>,
+}
 
 /// One Kafka record to append.
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +78,9 @@ pub struct AppendStats {
     pub not_change_events: u64,
     /// Columns added to the table by this append.
     pub columns_added: u64,
+    /// Values that do not read as their column's type says: kept in `_envelope` only, their
+    /// column named in the row's `_untyped`.
+    pub untyped_values: u64,
 }
 
 pub struct ChangelogTable {
@@ -77,6 +93,8 @@ pub struct ChangelogTable {
     last_commit_us: HashMap<i32, i64>,
     /// Row schemas by the envelope schema's text.
     schemas: HashMap<String, Arc<RowSchema>>,
+    /// Columns whose source type changed beyond the table's (logged once).
+    type_changes: std::collections::HashSet<String>,
 }
 
 fn meta_schema() -> Schema {
@@ -88,12 +106,14 @@ fn meta_schema() -> Schema {
         NestedField::optional(3, "_commit_lsn", p(PrimitiveType::Long)),
         NestedField::optional(4, "_change_lsn", p(PrimitiveType::Long)),
         NestedField::optional(5, "_txid", p(PrimitiveType::Long)),
-        NestedField::required(6, "_kafka_topic", p(PrimitiveType::String)),
-        NestedField::required(7, "_kafka_partition", p(PrimitiveType::Int)),
-        NestedField::required(8, "_kafka_offset", p(PrimitiveType::Long)),
-        NestedField::optional(9, "_kafka_ts", tz()),
-        NestedField::optional(10, "_key", p(PrimitiveType::Binary)),
-        NestedField::optional(11, "_envelope", p(PrimitiveType::Binary)),
+        NestedField::optional(6, "_table", p(PrimitiveType::String)),
+        NestedField::optional(7, "_untyped", p(PrimitiveType::String)),
+        NestedField::required(8, "_kafka_topic", p(PrimitiveType::String)),
+        NestedField::required(9, "_kafka_partition", p(PrimitiveType::Int)),
+        NestedField::required(10, "_kafka_offset", p(PrimitiveType::Long)),
+        NestedField::optional(11, "_kafka_ts", tz()),
+        NestedField::optional(12, "_key", p(PrimitiveType::Binary)),
+        NestedField::optional(13, "_envelope", p(PrimitiveType::Binary)),
     ];
     Schema::builder()
         .with_fields(fields.into_iter().map(Arc::new))
@@ -170,7 +190,111 @@ impl ChangelogTable {
             committed,
             last_commit_us: HashMap::new(),
             schemas: HashMap::new(),
+            type_changes: Default::default(),
         })
+    }
+
+    /// The table `name` as it is, `None` when the catalog has no such table (readers).
+    pub async fn load(lake: &Lake, name: &str, topic: &str) -> Result<Option<ChangelogTable>, LakeError> {
+        let ident = lake.ident(name);
+        if !lake.catalog.table_exists(&ident).await.map_err(LakeError::table(name))? {
+            return Ok(None);
+        }
+        let table = lake.catalog.load_table(&ident).await.map_err(LakeError::table(name))?;
+        let committed = committed_offsets(&table)?;
+        Ok(Some(ChangelogTable {
+            name: name.to_string(),
+            topic: topic.to_string(),
+            table,
+            committed,
+            last_commit_us: HashMap::new(),
+            schemas: HashMap::new(),
+            type_changes: Default::default(),
+        }))
+    }
+
+    /// The data files of the current snapshot, with the Kafka partition and offsets each holds
+    /// (from the manifests' column bounds), sorted by partition and first offset.
+    pub async fn files(&self) -> Result<Vec<ChangelogFile>, LakeError> {
+        let failed = LakeError::table(&self.name);
+        let meta = self.table.metadata();
+        let Some(snapshot) = meta.current_snapshot() else { return Ok(Vec::new()) };
+        let schema = meta.current_schema();
+        let id = |name: &str| schema.field_by_name(name).map(|f| f.id);
+        let (Some(pid), Some(oid)) = (id("_kafka_partition"), id("_kafka_offset")) else {
+            return Err(LakeError::Invalid {
+                table: self.name.clone(),
+                reason: "not a changelog table".into(),
+            });
+        };
+        let list = self.table.manifest_list_reader(snapshot).load().await.map_err(failed)?;
+        let mut files = Vec::new();
+        for m in list.entries() {
+            let manifest =
+                m.load_manifest(self.table.file_io()).await.map_err(LakeError::table(&self.name))?;
+            for e in manifest.entries().iter().filter(|e| e.is_alive()) {
+                let f = e.data_file();
+                let long =
+                    |b: &HashMap<i32, iceberg::spec::Datum>, id: i32| match b.get(&id).map(|d| d.literal()) {
+                        Some(iceberg::spec::PrimitiveLiteral::Long(v)) => Some(*v),
+                        Some(iceberg::spec::PrimitiveLiteral::Int(v)) => Some(i64::from(*v)),
+                        _ => None,
+                    };
+                let bounds = (
+                    long(f.lower_bounds(), pid),
+                    long(f.upper_bounds(), pid),
+                    long(f.lower_bounds(), oid),
+                    long(f.upper_bounds(), oid),
+                );
+                let (Some(p0), Some(p1), Some(first), Some(last)) = bounds else {
+                    return Err(LakeError::Invalid {
+                        table: self.name.clone(),
+                        reason: format!(
+                            "data file {} has no Kafka partition and offset bounds",
+                            f.file_path()
+                        ),
+                    });
+                };
+                if p0 != p1 || last - first + 1 != f.record_count() as i64 {
+                    return Err(LakeError::Invalid {
+                        table: self.name.clone(),
+                        reason: format!(
+                            "data file {} does not hold consecutive offsets of one partition (partitions {p0}..{p1}, \
+                             offsets {first}..{last}, {} records)",
+                            f.file_path(),
+                            f.record_count()
+                        ),
+                    });
+                }
+                let day = match f.partition().fields().first() {
+                    Some(Some(iceberg::spec::Literal::Primitive(iceberg::spec::PrimitiveLiteral::Int(
+                        d,
+                    )))) => Some(*d),
+                    _ => None,
+                };
+                files.push(ChangelogFile {
+                    path: f.file_path().to_string(),
+                    partition: p0 as i32,
+                    first,
+                    last,
+                    day,
+                });
+            }
+        }
+        files.sort_by_key(|f| (f.partition, f.first));
+        Ok(files)
+    }
+
+    /// A data file's bytes.
+    pub async fn read_file(&self, path: &str) -> Result<bytes::Bytes, LakeError> {
+        let failed = LakeError::table(&self.name);
+        self.table
+            .file_io()
+            .new_input(path)
+            .map_err(LakeError::table(&self.name))?
+            .read()
+            .await
+            .map_err(failed)
     }
 
     /// The next offset of each partition that the table holds (records below it are in).
@@ -195,8 +319,9 @@ impl ChangelogTable {
         Some(s)
     }
 
-    /// Adds the columns of `rows` that the table lacks (one schema commit); a column whose type
-    /// changed beyond what the table's type holds exactly is an error.
+    /// Adds the columns of `rows` that the table lacks (one schema commit). A column whose type
+    /// changed beyond what the table's type holds exactly keeps its type: such values are not
+    /// typed (the append names them in `_untyped`).
     async fn evolve(&mut self, lake: &Lake, rows: &[Arc<RowSchema>]) -> Result<u64, LakeError> {
         let schema = self.table.metadata().current_schema().clone();
         let mut added: Vec<(String, Conv)> = Vec::new();
@@ -212,27 +337,23 @@ impl ChangelogTable {
                                 ),
                             });
                         }
-                        if !connect::fits(&f.field_type, *conv) {
-                            return Err(LakeError::TypeChanged {
-                                table: self.name.clone(),
-                                column: name.clone(),
-                                was: f.field_type.to_string(),
-                                now: conv.iceberg_type().to_string(),
-                            });
+                        if !connect::fits(&f.field_type, *conv) && self.type_changes.insert(name.clone()) {
+                            tracing::warn!(
+                                table = %self.name,
+                                column = %name,
+                                was = %f.field_type,
+                                now = %conv.iceberg_type(),
+                                "a source column changed its type beyond what the Iceberg column holds exactly: \
+                                 its values are kept in `_envelope` only and named in `_untyped` \
+                                 (rainbow_archive_iceberg_untyped_values_total)"
+                            );
                         }
                     }
-                    None => match added.iter().find(|(n, _)| n == name) {
-                        Some((_, c)) if c.iceberg_type() != conv.iceberg_type() => {
-                            return Err(LakeError::TypeChanged {
-                                table: self.name.clone(),
-                                column: name.clone(),
-                                was: c.iceberg_type().to_string(),
-                                now: conv.iceberg_type().to_string(),
-                            })
+                    None => {
+                        if !added.iter().any(|(n, _)| n == name) {
+                            added.push((name.clone(), *conv));
                         }
-                        Some(_) => {}
-                        None => added.push((name.clone(), *conv)),
-                    },
+                    }
                 }
             }
         }
@@ -268,59 +389,46 @@ impl ChangelogTable {
         let records: Vec<&ChangeRecord<'_>> = records.iter().filter(|r| r.offset >= from).collect();
         stats.already_there = (given - records.len()) as u64;
         let Some(last) = records.last().map(|r| r.offset) else { return Ok(stats) };
-        let first = records[0].offset;
 
         // Parse every envelope once: its metadata, row image and row schema.
-        struct Parsed<'a> {
-            op: Option<&'static str>,
-            commit_us: Option<i64>,
-            position: Option<(u64, u64)>,
-            txid: Option<i64>,
-            row: Option<&'a serde_json::value::RawValue>,
-            schema: Option<Arc<RowSchema>>,
-        }
         let mut parsed = Vec::with_capacity(records.len());
         let mut schemas: Vec<Arc<RowSchema>> = Vec::new();
         for r in &records {
-            let Some(value) = r.value else {
-                stats.tombstones += 1;
-                parsed.push(Parsed {
-                    op: None,
-                    commit_us: None,
-                    position: None,
-                    txid: None,
-                    row: None,
-                    schema: None,
-                });
-                continue;
-            };
-            let Ok(env) = Envelope::parse(value) else {
-                stats.not_change_events += 1;
-                parsed.push(Parsed {
-                    op: None,
-                    commit_us: None,
-                    position: None,
-                    txid: None,
-                    row: None,
-                    schema: None,
-                });
-                continue;
-            };
-            let schema = env.schema.and_then(|s| self.row_schema(s.get()));
-            if let Some(s) = &schema {
-                if !schemas.iter().any(|k| Arc::ptr_eq(k, s)) {
-                    schemas.push(s.clone());
+            let p = match r.value {
+                None => {
+                    stats.tombstones += 1;
+                    Parsed::default()
                 }
-            }
-            let row = if env.op == rainbow_schemas::wire::Op::Delete { env.before } else { env.after };
-            parsed.push(Parsed {
-                op: Some(env.op.code()),
-                commit_us: Some(env.source.ts_ms * 1000),
-                position: env.position().ok().map(|p| (p.commit, p.change)),
-                txid: env.source.tx_id,
-                row,
-                schema,
-            });
+                Some(value) => match Envelope::parse(value) {
+                    Err(_) => {
+                        stats.not_change_events += 1;
+                        Parsed { whole_untyped: true, ..Parsed::default() }
+                    }
+                    Ok(env) => {
+                        let schema = env.schema.and_then(|s| self.row_schema(s.get()));
+                        if let Some(s) = &schema {
+                            if !schemas.iter().any(|k| Arc::ptr_eq(k, s)) {
+                                schemas.push(s.clone());
+                            }
+                        }
+                        let delete = env.op == rainbow_schemas::wire::Op::Delete;
+                        Parsed {
+                            op: Some(env.op.code()),
+                            commit_us: Some(env.source.ts_ms * 1000),
+                            position: env.position().ok().map(|p| (p.commit, p.change)),
+                            txid: env.source.tx_id,
+                            table: Some(env.source.table.to_string()),
+                            row: if delete { env.before } else { env.after },
+                            // Without a schema there are no typed columns; an update whose
+                            // before image has another key needs its before image: both are
+                            // read from the envelope.
+                            whole_untyped: schema.is_none() || key_changed(r.key, &env),
+                            schema,
+                        }
+                    }
+                },
+            };
+            parsed.push(p);
         }
         stats.columns_added = self.evolve(lake, &schemas).await?;
 
@@ -337,16 +445,24 @@ impl ChangelogTable {
             }
             commit_us.push(t);
         }
-        let mut by_day: BTreeMap<Option<i32>, Vec<usize>> = BTreeMap::new();
-        for (i, t) in commit_us.iter().enumerate() {
-            by_day.entry(t.map(|t| t.div_euclid(86_400_000_000) as i32)).or_default().push(i);
+        // One data file per run of records of one commit day: each file holds consecutive
+        // offsets of one partition (readers rely on it).
+        let day = |i: usize| commit_us[i].map(|t: i64| t.div_euclid(86_400_000_000) as i32);
+        let mut runs: Vec<(Option<i32>, std::ops::Range<usize>)> = Vec::new();
+        for i in 0..records.len() {
+            match runs.last_mut() {
+                Some((d, range)) if *d == day(i) => range.end = i + 1,
+                _ => runs.push((day(i), i..i + 1)),
+            }
         }
 
         let schema = self.table.metadata().current_schema().clone();
         let arrow_schema = Arc::new(schema_to_arrow_schema(&schema).map_err(LakeError::table(&self.name))?);
+        let index: HashMap<&str, usize> =
+            arrow_schema.fields().iter().enumerate().map(|(i, f)| (f.name().as_str(), i)).collect();
         let spec = self.table.metadata().default_partition_spec().as_ref().clone();
         let mut files = Vec::new();
-        for (day, rows) in &by_day {
+        for (day, range) in runs {
             let mut cols: Vec<Column> = Vec::with_capacity(arrow_schema.fields().len());
             for f in arrow_schema.fields() {
                 cols.push(Column::new(f.data_type()).ok_or_else(|| LakeError::Invalid {
@@ -358,38 +474,15 @@ impl ChangelogTable {
                     ),
                 })?);
             }
-            let index: HashMap<&str, usize> =
-                arrow_schema.fields().iter().enumerate().map(|(i, f)| (f.name().as_str(), i)).collect();
             let mut filled = vec![false; cols.len()];
-            for &i in rows {
+            let mut untyped: Vec<&str> = Vec::new();
+            for i in range.clone() {
                 let (r, p) = (records[i], &parsed[i]);
-                let text = |c: &mut Column, v: Option<&str>| match (c, v) {
-                    (Column::Text(b), Some(v)) => b.append_value(v),
-                    (c, _) => c.null(),
-                };
-                let long = |c: &mut Column, v: Option<i64>| match (c, v) {
-                    (Column::Long(b), Some(v)) => b.append_value(v),
-                    (Column::Timestamp(b, _), Some(v)) => b.append_value(v),
-                    (Column::Int(b), Some(v)) => b.append_value(v as i32),
-                    (c, _) => c.null(),
-                };
-                let bytes = |c: &mut Column, v: Option<&[u8]>| match (c, v) {
-                    (Column::Bytes(b), Some(v)) => b.append_value(v),
-                    (c, _) => c.null(),
-                };
-                text(&mut cols[0], p.op);
-                long(&mut cols[1], commit_us[i]);
-                long(&mut cols[2], p.position.map(|x| x.0 as i64));
-                long(&mut cols[3], p.position.map(|x| x.1 as i64));
-                long(&mut cols[4], p.txid);
-                text(&mut cols[5], Some(&self.topic));
-                long(&mut cols[6], Some(partition as i64));
-                long(&mut cols[7], Some(r.offset));
-                long(&mut cols[8], r.kafka_ts_ms.map(|ms| ms * 1000));
-                bytes(&mut cols[9], r.key);
-                bytes(&mut cols[10], r.value);
                 filled.iter_mut().for_each(|f| *f = false);
-                if let (Some(row), Some(rs)) = (p.row, &p.schema) {
+                untyped.clear();
+                if p.whole_untyped {
+                    untyped.push("*");
+                } else if let (Some(row), Some(rs)) = (p.row, &p.schema) {
                     let values: serde_json::Map<String, serde_json::Value> = serde_json::from_str(row.get())
                         .map_err(|e| LakeError::Invalid {
                             table: self.name.clone(),
@@ -399,21 +492,53 @@ impl ChangelogTable {
                         let (Some(&c), Some(v)) = (index.get(name.as_str()), values.get(name)) else {
                             continue;
                         };
-                        cols[c].push(*conv, v).map_err(|e| LakeError::Invalid {
-                            table: self.name.clone(),
-                            reason: format!(
-                                "offset {} of partition {partition}, column `{name}`: {}",
-                                r.offset, e.0
-                            ),
-                        })?;
-                        filled[c] = true;
+                        match cols[c].push(*conv, v) {
+                            // A value kept as its JSON text is there for readers, but it is
+                            // not the source's type: decoders read it from the envelope.
+                            Ok(()) if *conv == Conv::Json => {
+                                filled[c] = true;
+                                untyped.push(name);
+                            }
+                            Ok(()) => filled[c] = true,
+                            // Kept raw in the envelope; readers of the typed columns are told.
+                            Err(e) => {
+                                if self.type_changes.insert(format!("{name}\u{0}value")) {
+                                    tracing::warn!(
+                                        table = %self.name, offset = r.offset, partition, column = %name,
+                                        "a value does not read as its column's type, kept in `_envelope` only \
+                                         (and so are later ones of this column, counted in \
+                                         rainbow_archive_iceberg_untyped_values_total): {}", e.0
+                                    );
+                                }
+                                stats.untyped_values += 1;
+                            }
+                        }
                     }
                 }
                 for (c, col) in cols.iter_mut().enumerate().skip(META_COLUMNS.len()) {
                     if !filled[c] {
                         col.null();
+                        if p.row.is_some() && !p.whole_untyped {
+                            untyped.push(arrow_schema.field(c).name());
+                        }
                     }
                 }
+                let untyped_text = (!untyped.is_empty()).then(|| untyped.join(","));
+                let mut meta = cols.iter_mut();
+                let mut next = || meta.next().expect("the metadata columns come first");
+                text(next(), p.op);
+                long(next(), commit_us[i]);
+                long(next(), p.position.map(|x| x.0 as i64));
+                long(next(), p.position.map(|x| x.1 as i64));
+                long(next(), p.txid);
+                text(next(), p.table.as_deref());
+                text(next(), untyped_text.as_deref());
+                text(next(), Some(&self.topic));
+                long(next(), Some(partition as i64));
+                long(next(), Some(r.offset));
+                long(next(), r.kafka_ts_ms.map(|ms| ms * 1000));
+                bytes(next(), r.key);
+                bytes(next(), r.value);
             }
             let arrays: Vec<ArrayRef> = cols.into_iter().map(Column::finish).collect();
             let batch = RecordBatch::try_new(arrow_schema.clone(), arrays)?;
@@ -423,11 +548,9 @@ impl ChangelogTable {
                 DefaultLocationGenerator::new(self.table.metadata()).map_err(LakeError::table(&self.name))?;
             // Named by the offsets: a retry after a crash before the commit writes the same
             // file again, never a second copy that the table would reference.
+            let (first, last) = (records[range.start].offset, records[range.end - 1].offset);
             let names = DefaultFileNameGenerator::new(
-                format!(
-                    "p{partition:05}-{first:020}-{last:020}-d{}",
-                    day.map_or("null".to_string(), |d| d.to_string())
-                ),
+                format!("p{partition:05}-{first:020}-{last:020}"),
                 None,
                 DataFileFormat::Parquet,
             );
@@ -470,4 +593,59 @@ impl ChangelogTable {
         self.committed = next;
         Ok(stats)
     }
+}
+
+/// What an append reads from one record's envelope.
+#[derive(Default)]
+struct Parsed<'a> {
+    op: Option<&'static str>,
+    commit_us: Option<i64>,
+    position: Option<(u64, u64)>,
+    txid: Option<i64>,
+    table: Option<String>,
+    row: Option<&'a serde_json::value::RawValue>,
+    schema: Option<Arc<RowSchema>>,
+    /// No typed columns for this record: read it from `_envelope`.
+    whole_untyped: bool,
+}
+
+fn text(c: &mut Column, v: Option<&str>) {
+    match (c, v) {
+        (Column::Text(b), Some(v)) => b.append_value(v),
+        (c, _) => c.null(),
+    }
+}
+
+fn long(c: &mut Column, v: Option<i64>) {
+    match (c, v) {
+        (Column::Long(b), Some(v)) => b.append_value(v),
+        (Column::Timestamp(b, _), Some(v)) => b.append_value(v),
+        (Column::Int(b), Some(v)) => b.append_value(v as i32),
+        (c, _) => c.null(),
+    }
+}
+
+fn bytes(c: &mut Column, v: Option<&[u8]>) {
+    match (c, v) {
+        (Column::Bytes(b), Some(v)) => b.append_value(v),
+        (c, _) => c.null(),
+    }
+}
+
+/// Whether an update's before image has another value in a column of the record's key (the
+/// key's fields, with or without the schema wrapper) than its after image.
+fn key_changed(key: Option<&[u8]>, env: &Envelope<'_>) -> bool {
+    use serde_json::Value;
+    if env.op != rainbow_schemas::wire::Op::Update {
+        return false;
+    }
+    let (Some(before), Some(after), Some(key)) = (env.before, env.after, key) else { return false };
+    let Ok(key) = serde_json::from_slice::<Value>(key) else { return false };
+    let key = key.get("payload").cloned().unwrap_or(key);
+    let (Ok(Value::Object(b)), Ok(Value::Object(a))) =
+        (serde_json::from_str::<Value>(before.get()), serde_json::from_str::<Value>(after.get()))
+    else {
+        return false;
+    };
+    key.as_object().is_some_and(|k| k.keys().any(|f| b.get(f) != a.get(f)))
 }

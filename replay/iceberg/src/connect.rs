@@ -239,11 +239,10 @@ impl Column {
             (Column::Timestamp(b, None), Conv::Timestamp { per_sec }) => {
                 b.append_value(micros(v.as_i64().ok_or_else(bad)?, per_sec))
             }
-            (Column::Timestamp(b, Some(_)), Conv::ZonedTimestamp) => {
-                let t =
-                    chrono::DateTime::parse_from_rfc3339(v.as_str().ok_or_else(bad)?).map_err(|_| bad())?;
-                b.append_value(t.timestamp_micros())
-            }
+            // The processor's own reading of a ZonedTimestamp: what it refuses is not typed.
+            (Column::Timestamp(b, Some(_)), Conv::ZonedTimestamp) => b.append_value(
+                rainbow_schemas::time::parse_zoned(v.as_str().ok_or_else(bad)?).ok_or_else(bad)?,
+            ),
             (Column::Text(b), Conv::Text) => b.append_value(v.as_str().ok_or_else(bad)?),
             (Column::Text(b), Conv::Json) => b.append_value(v.to_string()),
             (Column::Bytes(b), Conv::Bytes) => {

@@ -16,12 +16,6 @@ pub enum LakeError {
     },
     #[error("Iceberg table {table}: {reason}")]
     Invalid { table: String, reason: String },
-    #[error(
-        "Iceberg table {table}: column `{column}` changed from {was} to {now} in the source; Iceberg \
-         cannot change that column's type in place. The records are kept in the archive's segments; \
-         rename the table's column (or drop the table to rebuild it) and restart the archiver"
-    )]
-    TypeChanged { table: String, column: String, was: String, now: String },
     #[error("Iceberg setting {key} = {value:?}: {reason}")]
     Setting { key: &'static str, value: String, reason: String },
     #[error("Arrow: {0}")]

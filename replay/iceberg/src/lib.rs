@@ -9,7 +9,9 @@
 //! one Iceberg commit whose snapshot summary records the next offset of each of the topic's
 //! partitions (`rainbow.kafka.offsets`), so a writer that crashes resumes from the table itself
 //! and neither loses nor doubles a record. A new source column becomes an Iceberg schema
-//! evolution (an added optional column); a changed column type stops the writer with what to do.
+//! evolution (an added optional column); values of a column whose type changed beyond what its
+//! Iceberg type holds exactly, and values that do not read as their type, are kept in `_envelope`
+//! only and named in the row's `_untyped` (counted; never a guessed value).
 //!
 //! The catalog is named by URL ([`LakeConfig`]): a SQL catalog on SQLite (`sqlite:` + path, the
 //! default, no server) or a REST catalog (`http(s)://`); data files go to the warehouse URL
@@ -21,7 +23,7 @@ mod connect;
 mod error;
 
 pub use catalog::{Lake, LakeConfig};
-pub use changelog::{AppendStats, ChangeRecord, ChangelogTable};
+pub use changelog::{AppendStats, ChangeRecord, ChangelogFile, ChangelogTable};
 pub use error::LakeError;
 
 /// Parquet writer settings of every file Rainbow writes: snappy, no wall-clock metadata, so the

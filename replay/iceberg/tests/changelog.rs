@@ -5,7 +5,7 @@
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Decimal128Type, Int32Type, Int64Type};
 use futures_util::TryStreamExt;
-use rainbow_iceberg::{ChangeRecord, ChangelogTable, Lake, LakeConfig, LakeError};
+use rainbow_iceberg::{ChangeRecord, ChangelogTable, Lake, LakeConfig};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 
@@ -124,11 +124,32 @@ async fn appends_resume_from_the_committed_offsets_and_the_schema_evolves() {
     let s = reopened.append(&lake, 0, &again).await.unwrap();
     assert_eq!((s.records, s.already_there, s.columns_added), (1, 2, 1));
     assert_eq!(reopened.committed(), &BTreeMap::from([(0, 5)]));
+    // A record whose schema lacks a column of the table (dropped in the source since), and one
+    // with a value that does not read as its type: both named in `_untyped`.
+    let v5 =
+        envelope("c", 135, day1 + 86_400_002, &cols, json!({"id": 5, "name": "mug", "price": "not base64!"}));
+    let s = reopened
+        .append(&lake, 0, &[ChangeRecord { offset: 5, kafka_ts_ms: None, key: None, value: Some(&v5) }])
+        .await
+        .unwrap();
+    assert_eq!((s.records, s.untyped_values), (1, 1));
+
+    let files: Vec<(i32, i64, i64, Option<i32>)> =
+        reopened.files().await.unwrap().iter().map(|f| (f.partition, f.first, f.last, f.day)).collect();
+    assert_eq!(
+        files,
+        [(0, 0, 1, Some(19936)), (0, 2, 3, Some(19937)), (0, 4, 4, Some(19937)), (0, 5, 5, Some(19937))]
+    );
 
     let b = read_all(&lake, "products").await;
-    assert_eq!(b.num_rows(), 5);
+    assert_eq!(b.num_rows(), 6);
+    let untyped: Vec<Option<&str>> =
+        b.column_by_name("_untyped").unwrap().as_string::<i32>().iter().collect();
+    assert_eq!(untyped, [None, None, None, None, None, Some("price,stock")]);
+    let table: Vec<Option<&str>> = b.column_by_name("_table").unwrap().as_string::<i32>().iter().collect();
+    assert_eq!(table[0], Some("products"));
     let ops: Vec<Option<&str>> = b.column_by_name("_op").unwrap().as_string::<i32>().iter().collect();
-    assert_eq!(ops, [Some("c"), Some("u"), Some("d"), None, Some("c")]);
+    assert_eq!(ops, [Some("c"), Some("u"), Some("d"), None, Some("c"), Some("c")]);
     let ids = b.column_by_name("id").unwrap().as_primitive::<Int32Type>();
     assert_eq!(
         (ids.value(0), ids.value(2), ids.is_null(3), ids.value(4)),
@@ -151,20 +172,25 @@ async fn appends_resume_from_the_committed_offsets_and_the_schema_evolves() {
         b.column_by_name("_commit_ts").unwrap().as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
     assert_eq!(ts.value(3), ts.value(2));
 
-    // A decimal column whose scale grows cannot hold the new values exactly: refused by name.
+    // A decimal column whose scale grows cannot hold the new values exactly: they stay in the
+    // envelope, the column named in `_untyped`, and the archive goes on.
     let cols3 = [cols[0].clone(), cols[1].clone(), decimal("price", 4)];
-    let v5 = envelope(
+    let v6 = envelope(
         "c",
         140,
-        day1 + 86_400_002,
+        day1 + 86_400_003,
         &cols3,
         json!({"id": 3, "name": "cap", "price": unscaled(12345)}),
     );
-    let e = reopened
-        .append(&lake, 0, &[ChangeRecord { offset: 5, kafka_ts_ms: None, key: None, value: Some(&v5) }])
+    let s = reopened
+        .append(&lake, 0, &[ChangeRecord { offset: 6, kafka_ts_ms: None, key: None, value: Some(&v6) }])
         .await
-        .unwrap_err();
-    assert!(matches!(&e, LakeError::TypeChanged { column, .. } if column == "price"), "{e}");
-    assert_eq!(reopened.committed(), &BTreeMap::from([(0, 5)]), "nothing committed");
+        .unwrap();
+    assert_eq!((s.records, s.untyped_values, s.columns_added), (1, 1, 0));
+    assert_eq!(reopened.committed(), &BTreeMap::from([(0, 7)]));
+    let b = read_all(&lake, "products").await;
+    let untyped = b.column_by_name("_untyped").unwrap().as_string::<i32>();
+    assert_eq!(untyped.value(6), "price,stock");
+    assert!(b.column_by_name("price").unwrap().is_null(6));
     let _ = std::fs::remove_dir_all(dir);
 }

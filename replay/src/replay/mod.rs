@@ -35,8 +35,8 @@ mod spill;
 
 use crate::config::ReplayConfig;
 use crate::error::ReplayError;
-use rainbow_archive::master::SegmentName;
 use rainbow_archive::ArchiveConfig;
+use rainbow_iceberg::ChangelogTable;
 use rainbow_processor::checkpoint::CheckpointStore;
 use rainbow_processor::engine::{Engine, Every, Finished, Options, Seal};
 use rainbow_processor::event::Table;
@@ -47,6 +47,7 @@ use rainbow_schemas::shape::checks::{self, Batches};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Instant;
 
 pub use rejections::Rejection;
@@ -114,12 +115,17 @@ pub struct ReplayArgs {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplaySummary {
     pub days: String,
-    pub segments: usize,
+    /// Data files of the changelog tables read.
+    pub files: usize,
     pub records_read: u64,
     pub events_applied: u64,
     pub events_in_selection: u64,
     pub duplicates: u64,
     pub rejected: u64,
+    /// Records decoded from their raw envelope, not from typed columns (see
+    /// [`rainbow_processor::event::typed`]).
+    #[serde(default)]
+    pub records_from_envelopes: u64,
     /// Events applied before this run (from a checkpoint).
     pub resumed_at: Option<u64>,
     /// (table, rows, files).
@@ -137,21 +143,33 @@ pub fn run(
     let archive = Store::open(&args.archive_url)?;
     let out = Store::open(&args.out_url)?;
 
-    // The selected segments, per partition.
-    let mut by_input: BTreeMap<InputName, Vec<SegmentName>> = BTreeMap::new();
-    let mut tables = BTreeMap::new();
+    // The selected data files, per partition, from the changelog tables.
+    let lake = rt.block_on(rainbow_iceberg::Lake::open(&args.naming.lake(&archive)?))?;
+    let mut partitions: BTreeMap<InputName, source::Partition> = BTreeMap::new();
     for (table, topic) in Table::ALL.iter().zip(args.naming.topics()) {
-        for (path, _) in rt.block_on(archive.list(&format!("master/{topic}")))? {
-            let Some(s) = SegmentName::parse(&path) else { continue };
-            if args.days.last().is_some_and(|last| s.date.as_str() > last) {
+        let name = args.naming.table_of(&topic);
+        let Some(changelog) = rt.block_on(ChangelogTable::load(&lake, &name, &topic))? else { continue };
+        let changelog = Arc::new(changelog);
+        for f in rt.block_on(changelog.files())? {
+            let day = f.day.map(|d| rainbow_schemas::time::day_of_ms(i64::from(d) * 86_400_000));
+            if args.days.last().is_some_and(|last| day.as_deref().is_none_or(|d| d > last)) {
                 continue;
             }
-            by_input.entry(InputName { topic: s.topic.clone(), partition: s.partition }).or_default().push(s);
+            let input = InputName { topic: topic.clone(), partition: f.partition };
+            partitions
+                .entry(input.clone())
+                .or_insert_with(|| source::Partition {
+                    name: input,
+                    table: *table,
+                    changelog: changelog.clone(),
+                    files: Vec::new(),
+                })
+                .files
+                .push(f);
         }
-        tables.insert(topic, *table);
     }
-    let segments: usize = by_input.values().map(Vec::len).sum();
-    if segments == 0 {
+    let files: usize = partitions.values().map(|p| p.files.len()).sum();
+    if files == 0 {
         return Err(ReplayError::NothingToReplay {
             url: args.archive_url.clone(),
             range: args.days.describe(),
@@ -164,8 +182,8 @@ pub fn run(
         args.naming.topics()
     );
     tracing::info!(
-        segments,
-        partitions = by_input.len(),
+        files,
+        partitions = partitions.len(),
         days = %args.days.describe(),
         archive = %args.archive_url,
         out = %args.out_url,
@@ -177,12 +195,12 @@ pub fn run(
     let source = source::ArchiveSource::new(
         archive,
         rt.clone(),
-        by_input,
-        &tables,
+        partitions.into_values().collect(),
         args.days.clone(),
         c.read_batch_rows,
         args.progress,
     );
+    let from_envelopes = source.from_envelopes.clone();
     let sink = sink::ParquetSink::new(out.clone(), rt.clone(), c.spill_rows, c.rows_per_file);
     let rejections = rejections::RejectionFile::new(out.clone(), rt.clone());
     let options = Options {
@@ -207,12 +225,13 @@ pub fn run(
     let t = &engine.totals;
     let summary = ReplaySummary {
         days: args.days.describe(),
-        segments,
+        files,
         records_read: t.records,
         events_applied: t.events,
         events_in_selection: t.emitted,
         duplicates: t.duplicates,
         rejected,
+        records_from_envelopes: from_envelopes.load(std::sync::atomic::Ordering::Relaxed),
         resumed_at: engine.resumed.map(|(_, events)| events),
         tables: written,
     };

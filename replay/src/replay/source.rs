@@ -1,24 +1,31 @@
-//! The archive source of the replay's engine: every archived partition of the selected topics,
-//! read segment by segment in offset order.
+//! The archive source of the replay's engine: every Kafka partition of the selected topics, read
+//! from the master dataset's Iceberg changelog tables file by file in offset order.
 //!
-//! Threads: one reader per archived partition fetches its segments and decodes them (Parquet,
-//! then the Debezium JSON) while the engine's thread merges and applies; each reader keeps at
+//! Threads: one reader per archived partition fetches its data files and decodes their typed
+//! columns ([`rainbow_processor::event::typed`], no JSON) while the engine's thread merges and
+//! applies; a row without typed columns is decoded from its `_envelope`. Each reader keeps at
 //! most one batch ahead. A reader that stops without saying "end" is an error, never a silent
 //! end of input. Readers stop when the source is dropped.
 //!
-//! Selection: a record's events are output when its segment's day is selected ([`Days`]); the
-//! earlier days' events only build state.
+//! Selection: a record's events are output when its file's commit day is selected ([`Days`]);
+//! the earlier days' events only build state.
 
 use super::Days;
 use crate::error::ReplayError;
-use rainbow_archive::master::{SegmentName, SegmentReader};
+use arrow::array::{Array, AsArray};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ProjectionMask;
+use rainbow_iceberg::{ChangelogFile, ChangelogTable};
 use rainbow_processor::engine::{Input, Intake, Poll, Record, Source};
+use rainbow_processor::event::typed::{TypedBatch, META_COLUMNS};
 use rainbow_processor::event::{decode, ChangeEvent, DecodeError, Table};
 use rainbow_processor::merge::InputName;
 use rainbow_runtime::store::Store;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -34,25 +41,27 @@ struct Decoded {
 
 /// What a reader thread sends for its input, in offset order.
 enum Fed {
-    /// Records of one segment; `selected` when its day is.
+    /// Records of one data file; `selected` when its day is.
     Batch {
         selected: bool,
         records: Vec<Decoded>,
     },
-    /// Every segment was read.
+    /// Every file was read.
     End,
     Failed(ReplayError),
 }
 
-/// One archived partition.
-struct Partition {
-    name: InputName,
-    table: Table,
-    /// In offset order.
-    segments: Vec<SegmentName>,
+/// One archived Kafka partition: its data files in offset order, and the table they are of.
+pub struct Partition {
+    pub name: InputName,
+    pub table: Table,
+    pub changelog: Arc<ChangelogTable>,
+    pub files: Vec<ChangelogFile>,
 }
 
 pub struct ArchiveSource {
+    /// Records decoded from their `_envelope` (no typed columns), counted by the readers.
+    pub from_envelopes: Arc<AtomicU64>,
     archive: Store,
     rt: tokio::runtime::Handle,
     days: Days,
@@ -65,22 +74,18 @@ pub struct ArchiveSource {
 }
 
 impl ArchiveSource {
-    /// The partitions of `segments` (each a topic of `tables`), read from `archive`.
+    /// The `partitions` of the archive at `archive` (its source facts), read through their tables.
     pub fn new(
         archive: Store,
         rt: tokio::runtime::Handle,
-        segments: BTreeMap<InputName, Vec<SegmentName>>,
-        tables: &BTreeMap<String, Table>,
+        partitions: Vec<Partition>,
         days: Days,
         batch_rows: usize,
         progress: bool,
     ) -> ArchiveSource {
-        let estimated = segments.values().flatten().map(|s| (s.last - s.first + 1) as u64).sum();
-        let partitions = segments
-            .into_iter()
-            .map(|(name, segments)| Partition { table: tables[&name.topic], name, segments })
-            .collect();
+        let estimated = partitions.iter().flat_map(|p| &p.files).map(|f| (f.last - f.first + 1) as u64).sum();
         ArchiveSource {
+            from_envelopes: Arc::new(AtomicU64::new(0)),
             archive,
             rt,
             days,
@@ -130,15 +135,15 @@ impl Source for ArchiveSource {
     fn open(&mut self, resume: &BTreeMap<InputName, i64>) -> Result<Vec<Input>, ReplayError> {
         let mut inputs = Vec::new();
         for p in &mut self.partitions {
-            p.segments.sort_by_key(|s| s.first);
             // Records below this offset were applied before the checkpoint this run resumed from.
             let resume_at = resume.get(&p.name).copied().unwrap_or(0);
-            p.segments.retain(|s| s.last >= resume_at);
+            p.files.retain(|f| f.last >= resume_at);
             let (tx, rx) = sync_channel(READ_AHEAD);
             let reader = Reader {
-                segments: p.segments.clone(),
+                from_envelopes: self.from_envelopes.clone(),
+                files: p.files.clone(),
+                changelog: p.changelog.clone(),
                 resume_at,
-                archive: self.archive.clone(),
                 rt: self.rt.clone(),
                 days: self.days.clone(),
                 batch_rows: self.batch_rows,
@@ -184,7 +189,7 @@ impl Source for ArchiveSource {
                 Err(_) => {
                     let p = &self.partitions[i];
                     return Err(ReplayError::Segment {
-                        path: format!("master/{}", p.name.topic),
+                        path: p.changelog.name.clone(),
                         reason: format!("the reader of partition {} stopped", p.name.partition),
                     });
                 }
@@ -204,57 +209,136 @@ impl Source for ArchiveSource {
     }
 }
 
-/// A reader thread's work: fetch and decode one partition's segments in offset order.
+/// A reader thread's work: fetch and decode one partition's data files in offset order.
 struct Reader {
-    segments: Vec<SegmentName>,
+    from_envelopes: Arc<AtomicU64>,
+    files: Vec<ChangelogFile>,
+    changelog: Arc<ChangelogTable>,
     resume_at: i64,
-    archive: Store,
     rt: tokio::runtime::Handle,
     days: Days,
     batch_rows: usize,
 }
 
 impl Reader {
-    /// Sends the segments' records, then [`Fed::End`]; stops at the first failure (sent) or
-    /// when the receiver is gone.
+    /// Sends the files' records, then [`Fed::End`]; stops at the first failure (sent) or when
+    /// the receiver is gone.
     fn run(self, tx: SyncSender<Fed>) {
-        for seg in &self.segments {
-            let path = seg.path();
-            let selected = self.days.selects(&seg.date);
-            let opened = self
-                .rt
-                .block_on(self.archive.get(&path))
-                .map_err(ReplayError::from)
-                .and_then(|data| Ok(SegmentReader::open(&path, data, self.batch_rows)?));
-            let mut reader = match opened {
-                Ok(r) => r,
+        for file in &self.files {
+            let selected = file.day.is_some_and(|d| {
+                self.days.selects(&rainbow_schemas::time::day_of_ms(i64::from(d) * 86_400_000))
+            }) || self.days == Days::All;
+            match self.read(file, selected, &tx) {
+                Ok(true) => {}
+                Ok(false) => return,
                 Err(e) => {
                     let _ = tx.send(Fed::Failed(e));
                     return;
-                }
-            };
-            loop {
-                let batch = reader.next_mapped(|offset, value| {
-                    (offset >= self.resume_at).then(|| Decoded { offset, event: decode(value) })
-                });
-                let batch = batch.map_err(ReplayError::from);
-                match batch {
-                    Ok(Some(records)) => {
-                        let records: Vec<Decoded> = records.into_iter().flatten().collect();
-                        if !records.is_empty() && tx.send(Fed::Batch { selected, records }).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        let _ = tx.send(Fed::Failed(e));
-                        return;
-                    }
                 }
             }
         }
         let _ = tx.send(Fed::End);
     }
+
+    /// Sends one file's records; `false` when the receiver is gone.
+    fn read(&self, file: &ChangelogFile, selected: bool, tx: &SyncSender<Fed>) -> Result<bool, ReplayError> {
+        let bad = |e: &dyn std::fmt::Display| ReplayError::Segment {
+            path: file.path.clone(),
+            reason: e.to_string(),
+        };
+        let data = self.rt.block_on(self.changelog.read_file(&file.path)).map_err(|e| bad(&e))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(data.clone()).map_err(|e| bad(&e))?;
+        // The metadata the decoding reads and the source columns; not the raw bytes.
+        let wanted: Vec<usize> = builder
+            .parquet_schema()
+            .columns()
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| {
+                let name = c.name();
+                META_COLUMNS.contains(&name) || !name.starts_with('_')
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let mask = ProjectionMask::leaves(builder.parquet_schema(), wanted);
+        let batches =
+            builder.with_projection(mask).with_batch_size(self.batch_rows).build().map_err(|e| bad(&e))?;
+        let mut envelopes: Option<HashMap<i64, Option<Vec<u8>>>> = None;
+        let mut expected = file.first;
+        for batch in batches {
+            let batch = batch.map_err(|e| bad(&e))?;
+            let typed = TypedBatch::new(&batch).map_err(|e| bad(&e))?;
+            let mut records = Vec::with_capacity(typed.len());
+            for i in 0..typed.len() {
+                let offset = typed.offset(i);
+                if offset != expected {
+                    return Err(bad(&format!("offset {offset} where {expected} was due")));
+                }
+                expected += 1;
+                if offset < self.resume_at {
+                    continue;
+                }
+                let event = match typed.decode(i) {
+                    Some(event) => Ok(event),
+                    None => {
+                        self.from_envelopes.fetch_add(1, Ordering::Relaxed);
+                        let all = match &mut envelopes {
+                            Some(all) => all,
+                            None => envelopes.insert(read_envelopes(&data).map_err(|e| bad(&e))?),
+                        };
+                        let value = all
+                            .get(&offset)
+                            .ok_or_else(|| bad(&format!("no envelope at offset {offset}")))?;
+                        decode(value.as_deref())
+                    }
+                };
+                records.push(Decoded { offset, event });
+            }
+            if !records.is_empty() && tx.send(Fed::Batch { selected, records }).is_err() {
+                return Ok(false);
+            }
+        }
+        if expected != file.last + 1 {
+            return Err(bad(&format!(
+                "ends at offset {} where the manifest says {}",
+                expected - 1,
+                file.last
+            )));
+        }
+        Ok(true)
+    }
+}
+
+/// Every record's `_envelope` of a data file, by offset (for the rows without typed columns).
+fn read_envelopes(
+    data: &bytes::Bytes,
+) -> Result<HashMap<i64, Option<Vec<u8>>>, parquet::errors::ParquetError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(data.clone())?;
+    let wanted: Vec<usize> = builder
+        .parquet_schema()
+        .columns()
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| matches!(c.name(), "_kafka_offset" | "_envelope"))
+        .map(|(i, _)| i)
+        .collect();
+    let mask = ProjectionMask::leaves(builder.parquet_schema(), wanted);
+    let mut out = HashMap::new();
+    for batch in builder.with_projection(mask).build()? {
+        let batch = batch?;
+        let offsets = batch
+            .column_by_name("_kafka_offset")
+            .and_then(|c| c.as_primitive_opt::<arrow::datatypes::Int64Type>())
+            .ok_or_else(|| parquet::errors::ParquetError::General("no _kafka_offset".into()))?;
+        let values = batch
+            .column_by_name("_envelope")
+            .and_then(|c| c.as_binary_opt::<i64>())
+            .ok_or_else(|| parquet::errors::ParquetError::General("no _envelope".into()))?;
+        for i in 0..batch.num_rows() {
+            out.insert(offsets.value(i), (!values.is_null(i)).then(|| values.value(i).to_vec()));
+        }
+    }
+    Ok(out)
 }
 
 /// The progress line: records read of the estimate, records/s, ETA.

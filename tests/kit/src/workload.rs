@@ -530,3 +530,68 @@ pub fn to_debezium_json(e: &ChangeEvent) -> (Vec<u8>, Vec<u8>) {
     });
     (serde_json::to_vec(&key).expect("json"), serde_json::to_vec(&value).expect("json"))
 }
+
+/// Money columns of the workload's tables (the others are integers, text and `created_at`).
+const MONEY_FIELDS: [&str; 4] = ["price", "original_price", "rating_average", "price_treatment"];
+
+/// The event as Rainbow's CDC writes it at its defaults: with the Connect schema wrapper and
+/// `precise` decimals (base64 of the big-endian unscaled value, scale 2 in the schema):
+/// (Kafka key, Kafka value).
+pub fn to_debezium_json_with_schema(e: &ChangeEvent) -> (Vec<u8>, Vec<u8>) {
+    use base64::Engine;
+    let (key, value) = to_debezium_json(e);
+    let mut value: Value = serde_json::from_slice(&value).expect("json");
+    let row = e.after.as_ref().or(e.before.as_ref()).expect("a row");
+    let mut fields = Vec::new();
+    for (name, v) in row_json(row).as_object().expect("a row is an object") {
+        let f = if MONEY_FIELDS.contains(&name.as_str()) {
+            json!({"type": "bytes", "optional": true, "name": "org.apache.kafka.connect.data.Decimal",
+                   "version": 1, "parameters": {"scale": "2", "connect.decimal.precision": "18"}, "field": name})
+        } else if name == "created_at" {
+            json!({"type": "string", "optional": true, "name": "io.debezium.time.ZonedTimestamp", "version": 1,
+                   "field": name})
+        } else if v.is_string() || (v.is_null() && matches!(name.as_str(), "phone" | "address" | "data")) {
+            json!({"type": "string", "optional": true, "field": name})
+        } else {
+            json!({"type": "int64", "optional": true, "field": name})
+        };
+        fields.push(f);
+    }
+    for (side, row) in [("before", &e.before), ("after", &e.after)] {
+        let (Some(Value::Object(r)), Some(row)) = (value.get_mut(side), row) else { continue };
+        let amounts: Vec<(&str, Money)> = match row {
+            SourceRow::Promotion(p) => vec![("price_treatment", p.price_treatment)],
+            SourceRow::Product(p) => {
+                vec![
+                    ("price", p.price),
+                    ("original_price", p.original_price),
+                    ("rating_average", p.rating_average),
+                ]
+            }
+            SourceRow::OrderLine(l) => vec![("price", l.price)],
+            _ => Vec::new(),
+        };
+        for (name, m) in amounts {
+            let bytes = m.0.to_be_bytes();
+            // The shortest two's complement form, as Connect writes it.
+            let mut skip = 0;
+            while skip < 7
+                && ((bytes[skip] == 0 && bytes[skip + 1] & 0x80 == 0)
+                    || (bytes[skip] == 0xff && bytes[skip + 1] & 0x80 != 0))
+            {
+                skip += 1;
+            }
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes[skip..]);
+            r.insert(name.to_string(), Value::String(b64));
+        }
+    }
+    let row_schema =
+        |side: &str| json!({"type": "struct", "fields": fields, "optional": true, "field": side});
+    let schema = json!({"type": "struct", "optional": false, "fields": [
+        row_schema("before"), row_schema("after"),
+        {"type": "struct", "fields": [], "optional": false, "field": "source"},
+        {"type": "string", "optional": false, "field": "op"},
+        {"type": "int64", "optional": true, "field": "ts_ms"}]});
+    let wrapped = json!({"schema": schema, "payload": value});
+    (key, serde_json::to_vec(&wrapped).expect("json"))
+}

@@ -7,11 +7,15 @@
 //! ```
 //! `generate` writes a master dataset at the seed's shape (the test kit's workload simulator:
 //! reference data, orders with ~5.5 lines, 2.3 product changes per order, churn) as the
-//! archiver would: 3 partitions per topic, segments of at most 500,000 records per day.
+//! archiver would, records as the CDC writes them at its defaults (schema wrapper, precise
+//! decimals): 3 partitions per topic, segments of at most 100,000 records per day, then the
+//! Iceberg changelog tables built from them (what `rainbow archive` does at start), and prints
+//! the sizes: raw JSON, segments, changelog tables.
 //! `run` replays it with `--all` into Parquet in its own process, so that its peak RSS is the
 //! replay's alone, and prints records/s and memory. `decode` measures the replay's input side
-//! alone: every segment read and its values decoded, one thread per archived partition as in the
-//! replay, with no merge and no core: the ceiling of a replay on this machine.
+//! alone: every data file of the changelog tables read and its rows decoded (typed columns), one
+//! thread per archived partition as in the replay, with no merge and no core: the ceiling of a
+//! replay on this machine.
 
 use rainbow_archive::master::{self, ArchivedRecord, SegmentName};
 use rainbow_archive::ArchiveConfig;
@@ -19,7 +23,7 @@ use rainbow_processor::event::Table;
 use rainbow_replay::replay::{run, Days, ReplayArgs};
 use rainbow_replay::ReplayConfig;
 use rainbow_runtime::store::Store;
-use rainbow_testkit::workload::{to_debezium_json, Workload, WorkloadConfig};
+use rainbow_testkit::workload::{to_debezium_json_with_schema, Workload, WorkloadConfig};
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -67,7 +71,7 @@ fn generate(dir: &str, orders: u64) {
     let mut w = Workload::new(WorkloadConfig::seed_volume(), 42);
     let mut open: BTreeMap<(String, i32), (String, Vec<ArchivedRecord>)> = BTreeMap::new();
     let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    let (mut placed, mut records, mut segments) = (0u64, 0u64, 0u64);
+    let (mut placed, mut records, mut segments, mut json_bytes) = (0u64, 0u64, 0u64, 0u64);
     let started = Instant::now();
     let mut flush = |k: &(String, i32), date: String, recs: Vec<ArchivedRecord>| {
         if recs.is_empty() {
@@ -86,7 +90,8 @@ fn generate(dir: &str, orders: u64) {
     let mut tx = w.snapshot();
     loop {
         for e in &tx {
-            let (key, value) = to_debezium_json(e);
+            let (key, value) = to_debezium_json_with_schema(e);
+            json_bytes += (key.len() + value.len()) as u64;
             let topic = naming.topic_for(e.table().name());
             let p = (key.iter().map(|b| u32::from(*b)).sum::<u32>() % 3) as i32;
             let k = (topic.clone(), p);
@@ -105,7 +110,7 @@ fn generate(dir: &str, orders: u64) {
             records += 1;
             let day = rainbow_schemas::time::day_of_ms(e.ts_ms);
             let entry = open.entry(k.clone()).or_insert_with(|| (day.clone(), Vec::new()));
-            if entry.0 != day || entry.1.len() >= 500_000 {
+            if entry.0 != day || entry.1.len() >= 100_000 {
                 let (d, recs) = std::mem::replace(entry, (day, Vec::new()));
                 flush(&k, d, recs);
             }
@@ -126,6 +131,25 @@ fn generate(dir: &str, orders: u64) {
         "generated {records} records ({orders} orders) in {segments} segments under {dir} in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    let started = Instant::now();
+    let filled =
+        rainbow_archive::archiver::fill_tables(dir, &naming, rt.handle()).expect("builds the tables");
+    let secs = started.elapsed().as_secs_f64();
+    let size = |sub: &str| -> u64 {
+        rainbow_testkit::relative_paths(&std::path::Path::new(dir).join(sub))
+            .iter()
+            .map(|p| std::fs::metadata(std::path::Path::new(dir).join(sub).join(p)).map_or(0, |m| m.len()))
+            .sum()
+    };
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!("| measure | value |");
+    println!("| --- | --- |");
+    println!("| records | {records} |");
+    println!("| changelog tables built from the segments | {filled} records in {secs:.1} s |");
+    println!("| changelog append throughput | {:.0} records/s |", filled as f64 / secs);
+    println!("| raw JSON (keys + values) | {:.1} MiB |", mib(json_bytes));
+    println!("| segments (raw JSON in Parquet) | {:.1} MiB |", mib(size("master")));
+    println!("| changelog tables (typed columns + raw envelope) | {:.1} MiB |", mib(size("iceberg")));
 }
 
 fn replay(archive: &str, out: &str) {
@@ -146,7 +170,8 @@ fn replay(archive: &str, out: &str) {
     println!("| --- | --- |");
     println!("| archived records read | {} |", s.records_read);
     println!("| events applied | {} |", s.events_applied);
-    println!("| segments | {} |", s.segments);
+    println!("| data files | {} |", s.files);
+    println!("| records decoded from their raw envelope | {} |", s.records_from_envelopes);
     println!("| output rows (13 tables, collapsed) | {rows} |");
     println!("| wall time, archive to Parquet | {secs:.1} s |");
     println!("| replay throughput | {:.0} records/s |", s.records_read as f64 / secs);
@@ -154,36 +179,60 @@ fn replay(archive: &str, out: &str) {
 }
 
 fn decode_only(archive: &str) {
+    use rainbow_iceberg::{ChangelogTable, Lake};
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let store = Store::open(archive).expect("archive directory");
-    let mut by_partition: BTreeMap<(String, i32), Vec<SegmentName>> = BTreeMap::new();
-    for (path, _) in rt.block_on(store.list("master")).expect("lists the archive") {
-        if let Some(s) = SegmentName::parse(&path) {
-            by_partition.entry((s.topic.clone(), s.partition)).or_default().push(s);
+    let naming = ArchiveConfig::default();
+    let lake =
+        rt.block_on(Lake::open(&naming.lake(&store).expect("a local archive"))).expect("opens the catalog");
+    type Files = Vec<(std::sync::Arc<ChangelogTable>, String)>;
+    let mut by_partition: BTreeMap<(String, i32), Files> = BTreeMap::new();
+    for topic in naming.topics() {
+        let t = rt.block_on(ChangelogTable::load(&lake, &naming.table_of(&topic), &topic)).expect("loads");
+        let Some(t) = t.map(std::sync::Arc::new) else { continue };
+        for f in rt.block_on(t.files()).expect("lists the files") {
+            by_partition.entry((topic.clone(), f.partition)).or_default().push((t.clone(), f.path));
         }
     }
     let batch_rows = ReplayConfig::default().read_batch_rows;
     let started = Instant::now();
-    let (records, failed) = std::thread::scope(|scope| {
+    let (records, untyped) = std::thread::scope(|scope| {
         let workers: Vec<_> = by_partition
             .values()
-            .map(|segments| {
-                let (store, handle) = (&store, rt.handle());
+            .map(|files| {
+                let handle = rt.handle();
                 scope.spawn(move || {
-                    let (mut records, mut failed) = (0u64, 0u64);
-                    for seg in segments {
-                        let path = seg.path();
-                        let data = handle.block_on(store.get(&path)).expect("reads the segment");
-                        let mut reader = master::SegmentReader::open(&path, data, batch_rows).expect("opens");
-                        while let Some(batch) = reader
-                            .next_mapped(|_, value| rainbow_processor::event::decode(value).is_ok())
-                            .expect("reads a batch")
+                    let (mut records, mut untyped) = (0u64, 0u64);
+                    for (table, path) in files {
+                        let data = handle.block_on(table.read_file(path)).expect("reads the file");
+                        let builder =
+                            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)
+                                .expect("opens");
+                        let wanted: Vec<usize> = builder
+                            .parquet_schema()
+                            .columns()
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, c)| {
+                                rainbow_processor::event::typed::META_COLUMNS.contains(&c.name())
+                                    || !c.name().starts_with('_')
+                            })
+                            .map(|(i, _)| i)
+                            .collect();
+                        let mask = parquet::arrow::ProjectionMask::leaves(builder.parquet_schema(), wanted);
+                        for batch in
+                            builder.with_projection(mask).with_batch_size(batch_rows).build().expect("reads")
                         {
-                            records += batch.len() as u64;
-                            failed += batch.iter().filter(|ok| !**ok).count() as u64;
+                            let batch = batch.expect("a batch");
+                            let typed =
+                                rainbow_processor::event::typed::TypedBatch::new(&batch).expect("typed");
+                            for i in 0..typed.len() {
+                                records += 1;
+                                untyped += u64::from(typed.decode(i).is_none());
+                            }
                         }
                     }
-                    (records, failed)
+                    (records, untyped)
                 })
             })
             .collect();
@@ -192,8 +241,8 @@ fn decode_only(archive: &str) {
     let secs = started.elapsed().as_secs_f64();
     println!("| measure | value |");
     println!("| --- | --- |");
-    println!("| archived records read and decoded (no merge, no core) | {records} |");
-    println!("| undecodable | {failed} |");
+    println!("| archived records read and decoded from typed columns (no merge, no core) | {records} |");
+    println!("| rows without typed columns (decoded from the envelope in a replay) | {untyped} |");
     println!("| reader threads (one per archived partition) | {} |", by_partition.len());
     println!("| wall time | {secs:.1} s |");
     println!("| read + decode throughput | {:.0} records/s |", records as f64 / secs);
