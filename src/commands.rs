@@ -258,7 +258,7 @@ pub async fn archive(config: &Config) -> anyhow::Result<()> {
     let (kafka, _) = processor_endpoints(config);
     let settings = config.archive_settings();
     println!(
-        "archive: Kafka topics {}.{}.<table> -> {}/master/ (metrics on http://{}/metrics)",
+        "archive: Kafka topics {}.{}.<table> -> {}: Iceberg changelog tables and master/ segments (metrics on http://{}/metrics)",
         settings.topic_prefix.as_deref().unwrap_or_default(),
         settings.schema,
         config.storage.url,
@@ -268,6 +268,27 @@ pub async fn archive(config: &Config) -> anyhow::Result<()> {
         .await
         .context("the archiver stopped")?;
     println!("{}", archive_summary(&summary));
+    Ok(())
+}
+
+pub async fn archive_expire(config: &Config, hours: Option<u64>) -> anyhow::Result<()> {
+    let settings = config.archive_settings();
+    settings.validate()?;
+    let hours = hours.unwrap_or(settings.snapshot_retention_hours);
+    anyhow::ensure!(hours > 0, "--older-than-hours must be at least 1");
+    let url = config.storage.url.clone();
+    let rt = tokio::runtime::Handle::current();
+    let done = tokio::task::spawn_blocking(move || {
+        rainbow_archive::archiver::expire_snapshots(&url, &settings, hours, &rt)
+    })
+    .await?
+    .context("expiring the changelog tables' snapshots failed")?;
+    if done.is_empty() {
+        println!("archive expire: no snapshot older than {hours} h");
+    }
+    for (table, n) in done {
+        println!("archive expire: {table}: {n} snapshots older than {hours} h removed from the metadata");
+    }
     Ok(())
 }
 
@@ -294,9 +315,14 @@ pub async fn replay(config: &Config, args: &crate::ReplayArgs) -> anyhow::Result
         out_url: out.clone(),
         days,
         naming: config.archive_settings(),
-        config: config.replay.clone(),
+        config: rainbow_replay::ReplayConfig {
+            iceberg: config.replay.iceberg || args.iceberg,
+            ..config.replay.clone()
+        },
         progress: !args.quiet,
     };
+    let iceberg =
+        replay.config.iceberg.then(|| (replay.config.namespace.clone(), replay.config.catalog_url.clone()));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -334,6 +360,12 @@ pub async fn replay(config: &Config, args: &crate::ReplayArgs) -> anyhow::Result
     );
     for (table, rows, files) in &summary.tables {
         println!("  {}/{table}/: {rows} rows in {files} file(s)", out.trim_end_matches('/'));
+    }
+    if let Some((namespace, catalog)) = iceberg {
+        println!(
+            "  and as Iceberg tables {namespace}.<table> (catalog {})",
+            catalog.as_deref().unwrap_or("sqlite:<out>/iceberg/catalog.db")
+        );
     }
     Ok(())
 }

@@ -56,9 +56,12 @@ enum Command {
     /// dimensions, fact_sales and dashboard aggregates in ClickHouse, with checkpoints and a
     /// dead-letter topic. Settings: [processor] / RAINBOW_PROCESSOR__*.
     Process,
-    /// Archive every CDC topic into the immutable master dataset (Parquet segments under
-    /// <storage.url>/master/) until SIGINT/SIGTERM. Settings: [archive] / RAINBOW_ARCHIVE__*.
-    Archive,
+    /// Archive every CDC topic into the immutable master dataset until SIGINT/SIGTERM: one
+    /// Iceberg changelog table per source table (catalog archive.catalog_url, default SQLite
+    /// under <storage.url>/iceberg/), and Parquet segments under <storage.url>/master/.
+    /// `rainbow archive expire` removes old snapshots from the tables' metadata.
+    /// Settings: [archive] / RAINBOW_ARCHIVE__*.
+    Archive(ArchiveArgs),
     /// Replay the master dataset through the processor's core into Parquet (backfill): every
     /// warehouse table under <out>/<table>/ (default out: replay.out_url, <state root>/replay).
     /// Resumable: rerun the same command after an interrupt.
@@ -86,6 +89,23 @@ enum Command {
     /// topics) or `cdc` (drop the replication slot, the publication and the offsets file: the next
     /// `rainbow cdc` snapshots the source again). A dry run unless --yes.
     Reset(ResetArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ArchiveArgs {
+    #[command(subcommand)]
+    pub action: Option<ArchiveAction>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ArchiveAction {
+    /// Remove the changelog tables' snapshots older than --older-than-hours (default
+    /// archive.snapshot_retention_hours) from their metadata, keeping each table's current one
+    /// (which holds the archived offsets). No file is deleted. The archiver does this hourly.
+    Expire {
+        #[arg(long, value_name = "HOURS")]
+        older_than_hours: Option<u64>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -222,6 +242,11 @@ pub struct ReplayArgs {
     /// The master dataset. Default: storage.url.
     #[arg(long, value_name = "URL")]
     pub archive: Option<String>,
+    /// Also write every output table as an Iceberg table (replay.namespace in replay.catalog_url,
+    /// default a SQLite catalog under <out>/iceberg/), for loading and comparing with standard
+    /// tools: ClickHouse's iceberg functions, Spark, Trino, PyIceberg (the Kappa swap).
+    #[arg(long)]
+    pub iceberg: bool,
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
@@ -352,7 +377,10 @@ fn main() -> ExitCode {
         Command::Api => runtime().block_on(commands::api(&config)),
         Command::Cdc => runtime().block_on(commands::cdc(&config)),
         Command::Process => runtime().block_on(commands::process(&config)),
-        Command::Archive => runtime().block_on(commands::archive(&config)),
+        Command::Archive(ArchiveArgs { action: None }) => runtime().block_on(commands::archive(&config)),
+        Command::Archive(ArchiveArgs { action: Some(ArchiveAction::Expire { older_than_hours }) }) => {
+            runtime().block_on(commands::archive_expire(&config, older_than_hours))
+        }
         Command::Replay(args) => runtime().block_on(commands::replay(&config, &args)),
         Command::Loadgen(args) => runtime().block_on(commands::loadgen(&config, &args)),
         Command::Check(args) => match runtime().block_on(commands::check(&config, &args)) {

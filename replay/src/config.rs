@@ -20,6 +20,16 @@ pub struct ReplayConfig {
     /// Collapsed output rows held in memory; beyond that they are spilled to the output store
     /// as a sorted run (`<out>/_replay/runs/`) and merged when the tables are written.
     pub spill_rows: usize,
+    /// Also write every output table as an Iceberg table (replacing the table of that name),
+    /// for loading and comparing with standard tools (the Kappa swap). `rainbow replay --iceberg`.
+    pub iceberg: bool,
+    /// The catalog of those tables: `sqlite:<path>` or a REST catalog's URL. Unset:
+    /// `sqlite:<out>/iceberg/catalog.db` (a local output; an object store needs one named).
+    pub catalog_url: Option<String>,
+    /// Where their files go. Unset: `<out>/iceberg`.
+    pub warehouse_url: Option<String>,
+    /// Their namespace.
+    pub namespace: String,
 }
 
 impl Default for ReplayConfig {
@@ -30,6 +40,10 @@ impl Default for ReplayConfig {
             rows_per_file: 1_000_000,
             read_batch_rows: 4096,
             spill_rows: 250_000,
+            iceberg: false,
+            catalog_url: None,
+            warehouse_url: None,
+            namespace: "replay".into(),
         }
     }
 }

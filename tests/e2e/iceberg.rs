@@ -158,6 +158,35 @@ async fn pyiceberg_and_clickhouse_read_the_changelog_tables_as_the_source_change
     assert!(archive.logs().contains("filling the Iceberg changelog table from the archive's segments"));
     assert_eq!(read_with_other_engines(&db, &cdc, &archive, &ends).await, summary);
 
+    // The archive replayed, its tables written as Iceberg tables too: other engines read them
+    // as the replay's Parquet.
+    let out = archive.dir.join("replay");
+    let (ok, text) =
+        common::replay::replay(&cdc.prefix, &archive.store, &out, &[("RAINBOW_REPLAY__ICEBERG", "true")]);
+    assert!(ok && text.contains("and as Iceberg tables replay.<table>"), "{text}");
+    assert!(text.contains("(0 from their raw envelope)"), "every record from the typed columns: {text}");
+    let read = std::process::Command::new(python())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/iceberg/read_replay.py"))
+        .arg(&out)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&read.stdout).to_string() + &String::from_utf8_lossy(&read.stderr);
+    assert!(read.status.success(), "{text}");
+    assert!(
+        text.contains("ok fact_sales: ") && text.lines().filter(|l| l.starts_with("ok ")).count() >= 13,
+        "{text}"
+    );
+
+    // Old snapshots are removed from the tables' metadata by command (all are recent here).
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_rainbow"))
+        .args(["archive", "expire", "--older-than-hours", "1"])
+        .env("RAINBOW_STORAGE__URL", &archive.store)
+        .env("RAINBOW_CDC__TOPIC_PREFIX", &cdc.prefix)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && text.contains("no snapshot older than 1 h"), "{text}");
+
     archive.remove();
     let all = cdc.topics();
     cdc.cleanup(&all).await;

@@ -336,6 +336,7 @@ impl Archiver {
     fn run(&mut self) -> Result<(), ArchiveError> {
         let max_age = Duration::from_millis(self.config.segment_max_age_ms);
         let mut next_lag = Instant::now();
+        let mut next_expiry = Instant::now() + Duration::from_secs(60);
         let mut errors = 0u64;
         while !self.stop.load(Ordering::SeqCst) {
             let mut timeout = Duration::from_millis(100);
@@ -403,6 +404,11 @@ impl Archiver {
                 next_lag = Instant::now() + Duration::from_secs(5);
                 self.update_lag();
                 self.pick_up_new_topics()?;
+            }
+            if Instant::now() >= next_expiry {
+                next_expiry = Instant::now() + Duration::from_secs(3600);
+                let hours = self.config.snapshot_retention_hours;
+                expire_tables(&self.rt, &self.lake, self.tables.values_mut(), hours)?;
             }
         }
         for i in 0..self.inputs.len() {
@@ -544,6 +550,49 @@ impl Archiver {
                 .set((high - input.next).max(0));
         }
     }
+}
+
+/// Removes the snapshots older than `hours` from the tables' metadata (none when 0); returns
+/// (table, snapshots removed) per table that had some.
+fn expire_tables<'a>(
+    rt: &tokio::runtime::Handle,
+    lake: &Lake,
+    tables: impl Iterator<Item = &'a mut ChangelogTable>,
+    hours: u64,
+) -> Result<Vec<(String, usize)>, ArchiveError> {
+    let mut done = Vec::new();
+    if hours == 0 {
+        return Ok(done);
+    }
+    let cutoff = chrono::Utc::now().timestamp_millis() - (hours as i64).saturating_mul(3_600_000);
+    for table in tables {
+        let n = rt.block_on(table.expire(lake, cutoff))?;
+        if n > 0 {
+            tracing::info!(table = %table.name, snapshots = n, hours, "expired old snapshots of the changelog table");
+            done.push((table.name.clone(), n));
+        }
+    }
+    done.sort();
+    Ok(done)
+}
+
+/// `rainbow archive expire`: removes the changelog tables' snapshots older than `hours` from
+/// their metadata (files stay); returns (table, snapshots removed).
+pub fn expire_snapshots(
+    store_url: &str,
+    config: &ArchiveConfig,
+    hours: u64,
+    rt: &tokio::runtime::Handle,
+) -> Result<Vec<(String, usize)>, ArchiveError> {
+    let store = Store::open(store_url)?;
+    let lake = rt.block_on(Lake::open(&config.lake(&store)?))?;
+    let mut tables = Vec::new();
+    for topic in config.topics() {
+        if let Some(t) = rt.block_on(ChangelogTable::load(&lake, &config.table_of(&topic), &topic))? {
+            tables.push(t);
+        }
+    }
+    expire_tables(rt, &lake, tables.iter_mut(), hours.max(1))
 }
 
 /// The segments of `topics` per partition, in offset order.

@@ -37,6 +37,10 @@ pub struct ArchiveConfig {
     pub warehouse_url: Option<String>,
     /// The catalog namespace of the changelog tables.
     pub namespace: String,
+    /// Snapshots of the changelog tables older than this are removed from their metadata (hourly
+    /// by the archiver, or `rainbow archive expire`), the current one always kept: the metadata
+    /// rewritten at every commit stays small. Files are never deleted. 0: keep every snapshot.
+    pub snapshot_retention_hours: u64,
     /// Settings of the warehouse's storage client (`s3.region`, `s3.endpoint`, ...), passed as
     /// they are.
     pub iceberg_properties: BTreeMap<String, String>,
@@ -57,6 +61,7 @@ impl Default for ArchiveConfig {
             catalog_url: None,
             warehouse_url: None,
             namespace: "master".into(),
+            snapshot_retention_hours: 24,
             iceberg_properties: BTreeMap::new(),
         }
     }
@@ -127,23 +132,19 @@ impl ArchiveConfig {
         &self,
         store: &rainbow_runtime::store::Store,
     ) -> Result<rainbow_iceberg::LakeConfig, InvalidSetting> {
-        let catalog_url = match (&self.catalog_url, store.local_root()) {
-            (Some(url), _) => url.clone(),
-            (None, Some(root)) => format!("sqlite:{}", root.join("iceberg/catalog.db").display()),
-            (None, None) => {
-                return Err(InvalidSetting {
-                    key: "archive.catalog_url",
-                    value: String::new(),
-                    expected: "set: storage.url is an object store, which has no embedded catalog; a REST \
-                               catalog's URL, or sqlite:<local path>",
-                })
-            }
-        };
-        Ok(rainbow_iceberg::LakeConfig {
-            catalog_url,
-            warehouse_url: self.warehouse_url.clone().unwrap_or_else(|| store.url_of("iceberg")),
-            namespace: self.namespace.clone(),
-            properties: self.iceberg_properties.clone().into_iter().collect(),
+        let properties = self.iceberg_properties.clone().into_iter().collect();
+        rainbow_iceberg::LakeConfig::under(
+            store,
+            self.catalog_url.as_deref(),
+            self.warehouse_url.as_deref(),
+            &self.namespace,
+            properties,
+        )
+        .ok_or(InvalidSetting {
+            key: "archive.catalog_url",
+            value: String::new(),
+            expected: "set: storage.url is an object store, which has no embedded catalog; a REST \
+                       catalog's URL, or sqlite:<local path>",
         })
     }
 

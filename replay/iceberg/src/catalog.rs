@@ -20,6 +20,31 @@ pub struct LakeConfig {
     pub properties: HashMap<String, String>,
 }
 
+impl LakeConfig {
+    /// The catalog and warehouse named, else under `store`'s `iceberg/` folder: a SQLite catalog
+    /// `iceberg/catalog.db` (a local store only: `None` for an object store without a named
+    /// catalog) and the warehouse `iceberg/`.
+    pub fn under(
+        store: &rainbow_runtime::store::Store,
+        catalog_url: Option<&str>,
+        warehouse_url: Option<&str>,
+        namespace: &str,
+        properties: HashMap<String, String>,
+    ) -> Option<LakeConfig> {
+        let catalog_url = match (catalog_url, store.local_root()) {
+            (Some(url), _) => url.to_string(),
+            (None, Some(root)) => format!("sqlite:{}", root.join("iceberg/catalog.db").display()),
+            (None, None) => return None,
+        };
+        Some(LakeConfig {
+            catalog_url,
+            warehouse_url: warehouse_url.map_or_else(|| store.url_of("iceberg"), str::to_string),
+            namespace: namespace.to_string(),
+            properties,
+        })
+    }
+}
+
 /// An open catalog and the namespace of Rainbow's tables in it.
 pub struct Lake {
     pub(crate) catalog: Arc<dyn Catalog>,

@@ -285,6 +285,26 @@ impl ChangelogTable {
         Ok(files)
     }
 
+    /// Removes the snapshots committed before `older_than_ms` (ms since the epoch) from the
+    /// table's metadata, keeping at least the current one (whose summary holds the offsets);
+    /// returns how many. Data and metadata files stay: the archive deletes nothing.
+    pub async fn expire(&mut self, lake: &Lake, older_than_ms: i64) -> Result<usize, LakeError> {
+        let before = self.table.metadata().snapshots().len();
+        let old = self.table.metadata().snapshots().filter(|s| s.timestamp_ms() < older_than_ms).count();
+        if old == 0 || before <= 1 {
+            return Ok(0);
+        }
+        let tx = Transaction::new(&self.table);
+        let tx = tx
+            .expire_snapshots()
+            .expire_older_than_ms(older_than_ms)
+            .retain_last(1)
+            .apply(tx)
+            .map_err(LakeError::table(&self.name))?;
+        self.table = tx.commit(lake.catalog.as_ref()).await.map_err(LakeError::table(&self.name))?;
+        Ok(before.saturating_sub(self.table.metadata().snapshots().len()))
+    }
+
     /// A data file's bytes.
     pub async fn read_file(&self, path: &str) -> Result<bytes::Bytes, LakeError> {
         let failed = LakeError::table(&self.name);

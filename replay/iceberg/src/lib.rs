@@ -13,6 +13,8 @@
 //! Iceberg type holds exactly, and values that do not read as their type, are kept in `_envelope`
 //! only and named in the row's `_untyped` (counted; never a guessed value).
 //!
+//! [`output::replace_table`] writes whole tables (the replay's output) as Iceberg tables.
+//!
 //! The catalog is named by URL ([`LakeConfig`]): a SQL catalog on SQLite (`sqlite:` + path, the
 //! default, no server) or a REST catalog (`http(s)://`); data files go to the warehouse URL
 //! (`file://`, `s3://`, `gs://`, `abfss://`).
@@ -21,6 +23,7 @@ mod catalog;
 pub mod changelog;
 mod connect;
 mod error;
+pub mod output;
 
 pub use catalog::{Lake, LakeConfig};
 pub use changelog::{AppendStats, ChangeRecord, ChangelogFile, ChangelogTable};

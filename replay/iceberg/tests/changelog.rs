@@ -192,5 +192,14 @@ async fn appends_resume_from_the_committed_offsets_and_the_schema_evolves() {
     let untyped = b.column_by_name("_untyped").unwrap().as_string::<i32>();
     assert_eq!(untyped.value(6), "price,stock");
     assert!(b.column_by_name("price").unwrap().is_null(6));
+
+    // Expiry keeps the current snapshot, and with it the committed offsets.
+    let snapshots = reopened.table().metadata().snapshots().len();
+    assert_eq!(snapshots, 4, "one per append");
+    let expired = reopened.expire(&lake, i64::MAX).await.unwrap();
+    assert_eq!(expired, snapshots - 1);
+    let again = ChangelogTable::open(&lake, "products", "rb.public.products").await.unwrap();
+    assert_eq!(again.committed(), &BTreeMap::from([(0, 7)]));
+    assert_eq!(read_all(&lake, "products").await.num_rows(), 7);
     let _ = std::fs::remove_dir_all(dir);
 }

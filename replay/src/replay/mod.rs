@@ -235,6 +235,9 @@ pub fn run(
         resumed_at: engine.resumed.map(|(_, events)| events),
         tables: written,
     };
+    if c.iceberg {
+        write_iceberg(&out, rt, c, &summary)?;
+    }
     let json = serde_json::to_vec_pretty(&summary).expect("summary serialises");
     rt.block_on(out.put(SUMMARY, json))?;
     tracing::info!(
@@ -243,6 +246,42 @@ pub fn run(
         "replay complete"
     );
     Ok(summary)
+}
+
+/// Every output table as an Iceberg table of `config.namespace` (see [`ReplayConfig::iceberg`]),
+/// its snapshot summary naming the run.
+fn write_iceberg(
+    out: &Store,
+    rt: &tokio::runtime::Handle,
+    config: &ReplayConfig,
+    summary: &ReplaySummary,
+) -> Result<(), ReplayError> {
+    let lake = rainbow_iceberg::LakeConfig::under(
+        out,
+        config.catalog_url.as_deref(),
+        config.warehouse_url.as_deref(),
+        &config.namespace,
+        Default::default(),
+    )
+    .ok_or(rainbow_schemas::setting::InvalidSetting {
+        key: "replay.catalog_url",
+        value: String::new(),
+        expected: "set: the output is an object store, which has no embedded catalog; a REST catalog's \
+                   URL, or sqlite:<local path>",
+    })?;
+    let lake = rt.block_on(rainbow_iceberg::Lake::open(&lake))?;
+    let properties = std::collections::HashMap::from([
+        ("rainbow.replay.days".to_string(), summary.days.clone()),
+        ("rainbow.replay.records".to_string(), summary.records_read.to_string()),
+        ("rainbow.replay.events".to_string(), summary.events_applied.to_string()),
+    ]);
+    for (table, _, _) in &summary.tables {
+        let batches: Vec<_> = read_table(out, rt, table)?.into_iter().collect();
+        let rows =
+            rt.block_on(rainbow_iceberg::output::replace_table(&lake, table, &batches, properties.clone()))?;
+        tracing::info!(table, rows, catalog = %lake.url, namespace = %config.namespace, "replayed table written as an Iceberg table");
+    }
+    Ok(())
 }
 
 /// Reads a table of a replay's output back as one batch (tests, `rainbow check`): every part,
