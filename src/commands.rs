@@ -258,7 +258,7 @@ pub async fn archive(config: &Config) -> anyhow::Result<()> {
     let (kafka, _) = processor_endpoints(config);
     let settings = config.archive_settings();
     println!(
-        "archive: Kafka topics {}.{}.<table> -> {}: Iceberg changelog tables and master/ segments (metrics on http://{}/metrics)",
+        "archive: Kafka topics {}.{}.<table> -> Iceberg changelog tables under {} (metrics on http://{}/metrics)",
         settings.topic_prefix.as_deref().unwrap_or_default(),
         settings.schema,
         config.storage.url,

@@ -58,7 +58,7 @@ enum Command {
     Process,
     /// Archive every CDC topic into the immutable master dataset until SIGINT/SIGTERM: one
     /// Iceberg changelog table per source table (catalog archive.catalog_url, default SQLite
-    /// under <storage.url>/iceberg/), and Parquet segments under <storage.url>/master/.
+    /// under <storage.url>/iceberg/).
     /// `rainbow archive expire` removes old snapshots from the tables' metadata.
     /// Settings: [archive] / RAINBOW_ARCHIVE__*.
     Archive(ArchiveArgs),

@@ -20,6 +20,8 @@ Groups (all by default; --only to pick):
              active parts per table, failed inserts, the processor's memory at start and end
   replay     archive -> Parquet records/s, wall time and peak RSS, and the input side alone
              (replay-bench run / decode; seed volume)
+  archive    Kafka -> the Iceberg changelog tables: the archiver's sustained records/s beside the
+             CDC's, the tables' size beside the raw JSON's and the segments' (archive-bench)
   flink      a consumer nobody here wrote beside ours, on the same topics of one `rainbow cdc`:
              Apache Flink 2.2's SQL debezium-json job of tests/flink (total sales and sales per
              payment method) and `rainbow process`: backlog events/s of each, then freshness of
@@ -326,8 +328,35 @@ def bench_replay(res, runs, small):
         for i in range(runs):
             log(f"replay input side (read + decode, no core) run {i + 1}/{runs}")
             m = measures(run([binary, "decode", "--archive", archive]))
-            res.add("Replay", "read + decode only, both cores (the input side's ceiling)", "records/s",
+            res.add("Replay", "read + decode only, typed columns, both cores (the input side's ceiling)", "records/s",
                     m["read + decode throughput"])
+
+
+def cdc_rate(res):
+    """rainbow cdc's WAL -> Kafka-acknowledged median: this run's, else the document's."""
+    name = "WAL -> Kafka-acknowledged"
+    values = res.figures.get(name, {}).get("values") or []
+    if not values:
+        try:
+            values = json.load(open(os.path.join(ROOT, "docs", "BENCHMARKS.json")))["figures"][name]["values"]
+        except (OSError, KeyError, ValueError):
+            values = []
+    return statistics.median(values) if values else None
+
+
+def bench_archive(res, runs, small):
+    orders = str(SEED_ORDERS // 10 if small else SEED_ORDERS)
+    binary = os.path.join(RELEASE, "archive-bench")
+    cdc = cdc_rate(res)
+    for i in range(runs):
+        log(f"archive run {i + 1}/{runs} ({orders} orders into fresh topics, then the archiver)")
+        m = measures(run([binary, "--orders", orders]))
+        res.add("Archive", "Kafka -> Iceberg changelog tables (and segments)", "records/s", m["archiver throughput"],
+                ref_name="rainbow cdc, WAL -> Kafka (group CDC)", ref_value=cdc, target_ratio=1.0 if cdc else None)
+        res.add("Archive", "raw JSON of the records", "MiB", m["raw JSON (keys + values)"], better="lower")
+        res.add("Archive", "changelog tables (typed columns + raw envelope)", "MiB",
+                m["changelog tables (typed columns + raw envelope)"], better="lower")
+        res.add("Archive", "segments (raw JSON in Parquet)", "MiB", m["segments (raw JSON in Parquet)"], better="lower")
 
 
 CDC_TABLES = ("orders", "orderdetails", "products")
@@ -1232,11 +1261,11 @@ def report(res, runs, small, groups, started, path):
 
 
 LABELS = {"api": "API", "cdc": "CDC", "freshness": "Freshness", "soak": "Soak", "processor": "Processor",
-          "replay": "Replay", "flink": "Flink", "recovery": "Recovery"}
+          "replay": "Replay", "archive": "Archive", "flink": "Flink", "recovery": "Recovery"}
 GROUPS = {"api": bench_api, "cdc": bench_cdc, "freshness": bench_freshness, "soak": bench_soak, "processor": bench_processor,
-          "replay": bench_replay, "flink": bench_flink, "recovery": bench_recovery}
+          "replay": bench_replay, "archive": bench_archive, "flink": bench_flink, "recovery": bench_recovery}
 # What runs without --only: all but the recovery group (one run of it takes about 15 minutes).
-DEFAULT_GROUPS = ["api", "cdc", "freshness", "soak", "processor", "replay"]
+DEFAULT_GROUPS = ["api", "cdc", "freshness", "soak", "processor", "replay", "archive"]
 
 
 def main():

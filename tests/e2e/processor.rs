@@ -747,23 +747,6 @@ async fn a_processor_refuses_another_postgres_source_behind_the_same_topics() {
     db.drop().await;
 }
 
-/// The archived values of every record of `topic` under the master dataset `store`.
-async fn archived_values(store: &std::path::Path, topic: &str) -> Vec<Vec<u8>> {
-    let objects = rainbow_runtime::store::Store::open(store.to_str().unwrap()).unwrap();
-    let mut values = Vec::new();
-    for (rel, t, ..) in common::archive::segments(store) {
-        if t != topic {
-            continue;
-        }
-        let data = objects.get(&rel).await.unwrap();
-        let mut reader = rainbow_archive::master::SegmentReader::open(&rel, data, 1000).unwrap();
-        while let Some(batch) = reader.next_batch().unwrap() {
-            values.extend(batch.into_iter().filter_map(|r| r.value));
-        }
-    }
-    values
-}
-
 /// A pipeline with an archive, for the reconciliation tests: started with 20 orders in.
 struct Archived {
     cdc: CdcProcess,
@@ -885,13 +868,12 @@ async fn the_captured_tables_change_while_streaming() {
     // The archive keeps the new column, and archives the new table's topic without a restart.
     let returns = cdc.topic("returns");
     common::eventually("the new table's records in the archive", DEADLINE, || async {
-        (archived_values(&archive.store, &returns).await.len() == 2).then_some(())
+        (common::archive::archived_values(&archive.store, &returns).len() == 2).then_some(())
     })
     .await;
     let orders_topic = cdc.topic("orders");
     common::eventually("the new orders, with their new column, in the archive", DEADLINE, || async {
-        let with_channel = archived_values(&archive.store, &orders_topic)
-            .await
+        let with_channel = common::archive::archived_values(&archive.store, &orders_topic)
             .iter()
             .filter(|v| String::from_utf8_lossy(v).contains("\"channel\":\"web\""))
             .count();

@@ -1,11 +1,17 @@
-//! `rainbow archive`: every record of the CDC topics into the master dataset ([`crate::master`]).
+//! `rainbow archive`: every record of the CDC topics into the master dataset, the Iceberg
+//! changelog tables ([`rainbow_iceberg`], one per topic).
 //!
-//! Delivery contract: at-least-once from Kafka, exactly-once into the archive. A record is in the
-//! archive once the segment holding it is durable; only then is its offset committed to the
-//! archiver's consumer group. On start the archiver lists the archive and resumes every partition
-//! after its highest archived offset (the committed offsets are for monitoring), so a crash
-//! between writing a segment and committing neither loses nor duplicates a record, and a segment
-//! is never written twice over the same records. Existing objects are never modified or deleted.
+//! Delivery contract: at-least-once from Kafka, exactly-once into the archive. Records are
+//! gathered per partition into segments; a segment becomes one append to its topic's table, one
+//! Iceberg commit whose snapshot summary records the partition's next offset. Only then is the
+//! offset committed to the archiver's consumer group (for monitoring). On start the archiver
+//! reads the offsets the tables hold and resumes every partition there, so a crash neither loses
+//! nor duplicates a record (an append of records already committed adds nothing). Data files
+//! are never modified or deleted.
+//!
+//! An archive written before the tables (Parquet segments of raw JSON under `master/`,
+//! [`crate::master`]) is migrated at start: each table is filled from the segments it lacks,
+//! then Kafka is read from where the segments end.
 //!
 //! Besides the captured tables' topics, every topic of the CDC's naming (`<prefix>.<schema>.`)
 //! is archived, also one that appears while the archiver runs (a table added to the capture):
@@ -16,14 +22,9 @@
 //! from a topic before they were archived (an offset that jumps forward, an archived offset
 //! beyond the partition's end) stop the archiver, unless `allow_offset_gap` (then counted).
 //!
-//! Segments are cut at `segment_max_records`, `segment_max_bytes`, `segment_max_age_ms`, and when
-//! the day of the source commit changes; at shutdown every open segment is written.
-//!
-//! Every segment's records are also appended to the topic's Iceberg changelog table
-//! ([`rainbow_iceberg`]) before the segment is written, in one commit that records the
-//! partition's next offset; records below a table's committed offset are not appended again.
-//! At start, a table behind the segments (an archive written before the tables existed, or a
-//! crash) is filled from the segments first, so table and segments always hold the same records.
+//! Segments are cut at `segment_max_records`, `segment_max_bytes` and `segment_max_age_ms`; at
+//! shutdown every open segment is committed. Snapshots
+//! older than `snapshot_retention_hours` are removed from the tables' metadata hourly.
 
 use crate::config::ArchiveConfig;
 use crate::error::ArchiveError;
@@ -34,8 +35,6 @@ use rainbow_runtime::kafka::{self, KafkaConnection};
 use rainbow_runtime::resilience::{stopped, supervise, Dependency};
 use rainbow_runtime::store::{Created, Store};
 use rainbow_runtime::worker::Worker;
-use rainbow_schemas::time::day_of_ms;
-use rainbow_schemas::wire;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -184,7 +183,6 @@ fn gap(
 
 /// An open segment of one partition.
 struct Open {
-    date: String,
     records: Vec<ArchivedRecord>,
     bytes: usize,
     since: Instant,
@@ -194,8 +192,6 @@ struct Input {
     topic: String,
     partition: i32,
     open: Option<Open>,
-    /// Day of the last record seen, for records that carry none.
-    last_day: Option<String>,
     /// Next offset to archive.
     next: i64,
 }
@@ -203,7 +199,6 @@ struct Input {
 struct Archiver {
     config: ArchiveConfig,
     consumer: BaseConsumer,
-    store: Store,
     rt: tokio::runtime::Handle,
     metrics: ArchiveMetrics,
     stop: Arc<AtomicBool>,
@@ -265,7 +260,6 @@ impl Archiver {
                 differences: conflicts.join("; "),
             });
         }
-        // Resume after the highest archived offset of each partition.
         let segments = list_segments(&rt, &store, &topics)?;
         let archived: HashMap<(String, i32), i64> = segments
             .iter()
@@ -303,7 +297,7 @@ impl Archiver {
             metrics.offset_gap_records.with_label_values(&[&topic]);
             // Partitions arrive in order 0..n per topic, so the position is the partition.
             by_topic.entry(topic.clone()).or_default().push(inputs.len());
-            inputs.push(Input { topic, partition, open: None, last_day: None, next });
+            inputs.push(Input { topic, partition, open: None, next });
         }
         consumer.assign(&tpl)?;
         tracing::info!(
@@ -319,7 +313,6 @@ impl Archiver {
         Ok(Archiver {
             config: config.clone(),
             consumer,
-            store,
             rt,
             metrics,
             stop,
@@ -420,33 +413,12 @@ impl Archiver {
 
     /// Adds a record to its partition's open segment, cutting segments at the limits and at
     /// day changes.
-    fn add(&mut self, i: usize, mut record: ArchivedRecord) -> Result<(), ArchiveError> {
-        // Only the envelope's position and commit time: the rows are the consumers' business.
-        let head = record.value.as_deref().and_then(|v| {
-            let env = wire::Envelope::parse(v).ok()?;
-            Some((env.position().ok()?, env.source.ts_ms))
-        });
-        let day = match head {
-            Some((at, ts_ms)) => {
-                record.commit_lsn = Some(at.commit);
-                record.change_lsn = Some(at.change);
-                day_of_ms(ts_ms)
-            }
-            None => {
-                self.inputs[i].last_day.clone().unwrap_or_else(|| day_of_ms(record.timestamp_ms.unwrap_or(0)))
-            }
-        };
-        if self.inputs[i].open.as_ref().is_some_and(|o| o.date != day) {
-            self.flush(i)?;
-        }
+    fn add(&mut self, i: usize, record: ArchivedRecord) -> Result<(), ArchiveError> {
+        // The envelope is read once, by the append (which also splits a segment at a change of
+        // commit day into files of one day each).
         let input = &mut self.inputs[i];
-        input.last_day = Some(day.clone());
-        let open = input.open.get_or_insert_with(|| Open {
-            date: day,
-            records: Vec::new(),
-            bytes: 0,
-            since: Instant::now(),
-        });
+        let open =
+            input.open.get_or_insert_with(|| Open { records: Vec::new(), bytes: 0, since: Instant::now() });
         open.bytes += record.size();
         open.records.push(record);
         if open.records.len() >= self.config.segment_max_records
@@ -460,46 +432,34 @@ impl Archiver {
     /// Writes the partition's open segment durably, then commits its offsets.
     fn flush(&mut self, i: usize) -> Result<(), ArchiveError> {
         let Some(open) = self.inputs[i].open.take() else { return Ok(()) };
-        let (first, last) = match (open.records.first(), open.records.last()) {
-            (Some(f), Some(l)) => (f.offset, l.offset),
-            _ => return Ok(()),
-        };
-        let input = &self.inputs[i];
-        let name = SegmentName {
-            topic: input.topic.clone(),
-            date: open.date.clone(),
-            partition: input.partition,
-            first,
-            last,
-        };
-        let path = name.path();
-        let table = self.tables.get_mut(&name.topic).expect("a table per topic");
-        append(&self.rt, &self.lake, &self.metrics, table, name.partition, &open.records)?;
+        let Some(last) = open.records.last().map(|r| r.offset) else { return Ok(()) };
+        let (topic, partition) = (self.inputs[i].topic.clone(), self.inputs[i].partition);
+        let table = self.tables.get_mut(&topic).expect("a table per topic");
         let started = Instant::now();
-        let bytes = master::encode(&open.records)?;
-        let size = bytes.len();
-        let created = self.rt.block_on(self.store.put_new(&path, bytes))?;
+        let stats = append(&self.rt, &self.lake, &self.metrics, table, partition, &open.records)?;
         SegmentWritten {
-            path: &path,
-            topic: &name.topic,
-            records: open.records.len(),
-            bytes: size,
+            table: &table.name,
+            topic: &topic,
+            partition,
+            first: open.records[0].offset,
+            last,
+            records: stats.records as usize,
+            bytes: stats.bytes as usize,
             duration: started.elapsed(),
-            existed: created == Created::AlreadyThere,
+            existed: stats.records == 0,
         }
         .emit(&self.metrics);
         self.metrics.resilience.connected(Dependency::ObjectStore);
-        match created {
-            Created::Written => {
-                self.summary.records += open.records.len() as u64;
-                self.summary.segments += 1;
-                self.summary.bytes += size as u64;
-            }
-            Created::AlreadyThere => self.summary.existing_segments += 1,
+        if stats.records > 0 {
+            self.summary.records += stats.records;
+            self.summary.segments += 1;
+            self.summary.bytes += stats.bytes;
+        } else {
+            self.summary.existing_segments += 1;
         }
         self.inputs[i].next = last + 1;
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&name.topic, name.partition, Offset::Offset(last + 1))?;
+        tpl.add_partition_offset(&topic, partition, Offset::Offset(last + 1))?;
         if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
             tracing::debug!(error = %e, "committing archived offsets failed (monitoring only)");
         }
@@ -519,13 +479,7 @@ impl Archiver {
             for partition in 0..n {
                 tpl.add_partition_offset(&topic, partition, Offset::Beginning)?;
                 self.by_topic.entry(topic.clone()).or_default().push(self.inputs.len());
-                self.inputs.push(Input {
-                    topic: topic.clone(),
-                    partition,
-                    open: None,
-                    last_day: None,
-                    next: 0,
-                });
+                self.inputs.push(Input { topic: topic.clone(), partition, open: None, next: 0 });
             }
             tracing::info!(%topic, partitions = n, "archiving a new topic of the CDC");
         }
@@ -674,8 +628,8 @@ fn open_table(
     for reason in ["tombstone", "not_a_change_event"] {
         metrics.iceberg_untyped.with_label_values(&[&name, reason]);
     }
-    metrics.iceberg_records.with_label_values(&[&name]);
     metrics.iceberg_untyped_values.with_label_values(&[&name]);
+    metrics.iceberg_columns_added.with_label_values(&[&name]);
     Ok(table)
 }
 
@@ -687,8 +641,7 @@ fn append(
     table: &mut ChangelogTable,
     partition: i32,
     records: &[ArchivedRecord],
-) -> Result<(), ArchiveError> {
-    let started = Instant::now();
+) -> Result<rainbow_iceberg::AppendStats, ArchiveError> {
     let rows: Vec<ChangeRecord<'_>> = records
         .iter()
         .map(|r| ChangeRecord {
@@ -699,8 +652,8 @@ fn append(
         })
         .collect();
     let stats = rt.block_on(table.append(lake, partition, &rows))?;
-    iceberg_appended(metrics, &table.name, &stats, started.elapsed());
-    Ok(())
+    iceberg_appended(metrics, &table.name, &stats);
+    Ok(stats)
 }
 
 /// Appends the records of `segments` (one partition's, in offset order) that the changelog

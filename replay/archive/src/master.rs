@@ -148,7 +148,13 @@ pub fn encode(records: &[ArchivedRecord]) -> Result<Vec<u8>, ArchiveError> {
         ],
     )?;
     let mut out = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut out, schema(), Some(writer_properties()))?;
+    // No dictionaries for the raw bytes: every value differs.
+    let props = writer_properties()
+        .into_builder()
+        .set_column_dictionary_enabled(parquet::schema::types::ColumnPath::from("key"), false)
+        .set_column_dictionary_enabled(parquet::schema::types::ColumnPath::from("value"), false)
+        .build();
+    let mut w = ArrowWriter::try_new(&mut out, schema(), Some(props))?;
     w.write(&batch)?;
     w.close()?;
     Ok(out)

@@ -1,13 +1,13 @@
 //! The archiver's Prometheus metrics (`GET /metrics` on `archive.metrics_listen`), all prefixed
-//! `rainbow_archive_`, and the telemetry event that logs and counts a written segment:
+//! `rainbow_archive_`, and the telemetry event that logs and counts a segment: the records of one
+//! partition committed in one append to their changelog table:
 //! * `records_total{topic}`, `bytes_total{topic}`: records and Parquet bytes made durable;
-//! * `segments_total{topic}`, `segment_write_duration_seconds` (histogram);
-//! * `existing_segments_total`: segments found already written (a retry), left untouched;
+//! * `segments_total{topic}`, `segment_write_duration_seconds` (histogram: writing the data files
+//!   and committing);
+//! * `existing_segments_total`: segments found already committed (a re-delivery after a crash);
 //! * `consumer_lag_messages{topic,partition}`: high watermark minus the next offset to archive;
 //! * `buffered_records`: records waiting in open segments;
 //! * `last_segment_timestamp_seconds`; `running`: 1 while the archiver runs;
-//! * `iceberg_commits_total{table}`, `iceberg_records_total{table}`, `iceberg_bytes_total{table}`,
-//!   `iceberg_commit_duration_seconds` (histogram): appends to the changelog tables;
 //! * `iceberg_untyped_records_total{table,reason}`: records kept raw without typed columns
 //!   (`tombstone`, `not_a_change_event`); `iceberg_untyped_values_total{table}`: values kept in
 //!   the raw envelope only; `iceberg_columns_added_total{table}`: schema evolutions;
@@ -33,13 +33,9 @@ pub struct ArchiveMetrics {
     pub buffered: IntGauge,
     pub last_segment: IntGauge,
     pub running: IntGauge,
-    pub iceberg_commits: IntCounterVec,
-    pub iceberg_records: IntCounterVec,
-    pub iceberg_bytes: IntCounterVec,
     pub iceberg_untyped: IntCounterVec,
     pub iceberg_untyped_values: IntCounterVec,
     pub iceberg_columns_added: IntCounterVec,
-    pub iceberg_commit_duration: Histogram,
     /// Retries, dependencies' down time, restarts, health.
     pub resilience: Resilience,
 }
@@ -65,18 +61,18 @@ impl ArchiveMetrics {
         let by_topic =
             |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), &["topic"]).expect("metric");
         ArchiveMetrics {
-            records: reg!(by_topic("records_total", "Records archived (durable in the master dataset)")),
-            bytes: reg!(by_topic("bytes_total", "Parquet bytes of the segments written")),
-            segments: reg!(by_topic("segments_total", "Segments written")),
+            records: reg!(by_topic("records_total", "Records archived (committed to their changelog table)")),
+            bytes: reg!(by_topic("bytes_total", "Parquet bytes of the changelog tables' data files written")),
+            segments: reg!(by_topic("segments_total", "Segments committed (one partition's records in one append)")),
             existing: reg!(IntCounter::new(
                 "existing_segments_total",
-                "Segments found already written by an earlier attempt and left untouched"
+                "Segments whose records were all committed already (a re-delivery after a crash), left out"
             )
             .expect("metric")),
             write_duration: reg!(Histogram::with_opts(
                 HistogramOpts::new(
                     "segment_write_duration_seconds",
-                    "Encoding and durably writing one segment"
+                    "Writing one segment's data files and committing them to the changelog table"
                 )
                 .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             )
@@ -97,9 +93,6 @@ impl ArchiveMetrics {
             )
             .expect("metric")),
             running: reg!(IntGauge::new("running", "1 while the archiver runs").expect("metric")),
-            iceberg_commits: reg!(by_table("iceberg_commits_total", "Appends committed to the changelog tables")),
-            iceberg_records: reg!(by_table("iceberg_records_total", "Records committed to the changelog tables")),
-            iceberg_bytes: reg!(by_table("iceberg_bytes_total", "Parquet bytes of the changelog tables' data files")),
             iceberg_untyped: reg!(IntCounterVec::new(
                 Opts::new(
                     "iceberg_untyped_records_total",
@@ -116,14 +109,6 @@ impl ArchiveMetrics {
                 "iceberg_columns_added_total",
                 "Source columns added to a changelog table's schema (Iceberg schema evolution)"
             )),
-            iceberg_commit_duration: reg!(Histogram::with_opts(
-                HistogramOpts::new(
-                    "iceberg_commit_duration_seconds",
-                    "Writing the data files of one append and committing it"
-                )
-                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
-            )
-            .expect("metric")),
             resilience: {
                 let r = Resilience::register(&registry);
                 r.expect(&[Dependency::Kafka, Dependency::ObjectStore]);
@@ -140,8 +125,11 @@ impl ArchiveMetrics {
 
 /// A segment became durable.
 pub struct SegmentWritten<'a> {
-    pub path: &'a str,
+    pub table: &'a str,
     pub topic: &'a str,
+    pub partition: i32,
+    pub first: i64,
+    pub last: i64,
     pub records: usize,
     pub bytes: usize,
     pub duration: Duration,
@@ -152,7 +140,13 @@ impl SegmentWritten<'_> {
     pub fn emit(&self, m: &ArchiveMetrics) {
         if self.existed {
             m.existing.inc();
-            tracing::warn!(path = self.path, "segment already written by an earlier attempt: left untouched");
+            tracing::warn!(
+                table = self.table,
+                partition = self.partition,
+                first = self.first,
+                last = self.last,
+                "records already in the changelog table (a re-delivery after a crash): left out"
+            );
         } else {
             m.records.with_label_values(&[self.topic]).inc_by(self.records as u64);
             m.bytes.with_label_values(&[self.topic]).inc_by(self.bytes as u64);
@@ -160,7 +154,10 @@ impl SegmentWritten<'_> {
             m.write_duration.observe(self.duration.as_secs_f64());
             m.last_segment.set(chrono::Utc::now().timestamp());
             tracing::info!(
-                path = self.path,
+                table = self.table,
+                partition = self.partition,
+                first = self.first,
+                last = self.last,
                 records = self.records,
                 bytes = self.bytes,
                 ms = self.duration.as_millis() as u64,
@@ -170,23 +167,14 @@ impl SegmentWritten<'_> {
     }
 }
 
-/// An append to a changelog table was committed.
-pub fn iceberg_appended(
-    m: &ArchiveMetrics,
-    table: &str,
-    s: &rainbow_iceberg::AppendStats,
-    duration: Duration,
-) {
+/// What an append to a changelog table found in its records.
+pub fn iceberg_appended(m: &ArchiveMetrics, table: &str, s: &rainbow_iceberg::AppendStats) {
     if s.records == 0 {
         return;
     }
-    m.iceberg_commits.with_label_values(&[table]).inc();
-    m.iceberg_records.with_label_values(&[table]).inc_by(s.records);
-    m.iceberg_bytes.with_label_values(&[table]).inc_by(s.bytes);
     m.iceberg_untyped.with_label_values(&[table, "tombstone"]).inc_by(s.tombstones);
     m.iceberg_untyped.with_label_values(&[table, "not_a_change_event"]).inc_by(s.not_change_events);
     m.iceberg_columns_added.with_label_values(&[table]).inc_by(s.columns_added);
     m.iceberg_untyped_values.with_label_values(&[table]).inc_by(s.untyped_values);
-    m.iceberg_commit_duration.observe(duration.as_secs_f64());
     tracing::debug!(table, records = s.records, files = s.files, bytes = s.bytes, "Iceberg append committed");
 }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 /// The snapshot summary property holding the next offset of each partition (JSON object of
 /// partition number to offset) after the snapshot's append.
 pub const OFFSETS_PROPERTY: &str = "rainbow.kafka.offsets";
-/// The snapshot summary property naming the topic.
+/// The snapshot summary property naming the topic (also a table property).
 pub const TOPIC_PROPERTY: &str = "rainbow.kafka.topic";
 
 /// The metadata columns, in order, before the source row's columns.
@@ -95,6 +95,8 @@ pub struct ChangelogTable {
     schemas: HashMap<String, Arc<RowSchema>>,
     /// Columns whose source type changed beyond the table's (logged once).
     type_changes: std::collections::HashSet<String>,
+    /// The last schema text seen and its row schema.
+    last_schema: Option<(String, Arc<RowSchema>)>,
 }
 
 fn meta_schema() -> Schema {
@@ -167,7 +169,7 @@ impl ChangelogTable {
                 .properties([
                     ("write.format.default".to_string(), "parquet".to_string()),
                     ("write.parquet.compression-codec".to_string(), "snappy".to_string()),
-                    ("rainbow.kafka.topic".to_string(), topic.to_string()),
+                    (TOPIC_PROPERTY.to_string(), topic.to_string()),
                 ])
                 .build();
             match lake.catalog.create_table(&lake.namespace, creation).await {
@@ -191,6 +193,7 @@ impl ChangelogTable {
             last_commit_us: HashMap::new(),
             schemas: HashMap::new(),
             type_changes: Default::default(),
+            last_schema: None,
         })
     }
 
@@ -210,7 +213,29 @@ impl ChangelogTable {
             last_commit_us: HashMap::new(),
             schemas: HashMap::new(),
             type_changes: Default::default(),
+            last_schema: None,
         }))
+    }
+
+    /// Every changelog table of the lake's namespace (its topic from the table's
+    /// `rainbow.kafka.topic` property), sorted by name.
+    pub async fn load_all(lake: &Lake) -> Result<Vec<ChangelogTable>, LakeError> {
+        let idents = lake
+            .catalog
+            .list_tables(&lake.namespace)
+            .await
+            .map_err(|source| LakeError::Catalog { url: lake.url.clone(), source: Box::new(source) })?;
+        let mut tables = Vec::new();
+        for ident in idents {
+            let name = ident.name().to_string();
+            let table = lake.catalog.load_table(&ident).await.map_err(LakeError::table(&name))?;
+            let Some(topic) = table.metadata().properties().get(TOPIC_PROPERTY).cloned() else { continue };
+            if let Some(t) = ChangelogTable::load(lake, &name, &topic).await? {
+                tables.push(t);
+            }
+        }
+        tables.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(tables)
     }
 
     /// The data files of the current snapshot, with the Kafka partition and offsets each holds
@@ -327,8 +352,44 @@ impl ChangelogTable {
         &self.table
     }
 
+    /// A record's envelope and the row schema of its Connect schema. A record that starts with
+    /// the same schema as the one before it (the usual case: records of a table share it until
+    /// the table changes) is parsed from its payload on: the schema's text is compared, not
+    /// scanned as JSON again.
+    fn parse<'v>(&mut self, value: &'v [u8]) -> Result<(Envelope<'v>, Option<Arc<RowSchema>>), ()> {
+        const HEAD: &[u8] = b"{\"schema\":";
+        const MID: &[u8] = b",\"payload\":";
+        if let Some((text, schema)) = &self.last_schema {
+            let t = text.as_bytes();
+            let n = HEAD.len() + t.len() + MID.len();
+            if value.len() > n
+                && value.starts_with(HEAD)
+                && value[HEAD.len()..].starts_with(t)
+                && value[HEAD.len() + t.len()..].starts_with(MID)
+                && value.ends_with(b"}")
+            {
+                let schema = schema.clone();
+                let payload = &value[n..value.len() - 1];
+                if let Ok(env) = Envelope::parse(payload) {
+                    return Ok((env, Some(schema)));
+                }
+            }
+        }
+        let env = Envelope::parse(value).map_err(|_| ())?;
+        let schema = env.schema.and_then(|s| self.row_schema(s.get()));
+        Ok((env, schema))
+    }
+
     fn row_schema(&mut self, schema_text: &str) -> Option<Arc<RowSchema>> {
+        // Records of a table share their schema until it changes: compare with the last one
+        // before hashing the text.
+        if let Some((text, s)) = &self.last_schema {
+            if text == schema_text {
+                return Some(s.clone());
+            }
+        }
         if let Some(s) = self.schemas.get(schema_text) {
+            self.last_schema = Some((schema_text.to_string(), s.clone()));
             return Some(s.clone());
         }
         let s = Arc::new(connect::row_schema(schema_text)?);
@@ -336,6 +397,7 @@ impl ChangelogTable {
             self.schemas.clear();
         }
         self.schemas.insert(schema_text.to_string(), s.clone());
+        self.last_schema = Some((schema_text.to_string(), s.clone()));
         Some(s)
     }
 
@@ -419,13 +481,12 @@ impl ChangelogTable {
                     stats.tombstones += 1;
                     Parsed::default()
                 }
-                Some(value) => match Envelope::parse(value) {
+                Some(value) => match self.parse(value) {
                     Err(_) => {
                         stats.not_change_events += 1;
                         Parsed { whole_untyped: true, ..Parsed::default() }
                     }
-                    Ok(env) => {
-                        let schema = env.schema.and_then(|s| self.row_schema(s.get()));
+                    Ok((env, schema)) => {
                         if let Some(s) = &schema {
                             if !schemas.iter().any(|k| Arc::ptr_eq(k, s)) {
                                 schemas.push(s.clone());
@@ -439,10 +500,14 @@ impl ChangelogTable {
                             txid: env.source.tx_id,
                             table: Some(env.source.table.to_string()),
                             row: if delete { env.before } else { env.after },
-                            // Without a schema there are no typed columns; an update whose
-                            // before image has another key needs its before image: both are
-                            // read from the envelope.
-                            whole_untyped: schema.is_none() || key_changed(r.key, &env),
+                            // Without a schema there are no typed columns (read from the
+                            // envelope).
+                            whole_untyped: schema.is_none(),
+                            before: if env.op == rainbow_schemas::wire::Op::Update {
+                                env.before
+                            } else {
+                                None
+                            },
                             schema,
                         }
                     }
@@ -500,14 +565,22 @@ impl ChangelogTable {
                 let (r, p) = (records[i], &parsed[i]);
                 filled.iter_mut().for_each(|f| *f = false);
                 untyped.clear();
-                if p.whole_untyped {
-                    untyped.push("*");
-                } else if let (Some(row), Some(rs)) = (p.row, &p.schema) {
-                    let values: serde_json::Map<String, serde_json::Value> = serde_json::from_str(row.get())
+                let mut whole_untyped = p.whole_untyped;
+                let mut values = None;
+                if let (false, Some(row), Some(_)) = (whole_untyped, p.row, &p.schema) {
+                    let v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(row.get())
                         .map_err(|e| LakeError::Invalid {
                             table: self.name.clone(),
                             reason: format!("offset {} of partition {partition}: row image: {e}", r.offset),
                         })?;
+                    // An update whose before image has another key needs its before image:
+                    // read from the envelope.
+                    whole_untyped = p.before.is_some_and(|b| key_changed(r.key, b, &v));
+                    values = Some(v);
+                }
+                if whole_untyped {
+                    untyped.push("*");
+                } else if let (Some(values), Some(rs)) = (&values, &p.schema) {
                     for (name, conv) in rs.iter() {
                         let (Some(&c), Some(v)) = (index.get(name.as_str()), values.get(name)) else {
                             continue;
@@ -538,7 +611,7 @@ impl ChangelogTable {
                 for (c, col) in cols.iter_mut().enumerate().skip(META_COLUMNS.len()) {
                     if !filled[c] {
                         col.null();
-                        if p.row.is_some() && !p.whole_untyped {
+                        if p.row.is_some() && !whole_untyped {
                             untyped.push(arrow_schema.field(c).name());
                         }
                     }
@@ -574,7 +647,7 @@ impl ChangelogTable {
                 None,
                 DataFileFormat::Parquet,
             );
-            let parquet = ParquetWriterBuilder::new(crate::parquet_properties(), schema.clone());
+            let parquet = ParquetWriterBuilder::new(changelog_properties(), schema.clone());
             let rolling = RollingFileWriterBuilder::new_with_default_file_size(
                 parquet,
                 self.table.file_io().clone(),
@@ -627,6 +700,8 @@ struct Parsed<'a> {
     schema: Option<Arc<RowSchema>>,
     /// No typed columns for this record: read it from `_envelope`.
     whole_untyped: bool,
+    /// An update's before image.
+    before: Option<&'a serde_json::value::RawValue>,
 }
 
 fn text(c: &mut Column, v: Option<&str>) {
@@ -654,18 +729,26 @@ fn bytes(c: &mut Column, v: Option<&[u8]>) {
 
 /// Whether an update's before image has another value in a column of the record's key (the
 /// key's fields, with or without the schema wrapper) than its after image.
-fn key_changed(key: Option<&[u8]>, env: &Envelope<'_>) -> bool {
+fn key_changed(
+    key: Option<&[u8]>,
+    before: &serde_json::value::RawValue,
+    after: &serde_json::Map<String, serde_json::Value>,
+) -> bool {
     use serde_json::Value;
-    if env.op != rainbow_schemas::wire::Op::Update {
-        return false;
-    }
-    let (Some(before), Some(after), Some(key)) = (env.before, env.after, key) else { return false };
+    let Some(key) = key else { return false };
     let Ok(key) = serde_json::from_slice::<Value>(key) else { return false };
     let key = key.get("payload").cloned().unwrap_or(key);
-    let (Ok(Value::Object(b)), Ok(Value::Object(a))) =
-        (serde_json::from_str::<Value>(before.get()), serde_json::from_str::<Value>(after.get()))
-    else {
-        return false;
-    };
-    key.as_object().is_some_and(|k| k.keys().any(|f| b.get(f) != a.get(f)))
+    let Ok(Value::Object(b)) = serde_json::from_str::<Value>(before.get()) else { return false };
+    key.as_object().is_some_and(|k| k.keys().any(|f| b.get(f) != after.get(f)))
+}
+
+/// The changelog's Parquet settings: Rainbow's, without dictionaries for the raw bytes (every
+/// value differs: a dictionary only costs a hash per value).
+fn changelog_properties() -> parquet::file::properties::WriterProperties {
+    use parquet::schema::types::ColumnPath;
+    crate::parquet_properties()
+        .into_builder()
+        .set_column_dictionary_enabled(ColumnPath::from("_key"), false)
+        .set_column_dictionary_enabled(ColumnPath::from("_envelope"), false)
+        .build()
 }

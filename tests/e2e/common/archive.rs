@@ -49,15 +49,68 @@ impl ArchiveProcess {
     }
 }
 
-/// Segments in the master dataset under `store`: (relative path, topic, partition, first, last).
+/// Runs `f` over the changelog tables of the master dataset under `store` (its default catalog),
+/// on a thread and runtime of its own (callers may be async or not).
+fn with_tables<T: Send + 'static>(
+    store: &Path,
+    f: impl FnOnce(&tokio::runtime::Runtime, &[rainbow_iceberg::ChangelogTable]) -> T + Send + 'static,
+) -> T {
+    let store = store.to_path_buf();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let objects = rainbow_runtime::store::Store::open(store.to_str().unwrap()).unwrap();
+        let config = rainbow_archive::ArchiveConfig::default().lake(&objects).unwrap();
+        let tables = rt.block_on(async {
+            let lake = rainbow_iceberg::Lake::open(&config).await.unwrap();
+            rainbow_iceberg::ChangelogTable::load_all(&lake).await.unwrap()
+        });
+        f(&rt, &tables)
+    })
+    .join()
+    .unwrap()
+}
+
+/// The segments of the master dataset under `store`: the data files of its changelog tables,
+/// (file path, topic, partition, first offset, last offset), sorted by topic, partition and offset.
 pub fn segments(store: &Path) -> Vec<(String, String, i32, i64, i64)> {
-    rainbow_testkit::relative_paths(store)
-        .into_iter()
-        .filter_map(|rel| {
-            let s = rainbow_archive::master::SegmentName::parse(&rel)?;
-            Some((rel, s.topic, s.partition, s.first, s.last))
-        })
-        .collect()
+    if !store.join("iceberg/catalog.db").exists() {
+        return Vec::new();
+    }
+    with_tables(store, |rt, tables| {
+        let mut out = Vec::new();
+        for t in tables {
+            for f in rt.block_on(t.files()).unwrap() {
+                out.push((f.path, t.topic.clone(), f.partition, f.first, f.last));
+            }
+        }
+        out.sort_by(|a, b| (&a.1, a.2, a.3).cmp(&(&b.1, b.2, b.3)));
+        out
+    })
+}
+
+/// The raw values (`_envelope`) of every archived record of `topic` under `store`, in offset order
+/// per partition.
+pub fn archived_values(store: &Path, topic: &str) -> Vec<Vec<u8>> {
+    use arrow::array::{Array, AsArray};
+    let topic = topic.to_string();
+    with_tables(store, move |rt, tables| {
+        let mut values = Vec::new();
+        for t in tables.iter().filter(|t| t.topic == topic) {
+            for f in rt.block_on(t.files()).unwrap() {
+                let data = rt.block_on(t.read_file(&f.path)).unwrap();
+                let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)
+                    .unwrap()
+                    .build()
+                    .unwrap();
+                for batch in reader {
+                    let batch = batch.unwrap();
+                    let col = batch.column_by_name("_envelope").unwrap().as_binary::<i64>();
+                    values.extend((0..col.len()).filter(|&i| !col.is_null(i)).map(|i| col.value(i).to_vec()));
+                }
+            }
+        }
+        values
+    })
 }
 
 /// The end offset (high watermark) of every partition of `topics`.
@@ -77,8 +130,8 @@ pub fn end_offsets(topics: &[String]) -> BTreeMap<(String, i32), i64> {
 }
 
 /// Waits (up to `deadline`) until the master dataset under `store` reaches `ends`, then checks
-/// that it holds every offset of every partition exactly once: its segments start at 0 and
-/// follow each other with neither a gap nor an overlap.
+/// that it holds every offset of every partition exactly once: the data files of its changelog
+/// tables start at 0 and follow each other with neither a gap nor an overlap.
 pub async fn assert_every_offset_once(store: &Path, ends: &BTreeMap<(String, i32), i64>, deadline: Duration) {
     super::eventually("the archive to reach every partition's end", deadline, || {
         let mut covered: BTreeMap<(String, i32), i64> = BTreeMap::new();
