@@ -34,6 +34,8 @@ enum Col<'a> {
     ZonedMicros(&'a TimestampMicrosecondArray),
     /// Any other type: never read (the envelope is).
     Other,
+    /// Not in the data file (added to the table after it was written).
+    Missing,
 }
 
 impl<'a> Col<'a> {
@@ -57,7 +59,7 @@ impl<'a> Col<'a> {
             Col::Decimal(a, _) => a.is_null(i),
             Col::Text(a) => a.is_null(i),
             Col::ZonedMicros(a) => a.is_null(i),
-            Col::Other => true,
+            Col::Other | Col::Missing => true,
         }
     }
 
@@ -165,7 +167,7 @@ impl<'a> TypedBatch<'a> {
     }
 
     fn col(&self, name: &str) -> Col<'a> {
-        self.batch.column_by_name(name).map_or(Col::Other, |c| Col::of(c.as_ref()))
+        self.batch.column_by_name(name).map_or(Col::Missing, |c| Col::of(c.as_ref()))
     }
 
     /// Row `i`'s event, `None`: decode its `_envelope` instead (see the module's contract).
@@ -210,10 +212,11 @@ impl<'a> TypedBatch<'a> {
         let long = |name: &str| self.col(name).long(i);
         let opt_long = |name: &str| {
             let c = self.col(name);
-            if c.is_null(i) {
-                Some(None)
-            } else {
-                c.long(i).map(Some)
+            match c {
+                // Not in the row's data file, or of a type not read: the envelope decides.
+                Col::Missing | Col::Other => None,
+                _ if c.is_null(i) => Some(None),
+                _ => c.long(i).map(Some),
             }
         };
         let text = |name: &str| self.col(name).text(i).map(str::to_string);

@@ -184,6 +184,11 @@ impl ChangelogTable {
                 }
             }
         };
+        ChangelogTable::of(name, topic, table)
+    }
+
+    /// A loaded table, its committed offsets read from its snapshots.
+    fn of(name: &str, topic: &str, table: Table) -> Result<ChangelogTable, LakeError> {
         let committed = committed_offsets(&table)?;
         Ok(ChangelogTable {
             name: name.to_string(),
@@ -204,17 +209,7 @@ impl ChangelogTable {
             return Ok(None);
         }
         let table = lake.catalog.load_table(&ident).await.map_err(LakeError::table(name))?;
-        let committed = committed_offsets(&table)?;
-        Ok(Some(ChangelogTable {
-            name: name.to_string(),
-            topic: topic.to_string(),
-            table,
-            committed,
-            last_commit_us: HashMap::new(),
-            schemas: HashMap::new(),
-            type_changes: Default::default(),
-            last_schema: None,
-        }))
+        ChangelogTable::of(name, topic, table).map(Some)
     }
 
     /// Every changelog table of the lake's namespace (its topic from the table's
@@ -530,13 +525,16 @@ impl ChangelogTable {
             }
             commit_us.push(t);
         }
-        // One data file per run of records of one commit day: each file holds consecutive
-        // offsets of one partition (readers rely on it).
+        // One data file per run of consecutive offsets of one commit day (readers rely on a file
+        // holding consecutive offsets of one partition; a gap, with archive.allow_offset_gap,
+        // starts a new file).
         let day = |i: usize| commit_us[i].map(|t: i64| t.div_euclid(86_400_000_000) as i32);
         let mut runs: Vec<(Option<i32>, std::ops::Range<usize>)> = Vec::new();
         for i in 0..records.len() {
             match runs.last_mut() {
-                Some((d, range)) if *d == day(i) => range.end = i + 1,
+                Some((d, range)) if *d == day(i) && records[i].offset == records[i - 1].offset + 1 => {
+                    range.end = i + 1
+                }
                 _ => runs.push((day(i), i..i + 1)),
             }
         }

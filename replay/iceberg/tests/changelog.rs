@@ -193,13 +193,38 @@ async fn appends_resume_from_the_committed_offsets_and_the_schema_evolves() {
     assert_eq!(untyped.value(6), "price,stock");
     assert!(b.column_by_name("price").unwrap().is_null(6));
 
+    // Offsets with a gap (records removed before they were archived, archive.allow_offset_gap):
+    // each file still holds consecutive offsets.
+    let gap: Vec<Vec<u8>> = (0..3)
+        .map(|i| {
+            envelope(
+                "c",
+                150 + i,
+                day1 + 86_400_004,
+                &cols,
+                json!({"id": 10 + i, "name": "x", "price": unscaled(1)}),
+            )
+        })
+        .collect();
+    let gapped: Vec<ChangeRecord> = [7i64, 8, 10]
+        .iter()
+        .zip(&gap)
+        .map(|(o, v)| ChangeRecord { offset: *o, kafka_ts_ms: None, key: None, value: Some(v) })
+        .collect();
+    let s = reopened.append(&lake, 0, &gapped).await.unwrap();
+    assert_eq!((s.records, s.files), (3, 2));
+    let tail: Vec<(i64, i64)> =
+        reopened.files().await.unwrap().iter().filter(|f| f.first >= 7).map(|f| (f.first, f.last)).collect();
+    assert_eq!(tail, [(7, 8), (10, 10)]);
+    assert_eq!(reopened.committed(), &BTreeMap::from([(0, 11)]));
+
     // Expiry keeps the current snapshot, and with it the committed offsets.
     let snapshots = reopened.table().metadata().snapshots().len();
-    assert_eq!(snapshots, 4, "one per append");
+    assert_eq!(snapshots, 5, "one per append");
     let expired = reopened.expire(&lake, i64::MAX).await.unwrap();
     assert_eq!(expired, snapshots - 1);
     let again = ChangelogTable::open(&lake, "products", "rb.public.products").await.unwrap();
-    assert_eq!(again.committed(), &BTreeMap::from([(0, 7)]));
-    assert_eq!(read_all(&lake, "products").await.num_rows(), 7);
+    assert_eq!(again.committed(), &BTreeMap::from([(0, 11)]));
+    assert_eq!(read_all(&lake, "products").await.num_rows(), 10);
     let _ = std::fs::remove_dir_all(dir);
 }

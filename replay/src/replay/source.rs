@@ -248,19 +248,7 @@ impl Reader {
         };
         let data = self.rt.block_on(self.changelog.read_file(&file.path)).map_err(|e| bad(&e))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(data.clone()).map_err(|e| bad(&e))?;
-        // The metadata the decoding reads and the source columns; not the raw bytes.
-        let wanted: Vec<usize> = builder
-            .parquet_schema()
-            .columns()
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| {
-                let name = c.name();
-                META_COLUMNS.contains(&name) || !name.starts_with('_')
-            })
-            .map(|(i, _)| i)
-            .collect();
-        let mask = ProjectionMask::leaves(builder.parquet_schema(), wanted);
+        let mask = typed_projection(builder.parquet_schema());
         let batches =
             builder.with_projection(mask).with_batch_size(self.batch_rows).build().map_err(|e| bad(&e))?;
         let mut envelopes: Option<HashMap<i64, Option<Vec<u8>>>> = None;
@@ -307,6 +295,19 @@ impl Reader {
         }
         Ok(true)
     }
+}
+
+/// The columns of a changelog data file that the typed decoding reads: its metadata columns and
+/// the source row's; not the raw bytes.
+pub fn typed_projection(schema: &parquet::schema::types::SchemaDescriptor) -> ProjectionMask {
+    let wanted: Vec<usize> = schema
+        .columns()
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| META_COLUMNS.contains(&c.name()) || !c.name().starts_with('_'))
+        .map(|(i, _)| i)
+        .collect();
+    ProjectionMask::leaves(schema, wanted)
 }
 
 /// Every record's `_envelope` of a data file, by offset (for the rows without typed columns).

@@ -22,17 +22,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 use std::time::{Duration, Instant};
 
+use rainbow_bench::arg_u64 as arg;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn size(dir: &std::path::Path) -> u64 {
     rainbow_testkit::relative_paths(dir)
@@ -176,7 +168,7 @@ fn main() {
     println!("| measure | value |");
     println!("| --- | --- |");
     println!("| records (3 partitions per topic) | {records} |");
-    println!("| segments written | {} |", summary.segments);
+    println!("| segments committed | {} |", summary.segments);
     println!("| records committed while busy (until the first 10-s pause) | {} |", busy.1);
     println!("| busy time | {:.1} s |", busy.0);
     println!("| archiver throughput | {:.0} records/s |", busy.1 as f64 / busy.0);
@@ -186,7 +178,6 @@ fn main() {
         "| changelog tables (typed columns + raw envelope) | {:.1} MiB |",
         mib(size(&dir.join("store/iceberg")))
     );
-    println!("| segments (raw JSON in Parquet) | {:.1} MiB |", mib(size(&dir.join("store/master"))));
     let names: Vec<&str> = topics.iter().chain([&heartbeat]).map(String::as_str).collect();
     let _ = rt.block_on(kafka::delete_topics(&admin, &names));
     let _ = std::fs::remove_dir_all(&dir);

@@ -17,30 +17,12 @@ use rainbow_processor::core::Core;
 use rainbow_schemas::shape::Outputs;
 
 // The same allocator as the `rainbow` binary: the core allocates many small rows.
+use rainbow_bench::{arg_u64 as arg, rss_kib};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use rainbow_processor::event::{decode, ChangeEvent, Position};
 use rainbow_testkit::workload::{to_debezium_json, Workload, WorkloadConfig};
 use std::time::{Duration, Instant};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 fn generate(orders: u64) -> Vec<ChangeEvent> {
     let mut w = Workload::new(WorkloadConfig::seed_volume(), 42);

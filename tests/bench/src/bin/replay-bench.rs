@@ -29,23 +29,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 // The same allocator as the `rainbow` binary.
+use rainbow_bench::{arg, rss_kib};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
-}
-
-fn rss_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_default();
@@ -208,18 +194,7 @@ fn decode_only(archive: &str) {
                         let builder =
                             parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)
                                 .expect("opens");
-                        let wanted: Vec<usize> = builder
-                            .parquet_schema()
-                            .columns()
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, c)| {
-                                rainbow_processor::event::typed::META_COLUMNS.contains(&c.name())
-                                    || !c.name().starts_with('_')
-                            })
-                            .map(|(i, _)| i)
-                            .collect();
-                        let mask = parquet::arrow::ProjectionMask::leaves(builder.parquet_schema(), wanted);
+                        let mask = rainbow_replay::replay::source::typed_projection(builder.parquet_schema());
                         for batch in
                             builder.with_projection(mask).with_batch_size(batch_rows).build().expect("reads")
                         {
