@@ -626,7 +626,7 @@ fn open_table(
     let name = config.table_of(topic);
     let table = rt.block_on(ChangelogTable::open(lake, &name, topic))?;
     for reason in ["tombstone", "not_a_change_event"] {
-        metrics.iceberg_untyped.with_label_values(&[&name, reason]);
+        metrics.iceberg_untyped.with_label_values(&[name.as_str(), reason]);
     }
     metrics.iceberg_untyped_values.with_label_values(&[&name]);
     metrics.iceberg_columns_added.with_label_values(&[&name]);
