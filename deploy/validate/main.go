@@ -709,7 +709,7 @@ func ptrOr(p *int32) int32 {
 }
 
 // replayArgsParse runs the Job's replay command with local stand-ins for the object-store URLs and
-// an empty archive: the arguments parse when the binary gets as far as finding no segment.
+// an empty archive: the arguments parse when the binary gets as far as finding no record.
 func replayArgsParse(bin string, args []string) error {
 	tmp, err := os.MkdirTemp("", "rainbow-validate-")
 	if err != nil {
@@ -729,7 +729,7 @@ func replayArgsParse(bin string, args []string) error {
 	cmd.Dir = tmp
 	out, err := cmd.CombinedOutput()
 	var exit *exec.ExitError
-	if errors.As(err, &exit) && strings.Contains(string(out), "holds no segment") {
+	if errors.As(err, &exit) && strings.Contains(string(out), "holds no record") {
 		return nil
 	}
 	return fmt.Errorf("rainbow %s: %v: %s", strings.Join(local, " "), err, out)
