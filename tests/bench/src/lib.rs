@@ -21,3 +21,18 @@ pub fn rss_kib(field: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+/// The benchmarks' Kafka producer: idempotent, as the CDC's is (without it a retried batch can
+/// land after a later one, and a consumer rightly drops the records that arrive behind their
+/// successors as re-deliveries), batching for throughput.
+pub fn producer(brokers: &str) -> rdkafka::producer::FutureProducer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("compression.type", "lz4")
+        .create()
+        .expect("a Kafka producer")
+}

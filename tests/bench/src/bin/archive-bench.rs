@@ -18,8 +18,7 @@ use rainbow_iceberg::{ChangelogTable, Lake};
 use rainbow_runtime::kafka::{self, KafkaConnection, TopicSpec};
 use rainbow_runtime::store::Store;
 use rainbow_testkit::workload::{to_debezium_json_with_schema, Workload, WorkloadConfig};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureRecord, Producer};
 use std::time::{Duration, Instant};
 
 use rainbow_bench::arg_u64 as arg;
@@ -61,15 +60,7 @@ fn main() {
             topics.iter().map(|t| TopicSpec { name: t.clone(), partitions: 3, replication: 1 }).collect();
         new.push(TopicSpec { name: heartbeat.clone(), partitions: 1, replication: 1 });
         kafka::ensure_topics(&admin, &new).await.expect("creates the topics");
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "20")
-            .set("batch.num.messages", "10000")
-            .set("queue.buffering.max.messages", "1000000")
-            .set("compression.type", "lz4")
-            .create()
-            .expect("producer");
+        let producer = rainbow_bench::producer(&brokers);
         let mut w = Workload::new(WorkloadConfig::seed_volume(), 42);
         let (mut placed, mut records, mut bytes) = (0u64, 0u64, 0u64);
         let mut pending = Vec::with_capacity(10_000);

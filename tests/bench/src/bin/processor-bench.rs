@@ -141,8 +141,7 @@ fn dimension_memory() {
 fn kafka_bench(events: &[ChangeEvent]) {
     use rainbow_runtime::kafka::{self, KafkaConnection, TopicSpec};
     use rdkafka::message::{Header, OwnedHeaders};
-    use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-    use rdkafka::ClientConfig;
+    use rdkafka::producer::{FutureRecord, Producer};
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let brokers = std::env::var("RAINBOW_KAFKA__BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let ch_url = std::env::var("RAINBOW_CLICKHOUSE__URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
@@ -182,18 +181,7 @@ fn kafka_bench(events: &[ChangeEvent]) {
         new.push(TopicSpec { name: hb.clone(), partitions: 1, replication: 1 });
         kafka::ensure_topics(&admin, &new).await.unwrap();
         topics.push(hb.clone());
-        // Idempotent, as the CDC's producer is: without it a retried batch can land after a later
-        // one, and the processor rightly drops the records that arrive behind their successors as
-        // re-deliveries (order lines then reference promotions it never saw).
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "20")
-            .set("batch.num.messages", "10000")
-            .set("queue.buffering.max.messages", "1000000")
-            .set("compression.type", "lz4")
-            .create()
-            .unwrap();
+        let producer = rainbow_bench::producer(&brokers);
         eprintln!("producing {} events ...", events.len());
         let started = Instant::now();
         let mut pending = Vec::with_capacity(10_000);
