@@ -317,10 +317,16 @@ pub async fn replay(config: &Config, args: &crate::ReplayArgs) -> anyhow::Result
         naming: config.archive_settings(),
         config: rainbow_replay::ReplayConfig {
             iceberg: config.replay.iceberg || args.iceberg,
+            shards: args.shards.unwrap_or(config.replay.shards),
+            processes: args.processes.unwrap_or(config.replay.processes),
+            process: args.process.unwrap_or(config.replay.process),
             ..config.replay.clone()
         },
         progress: !args.quiet,
+        combine: args.combine.then(|| std::time::Duration::from_secs(args.wait)),
     };
+    let split = (replay.config.processes > 1 && !args.combine)
+        .then_some((replay.config.process, replay.config.processes));
     let iceberg =
         replay.config.iceberg.then(|| (replay.config.namespace.clone(), replay.config.catalog_url.clone()));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -344,10 +350,22 @@ pub async fn replay(config: &Config, args: &crate::ReplayArgs) -> anyhow::Result
         other => other.context("the replay failed")?,
     };
     let secs = started.elapsed().as_secs_f64();
+    if let Some((process, processes)) = split {
+        let mine: Vec<String> = summary.shards.iter().map(|s| s.shard.to_string()).collect();
+        println!(
+            "replay: process {process} of {processes}: shard(s) {} done ({} records read, {} events applied) in {secs:.1} s; \
+             once every process is done, the same command with --combine writes the tables to {out}",
+            mine.join(", "),
+            summary.records_read,
+            summary.events_applied,
+        );
+        return Ok(());
+    }
     println!(
-        "replay: {} ({} data files): {} records read ({} from their raw envelope), {} events applied{} ({} in the selected days), {} re-deliveries dropped, {} rejected{} in {:.1} s",
+        "replay: {} ({} data files, {} shard(s)): {} records read ({} from their raw envelope), {} events applied{} ({} in the selected days), {} re-deliveries dropped, {} rejected{} in {:.1} s",
         summary.days,
         summary.files,
+        summary.shards.len(),
         summary.records_read,
         summary.records_from_envelopes,
         summary.events_applied,

@@ -247,6 +247,23 @@ pub struct ReplayArgs {
     /// tools: ClickHouse's iceberg functions, Spark, Trino, PyIceberg (the Kappa swap).
     #[arg(long)]
     pub iceberg: bool,
+    /// Shards: cores' worth of engines, each over its share of the fact partitions, combined into
+    /// the same tables. Default: replay.shards (0: one per core).
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+    /// Processes sharing the shards (machines, or a Kubernetes indexed Job's pods): each runs
+    /// with --process 0 ..= N-1 (replay.process), then `--combine` writes the tables.
+    #[arg(long, value_name = "N")]
+    pub processes: Option<usize>,
+    /// This process's number (replay.process, RAINBOW_REPLAY__PROCESS).
+    #[arg(long, value_name = "I")]
+    pub process: Option<usize>,
+    /// Combine the shard outputs that the processes of the same command left into the tables.
+    #[arg(long)]
+    pub combine: bool,
+    /// With --combine: wait this long for processes that are not done yet.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0, requires = "combine")]
+    pub wait: u64,
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,

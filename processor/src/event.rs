@@ -64,6 +64,18 @@ impl Table {
     pub fn rank(self) -> u8 {
         self as u8
     }
+
+    /// The fact tables (orders, order lines), whose partitions are split among the instances
+    /// of a scale-out (and the shards of a replay); the others are read whole by each.
+    pub fn is_fact(self) -> bool {
+        matches!(self, Table::Orders | Table::Orderdetails)
+    }
+
+    /// Whether instance `instance` of `instances` reads partition `partition` of this table's
+    /// topic: every partition of a dimension, the fact partitions `p % instances == instance`.
+    pub fn read_by(self, partition: i32, instances: i32, instance: i32) -> bool {
+        !self.is_fact() || partition % instances == instance
+    }
 }
 
 /// Where an event sits in source commit order.

@@ -30,6 +30,18 @@ pub struct ReplayConfig {
     pub warehouse_url: Option<String>,
     /// Their namespace.
     pub namespace: String,
+    /// Shards of the replay: each runs its own core over every dimension partition and its
+    /// share of the fact partitions (`p % shards`), and their outputs combine into the tables a
+    /// single core writes. 0: one per core (at most the fact topics' partitions), or
+    /// `processes` when that is above 1. At most the fact topics' partitions.
+    pub shards: usize,
+    /// Processes that share the shards (`rainbow replay --processes`, a Kubernetes indexed Job):
+    /// process `process` runs the shards `s % processes == process` and leaves their outputs for
+    /// `rainbow replay --combine`.
+    pub processes: usize,
+    /// This process's number, 0 ..= processes - 1 (`RAINBOW_REPLAY__PROCESS`: a Job's completion
+    /// index).
+    pub process: usize,
 }
 
 impl Default for ReplayConfig {
@@ -44,6 +56,9 @@ impl Default for ReplayConfig {
             catalog_url: None,
             warehouse_url: None,
             namespace: "replay".into(),
+            shards: 0,
+            processes: 1,
+            process: 0,
         }
     }
 }
@@ -58,11 +73,29 @@ impl ReplayConfig {
         )?;
         check(self.rows_per_file >= 1000, "replay.rows_per_file", self.rows_per_file, "at least 1000 rows")?;
         check(self.spill_rows >= 1, "replay.spill_rows", self.spill_rows, "at least 1 row")?;
+        check((1..=4096).contains(&self.processes), "replay.processes", self.processes, "1 ..= 4096")?;
+        check(self.process < 4096, "replay.process", self.process, "0 ..= 4095")?;
+        check(self.shards <= 4096, "replay.shards", self.shards, "0 (automatic) ..= 4096")?;
         check(
             (1..=1_000_000).contains(&self.read_batch_rows),
             "replay.read_batch_rows",
             self.read_batch_rows,
             "1 ..= 1000000",
+        )
+    }
+}
+
+impl ReplayConfig {
+    /// How the settings split the replay, checked together (each may come from another place:
+    /// the file, the environment, the command line): the process is one of the processes, and
+    /// each process has a shard at least.
+    pub fn check_split(&self) -> Result<(), InvalidSetting> {
+        check(self.process < self.processes, "replay.process", self.process, "0 ..= replay.processes - 1")?;
+        check(
+            self.shards == 0 || self.shards >= self.processes,
+            "replay.shards",
+            self.shards,
+            "0 (automatic), or at least replay.processes",
         )
     }
 }
@@ -76,5 +109,10 @@ mod tests {
         ReplayConfig::default().validate().unwrap();
         let c = ReplayConfig { rows_per_file: 1, ..Default::default() };
         assert_eq!(c.validate().unwrap_err().key, "replay.rows_per_file");
+        let c = ReplayConfig { processes: 3, process: 3, ..Default::default() };
+        assert_eq!(c.check_split().unwrap_err().key, "replay.process");
+        let c = ReplayConfig { processes: 3, shards: 2, ..Default::default() };
+        assert_eq!(c.check_split().unwrap_err().key, "replay.shards");
+        ReplayConfig { processes: 3, process: 2, shards: 6, ..Default::default() }.check_split().unwrap();
     }
 }

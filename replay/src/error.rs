@@ -40,6 +40,30 @@ pub enum ReplayError {
     NotAReplay { url: String, table: &'static str },
     #[error("interrupted")]
     Interrupted,
+    #[error(
+        "replay.shards = {shards}, but the archive's fact topics have {partitions} partitions: a shard \
+         reads fact partitions p with p % shards == its number, so at most {partitions} shards"
+    )]
+    TooManyShards { shards: usize, partitions: usize },
+    #[error(
+        "replay.shards = {shards} with a day selection ({days}): only a replay of every day (--all) \
+         is sharded (a selection's aggregate rows are the groups its days changed, with their totals, \
+         which per-shard partial sums cannot give); replay the selection with --shards 1 and \
+         replay.processes = 1"
+    )]
+    ShardedSelection { shards: usize, days: String },
+    #[error(
+        "shards {missing} of {shards} have no complete output in {out} after {waited_secs} s: run the \
+         replay's processes (replay.process 0 ..= replay.processes - 1) first, or combine with a \
+         longer --wait"
+    )]
+    ShardsMissing { out: String, missing: String, shards: usize, waited_secs: u64 },
+    #[error(
+        "shard {shard}'s output is of another replay ({found}; this combine is of {expected}): combine \
+         with the same command (archive, days, replay.shards, replay.processes) that ran the shards, or \
+         use another --out"
+    )]
+    ShardOfAnotherReplay { shard: usize, found: String, expected: String },
 }
 
 impl From<StoreError> for ReplayError {

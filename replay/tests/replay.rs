@@ -1,13 +1,15 @@
 //! The replay over a synthetic master dataset (no servers): the processor's workload simulator's
-//! changes, spread over days and written as archive segments over 3 partitions per topic,
-//! with a poison record and re-deliveries. The replay's Parquet equals the core run directly
-//! over the same events; a day range equals the core with output kept for those days only;
-//! an interrupted replay resumes to the same bytes; two replays give identical files.
+//! changes, spread over days and written as archive segments over 3 partitions per topic (an
+//! order and its lines in the same partition number, as the CDC routes them), with a poison
+//! record and re-deliveries. The replay's Parquet equals the core run directly over the same
+//! events; a day range equals the core with output kept for those days only; an interrupted
+//! replay resumes to the same bytes; two replays give identical files; a sharded replay, on
+//! threads or as processes combined afterwards, gives the single shard's files byte for byte.
 
 use rainbow_archive::master::{self, ArchivedRecord, SegmentName};
 use rainbow_archive::ArchiveConfig;
 use rainbow_processor::core::Core;
-use rainbow_processor::event::{ChangeEvent, Position};
+use rainbow_processor::event::{ChangeEvent, Position, SourceRow};
 use rainbow_replay::replay::{read_table, run, Days, ReplayArgs};
 use rainbow_replay::{ReplayConfig, ReplayError};
 use rainbow_runtime::store::Store;
@@ -84,7 +86,12 @@ fn write_archive(dir: &std::path::Path, events: &[ChangeEvent]) {
         // seventh without the schema (no typed columns: read from the envelope).
         let (key, value) = if i % 7 == 3 { to_debezium_json(e) } else { to_debezium_json_with_schema(e) };
         let topic = naming.topic_for(e.table().name());
-        let p = (key.iter().map(|b| u32::from(*b)).sum::<u32>() % 3) as i32;
+        // The CDC's routing (`cdc.partition_by`): orders by id, order lines by their order.
+        let p = match e.after.as_ref().or(e.before.as_ref()) {
+            Some(SourceRow::Order(o)) => o.id.rem_euclid(3) as i32,
+            Some(SourceRow::OrderLine(l)) => l.order_id.rem_euclid(3) as i32,
+            _ => (key.iter().map(|b| u32::from(*b)).sum::<u32>() % 3) as i32,
+        };
         push(&mut partitions, topic, p, key, value, Some(e), day(e));
         // A CDC restart re-sends recent records (at-least-once): each partition gets again the
         // five records before its last one.
@@ -177,6 +184,28 @@ fn args(archive: &std::path::Path, out: &std::path::Path, days: Days) -> ReplayA
         naming: ArchiveConfig::default(),
         config: ReplayConfig::default(),
         progress: false,
+        combine: None,
+    }
+}
+
+/// `args` on `shards` shards.
+fn sharded(archive: &std::path::Path, out: &std::path::Path, shards: usize) -> ReplayArgs {
+    let mut a = args(archive, out, Days::All);
+    a.config.shards = shards;
+    a
+}
+
+/// Every file of two outputs is the same, but the replay's own folder (its summary).
+fn assert_same_files(a: &std::path::Path, b: &std::path::Path, what: &str) {
+    let outputs = |d| {
+        let mut files = rainbow_testkit::files(d);
+        files.retain(|p, _| !p.starts_with("_replay/"));
+        files
+    };
+    let (x, y) = (outputs(a), outputs(b));
+    assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>(), "{what}");
+    for (path, bytes) in &x {
+        assert!(y[path] == *bytes, "{path} differs: {what}");
     }
 }
 
@@ -216,7 +245,9 @@ fn replay_equals_the_core_and_is_byte_identical_twice_with_or_without_spills() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let stop = AtomicBool::new(false);
     let (out1, out2) = (temp("all-out1"), temp("all-out2"));
-    let s = run(&args(&archive, &out1, Days::All), rt.handle(), &stop).unwrap();
+    let s = run(&sharded(&archive, &out1, 1), rt.handle(), &stop).unwrap();
+    assert_eq!(s.shards.len(), 1);
+    assert_eq!(s.records_read, s.archive_records, "one shard reads every record once: {s:?}");
     assert_eq!(s.events_applied as usize, events.len(), "every event applied once: {s:?}");
     assert!(s.duplicates > 0, "re-deliveries were dropped: {s:?}");
     assert_eq!(s.rejected, 1, "the poison record: {s:?}");
@@ -236,7 +267,7 @@ fn replay_equals_the_core_and_is_byte_identical_twice_with_or_without_spills() {
 
     // The second replay holds at most 40 output rows in memory: dozens of spilled runs, merged
     // into the same bytes.
-    let mut spilling = args(&archive, &out2, Days::All);
+    let mut spilling = sharded(&archive, &out2, 1);
     spilling.config.spill_rows = 40;
     assert!(want.rows_total() > 40 * 20, "many runs: {}", want.rows_total());
     run(&spilling, rt.handle(), &stop).unwrap();
@@ -245,9 +276,80 @@ fn replay_equals_the_core_and_is_byte_identical_twice_with_or_without_spills() {
     for (path, bytes) in &a {
         assert!(b[path] == *bytes, "{path} differs between two replays");
     }
-    assert!(!a.keys().any(|p| p.starts_with("_replay/checkpoints/")), "the checkpoint is removed at the end");
-    assert!(!b.keys().any(|p| p.starts_with("_replay/runs")), "the runs are removed at the end");
+    assert!(!a.keys().any(|p| p.starts_with("_replay/shards/")), "the checkpoint is removed at the end");
+    assert!(!b.keys().any(|p| p.starts_with("_replay/shards/")), "the runs are removed at the end");
     for d in [archive, out1, out2] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[test]
+fn a_sharded_replay_writes_the_single_shards_bytes_on_threads_or_as_processes() {
+    let events = events();
+    let archive = temp("shards-archive");
+    write_archive(&archive, &events);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stop = AtomicBool::new(false);
+    let single = temp("shards-single");
+    let one = run(&sharded(&archive, &single, 1), rt.handle(), &stop).unwrap();
+    assert_eq!(one.rejected, 1, "{one:?}");
+
+    // On threads: 2 and 3 shards (each its own core over a third of the orders and every
+    // dimension), with and without spilled runs.
+    for (shards, spill_rows) in [(2, 250_000), (3, 250_000), (3, 40)] {
+        let out = temp(&format!("shards-{shards}-{spill_rows}"));
+        let mut a = sharded(&archive, &out, shards);
+        a.config.spill_rows = spill_rows;
+        let s = run(&a, rt.handle(), &stop).unwrap();
+        assert_eq!(s.shards.len(), shards, "{s:?}");
+        assert_eq!(
+            (s.archive_records, s.rejected, s.tables.clone()),
+            (one.archive_records, 1, one.tables.clone())
+        );
+        // Each shard applied its share of the orders: their fact events add up to the single
+        // shard's (dimension events are applied by each).
+        assert!(s.shards.iter().all(|x| x.events_applied < one.events_applied), "{s:?}");
+        assert!(s.events_applied > one.events_applied, "{s:?}");
+        assert_same_files(&single, &out, &format!("{shards} shards, spill_rows {spill_rows}"));
+        assert!(!rainbow_testkit::files(&out).keys().any(|p| p.starts_with("_replay/shards/")));
+        let _ = std::fs::remove_dir_all(out);
+    }
+
+    // As processes: 2 processes share 3 shards; the combine waits for both, refuses another
+    // replay's shards, and writes the same bytes.
+    let out = temp("shards-processes");
+    let process = |i: usize| {
+        let mut a = sharded(&archive, &out, 3);
+        (a.config.processes, a.config.process) = (2, i);
+        a
+    };
+    let mut combine = process(0);
+    combine.combine = Some(std::time::Duration::ZERO);
+    let s = run(&process(0), rt.handle(), &stop).unwrap();
+    assert_eq!(s.shards.iter().map(|x| x.shard).collect::<Vec<_>>(), [0, 2]);
+    assert!(s.tables.is_empty(), "a process writes no table: {s:?}");
+    assert!(!out.join("fact_sales").exists());
+    let e = run(&combine, rt.handle(), &stop).unwrap_err();
+    assert!(matches!(&e, ReplayError::ShardsMissing { missing, .. } if missing == "1"), "{e}");
+    let mut other = combine.clone();
+    other.archive_url = format!("{}/", other.archive_url);
+    let s = run(&process(1), rt.handle(), &stop).unwrap();
+    assert_eq!(s.shards.iter().map(|x| x.shard).collect::<Vec<_>>(), [1]);
+    let e = run(&other, rt.handle(), &stop).unwrap_err();
+    assert!(matches!(e, ReplayError::ShardOfAnotherReplay { shard: 0, .. }), "{e}");
+    let s = run(&combine, rt.handle(), &stop).unwrap();
+    assert_eq!((s.archive_records, s.rejected, s.shards.len()), (one.archive_records, 1, 3), "{s:?}");
+    assert_same_files(&single, &out, "3 shards in 2 processes, combined");
+    assert!(!rainbow_testkit::files(&out).keys().any(|p| p.starts_with("_replay/shards/")));
+
+    // A day selection is replayed by one core; asking for shards is an error that says so.
+    let mut days = sharded(&archive, &temp("shards-days"), 2);
+    days.days = Days::Range { from: "2024-08-02".into(), to: "2024-08-03".into() };
+    let e = run(&days, rt.handle(), &stop).unwrap_err();
+    assert!(matches!(e, ReplayError::ShardedSelection { shards: 2, .. }), "{e}");
+    let e = run(&sharded(&archive, &temp("shards-many"), 4), rt.handle(), &stop).unwrap_err();
+    assert!(matches!(e, ReplayError::TooManyShards { shards: 4, partitions: 3 }), "{e}");
+    for d in [archive, single, out] {
         let _ = std::fs::remove_dir_all(d);
     }
 }
@@ -307,13 +409,15 @@ fn an_interrupted_replay_resumes_to_the_same_bytes() {
     write_archive(&archive, &events);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (clean, resumed) = (temp("resume-clean"), temp("resume-out"));
-    run(&args(&archive, &clean, Days::All), rt.handle(), &AtomicBool::new(false)).unwrap();
+    run(&sharded(&archive, &clean, 1), rt.handle(), &AtomicBool::new(false)).unwrap();
 
+    // Two shards, each interrupted and resumed from its own checkpoint.
     let mut a = args(&archive, &resumed, Days::All);
     a.config = ReplayConfig {
         read_batch_rows: 7,
         checkpoint_every_events: 1000,
         spill_rows: 25,
+        shards: 2,
         ..ReplayConfig::default()
     };
     // Interrupted once output rows have been spilled (every row is spilled at once in this
@@ -322,7 +426,10 @@ fn an_interrupted_replay_resumes_to_the_same_bytes() {
     let mut first = a.clone();
     first.config.spill_rows = 1;
     let (stop, finished) = (AtomicBool::new(false), AtomicBool::new(false));
-    let spilled = || rainbow_testkit::files(&resumed).keys().any(|p| p.starts_with("_replay/runs/"));
+    let spilled = || {
+        let files = rainbow_testkit::files(&resumed);
+        (0..2).all(|s| files.keys().any(|p| p.starts_with(&format!("_replay/shards/{s:04}/runs/"))))
+    };
     let e = std::thread::scope(|scope| {
         scope.spawn(|| {
             while !finished.load(Ordering::SeqCst) && !spilled() {
@@ -336,23 +443,27 @@ fn an_interrupted_replay_resumes_to_the_same_bytes() {
     })
     .unwrap_err();
     assert!(matches!(e, ReplayError::Interrupted), "{e}");
-    assert!(
-        rainbow_testkit::files(&resumed).keys().any(|p| p.starts_with("_replay/checkpoints/checkpoint-")),
-        "the interrupted replay wrote a checkpoint"
-    );
+    for shard in 0..2 {
+        let prefix = format!("_replay/shards/{shard:04}/checkpoints/checkpoint-");
+        assert!(
+            rainbow_testkit::files(&resumed).keys().any(|p| p.starts_with(&prefix)),
+            "the interrupted replay's shard {shard} wrote a checkpoint"
+        );
+    }
     // Output rows were spilled before the checkpoint: the resume merges runs of both attempts.
     assert!(spilled(), "output rows were spilled before the checkpoint");
     // Runs that the checkpoint does not count (a crash after a spill leaves them) are rewritten
     // from their first chunk on, never merged: here, garbage in the next run numbers.
     let counted = rainbow_testkit::files(&resumed)
         .keys()
-        .filter_map(|p| p.split('/').nth(3)?.strip_prefix("run-")?.parse::<u32>().ok())
+        .filter(|p| p.starts_with("_replay/shards/0000/runs/"))
+        .filter_map(|p| p.split('/').nth(5)?.strip_prefix("run-")?.parse::<u32>().ok())
         .max()
         .expect("a run")
         + 1;
     for run in counted..counted + 20 {
         for table in ["fact_sales", "dim_products", "agg_total_sales"] {
-            let dir = resumed.join(format!("_replay/runs/{table}/run-{run:05}"));
+            let dir = resumed.join(format!("_replay/shards/0000/runs/{table}/run-{run:05}"));
             std::fs::create_dir_all(&dir).unwrap();
             for chunk in 0..3 {
                 std::fs::write(dir.join(format!("chunk-{chunk:05}.bin")), b"left by a crash").unwrap();
@@ -360,9 +471,7 @@ fn an_interrupted_replay_resumes_to_the_same_bytes() {
         }
     }
     let s = run(&a, rt.handle(), &AtomicBool::new(false)).unwrap();
-    let at = s.resumed_at.expect("resumed from the checkpoint");
-    assert!(at > 0 && (at as usize) < events.len(), "{s:?}");
-    assert_eq!(s.events_applied as usize, events.len(), "{s:?}");
+    assert!(s.shards.iter().all(|x| x.resumed_at.is_some_and(|at| at > 0)), "each shard resumed: {s:?}");
     let (x, y) = (rainbow_testkit::files(&clean), rainbow_testkit::files(&resumed));
     for (path, bytes) in &x {
         if path.starts_with("_replay/") {

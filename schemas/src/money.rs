@@ -66,6 +66,12 @@ impl MoneySum {
     }
 }
 
+impl std::ops::AddAssign for MoneySum {
+    fn add_assign(&mut self, rhs: MoneySum) {
+        self.0 += rhs.0;
+    }
+}
+
 impl std::ops::Add<Money> for MoneySum {
     type Output = MoneySum;
     fn add(self, rhs: Money) -> MoneySum {

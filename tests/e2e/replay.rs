@@ -10,7 +10,7 @@ use crate::common;
 use common::archive::ArchiveProcess;
 use common::cdc::CdcProcess;
 use common::processor::ProcessorProcess;
-use common::replay::replay;
+use common::replay::{replay, replay_with};
 use common::source::{caught_up, churn, place_orders};
 use common::TestDb;
 use rainbow_schemas::postgres::SOURCE_TABLES;
@@ -67,9 +67,12 @@ async fn replaying_the_archive_gives_the_tables_streaming_wrote() {
     // (the rest spilled to sorted runs and merged).
     let (out1, out2, out3) =
         (archive.dir.join("replay1"), archive.dir.join("replay2"), archive.dir.join("replay3"));
+    // At the defaults: one shard per core (2 here, at most the 3 fact partitions).
     let (ok, text) = replay(&cdc.prefix, &archive.store, &out1, &[]);
     assert!(ok, "{text}");
     assert!(text.contains("fact_sales/: ") && text.contains("events applied"), "{text}");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(3);
+    assert!(text.contains(&format!("data files, {cores} shard(s))")), "{text}");
     let (ok, text) = replay(&cdc.prefix, &archive.store, &out2, &[("RAINBOW_REPLAY__SPILL_ROWS", "100")]);
     assert!(ok, "{text}");
     let (a, b) = (rainbow_testkit::files(&out1), rainbow_testkit::files(&out2));
@@ -94,7 +97,9 @@ async fn replaying_the_archive_gives_the_tables_streaming_wrote() {
     assert!(!ok, "the failpoint aborts: {text}");
     assert!(has_checkpoint(&out3), "the interrupted replay wrote a checkpoint");
     assert!(
-        rainbow_testkit::files(&out3).keys().any(|k| k.starts_with("_replay/runs/")),
+        rainbow_testkit::files(&out3)
+            .keys()
+            .any(|k| k.starts_with("_replay/shards/") && k.contains("/runs/")),
         "output spilled before the crash"
     );
     let (ok, text) = replay(
@@ -103,10 +108,39 @@ async fn replaying_the_archive_gives_the_tables_streaming_wrote() {
         &out3,
         &[("RAINBOW_REPLAY__CHECKPOINT_EVERY_EVENTS", "1000"), ("RAINBOW_REPLAY__SPILL_ROWS", "100")],
     );
-    assert!(ok && text.contains("resumed after 1000"), "{text}");
+    assert!(ok && text.contains("resumed after "), "{text}");
     let c = rainbow_testkit::files(&out3);
     for (path, bytes) in a.iter().filter(|(p, _)| !p.starts_with("_replay/")) {
         assert!(c.get(path) == Some(bytes), "{path} differs after a resume");
+    }
+
+    // One shard, and 3 shards run by 2 processes then combined: the same bytes again.
+    let (out4, out5) = (archive.dir.join("replay4"), archive.dir.join("replay5"));
+    let (ok, text) = replay_with(&cdc.prefix, &archive.store, &out4, &["--shards", "1"], &[]);
+    assert!(ok && text.contains("1 shard(s)"), "{text}");
+    for process in ["0", "1"] {
+        let (ok, text) = replay_with(
+            &cdc.prefix,
+            &archive.store,
+            &out5,
+            &["--shards", "3", "--processes", "2"],
+            &[("RAINBOW_REPLAY__PROCESS", process)],
+        );
+        assert!(ok && text.contains(&format!("process {process} of 2: shard(s)")), "{text}");
+    }
+    let (ok, text) = replay_with(
+        &cdc.prefix,
+        &archive.store,
+        &out5,
+        &["--shards", "3", "--processes", "2", "--combine"],
+        &[],
+    );
+    assert!(ok && text.contains("3 shard(s)"), "{text}");
+    for out in [&out4, &out5] {
+        let d = rainbow_testkit::files(out);
+        for (path, bytes) in a.iter().filter(|(p, _)| !p.starts_with("_replay/")) {
+            assert!(d.get(path) == Some(bytes), "{path} differs in {}", out.display());
+        }
     }
 
     // The Kappa invariant: every table ClickHouse holds equals the replay's, row for row.
@@ -170,11 +204,12 @@ async fn replaying_the_archive_gives_the_tables_streaming_wrote() {
     db.drop().await;
 }
 
-/// Whether a replay's output holds an engine checkpoint (`_replay/checkpoints/checkpoint-*.bin`).
+/// Whether a replay's output holds an engine checkpoint
+/// (`_replay/shards/<shard>/checkpoints/checkpoint-*.bin`).
 fn has_checkpoint(out: &std::path::Path) -> bool {
-    std::fs::read_dir(out.join("_replay/checkpoints"))
-        .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("checkpoint-")))
-        .unwrap_or(false)
+    rainbow_testkit::files(out)
+        .keys()
+        .any(|k| k.starts_with("_replay/shards/") && k.contains("/checkpoints/checkpoint-"))
 }
 
 /// The archive records the source its records come from (the Kafka cluster, each topic's id, the

@@ -229,9 +229,8 @@ pub fn owned_partitions(
     instances: i32,
     instance: i32,
 ) -> Result<Vec<(Table, String, i32)>, ProcessorError> {
-    let is_fact = |t: Table| matches!(t, Table::Orders | Table::Orderdetails);
     let mut counts: Vec<(String, i32)> = Vec::new();
-    for (_, topic, _) in all.iter().filter(|(t, _, _)| is_fact(*t)) {
+    for (_, topic, _) in all.iter().filter(|(t, _, _)| t.is_fact()) {
         match counts.iter_mut().find(|(name, _)| name == topic) {
             Some((_, n)) => *n += 1,
             None => counts.push((topic.clone(), 1)),
@@ -241,7 +240,7 @@ pub fn owned_partitions(
     if counts.windows(2).any(|w| w[0].1 != w[1].1) || counts.iter().any(|(_, n)| *n < instances) {
         return Err(ProcessorError::Instances { instances, reason: describe() });
     }
-    Ok(all.into_iter().filter(|(t, _, p)| !is_fact(*t) || p % instances == instance).collect())
+    Ok(all.into_iter().filter(|(t, _, p)| t.read_by(*p, instances, instance)).collect())
 }
 
 #[cfg(test)]

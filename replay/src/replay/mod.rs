@@ -29,6 +29,7 @@
 //! `<out>/_replay/summary.json` then describes the run.
 
 pub mod rejections;
+pub mod shards;
 pub mod sink;
 pub mod source;
 mod spill;
@@ -45,15 +46,15 @@ use rainbow_processor::metrics::ProcessorMetrics;
 use rainbow_runtime::store::Store;
 use rainbow_schemas::shape::checks::{self, Batches};
 use serde::{Deserialize, Serialize};
+use shards::{Done, Plan, ShardSummary};
+use spill::Output;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub use rejections::Rejection;
 
-/// Where the engine's checkpoints go, relative to the output.
-const CHECKPOINTS: &str = "_replay/checkpoints";
 const SUMMARY: &str = "_replay/summary.json";
 /// Environment variable of the failpoint `crash_after_events=N` (tests): abort the process once
 /// N events have been applied in this run.
@@ -109,39 +110,88 @@ pub struct ReplayArgs {
     pub config: ReplayConfig,
     /// Draw a progress line on stderr.
     pub progress: bool,
+    /// Combine the outputs of the shards that `replay.processes` processes left (the same
+    /// replay's) into the tables, instead of replaying; waiting at most `wait` for shards that
+    /// are not done yet.
+    pub combine: Option<Duration>,
 }
 
-/// What a replay did.
+/// What a replay did. The counts are summed over its shards, and each shard reads and applies
+/// every dimension record: with S shards, those count S times (`shards` has each shard's).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplaySummary {
     pub days: String,
     /// Data files of the changelog tables read.
     pub files: usize,
+    /// Records in those files, each counted once (however many shards read it).
+    #[serde(default)]
+    pub archive_records: u64,
     pub records_read: u64,
     pub events_applied: u64,
     pub events_in_selection: u64,
     pub duplicates: u64,
+    /// Records listed in `_rejected.jsonl` (once each).
     pub rejected: u64,
     /// Records decoded from their raw envelope, not from typed columns (see
     /// [`rainbow_processor::event::typed`]).
     #[serde(default)]
     pub records_from_envelopes: u64,
-    /// Events applied before this run (from a checkpoint).
+    /// Events applied before this run (from checkpoints).
     pub resumed_at: Option<u64>,
     /// (table, rows, files).
     pub tables: Vec<(String, usize, usize)>,
+    #[serde(default)]
+    pub shards: Vec<ShardSummary>,
 }
 
-/// Runs a replay on the calling thread (blocking; store calls go through `rt`). Returns
-/// [`ReplayError::Interrupted`] after writing a checkpoint when `stop` is set.
+impl ReplaySummary {
+    fn of(days: &Days, (files, archive_records): (usize, u64), shards: Vec<ShardSummary>) -> ReplaySummary {
+        let sum = |f: fn(&ShardSummary) -> u64| shards.iter().map(f).sum();
+        let resumed: Vec<u64> = shards.iter().filter_map(|s| s.resumed_at).collect();
+        ReplaySummary {
+            days: days.describe(),
+            files,
+            archive_records,
+            records_read: sum(|s| s.records_read),
+            events_applied: sum(|s| s.events_applied),
+            events_in_selection: sum(|s| s.events_in_selection),
+            duplicates: sum(|s| s.duplicates),
+            rejected: 0,
+            records_from_envelopes: sum(|s| s.records_from_envelopes),
+            resumed_at: (!resumed.is_empty()).then(|| resumed.iter().sum()),
+            tables: Vec::new(),
+            shards,
+        }
+    }
+}
+
+/// A shard's end: what it did, its output and its rejections.
+struct ShardRun {
+    summary: ShardSummary,
+    output: Output,
+    rejections: Vec<Rejection>,
+}
+
+/// Runs a replay (blocking; its shards run on threads of their own, store calls go through
+/// `rt`). Returns [`ReplayError::Interrupted`] after writing checkpoints when `stop` is set.
 pub fn run(
     args: &ReplayArgs,
     rt: &tokio::runtime::Handle,
     stop: &AtomicBool,
 ) -> Result<ReplaySummary, ReplayError> {
     args.config.validate()?;
-    let archive = Store::open(&args.archive_url)?;
+    args.config.check_split()?;
     let out = Store::open(&args.out_url)?;
+    let fingerprint = format!(
+        "archive={};days={};topics={:?}",
+        args.archive_url,
+        args.days.describe(),
+        args.naming.topics()
+    );
+    if let Some(wait) = args.combine {
+        return combine(args, &out, rt, stop, &fingerprint, wait);
+    }
+    let archive = Store::open(&args.archive_url)?;
 
     // The selected data files, per partition, from the changelog tables.
     let lake = rt.block_on(rainbow_iceberg::Lake::open(&args.naming.lake(&archive)?))?;
@@ -169,21 +219,42 @@ pub fn run(
         }
     }
     let files: usize = partitions.values().map(|p| p.files.len()).sum();
+    let records: u64 =
+        partitions.values().flat_map(|p| &p.files).map(|f| (f.last - f.first + 1) as u64).sum();
     if files == 0 {
         return Err(ReplayError::NothingToReplay {
             url: args.archive_url.clone(),
             range: args.days.describe(),
         });
     }
-    let fingerprint = format!(
-        "archive={};days={};topics={:?}",
-        args.archive_url,
-        args.days.describe(),
-        args.naming.topics()
-    );
+    let fact_partitions = partitions
+        .values()
+        .filter(|p| p.table.is_fact())
+        .map(|p| p.name.partition as usize + 1)
+        .max()
+        .unwrap_or(1);
+    let c = &args.config;
+    let shards = match c.shards {
+        // A day selection's aggregate rows are the groups its days changed, with their totals:
+        // a shard whose orders did not change a group in those days does not emit its partial
+        // sum, so shards could not be added up. Such a replay runs one core.
+        0 if c.processes > 1 => c.processes,
+        0 if args.days != Days::All => 1,
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()).min(fact_partitions),
+        n => n,
+    };
+    if shards > 1 && args.days != Days::All {
+        return Err(ReplayError::ShardedSelection { shards, days: args.days.describe() });
+    }
+    if shards > fact_partitions {
+        return Err(ReplayError::TooManyShards { shards, partitions: fact_partitions });
+    }
+    let plan = Plan::new(shards, c.processes, c.process);
     tracing::info!(
         files,
         partitions = partitions.len(),
+        shards,
+        this_process = ?plan.mine,
         days = %args.days.describe(),
         archive = %args.archive_url,
         out = %args.out_url,
@@ -191,31 +262,179 @@ pub fn run(
     );
 
     let started = Instant::now();
+    let runs = run_shards(args, &archive, &out, rt, stop, &partitions, &plan, &fingerprint)?;
+    if c.processes > 1 {
+        for r in &runs {
+            let done = Done {
+                shards,
+                fingerprint: fingerprint.clone(),
+                files: (files, records),
+                runs: r.output.runs,
+                summary: r.summary.clone(),
+                rejections: r.rejections.clone(),
+            };
+            done.write(&out, rt)?;
+        }
+        tracing::info!(
+            shards = ?plan.mine,
+            of = shards,
+            secs = started.elapsed().as_secs_f64(),
+            "shard outputs written: the same command with --combine writes the tables once every process is done"
+        );
+        return Ok(ReplaySummary::of(
+            &args.days,
+            (files, records),
+            runs.into_iter().map(|r| r.summary).collect(),
+        ));
+    }
+    let summary = write_output(args, &out, rt, (files, records), runs)?;
+    tracing::info!(secs = started.elapsed().as_secs_f64(), "replay complete");
+    Ok(summary)
+}
+
+/// Runs this process's shards, each on a thread of its own. The first failure stops the others
+/// (they write a checkpoint) and is returned.
+#[allow(clippy::too_many_arguments)]
+fn run_shards(
+    args: &ReplayArgs,
+    archive: &Store,
+    out: &Store,
+    rt: &tokio::runtime::Handle,
+    stop: &AtomicBool,
+    partitions: &BTreeMap<InputName, source::Partition>,
+    plan: &Plan,
+    fingerprint: &str,
+) -> Result<Vec<ShardRun>, ReplayError> {
+    let of_shard = |s: usize| -> Vec<source::Partition> {
+        partitions
+            .values()
+            .filter(|p| p.table.read_by(p.name.partition, plan.shards as i32, s as i32))
+            .cloned()
+            .collect()
+    };
+    let estimated: u64 = plan
+        .mine
+        .iter()
+        .flat_map(|s| of_shard(*s))
+        .flat_map(|p| p.files)
+        .map(|f| (f.last - f.first + 1) as u64)
+        .sum();
+    let progress = Arc::new(source::Progress::new(args.progress, estimated, plan.mine.len()));
+    let halt = AtomicBool::new(false);
+    let running = AtomicUsize::new(plan.mine.len());
+    std::thread::scope(|scope| {
+        // The caller's stop reaches every shard; a failed shard stops the others.
+        scope.spawn(|| {
+            while running.load(Ordering::SeqCst) > 0 && !halt.load(Ordering::SeqCst) {
+                if stop.load(Ordering::SeqCst) {
+                    halt.store(true, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let threads: Vec<_> = plan
+            .mine
+            .iter()
+            .enumerate()
+            .map(|(line, &shard)| {
+                let (partitions, progress, halt, running) =
+                    (of_shard(shard), progress.clone(), &halt, &running);
+                std::thread::Builder::new()
+                    .name(format!("replay-shard-{shard}"))
+                    .spawn_scoped(scope, move || {
+                        let shard_plan = (shard, plan.shards, line);
+                        let result = run_shard(
+                            args,
+                            archive,
+                            out,
+                            rt,
+                            halt,
+                            partitions,
+                            shard_plan,
+                            fingerprint,
+                            progress,
+                        );
+                        if result.is_err() {
+                            halt.store(true, Ordering::SeqCst);
+                        }
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        result
+                    })
+                    .map_err(|e| ReplayError::Segment { path: "shard thread".into(), reason: e.to_string() })
+            })
+            .collect();
+        let mut runs = Vec::new();
+        let mut failed: Option<ReplayError> = None;
+        for thread in threads {
+            let result = match thread {
+                Ok(t) => t.join().unwrap_or(Err(ReplayError::Writer("replay shard"))),
+                Err(e) => {
+                    halt.store(true, Ordering::SeqCst);
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    Err(e)
+                }
+            };
+            match result {
+                Ok(r) => runs.push(r),
+                Err(ReplayError::Interrupted) => failed = failed.or(Some(ReplayError::Interrupted)),
+                Err(e) if matches!(failed, None | Some(ReplayError::Interrupted)) => failed = Some(e),
+                Err(e) => tracing::error!(error = %e, "another replay shard failed too"),
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(runs),
+        }
+    })
+}
+
+/// One shard's engine over its partitions: (shard, shards, its progress line).
+#[allow(clippy::too_many_arguments)]
+fn run_shard(
+    args: &ReplayArgs,
+    archive: &Store,
+    out: &Store,
+    rt: &tokio::runtime::Handle,
+    halt: &AtomicBool,
+    partitions: Vec<source::Partition>,
+    (shard, shards, line): (usize, usize, usize),
+    fingerprint: &str,
+    progress: Arc<source::Progress>,
+) -> Result<ShardRun, ReplayError> {
     let c = &args.config;
+    let persist = c.processes > 1;
+    if persist {
+        Done::remove(out, rt, shard)?;
+    }
     let source = source::ArchiveSource::new(
-        archive,
+        archive.clone(),
         rt.clone(),
-        partitions.into_values().collect(),
+        partitions,
         args.days.clone(),
         c.read_batch_rows,
-        args.progress,
+        progress,
+        line,
     );
     let from_envelopes = source.from_envelopes.clone();
-    let sink = sink::ParquetSink::new(out.clone(), rt.clone(), c.spill_rows, c.rows_per_file);
-    let rejections = rejections::RejectionFile::new(out.clone(), rt.clone());
+    let dir = shards::dir(shard);
+    let sink = sink::ShardSink::new(out.clone(), rt.clone(), format!("{dir}/runs"), c.spill_rows, persist);
+    let handover = rejections::Handover::default();
+    let rejections = rejections::RejectionFile::new(handover.clone());
     let options = Options {
+        // Every shard stamps its aggregates as one core does: the combine adds them up.
         partition: 0,
-        fingerprint,
+        fingerprint: format!("{fingerprint};shard={shard}/{shards}"),
         seal: Seal::AtEnd,
         checkpoint_every: Every::Events(c.checkpoint_every_events),
         failpoint: FAILPOINT_VAR,
     };
-    let store = CheckpointStore::new(out.clone(), CHECKPOINTS, 0);
+    let store = CheckpointStore::new(out.clone(), &format!("{dir}/checkpoints"), 0);
     let engine = Engine::open(source, sink, rejections, options, store, rt.clone(), ProcessorMetrics::new())?;
-    let (engine, written, rejected) = match engine.run(stop)? {
+    let (engine, output, rejected) = match engine.run(halt)? {
         Finished::Ended(ended) => ended,
         Finished::Stopped(s) => {
             tracing::info!(
+                shard,
                 events = s.totals.events,
                 "interrupted: checkpoint written; rerun the same command to resume"
             );
@@ -223,28 +442,118 @@ pub fn run(
         }
     };
     let t = &engine.totals;
-    let summary = ReplaySummary {
-        days: args.days.describe(),
-        files,
+    let summary = ShardSummary {
+        shard,
         records_read: t.records,
         events_applied: t.events,
         events_in_selection: t.emitted,
         duplicates: t.duplicates,
         rejected,
-        records_from_envelopes: from_envelopes.load(std::sync::atomic::Ordering::Relaxed),
+        records_from_envelopes: from_envelopes.load(Ordering::Relaxed),
         resumed_at: engine.resumed.map(|(_, events)| events),
-        tables: written,
     };
+    let rejections = std::mem::take(&mut *handover.lock().expect("not poisoned"));
+    Ok(ShardRun { summary, output, rejections })
+}
+
+/// `--combine`: waits (at most `wait`) until every shard of this replay is done, then writes
+/// the tables from their outputs.
+fn combine(
+    args: &ReplayArgs,
+    out: &Store,
+    rt: &tokio::runtime::Handle,
+    stop: &AtomicBool,
+    fingerprint: &str,
+    wait: Duration,
+) -> Result<ReplaySummary, ReplayError> {
+    let c = &args.config;
+    let shards = if c.shards == 0 { c.processes } else { c.shards };
+    let started = Instant::now();
+    let mut reported = None;
+    let dones = loop {
+        let mut dones = Vec::new();
+        let mut missing = Vec::new();
+        for shard in 0..shards {
+            match Done::read(out, rt, shard)? {
+                Some(d) if d.shards != shards || d.fingerprint != fingerprint => {
+                    return Err(ReplayError::ShardOfAnotherReplay {
+                        shard,
+                        found: format!("{} shards, {}", d.shards, d.fingerprint),
+                        expected: format!("{shards} shards, {fingerprint}"),
+                    })
+                }
+                Some(d) => dones.push(d),
+                None => missing.push(shard),
+            }
+        }
+        if missing.is_empty() {
+            break dones;
+        }
+        if started.elapsed() >= wait {
+            return Err(ReplayError::ShardsMissing {
+                out: out.url.clone(),
+                missing: missing.iter().map(usize::to_string).collect::<Vec<_>>().join(", "),
+                shards,
+                waited_secs: wait.as_secs(),
+            });
+        }
+        if reported != Some(dones.len()) {
+            tracing::info!(done = dones.len(), shards, "waiting for the replay's shards");
+            reported = Some(dones.len());
+        }
+        let next = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < next {
+            if stop.load(Ordering::SeqCst) {
+                return Err(ReplayError::Interrupted);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let files = dones.first().map_or((0, 0), |d| d.files);
+    let runs = dones
+        .into_iter()
+        .map(|d| ShardRun {
+            output: Output {
+                buffer: Default::default(),
+                runs: d.runs,
+                dir: format!("{}/runs", shards::dir(d.summary.shard)),
+            },
+            summary: d.summary,
+            rejections: d.rejections,
+        })
+        .collect();
+    let summary = write_output(args, out, rt, files, runs)?;
+    tracing::info!(shards, secs = started.elapsed().as_secs_f64(), "shards combined: replay complete");
+    Ok(summary)
+}
+
+/// Writes the tables from the shards' outputs, the rejections, the Iceberg copies if asked and
+/// the summary; then removes the shards' folders.
+fn write_output(
+    args: &ReplayArgs,
+    out: &Store,
+    rt: &tokio::runtime::Handle,
+    files: (usize, u64),
+    runs: Vec<ShardRun>,
+) -> Result<ReplaySummary, ReplayError> {
+    let c = &args.config;
+    let mut outputs = Vec::new();
+    let mut lists = Vec::new();
+    let mut shard_summaries = Vec::new();
+    for r in runs {
+        outputs.push(r.output);
+        lists.push(r.rejections);
+        shard_summaries.push(r.summary);
+    }
+    let mut summary = ReplaySummary::of(&args.days, files, shard_summaries);
+    summary.tables = sink::write_tables(out, rt, outputs, c.rows_per_file)?;
+    summary.rejected = rejections::write(out, rt, lists)?;
     if c.iceberg {
-        write_iceberg(&out, rt, c, &summary)?;
+        write_iceberg(out, rt, c, &summary)?;
     }
     let json = serde_json::to_vec_pretty(&summary).expect("summary serialises");
     rt.block_on(out.put(SUMMARY, json))?;
-    tracing::info!(
-        events = engine.this_run.events,
-        secs = started.elapsed().as_secs_f64(),
-        "replay complete"
-    );
+    shards::clear(out, rt)?;
     Ok(summary)
 }
 

@@ -1,19 +1,24 @@
 //! The replay's dead letters: every record the engine could not use, with where it came from
-//! and why, written as `<out>/_rejected.jsonl` (one JSON object a line) when the input ends.
+//! and why, written as `<out>/_rejected.jsonl` (one JSON object a line, ordered by topic,
+//! partition and offset) when the input ends.
 //!
-//! Contract ([`DeadLetters`]): the list is kept in memory and is part of every checkpoint
-//! ([`DeadLetters::save`]), so a resumed replay writes the same file.
+//! Contract ([`DeadLetters`]): a shard's list is kept in memory and is part of every checkpoint
+//! ([`DeadLetters::save`]), so a resumed replay writes the same file; at the end it is handed to
+//! [`write`], which merges the shards' lists (a dimension record is read, and rejected, by every
+//! shard: it is listed once).
 
 use crate::error::ReplayError;
 use rainbow_processor::engine::{DeadLetter, DeadLetters};
 use rainbow_runtime::store::Store;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 
 /// Where the rejections go, relative to the output.
 pub const PATH: &str = "_rejected.jsonl";
 
 /// A record the core could not use, with why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Rejection {
     pub topic: String,
     pub partition: i32,
@@ -22,15 +27,18 @@ pub struct Rejection {
     pub reason: String,
 }
 
+/// Where a shard's list goes when its input ends.
+pub type Handover = Arc<Mutex<Vec<Rejection>>>;
+
 pub struct RejectionFile {
-    out: Store,
-    rt: tokio::runtime::Handle,
     rejected: Vec<Rejection>,
+    handover: Handover,
 }
 
 impl RejectionFile {
-    pub fn new(out: Store, rt: tokio::runtime::Handle) -> RejectionFile {
-        RejectionFile { out, rt, rejected: Vec::new() }
+    /// A list that `finish` moves into `handover`.
+    pub fn new(handover: Handover) -> RejectionFile {
+        RejectionFile { rejected: Vec::new(), handover }
     }
 }
 
@@ -67,18 +75,31 @@ impl DeadLetters for RejectionFile {
         Ok(())
     }
 
-    /// Writes the file (or removes an earlier run's when nothing was rejected).
+    /// Hands the list over.
     fn finish(self) -> Result<u64, ReplayError> {
-        if self.rejected.is_empty() {
-            self.rt.block_on(self.out.delete(PATH))?;
-            return Ok(0);
-        }
-        let mut body = Vec::new();
-        for r in &self.rejected {
-            body.extend(serde_json::to_vec(r).expect("serialises"));
-            body.push(b'\n');
-        }
-        self.rt.block_on(self.out.put(PATH, body))?;
-        Ok(self.rejected.len() as u64)
+        let n = self.rejected.len() as u64;
+        *self.handover.lock().expect("not poisoned") = self.rejected;
+        Ok(n)
     }
+}
+
+/// Writes the shards' lists as one file, ordered and listed once (or removes an earlier run's
+/// file when nothing was rejected). Returns the records listed.
+pub fn write(
+    out: &Store,
+    rt: &tokio::runtime::Handle,
+    shards: impl IntoIterator<Item = Vec<Rejection>>,
+) -> Result<u64, ReplayError> {
+    let all: BTreeSet<Rejection> = shards.into_iter().flatten().collect();
+    if all.is_empty() {
+        rt.block_on(out.delete(PATH))?;
+        return Ok(0);
+    }
+    let mut body = Vec::new();
+    for r in &all {
+        body.extend(serde_json::to_vec(r).expect("serialises"));
+        body.push(b'\n');
+    }
+    rt.block_on(out.put(PATH, body))?;
+    Ok(all.len() as u64)
 }

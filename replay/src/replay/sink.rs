@@ -1,45 +1,50 @@
-//! The Parquet sink of the replay's engine: the output tables collapsed as ReplacingMergeTree
-//! `FINAL` sees them, written as `<out>/<table>/part-NNNNN.parquet` when the input ends, sorted
-//! by the table's key, byte-identical for the same input.
+//! The Parquet sink of the replay's engine (one per shard): the output tables collapsed as
+//! ReplacingMergeTree `FINAL` sees them; and the writer of the tables, which combines the shards'
+//! outputs ([`super::shards`]) into `<out>/<table>/part-NNNNN.parquet`, sorted by the table's key,
+//! byte-identical for the same input.
 //!
 //! Contract ([`Sink`]): rows are collapsed in a buffer bounded by `spill_rows`, then spilled as
 //! sorted runs ([`super::spill`]); a run is durable before the checkpoint that counts it, and the
 //! buffer itself is part of the checkpoint ([`Sink::save`]), so a resumed replay writes the same
-//! tables. A fresh start deletes the runs an interrupted attempt left.
+//! tables. A fresh start deletes the runs an interrupted attempt left. At the end the sink hands
+//! its output over (`persist`: spilled whole, for a combine by another process).
 
+use super::shards::{Combine, Combined};
 use super::spill::{Merged, Output};
 use crate::error::ReplayError;
 use parquet::arrow::ArrowWriter;
 use rainbow_processor::engine::Sink;
 use rainbow_runtime::store::Store;
 use rainbow_schemas::shape::arrow::{schema_of, BatchBuilder};
-use rainbow_schemas::shape::{Outputs, Table, Tables, WarehouseRow};
+use rainbow_schemas::shape::{Outputs, Table, Tables};
 
 /// Per table written: (name, rows, files).
 pub type Written = Vec<(String, usize, usize)>;
 
-pub struct ParquetSink {
+pub struct ShardSink {
     out: Store,
     rt: tokio::runtime::Handle,
     output: Output,
     spill_rows: usize,
-    rows_per_file: usize,
+    persist: bool,
 }
 
-impl ParquetSink {
+impl ShardSink {
+    /// A sink whose runs go to `dir` of `out`; `persist`: spill everything at the end.
     pub fn new(
         out: Store,
         rt: tokio::runtime::Handle,
+        dir: String,
         spill_rows: usize,
-        rows_per_file: usize,
-    ) -> ParquetSink {
-        ParquetSink { out, rt, output: Output::default(), spill_rows, rows_per_file }
+        persist: bool,
+    ) -> ShardSink {
+        ShardSink { out, rt, output: Output::new(dir), spill_rows, persist }
     }
 }
 
-impl Sink for ParquetSink {
+impl Sink for ShardSink {
     type Error = ReplayError;
-    type Summary = Written;
+    type Summary = Output;
 
     fn write(&mut self, rows: &mut Outputs) -> Result<(), ReplayError> {
         self.output.absorb(rows);
@@ -61,51 +66,52 @@ impl Sink for ParquetSink {
             Some(bytes) => {
                 let (buffer, runs): (Tables, u32) = postcard::from_bytes(bytes)
                     .map_err(|e| ReplayError::Checkpoint { path: "sink".into(), reason: e.to_string() })?;
-                self.output = Output { buffer, runs };
+                self.output.buffer = buffer;
+                self.output.runs = runs;
             }
             None => {
-                Output::clear_runs(&self.out, &self.rt)?;
-                self.output = Output::default();
+                self.output.clear_runs(&self.out, &self.rt)?;
+                self.output = Output::new(std::mem::take(&mut self.output.dir));
             }
         }
         Ok(())
     }
 
-    /// Writes every table, then deletes the runs.
-    fn finish(self) -> Result<Written, ReplayError> {
-        let written = write_tables(&self.out, &self.rt, self.output, self.rows_per_file)?;
-        Output::clear_runs(&self.out, &self.rt)?;
-        Ok(written)
+    /// Hands the output over (spilled whole when `persist`).
+    fn finish(mut self) -> Result<Output, ReplayError> {
+        if self.persist {
+            self.output.spill_all(&self.out, &self.rt)?;
+        }
+        Ok(self.output)
     }
 }
 
 /// Writes every table as `<table>/part-NNNNN.parquet` (replacing an earlier run's parts): the
-/// merge of the spilled runs and the buffer. The fact table, most of the rows, is written on a
-/// thread of its own beside the others.
-fn write_tables(
+/// shards' outputs (each the merge of its spilled runs and its buffer) combined. The fact table,
+/// most of the rows, is written on a thread of its own beside the others.
+pub fn write_tables(
     out: &Store,
     rt: &tokio::runtime::Handle,
-    output: Output,
+    mut outputs: Vec<Output>,
     rows_per_file: usize,
 ) -> Result<Written, ReplayError> {
-    let Output { mut buffer, runs } = output;
-    let fact_sales = std::mem::take(&mut buffer.fact_sales);
+    let fact_sales: Vec<_> = outputs
+        .iter_mut()
+        .map(|o| (o.dir.clone(), o.runs, std::mem::take(&mut o.buffer.fact_sales)))
+        .collect();
     std::thread::scope(|scope| {
-        let facts = scope.spawn(move || write_table(out, rt, "fact_sales", runs, fact_sales, rows_per_file));
+        let facts = scope.spawn(move || write_table(out, rt, "fact_sales", fact_sales, rows_per_file));
         let mut written = Vec::new();
         macro_rules! table {
             (fact_sales, $row:ty) => {
                 written.push(("fact_sales".to_string(), 0, 0));
             };
             ($table:ident, $row:ty) => {
-                written.push(write_table(
-                    out,
-                    rt,
-                    stringify!($table),
-                    runs,
-                    std::mem::take(&mut buffer.$table),
-                    rows_per_file,
-                )?);
+                let shards = outputs
+                    .iter_mut()
+                    .map(|o| (o.dir.clone(), o.runs, std::mem::take(&mut o.buffer.$table)))
+                    .collect();
+                written.push(write_table(out, rt, stringify!($table), shards, rows_per_file)?);
             };
         }
         rainbow_schemas::for_each_table!(table);
@@ -116,20 +122,24 @@ fn write_tables(
     })
 }
 
-/// Writes one table from its runs and buffer, `rows_per_file` rows per part (at least one part).
-fn write_table<R: WarehouseRow>(
+/// Writes one table from every shard's (runs folder, runs, buffer), `rows_per_file` rows per part
+/// (at least one part).
+fn write_table<R: Combine>(
     out: &Store,
     rt: &tokio::runtime::Handle,
     name: &str,
-    runs: u32,
-    buffer: Table<R>,
+    shards: Vec<(String, u32, Table<R>)>,
     rows_per_file: usize,
 ) -> Result<(String, usize, usize), ReplayError> {
     for (path, _) in rt.block_on(out.list(name))? {
         rt.block_on(out.delete(&path))?;
     }
     let schema = schema_of::<R>();
-    let mut rows = Merged::new(out, rt, name, runs, buffer)?;
+    let merged = shards
+        .into_iter()
+        .map(|(dir, runs, buffer)| Merged::new(out, rt, &dir, name, runs, buffer))
+        .collect::<Result<_, _>>()?;
+    let mut rows = Combined::new(merged)?;
     let mut next = rows.next_row()?;
     let (mut part, mut total) = (0usize, 0usize);
     loop {

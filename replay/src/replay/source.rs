@@ -52,6 +52,7 @@ enum Fed {
 }
 
 /// One archived Kafka partition: its data files in offset order, and the table they are of.
+#[derive(Clone)]
 pub struct Partition {
     pub name: InputName,
     pub table: Table,
@@ -70,20 +71,25 @@ pub struct ArchiveSource {
     feeds: Vec<Receiver<Fed>>,
     readers: Vec<JoinHandle<()>>,
     finished: Vec<bool>,
-    progress: Progress,
+    progress: Arc<Progress>,
+    /// This source's line in `progress`.
+    shard: usize,
+    /// Records read before this run (a resume), known at the first poll.
+    base: Option<u64>,
 }
 
 impl ArchiveSource {
-    /// The `partitions` of the archive at `archive` (its source facts), read through their tables.
+    /// The `partitions` of the archive at `archive` (its source facts), read through their tables;
+    /// its progress is shard `shard`'s of `progress`.
     pub fn new(
         archive: Store,
         rt: tokio::runtime::Handle,
         partitions: Vec<Partition>,
         days: Days,
         batch_rows: usize,
-        progress: bool,
+        progress: Arc<Progress>,
+        shard: usize,
     ) -> ArchiveSource {
-        let estimated = partitions.iter().flat_map(|p| &p.files).map(|f| (f.last - f.first + 1) as u64).sum();
         ArchiveSource {
             from_envelopes: Arc::new(AtomicU64::new(0)),
             archive,
@@ -94,7 +100,9 @@ impl ArchiveSource {
             feeds: Vec::new(),
             readers: Vec::new(),
             finished: Vec::new(),
-            progress: Progress::new(progress, estimated),
+            progress,
+            shard,
+            base: None,
         }
     }
 }
@@ -162,7 +170,7 @@ impl Source for ArchiveSource {
 
     /// Refills every input whose merge queue ran dry (waiting for its reader).
     fn poll(&mut self, intake: &mut Intake<'_, ReplayError>) -> Result<Poll, ReplayError> {
-        self.progress.base.get_or_insert(intake.totals().records);
+        let base = *self.base.get_or_insert(intake.totals().records);
         for i in 0..self.partitions.len() {
             if self.finished[i] || intake.queued(i) > 0 {
                 continue;
@@ -196,15 +204,15 @@ impl Source for ArchiveSource {
             }
         }
         if self.finished.iter().all(|f| *f) {
-            self.progress.tick(intake, true);
-            self.progress.finish();
+            self.progress.update(self.shard, intake.totals(), base, true);
             return Ok(Poll::End);
         }
         Ok(Poll::More)
     }
 
     fn drained(&mut self, intake: &mut Intake<'_, ReplayError>) -> Result<(), ReplayError> {
-        self.progress.tick(intake, false);
+        let base = self.base.unwrap_or(0);
+        self.progress.update(self.shard, intake.totals(), base, false);
         Ok(())
     }
 }
@@ -342,54 +350,75 @@ fn read_envelopes(
     Ok(out)
 }
 
-/// The progress line: records read of the estimate, records/s, ETA.
-struct Progress {
+/// The progress line of a replay, shared by its shards: records read of the estimate, records/s,
+/// ETA, shards done. Every shard reports its totals; whichever reports when the line is due
+/// draws it.
+pub struct Progress {
     enabled: bool,
     tty: bool,
+    /// Records all shards will read (their data files' offsets; dimension files count once per
+    /// shard, as each shard reads them).
     total: u64,
-    /// Records read before this run (a resume), known at the first poll.
-    base: Option<u64>,
     started: Instant,
+    shards: std::sync::Mutex<ProgressLine>,
+}
+
+struct ProgressLine {
     last: Instant,
+    /// Per shard: records read (since the stream began), read before this run, events applied,
+    /// ended.
+    read: Vec<(u64, u64, u64, bool)>,
 }
 
 impl Progress {
-    fn new(enabled: bool, total: u64) -> Progress {
+    /// A line for `shards` shards that read `total` records together.
+    pub fn new(enabled: bool, total: u64, shards: usize) -> Progress {
         let now = Instant::now();
-        Progress { enabled, tty: std::io::stderr().is_terminal(), total, base: None, started: now, last: now }
+        Progress {
+            enabled,
+            tty: std::io::stderr().is_terminal(),
+            total,
+            started: now,
+            shards: std::sync::Mutex::new(ProgressLine { last: now, read: vec![(0, 0, 0, false); shards] }),
+        }
     }
 
-    fn tick(&mut self, intake: &Intake<'_, ReplayError>, force: bool) {
-        let every = if self.tty { Duration::from_millis(250) } else { Duration::from_secs(5) };
-        if !self.enabled || (!force && self.last.elapsed() < every) {
+    fn update(&self, shard: usize, totals: &rainbow_processor::checkpoint::Totals, base: u64, ended: bool) {
+        if !self.enabled {
             return;
         }
-        self.last = Instant::now();
-        let totals = intake.totals();
-        let read = totals.records;
+        let every = if self.tty { Duration::from_millis(250) } else { Duration::from_secs(5) };
+        let Ok(mut line) = self.shards.lock() else { return };
+        line.read[shard] = (totals.records, base, totals.events, ended);
+        let all_ended = line.read.iter().all(|r| r.3);
+        if !all_ended && line.last.elapsed() < every {
+            return;
+        }
+        line.last = Instant::now();
+        let read: u64 = line.read.iter().map(|r| r.0).sum();
+        let this_run: u64 = line.read.iter().map(|r| r.0.saturating_sub(r.1)).sum();
+        let events: u64 = line.read.iter().map(|r| r.2).sum();
+        let done = line.read.iter().filter(|r| r.3).count();
         let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-        let rate = read.saturating_sub(self.base.unwrap_or(0)) as f64 / secs;
+        let rate = this_run as f64 / secs;
         let pct = if self.total == 0 { 100.0 } else { (read as f64 / self.total as f64 * 100.0).min(100.0) };
         let eta = if rate > 0.0 { (self.total.saturating_sub(read)) as f64 / rate } else { 0.0 };
         let width = 30usize;
         let filled = ((pct / 100.0) * width as f64) as usize;
-        let line = format!(
-            "replay [{}{}] {pct:5.1}%  {read}/{} records  {} events applied  {rate:.0} records/s  ETA {eta:.0}s",
+        let shards = match line.read.len() {
+            1 => String::new(),
+            n => format!("  {done}/{n} shards done"),
+        };
+        let text = format!(
+            "replay [{}{}] {pct:5.1}%  {read}/{} records  {events} events applied  {rate:.0} records/s  ETA {eta:.0}s{shards}",
             "#".repeat(filled),
             ".".repeat(width - filled),
             self.total,
-            totals.events,
         );
-        if self.tty {
-            eprint!("\r{line}");
-        } else {
-            eprintln!("{line}");
-        }
-    }
-
-    fn finish(&self) {
-        if self.enabled && self.tty {
-            eprintln!();
+        match (self.tty, all_ended) {
+            (true, true) => eprintln!("\r{text}"),
+            (true, false) => eprint!("\r{text}"),
+            (false, _) => eprintln!("{text}"),
         }
     }
 }

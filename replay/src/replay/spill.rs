@@ -7,8 +7,8 @@
 //! absorbing every row into one table would give, because a run holds rows emitted after every
 //! earlier run's.
 //!
-//! Layout: `_replay/runs/<table>/run-<5 digits>/chunk-<5 digits>.bin`, each chunk a postcard
-//! `Vec` of at most [`CHUNK_ROWS`] rows. Runs are numbered from 0; a run is complete before the
+//! Layout: `<dir>/<table>/run-<5 digits>/chunk-<5 digits>.bin` (`dir` is the shard's, see
+//! [`super::shards`]), each chunk a postcard `Vec` of at most [`CHUNK_ROWS`] rows. Runs are numbered from 0; a run is complete before the
 //! checkpoint that counts it is written, and writing run N first deletes whatever a run N of an
 //! interrupted attempt left. Memory while merging: one chunk per run.
 
@@ -21,20 +21,26 @@ use std::collections::VecDeque;
 
 /// Rows per chunk object of a run.
 pub const CHUNK_ROWS: usize = 65_536;
-const RUNS: &str = "_replay/runs";
 
-/// The output of a replay: the buffer and the number of runs spilled so far.
-#[derive(Debug, Default)]
+/// The output of a replay (of one shard): the buffer, the number of runs spilled so far and the
+/// folder of the output store they are in.
+#[derive(Debug)]
 pub struct Output {
     pub buffer: Tables,
     pub runs: u32,
+    pub dir: String,
 }
 
-fn run_dir(table: &str, run: u32) -> String {
-    format!("{RUNS}/{table}/run-{run:05}")
+fn run_dir(dir: &str, table: &str, run: u32) -> String {
+    format!("{dir}/{table}/run-{run:05}")
 }
 
 impl Output {
+    /// An empty output whose runs go to `dir`.
+    pub fn new(dir: String) -> Output {
+        Output { buffer: Tables::default(), runs: 0, dir }
+    }
+
     /// Takes in a batch of outputs (emptying it).
     pub fn absorb(&mut self, out: &mut Outputs) {
         self.buffer.absorb(out);
@@ -53,7 +59,7 @@ impl Output {
         let run = self.runs;
         macro_rules! spill {
             ($table:ident, $row:ty) => {
-                write_run(store, rt, stringify!($table), run, &self.buffer.$table)?;
+                write_run(store, rt, &run_dir(&self.dir, stringify!($table), run), &self.buffer.$table)?;
             };
         }
         rainbow_schemas::for_each_table!(spill);
@@ -63,9 +69,15 @@ impl Output {
         Ok(())
     }
 
+    /// Spills the buffer as the last run, whatever its size (a shard's output that another
+    /// process combines).
+    pub fn spill_all(&mut self, store: &Store, rt: &tokio::runtime::Handle) -> Result<(), ReplayError> {
+        self.spill_if_full(store, rt, 0)
+    }
+
     /// Removes every run (a fresh start, or the output is complete).
-    pub fn clear_runs(store: &Store, rt: &tokio::runtime::Handle) -> Result<(), ReplayError> {
-        for (path, _) in rt.block_on(store.list(RUNS))? {
+    pub fn clear_runs(&self, store: &Store, rt: &tokio::runtime::Handle) -> Result<(), ReplayError> {
+        for (path, _) in rt.block_on(store.list(&self.dir))? {
             rt.block_on(store.delete(&path))?;
         }
         Ok(())
@@ -75,11 +87,10 @@ impl Output {
 fn write_run<R: Versioned + Serialize>(
     store: &Store,
     rt: &tokio::runtime::Handle,
-    table: &str,
-    run: u32,
+    dir: &str,
     rows: &Table<R>,
 ) -> Result<(), ReplayError> {
-    let dir = run_dir(table, run);
+    let dir = dir.to_string();
     for (path, _) in rt.block_on(store.list(&dir))? {
         rt.block_on(store.delete(&path))?;
     }
@@ -132,6 +143,7 @@ impl<'a, R: Versioned + DeserializeOwned> Merged<'a, R> {
     pub fn new(
         store: &'a Store,
         rt: &'a tokio::runtime::Handle,
+        dir: &str,
         table: &str,
         runs: u32,
         last: Table<R>,
@@ -141,7 +153,7 @@ impl<'a, R: Versioned + DeserializeOwned> Merged<'a, R> {
                 .map(|run| RunReader {
                     store,
                     rt,
-                    dir: run_dir(table, run),
+                    dir: run_dir(dir, table, run),
                     next_chunk: 0,
                     rows: VecDeque::new(),
                     done: false,

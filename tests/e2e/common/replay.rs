@@ -7,8 +7,21 @@ use std::process::Command;
 
 /// `rainbow replay --all` of `archive` into `out`; (success, stdout + stderr).
 pub fn replay(prefix: &str, archive: &Path, out: &Path, env: &[(&str, &str)]) -> (bool, String) {
+    replay_with(prefix, archive, out, &[], env)
+}
+
+/// [`replay`] with more arguments.
+pub fn replay_with(
+    prefix: &str,
+    archive: &Path,
+    out: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (bool, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rainbow"));
-    cmd.args(["replay", "--all", "--quiet", "--out"])
+    cmd.args(["replay", "--all", "--quiet"])
+        .args(args)
+        .arg("--out")
         .arg(out)
         .arg("--archive")
         .arg(archive)
