@@ -11,7 +11,8 @@
 //     unknown variables and invalid values; the resolved settings must then agree with the other
 //     services: hosts and ports of PostgreSQL, Kafka and ClickHouse, Kafka's partitions and
 //     replication factor, listen ports against container ports and Prometheus scrape targets,
-//     state directories on volumes.
+//     state directories on volumes, a replay's processes as an indexed Job's pods (each its
+//     completion index) with a Job that combines their outputs.
 //
 // Usage: go run ./deploy/validate -rainbow target/debug/rainbow [-root .]
 // Prints one line per check and exits 1 when any fails.
@@ -84,6 +85,9 @@ type settings struct {
 	Storage struct {
 		URL string `toml:"url"`
 	} `toml:"storage"`
+	Replay struct {
+		Processes int `toml:"processes"`
+	} `toml:"replay"`
 }
 
 type report struct {
@@ -460,6 +464,21 @@ type podOwner struct {
 	replicas   int32
 	spec       corev1.PodSpec
 	labels     map[string]string
+	// indexed: a Job whose pods get completion indexes (replicas = its completions).
+	indexed bool
+}
+
+// completionIndex is the downward-API path of an indexed Job pod's index.
+const completionIndex = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+
+// argAfter is the value after flag in args ("" when absent).
+func argAfter(args []string, flag string) string {
+	for i, a := range args {
+		if a == flag && i+1 < len(args) {
+			return args[i+1]
+		}
+	}
+	return ""
 }
 
 func validateK8s(r *report, root, bin string, imageEnv map[string]string) {
@@ -503,13 +522,14 @@ func validateK8s(r *report, root, bin string, imageEnv map[string]string) {
 		case *corev1.Service:
 			services[o.Name] = o
 		case *appsv1.Deployment:
-			owners = append(owners, podOwner{"Deployment", o.Name, ptrOr(o.Spec.Replicas), o.Spec.Template.Spec, o.Spec.Template.Labels})
+			owners = append(owners, podOwner{"Deployment", o.Name, ptrOr(o.Spec.Replicas), o.Spec.Template.Spec, o.Spec.Template.Labels, false})
 		case *appsv1.StatefulSet:
-			owners = append(owners, podOwner{"StatefulSet", o.Name, ptrOr(o.Spec.Replicas), o.Spec.Template.Spec, o.Spec.Template.Labels})
+			owners = append(owners, podOwner{"StatefulSet", o.Name, ptrOr(o.Spec.Replicas), o.Spec.Template.Spec, o.Spec.Template.Labels, false})
 		case *batchv1.Job:
-			owners = append(owners, podOwner{"Job", o.Name, 1, o.Spec.Template.Spec, o.Spec.Template.Labels})
+			indexed := o.Spec.CompletionMode != nil && *o.Spec.CompletionMode == batchv1.IndexedCompletion
+			owners = append(owners, podOwner{"Job", o.Name, ptrOr(o.Spec.Completions), o.Spec.Template.Spec, o.Spec.Template.Labels, indexed})
 		case *batchv1.CronJob:
-			owners = append(owners, podOwner{"CronJob", o.Name, 1, o.Spec.JobTemplate.Spec.Template.Spec, nil})
+			owners = append(owners, podOwner{"CronJob", o.Name, 1, o.Spec.JobTemplate.Spec.Template.Spec, nil, false})
 		}
 	}
 
@@ -566,6 +586,8 @@ func validateK8s(r *report, root, bin string, imageEnv map[string]string) {
 
 	database := ""
 	var supersetURIs []struct{ where, uri string }
+	// Replays run by several processes, and the combines of their outputs: --out -> processes.
+	sharded, combines := map[string]int{}, map[string]int{}
 	for _, o := range owners {
 		for _, c := range append(append([]corev1.Container{}, o.spec.InitContainers...), o.spec.Containers...) {
 			where := fmt.Sprintf("k8s %s/%s container %s", o.kind, o.name, c.Name)
@@ -598,7 +620,16 @@ func validateK8s(r *report, root, bin string, imageEnv map[string]string) {
 					}
 				}
 			}
+			indexEnv := ""
 			for _, e := range c.Env {
+				if e.ValueFrom != nil {
+					// Known only in the pod: the completion index loads as 0 here.
+					if e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == completionIndex {
+						indexEnv = e.Name
+						env[e.Name] = "0"
+					}
+					continue
+				}
 				env[e.Name] = e.Value
 			}
 			joined := strings.Join(append(append([]string{}, c.Command...), c.Args...), " ")
@@ -689,8 +720,30 @@ func validateK8s(r *report, root, bin string, imageEnv map[string]string) {
 			}
 			if role == "replay" && len(c.Command) == 0 {
 				r.check(where+": replay arguments parse", replayArgsParse(bin, c.Args))
+				processes := s.Replay.Processes
+				if v := argAfter(c.Args, "--processes"); v != "" {
+					processes, _ = strconv.Atoi(v)
+				}
+				out := argAfter(c.Args, "--out")
+				switch {
+				case contains(c.Args, "--combine"):
+					combines[out] = processes
+				case processes > 1:
+					r.expect(where+": the replay's processes are an indexed Job's pods, one per process",
+						o.kind == "Job" && o.indexed && int(o.replicas) == processes,
+						"%s indexed=%v with %d completions for %d processes", o.kind, o.indexed, o.replicas, processes)
+					r.expect(where+": each pod is the replay process of its completion index",
+						indexEnv == "RAINBOW_REPLAY__PROCESS", "RAINBOW_REPLAY__PROCESS is not set from %s", completionIndex)
+					r.expect(where+": replay processes at most the fact topics' partitions", processes <= s.CDC.TopicPartitions,
+						"%d processes, cdc.topic_partitions = %d", processes, s.CDC.TopicPartitions)
+					sharded[out] = processes
+				}
 			}
 		}
+	}
+	for out, processes := range sharded {
+		r.expect("k8s: the sharded replay into "+out+" has a combine Job (same --out and --processes, --combine)",
+			combines[out] == processes, "combines: %v", combines)
 	}
 	r.expect("k8s: Superset serves the dashboard", len(supersetURIs) == 1, "%d Superset containers", len(supersetURIs))
 	for _, su := range supersetURIs {
@@ -709,7 +762,8 @@ func ptrOr(p *int32) int32 {
 }
 
 // replayArgsParse runs the Job's replay command with local stand-ins for the object-store URLs and
-// an empty archive: the arguments parse when the binary gets as far as finding no record.
+// an empty archive: the arguments parse when the binary gets as far as finding no record (or, for
+// a combine, no shard output; it is run without waiting).
 func replayArgsParse(bin string, args []string) error {
 	tmp, err := os.MkdirTemp("", "rainbow-validate-")
 	if err != nil {
@@ -722,6 +776,9 @@ func replayArgsParse(bin string, args []string) error {
 		if strings.Contains(a, "://") {
 			local[i] = filepath.Join(tmp, "out")
 		}
+		if i > 0 && args[i-1] == "--wait" {
+			local[i] = "0"
+		}
 	}
 	local = append(local, "--archive", filepath.Join(tmp, "archive"))
 	cmd := exec.Command(bin, local...)
@@ -729,7 +786,11 @@ func replayArgsParse(bin string, args []string) error {
 	cmd.Dir = tmp
 	out, err := cmd.CombinedOutput()
 	var exit *exec.ExitError
-	if errors.As(err, &exit) && strings.Contains(string(out), "holds no record") {
+	expected := "holds no record"
+	if contains(args, "--combine") {
+		expected = "have no complete output"
+	}
+	if errors.As(err, &exit) && strings.Contains(string(out), expected) {
 		return nil
 	}
 	return fmt.Errorf("rainbow %s: %v: %s", strings.Join(local, " "), err, out)

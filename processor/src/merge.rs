@@ -17,9 +17,13 @@
 //!
 //! Memory: records wait in per-input queues until released. The runtime pauses an input whose
 //! queue is long, except an input that holds the minimum frontier (pausing it would stall).
+//!
+//! Cost: a release is O(log inputs) (a heap of the queues' heads); the minimum frontier is
+//! recomputed only after an input's frontier changed.
 
 use crate::event::Position;
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 
 /// Identifies an input: a topic and partition.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
@@ -60,18 +64,29 @@ pub struct Merger<T> {
     inputs: Vec<Input<T>>,
     last_released: Option<Position>,
     duplicates: u64,
+    /// The position of each non-empty queue's head, with its input: exactly one entry per
+    /// non-empty queue (the lowest input first among equal positions).
+    heads: BinaryHeap<Reverse<(Position, usize)>>,
+    /// [`Merger::frontier`] as last computed; `None` after a frontier changed.
+    frontier: std::cell::Cell<Option<Option<Position>>>,
 }
 
 impl<T> Default for Merger<T> {
     fn default() -> Self {
-        Merger { inputs: Vec::new(), last_released: None, duplicates: 0 }
+        Merger::new(None)
     }
 }
 
 impl<T> Merger<T> {
     /// A merger that continues after `last_released` (from a checkpoint), or from the start.
     pub fn new(last_released: Option<Position>) -> Merger<T> {
-        Merger { inputs: Vec::new(), last_released, duplicates: 0 }
+        Merger {
+            inputs: Vec::new(),
+            last_released,
+            duplicates: 0,
+            heads: BinaryHeap::new(),
+            frontier: std::cell::Cell::new(None),
+        }
     }
 
     /// Registers an input that will deliver records from `offset` on. Returns its index.
@@ -83,6 +98,7 @@ impl<T> Merger<T> {
             next_offset: offset,
             marks: Vec::new(),
         });
+        self.frontier.set(None);
         self.inputs.len() - 1
     }
 
@@ -94,10 +110,17 @@ impl<T> Merger<T> {
     pub fn push(&mut self, input: usize, offset: i64, position: Position, item: T) -> Pushed {
         self.consumed(input, offset);
         let inp = &mut self.inputs[input];
-        inp.frontier = Some(inp.frontier.map_or(position, |f| f.max(position)));
+        let raised = inp.frontier.map_or(position, |f| f.max(position));
+        if inp.frontier != Some(raised) {
+            inp.frontier = Some(raised);
+            self.frontier.set(None);
+        }
         if self.last_released.is_some_and(|last| position < last) {
             self.duplicates += 1;
             return Pushed::Duplicate;
+        }
+        if inp.queue.is_empty() {
+            self.heads.push(Reverse((position, input)));
         }
         inp.queue.push_back(Buffered { offset, position, item });
         Pushed::Queued
@@ -112,7 +135,10 @@ impl<T> Merger<T> {
     fn consumed(&mut self, input: usize, offset: i64) {
         let inp = &mut self.inputs[input];
         inp.next_offset = inp.next_offset.max(offset + 1);
-        Self::apply_marks(inp);
+        if !inp.marks.is_empty() {
+            Self::apply_marks(inp);
+            self.frontier.set(None);
+        }
     }
 
     fn apply_marks(inp: &mut Input<T>) {
@@ -135,35 +161,46 @@ impl<T> Merger<T> {
         let inp = &mut self.inputs[input];
         inp.marks.push((end_offset, at));
         Self::apply_marks(inp);
+        self.frontier.set(None);
     }
 
     /// The input has nothing more to deliver (end of an archived input).
     pub fn finish(&mut self, input: usize) {
         let max = Position { commit: u64::MAX, change: u64::MAX, table: u8::MAX };
         self.inputs[input].frontier = Some(max);
+        self.frontier.set(None);
     }
 
     /// The position up to which records can be released: the minimum frontier. `None` while an
     /// input has told nothing yet.
     pub fn frontier(&self) -> Option<Position> {
-        self.inputs.iter().map(|i| i.frontier).try_fold(None::<Position>, |acc, f| {
+        if let Some(known) = self.frontier.get() {
+            return known;
+        }
+        let min = self.inputs.iter().map(|i| i.frontier).try_fold(None::<Position>, |acc, f| {
             let f = f?;
             Some(Some(acc.map_or(f, |a| a.min(f))))
-        })?
+        });
+        let min = min.flatten();
+        self.frontier.set(Some(min));
+        min
     }
 
-    /// The next record in commit order, if it can be released; with the input it came from.
+    /// Releases the next record at or below the frontier (see the module documentation):
+    /// `(input, item)`.
     pub fn pop(&mut self) -> Option<(usize, T)> {
         let frontier = self.frontier()?;
         loop {
-            let (index, _) = self
-                .inputs
-                .iter()
-                .enumerate()
-                .filter_map(|(i, inp)| inp.queue.front().map(|b| (i, b.position)))
-                .filter(|(_, p)| *p <= frontier)
-                .min_by_key(|(_, p)| *p)?;
-            let b = self.inputs[index].queue.pop_front().expect("front exists");
+            let &Reverse((position, index)) = self.heads.peek()?;
+            if position > frontier {
+                return None;
+            }
+            self.heads.pop();
+            let queue = &mut self.inputs[index].queue;
+            let b = queue.pop_front().expect("a head is a queued record");
+            if let Some(next) = queue.front() {
+                self.heads.push(Reverse((next.position, index)));
+            }
             if self.last_released.is_some_and(|last| b.position < last) {
                 self.duplicates += 1;
                 continue;
@@ -173,7 +210,6 @@ impl<T> Merger<T> {
         }
     }
 
-    /// Position of the last released record: stored in checkpoints.
     pub fn last_released(&self) -> Option<Position> {
         self.last_released
     }

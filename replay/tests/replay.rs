@@ -9,14 +9,16 @@
 use rainbow_archive::master::{self, ArchivedRecord, SegmentName};
 use rainbow_archive::ArchiveConfig;
 use rainbow_processor::core::Core;
-use rainbow_processor::event::{ChangeEvent, Position, SourceRow};
+use rainbow_processor::event::{ChangeEvent, Position};
 use rainbow_replay::replay::{read_table, run, Days, ReplayArgs};
 use rainbow_replay::{ReplayConfig, ReplayError};
 use rainbow_runtime::store::Store;
 use rainbow_schemas::shape::arrow::to_batch;
 use rainbow_schemas::shape::Outputs;
 use rainbow_schemas::shape::Tables;
-use rainbow_testkit::workload::{to_debezium_json, to_debezium_json_with_schema, Workload, WorkloadConfig};
+use rainbow_testkit::workload::{
+    partition_of, to_debezium_json, to_debezium_json_with_schema, Workload, WorkloadConfig,
+};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -86,12 +88,7 @@ fn write_archive(dir: &std::path::Path, events: &[ChangeEvent]) {
         // seventh without the schema (no typed columns: read from the envelope).
         let (key, value) = if i % 7 == 3 { to_debezium_json(e) } else { to_debezium_json_with_schema(e) };
         let topic = naming.topic_for(e.table().name());
-        // The CDC's routing (`cdc.partition_by`): orders by id, order lines by their order.
-        let p = match e.after.as_ref().or(e.before.as_ref()) {
-            Some(SourceRow::Order(o)) => o.id.rem_euclid(3) as i32,
-            Some(SourceRow::OrderLine(l)) => l.order_id.rem_euclid(3) as i32,
-            _ => (key.iter().map(|b| u32::from(*b)).sum::<u32>() % 3) as i32,
-        };
+        let p = partition_of(e, &key, 3);
         push(&mut partitions, topic, p, key, value, Some(e), day(e));
         // A CDC restart re-sends recent records (at-least-once): each partition gets again the
         // five records before its last one.

@@ -3,30 +3,37 @@
 //! Contract: the replay is the processor's engine ([`rainbow_processor::engine`]), the very loop
 //! and core `rainbow process` runs, with an archive source ([`source`]), a Parquet sink
 //! ([`sink`]) and a rejection file ([`rejections`]), so for the same input the collapsed output
-//! equals what streaming wrote to ClickHouse (the Kappa invariant). Every segment up to the last selected day is
-//! read, from the beginning of the archive: days before the selection only build state, events
-//! of the selected days also produce output rows. Output: per warehouse table,
+//! equals what streaming wrote to ClickHouse (the Kappa invariant). Every data file up to the last
+//! selected day is read, from the beginning of the archive: days before the selection only build
+//! state, events of the selected days also produce output rows. Output: per warehouse table,
 //! `<out>/<table>/part-NNNNN.parquet`, the table as ReplacingMergeTree `FINAL` sees it (per key
 //! the row with the highest version), sorted by the table's key; the same archive and
-//! selection give byte-identical files.
+//! selection give byte-identical files, whatever the number of shards.
 //!
-//! Threads: one reader thread per archived partition fetches its segments in offset order and
-//! decodes them (Parquet, then the Debezium JSON) while the calling thread runs the engine; the
-//! core runs on the calling thread only, so the order of application is the merge's alone.
+//! Shards ([`shards`]): a replay of every day runs `replay.shards` engines (default one per
+//! core, at most the fact topics' partitions), each over every dimension partition and its share
+//! of the fact partitions, as the streaming scale-out splits them; their outputs are combined
+//! into the tables a single core writes. With `replay.processes` = N, process i runs its share
+//! of the shards and leaves their outputs; the same command with `--combine` writes the tables.
+//! A day selection runs one shard.
 //!
-//! Memory: one segment per input partition is open at a time, and per input at most
+//! Threads: per shard, one reader thread per archived partition fetches its data files in offset
+//! order and decodes them while the shard's thread runs its engine; a shard's core runs on that
+//! thread only, so its order of application is the merge's alone.
+//!
+//! Memory: one data file per input partition is open at a time, and per input at most
 //! `read_batch_rows` records wait in the merge plus one decoded batch in the reader's channel.
-//! The collapsed output holds at most `spill_rows` rows in memory; beyond that it goes to sorted
-//! runs in the output store ([`crate::spill`]), merged chunk by chunk when the tables are
+//! Each shard's collapsed output holds at most `spill_rows` rows in memory; beyond that it goes to
+//! sorted runs in the output store ([`spill`]), merged chunk by chunk when the tables are
 //! written (at most `rows_per_file` rows of a table are encoded at a time). What remains grows
-//! with the input: the core's state, bounded by keys (dimension versions, order lines, groups),
-//! not by events.
+//! with the input: each shard's core state, bounded by keys (dimension versions, order lines,
+//! groups), not by events; every shard holds the whole dimension state.
 //!
-//! Resumable: the engine's checkpoint (state, merge position, input offsets, the output buffer
-//! and the number of runs spilled, the rejections) is written to `<out>/_replay/checkpoints/`
-//! every `checkpoint_every_events` and on interrupt; a rerun of the same command resumes from it.
-//! The checkpoint and the runs are deleted once the output is complete;
-//! `<out>/_replay/summary.json` then describes the run.
+//! Resumable: each shard's engine checkpoint (state, merge position, input offsets, the output
+//! buffer and the number of runs spilled, the rejections) is written to
+//! `<out>/_replay/shards/<shard>/checkpoints/` every `checkpoint_every_events` and on interrupt; a
+//! rerun of the same command resumes from them. The shards' folders are deleted once the output
+//! is complete; `<out>/_replay/summary.json` then describes the run.
 
 pub mod rejections;
 pub mod shards;
@@ -263,6 +270,7 @@ pub fn run(
 
     let started = Instant::now();
     let runs = run_shards(args, &archive, &out, rt, stop, &partitions, &plan, &fingerprint)?;
+    tracing::info!(secs = started.elapsed().as_secs_f64(), "shards done");
     if c.processes > 1 {
         for r in &runs {
             let done = Done {
@@ -417,7 +425,15 @@ fn run_shard(
     );
     let from_envelopes = source.from_envelopes.clone();
     let dir = shards::dir(shard);
-    let sink = sink::ShardSink::new(out.clone(), rt.clone(), format!("{dir}/runs"), c.spill_rows, persist);
+    // Every shard builds the same SCD2 dimension rows from the same events: shard 0 keeps them.
+    let sink = sink::ShardSink::new(
+        out.clone(),
+        rt.clone(),
+        format!("{dir}/runs"),
+        c.spill_rows,
+        persist,
+        shard == 0,
+    );
     let handover = rejections::Handover::default();
     let rejections = rejections::RejectionFile::new(handover.clone());
     let options = Options {
@@ -546,7 +562,9 @@ fn write_output(
         shard_summaries.push(r.summary);
     }
     let mut summary = ReplaySummary::of(&args.days, files, shard_summaries);
+    let started = Instant::now();
     summary.tables = sink::write_tables(out, rt, outputs, c.rows_per_file)?;
+    tracing::info!(secs = started.elapsed().as_secs_f64(), "tables written");
     summary.rejected = rejections::write(out, rt, lists)?;
     if c.iceberg {
         write_iceberg(out, rt, c, &summary)?;

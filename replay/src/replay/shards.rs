@@ -6,7 +6,8 @@
 //! its own. The CDC routes an order and its lines to the same partition number
 //! (`cdc.partition_by`, on by default), so each order's facts are built by exactly one shard;
 //! every shard builds the same dimension rows; and each shard's aggregate rows are the partial
-//! sums of its orders. Combining, per table in key order, the rows of one key (at most one per
+//! sums of its orders. Shard 0 alone keeps the SCD2 dimensions' rows (the others drop theirs,
+//! equal by construction). Combining, per table in key order, the rows of one key (at most one per
 //! shard): dimension and fact rows keep the highest version (rows of equal key and version are
 //! equal: the lowest shard's is kept); aggregate rows add their measures and take the version and
 //! labels of the highest version. Every shard stamps its aggregate rows partition 0, as a single

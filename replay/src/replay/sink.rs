@@ -16,7 +16,7 @@ use parquet::arrow::ArrowWriter;
 use rainbow_processor::engine::Sink;
 use rainbow_runtime::store::Store;
 use rainbow_schemas::shape::arrow::{schema_of, BatchBuilder};
-use rainbow_schemas::shape::{Outputs, Table, Tables};
+use rainbow_schemas::shape::{Kind, Outputs, Table, Tables, WarehouseRow};
 
 /// Per table written: (name, rows, files).
 pub type Written = Vec<(String, usize, usize)>;
@@ -27,18 +27,21 @@ pub struct ShardSink {
     output: Output,
     spill_rows: usize,
     persist: bool,
+    dimensions: bool,
 }
 
 impl ShardSink {
-    /// A sink whose runs go to `dir` of `out`; `persist`: spill everything at the end.
+    /// A sink whose runs go to `dir` of `out`; `persist`: spill everything at the end;
+    /// `dimensions`: keep the SCD2 dimensions' rows (every shard builds the same: one keeps them).
     pub fn new(
         out: Store,
         rt: tokio::runtime::Handle,
         dir: String,
         spill_rows: usize,
         persist: bool,
+        dimensions: bool,
     ) -> ShardSink {
-        ShardSink { out, rt, output: Output::new(dir), spill_rows, persist }
+        ShardSink { out, rt, output: Output::new(dir), spill_rows, persist, dimensions }
     }
 }
 
@@ -47,6 +50,16 @@ impl Sink for ShardSink {
     type Summary = Output;
 
     fn write(&mut self, rows: &mut Outputs) -> Result<(), ReplayError> {
+        if !self.dimensions {
+            macro_rules! drop_dimension {
+                ($table:ident, $row:ty) => {
+                    if matches!(<$row as WarehouseRow>::TABLE.kind, Kind::Dimension { .. }) {
+                        rows.$table.clear();
+                    }
+                };
+            }
+            rainbow_schemas::for_each_table!(drop_dimension);
+        }
         self.output.absorb(rows);
         self.output.spill_if_full(&self.out, &self.rt, self.spill_rows)
     }

@@ -143,11 +143,16 @@ impl<R: Versioned> Default for Table<R> {
 
 impl<R: Versioned> Table<R> {
     pub fn absorb(&mut self, rows: impl IntoIterator<Item = R>) {
+        use std::collections::btree_map::Entry;
         for row in rows {
-            match self.0.get(&row.key()) {
-                Some(old) if old.version() > row.version() => {}
-                _ => {
-                    self.0.insert(row.key(), row);
+            match self.0.entry(row.key()) {
+                Entry::Vacant(v) => {
+                    v.insert(row);
+                }
+                Entry::Occupied(mut o) => {
+                    if o.get().version() <= row.version() {
+                        *o.get_mut() = row;
+                    }
                 }
             }
         }

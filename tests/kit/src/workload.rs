@@ -505,6 +505,19 @@ fn row_json(row: &SourceRow) -> Value {
     }
 }
 
+/// The partition (of `partitions`) of an event's record as the CDC routes them at its defaults
+/// (`cdc.partition_by`): an order by its id and an order line by its order, so that both share a
+/// partition number (what the processor's scale-out and the sharded replay rely on); any other
+/// record by its `key`. A plain modulo, not Kafka's murmur2: only the sharing matters here.
+pub fn partition_of(e: &ChangeEvent, key: &[u8], partitions: i32) -> i32 {
+    let n = i64::from(partitions.max(1));
+    match e.after.as_ref().or(e.before.as_ref()) {
+        Some(SourceRow::Order(o)) => o.id.rem_euclid(n) as i32,
+        Some(SourceRow::OrderLine(l)) => l.order_id.rem_euclid(n) as i32,
+        _ => (key.iter().map(|b| i64::from(*b)).sum::<i64>() % n) as i32,
+    }
+}
+
 /// The event as Rainbow's CDC writes it (JSON without the schema wrapper, decimals as strings):
 /// (Kafka key, Kafka value).
 pub fn to_debezium_json(e: &ChangeEvent) -> (Vec<u8>, Vec<u8>) {
