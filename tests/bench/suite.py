@@ -319,6 +319,16 @@ def bench_replay(res, runs, small):
             res.add("Replay", "archive -> Parquet", "records/s", m["replay throughput"], 1_000_000)
             res.add("Replay", "wall time", "s", m["wall time, archive to Parquet"], better="lower")
             res.add("Replay", "peak RSS", "MiB", m["peak RSS of the replay"], better="lower")
+            res.add("Replay", "shards at the default (one per core, at most the fact partitions)", "shards",
+                    m["shards (replay.shards = 0: one per core, at most the fact partitions)"])
+        for i in range(runs):
+            log(f"replay run {i + 1}/{runs}, one shard (override --shards 1, for comparison)")
+            out = os.path.join(tmp, f"out1-{i}")
+            m = measures(run([binary, "run", "--archive", archive, "--out", out, "--shards", "1"]))
+            res.add("Replay", "archive -> Parquet, one shard (override: --shards 1)", "records/s",
+                    m["replay throughput"])
+            res.add("Replay", "peak RSS, one shard (override: --shards 1)", "MiB", m["peak RSS of the replay"],
+                    better="lower")
         # The same at a quarter of the volume: how peak RSS grows with the input.
         quarter = os.path.join(tmp, "archive-quarter")
         run([binary, "generate", "--orders", str(int(orders) // 4), "--archive", quarter])

@@ -8,6 +8,10 @@
 //! buffer itself is part of the checkpoint ([`Sink::save`]), so a resumed replay writes the same
 //! tables. A fresh start deletes the runs an interrupted attempt left. At the end the sink hands
 //! its output over (`persist`: spilled whole, for a combine by another process).
+//!
+//! Threads: the collapse (absorbing rows, spilling runs) runs on a thread of its own, fed in
+//! order through a bounded channel, so the engine's thread only applies events; a checkpoint's
+//! [`Sink::save`] waits until every row sent before it is absorbed.
 
 use super::shards::{Combine, Combined};
 use super::spill::{Merged, Output};
@@ -17,6 +21,8 @@ use rainbow_processor::engine::Sink;
 use rainbow_runtime::store::Store;
 use rainbow_schemas::shape::arrow::{schema_of, BatchBuilder};
 use rainbow_schemas::shape::{Kind, Outputs, Table, Tables, WarehouseRow};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::JoinHandle;
 
 /// Per table written: (name, rows, files).
 pub type Written = Vec<(String, usize, usize)>;
@@ -24,32 +30,33 @@ pub type Written = Vec<(String, usize, usize)>;
 pub struct ShardSink {
     out: Store,
     rt: tokio::runtime::Handle,
+    persist: bool,
+    /// The collapse, before its thread starts (at the end of [`Sink::restore`]).
+    idle: Option<Collapse>,
+    /// To the collapse thread, and the thread.
+    tx: Option<SyncSender<ToCollapse>>,
+    thread: Option<JoinHandle<Result<Output, ReplayError>>>,
+}
+
+/// What the engine's thread sends the collapse thread, in order.
+enum ToCollapse {
+    Rows(Box<Outputs>),
+    /// The state for a checkpoint, once every row sent before is absorbed (and spilled runs are
+    /// durable).
+    Save(SyncSender<Result<Vec<u8>, ReplayError>>),
+}
+
+/// The collapse of a shard's rows into its output, on a thread of its own beside the engine's.
+struct Collapse {
+    out: Store,
+    rt: tokio::runtime::Handle,
     output: Output,
     spill_rows: usize,
-    persist: bool,
     dimensions: bool,
 }
 
-impl ShardSink {
-    /// A sink whose runs go to `dir` of `out`; `persist`: spill everything at the end;
-    /// `dimensions`: keep the SCD2 dimensions' rows (every shard builds the same: one keeps them).
-    pub fn new(
-        out: Store,
-        rt: tokio::runtime::Handle,
-        dir: String,
-        spill_rows: usize,
-        persist: bool,
-        dimensions: bool,
-    ) -> ShardSink {
-        ShardSink { out, rt, output: Output::new(dir), spill_rows, persist, dimensions }
-    }
-}
-
-impl Sink for ShardSink {
-    type Error = ReplayError;
-    type Summary = Output;
-
-    fn write(&mut self, rows: &mut Outputs) -> Result<(), ReplayError> {
+impl Collapse {
+    fn absorb(&mut self, rows: &mut Outputs) -> Result<(), ReplayError> {
         if !self.dimensions {
             macro_rules! drop_dimension {
                 ($table:ident, $row:ty) => {
@@ -64,38 +71,121 @@ impl Sink for ShardSink {
         self.output.spill_if_full(&self.out, &self.rt, self.spill_rows)
     }
 
+    fn save(&self) -> Result<Vec<u8>, ReplayError> {
+        postcard::to_allocvec(&(&self.output.buffer, self.output.runs))
+            .map_err(|e| ReplayError::Checkpoint { path: "sink".into(), reason: e.to_string() })
+    }
+
+    fn run(mut self, rx: Receiver<ToCollapse>) -> Result<Output, ReplayError> {
+        for message in rx {
+            match message {
+                ToCollapse::Rows(mut rows) => self.absorb(&mut rows)?,
+                ToCollapse::Save(reply) => {
+                    let _ = reply.send(self.save());
+                }
+            }
+        }
+        Ok(self.output)
+    }
+}
+
+/// Rows batches waiting for the collapse thread.
+const COLLAPSE_AHEAD: usize = 4;
+
+impl ShardSink {
+    /// A sink whose runs go to `dir` of `out`; `persist`: spill everything at the end;
+    /// `dimensions`: keep the SCD2 dimensions' rows (every shard builds the same: one keeps them).
+    pub fn new(
+        out: Store,
+        rt: tokio::runtime::Handle,
+        dir: String,
+        spill_rows: usize,
+        persist: bool,
+        dimensions: bool,
+    ) -> ShardSink {
+        let idle =
+            Collapse { out: out.clone(), rt: rt.clone(), output: Output::new(dir), spill_rows, dimensions };
+        ShardSink { out, rt, persist, idle: Some(idle), tx: None, thread: None }
+    }
+
+    /// Starts the collapse thread (once).
+    fn start(&mut self) -> Result<(), ReplayError> {
+        let Some(collapse) = self.idle.take() else { return Ok(()) };
+        let (tx, rx) = sync_channel(COLLAPSE_AHEAD);
+        let thread = std::thread::Builder::new()
+            .name("replay-collapse".into())
+            .spawn(move || collapse.run(rx))
+            .map_err(|e| ReplayError::Spill { path: "collapse thread".into(), reason: e.to_string() })?;
+        self.tx = Some(tx);
+        self.thread = Some(thread);
+        Ok(())
+    }
+
+    /// The collapse thread's end: its output, or why it stopped.
+    fn join(&mut self) -> Result<Output, ReplayError> {
+        self.tx = None;
+        match self.thread.take() {
+            Some(thread) => thread.join().map_err(|_| ReplayError::Writer("replay collapse"))?,
+            None => Err(ReplayError::Writer("replay collapse")),
+        }
+    }
+}
+
+impl Sink for ShardSink {
+    type Error = ReplayError;
+    type Summary = Output;
+
+    fn write(&mut self, rows: &mut Outputs) -> Result<(), ReplayError> {
+        self.start()?;
+        let batch = Box::new(std::mem::take(rows));
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(ToCollapse::Rows(batch)).is_ok());
+        if !sent {
+            // The thread stopped: its error.
+            self.join()?;
+        }
+        Ok(())
+    }
+
     /// The spilled runs are durable when written; the buffer goes into the checkpoint.
     fn flush(&mut self) -> Result<(), ReplayError> {
         Ok(())
     }
 
     fn save(&self) -> Result<Vec<u8>, ReplayError> {
-        postcard::to_allocvec(&(&self.output.buffer, self.output.runs))
-            .map_err(|e| ReplayError::Checkpoint { path: "sink".into(), reason: e.to_string() })
+        if let Some(idle) = &self.idle {
+            return idle.save();
+        }
+        let (reply, answer) = sync_channel(1);
+        let stopped = || ReplayError::Writer("replay collapse");
+        self.tx.as_ref().ok_or_else(stopped)?.send(ToCollapse::Save(reply)).map_err(|_| stopped())?;
+        answer.recv().map_err(|_| stopped())?
     }
 
     fn restore(&mut self, state: Option<&[u8]>) -> Result<(), ReplayError> {
+        let collapse = self.idle.as_mut().ok_or(ReplayError::Writer("replay collapse"))?;
         match state {
             Some(bytes) => {
                 let (buffer, runs): (Tables, u32) = postcard::from_bytes(bytes)
                     .map_err(|e| ReplayError::Checkpoint { path: "sink".into(), reason: e.to_string() })?;
-                self.output.buffer = buffer;
-                self.output.runs = runs;
+                collapse.output.buffer = buffer;
+                collapse.output.runs = runs;
             }
             None => {
-                self.output.clear_runs(&self.out, &self.rt)?;
-                self.output = Output::new(std::mem::take(&mut self.output.dir));
+                collapse.output.clear_runs(&self.out, &self.rt)?;
+                collapse.output = Output::new(std::mem::take(&mut collapse.output.dir));
             }
         }
-        Ok(())
+        self.start()
     }
 
     /// Hands the output over (spilled whole when `persist`).
     fn finish(mut self) -> Result<Output, ReplayError> {
+        self.start()?;
+        let mut output = self.join()?;
         if self.persist {
-            self.output.spill_all(&self.out, &self.rt)?;
+            output.spill_all(&self.out, &self.rt)?;
         }
-        Ok(self.output)
+        Ok(output)
     }
 }
 
