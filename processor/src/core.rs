@@ -561,6 +561,78 @@ const MONTH_NAMES: [&str; 12] = [
     "December",
 ];
 
+/// The row of aggregate group `key` as it stands.
+fn emit_group(a: &Aggregates, partition: i32, key: AggKey, out: &mut Outputs) {
+    match key {
+        AggKey::Total => out.agg_total_sales.push(AggTotalSales {
+            partition,
+            total_sales_quantity: a.total.value.quantity,
+            total_sales_amount: MoneySum(a.total.value.amount),
+            total_discount_amount: MoneySum(a.total.value.discount),
+            version: a.total.version,
+        }),
+        AggKey::DayOfWeek(d) => {
+            let g = &a.by_day[usize::from(d - 1)];
+            out.agg_sales_by_day_of_week.push(AggSalesByDayOfWeek {
+                partition,
+                day_of_week: d,
+                total_sales_quantity: g.value.quantity,
+                total_sales_amount: MoneySum(g.value.amount),
+                total_discount_amount: MoneySum(g.value.discount),
+                version: g.version,
+            })
+        }
+        AggKey::Seller(id) => {
+            let g = &a.sellers[&id];
+            out.agg_top_sellers.push(AggTopSeller {
+                partition,
+                seller_id: id,
+                seller_name: g.label.clone(),
+                total_sales_quantity: g.value.quantity,
+                total_sales_amount: MoneySum(g.value.amount),
+                total_discount_amount: MoneySum(g.value.discount),
+                version: g.version,
+            })
+        }
+        AggKey::Product(id) => {
+            let g = &a.products[&id];
+            out.agg_product_profit.push(AggProductProfit {
+                partition,
+                product_id: id,
+                product_name: g.label.clone(),
+                category: g.label2.clone(),
+                total_sales_quantity: g.value.quantity,
+                total_sales_amount: MoneySum(g.value.amount),
+                total_discount_amount: MoneySum(g.value.discount),
+                version: g.version,
+            })
+        }
+        AggKey::Payment(id) => {
+            let g = &a.payments[&id];
+            out.agg_payment_methods.push(AggPaymentMethod {
+                partition,
+                payment_id: id,
+                payment_method: g.label.clone(),
+                order_count: g.value.orders,
+                total_sales_amount: MoneySum(g.value.amount),
+                version: g.version,
+            })
+        }
+        AggKey::Customer(id) => {
+            let g = &a.customers[&id];
+            out.agg_customer_ranking.push(AggCustomerRanking {
+                partition,
+                customer_id: id,
+                customer_name: g.label.clone(),
+                order_count: g.value.orders,
+                total_sales_quantity: g.value.quantity,
+                total_sales_amount: MoneySum(g.value.amount),
+                version: g.version,
+            })
+        }
+    }
+}
+
 impl Core {
     /// A core with empty state; `partition` is the instance's share of the fact topics, stamped
     /// on its aggregate rows.
@@ -697,74 +769,23 @@ impl Core {
         let partition = self.partition;
         let a = &mut self.state.aggregates;
         for key in std::mem::take(&mut a.dirty) {
-            match key {
-                AggKey::Total => out.agg_total_sales.push(AggTotalSales {
-                    partition,
-                    total_sales_quantity: a.total.value.quantity,
-                    total_sales_amount: MoneySum(a.total.value.amount),
-                    total_discount_amount: MoneySum(a.total.value.discount),
-                    version: a.total.version,
-                }),
-                AggKey::DayOfWeek(d) => {
-                    let g = &a.by_day[usize::from(d - 1)];
-                    out.agg_sales_by_day_of_week.push(AggSalesByDayOfWeek {
-                        partition,
-                        day_of_week: d,
-                        total_sales_quantity: g.value.quantity,
-                        total_sales_amount: MoneySum(g.value.amount),
-                        total_discount_amount: MoneySum(g.value.discount),
-                        version: g.version,
-                    })
-                }
-                AggKey::Seller(id) => {
-                    let g = &a.sellers[&id];
-                    out.agg_top_sellers.push(AggTopSeller {
-                        partition,
-                        seller_id: id,
-                        seller_name: g.label.clone(),
-                        total_sales_quantity: g.value.quantity,
-                        total_sales_amount: MoneySum(g.value.amount),
-                        total_discount_amount: MoneySum(g.value.discount),
-                        version: g.version,
-                    })
-                }
-                AggKey::Product(id) => {
-                    let g = &a.products[&id];
-                    out.agg_product_profit.push(AggProductProfit {
-                        partition,
-                        product_id: id,
-                        product_name: g.label.clone(),
-                        category: g.label2.clone(),
-                        total_sales_quantity: g.value.quantity,
-                        total_sales_amount: MoneySum(g.value.amount),
-                        total_discount_amount: MoneySum(g.value.discount),
-                        version: g.version,
-                    })
-                }
-                AggKey::Payment(id) => {
-                    let g = &a.payments[&id];
-                    out.agg_payment_methods.push(AggPaymentMethod {
-                        partition,
-                        payment_id: id,
-                        payment_method: g.label.clone(),
-                        order_count: g.value.orders,
-                        total_sales_amount: MoneySum(g.value.amount),
-                        version: g.version,
-                    })
-                }
-                AggKey::Customer(id) => {
-                    let g = &a.customers[&id];
-                    out.agg_customer_ranking.push(AggCustomerRanking {
-                        partition,
-                        customer_id: id,
-                        customer_name: g.label.clone(),
-                        order_count: g.value.orders,
-                        total_sales_quantity: g.value.quantity,
-                        total_sales_amount: MoneySum(g.value.amount),
-                        version: g.version,
-                    })
-                }
-            }
+            emit_group(a, partition, key, out);
+        }
+    }
+
+    /// Every aggregate group's row as it stands (not only the changed ones), for a replay shard
+    /// whose partial sums another shard's selected rows need ([`crate::engine::Options`]).
+    pub fn aggregate_state(&self, out: &mut Outputs) {
+        let a = &self.state.aggregates;
+        let keys = [AggKey::Total]
+            .into_iter()
+            .chain((1..=7).map(AggKey::DayOfWeek))
+            .chain(a.sellers.keys().map(|id| AggKey::Seller(*id)))
+            .chain(a.products.keys().map(|id| AggKey::Product(*id)))
+            .chain(a.payments.keys().map(|id| AggKey::Payment(*id)))
+            .chain(a.customers.keys().map(|id| AggKey::Customer(*id)));
+        for key in keys {
+            emit_group(a, self.partition, key, out);
         }
     }
 

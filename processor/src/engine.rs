@@ -120,6 +120,12 @@ pub trait Sink {
         Ok(())
     }
 
+    /// The core as it stands at the end of a bounded input, after its last rows were written and
+    /// before [`Sink::finish`] (a replay shard takes its aggregate groups' partial sums from it).
+    fn at_end(&mut self, _core: &Core) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
     /// The end of a bounded input: write what is left, complete the output.
     fn finish(self) -> Result<Self::Summary, Self::Error>;
 }
@@ -857,6 +863,7 @@ where
         let end = Position { commit: u64::MAX, change: 0, table: 0 };
         self.core.seal_before(end, &mut self.out);
         self.route()?;
+        self.sink.at_end(&self.core)?;
         self.tick();
         let summary = self.summary();
         let Engine { sink, dead, core, merger, store, rt, .. } = self;

@@ -46,10 +46,10 @@ pub enum ReplayError {
     )]
     TooManyShards { shards: usize, partitions: usize },
     #[error(
-        "replay.shards = {shards} with a day selection ({days}): only a replay of every day (--all) \
-         is sharded (a selection's aggregate rows are the groups its days changed, with their totals, \
-         which per-shard partial sums cannot give); replay the selection with --shards 1 and \
-         replay.processes = 1"
+        "replay.shards = {shards} with a list of days ({days}): a list is replayed by one shard (after \
+         a gap, an aggregate group's row is its total at the end of the last selected day that \
+         changed it, which the shards' partial sums at the end cannot give); replay it with \
+         --shards 1 and replay.processes = 1, or replay a range (--from/--to), which is sharded"
     )]
     ShardedSelection { shards: usize, days: String },
     #[error(

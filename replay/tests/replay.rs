@@ -339,9 +339,9 @@ fn a_sharded_replay_writes_the_single_shards_bytes_on_threads_or_as_processes() 
     assert_same_files(&single, &out, "3 shards in 2 processes, combined");
     assert!(!rainbow_testkit::files(&out).keys().any(|p| p.starts_with("_replay/shards/")));
 
-    // A day selection is replayed by one core; asking for shards is an error that says so.
+    // A list of days is replayed by one core; asking for shards is an error that says so.
     let mut days = sharded(&archive, &temp("shards-days"), 2);
-    days.days = Days::Range { from: "2024-08-02".into(), to: "2024-08-03".into() };
+    days.days = Days::List(["2024-08-02".to_string(), "2024-08-04".to_string()].into());
     let e = run(&days, rt.handle(), &stop).unwrap_err();
     assert!(matches!(e, ReplayError::ShardedSelection { shards: 2, .. }), "{e}");
     let e = run(&sharded(&archive, &temp("shards-many"), 4), rt.handle(), &stop).unwrap_err();
@@ -363,12 +363,10 @@ fn a_day_range_builds_state_from_earlier_days_and_outputs_only_its_days() {
     write_archive(&archive, &events);
     let out = temp("range-out");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let s = run(
-        &args(&archive, &out, Days::Range { from: from.clone(), to: to.clone() }),
-        rt.handle(),
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    let range = Days::Range { from: from.clone(), to: to.clone() };
+    let mut one = args(&archive, &out, range.clone());
+    one.config.shards = 1;
+    let s = run(&one, rt.handle(), &AtomicBool::new(false)).unwrap();
     let want = expected(&events, |d| from.as_str() <= d && d <= to.as_str(), Some(&to));
     assert_output(&out, &want);
     // Later days were not read; earlier days were applied (state) without output.
@@ -381,6 +379,24 @@ fn a_day_range_builds_state_from_earlier_days_and_outputs_only_its_days() {
         want.fact_sales.len() > 100
             && want.fact_sales.len() < expected(&events, |_| true, None).fact_sales.len()
     );
+
+    // Sharded, on threads and as 2 processes combined: the same bytes. A shard whose orders did
+    // not change an aggregate group in the range still holds part of its total.
+    for (shards, processes) in [(2, 1), (3, 1), (3, 2)] {
+        let sharded_out = temp(&format!("range-{shards}-{processes}"));
+        let mut a = args(&archive, &sharded_out, range.clone());
+        (a.config.shards, a.config.processes) = (shards, processes);
+        for process in 0..processes {
+            a.config.process = process;
+            run(&a, rt.handle(), &AtomicBool::new(false)).unwrap();
+        }
+        if processes > 1 {
+            a.combine = Some(std::time::Duration::ZERO);
+            run(&a, rt.handle(), &AtomicBool::new(false)).unwrap();
+        }
+        assert_same_files(&out, &sharded_out, &format!("{shards} shards in {processes} process(es)"));
+        let _ = std::fs::remove_dir_all(sharded_out);
+    }
 
     // A list of days that is not in the archive.
     let e = run(

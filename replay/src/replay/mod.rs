@@ -15,7 +15,7 @@
 //! of the fact partitions, as the streaming scale-out splits them; their outputs are combined
 //! into the tables a single core writes. With `replay.processes` = N, process i runs its share
 //! of the shards and leaves their outputs; the same command with `--combine` writes the tables.
-//! A day selection runs one shard.
+//! A list of days (`--days`) runs one shard.
 //!
 //! Threads: per shard, one reader thread per archived partition fetches its data files in offset
 //! order and decodes them while the shard's thread runs its engine; a shard's core runs on that
@@ -242,15 +242,15 @@ pub fn run(
         .unwrap_or(1);
     let c = &args.config;
     let shards = match c.shards {
-        // A day selection's aggregate rows are the groups its days changed, with their totals:
-        // a shard whose orders did not change a group in those days does not emit its partial
-        // sum, so shards could not be added up. Such a replay runs one core.
         0 if c.processes > 1 => c.processes,
-        0 if args.days != Days::All => 1,
+        // A list of days may leave gaps, after which a group's row is its total at the end of
+        // the last selected day that changed it: one core (a range ends where the reading
+        // does, so its partial sums at the end complete it).
+        0 if matches!(args.days, Days::List(_)) => 1,
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()).min(fact_partitions),
         n => n,
     };
-    if shards > 1 && args.days != Days::All {
+    if shards > 1 && matches!(args.days, Days::List(_)) {
         return Err(ReplayError::ShardedSelection { shards, days: args.days.describe() });
     }
     if shards > fact_partitions {
@@ -280,6 +280,7 @@ pub fn run(
                 runs: r.output.runs,
                 summary: r.summary.clone(),
                 rejections: r.rejections.clone(),
+                aggregates: r.output.aggregates.clone(),
             };
             done.write(&out, rt)?;
         }
@@ -426,13 +427,15 @@ fn run_shard(
     let from_envelopes = source.from_envelopes.clone();
     let dir = shards::dir(shard);
     // Every shard builds the same SCD2 dimension rows from the same events: shard 0 keeps them.
+    // With a day range, each shard's aggregate groups' partial sums at the end complete the
+    // groups another shard changed in the range.
+    let partials = shards > 1 && args.days != Days::All;
     let sink = sink::ShardSink::new(
         out.clone(),
         rt.clone(),
         format!("{dir}/runs"),
         c.spill_rows,
-        persist,
-        shard == 0,
+        (persist, shard == 0, partials),
     );
     let handover = rejections::Handover::default();
     let rejections = rejections::RejectionFile::new(handover.clone());
@@ -533,6 +536,7 @@ fn combine(
                 buffer: Default::default(),
                 runs: d.runs,
                 dir: format!("{}/runs", shards::dir(d.summary.shard)),
+                aggregates: d.aggregates,
             },
             summary: d.summary,
             rejections: d.rejections,

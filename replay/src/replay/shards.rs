@@ -13,6 +13,13 @@
 //! labels of the highest version. Every shard stamps its aggregate rows partition 0, as a single
 //! core does, so the combined tables are the single-shard run's, byte for byte (tested).
 //!
+//! A day range (`--from/--to`) outputs the aggregate groups its days changed, with their totals
+//! at the end: a shard whose orders did not change such a group in the range has no row of it but
+//! holds part of its total. So each shard of a range also keeps every group's partial sums at the
+//! end (`Output::aggregates`), and an aggregate table's combined row of a
+//! key is those partial sums combined. A list of days with gaps is not sharded: after a gap, a
+//! group's row is its total at the end of the last selected day that changed it.
+//!
 //! Layout under the output: `_replay/shards/<s>/checkpoints/` (the shard engine's checkpoints),
 //! `_replay/shards/<s>/runs/` (its spilled output, [`super::spill`]) and, for a shard run by a
 //! process of its own (`replay.processes` > 1), `_replay/shards/<s>/done.json` ([`Done`]) once
@@ -78,6 +85,9 @@ pub struct Done {
     pub runs: u32,
     pub summary: ShardSummary,
     pub rejections: Vec<Rejection>,
+    /// Every aggregate group's partial sums at the end (a day range).
+    #[serde(default)]
+    pub aggregates: Option<Outputs>,
 }
 
 impl Done {

@@ -17,10 +17,13 @@ use super::shards::{Combine, Combined};
 use super::spill::{Merged, Output};
 use crate::error::ReplayError;
 use parquet::arrow::ArrowWriter;
+use rainbow_processor::core::Core;
 use rainbow_processor::engine::Sink;
 use rainbow_runtime::store::Store;
 use rainbow_schemas::shape::arrow::{schema_of, BatchBuilder};
 use rainbow_schemas::shape::{Kind, Outputs, Table, Tables, WarehouseRow};
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
@@ -36,6 +39,9 @@ pub struct ShardSink {
     /// To the collapse thread, and the thread.
     tx: Option<SyncSender<ToCollapse>>,
     thread: Option<JoinHandle<Result<Output, ReplayError>>>,
+    /// Keep the aggregate groups' partial sums at the end ([`Output::aggregates`]).
+    partials: bool,
+    aggregates: Option<Outputs>,
 }
 
 /// What the engine's thread sends the collapse thread, in order.
@@ -94,18 +100,18 @@ const COLLAPSE_AHEAD: usize = 4;
 
 impl ShardSink {
     /// A sink whose runs go to `dir` of `out`; `persist`: spill everything at the end;
-    /// `dimensions`: keep the SCD2 dimensions' rows (every shard builds the same: one keeps them).
+    /// `dimensions`: keep the SCD2 dimensions' rows (every shard builds the same: one keeps
+    /// them); `partials`: keep every aggregate group's partial sums at the end.
     pub fn new(
         out: Store,
         rt: tokio::runtime::Handle,
         dir: String,
         spill_rows: usize,
-        persist: bool,
-        dimensions: bool,
+        (persist, dimensions, partials): (bool, bool, bool),
     ) -> ShardSink {
         let idle =
             Collapse { out: out.clone(), rt: rt.clone(), output: Output::new(dir), spill_rows, dimensions };
-        ShardSink { out, rt, persist, idle: Some(idle), tx: None, thread: None }
+        ShardSink { out, rt, persist, idle: Some(idle), tx: None, thread: None, partials, aggregates: None }
     }
 
     /// Starts the collapse thread (once).
@@ -178,10 +184,20 @@ impl Sink for ShardSink {
         self.start()
     }
 
+    fn at_end(&mut self, core: &Core) -> Result<(), ReplayError> {
+        if self.partials {
+            let mut rows = Outputs::default();
+            core.aggregate_state(&mut rows);
+            self.aggregates = Some(rows);
+        }
+        Ok(())
+    }
+
     /// Hands the output over (spilled whole when `persist`).
     fn finish(mut self) -> Result<Output, ReplayError> {
         self.start()?;
         let mut output = self.join()?;
+        output.aggregates = self.aggregates.take();
         if self.persist {
             output.spill_all(&self.out, &self.rt)?;
         }
@@ -203,7 +219,7 @@ pub fn write_tables(
         .map(|o| (o.dir.clone(), o.runs, std::mem::take(&mut o.buffer.fact_sales)))
         .collect();
     std::thread::scope(|scope| {
-        let facts = scope.spawn(move || write_table(out, rt, "fact_sales", fact_sales, rows_per_file));
+        let facts = scope.spawn(move || write_table(out, rt, "fact_sales", fact_sales, None, rows_per_file));
         let mut written = Vec::new();
         macro_rules! table {
             (fact_sales, $row:ty) => {
@@ -214,7 +230,10 @@ pub fn write_tables(
                     .iter_mut()
                     .map(|o| (o.dir.clone(), o.runs, std::mem::take(&mut o.buffer.$table)))
                     .collect();
-                written.push(write_table(out, rt, stringify!($table), shards, rows_per_file)?);
+                let partials = (<$row as WarehouseRow>::TABLE.kind == Kind::Aggregate)
+                    .then(|| partials(&mut outputs, |o| std::mem::take(&mut o.$table)))
+                    .flatten();
+                written.push(write_table(out, rt, stringify!($table), shards, partials, rows_per_file)?);
             };
         }
         rainbow_schemas::for_each_table!(table);
@@ -225,13 +244,38 @@ pub fn write_tables(
     })
 }
 
+/// Every shard's partial sums of an aggregate table at the end, combined per key (`None` unless
+/// the shards kept them: a sharded day range).
+fn partials<R: Combine>(
+    outputs: &mut [Output],
+    take: impl Fn(&mut Outputs) -> Vec<R>,
+) -> Option<BTreeMap<R::Key, R>> {
+    let mut combined: Option<BTreeMap<R::Key, R>> = None;
+    for o in outputs.iter_mut() {
+        let Some(rows) = o.aggregates.as_mut() else { continue };
+        let all = combined.get_or_insert_with(BTreeMap::new);
+        for row in take(rows) {
+            match all.entry(row.key()) {
+                Entry::Vacant(v) => {
+                    v.insert(row);
+                }
+                Entry::Occupied(mut c) => c.get_mut().combine(row),
+            }
+        }
+    }
+    combined
+}
+
 /// Writes one table from every shard's (runs folder, runs, buffer), `rows_per_file` rows per part
-/// (at least one part).
+/// (at least one part). With `partials` (an aggregate table of a sharded day range), a key's row
+/// is the shards' partial sums combined: a shard whose orders did not change the group in the
+/// selected days has no row of it, but its part of the total.
 fn write_table<R: Combine>(
     out: &Store,
     rt: &tokio::runtime::Handle,
     name: &str,
     shards: Vec<(String, u32, Table<R>)>,
+    mut partials: Option<BTreeMap<R::Key, R>>,
     rows_per_file: usize,
 ) -> Result<(String, usize, usize), ReplayError> {
     for (path, _) in rt.block_on(out.list(name))? {
@@ -249,7 +293,10 @@ fn write_table<R: Combine>(
         let mut b = BatchBuilder::new(schema.clone());
         let mut n = 0;
         while n < rows_per_file {
-            let Some(row) = next.take() else { break };
+            let Some(mut row) = next.take() else { break };
+            if let Some(all) = partials.as_mut() {
+                row = all.remove(&row.key()).unwrap_or(row);
+            }
             b.push(&row)?;
             n += 1;
             next = rows.next_row()?;

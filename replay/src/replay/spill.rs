@@ -29,6 +29,9 @@ pub struct Output {
     pub buffer: Tables,
     pub runs: u32,
     pub dir: String,
+    /// Every aggregate group's partial sums at the end, for a sharded day range (see
+    /// [`super::shards`]).
+    pub aggregates: Option<Outputs>,
 }
 
 fn run_dir(dir: &str, table: &str, run: u32) -> String {
@@ -38,7 +41,7 @@ fn run_dir(dir: &str, table: &str, run: u32) -> String {
 impl Output {
     /// An empty output whose runs go to `dir`.
     pub fn new(dir: String) -> Output {
-        Output { buffer: Tables::default(), runs: 0, dir }
+        Output { buffer: Tables::default(), runs: 0, dir, aggregates: None }
     }
 
     /// Takes in a batch of outputs (emptying it).
