@@ -4,7 +4,9 @@
 //! each equals the source's change history (tests/iceberg/read_changelog.py): every Kafka offset
 //! once, the changes applied in order give PostgreSQL's rows column for column, a column added
 //! in the source is a column of the table. A replay of the tables, written as Iceberg tables too,
-//! reads the same in both engines as its Parquet.
+//! reads the same in both engines as its Parquet. The same through a REST catalog: Apache
+//! Iceberg's own REST server (tests/iceberg/rest/serve) holds the archive's and the replay's
+//! tables.
 
 use crate::common;
 
@@ -47,6 +49,7 @@ async fn read_with_other_engines(
     cdc: &CdcProcess,
     archive: &ArchiveProcess,
     ends: &BTreeMap<(String, i32), i64>,
+    rest: Option<&RestCatalog>,
 ) -> serde_json::Value {
     let mut tables = serde_json::Map::new();
     for t in SOURCE_TABLES {
@@ -70,9 +73,13 @@ async fn read_with_other_engines(
         tables.insert(format!("public_{t}"), serde_json::json!({"ends": ends, "key": key, "rows": rows}));
     }
     let iceberg = archive.store.join("iceberg");
+    let (catalog, warehouse) = match rest {
+        Some(r) => (serde_json::json!(r.url), r.warehouse.clone()),
+        None => (serde_json::json!(iceberg.join("catalog.db")), iceberg),
+    };
     let expected = serde_json::json!({
-        "catalog": iceberg.join("catalog.db"),
-        "warehouse": iceberg,
+        "catalog": catalog,
+        "warehouse": warehouse,
         "namespace": "master",
         "tables": tables,
     });
@@ -133,7 +140,7 @@ async fn pyiceberg_and_clickhouse_read_the_changelog_tables_as_the_source_change
         "{metrics}"
     );
 
-    let summary = read_with_other_engines(&db, &cdc, &archive, &ends).await;
+    let summary = read_with_other_engines(&db, &cdc, &archive, &ends, None).await;
     let n = |table: &str, key: &str| summary[table][key].as_u64().unwrap_or(0);
     let seeded_brands: i64 =
         sqlx::query_scalar("SELECT count(*) FROM brands").fetch_one(&db.pool).await.unwrap();
@@ -173,6 +180,126 @@ async fn pyiceberg_and_clickhouse_read_the_changelog_tables_as_the_source_change
         .unwrap();
     let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && text.contains("no snapshot older than 1 h"), "{text}");
+
+    archive.remove();
+    let all = cdc.topics();
+    cdc.cleanup(&all).await;
+    db.drop().await;
+}
+
+/// Apache Iceberg's REST catalog server on 127.0.0.1 (tests/iceberg/rest/serve), its catalog and
+/// warehouse in a directory of its own; stopped and removed on drop.
+struct RestCatalog {
+    url: String,
+    warehouse: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl RestCatalog {
+    /// Starts the server (resolving it from Maven Central the first time) and waits until it
+    /// listens.
+    fn start() -> RestCatalog {
+        use std::io::BufRead;
+        let dir = std::env::temp_dir().join(common::unique_name("rest"));
+        let warehouse = dir.join("warehouse");
+        let port = common::process::free_port();
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = std::fs::File::create(dir.join("server.log")).unwrap();
+        let mut child =
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/iceberg/rest/serve"))
+                .arg(port.to_string())
+                .arg(dir.join("catalog.db"))
+                .arg(&warehouse)
+                .stdout(std::process::Stdio::piped())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("listening on") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        // The first start resolves about 80 MB of jars.
+        if rx.recv_timeout(Duration::from_secs(600)).is_err() {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+            panic!("the REST catalog did not start:\n{log}");
+        }
+        RestCatalog { url: format!("http://127.0.0.1:{port}"), warehouse, dir, child }
+    }
+}
+
+impl Drop for RestCatalog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_archive_and_the_replay_work_through_a_rest_catalog() {
+    let rest = RestCatalog::start();
+    let db = TestDb::seeded().await;
+    let mut cdc = CdcProcess::new(&db.name, &[]);
+    cdc.start();
+    let topics: Vec<String> = SOURCE_TABLES.iter().map(|t| cdc.topic(t)).collect();
+    read_until(&topics, DEADLINE, "the snapshot", snapshot_done).await;
+    let mut archive = ArchiveProcess::new(&cdc.prefix);
+    archive.env.push(("RAINBOW_ARCHIVE__CATALOG_URL".into(), rest.url.clone()));
+    archive.start();
+    place_orders(&db.pool, 0, 30).await;
+    churn(&db.pool).await;
+    let last: i64 = sqlx::query_scalar("SELECT max(id) FROM orders").fetch_one(&db.pool).await.unwrap();
+    read_until(&[cdc.topic("orders")], DEADLINE, "the last order in Kafka", |recs| {
+        recs.iter().any(|r| r.payload().is_some_and(|p| p["after"]["id"] == last))
+    })
+    .await;
+    cdc.stop();
+    let ends = end_offsets(&topics);
+    let total: i64 = ends.values().sum();
+    common::eventually("every record committed through the REST catalog", DEADLINE, || {
+        let archive = &archive;
+        async move { (committed_records(&archive.metrics().await) as i64 == total).then_some(()) }
+    })
+    .await;
+    archive.stop();
+    // Nothing went to the embedded catalog: the tables are the REST catalog's.
+    assert!(!archive.store.join("iceberg/catalog.db").exists());
+
+    let summary = read_with_other_engines(&db, &cdc, &archive, &ends, Some(&rest)).await;
+    let records: u64 = summary.as_object().unwrap().values().map(|t| t["records"].as_u64().unwrap()).sum();
+    assert_eq!(records, total as u64, "{summary}");
+    assert!(summary["public_orders"]["c"].as_u64().unwrap_or(0) >= 30, "{summary}");
+
+    // The replay reads the tables through the catalog and writes its own there too.
+    let out = archive.dir.join("replay");
+    let (ok, text) = common::replay::replay(
+        &cdc.prefix,
+        &archive.store,
+        &out,
+        &[
+            ("RAINBOW_ARCHIVE__CATALOG_URL", rest.url.as_str()),
+            ("RAINBOW_REPLAY__ICEBERG", "true"),
+            ("RAINBOW_REPLAY__CATALOG_URL", rest.url.as_str()),
+        ],
+    );
+    assert!(ok && text.contains(&format!("(catalog {})", rest.url)), "{text}");
+    let read = std::process::Command::new(python())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/iceberg/read_replay.py"))
+        .arg(&out)
+        .arg(&rest.url)
+        .arg(&rest.warehouse)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&read.stdout).to_string() + &String::from_utf8_lossy(&read.stderr);
+    assert!(read.status.success(), "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("ok ")).count(), 13, "{text}");
 
     archive.remove();
     let all = cdc.topics();

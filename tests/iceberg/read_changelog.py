@@ -4,13 +4,14 @@
 Usage: read_changelog.py EXPECTED.json
 
 EXPECTED.json (written by the test, tests/e2e/iceberg.rs):
-  {"catalog": "<SQLite file>", "warehouse": "<directory>", "namespace": "master",
+  {"catalog": "<SQLite file, or a REST catalog's http:// URL>", "warehouse": "<directory>",
+   "namespace": "master",
    "tables": {"<table>": {"ends": {"<partition>": <end offset>}, "key": ["id"],
                           "rows": [<PostgreSQL's current rows, as json_agg gives them>]}}}
 
 For every table:
-  * PyIceberg (through the SQL catalog) and ClickHouse (chdb, icebergLocal on the table's
-    directory) return the same rows;
+  * PyIceberg (through the SQL or the REST catalog) and ClickHouse (chdb, icebergLocal on the
+    table's directory) return the same rows;
   * every Kafka offset of every partition is there once (0 .. end - 1);
   * the changes applied in offset order (create/read/update: the row; delete: gone; truncate:
     all gone) give exactly PostgreSQL's current rows, every column.
@@ -26,6 +27,7 @@ import sys
 from collections import Counter
 
 import chdb
+from pyiceberg.catalog.rest import RestCatalog
 from pyiceberg.catalog.sql import SqlCatalog
 
 META = {"_op", "_commit_ts", "_commit_lsn", "_change_lsn", "_txid", "_table", "_untyped", "_kafka_topic", "_kafka_partition",
@@ -60,6 +62,13 @@ def kind_of(iceberg_type):
     return t if t in ("timestamptz", "timestamp", "date") else None
 
 
+def open_catalog(catalog, warehouse):
+    """A REST catalog by its http(s) URL, else the SQL catalog of a SQLite file."""
+    if catalog.startswith(("http://", "https://")):
+        return RestCatalog("rainbow", uri=catalog)
+    return SqlCatalog("rainbow", uri=f"sqlite:///{catalog}", warehouse=f"file://{warehouse}")
+
+
 def fail(msg):
     print(f"MISMATCH {msg}", flush=True)
     sys.exit(1)
@@ -67,8 +76,7 @@ def fail(msg):
 
 def main():
     expected = json.load(open(sys.argv[1]), parse_float=decimal.Decimal)
-    catalog = SqlCatalog("rainbow", uri=f"sqlite:///{expected['catalog']}",
-                         warehouse=f"file://{expected['warehouse']}")
+    catalog = open_catalog(expected["catalog"], expected["warehouse"])
     ns = expected["namespace"]
     summary = {}
     for name, want in sorted(expected["tables"].items()):

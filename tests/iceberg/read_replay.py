@@ -2,8 +2,9 @@
 """Reads a replay's output tables as Iceberg tables with two engines and checks them against its
 Parquet parts.
 
-Usage: read_replay.py OUT   (the `rainbow replay --iceberg --out OUT` directory; catalog and
-tables at their defaults: OUT/iceberg/catalog.db, namespace `replay`)
+Usage: read_replay.py OUT [CATALOG_URL WAREHOUSE]   (the `rainbow replay --iceberg --out OUT`
+directory; the catalog at its default, OUT/iceberg/catalog.db with the files under OUT/iceberg,
+or a REST catalog's URL and the directory of its warehouse; namespace `replay`)
 
 For every table directory OUT/<table>/ (part-*.parquet): PyIceberg's scan of `replay.<table>`
 and ClickHouse's (chdb, icebergLocal on the table's directory) give the Parquet parts' rows, value
@@ -19,10 +20,8 @@ import chdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pyiceberg.catalog.sql import SqlCatalog
-
 sys.path.insert(0, os.path.dirname(__file__))
-from read_changelog import canon  # noqa: E402
+from read_changelog import canon, open_catalog  # noqa: E402
 
 
 def rows(table):
@@ -33,8 +32,11 @@ def rows(table):
 
 def main():
     out = os.path.abspath(sys.argv[1])
-    warehouse = os.path.join(out, "iceberg")
-    catalog = SqlCatalog("rainbow", uri=f"sqlite:///{warehouse}/catalog.db", warehouse=f"file://{warehouse}")
+    if len(sys.argv) > 3:
+        catalog, warehouse = open_catalog(sys.argv[2], sys.argv[3]), sys.argv[3]
+    else:
+        warehouse = os.path.join(out, "iceberg")
+        catalog = open_catalog(os.path.join(warehouse, "catalog.db"), warehouse)
     tables = sorted(d for d in os.listdir(out) if glob.glob(os.path.join(out, d, "part-*.parquet")))
     if not tables:
         print(f"MISMATCH no table under {out}")

@@ -7,7 +7,7 @@ use arrow::array::{ArrayRef, RecordBatch};
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::spec::{
     DataFileFormat, Literal, NestedField, PartitionKey, PrimitiveType, Schema, Struct, Transform, Type,
-    UnboundPartitionSpec,
+    UnboundPartitionField, UnboundPartitionSpec,
 };
 use iceberg::table::Table;
 use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
@@ -158,8 +158,17 @@ impl ChangelogTable {
         let table = if lake.catalog.table_exists(&ident).await.map_err(LakeError::table(name))? {
             lake.catalog.load_table(&ident).await.map_err(failed)?
         } else {
+            // Spec and field ids given (what the catalog would assign): Iceberg's Java REST
+            // catalog refuses a create-table request whose partition spec lacks them.
+            let day = UnboundPartitionField {
+                source_id: 2,
+                field_id: Some(1000),
+                name: "_commit_day".into(),
+                transform: Transform::Day,
+            };
             let spec = UnboundPartitionSpec::builder()
-                .add_partition_field(2, "_commit_day", Transform::Day)
+                .with_spec_id(0)
+                .add_partition_fields([day])
                 .map_err(LakeError::table(name))?
                 .build();
             let creation = TableCreation::builder()
