@@ -96,14 +96,21 @@ async fn read_with_other_engines(
     serde_json::from_str(summary).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn pyiceberg_and_clickhouse_read_the_changelog_tables_as_the_source_changed() {
+/// A seeded database, its CDC past the snapshot, the CDC's topics and an archiver of them (not
+/// started).
+async fn source_and_archiver() -> (TestDb, CdcProcess, Vec<String>, ArchiveProcess) {
     let db = TestDb::seeded().await;
     let mut cdc = CdcProcess::new(&db.name, &[]);
     cdc.start();
     let topics: Vec<String> = SOURCE_TABLES.iter().map(|t| cdc.topic(t)).collect();
     read_until(&topics, DEADLINE, "the snapshot", snapshot_done).await;
-    let mut archive = ArchiveProcess::new(&cdc.prefix);
+    let archive = ArchiveProcess::new(&cdc.prefix);
+    (db, cdc, topics, archive)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pyiceberg_and_clickhouse_read_the_changelog_tables_as_the_source_changed() {
+    let (db, mut cdc, topics, mut archive) = source_and_archiver().await;
     archive.start();
     place_orders(&db.pool, 0, 40).await;
     churn(&db.pool).await;
@@ -245,12 +252,7 @@ impl Drop for RestCatalog {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_archive_and_the_replay_work_through_a_rest_catalog() {
     let rest = RestCatalog::start();
-    let db = TestDb::seeded().await;
-    let mut cdc = CdcProcess::new(&db.name, &[]);
-    cdc.start();
-    let topics: Vec<String> = SOURCE_TABLES.iter().map(|t| cdc.topic(t)).collect();
-    read_until(&topics, DEADLINE, "the snapshot", snapshot_done).await;
-    let mut archive = ArchiveProcess::new(&cdc.prefix);
+    let (db, mut cdc, topics, mut archive) = source_and_archiver().await;
     archive.env.push(("RAINBOW_ARCHIVE__CATALOG_URL".into(), rest.url.clone()));
     archive.start();
     place_orders(&db.pool, 0, 30).await;
