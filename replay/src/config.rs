@@ -33,7 +33,7 @@ pub struct ReplayConfig {
     /// Shards of the replay: each runs its own core over every dimension partition and its
     /// share of the fact partitions (`p % shards`), and their outputs combine into the tables a
     /// single core writes. 0: one per core (at most the fact topics' partitions), or
-    /// `processes` when that is above 1; a list of days runs 1. At most the fact topics'
+    /// `processes` when that is above 1; a list of days with gaps runs 1. At most the fact topics'
     /// partitions.
     pub shards: usize,
     /// Processes that share the shards (`rainbow replay --processes`, a Kubernetes indexed Job):

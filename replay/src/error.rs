@@ -46,10 +46,11 @@ pub enum ReplayError {
     )]
     TooManyShards { shards: usize, partitions: usize },
     #[error(
-        "replay.shards = {shards} with a list of days ({days}): a list is replayed by one shard (after \
-         a gap, an aggregate group's row is its total at the end of the last selected day that \
-         changed it, which the shards' partial sums at the end cannot give); replay it with \
-         --shards 1 and replay.processes = 1, or replay a range (--from/--to), which is sharded"
+        "replay.shards = {shards} with a list of days with gaps ({days}): such a list is replayed by \
+         one shard (after a gap, an aggregate group's row is its total at the end of the last \
+         selected day that changed it, which the shards' partial sums at the end cannot give); \
+         replay it with --shards 1 and replay.processes = 1, or replay a range (--from/--to), \
+         which is sharded"
     )]
     ShardedSelection { shards: usize, days: String },
     #[error(

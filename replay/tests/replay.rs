@@ -339,7 +339,8 @@ fn a_sharded_replay_writes_the_single_shards_bytes_on_threads_or_as_processes() 
     assert_same_files(&single, &out, "3 shards in 2 processes, combined");
     assert!(!rainbow_testkit::files(&out).keys().any(|p| p.starts_with("_replay/shards/")));
 
-    // A list of days is replayed by one core; asking for shards is an error that says so.
+    // A list of days with a gap is replayed by one core; asking for shards is an error that
+    // says so (consecutive days select as a range does, and are sharded).
     let mut days = sharded(&archive, &temp("shards-days"), 2);
     days.days = Days::List(["2024-08-02".to_string(), "2024-08-04".to_string()].into());
     let e = run(&days, rt.handle(), &stop).unwrap_err();
@@ -382,13 +383,18 @@ fn a_day_range_builds_state_from_earlier_days_and_outputs_only_its_days() {
 
     // Sharded, on threads and as 2 processes combined: the same bytes. A shard whose orders did
     // not change an aggregate group in the range still holds part of its total.
-    for (shards, processes) in [(2, 1), (3, 1), (3, 2)] {
-        let sharded_out = temp(&format!("range-{shards}-{processes}"));
-        let mut a = args(&archive, &sharded_out, range.clone());
+    // Two consecutive days listed select as the range does.
+    let consecutive = Days::List([from.clone(), to.clone()].into());
+    for (shards, processes, selection) in
+        [(2, 1, &range), (3, 1, &range), (3, 2, &range), (2, 1, &consecutive)]
+    {
+        let sharded_out = temp(&format!("range-{shards}-{processes}-{}", selection.describe().len()));
+        let mut a = args(&archive, &sharded_out, selection.clone());
         (a.config.shards, a.config.processes) = (shards, processes);
         for process in 0..processes {
             a.config.process = process;
-            run(&a, rt.handle(), &AtomicBool::new(false)).unwrap();
+            let s = run(&a, rt.handle(), &AtomicBool::new(false)).unwrap();
+            assert_eq!(s.shards.len(), shards / processes + usize::from(process < shards % processes));
         }
         if processes > 1 {
             a.combine = Some(std::time::Duration::ZERO);

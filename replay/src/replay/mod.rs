@@ -15,7 +15,7 @@
 //! of the fact partitions, as the streaming scale-out splits them; their outputs are combined
 //! into the tables a single core writes. With `replay.processes` = N, process i runs its share
 //! of the shards and leaves their outputs; the same command with `--combine` writes the tables.
-//! A list of days (`--days`) runs one shard.
+//! A list of days with gaps (`--days`) runs one shard.
 //!
 //! Threads: per shard, one reader thread per archived partition fetches its data files in offset
 //! order and decodes them while the shard's thread runs its engine; a shard's core runs on that
@@ -95,6 +95,19 @@ impl Days {
             Days::Range { to, .. } => Some(to),
             Days::List(days) => days.iter().next_back().map(String::as_str),
         }
+    }
+
+    /// A list of days that leaves gaps between its first and last (not one stretch of
+    /// consecutive days, which selects as a range does).
+    fn has_gaps(&self) -> bool {
+        let Days::List(days) = self else { return false };
+        let number = |day: &str| {
+            rainbow_schemas::time::parse_zoned(&format!("{day}T00:00:00Z")).map(|us| us / 86_400_000_000)
+        };
+        days.iter().zip(days.iter().skip(1)).any(|(a, b)| match (number(a), number(b)) {
+            (Some(a), Some(b)) => b - a != 1,
+            _ => true,
+        })
     }
 
     pub fn describe(&self) -> String {
@@ -243,14 +256,14 @@ pub fn run(
     let c = &args.config;
     let shards = match c.shards {
         0 if c.processes > 1 => c.processes,
-        // A list of days may leave gaps, after which a group's row is its total at the end of
-        // the last selected day that changed it: one core (a range ends where the reading
-        // does, so its partial sums at the end complete it).
-        0 if matches!(args.days, Days::List(_)) => 1,
+        // A list of days with gaps: after a gap, a group's row is its total at the end of the
+        // last selected day that changed it: one core (a range, or consecutive days, ends where
+        // the reading does, so the shards' partial sums at the end complete it).
+        0 if args.days.has_gaps() => 1,
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()).min(fact_partitions),
         n => n,
     };
-    if shards > 1 && matches!(args.days, Days::List(_)) {
+    if shards > 1 && args.days.has_gaps() {
         return Err(ReplayError::ShardedSelection { shards, days: args.days.describe() });
     }
     if shards > fact_partitions {

@@ -17,7 +17,8 @@
 //! at the end: a shard whose orders did not change such a group in the range has no row of it but
 //! holds part of its total. So each shard of a range also keeps every group's partial sums at the
 //! end (`Output::aggregates`), and an aggregate table's combined row of a
-//! key is those partial sums combined. A list of days with gaps is not sharded: after a gap, a
+//! key is those partial sums combined (consecutive days listed select as a range). A list of days
+//! with gaps is not sharded: after a gap, a
 //! group's row is its total at the end of the last selected day that changed it.
 //!
 //! Layout under the output: `_replay/shards/<s>/checkpoints/` (the shard engine's checkpoints),

@@ -212,7 +212,8 @@ impl Source for ArchiveSource {
 
     fn drained(&mut self, intake: &mut Intake<'_, ReplayError>) -> Result<(), ReplayError> {
         let base = self.base.unwrap_or(0);
-        self.progress.update(self.shard, intake.totals(), base, false);
+        let ended = self.finished.iter().all(|f| *f);
+        self.progress.update(self.shard, intake.totals(), base, ended);
         Ok(())
     }
 }
@@ -365,6 +366,8 @@ pub struct Progress {
 
 struct ProgressLine {
     last: Instant,
+    /// The final line (every shard ended) was drawn.
+    drawn_final: bool,
     /// Per shard: records read (since the stream began), read before this run, events applied,
     /// ended.
     read: Vec<(u64, u64, u64, bool)>,
@@ -379,7 +382,11 @@ impl Progress {
             tty: std::io::stderr().is_terminal(),
             total,
             started: now,
-            shards: std::sync::Mutex::new(ProgressLine { last: now, read: vec![(0, 0, 0, false); shards] }),
+            shards: std::sync::Mutex::new(ProgressLine {
+                last: now,
+                drawn_final: false,
+                read: vec![(0, 0, 0, false); shards],
+            }),
         }
     }
 
@@ -391,10 +398,11 @@ impl Progress {
         let Ok(mut line) = self.shards.lock() else { return };
         line.read[shard] = (totals.records, base, totals.events, ended);
         let all_ended = line.read.iter().all(|r| r.3);
-        if !all_ended && line.last.elapsed() < every {
+        if line.drawn_final || (!all_ended && line.last.elapsed() < every) {
             return;
         }
         line.last = Instant::now();
+        line.drawn_final = all_ended;
         let read: u64 = line.read.iter().map(|r| r.0).sum();
         let this_run: u64 = line.read.iter().map(|r| r.0.saturating_sub(r.1)).sum();
         let events: u64 = line.read.iter().map(|r| r.2).sum();
