@@ -239,8 +239,7 @@ pub fn run(
         }
     }
     let files: usize = partitions.values().map(|p| p.files.len()).sum();
-    let records: u64 =
-        partitions.values().flat_map(|p| &p.files).map(|f| (f.last - f.first + 1) as u64).sum();
+    let records: u64 = partitions.values().map(source::Partition::records).sum();
     if files == 0 {
         return Err(ReplayError::NothingToReplay {
             url: args.archive_url.clone(),
@@ -327,20 +326,17 @@ fn run_shards(
     plan: &Plan,
     fingerprint: &str,
 ) -> Result<Vec<ShardRun>, ReplayError> {
-    let of_shard = |s: usize| -> Vec<source::Partition> {
-        partitions
-            .values()
-            .filter(|p| p.table.read_by(p.name.partition, plan.shards as i32, s as i32))
-            .cloned()
-            .collect()
-    };
-    let estimated: u64 = plan
+    // Each of this process's shards with its partitions.
+    let mine: Vec<(usize, Vec<source::Partition>)> = plan
         .mine
         .iter()
-        .flat_map(|s| of_shard(*s))
-        .flat_map(|p| p.files)
-        .map(|f| (f.last - f.first + 1) as u64)
-        .sum();
+        .map(|&s| {
+            let read =
+                |p: &&source::Partition| p.table.read_by(p.name.partition, plan.shards as i32, s as i32);
+            (s, partitions.values().filter(read).cloned().collect())
+        })
+        .collect();
+    let estimated: u64 = mine.iter().flat_map(|(_, ps)| ps).map(source::Partition::records).sum();
     let progress = Arc::new(source::Progress::new(args.progress, estimated, plan.mine.len()));
     let halt = AtomicBool::new(false);
     let running = AtomicUsize::new(plan.mine.len());
@@ -354,13 +350,11 @@ fn run_shards(
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
-        let threads: Vec<_> = plan
-            .mine
-            .iter()
+        let threads: Vec<_> = mine
+            .into_iter()
             .enumerate()
-            .map(|(line, &shard)| {
-                let (partitions, progress, halt, running) =
-                    (of_shard(shard), progress.clone(), &halt, &running);
+            .map(|(line, (shard, partitions))| {
+                let (progress, halt, running) = (progress.clone(), &halt, &running);
                 std::thread::Builder::new()
                     .name(format!("replay-shard-{shard}"))
                     .spawn_scoped(scope, move || {

@@ -60,6 +60,13 @@ pub struct Partition {
     pub files: Vec<ChangelogFile>,
 }
 
+impl Partition {
+    /// Records in its files (their offset ranges).
+    pub fn records(&self) -> u64 {
+        self.files.iter().map(|f| (f.last - f.first + 1) as u64).sum()
+    }
+}
+
 pub struct ArchiveSource {
     /// Records decoded from their `_envelope` (no typed columns), counted by the readers.
     pub from_envelopes: Arc<AtomicU64>,
