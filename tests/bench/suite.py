@@ -598,6 +598,17 @@ def bench_freshness(res, runs, small):
         res.add("Freshness", "POST 201 -> visible in v_total_sales, p50", "ms", run_["p50"], 250, better="lower")
         res.add("Freshness", "POST 201 -> visible in v_total_sales, p99", "ms", run_["p99"], 750, better="lower")
         res.add("Freshness", "orders/s achieved during the run", "orders/s", run_["rate"], 500)
+        add_stages(res, "Freshness", "", run_)
+
+
+def add_stages(res, group, prefix, run_):
+    """The stage breakdown of a pipeline run (p50 and p99 of each stage's histogram during the
+    load; figures are keyed by name: `prefix` keeps a group's apart)."""
+    for key, _ in STAGES:
+        for q in (50, 99):
+            value = run_.get(f"{key}_p{q}")
+            if value is not None:
+                res.add(group, f"{prefix}{STAGE_NAMES[key]}, p{q}", "ms", value, better="lower")
 
 
 def bench_soak(res, runs, small):
@@ -615,6 +626,7 @@ def bench_soak(res, runs, small):
     res.add("Soak", f"{minutes} min: POST 201 -> visible in v_total_sales, p99", "ms", run_["p99"], 750,
             better="lower")
     res.add("Soak", f"{minutes} min: orders/s achieved", "orders/s", run_["rate"], 500)
+    add_stages(res, "Soak", f"{minutes} min: ", run_)
     res.add("Soak", "ClickHouse: most active parts of one table", "parts", run_["max_parts"], 300,
             better="lower")
     res.add("Soak", "ClickHouse: inserts that failed (processor's sink errors)", "errors", run_["sink_errors"], 0,
@@ -644,6 +656,24 @@ def _rss_mib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+# The stages of an order's way to the dashboards, as the services' histograms measure them: the
+# CDC's first, then the processor's.
+STAGES = [
+    ("commit_to_ack", "rainbow_cdc_commit_to_ack_seconds"),
+    ("merge", "rainbow_processor_merge_latency_seconds"),
+    ("sink", "rainbow_processor_sink_latency_seconds"),
+    ("freshness", "rainbow_processor_freshness_seconds"),
+    ("flush", "rainbow_processor_sink_flush_duration_seconds"),
+]
+STAGE_NAMES = {
+    "commit_to_ack": "stage: commit -> Kafka acknowledgement (CDC)",
+    "merge": "stage: in Kafka -> released by the merge",
+    "sink": "stage: released -> acknowledged by ClickHouse",
+    "freshness": "processor's freshness: newest commit written -> ClickHouse acknowledged",
+    "flush": "processor's write of a batch (every table's insert), duration",
+}
 
 
 def pipeline_run(seconds, churn_per_sec, health=False):
@@ -676,8 +706,12 @@ def pipeline_run(seconds, churn_per_sec, health=False):
         "RAINBOW_UP__METRICS_LISTEN": "127.0.0.1:19314",
         "RAINBOW_STORAGE__URL": f"{tmp}/store", "RUST_LOG": "warn",
     }
+    # In a session of its own: the cleanup stops every process of the run, `rainbow up`'s children
+    # too, before it drops what they use (a component left running re-creates its slot).
     up = subprocess.Popen([binary, "up", "--orders-per-sec", "0", "--churn-per-sec", "0"], cwd=ROOT,
-                          env=dict(os.environ, **env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                          env=dict(os.environ, **env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True)
+    stop = threading.Event()
 
     def ch(sql):
         return clickhouse(ch_url, sql)
@@ -695,7 +729,7 @@ def pipeline_run(seconds, churn_per_sec, health=False):
                 if time.monotonic() > deadline:
                     raise RuntimeError("the pipeline did not come up within 120 s")
                 time.sleep(0.5)
-        samples, polls, parts, rss, stop = [], [], [], [], threading.Event()
+        samples, polls, parts, rss = [], [], [], []
         errors_before = metric_sum(metrics("127.0.0.1:19312"), "rainbow_processor_sink_errors_total")
 
         def sampler():
@@ -746,10 +780,12 @@ def pipeline_run(seconds, churn_per_sec, health=False):
         for t in threads:
             t.start()
         started = time.monotonic()
+        stages_before = (metrics("127.0.0.1:19311"), metrics("127.0.0.1:19312"))
         load = run([binary, "loadgen", "--url", "http://127.0.0.1:18090", "--rate", "500", "--producers", "32",
                     "--churn-rate", str(churn_per_sec), "--duration", f"{seconds}s", "--days", "0", "--quiet"],
                    env=env, timeout=seconds + 120)
         load_end = time.monotonic()
+        stages_after = (metrics("127.0.0.1:19311"), metrics("127.0.0.1:19312"))
         # Until the last orders reach the view (the source's final total), at most 30 s.
         final = float(psql(name, "SELECT coalesce(sum(quantity * price), 0) FROM orderdetails") or 0)
         deadline = time.monotonic() + 30
@@ -771,6 +807,12 @@ def pipeline_run(seconds, churn_per_sec, health=False):
         pick = lambda q: delays[min(len(delays) - 1, int(q * len(delays)))]
         rate = re.search(r"\(([0-9.]+)/s\)", load)
         out = {"p50": pick(0.5), "p99": pick(0.99), "rate": float(rate.group(1)) if rate else 0.0}
+        # Where the time went under load: the stage histograms' observations during the load.
+        for i, (key, histogram) in enumerate(STAGES):
+            delta = "\n".join(_histogram_delta(stages_before[min(i, 1)], stages_after[min(i, 1)], histogram))
+            for q in (0.5, 0.99):
+                value = histogram_quantile(delta, histogram, q)
+                out[f"{key}_p{int(q * 100)}"] = value * 1000 if value is not None else None
         if health:
             minute = lambda lo, hi: [(m, k) for t, m, k in rss if lo <= t - started < hi]
             first, last = minute(0, 70), minute(seconds - 70, seconds + 1)
@@ -790,12 +832,38 @@ def pipeline_run(seconds, churn_per_sec, health=False):
             })
         return out
     finally:
-        up.send_signal(2)
-        try:
-            up.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            up.kill()
+        stop.set()
+        stop_session(up)
         drop_pipeline(name)
+
+
+def stop_session(proc):
+    """Stops a process started with `start_new_session` and everything of its session: SIGINT (a
+    graceful stop), SIGKILL after 60 s; returns once none of them is left."""
+    import signal
+
+    def signal_all(sig):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    signal_all(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        log(f"{proc.args[0]} did not stop within 60 s of SIGINT: killing its process group")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        signal_all(signal.SIGKILL)
+    signal_all(signal.SIGKILL)
+    proc.wait()
 
 
 def clickhouse(url, sql):
@@ -810,10 +878,15 @@ def drop_pipeline(name):
     ClickHouse databases, its CDC topics and heartbeat topic."""
     psql("postgres", f"SELECT pg_drop_replication_slot('{name}') FROM pg_replication_slots WHERE slot_name = '{name}'")
     drop_database(name)
-    try:
-        clickhouse(os.environ.get("RAINBOW_CLICKHOUSE__URL", "http://127.0.0.1:8123"), f"DROP DATABASE IF EXISTS {name}")
-    except OSError:
-        pass
+    # A busy ClickHouse may take longer than one request's 5 s to drop a database: retried.
+    for attempt in range(12):
+        try:
+            clickhouse(os.environ.get("RAINBOW_CLICKHOUSE__URL", "http://127.0.0.1:8123"), f"DROP DATABASE IF EXISTS {name}")
+            break
+        except OSError as e:
+            if attempt == 11:
+                raise RuntimeError(f"could not drop ClickHouse database {name}: {e}")
+            time.sleep(5)
     delete_topics(name)
     delete_topics(f"__debezium-heartbeat.{name}")
 

@@ -24,6 +24,9 @@ pub struct ArchiveConfig {
     pub segment_max_bytes: usize,
     /// ... or its first record waited this long (bounds how stale the archive is).
     pub segment_max_age_ms: u64,
+    /// Threads that write the segments to the changelog tables while the next records are read
+    /// (a table by one at a time, so its commits stay in order): 0 is one per core.
+    pub writers: usize,
     pub metrics_listen: String,
     /// Whether to go on when records were removed from a topic before they were archived
     /// (retention, a recreated topic): counted in `offset_gap_records_total` and alerted. Off:
@@ -56,6 +59,7 @@ impl Default for ArchiveConfig {
             segment_max_records: 500_000,
             segment_max_bytes: 64 << 20,
             segment_max_age_ms: 60_000,
+            writers: 0,
             metrics_listen: "127.0.0.1:9103".into(),
             allow_offset_gap: false,
             catalog_url: None,
@@ -68,6 +72,14 @@ impl Default for ArchiveConfig {
 }
 
 impl ArchiveConfig {
+    /// The segment writers to run: `writers`, or one per core when 0.
+    pub fn writer_threads(&self) -> usize {
+        match self.writers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         check(!self.group_id.trim().is_empty(), "archive.group_id", &self.group_id, "a consumer group name")?;
         check_consumer_naming(
@@ -94,6 +106,7 @@ impl ArchiveConfig {
             self.segment_max_age_ms,
             "100 ms ..= 1 day",
         )?;
+        check(self.writers <= 64, "archive.writers", self.writers, "0 (one per core) ..= 64")?;
         if let Some(url) = &self.catalog_url {
             check(
                 url.starts_with("sqlite:") || url.starts_with("http://") || url.starts_with("https://"),
@@ -170,6 +183,10 @@ mod tests {
         ArchiveConfig::default().validate().unwrap();
         let c = ArchiveConfig { segment_max_age_ms: 5, ..Default::default() };
         assert_eq!(c.validate().unwrap_err().key, "archive.segment_max_age_ms");
+        let c = ArchiveConfig { writers: 65, ..Default::default() };
+        assert_eq!(c.validate().unwrap_err().key, "archive.writers");
+        assert!(ArchiveConfig::default().writer_threads() >= 1);
+        assert_eq!(ArchiveConfig { writers: 3, ..Default::default() }.writer_threads(), 3);
         let c = ArchiveConfig { topic_prefix: Some("bad prefix".into()), ..Default::default() };
         assert_eq!(c.validate().unwrap_err().key, "archive.topic_prefix");
         assert_eq!(ArchiveConfig::default().topics()[7], "rainbow.public.orders");

@@ -6,7 +6,7 @@
 //!   and committing);
 //! * `existing_segments_total`: segments found already committed (a re-delivery after a crash);
 //! * `consumer_lag_messages{topic,partition}`: high watermark minus the next offset to archive;
-//! * `buffered_records`: records waiting in open segments;
+//! * `buffered_records`: records not durable yet (in open segments, or handed to a writer);
 //! * `last_segment_timestamp_seconds`; `running`: 1 while the archiver runs;
 //! * `iceberg_untyped_records_total{table,reason}`: records kept raw without typed columns
 //!   (`tombstone`, `not_a_change_event`); `iceberg_untyped_values_total{table}`: values kept in
@@ -86,7 +86,7 @@ impl ArchiveMetrics {
                 "offset_gap_records_total",
                 "Records removed from a topic before they were archived (with archive.allow_offset_gap)"
             )),
-            buffered: reg!(IntGauge::new("buffered_records", "Records in open segments").expect("metric")),
+            buffered: reg!(IntGauge::new("buffered_records", "Records not durable yet: in open segments or being written").expect("metric")),
             last_segment: reg!(IntGauge::new(
                 "last_segment_timestamp_seconds",
                 "When the last segment was written (Unix seconds)"

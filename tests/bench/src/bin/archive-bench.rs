@@ -1,7 +1,7 @@
 //! Archiver benchmark (not a test): prints a table.
 //!
 //! ```text
-//! cargo run --release -p rainbow-bench --bin archive-bench -- [--orders N]
+//! cargo run --release -p rainbow-bench --bin archive-bench -- [--orders N] [--writers N]
 //! ```
 //! A workload at the seed's shape (the test kit's simulator), as the CDC writes it at its
 //! defaults (schema wrapper, precise decimals), produced into fresh topics (3 partitions each)
@@ -39,6 +39,8 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let orders = arg("--orders", 220_000);
+    // A named override of archive.writers (0: the default, one per core).
+    let writers = arg("--writers", 0) as usize;
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let brokers = std::env::var("RAINBOW_KAFKA__BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let prefix = format!("archbench{}", std::process::id());
@@ -47,6 +49,7 @@ fn main() {
         topic_prefix: Some(prefix.clone()),
         group_id: prefix.clone(),
         metrics_listen: "127.0.0.1:0".into(),
+        writers,
         ..ArchiveConfig::default()
     };
     let topics = config.topics();
