@@ -312,20 +312,17 @@ pub(crate) fn append_records(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rainbow_iceberg::LakeConfig;
+    use crate::ArchiveConfig;
+    use rainbow_runtime::store::Store;
     use rainbow_testkit::workload::{to_debezium_json_with_schema, Workload, WorkloadConfig};
     use std::collections::BTreeMap;
 
+    /// The archiver's default lake under a fresh local store.
     fn lake(rt: &tokio::runtime::Runtime, tag: &str) -> (Arc<Lake>, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("rainbow-writers-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = LakeConfig {
-            catalog_url: format!("sqlite:{}", dir.join("catalog.db").display()),
-            warehouse_url: format!("file://{}", dir.join("warehouse").display()),
-            namespace: "master".into(),
-            properties: HashMap::new(),
-        };
+        let store = Store::open(&dir.display().to_string()).unwrap();
+        let config = ArchiveConfig::default().lake(&store).unwrap();
         (Arc::new(rt.block_on(Lake::open(&config)).unwrap()), dir)
     }
 
@@ -412,9 +409,10 @@ mod tests {
         let by_topic = records();
         let topics: Vec<&String> = by_topic.keys().collect();
         let mut writers = start(&rt, &lake, &topics);
-        // The warehouse becomes a file: no data file can be written there any more.
-        std::fs::remove_dir_all(dir.join("warehouse")).unwrap();
-        std::fs::write(dir.join("warehouse"), b"not a directory").unwrap();
+        // The tables' folder becomes a file: no data file can be written there any more.
+        let tables = dir.join("iceberg").join("master");
+        std::fs::remove_dir_all(&tables).unwrap();
+        std::fs::write(&tables, b"not a directory").unwrap();
         let mut failure = None;
         for (i, (topic, records)) in by_topic.iter().enumerate() {
             let segment = Segment { input: i, topic: topic.clone(), partition: 0, records: records.clone() };
