@@ -604,7 +604,7 @@ def bench_freshness(res, runs, small):
 def add_stages(res, group, prefix, run_):
     """The stage breakdown of a pipeline run (p50 and p99 of each stage's histogram during the
     load; figures are keyed by name: `prefix` keeps a group's apart)."""
-    for key, _ in STAGES:
+    for key, _, _ in STAGES:
         for q in (50, 99):
             value = run_.get(f"{key}_p{q}")
             if value is not None:
@@ -658,14 +658,15 @@ def _rss_mib(pid):
     return 0.0
 
 
-# The stages of an order's way to the dashboards, as the services' histograms measure them: the
-# CDC's first, then the processor's.
+# The stages of an order's way to the dashboards, as the services' histograms measure them, and
+# the metrics endpoint of each (the pipeline run's CDC and processor).
+CDC_METRICS, PROCESSOR_METRICS = "127.0.0.1:19311", "127.0.0.1:19312"
 STAGES = [
-    ("commit_to_ack", "rainbow_cdc_commit_to_ack_seconds"),
-    ("merge", "rainbow_processor_merge_latency_seconds"),
-    ("sink", "rainbow_processor_sink_latency_seconds"),
-    ("freshness", "rainbow_processor_freshness_seconds"),
-    ("flush", "rainbow_processor_sink_flush_duration_seconds"),
+    ("commit_to_ack", "rainbow_cdc_commit_to_ack_seconds", CDC_METRICS),
+    ("merge", "rainbow_processor_merge_latency_seconds", PROCESSOR_METRICS),
+    ("sink", "rainbow_processor_sink_latency_seconds", PROCESSOR_METRICS),
+    ("freshness", "rainbow_processor_freshness_seconds", PROCESSOR_METRICS),
+    ("flush", "rainbow_processor_sink_flush_duration_seconds", PROCESSOR_METRICS),
 ]
 STAGE_NAMES = {
     "commit_to_ack": "stage: commit -> Kafka acknowledgement (CDC)",
@@ -698,10 +699,10 @@ def pipeline_run(seconds, churn_per_sec, health=False):
         "RAINBOW_POSTGRES__DATABASE": name, "RAINBOW_CLICKHOUSE__DATABASE": name,
         "RAINBOW_API__LISTEN": "127.0.0.1:18090", "RAINBOW_CDC__SLOT_NAME": name,
         "RAINBOW_CDC__PUBLICATION_NAME": name, "RAINBOW_CDC__TOPIC_PREFIX": name,
-        "RAINBOW_CDC__OFFSETS_DIR": f"{tmp}/cdc", "RAINBOW_CDC__METRICS_LISTEN": "127.0.0.1:19311",
+        "RAINBOW_CDC__OFFSETS_DIR": f"{tmp}/cdc", "RAINBOW_CDC__METRICS_LISTEN": CDC_METRICS,
         "RAINBOW_PROCESSOR__GROUP_ID": name, "RAINBOW_PROCESSOR__CHECKPOINT_URL": f"{tmp}/checkpoints",
         "RAINBOW_PROCESSOR__DEAD_LETTER_TOPIC": f"{name}.dead_letter",
-        "RAINBOW_PROCESSOR__METRICS_LISTEN": "127.0.0.1:19312",
+        "RAINBOW_PROCESSOR__METRICS_LISTEN": PROCESSOR_METRICS,
         "RAINBOW_ARCHIVE__GROUP_ID": f"{name}-archiver", "RAINBOW_ARCHIVE__METRICS_LISTEN": "127.0.0.1:19313",
         "RAINBOW_UP__METRICS_LISTEN": "127.0.0.1:19314",
         "RAINBOW_STORAGE__URL": f"{tmp}/store", "RUST_LOG": "warn",
@@ -722,7 +723,7 @@ def pipeline_run(seconds, churn_per_sec, health=False):
             if up.poll() is not None:
                 raise RuntimeError(f"rainbow up exited {up.returncode}: {up.stderr.read()[-2000:]}")
             try:
-                metrics("127.0.0.1:19312")
+                metrics(PROCESSOR_METRICS)
                 ch(f"SELECT total_sales_amount FROM {name}.v_total_sales")
                 break
             except (OSError, RuntimeError):
@@ -730,7 +731,7 @@ def pipeline_run(seconds, churn_per_sec, health=False):
                     raise RuntimeError("the pipeline did not come up within 120 s")
                 time.sleep(0.5)
         samples, polls, parts, rss = [], [], [], []
-        errors_before = metric_sum(metrics("127.0.0.1:19312"), "rainbow_processor_sink_errors_total")
+        errors_before = metric_sum(metrics(PROCESSOR_METRICS), "rainbow_processor_sink_errors_total")
 
         def sampler():
             session = PsqlSession(name)
@@ -767,7 +768,7 @@ def pipeline_run(seconds, churn_per_sec, health=False):
                             if fh.read().split(b"\0")[1:2] == [b"process"]:
                                 processor = child
                 try:
-                    text = metrics("127.0.0.1:19312")
+                    text = metrics(PROCESSOR_METRICS)
                     keys = sum(metric_sum(text, f"rainbow_processor_state_{k}")
                                for k in ("dimension_versions", "orders", "order_lines", "aggregate_groups"))
                     rss.append((time.monotonic(), _rss_mib(processor), keys))
@@ -780,12 +781,12 @@ def pipeline_run(seconds, churn_per_sec, health=False):
         for t in threads:
             t.start()
         started = time.monotonic()
-        stages_before = (metrics("127.0.0.1:19311"), metrics("127.0.0.1:19312"))
+        stages_before = {addr: metrics(addr) for addr in (CDC_METRICS, PROCESSOR_METRICS)}
         load = run([binary, "loadgen", "--url", "http://127.0.0.1:18090", "--rate", "500", "--producers", "32",
                     "--churn-rate", str(churn_per_sec), "--duration", f"{seconds}s", "--days", "0", "--quiet"],
                    env=env, timeout=seconds + 120)
         load_end = time.monotonic()
-        stages_after = (metrics("127.0.0.1:19311"), metrics("127.0.0.1:19312"))
+        stages_after = {addr: metrics(addr) for addr in (CDC_METRICS, PROCESSOR_METRICS)}
         # Until the last orders reach the view (the source's final total), at most 30 s.
         final = float(psql(name, "SELECT coalesce(sum(quantity * price), 0) FROM orderdetails") or 0)
         deadline = time.monotonic() + 30
@@ -808,8 +809,8 @@ def pipeline_run(seconds, churn_per_sec, health=False):
         rate = re.search(r"\(([0-9.]+)/s\)", load)
         out = {"p50": pick(0.5), "p99": pick(0.99), "rate": float(rate.group(1)) if rate else 0.0}
         # Where the time went under load: the stage histograms' observations during the load.
-        for i, (key, histogram) in enumerate(STAGES):
-            delta = "\n".join(_histogram_delta(stages_before[min(i, 1)], stages_after[min(i, 1)], histogram))
+        for key, histogram, addr in STAGES:
+            delta = "\n".join(_histogram_delta(stages_before[addr], stages_after[addr], histogram))
             for q in (0.5, 0.99):
                 value = histogram_quantile(delta, histogram, q)
                 out[f"{key}_p{int(q * 100)}"] = value * 1000 if value is not None else None
@@ -820,7 +821,7 @@ def pipeline_run(seconds, churn_per_sec, health=False):
             grown = mean(last, 1) - mean(first, 1)
             out.update({
                 "max_parts": max(parts, default=0),
-                "sink_errors": metric_sum(metrics("127.0.0.1:19312"), "rainbow_processor_sink_errors_total")
+                "sink_errors": metric_sum(metrics(PROCESSOR_METRICS), "rainbow_processor_sink_errors_total")
                 - errors_before,
                 "rss_first": mean(first, 0),
                 "rss_last": mean(last, 0),
@@ -849,10 +850,6 @@ def stop_session(proc):
             pass
 
     signal_all(signal.SIGINT)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        log(f"{proc.args[0]} did not stop within 60 s of SIGINT: killing its process group")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -861,8 +858,8 @@ def stop_session(proc):
             break
         time.sleep(0.2)
     else:
-        signal_all(signal.SIGKILL)
-    signal_all(signal.SIGKILL)
+        log(f"{proc.args[0]} and its children did not stop within 60 s of SIGINT: killing them")
+    signal_all(signal.SIGKILL)  # nothing left to kill after a graceful stop
     proc.wait()
 
 

@@ -38,8 +38,6 @@ pub struct Appended {
     pub partition: i32,
     pub first: i64,
     pub last: i64,
-    /// Records handed over (some may have been in the table already).
-    pub given: usize,
     pub stats: AppendStats,
     pub duration: Duration,
 }
@@ -193,11 +191,7 @@ impl Writers {
         let table = self.idle.remove(topic).expect("idle");
         let jobs = self.jobs.as_ref().expect("writers running");
         if jobs.send(Job { segment, table }).is_err() {
-            let panicked = self.join();
-            return Err(ArchiveError::Thread(format!(
-                "the segment writers stopped{}",
-                if panicked { " (one panicked)" } else { "" }
-            )));
+            return Err(self.stopped());
         }
         self.busy += 1;
         Ok(())
@@ -206,13 +200,7 @@ impl Writers {
     fn wait_one(&mut self) -> Result<(), ArchiveError> {
         match self.done.recv() {
             Ok(done) => self.back(done),
-            Err(_) => {
-                let panicked = self.join();
-                Err(ArchiveError::Thread(format!(
-                    "the segment writers stopped{}",
-                    if panicked { " (one panicked)" } else { "" }
-                )))
-            }
+            Err(_) => Err(self.stopped()),
         }
     }
 
@@ -224,6 +212,15 @@ impl Writers {
         self.idle.insert(topic.clone(), done.table);
         self.appended.push(done.outcome?);
         self.dispatch(&topic)
+    }
+
+    /// The writers ended without being asked to (every one gone): joined, and said so.
+    fn stopped(&mut self) -> ArchiveError {
+        let panicked = self.join();
+        ArchiveError::Thread(format!(
+            "the segment writers stopped{}",
+            if panicked { " (one panicked)" } else { "" }
+        ))
     }
 
     /// Closes the queue and joins the threads; whether one panicked.
@@ -280,7 +277,6 @@ fn append(
         partition: segment.partition,
         first,
         last,
-        given: segment.records.len(),
         stats,
         duration: started.elapsed(),
     })
