@@ -308,6 +308,9 @@ def bench_processor(res, runs, small):
 def bench_replay(res, runs, small):
     orders = str(SEED_ORDERS // 10 if small else SEED_ORDERS)
     binary = os.path.join(RELEASE, "replay-bench")
+    # The core's state at the same volume (the processor group's; the document's is at the seed
+    # volume, so not with --small).
+    state = median_figure(res, "state memory", documented=not small)
     with tempfile.TemporaryDirectory(prefix="rainbow-bench-") as tmp:
         archive = os.path.join(tmp, "archive")
         log(f"replay: generating an archive of {orders} orders")
@@ -321,6 +324,9 @@ def bench_replay(res, runs, small):
             res.add("Replay", "peak RSS", "MiB", m["peak RSS of the replay"], better="lower")
             res.add("Replay", "shards at the default (one per core, at most the fact partitions)", "shards",
                     m["shards (replay.shards = 0: one per core, at most the fact partitions)"])
+            if state is not None:
+                res.add("Replay", "peak RSS above the core's state (group Processor: state memory)", "MiB",
+                        m["peak RSS of the replay"] - state, 256, better="lower")
         for i in range(runs):
             log(f"replay run {i + 1}/{runs}, one shard (override --shards 1, for comparison)")
             out = os.path.join(tmp, f"out1-{i}")
@@ -345,9 +351,13 @@ def bench_replay(res, runs, small):
 
 def cdc_rate(res):
     """rainbow cdc's WAL -> Kafka-acknowledged median: this run's, else the document's."""
-    name = "WAL -> Kafka-acknowledged"
+    return median_figure(res, "WAL -> Kafka-acknowledged")
+
+
+def median_figure(res, name, documented=True):
+    """The median of figure `name`: this run's, else (with `documented`) docs/BENCHMARKS.json's."""
     values = res.figures.get(name, {}).get("values") or []
-    if not values:
+    if not values and documented:
         try:
             values = json.load(open(os.path.join(ROOT, "docs", "BENCHMARKS.json")))["figures"][name]["values"]
         except (OSError, KeyError, ValueError):
@@ -852,6 +862,8 @@ def stop_session(proc):
     signal_all(signal.SIGINT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
+        # The leader is reaped as soon as it exits (a zombie still counts as a member of its group).
+        proc.poll()
         try:
             os.killpg(proc.pid, 0)
         except ProcessLookupError:
