@@ -58,6 +58,12 @@ pub struct CdcConfig {
     pub heartbeat_action_query: String,
     /// How often the slot is told what Kafka has acknowledged, and the offsets file written.
     pub status_interval_ms: u64,
+    /// How long PostgreSQL may leave the reader without an answer before it counts as away (a
+    /// frozen server, a connection cut without a word): the replication connection sends
+    /// nothing although a keepalive was asked for (with every heartbeat, and after a third of
+    /// this time of silence), or a query of the reader's takes longer. The reader then drops
+    /// its connections and reconnects with backoff, as after a restart.
+    pub server_timeout_ms: u64,
     /// Routes a table's records by one column instead of by the whole key: records with equal
     /// values of that column get the same partition number (Kafka's murmur2 of the value's text,
     /// modulo the topic's partitions). The defaults route `orders` by `id` and `orderdetails` by
@@ -106,6 +112,7 @@ impl Default for CdcConfig {
             heartbeat_interval_ms: 1_000,
             heartbeat_action_query: String::new(),
             status_interval_ms: 1_000,
+            server_timeout_ms: 30_000,
             partition_by: BTreeMap::from([
                 ("public.orders".to_string(), "id".to_string()),
                 ("public.orderdetails".to_string(), "order_id".to_string()),
@@ -189,6 +196,12 @@ impl CdcConfig {
             "cdc.status_interval_ms",
             self.status_interval_ms,
             "10-60000 ms (below the server's wal_sender_timeout)",
+        )?;
+        check(
+            (3_000..=3_600_000).contains(&self.server_timeout_ms),
+            "cdc.server_timeout_ms",
+            self.server_timeout_ms,
+            "3000-3600000 ms",
         )?;
         check(
             (1..=10_000).contains(&self.topic_partitions),
@@ -341,6 +354,8 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().key, "cdc.heartbeat_interval_ms");
         c = CdcConfig { metrics_listen: "nowhere".into(), ..CdcConfig::default() };
         assert_eq!(c.validate().unwrap_err().key, "cdc.metrics_listen");
+        c = CdcConfig { server_timeout_ms: 500, ..CdcConfig::default() };
+        assert_eq!(c.validate().unwrap_err().key, "cdc.server_timeout_ms");
         c = CdcConfig { compression: "brotli".into(), ..CdcConfig::default() };
         assert_eq!(c.validate().unwrap_err().key, "cdc.compression");
         assert_eq!(parse_table_name("orders"), Some(("public".into(), "orders".into())));

@@ -46,6 +46,11 @@ pub enum CdcError {
     Delivery { topic: String, reason: String },
     #[error("PostgreSQL: {0}")]
     Postgres(#[from] sqlx::Error),
+    #[error(
+        "PostgreSQL did not answer {what} within {ms} ms (cdc.server_timeout_ms): counted as away; \
+         reconnecting"
+    )]
+    Unresponsive { what: &'static str, ms: u64 },
     #[error("replication connection: {0}")]
     Replication(#[from] pg_walstream::ReplicationError),
     #[error("replication stream: {0}")]
@@ -73,7 +78,9 @@ impl Classify for CdcError {
             | CdcError::TopicMissing(_)
             | CdcError::Delivery { .. } => Fault::Transient(Dependency::Kafka),
             CdcError::Postgres(e) => postgres_fault(e),
-            CdcError::SlotActive { .. } => Fault::Transient(Dependency::Postgres),
+            CdcError::SlotActive { .. } | CdcError::Unresponsive { .. } => {
+                Fault::Transient(Dependency::Postgres)
+            }
             CdcError::Replication(e) if e.is_transient() => Fault::Transient(Dependency::Postgres),
             CdcError::Config(_)
             | CdcError::Routing(_)

@@ -303,6 +303,7 @@ async fn attempt(
             at: consistent_point,
             tables: &encoders,
             headers: &headers,
+            server_timeout_ms: config.server_timeout_ms,
         };
         let outcome = snapshot::run(&pool, request, &sink, metrics, &stop_rx).await?;
         match outcome {
@@ -480,6 +481,19 @@ impl ContextHeaders {
     }
 }
 
+/// `work` on the source database, which must answer within `ms` (`cdc.server_timeout_ms`): a
+/// frozen server or a connection cut without a word makes the attempt fail (transient) instead
+/// of waiting for ever.
+pub(crate) async fn bounded<T>(
+    ms: u64,
+    what: &'static str,
+    work: impl Future<Output = Result<T, CdcError>>,
+) -> Result<T, CdcError> {
+    tokio::time::timeout(Duration::from_millis(ms), work)
+        .await
+        .unwrap_or(Err(CdcError::Unresponsive { what, ms }))
+}
+
 impl Stream<'_> {
     async fn run(
         &mut self,
@@ -507,6 +521,12 @@ impl Stream<'_> {
         let mut announced = tokio::time::Instant::now();
         let mut unannounced = false;
         let mut announcing = self.config.heartbeat_interval_ms > 0;
+        // The server's silence: a live one answers a keepalive request at once (one goes with
+        // every heartbeat, and one after a third of cdc.server_timeout_ms of silence).
+        let server_timeout = Duration::from_millis(self.config.server_timeout_ms);
+        let mut heard = tokio::time::Instant::now();
+        let mut silence = tokio::time::interval(server_timeout / 6);
+        silence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -542,14 +562,29 @@ impl Stream<'_> {
                     // confirmable, so a quiet slot keeps moving.
                     self.confirm(conn, &acked, true).await?;
                 }
+                _ = silence.tick() => {
+                    let quiet = heard.elapsed();
+                    if quiet >= server_timeout {
+                        return Err(CdcError::Unresponsive {
+                            what: "on the replication connection (not even a keepalive it was asked for)",
+                            ms: self.config.server_timeout_ms,
+                        });
+                    }
+                    if quiet >= server_timeout / 3 {
+                        self.confirm(conn, &acked, true).await?;
+                    }
+                }
                 _ = lag.tick() => {
-                    if let Ok(Some((retained, behind))) = catalog::slot_lag(self.pool, &self.config.slot_name).await {
+                    // A failed read of the lag is not worth a reconnect; a server that does not answer is.
+                    let lag = async { Ok(catalog::slot_lag(self.pool, &self.config.slot_name).await) };
+                    if let Ok(Some((retained, behind))) = bounded(self.config.server_timeout_ms, "the slot's lag query", lag).await? {
                         self.metrics.slot_retained.set(retained);
                         self.metrics.slot_lag.set(behind);
                     }
                 }
                 data = conn.get_copy_data_async(&token) => {
                     let data = data?;
+                    heard = tokio::time::Instant::now();
                     match pgoutput::parse_copy_message(&data)? {
                         CopyMessage::XLogData { start, end, data } => {
                             self.received = self.received.max(end);
@@ -631,7 +666,10 @@ impl Stream<'_> {
         self.announce(acked_lsn).await?;
         let query = self.config.heartbeat_action_query.trim();
         if !query.is_empty() {
-            if let Err(e) = sqlx::query(query).execute(self.pool).await {
+            let action = async { Ok(sqlx::query(query).execute(self.pool).await) };
+            if let Err(e) =
+                bounded(self.config.server_timeout_ms, "the heartbeat action query", action).await?
+            {
                 tracing::warn!(error = %e, "heartbeat action query failed");
             }
         }
@@ -707,7 +745,12 @@ impl Stream<'_> {
                 self.incremental_step().await?;
             }
             LogicalMessage::Relation(relation) => {
-                let shape = catalog::relation_shape(self.pool, &relation).await?;
+                let shape = bounded(
+                    self.config.server_timeout_ms,
+                    "a catalog query",
+                    catalog::relation_shape(self.pool, &relation),
+                )
+                .await?;
                 let encoder = encoder_for(shape, self.config, &self.settings, &self.partitions)?;
                 self.relations.insert(relation.oid, Arc::new(encoder));
             }
@@ -827,14 +870,15 @@ impl Stream<'_> {
     /// Moves the incremental snapshot on: starts the next table, or reads the next chunk when
     /// none waits for the stream.
     async fn incremental_step(&mut self) -> Result<(), CdcError> {
-        let (pool, metrics) = (self.pool, self.metrics);
+        let (pool, metrics, ms) = (self.pool, self.metrics, self.config.server_timeout_ms);
         loop {
             let Some(inc) = self.incremental.as_mut() else { return Ok(()) };
             match &mut inc.run {
                 Some(run) if run.pending.is_some() => return Ok(()),
                 Some(run) => {
                     let table = run.encoder.table.clone();
-                    match run.read_chunk(pool, self.config.incremental_snapshot_chunk_size).await {
+                    let chunk = run.read_chunk(pool, self.config.incremental_snapshot_chunk_size);
+                    match bounded(ms, "an incremental snapshot's chunk query", chunk).await {
                         Ok(true) => return Ok(()),
                         Ok(false) => {
                             metrics.incremental_chunks.with_label_values(&[&*table, "read_again"]).inc();
@@ -856,7 +900,13 @@ impl Stream<'_> {
                         return Ok(());
                     };
                     let after = inc.resume_after.take();
-                    let started = match catalog::table_shape(pool, &schema, &name).await {
+                    let started = match bounded(
+                        ms,
+                        "a catalog query",
+                        catalog::table_shape(pool, &schema, &name),
+                    )
+                    .await
+                    {
                         Ok(shape) => {
                             let encoder =
                                 Arc::new(encoder_for(shape, self.config, &self.settings, &self.partitions)?);
@@ -924,16 +974,18 @@ impl Stream<'_> {
                 "signal": inc.signal,
                 "rows": run.rows,
             });
-            sqlx::query(&format!(
+            let sql = format!(
                 "INSERT INTO {}.{} (id, type, data) VALUES ($1, $2, $3)",
                 catalog::quote_ident(&schema),
                 catalog::quote_ident(&name)
-            ))
-            .bind(format!("rainbow-done-{}", commit.0))
-            .bind(rainbow_schemas::postgres::SIGNAL_SNAPSHOT_TABLE_DONE)
-            .bind(data.to_string())
-            .execute(self.pool)
-            .await?;
+            );
+            let done = sqlx::query(&sql)
+                .bind(format!("rainbow-done-{}", commit.0))
+                .bind(rainbow_schemas::postgres::SIGNAL_SNAPSHOT_TABLE_DONE)
+                .bind(data.to_string())
+                .execute(self.pool);
+            bounded(self.config.server_timeout_ms, "the signal table's insert", async { Ok(done.await?) })
+                .await?;
             tracing::info!(signal = %inc.signal, table = %t.table, rows = run.rows, "incremental snapshot of the table done");
             inc.run = None;
         } else if chunk.dropped > 0 {

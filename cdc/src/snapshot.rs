@@ -35,6 +35,8 @@ pub struct SnapshotRequest<'a> {
     pub tables: &'a [Arc<TableEncoder>],
     /// Put on every record.
     pub headers: &'a [(&'a str, &'a [u8])],
+    /// `cdc.server_timeout_ms`: how long the server may take to send the next row.
+    pub server_timeout_ms: u64,
 }
 
 /// Reads the tables and sends their rows as `r` events.
@@ -45,7 +47,7 @@ pub async fn run(
     metrics: &CdcMetrics,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<SnapshotOutcome, CdcError> {
-    let SnapshotRequest { exported, at, tables, headers } = request;
+    let SnapshotRequest { exported, at, tables, headers, server_timeout_ms } = request;
     let mut conn = pool.acquire().await?;
     sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *conn).await?;
     if let Some(name) = exported {
@@ -98,7 +100,13 @@ pub async fn run(
         let mut last_progress = Instant::now();
         {
             let mut stream = sqlx::query(&sql).fetch(&mut *conn);
-            while let Some(row) = stream.try_next().await? {
+            loop {
+                let next = async { Ok(stream.try_next().await?) };
+                let Some(row) =
+                    crate::reader::bounded(server_timeout_ms, "the snapshot's query", next).await?
+                else {
+                    break;
+                };
                 let datums: Vec<Datum> = (0..t.shape.columns.len())
                     .map(|i| row.try_get::<Option<String>, _>(i).map(|v| v.map_or(Datum::Null, Datum::Text)))
                     .collect::<Result<_, _>>()?;

@@ -32,6 +32,7 @@ const DEADLINE: Duration = Duration::from_secs(300);
 enum Fault {
     PostgresRestart,
     PostgresDown(u64),
+    PostgresFrozen(u64),
     ClickHouseStopped(u64),
     ClickHouseFrozen(u64),
     KafkaRestart,
@@ -46,6 +47,7 @@ impl std::fmt::Display for Fault {
         match self {
             Fault::PostgresRestart => write!(f, "PostgreSQL restart"),
             Fault::PostgresDown(s) => write!(f, "PostgreSQL down {s} s"),
+            Fault::PostgresFrozen(s) => write!(f, "PostgreSQL frozen (SIGSTOP) {s} s"),
             Fault::ClickHouseStopped(s) => write!(f, "ClickHouse stopped {s} s"),
             Fault::ClickHouseFrozen(s) => write!(f, "ClickHouse frozen (SIGSTOP) {s} s"),
             Fault::KafkaRestart => write!(f, "Kafka restart"),
@@ -61,7 +63,7 @@ impl Fault {
     /// The dependency whose outage must show as retries in the components' metrics.
     fn dependency(self) -> Option<&'static str> {
         match self {
-            Fault::PostgresDown(_) => Some("postgres"),
+            Fault::PostgresDown(_) | Fault::PostgresFrozen(_) => Some("postgres"),
             Fault::ClickHouseStopped(_) => Some("clickhouse"),
             Fault::KafkaDown(_) => Some("kafka"),
             Fault::ObjectStoreFull(_) => Some("object_store"),
@@ -70,9 +72,12 @@ impl Fault {
     }
 }
 
-const FAULTS: [Fault; 12] = [
+const FAULTS: [Fault; 13] = [
     Fault::PostgresRestart,
     Fault::PostgresDown(60),
+    // Longer than cdc.server_timeout_ms (30 s): the CDC must notice a server that does not
+    // answer (nor close its connections) and reconnect, not wait on it.
+    Fault::PostgresFrozen(45),
     Fault::ClickHouseStopped(60),
     Fault::ClickHouseFrozen(30),
     Fault::KafkaRestart,
@@ -126,6 +131,7 @@ async fn suite(stack: &stack::Stack) {
         }
         let before = pipeline::restarts().await;
         let retries_before = pipeline::all_retries().await;
+        let cdc_retries_before = pipeline::component_retries("cdc", "postgres").await;
         println!("faults: {fault} ...");
         let began = Instant::now();
         inject(fault, stack, &mut up).await;
@@ -161,6 +167,14 @@ async fn suite(stack: &stack::Stack) {
                 matches!(fault, Fault::KillUp)
                     || after > retries_before.get(dependency).copied().unwrap_or(0.0),
                 "{fault}: no retry on {dependency} was counted ({retries_before:?} -> {retries_after:?})"
+            );
+        }
+        if let Fault::PostgresFrozen(_) = fault {
+            let after = pipeline::component_retries("cdc", "postgres").await;
+            assert!(
+                after > cdc_retries_before,
+                "{fault}: the CDC counted no retry on postgres ({cdc_retries_before} -> {after}): it waited on the frozen server\n{}",
+                up.logs()
             );
         }
         let line = format!(
@@ -265,6 +279,11 @@ async fn inject(fault: Fault, stack: &stack::Stack, up: &mut common::process::Se
             stack.stop("clickhouse");
             sleep(s).await;
             stack.start("clickhouse");
+        }
+        Fault::PostgresFrozen(s) => {
+            stack.signal_all("postgres", "STOP");
+            sleep(s).await;
+            stack.signal_all("postgres", "CONT");
         }
         Fault::ClickHouseFrozen(s) => {
             stack.signal("clickhouse", "STOP");

@@ -138,6 +138,17 @@ pub async fn all_retries() -> BTreeMap<String, f64> {
     out
 }
 
+/// Retries on one dependency counted by one component (a name of [`COMPONENTS`]).
+pub async fn component_retries(component: &str, dependency: &str) -> f64 {
+    let (_, addr) = COMPONENTS.iter().find(|(c, _)| *c == component).expect("a component");
+    let series = format!("_retries_total{{dependency=\"{dependency}\"}} ");
+    let Ok(text) = metrics(addr).await else { return 0.0 };
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(&series).map(|(_, n)| n.parse::<f64>().unwrap_or(0.0)))
+        .sum()
+}
+
 /// Retries on one dependency, summed over the components.
 pub async fn retries(dependency: &str) -> f64 {
     all_retries().await.get(dependency).copied().unwrap_or(0.0)

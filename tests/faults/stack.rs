@@ -118,6 +118,18 @@ impl Stack {
         assert!(ok, "kill -{signal} {server} ({})", pid.trim());
     }
 
+    /// Sends `signal` to a server's process and to its children (PostgreSQL's backends and
+    /// WAL senders are processes of their own: stopping the postmaster alone freezes nothing
+    /// that is connected).
+    pub fn signal_all(&self, server: &str, signal: &str) {
+        self.signal(server, signal);
+        let pid = std::fs::read_to_string(self.home.join("run").join(format!("{server}.pid"))).unwrap();
+        // pkill exits 1 when no child matched.
+        let status =
+            Command::new("pkill").arg(format!("-{signal}")).args(["-P", pid.trim()]).status().unwrap();
+        assert!(status.code().is_some_and(|c| c <= 1), "pkill -{signal} -P {}: {status}", pid.trim());
+    }
+
     fn mount(&self) {
         let target = self.objects.to_str().unwrap();
         let args = ["-t", "tmpfs", "-o", &format!("size={OBJECTS_SIZE}"), "rainbow-faults", target];
@@ -170,6 +182,10 @@ impl Drop for Stack {
         // A failed test must not leave frozen or running servers behind (nor panic here).
         if let Ok(pid) = std::fs::read_to_string(self.home.join("run/clickhouse.pid")) {
             let _ = Command::new("kill").arg("-CONT").arg(pid.trim()).status();
+        }
+        if let Ok(pid) = std::fs::read_to_string(self.home.join("run/postgres.pid")) {
+            let _ = Command::new("kill").arg("-CONT").arg(pid.trim()).status();
+            let _ = Command::new("pkill").args(["-CONT", "-P", pid.trim()]).status();
         }
         if let Err(e) = self.try_script("stop", &[]) {
             eprintln!("{e}");
