@@ -18,7 +18,7 @@ use pg_walstream::{CancellationToken, PgReplicationConnection};
 use rainbow_runtime::failpoint::CrashAfter;
 use rainbow_runtime::identity::{SourceIdentity, HEARTBEAT_SOURCE_HEADER};
 use rainbow_runtime::kafka::{self, TopicSpec};
-use rainbow_runtime::resilience::{supervise, Dependency};
+use rainbow_runtime::resilience::{supervise, Classify, Dependency, Fault};
 use rainbow_schemas::wire::{self, Lsn};
 use rdkafka::producer::{FutureProducer, Producer};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -912,9 +912,8 @@ impl Stream<'_> {
                                 Arc::new(encoder_for(shape, self.config, &self.settings, &self.partitions)?);
                             TableRun::start(pool, encoder, after, &self.recent_xids).await
                         }
-                        Err(CdcError::Postgres(e)) if rainbow_schemas::postgres::is_transient(&e) => {
-                            return Err(CdcError::Postgres(e))
-                        }
+                        // A server away (or not answering) is waited out, not a reason to give up.
+                        Err(e) if matches!(e.fault(), Fault::Transient(_)) => return Err(e),
                         Err(e) => Err(e.to_string()),
                     };
                     let inc = self.incremental.as_mut().expect("running");
