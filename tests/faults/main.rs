@@ -131,7 +131,8 @@ async fn suite(stack: &stack::Stack) {
         }
         let before = pipeline::restarts().await;
         let retries_before = pipeline::all_retries().await;
-        let cdc_retries_before = pipeline::component_retries("cdc", "postgres").await;
+        let cdc_retries_before =
+            pipeline::component_retries("cdc").await.get("postgres").copied().unwrap_or(0.0);
         println!("faults: {fault} ...");
         let began = Instant::now();
         inject(fault, stack, &mut up).await;
@@ -170,7 +171,7 @@ async fn suite(stack: &stack::Stack) {
             );
         }
         if let Fault::PostgresFrozen(_) = fault {
-            let after = pipeline::component_retries("cdc", "postgres").await;
+            let after = pipeline::component_retries("cdc").await.get("postgres").copied().unwrap_or(0.0);
             assert!(
                 after > cdc_retries_before,
                 "{fault}: the CDC counted no retry on postgres ({cdc_retries_before} -> {after}): it waited on the frozen server\n{}",
@@ -281,9 +282,9 @@ async fn inject(fault: Fault, stack: &stack::Stack, up: &mut common::process::Se
             stack.start("clickhouse");
         }
         Fault::PostgresFrozen(s) => {
-            stack.signal_all("postgres", "STOP");
+            stack.signal("postgres", "STOP");
             sleep(s).await;
-            stack.signal_all("postgres", "CONT");
+            stack.signal("postgres", "CONT");
         }
         Fault::ClickHouseFrozen(s) => {
             stack.signal("clickhouse", "STOP");

@@ -126,27 +126,26 @@ pub async fn not_ready() -> Vec<String> {
 /// Retries per dependency, summed over the components (`rainbow_*_retries_total{dependency}`).
 pub async fn all_retries() -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
-    for (_, addr) in COMPONENTS {
-        let Ok(text) = metrics(addr).await else { continue };
-        for line in text.lines().filter(|l| !l.starts_with('#') && l.contains("_retries_total{dependency=\""))
-        {
-            let Some((series, n)) = line.rsplit_once(' ') else { continue };
-            let Some(dependency) = series.split('"').nth(1) else { continue };
-            *out.entry(dependency.to_string()).or_default() += n.parse::<f64>().unwrap_or(0.0);
+    for (c, _) in COMPONENTS {
+        for (dependency, n) in component_retries(c).await {
+            *out.entry(dependency).or_default() += n;
         }
     }
     out
 }
 
-/// Retries on one dependency counted by one component (a name of [`COMPONENTS`]).
-pub async fn component_retries(component: &str, dependency: &str) -> f64 {
+/// Retries per dependency counted by one component (a name of [`COMPONENTS`]); none when its
+/// metrics do not answer.
+pub async fn component_retries(component: &str) -> BTreeMap<String, f64> {
     let (_, addr) = COMPONENTS.iter().find(|(c, _)| *c == component).expect("a component");
-    let series = format!("_retries_total{{dependency=\"{dependency}\"}} ");
-    let Ok(text) = metrics(addr).await else { return 0.0 };
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once(&series).map(|(_, n)| n.parse::<f64>().unwrap_or(0.0)))
-        .sum()
+    let mut out = BTreeMap::new();
+    let Ok(text) = metrics(addr).await else { return out };
+    for line in text.lines().filter(|l| !l.starts_with('#') && l.contains("_retries_total{dependency=\"")) {
+        let Some((series, n)) = line.rsplit_once(' ') else { continue };
+        let Some(dependency) = series.split('"').nth(1) else { continue };
+        *out.entry(dependency.to_string()).or_default() += n.parse::<f64>().unwrap_or(0.0);
+    }
+    out
 }
 
 /// Retries on one dependency, summed over the components.

@@ -110,24 +110,21 @@ impl Stack {
         self.script("start", &[server]);
     }
 
-    /// Sends `signal` (`STOP`, `CONT`, ...) to a server's process.
+    /// Sends `signal` (`STOP`, `CONT`, ...) to a server's process and to its children
+    /// (PostgreSQL's backends and WAL senders are processes of their own: stopping the postmaster
+    /// alone freezes nothing that is connected).
     pub fn signal(&self, server: &str, signal: &str) {
-        let pid = std::fs::read_to_string(self.home.join("run").join(format!("{server}.pid")))
-            .unwrap_or_else(|e| panic!("{server}'s pid file: {e}"));
-        let ok = Command::new("kill").arg(format!("-{signal}")).arg(pid.trim()).status().unwrap().success();
-        assert!(ok, "kill -{signal} {server} ({})", pid.trim());
+        let pid = self.pid(server).unwrap_or_else(|e| panic!("{server}'s pid file: {e}"));
+        let ok = Command::new("kill").arg(format!("-{signal}")).arg(&pid).status().unwrap().success();
+        assert!(ok, "kill -{signal} {server} ({pid})");
+        // pkill exits 1 when no child matched.
+        let status = Command::new("pkill").arg(format!("-{signal}")).args(["-P", &pid]).status().unwrap();
+        assert!(status.code().is_some_and(|c| c <= 1), "pkill -{signal} -P {pid}: {status}");
     }
 
-    /// Sends `signal` to a server's process and to its children (PostgreSQL's backends and
-    /// WAL senders are processes of their own: stopping the postmaster alone freezes nothing
-    /// that is connected).
-    pub fn signal_all(&self, server: &str, signal: &str) {
-        self.signal(server, signal);
-        let pid = std::fs::read_to_string(self.home.join("run").join(format!("{server}.pid"))).unwrap();
-        // pkill exits 1 when no child matched.
-        let status =
-            Command::new("pkill").arg(format!("-{signal}")).args(["-P", pid.trim()]).status().unwrap();
-        assert!(status.code().is_some_and(|c| c <= 1), "pkill -{signal} -P {}: {status}", pid.trim());
+    fn pid(&self, server: &str) -> std::io::Result<String> {
+        let text = std::fs::read_to_string(self.home.join("run").join(format!("{server}.pid")))?;
+        Ok(text.trim().to_string())
     }
 
     fn mount(&self) {
@@ -180,12 +177,11 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         // A failed test must not leave frozen or running servers behind (nor panic here).
-        if let Ok(pid) = std::fs::read_to_string(self.home.join("run/clickhouse.pid")) {
-            let _ = Command::new("kill").arg("-CONT").arg(pid.trim()).status();
-        }
-        if let Ok(pid) = std::fs::read_to_string(self.home.join("run/postgres.pid")) {
-            let _ = Command::new("kill").arg("-CONT").arg(pid.trim()).status();
-            let _ = Command::new("pkill").args(["-CONT", "-P", pid.trim()]).status();
+        for server in ["clickhouse", "postgres"] {
+            if let Ok(pid) = self.pid(server) {
+                let _ = Command::new("kill").args(["-CONT", &pid]).status();
+                let _ = Command::new("pkill").args(["-CONT", "-P", &pid]).status();
+            }
         }
         if let Err(e) = self.try_script("stop", &[]) {
             eprintln!("{e}");
