@@ -266,6 +266,10 @@ fn partials<R: Combine>(
     combined
 }
 
+/// Rows encoded at a time when a table is written: what its writing holds in Arrow arrays,
+/// besides the part's encoded bytes.
+const WRITE_BATCH_ROWS: usize = 8192;
+
 /// Writes one table from every shard's (runs folder, runs, buffer), `rows_per_file` rows per part
 /// (at least one part). With `partials` (an aggregate table of a sharded day range), a key's row
 /// is the shards' partial sums combined: a shard whose orders did not change the group in the
@@ -290,25 +294,35 @@ fn write_table<R: Combine>(
     let mut next = rows.next_row()?;
     let (mut part, mut total) = (0usize, 0usize);
     loop {
-        let mut b = BatchBuilder::new(schema.clone());
-        let mut n = 0;
-        while n < rows_per_file {
-            let Some(mut row) = next.take() else { break };
-            if let Some(all) = partials.as_mut() {
-                row = all.remove(&row.key()).unwrap_or(row);
-            }
-            b.push(&row)?;
-            n += 1;
-            next = rows.next_row()?;
-        }
-        let batch = b.finish()?;
         let mut bytes = Vec::new();
         let mut w = ArrowWriter::try_new(
             &mut bytes,
             schema.clone(),
             Some(rainbow_archive::master::writer_properties()),
         )?;
-        w.write(&batch)?;
+        // The part's rows go to the writer `WRITE_BATCH_ROWS` at a time (it encodes them into
+        // its row group as they come); an empty table still writes its one empty batch.
+        let mut n = 0;
+        loop {
+            let mut b = BatchBuilder::new(schema.clone());
+            while b.len() < WRITE_BATCH_ROWS && n < rows_per_file {
+                let Some(mut row) = next.take() else { break };
+                if let Some(all) = partials.as_mut() {
+                    row = all.remove(&row.key()).unwrap_or(row);
+                }
+                b.push(&row)?;
+                n += 1;
+                next = rows.next_row()?;
+            }
+            let batch = b.finish()?;
+            let empty = batch.num_rows() == 0;
+            if !empty || n == 0 {
+                w.write(&batch)?;
+            }
+            if empty || n == rows_per_file || next.is_none() {
+                break;
+            }
+        }
         w.close()?;
         rt.block_on(out.put(&format!("{name}/part-{part:05}.parquet"), bytes))?;
         part += 1;
@@ -318,4 +332,57 @@ fn write_table<R: Combine>(
         }
     }
     Ok((name.to_string(), total, part))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rainbow_schemas::shape::{FactSale, Versioned};
+
+    #[test]
+    fn a_table_is_written_in_parts_whose_bytes_do_not_depend_on_the_writes_batches() {
+        let dir = std::env::temp_dir().join(format!("rb-replay-parts-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Store::open(dir.to_str().expect("utf-8")).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let row = |i: i64| FactSale {
+            order_transaction: i,
+            product_id: i % 7,
+            version: 1,
+            sales_quantity: i % 5,
+            ..Default::default()
+        };
+        let rows: Table<FactSale> = Table((0..20_000).map(|i| (row(i).key(), row(i))).collect());
+        let shards = vec![("runs".to_string(), 0, rows.clone())];
+        let written = write_table(&out, rt.handle(), "fact_sales", shards, None, 12_000).unwrap();
+        assert_eq!(written, ("fact_sales".to_string(), 20_000, 2));
+
+        // Each part as one batch of its rows gives the same bytes as the part written
+        // `WRITE_BATCH_ROWS` rows at a time.
+        let all: Vec<FactSale> = rows.rows().cloned().collect();
+        for (part, chunk) in all.chunks(12_000).enumerate() {
+            let schema = schema_of::<FactSale>();
+            let mut b = BatchBuilder::new(schema.clone());
+            for r in chunk {
+                b.push(r).unwrap();
+            }
+            let mut whole = Vec::new();
+            let props = Some(rainbow_archive::master::writer_properties());
+            let mut w = ArrowWriter::try_new(&mut whole, schema, props).unwrap();
+            w.write(&b.finish().unwrap()).unwrap();
+            w.close().unwrap();
+            let path = format!("fact_sales/part-{part:05}.parquet");
+            assert_eq!(rt.block_on(out.get(&path)).unwrap().as_ref(), &whole[..], "{path}");
+        }
+        let read = super::super::read_table(&out, rt.handle(), "fact_sales").unwrap().unwrap();
+        assert_eq!(read.num_rows(), 20_000);
+
+        // An empty table: one part, no rows.
+        let empty = vec![("runs".to_string(), 0, Table::<FactSale>::default())];
+        let written = write_table(&out, rt.handle(), "fact_sales", empty, None, 12_000).unwrap();
+        assert_eq!(written, ("fact_sales".to_string(), 0, 1));
+        let read = super::super::read_table(&out, rt.handle(), "fact_sales").unwrap().unwrap();
+        assert_eq!(read.num_rows(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
