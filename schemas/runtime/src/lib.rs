@@ -10,6 +10,7 @@
 //! * [`serve`]: the HTTP endpoint of a service's metrics and health (`/healthz`, `/readyz`);
 //! * [`exposition`]: reading that endpoint's Prometheus text format back (samples, sums,
 //!   histogram quantiles), for `rainbow status` and the tests;
+//! * [`memory`]: how soon the allocator (mimalloc, every Rainbow binary's) returns freed memory;
 //! * [`worker`]: a component's blocking loop on a thread of its own, stopped by a flag;
 //! * [`failpoint`]: crash and step failpoints for fault tests, compiled in only with the
 //!   `failpoints` feature (test builds).
@@ -22,6 +23,7 @@ pub mod exposition;
 pub mod failpoint;
 pub mod identity;
 pub mod kafka;
+pub mod memory;
 pub mod resilience;
 pub mod serve;
 pub mod store;
