@@ -301,7 +301,7 @@ fn write_table<R: Combine>(
             Some(rainbow_archive::master::writer_properties()),
         )?;
         // The part's rows go to the writer `WRITE_BATCH_ROWS` at a time (it encodes them into
-        // its row group as they come); an empty table still writes its one empty batch.
+        // its row group as they come); a batch is empty only for an empty table's one part.
         let mut n = 0;
         loop {
             let mut b = BatchBuilder::new(schema.clone());
@@ -314,12 +314,8 @@ fn write_table<R: Combine>(
                 n += 1;
                 next = rows.next_row()?;
             }
-            let batch = b.finish()?;
-            let empty = batch.num_rows() == 0;
-            if !empty || n == 0 {
-                w.write(&batch)?;
-            }
-            if empty || n == rows_per_file || next.is_none() {
+            w.write(&b.finish()?)?;
+            if n == rows_per_file || next.is_none() {
                 break;
             }
         }
