@@ -10,6 +10,8 @@ pub enum ProcessorError {
     Config(#[from] InvalidSetting),
     #[error("Kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    ConsumerLost(#[from] rainbow_runtime::kafka::ConsumerLost),
     #[error("Kafka topic {topic} does not exist (is `rainbow cdc` running with the same topic settings?)")]
     MissingTopic { topic: String },
     #[error(transparent)]
@@ -74,9 +76,9 @@ impl Classify for ProcessorError {
             ProcessorError::Config(_) | ProcessorError::Instances { .. } | ProcessorError::Metrics { .. } => {
                 Fault::Input
             }
-            ProcessorError::Kafka(_) | ProcessorError::DeadLetters { .. } => {
-                Fault::Transient(Dependency::Kafka)
-            }
+            ProcessorError::Kafka(_)
+            | ProcessorError::ConsumerLost(_)
+            | ProcessorError::DeadLetters { .. } => Fault::Transient(Dependency::Kafka),
             ProcessorError::Warehouse(e) if e.is_transient() => Fault::Transient(Dependency::ClickHouse),
             ProcessorError::Warehouse(_) | ProcessorError::Sink { .. } => Fault::Permanent,
             ProcessorError::Engine(EngineError::Checkpoint(_)) => Fault::Transient(Dependency::ObjectStore),

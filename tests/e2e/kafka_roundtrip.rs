@@ -124,3 +124,48 @@ fn read_in_two_sessions(topic: &str, group: &str) -> Records {
     }
     received
 }
+
+/// `LostConsumer` tells a consumer that lost its way (it gets no answer while a new client does)
+/// from brokers that are away for every client, and from a consumer that answers: only the first
+/// is an error, once Kafka has been away for it at least `LOST_AFTER`, and it is asked at most
+/// every 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_lost_its_way_is_told_apart_from_brokers_that_are_away() {
+    use rainbow_runtime::kafka::{self, ConsumerLost, KafkaConnection, LostConsumer, LOST_AFTER};
+    let live = KafkaConnection { brokers: common::brokers(), client_id: "rainbow-test".into() };
+    // A port nothing listens on: a client there never hears from a broker.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let dead = KafkaConnection { brokers: closed, client_id: "rainbow-test".into() };
+    let topic = common::unique_name("rainbow_test_lost");
+    kafka::ensure_topics(
+        &live.client_config("admin"),
+        &[kafka::TopicSpec { name: topic.clone(), partitions: 1, replication: -1 }],
+    )
+    .await
+    .unwrap();
+    let (t, l, d) = (topic.clone(), live.clone(), dead);
+    tokio::task::spawn_blocking(move || {
+        let partitions = [(t.as_str(), 0)];
+        let answering: BaseConsumer = l.client_config("answering").create().unwrap();
+        let lost: BaseConsumer = d.client_config("lost").create().unwrap();
+        let away = Some(LOST_AFTER + Duration::from_secs(1));
+        // Not away long enough, or not away at all: not asked.
+        assert_eq!(LostConsumer::default().check(&l, &lost, &partitions, None), Ok(()));
+        assert_eq!(LostConsumer::default().check(&l, &lost, &partitions, Some(LOST_AFTER / 2)), Ok(()));
+        // The consumer answers: not lost.
+        assert_eq!(LostConsumer::default().check(&l, &answering, &partitions, away), Ok(()));
+        // Nobody reaches the brokers (the probe goes where the lost consumer goes): not lost.
+        assert_eq!(LostConsumer::default().check(&d, &lost, &partitions, away), Ok(()));
+        // The brokers answer a new client, the consumer does not: lost, then not asked again
+        // within 10 s.
+        let mut check = LostConsumer::default();
+        assert_eq!(
+            check.check(&l, &lost, &partitions, away),
+            Err(ConsumerLost { away_s: LOST_AFTER.as_secs() + 1 })
+        );
+        assert_eq!(check.check(&l, &lost, &partitions, away), Ok(()));
+    })
+    .await
+    .unwrap();
+    kafka::delete_topics(&live.client_config("admin"), &[&topic]).await.unwrap();
+}

@@ -115,12 +115,21 @@ pub async fn not_ready() -> Vec<String> {
         Err(e) => out.push(format!("rainbow up: {e}")),
     }
     for (c, addr) in COMPONENTS.iter().chain(&[("up", UP)]) {
-        match status(addr, "/readyz").await {
-            Some(200) => {}
-            other => out.push(format!("{c} /readyz: {other:?}")),
+        if let Err(why) = ready(addr).await {
+            out.push(format!("{c} /readyz: {why}"));
         }
     }
     out
+}
+
+/// Whether `GET http://<addr>/readyz` answers 200; else its status and what it says.
+async fn ready(addr: &str) -> Result<(), String> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    match client.get(format!("http://{addr}/readyz")).send().await {
+        Ok(r) if r.status().as_u16() == 200 => Ok(()),
+        Ok(r) => Err(format!("{} {}", r.status().as_u16(), r.text().await.unwrap_or_default().trim())),
+        Err(e) => Err(format!("no answer ({e})")),
+    }
 }
 
 /// Retries per dependency, summed over the components (`rainbow_*_retries_total{dependency}`).

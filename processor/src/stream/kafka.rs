@@ -5,7 +5,8 @@
 //! Offsets come from the engine's checkpoint (a partition it does not know is read from the
 //! beginning); the consumer group's offsets are committed after each checkpoint for lag
 //! monitoring only. A partition whose merge queue is long is paused, unless the merge waits on
-//! it.
+//! it. A consumer that lost its way ([`rainbow_runtime::kafka::LostConsumer`]) ends the attempt:
+//! the next resumes from the checkpoint with a new one.
 
 use super::owned_partitions;
 use crate::config::ProcessorConfig;
@@ -53,6 +54,7 @@ pub struct KafkaSource {
     postgres: Option<SourceIdentity>,
     poll_errors: u64,
     next_lag: Instant,
+    lost: kafka::LostConsumer,
 }
 
 /// A heartbeat record's content.
@@ -88,6 +90,7 @@ impl KafkaSource {
             postgres: None,
             poll_errors: 0,
             next_lag: Instant::now(),
+            lost: kafka::LostConsumer::default(),
         })
     }
 
@@ -325,6 +328,13 @@ impl Source for KafkaSource {
         }
         if received {
             self.metrics.resilience.connected(Dependency::Kafka);
+        } else {
+            // A consumer that lost its way ends the attempt: the next resumes from the
+            // checkpoint with a new one.
+            let partitions: Vec<(&str, i32)> =
+                self.partitions.iter().map(|p| (p.topic.as_str(), p.partition)).collect();
+            let away = self.metrics.resilience.down_for(Dependency::Kafka);
+            self.lost.check(&self.kafka, &self.consumer, &partitions, away)?;
         }
         Ok(Poll::More)
     }

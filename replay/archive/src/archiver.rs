@@ -24,6 +24,10 @@
 //! from a topic before they were archived (an offset that jumps forward, an archived offset
 //! beyond the partition's end) stop the archiver, unless `allow_offset_gap` (then counted).
 //!
+//! A consumer that hears nothing from the brokers for 30 s while they answer a new client has lost
+//! its way ([`rainbow_runtime::kafka::LostConsumer`]): the attempt ends, and the next starts with a
+//! new consumer after the offsets the tables hold.
+//!
 //! Segments are cut at `segment_max_records`, `segment_max_bytes` and `segment_max_age_ms`; at
 //! shutdown every open segment is committed. Snapshots
 //! older than `snapshot_retention_hours` are removed from the tables' metadata hourly.
@@ -212,6 +216,8 @@ struct Archiver {
     lake: Arc<Lake>,
     /// The writers of the changelog tables (one table per topic).
     writers: Writers,
+    kafka: KafkaConnection,
+    lost: kafka::LostConsumer,
 }
 
 impl Archiver {
@@ -333,6 +339,8 @@ impl Archiver {
             summary: ArchiveSummary::default(),
             lake,
             writers,
+            kafka: kafka.clone(),
+            lost: kafka::LostConsumer::default(),
         })
     }
 
@@ -412,6 +420,7 @@ impl Archiver {
                 next_lag = Instant::now() + Duration::from_secs(5);
                 self.update_lag();
                 self.pick_up_new_topics()?;
+                self.check_consumer()?;
             }
             if Instant::now() >= next_expiry {
                 next_expiry = Instant::now() + Duration::from_secs(3600);
@@ -512,6 +521,15 @@ impl Archiver {
             self.consumer.incremental_assign(&tpl)?;
         }
         Ok(())
+    }
+
+    /// A consumer that lost its way ends the attempt (the next one starts with a new consumer,
+    /// after the offsets the tables hold).
+    fn check_consumer(&mut self) -> Result<(), ArchiveError> {
+        let partitions: Vec<(&str, i32)> =
+            self.inputs.iter().map(|i| (i.topic.as_str(), i.partition)).collect();
+        let away = self.metrics.resilience.down_for(Dependency::Kafka);
+        Ok(self.lost.check(&self.kafka, &self.consumer, &partitions, away)?)
     }
 
     fn update_lag(&self) {

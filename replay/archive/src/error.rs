@@ -10,6 +10,8 @@ pub enum ArchiveError {
     Store(#[from] StoreError),
     #[error("Kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    ConsumerLost(#[from] rainbow_runtime::kafka::ConsumerLost),
     #[error("topic {topic} does not exist (is `rainbow cdc` running, with the same topic naming?)")]
     MissingTopic { topic: String },
     #[error("Parquet: {0}")]
@@ -64,7 +66,7 @@ impl Classify for ArchiveError {
             }
             ArchiveError::Lake(LakeError::Setting { .. }) => Fault::Input,
             ArchiveError::Lake(_) => Fault::Permanent,
-            ArchiveError::Kafka(_) => Fault::Transient(Dependency::Kafka),
+            ArchiveError::Kafka(_) | ArchiveError::ConsumerLost(_) => Fault::Transient(Dependency::Kafka),
             ArchiveError::Store(StoreError::BadUrl { .. })
             | ArchiveError::Setting(_)
             | ArchiveError::Metrics { .. }

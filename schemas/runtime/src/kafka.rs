@@ -365,3 +365,63 @@ pub fn end_offsets(
         })
         .collect()
 }
+
+/// How long a consumer may hear nothing from the brokers before [`LostConsumer`] asks whether it
+/// lost its way.
+pub const LOST_AFTER: Duration = Duration::from_secs(30);
+
+/// Notices a consumer that lost its way, so that its component starts over with a new one.
+///
+/// librdkafka reconnects by itself after an outage, but after a broker restart a client has been
+/// seen never to reach the brokers again (no record, no end offset, every commit "waiting for
+/// coordinator" for minutes) while the other clients of the same cluster carried on. A consumer
+/// that has heard nothing from Kafka for [`LOST_AFTER`] is checked at most every 10 s: when the
+/// brokers answer a new client and the consumer itself still gets no answer right after (its
+/// partitions' end offsets, 5 s), it is lost. While the brokers are away for every client, it is
+/// not: librdkafka's own reconnection is what brings it back then.
+pub struct LostConsumer {
+    next_check: Instant,
+}
+
+impl Default for LostConsumer {
+    fn default() -> Self {
+        LostConsumer { next_check: Instant::now() }
+    }
+}
+
+/// A consumer that lost its way (see [`LostConsumer`]): a transient Kafka failure of its
+/// component, which starts over with a new consumer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the Kafka consumer has heard nothing from the brokers for {away_s} s while they answer a new \
+     client: starting over with a new consumer"
+)]
+pub struct ConsumerLost {
+    pub away_s: u64,
+}
+
+impl LostConsumer {
+    /// An error when `consumer` lost its way (see [`LostConsumer`]); `away` is how long it has
+    /// heard nothing from the brokers (`None`: it hears them).
+    pub fn check(
+        &mut self,
+        kafka: &KafkaConnection,
+        consumer: &BaseConsumer,
+        partitions: &[(&str, i32)],
+        away: Option<Duration>,
+    ) -> Result<(), ConsumerLost> {
+        let Some(away) = away.filter(|a| *a >= LOST_AFTER) else { return Ok(()) };
+        if Instant::now() < self.next_check {
+            return Ok(());
+        }
+        self.next_check = Instant::now() + Duration::from_secs(10);
+        let Ok(probe) = kafka.client_config("probe").create::<BaseConsumer>() else { return Ok(()) };
+        if reachable(probe.client(), Duration::from_secs(2)).is_err() {
+            return Ok(());
+        }
+        match end_offsets(consumer, partitions, Duration::from_secs(5)) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(ConsumerLost { away_s: away.as_secs() }),
+        }
+    }
+}

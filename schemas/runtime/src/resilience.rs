@@ -176,8 +176,16 @@ impl Resilience {
 
     /// Whether `dependency` is away (it failed and has not answered since).
     pub fn is_down(&self, dependency: Dependency) -> bool {
-        self.any_down.load(Ordering::Relaxed)
-            && self.down_since.lock().expect("lock").contains_key(&dependency)
+        self.down_for(dependency).is_some()
+    }
+
+    /// How long `dependency` has been away (since its first failure without an answer after
+    /// it); `None` while it answers.
+    pub fn down_for(&self, dependency: Dependency) -> Option<Duration> {
+        if !self.any_down.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.down_since.lock().expect("lock").get(&dependency).map(Instant::elapsed)
     }
 
     /// The work is connected and running (or not).
@@ -341,7 +349,10 @@ mod tests {
         assert_eq!(r.retries.with_label_values(&["kafka"]).get(), 2);
         assert_eq!(r.restarts.get(), 2);
         assert!(r.readiness().unwrap_err().contains("kafka unreachable"));
+        assert!(r.down_for(Dependency::Kafka).is_some());
+        assert_eq!(r.down_for(Dependency::Postgres), None);
         r.connected(Dependency::Kafka);
+        assert_eq!(r.down_for(Dependency::Kafka), None);
         r.set_ready(true);
         assert_eq!(r.readiness(), Ok(()));
 
