@@ -20,7 +20,7 @@ use rainbow_runtime::identity::{SourceIdentity, HEARTBEAT_SOURCE_HEADER};
 use rainbow_runtime::kafka::{self, TopicSpec};
 use rainbow_runtime::resilience::{supervise, Classify, Dependency, Fault};
 use rainbow_schemas::wire::{self, Lsn};
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::ConnectOptions;
 use sqlx::PgPool;
@@ -136,7 +136,8 @@ async fn attempt(
     catalog::check_tables(&pool, &tables).await?;
 
     let producer_config = sink::producer_config(kafka, &config.compression);
-    let producer: FutureProducer = producer_config.create()?;
+    let producer: kafka::RainbowProducer =
+        producer_config.create_with_context(kafka::QuietContext::default())?;
     sink::check_reachable(&producer, &kafka.brokers, Duration::from_secs(10)).await?;
     let spec = |name: String, partitions: i32| TopicSpec {
         name,

@@ -10,12 +10,12 @@
 
 use crate::error::CdcError;
 use crate::metrics::{CdcMetrics, DeliveryFailed, HeartbeatAcknowledged, TransactionAcknowledged};
-use rainbow_runtime::kafka::KafkaConnection;
+use rainbow_runtime::kafka::{KafkaConnection, RainbowProducer};
 use rainbow_schemas::wire::Lsn;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -67,7 +67,7 @@ pub enum RecordKind {
 }
 
 pub struct KafkaSink {
-    producer: FutureProducer,
+    producer: RainbowProducer,
     pending: mpsc::Sender<Pending>,
     metrics: CdcMetrics,
 }
@@ -89,7 +89,7 @@ pub fn producer_config(kafka: &KafkaConnection, compression: &str) -> ClientConf
 
 /// Fails with a clear error when no broker answers within `timeout`.
 pub async fn check_reachable(
-    producer: &FutureProducer,
+    producer: &RainbowProducer,
     brokers: &str,
     timeout: Duration,
 ) -> Result<(), CdcError> {
@@ -104,7 +104,7 @@ pub async fn check_reachable(
 impl KafkaSink {
     /// The sink and its acknowledgement tracker (run it with [`AckTracker::run`]).
     pub fn new(
-        producer: FutureProducer,
+        producer: RainbowProducer,
         metrics: CdcMetrics,
         max_in_flight: usize,
     ) -> (KafkaSink, AckTracker) {

@@ -20,9 +20,19 @@ use std::time::Duration;
 #[derive(Default)]
 pub struct Deliveries {
     failed: Mutex<(u64, Option<String>)>,
+    /// Logs as the components' other clients do.
+    quiet: rainbow_runtime::kafka::QuietContext,
 }
 
-impl ClientContext for Deliveries {}
+impl ClientContext for Deliveries {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.quiet.log(level, fac, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.quiet.error(error, reason);
+    }
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();

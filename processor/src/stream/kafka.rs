@@ -19,7 +19,7 @@ use rainbow_runtime::identity::{SourceIdentity, HEARTBEAT_SOURCE_HEADER};
 use rainbow_runtime::kafka::{self, KafkaConnection};
 use rainbow_runtime::resilience::Dependency;
 use rainbow_schemas::wire;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -39,7 +39,7 @@ struct Partition {
 pub struct KafkaSource {
     config: ProcessorConfig,
     /// Shared with the messages a poll borrows from it.
-    consumer: Arc<BaseConsumer>,
+    consumer: Arc<kafka::RainbowConsumer>,
     stop: Arc<AtomicBool>,
     metrics: ProcessorMetrics,
     heartbeat_topic: String,
@@ -72,11 +72,11 @@ impl KafkaSource {
         stop: Arc<AtomicBool>,
         metrics: ProcessorMetrics,
     ) -> Result<KafkaSource, ProcessorError> {
-        let consumer: BaseConsumer = kafka
+        let consumer: kafka::RainbowConsumer = kafka
             .offset_keeping_consumer("processor", &config.group_id)
             .set("fetch.wait.max.ms", "50")
             .set("queued.max.messages.kbytes", "65536")
-            .create()?;
+            .create_with_context(kafka::QuietContext::default())?;
         Ok(KafkaSource {
             heartbeat_topic: config.heartbeat_topic(),
             config: config.clone(),

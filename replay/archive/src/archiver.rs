@@ -42,7 +42,7 @@ use rainbow_runtime::kafka::{self, KafkaConnection};
 use rainbow_runtime::resilience::{stopped, supervise, Dependency};
 use rainbow_runtime::store::{Created, Store};
 use rainbow_runtime::worker::Worker;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
@@ -150,7 +150,7 @@ async fn attempt(
 
 /// Topics of the CDC's naming (`<prefix>.<schema>.<table>`) that exist and are not in `known`
 /// (none when the brokers do not answer: the next look finds them).
-fn new_topics(consumer: &BaseConsumer, config: &ArchiveConfig, known: &[String]) -> Vec<String> {
+fn new_topics(consumer: &kafka::RainbowConsumer, config: &ArchiveConfig, known: &[String]) -> Vec<String> {
     let prefix = config.topic_for("");
     let Ok(md) = consumer.fetch_metadata(None, Duration::from_secs(5)) else { return Vec::new() };
     let mut found: Vec<String> = md
@@ -205,7 +205,7 @@ struct Input {
 
 struct Archiver {
     config: ArchiveConfig,
-    consumer: BaseConsumer,
+    consumer: kafka::RainbowConsumer,
     rt: tokio::runtime::Handle,
     metrics: ArchiveMetrics,
     stop: Arc<AtomicBool>,
@@ -229,14 +229,14 @@ impl Archiver {
         metrics: ArchiveMetrics,
         stop: Arc<AtomicBool>,
     ) -> Result<Archiver, ArchiveError> {
-        let consumer: BaseConsumer = kafka
+        let consumer: kafka::RainbowConsumer = kafka
             .offset_keeping_consumer("archiver", &config.group_id)
             .set("fetch.wait.max.ms", "100")
             // Up to 16 MiB of a partition per fetch: with librdkafka's 1 MiB a backlog was read
             // at a round trip per megabyte (archive-bench: 1.5 times the records/s with 16); the
             // prefetch as a whole stays bounded by queued.max.messages.kbytes (64 MiB).
             .set("max.partition.fetch.bytes", "16777216")
-            .create()?;
+            .create_with_context(kafka::QuietContext::default())?;
         // Partitions of every topic: wait for the CDC to create them.
         let mut topics = config.topics();
         topics.extend(new_topics(&consumer, config, &topics));

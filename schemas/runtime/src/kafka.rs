@@ -7,11 +7,14 @@
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{Client, ClientContext, DefaultClientContext};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long an admin operation (create, delete) may take on the brokers.
@@ -50,6 +53,86 @@ impl KafkaConnection {
         c
     }
 }
+
+/// How often a client logs that the brokers cannot be reached ([`QuietContext`]).
+const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// The context of the components' Kafka clients: librdkafka's log lines and global errors go to
+/// the log as librdkafka words them, except that the brokers being unreachable (a refused or
+/// broken connection, "all brokers down": a Kafka restart or outage) is one warning per client
+/// every 30 s, with the count of such messages since the last one, rather than several errors a
+/// second. The components count Kafka as away in their metrics
+/// (`<service>_dependency_down_seconds{dependency="kafka"}`, the `RainbowDependencyDown` alert) and
+/// say so in their own log.
+#[derive(Default)]
+pub struct QuietContext {
+    /// When the last outage line was written, and the outage messages left out since.
+    outage: Mutex<(Option<Instant>, u64)>,
+}
+
+/// A consumer with the components' context.
+pub type RainbowConsumer = BaseConsumer<QuietContext>;
+/// A producer with the components' context.
+pub type RainbowProducer = FutureProducer<QuietContext>;
+
+impl QuietContext {
+    /// Whether an outage message arriving at `now` is written: `Some(messages left out since the
+    /// last one written)`, at most once per [`OUTAGE_LOG_EVERY`].
+    fn outage_line(&self, now: Instant) -> Option<u64> {
+        let mut outage = self.outage.lock().expect("lock");
+        match outage.0 {
+            Some(last) if now.duration_since(last) < OUTAGE_LOG_EVERY => {
+                outage.1 += 1;
+                None
+            }
+            _ => {
+                let left_out = outage.1;
+                *outage = (Some(now), 0);
+                Some(left_out)
+            }
+        }
+    }
+
+    fn outage(&self, what: &str) {
+        if let Some(left_out) = self.outage_line(Instant::now()) {
+            tracing::warn!(
+                target: "librdkafka",
+                similar_messages_left_out = left_out,
+                "Kafka brokers unreachable: {what} (said at most every {} s)",
+                OUTAGE_LOG_EVERY.as_secs()
+            );
+        }
+    }
+}
+
+impl ClientContext for QuietContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            // A broker connection that failed (refused, closed, timed out).
+            RDKafkaLogLevel::Error if fac == "FAIL" => self.outage(message),
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", "librdkafka: {fac} {message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", "librdkafka: {fac} {message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure) => {
+                self.outage(reason)
+            }
+            _ => tracing::error!(target: "librdkafka", "librdkafka: {error}: {reason}"),
+        }
+    }
+}
+
+impl ConsumerContext for QuietContext {}
 
 /// A topic to create when missing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,11 +315,11 @@ pub fn source_identity(
     topics: &[String],
     heartbeat_topic: &str,
 ) -> Result<crate::identity::SourceIdentity, KafkaError> {
-    let consumer: BaseConsumer = kafka
+    let consumer: RainbowConsumer = kafka
         .client_config("identity")
         .set("group.id", format!("{}-identity", kafka.client_id))
         .set("enable.auto.commit", "false")
-        .create()?;
+        .create_with_context(QuietContext::default())?;
     let mut id = crate::identity::SourceIdentity::new();
     id.insert("kafka.cluster", &cluster_id(consumer.client(), Duration::from_secs(10))?);
     // The other facts are recorded when they can be read: a topic just created may have no
@@ -262,7 +345,7 @@ pub fn source_identity(
 /// The PostgreSQL facts ([`crate::identity::HEARTBEAT_SOURCE_HEADER`]) of the last heartbeat on
 /// `topic`, if there is one that carries them.
 fn last_heartbeat_source(
-    consumer: &BaseConsumer,
+    consumer: &RainbowConsumer,
     topic: &str,
 ) -> Result<Option<crate::identity::SourceIdentity>, KafkaError> {
     use rdkafka::message::{Headers, Message};
@@ -343,8 +426,8 @@ pub fn wait_for_partitions<C: ClientContext>(
 
 /// The current end offsets (high watermarks) of `partitions`, in their order, in one ListOffsets
 /// round trip per leader (a query per partition would queue behind the consumer's fetches).
-pub fn end_offsets(
-    consumer: &BaseConsumer,
+pub fn end_offsets<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
     partitions: &[(&str, i32)],
     timeout: Duration,
 ) -> Result<Vec<i64>, KafkaError> {
@@ -403,10 +486,10 @@ pub struct ConsumerLost {
 impl LostConsumer {
     /// An error when `consumer` lost its way (see [`LostConsumer`]); `away` is how long it has
     /// heard nothing from the brokers (`None`: it hears them).
-    pub fn check(
+    pub fn check<C: ConsumerContext>(
         &mut self,
         kafka: &KafkaConnection,
-        consumer: &BaseConsumer,
+        consumer: &BaseConsumer<C>,
         partitions: &[(&str, i32)],
         away: Option<Duration>,
     ) -> Result<(), ConsumerLost> {
@@ -415,7 +498,11 @@ impl LostConsumer {
             return Ok(());
         }
         self.next_check = Instant::now() + Duration::from_secs(10);
-        let Ok(probe) = kafka.client_config("probe").create::<BaseConsumer>() else { return Ok(()) };
+        let Ok(probe) =
+            kafka.client_config("probe").create_with_context::<_, RainbowConsumer>(QuietContext::default())
+        else {
+            return Ok(());
+        };
         if reachable(probe.client(), Duration::from_secs(2)).is_err() {
             return Ok(());
         }
@@ -423,5 +510,23 @@ impl LostConsumer {
             Ok(_) => Ok(()),
             Err(_) => Err(ConsumerLost { away_s: away.as_secs() }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_brokers_are_said_once_per_interval_with_what_was_left_out() {
+        let context = QuietContext::default();
+        let t0 = Instant::now();
+        assert_eq!(context.outage_line(t0), Some(0));
+        for s in [1, 10, OUTAGE_LOG_EVERY.as_secs() - 1] {
+            assert_eq!(context.outage_line(t0 + Duration::from_secs(s)), None);
+        }
+        assert_eq!(context.outage_line(t0 + OUTAGE_LOG_EVERY), Some(3));
+        assert_eq!(context.outage_line(t0 + OUTAGE_LOG_EVERY + Duration::from_secs(1)), None);
+        assert_eq!(context.outage_line(t0 + OUTAGE_LOG_EVERY * 2), Some(1));
     }
 }
