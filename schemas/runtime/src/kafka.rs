@@ -1,5 +1,7 @@
 //! Kafka administration shared by the CDC, the processor, the archiver and the tools: where the
-//! brokers are, topic creation and deletion, consumer groups, partition discovery, end offsets.
+//! brokers are, topic creation and deletion, consumer groups, partition discovery, end offsets;
+//! the components' client context ([`QuietContext`]: unreachable brokers logged once per 30 s)
+//! and the check that replaces a consumer that lost its way ([`LostConsumer`]).
 //!
 //! Every call has a timeout. Topic creation is idempotent (an existing topic is left as it is);
 //! partition discovery waits for topics another component creates (the CDC creates the topics
