@@ -882,6 +882,17 @@ def clickhouse(url, sql):
         return r.read().decode().strip()
 
 
+def drop_leftover_pipelines():
+    """Removes the pipelines of an earlier run of the suite that was killed before its own
+    cleanup (`freshbench<time>`, `flinkbench<time>`): their replication slot would pin WAL."""
+    found = psql("postgres", "SELECT datname FROM pg_database WHERE datname ~ '^(fresh|flink)bench[0-9]+$' "
+                             "UNION SELECT slot_name FROM pg_replication_slots "
+                             "WHERE slot_name ~ '^(fresh|flink)bench[0-9]+$'")
+    for name in sorted(set(found.split())):
+        log(f"removing {name}, left by an interrupted run of the suite")
+        drop_pipeline(name)
+
+
 def drop_pipeline(name):
     """Removes what a pipeline run named `name` left: its replication slot, its PostgreSQL and
     ClickHouse databases, its CDC topics and heartbeat topic."""
@@ -1390,6 +1401,8 @@ def main():
     res = Results()
     t0 = time.monotonic()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    if any(g in ("freshness", "soak", "flink") for g in groups):
+        drop_leftover_pipelines()
     # The figures so far, after each group: a failure later (or in the report) loses no run.
     partial = os.path.splitext(args.out)[0] + ".partial.json"
     for g in groups:
