@@ -328,12 +328,11 @@ impl Source for KafkaSource {
         }
         if received {
             self.metrics.resilience.connected(Dependency::Kafka);
-        } else {
+        } else if let away @ Some(_) = self.metrics.resilience.down_for(Dependency::Kafka) {
             // A consumer that lost its way ends the attempt: the next resumes from the
             // checkpoint with a new one.
             let partitions: Vec<(&str, i32)> =
                 self.partitions.iter().map(|p| (p.topic.as_str(), p.partition)).collect();
-            let away = self.metrics.resilience.down_for(Dependency::Kafka);
             self.lost.check(&self.kafka, &self.consumer, &partitions, away)?;
         }
         Ok(Poll::More)

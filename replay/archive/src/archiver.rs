@@ -526,15 +526,13 @@ impl Archiver {
     /// A consumer that lost its way ends the attempt (the next one starts with a new consumer,
     /// after the offsets the tables hold).
     fn check_consumer(&mut self) -> Result<(), ArchiveError> {
-        let partitions: Vec<(&str, i32)> =
-            self.inputs.iter().map(|i| (i.topic.as_str(), i.partition)).collect();
+        let partitions = partitions(&self.inputs);
         let away = self.metrics.resilience.down_for(Dependency::Kafka);
         Ok(self.lost.check(&self.kafka, &self.consumer, &partitions, away)?)
     }
 
     fn update_lag(&self) {
-        let partitions: Vec<(&str, i32)> =
-            self.inputs.iter().map(|i| (i.topic.as_str(), i.partition)).collect();
+        let partitions = partitions(&self.inputs);
         let Ok(ends) = kafka::end_offsets(&self.consumer, &partitions, Duration::from_secs(2)) else {
             return;
         };
@@ -547,6 +545,11 @@ impl Archiver {
                 .set((high - input.next).max(0));
         }
     }
+}
+
+/// The (topic, partition) of each input, in order.
+fn partitions(inputs: &[Input]) -> Vec<(&str, i32)> {
+    inputs.iter().map(|i| (i.topic.as_str(), i.partition)).collect()
 }
 
 /// Removes the snapshots older than `hours` from the tables' metadata (none when 0); returns
