@@ -609,6 +609,8 @@ def bench_freshness(res, runs, small):
         res.add("Freshness", "POST 201 -> visible in v_total_sales, p99", "ms", run_["p99"], 750, better="lower")
         res.add("Freshness", "orders/s achieved during the run", "orders/s", run_["rate"], 500)
         add_stages(res, "Freshness", "", run_)
+        for name, ms in sorted(run_.get("cpu", {}).items()):
+            res.add("Freshness", f"CPU per order accepted: {name}", "ms", ms, better="lower")
 
 
 def add_stages(res, group, prefix, run_):
@@ -668,6 +670,44 @@ def _rss_mib(pid):
     return 0.0
 
 
+# Where the CPU of a pipeline run goes: each server and `rainbow up`'s components, by the name
+# the page gives them (the load generator, the suite and the rest of the machine left out).
+CPU_COMPONENTS = {"api": "the API", "cdc": "the CDC", "process": "the processor", "archive": "the archiver"}
+
+
+def _cpu_by_component(up_pid):
+    """CPU seconds (user + system) spent so far by the processes of each component of a pipeline
+    run: PostgreSQL (every backend, the WAL sender included), Kafka, ClickHouse and the components
+    `rainbow up` runs. A process that exits between two readings loses what it spent."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children = set(_children(up_pid))
+    out = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                stat = fh.read()
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        cmd = b" ".join(argv)
+        if int(pid) in children and len(argv) > 1:
+            name = CPU_COMPONENTS.get(argv[1].decode(errors="replace"))
+        elif argv[0].startswith(b"postgres"):
+            name = "PostgreSQL"
+        elif b"kafka.Kafka" in cmd:
+            name = "Kafka"
+        elif argv[0].endswith(b"clickhouse-server") or argv[0].endswith(b"clickhouse"):
+            name = "ClickHouse"
+        else:
+            name = None
+        if name:
+            out[name] = out.get(name, 0.0) + seconds
+    return out
+
+
 # The stages of an order's way to the dashboards, as the services' histograms measure them, and
 # the metrics endpoint of each (the pipeline run's CDC and processor).
 CDC_METRICS, PROCESSOR_METRICS = "127.0.0.1:19311", "127.0.0.1:19312"
@@ -695,8 +735,8 @@ def pipeline_run(seconds, churn_per_sec, health=False):
     sample's freshness is the time until the view reached the source's total of that moment: the
     delay of the latest order committed then (churn changes no order line, so both totals only
     grow). With `health`, ClickHouse's active parts per table and the processor's RSS are sampled
-    every 10 s. Returns p50, p99 (ms), rate (orders/s) and, with `health`, max_parts, sink_errors,
-    rss_first, rss_last (MiB)."""
+    every 10 s. Returns p50, p99 (ms), rate (orders/s), cpu (ms of CPU per order accepted, by
+    component) and, with `health`, max_parts, sink_errors, rss_first, rss_last (MiB)."""
     import threading
 
     binary = os.path.join(RELEASE, "rainbow")
@@ -792,9 +832,11 @@ def pipeline_run(seconds, churn_per_sec, health=False):
             t.start()
         started = time.monotonic()
         stages_before = {addr: metrics(addr) for addr in (CDC_METRICS, PROCESSOR_METRICS)}
+        cpu_before = _cpu_by_component(up.pid)
         load = run([binary, "loadgen", "--url", "http://127.0.0.1:18090", "--rate", "500", "--producers", "32",
                     "--churn-rate", str(churn_per_sec), "--duration", f"{seconds}s", "--days", "0", "--quiet"],
                    env=env, timeout=seconds + 120)
+        cpu_after = _cpu_by_component(up.pid)
         load_end = time.monotonic()
         stages_after = {addr: metrics(addr) for addr in (CDC_METRICS, PROCESSOR_METRICS)}
         # Until the last orders reach the view (the source's final total), at most 30 s.
@@ -818,6 +860,12 @@ def pipeline_run(seconds, churn_per_sec, health=False):
         pick = lambda q: delays[min(len(delays) - 1, int(q * len(delays)))]
         rate = re.search(r"\(([0-9.]+)/s\)", load)
         out = {"p50": pick(0.5), "p99": pick(0.99), "rate": float(rate.group(1)) if rate else 0.0}
+        # CPU per order accepted (2xx) during the load, by component.
+        accepted = re.search(r"orders sent .*?2xx ([0-9]+)", load)
+        if accepted and int(accepted.group(1)) > 0:
+            orders = int(accepted.group(1))
+            out["cpu"] = {name: (cpu_after[name] - cpu_before.get(name, 0.0)) * 1000 / orders
+                          for name in cpu_after}
         # Where the time went under load: the stage histograms' observations during the load.
         for key, histogram, addr in STAGES:
             delta = "\n".join(_histogram_delta(stages_before[addr], stages_after[addr], histogram))
@@ -1317,6 +1365,8 @@ def report(res, runs, small, groups, started, path):
         "10 s; the processor's state holds every order line and dimension version (each sale is a new",
         "version of its product: `sold_count` is a tracked attribute), so its RSS grows with the orders",
         "placed; \"RSS added per state key added\" compares that growth with the state's own size.",
+        "\"CPU per order accepted\": the CPU time (user + system, from /proc) that each server and",
+        "component spent during the load, divided by the orders answered 2xx (PostgreSQL: every backend).",
         "",
     ]
     if any(f["group"] == "Recovery" for f in res.figures.values()):

@@ -231,7 +231,12 @@ impl Archiver {
     ) -> Result<Archiver, ArchiveError> {
         let consumer: kafka::RainbowConsumer = kafka
             .offset_keeping_consumer("archiver", &config.group_id)
-            .set("fetch.wait.max.ms", "100")
+            // A fetch answers once 1 MiB is there or after 500 ms: the archive is not on the
+            // dashboards' path, and a fetch answered at every record the CDC sends made the
+            // archiver and the broker work per few records (freshness bench at 500 orders/s: the
+            // archiver's CPU per order 0.21 -> 0.06 ms).
+            .set("fetch.min.bytes", "1048576")
+            .set("fetch.wait.max.ms", "500")
             // Up to 16 MiB of a partition per fetch: with librdkafka's 1 MiB a backlog was read
             // at a round trip per megabyte (archive-bench: 1.5 times the records/s with 16); the
             // prefetch as a whole stays bounded by queued.max.messages.kbytes (64 MiB).
