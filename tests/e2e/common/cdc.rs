@@ -113,13 +113,19 @@ impl CdcProcess {
         std::fs::read(path).ok().map(|b| serde_json::from_slice(&b).unwrap())
     }
 
-    /// Stops the process if running, drops the slot and publication's topics, removes the directory.
-    pub async fn cleanup(mut self, topics: &[String]) {
+    /// Stops the process if running, drops the database's slots, deletes every topic it writes
+    /// ([`CdcProcess::topics`], the heartbeat topic included) and `extra_topics` (a test's own
+    /// tables), removes the directory.
+    pub async fn cleanup(mut self, extra_topics: &[String]) {
         self.service.remove();
         use sqlx::Connection;
         let mut admin = sqlx::PgConnection::connect_with(&super::pg_options("postgres")).await.unwrap();
         drop_slots_of(&mut admin, &self.database).await;
-        delete_topics(topics).await;
+        let mut topics = self.topics();
+        topics.extend(extra_topics.iter().cloned());
+        topics.sort();
+        topics.dedup();
+        delete_topics(&topics).await;
     }
 }
 
