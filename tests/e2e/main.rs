@@ -13,6 +13,7 @@ mod clickhouse_warehouse;
 mod dashboards;
 mod iceberg;
 mod kafka_roundtrip;
+mod leftovers;
 mod postgres_schema;
 mod processor;
 mod replay;
