@@ -81,6 +81,7 @@ type settings struct {
 	} `toml:"processor"`
 	Archive struct {
 		MetricsListen string `toml:"metrics_listen"`
+		CatalogURL    string `toml:"catalog_url"`
 	} `toml:"archive"`
 	Storage struct {
 		URL string `toml:"url"`
@@ -717,6 +718,11 @@ func validateK8s(r *report, root, bin string, imageEnv map[string]string) {
 				r.expect(where+": storage.url is an object-store bucket shared by archiver and replay",
 					strings.HasPrefix(s.Storage.URL, "s3://") || strings.HasPrefix(s.Storage.URL, "gs://") || strings.HasPrefix(s.Storage.URL, "az://"),
 					"storage.url %s is a local path inside a pod", s.Storage.URL)
+				// The embedded SQLite catalog lives on a local disk: tables in a bucket need a
+				// REST catalog (the archiver would exit 2 at start).
+				r.expect(where+": archive.catalog_url is a REST catalog",
+					strings.HasPrefix(s.Archive.CatalogURL, "http://") || strings.HasPrefix(s.Archive.CatalogURL, "https://"),
+					"archive.catalog_url %q with storage.url %s", s.Archive.CatalogURL, s.Storage.URL)
 			}
 			if role == "replay" && len(c.Command) == 0 {
 				r.check(where+": replay arguments parse", replayArgsParse(bin, c.Args))

@@ -79,6 +79,8 @@ func TestMutationsAreCaught(t *testing.T) {
 			"the processor instances are 0..n-1"},
 		{"no logical WAL", "deploy/k8s/postgres.yaml", `"wal_level=logical"`, `"wal_level=replica"`,
 			"postgres runs with wal_level=logical"},
+		{"no REST catalog for the tables in a bucket", "deploy/k8s/settings.yaml", "  RAINBOW_ARCHIVE__CATALOG_URL:", "  # RAINBOW_ARCHIVE__CATALOG_URL:",
+			"archive.catalog_url is a REST catalog"},
 		{"checkpoints off the volume", "deploy/k8s/processor.yaml", "mountPath: /data/processor", "mountPath: /data/elsewhere",
 			"checkpoints on a volume"},
 		{"bad replay arguments", "deploy/k8s/replay.yaml", `"--to", "2024-09-06"`, `"--to", "2024-09-31"`,
