@@ -677,8 +677,9 @@ CPU_COMPONENTS = {"api": "the API", "cdc": "the CDC", "process": "the processor"
 
 def _cpu_by_component(up_pid):
     """CPU seconds (user + system) spent so far by the processes of each component of a pipeline
-    run: PostgreSQL (every backend, the WAL sender included), Kafka, ClickHouse and the components
-    `rainbow up` runs. A process that exits between two readings loses what it spent."""
+    run: PostgreSQL (every backend, the WAL sender and the suite's own sampling session included),
+    Kafka, ClickHouse (the suite's polls included) and the components `rainbow up` runs. A process
+    that exits between two readings loses what it spent."""
     tick = os.sysconf("SC_CLK_TCK")
     children = set(_children(up_pid))
     out = {}
@@ -1366,7 +1367,8 @@ def report(res, runs, small, groups, started, path):
         "version of its product: `sold_count` is a tracked attribute), so its RSS grows with the orders",
         "placed; \"RSS added per state key added\" compares that growth with the state's own size.",
         "\"CPU per order accepted\": the CPU time (user + system, from /proc) that each server and",
-        "component spent during the load, divided by the orders answered 2xx (PostgreSQL: every backend).",
+        "component spent during the load, divided by the orders answered 2xx (PostgreSQL: every backend;",
+        "the suite's own readings, of PostgreSQL every 100 ms and of ClickHouse every 50 ms, included).",
         "",
     ]
     if any(f["group"] == "Recovery" for f in res.figures.values()):

@@ -233,8 +233,8 @@ impl Archiver {
             .offset_keeping_consumer("archiver", &config.group_id)
             // A fetch answers once 1 MiB is there or after 500 ms: the archive is not on the
             // dashboards' path, and a fetch answered at every record the CDC sends made the
-            // archiver and the broker work per few records (freshness bench at 500 orders/s: the
-            // archiver's CPU per order 0.21 -> 0.06 ms).
+            // archiver and the broker work per few records (docs/performance.md: the archiver's
+            // CPU per order at 500 orders/s about halved, Kafka's down a quarter).
             .set("fetch.min.bytes", "1048576")
             .set("fetch.wait.max.ms", "500")
             // Up to 16 MiB of a partition per fetch: with librdkafka's 1 MiB a backlog was read
