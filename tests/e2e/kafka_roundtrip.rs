@@ -132,7 +132,7 @@ fn read_in_two_sessions(topic: &str, group: &str) -> Records {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_lost_its_way_is_told_apart_from_brokers_that_are_away() {
     use rainbow_runtime::kafka::{self, ConsumerLost, KafkaConnection, LostConsumer, LOST_AFTER};
-    let live = KafkaConnection { brokers: common::brokers(), client_id: "rainbow-test".into() };
+    let live = common::kafka();
     // A port nothing listens on: a client there never hears from a broker.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
     let dead = KafkaConnection { brokers: closed, client_id: "rainbow-test".into() };

@@ -30,6 +30,14 @@ fn left_over(name: &str) -> bool {
     })
 }
 
+/// The names of the local stack's topics; `None` when the brokers do not answer within 10 s.
+fn topic_names() -> Option<Vec<String>> {
+    let consumer: BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", common::brokers()).create().ok()?;
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10)).ok()?;
+    Some(metadata.topics().iter().map(|t| t.name().to_string()).collect())
+}
+
 /// Removes every leftover: PostgreSQL databases (their slots first), inactive slots in other
 /// databases, ClickHouse databases, Kafka topics. Returns what it removed.
 async fn sweep() -> Vec<String> {
@@ -57,11 +65,8 @@ async fn sweep() -> Vec<String> {
         clickhouse(&format!("DROP DATABASE IF EXISTS {db}")).await.unwrap();
         removed.push(format!("ClickHouse database {db}"));
     }
-    let consumer: BaseConsumer =
-        rdkafka::ClientConfig::new().set("bootstrap.servers", common::brokers()).create().unwrap();
-    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10)).unwrap();
     let topics: Vec<String> =
-        metadata.topics().iter().map(|t| t.name().to_string()).filter(|t| left_over(t)).collect();
+        topic_names().expect("Kafka's topics").into_iter().filter(|t| left_over(t)).collect();
     cdc::delete_topics(&topics).await;
     removed.extend(topics.iter().map(|t| format!("topic {t}")));
     removed
@@ -112,10 +117,7 @@ async fn leftovers_of_ended_test_processes_are_removed_and_nothing_else() {
         .unwrap();
     in_db.close().await.unwrap();
     clickhouse(&format!("CREATE DATABASE {warehouse}")).await.unwrap();
-    let kafka = rainbow_runtime::kafka::KafkaConnection {
-        brokers: common::brokers(),
-        client_id: "rainbow-test".into(),
-    };
+    let kafka = common::kafka();
     let specs: Vec<_> = topics
         .iter()
         .map(|t| rainbow_runtime::kafka::TopicSpec { name: t.clone(), partitions: 1, replication: -1 })
@@ -140,11 +142,9 @@ async fn leftovers_of_ended_test_processes_are_removed_and_nothing_else() {
     assert_eq!(count(&mut admin, databases, &live).await, 1, "a running process's database stays");
     let warehouses = clickhouse("SHOW DATABASES").await.unwrap();
     assert!(!warehouses.lines().any(|d| d == warehouse), "{warehouses}");
-    let consumer: BaseConsumer =
-        rdkafka::ClientConfig::new().set("bootstrap.servers", common::brokers()).create().unwrap();
     common::eventually("the leftover topics gone from the metadata", Duration::from_secs(30), || async {
-        let md = consumer.fetch_metadata(None, Duration::from_secs(10)).ok()?;
-        (!md.topics().iter().any(|t| topics.iter().any(|n| n == t.name()))).then_some(())
+        let names = topic_names()?;
+        (!topics.iter().any(|t| names.contains(t))).then_some(())
     })
     .await;
     common::drop_database(&mut admin, &live).await;

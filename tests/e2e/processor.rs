@@ -465,10 +465,7 @@ async fn a_dead_letter_not_delivered_fails_the_flush() {
     use rainbow_processor::engine::{DeadLetter, DeadLetters};
     use rainbow_processor::merge::InputName;
     use rainbow_processor::stream::dead_letter::DeadLetterTopic;
-    let kafka = rainbow_runtime::kafka::KafkaConnection {
-        brokers: common::brokers(),
-        client_id: "rainbow-test".into(),
-    };
+    let kafka = common::kafka();
     let good = common::unique_name("dlq_ok");
     rainbow_runtime::kafka::ensure_topics(
         &kafka.client_config("admin"),

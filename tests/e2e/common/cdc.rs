@@ -163,10 +163,7 @@ pub async fn drop_slots_of(admin: &mut sqlx::PgConnection, database: &str) {
 
 /// Deletes the topics a test created (best effort: cleanup).
 pub async fn delete_topics(topics: &[String]) {
-    let kafka = rainbow_runtime::kafka::KafkaConnection {
-        brokers: super::brokers(),
-        client_id: "rainbow-test".into(),
-    };
+    let kafka = super::kafka();
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     let _ = rainbow_runtime::kafka::delete_topics(&kafka.client_config("admin"), &names).await;
 }

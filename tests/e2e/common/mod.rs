@@ -28,6 +28,11 @@ pub fn brokers() -> String {
     env_or("RAINBOW_KAFKA__BROKERS", "127.0.0.1:9092")
 }
 
+/// The tests' connection to the local stack's Kafka.
+pub fn kafka() -> rainbow_runtime::kafka::KafkaConnection {
+    rainbow_runtime::kafka::KafkaConnection { brokers: brokers(), client_id: "rainbow-test".into() }
+}
+
 pub fn clickhouse_url() -> String {
     env_or("RAINBOW_CLICKHOUSE__URL", "http://127.0.0.1:8123")
 }
