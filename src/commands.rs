@@ -292,6 +292,40 @@ pub async fn archive_expire(config: &Config, hours: Option<u64>) -> anyhow::Resu
     Ok(())
 }
 
+pub async fn archive_compact(config: &Config, target_mb: u64) -> anyhow::Result<()> {
+    let settings = config.archive_settings();
+    settings.validate()?;
+    anyhow::ensure!(target_mb > 0, "--target-mb must be at least 1");
+    let url = config.storage.url.clone();
+    let rt = tokio::runtime::Handle::current();
+    let done = tokio::task::spawn_blocking(move || {
+        rainbow_archive::archiver::compact_tables(&url, &settings, target_mb << 20, &rt)
+    })
+    .await?
+    .context("compacting the changelog tables failed")?;
+    for (table, s) in done {
+        if s.files_rewritten == 0 {
+            println!(
+                "archive compact: {table}: {} data files, no run of small files to rewrite",
+                s.files_before
+            );
+        } else {
+            println!(
+                "archive compact: {table}: {} data files -> {}: {} files rewritten as {} ({} records, {} -> {} bytes{})",
+                s.files_before,
+                s.files_after,
+                s.files_rewritten,
+                s.files_written,
+                s.records,
+                s.bytes_rewritten,
+                s.bytes_written,
+                if s.retries > 0 { format!("; committed again {} times after appends", s.retries) } else { String::new() }
+            );
+        }
+    }
+    Ok(())
+}
+
 fn archive_summary(s: &rainbow_archive::archiver::ArchiveSummary) -> String {
     format!(
         "archive: {} records in {} new segments ({} bytes); {} segments found already written",

@@ -59,7 +59,8 @@ enum Command {
     /// Archive every CDC topic into the immutable master dataset until SIGINT/SIGTERM: one
     /// Iceberg changelog table per source table (catalog archive.catalog_url, default SQLite
     /// under <storage.url>/iceberg/).
-    /// `rainbow archive expire` removes old snapshots from the tables' metadata.
+    /// `rainbow archive expire` removes old snapshots from the tables' metadata; `rainbow archive
+    /// compact` rewrites runs of small data files.
     /// Settings: [archive] / RAINBOW_ARCHIVE__*.
     Archive(ArchiveArgs),
     /// Replay the master dataset through the processor's core into Parquet (backfill): every
@@ -105,6 +106,13 @@ pub enum ArchiveAction {
     Expire {
         #[arg(long, value_name = "HOURS")]
         older_than_hours: Option<u64>,
+    },
+    /// Rewrite each changelog table's runs of small data files (consecutive offsets of one
+    /// Kafka partition and commit day) as files of up to --target-mb, one `replace` snapshot per
+    /// table that keeps the archived offsets. Safe beside a running archiver. No file is deleted.
+    Compact {
+        #[arg(long, value_name = "MIB", default_value_t = 128)]
+        target_mb: u64,
     },
 }
 
@@ -397,6 +405,9 @@ fn main() -> ExitCode {
         Command::Archive(ArchiveArgs { action: None }) => runtime().block_on(commands::archive(&config)),
         Command::Archive(ArchiveArgs { action: Some(ArchiveAction::Expire { older_than_hours }) }) => {
             runtime().block_on(commands::archive_expire(&config, older_than_hours))
+        }
+        Command::Archive(ArchiveArgs { action: Some(ArchiveAction::Compact { target_mb }) }) => {
+            runtime().block_on(commands::archive_compact(&config, target_mb))
         }
         Command::Replay(args) => runtime().block_on(commands::replay(&config, &args)),
         Command::Loadgen(args) => runtime().block_on(commands::loadgen(&config, &args)),

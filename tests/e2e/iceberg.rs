@@ -96,6 +96,21 @@ async fn read_with_other_engines(
     serde_json::from_str(summary).unwrap()
 }
 
+/// `rainbow archive compact` over the archive's tables (`env`: the catalog when not the
+/// default); returns its output.
+fn compact(cdc: &CdcProcess, archive: &ArchiveProcess, env: &[(&str, &str)]) -> String {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_rainbow"))
+        .args(["archive", "compact"])
+        .env("RAINBOW_STORAGE__URL", &archive.store)
+        .env("RAINBOW_CDC__TOPIC_PREFIX", &cdc.prefix)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{text}");
+    text
+}
+
 /// A seeded database, its CDC past the snapshot, the CDC's topics and an archiver of them (not
 /// started).
 async fn source_and_archiver() -> (TestDb, CdcProcess, Vec<String>, ArchiveProcess) {
@@ -111,6 +126,8 @@ async fn source_and_archiver() -> (TestDb, CdcProcess, Vec<String>, ArchiveProce
 #[tokio::test(flavor = "multi_thread")]
 async fn pyiceberg_and_clickhouse_read_the_changelog_tables_as_the_source_changed() {
     let (db, mut cdc, topics, mut archive) = source_and_archiver().await;
+    // Small segments: many small files for the compaction below.
+    archive.env.push(("RAINBOW_ARCHIVE__SEGMENT_MAX_RECORDS".into(), "25".into()));
     archive.start();
     place_orders(&db.pool, 0, 40).await;
     churn(&db.pool).await;
@@ -158,6 +175,16 @@ async fn pyiceberg_and_clickhouse_read_the_changelog_tables_as_the_source_change
     assert!(n("public_products", "u") >= 2, "{summary}");
     let records: u64 = summary.as_object().unwrap().values().map(|t| t["records"].as_u64().unwrap()).sum();
     assert_eq!(records, total as u64);
+
+    // Compacted (each append wrote small files): the same history, in fewer files, for every
+    // reader; the replay below reads the compacted tables.
+    let files_before = archive.segments().len();
+    let text = compact(&cdc, &archive, &[]);
+    assert!(text.contains("public_orders:") && text.contains("files rewritten as"), "{text}");
+    let files_after = archive.segments().len();
+    assert!(files_after < files_before, "{files_before} -> {files_after} data files:\n{text}");
+    common::archive::assert_every_offset_once(&archive.store, &ends, DEADLINE).await;
+    assert_eq!(read_with_other_engines(&db, &cdc, &archive, &ends, None).await, summary);
 
     // The archive replayed, its tables written as Iceberg tables too: other engines read them
     // as the replay's Parquet.
@@ -253,6 +280,7 @@ async fn the_archive_and_the_replay_work_through_a_rest_catalog() {
     let rest = RestCatalog::start();
     let (db, mut cdc, topics, mut archive) = source_and_archiver().await;
     archive.env.push(("RAINBOW_ARCHIVE__CATALOG_URL".into(), rest.url.clone()));
+    archive.env.push(("RAINBOW_ARCHIVE__SEGMENT_MAX_RECORDS".into(), "25".into()));
     archive.start();
     place_orders(&db.pool, 0, 30).await;
     churn(&db.pool).await;
@@ -273,6 +301,9 @@ async fn the_archive_and_the_replay_work_through_a_rest_catalog() {
     // Nothing went to the embedded catalog: the tables are the REST catalog's.
     assert!(!archive.store.join("iceberg/catalog.db").exists());
 
+    // Compacted through the REST catalog's commit endpoint before the engines read it.
+    let text = compact(&cdc, &archive, &[("RAINBOW_ARCHIVE__CATALOG_URL", rest.url.as_str())]);
+    assert!(text.contains("public_orders:") && text.contains("files rewritten as"), "{text}");
     let summary = read_with_other_engines(&db, &cdc, &archive, &ends, Some(&rest)).await;
     let records: u64 = summary.as_object().unwrap().values().map(|t| t["records"].as_u64().unwrap()).sum();
     assert_eq!(records, total as u64, "{summary}");

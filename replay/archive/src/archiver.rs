@@ -600,6 +600,28 @@ pub fn expire_snapshots(
     expire_tables(rt, &lake, tables.iter_mut(), hours.max(1))
 }
 
+/// `rainbow archive compact`: rewrites each changelog table's runs of small data files into
+/// files of up to `target_bytes` (rainbow_iceberg's compaction); returns what it did per table.
+pub fn compact_tables(
+    store_url: &str,
+    config: &ArchiveConfig,
+    target_bytes: u64,
+    rt: &tokio::runtime::Handle,
+) -> Result<Vec<(String, rainbow_iceberg::CompactStats)>, ArchiveError> {
+    let store = Store::open(store_url)?;
+    let lake = rt.block_on(Lake::open(&config.lake(&store)?))?;
+    let mut done = Vec::new();
+    for topic in config.topics() {
+        let name = config.table_of(&topic);
+        if let Some(mut t) = rt.block_on(ChangelogTable::load(&lake, &name, &topic))? {
+            let stats = rt.block_on(t.compact(&lake, target_bytes))?;
+            tracing::info!(table = %name, files_before = stats.files_before, files_after = stats.files_after, "compacted the changelog table");
+            done.push((name, stats));
+        }
+    }
+    Ok(done)
+}
+
 /// The segments of `topics` per partition, in offset order.
 fn list_segments(
     rt: &tokio::runtime::Handle,

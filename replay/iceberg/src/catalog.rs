@@ -45,10 +45,24 @@ impl LakeConfig {
     }
 }
 
+/// The name Rainbow gives its SQL catalog (the `catalog_name` of its rows).
+pub(crate) const CATALOG_NAME: &str = "rainbow";
+
+/// How to reach the catalog beside the crate's client, for the commits the crate's transactions
+/// cannot express (crate::commit).
+#[derive(Debug, Clone)]
+pub(crate) enum Endpoint {
+    /// The SQLite database's URL.
+    Sqlite(String),
+    /// The REST catalog's URL, the warehouse and the settings given to its client.
+    Rest { uri: String, warehouse: String, properties: HashMap<String, String> },
+}
+
 /// An open catalog and the namespace of Rainbow's tables in it.
 pub struct Lake {
     pub(crate) catalog: Arc<dyn Catalog>,
     pub(crate) namespace: NamespaceIdent,
+    pub(crate) endpoint: Endpoint,
     pub url: String,
 }
 
@@ -70,6 +84,7 @@ impl Lake {
         }
         let mut props = config.properties.clone();
         let failed = |source| LakeError::Catalog { url: url.clone(), source: Box::new(source) };
+        let endpoint;
         let catalog: Arc<dyn Catalog> = if let Some(path) = url.strip_prefix("sqlite:") {
             let path = path.trim_start_matches("//");
             if path.is_empty() {
@@ -80,6 +95,7 @@ impl Lake {
                     .map_err(|e| bad(&format!("cannot create {}: {e}", dir.display())))?;
             }
             props.insert("uri".into(), format!("sqlite:{path}?mode=rwc"));
+            endpoint = Endpoint::Sqlite(format!("sqlite:{path}"));
             props.insert("warehouse".into(), config.warehouse_url.clone());
             props.insert("sql_bind_style".into(), "QMark".into());
             // One connection: SQLite serialises writers anyway, and a pool of one never sees
@@ -88,17 +104,22 @@ impl Lake {
             Arc::new(
                 iceberg_catalog_sql::SqlCatalogBuilder::default()
                     .with_storage_factory(Arc::new(OpenDalResolvingStorageFactory::new()))
-                    .load("rainbow", props)
+                    .load(CATALOG_NAME, props)
                     .await
                     .map_err(failed)?,
             )
         } else if url.starts_with("http://") || url.starts_with("https://") {
             props.insert("uri".into(), url.clone());
             props.insert("warehouse".into(), config.warehouse_url.clone());
+            endpoint = Endpoint::Rest {
+                uri: url.clone(),
+                warehouse: config.warehouse_url.clone(),
+                properties: config.properties.clone(),
+            };
             Arc::new(
                 iceberg_catalog_rest::RestCatalogBuilder::default()
                     .with_storage_factory(Arc::new(OpenDalResolvingStorageFactory::new()))
-                    .load("rainbow", props)
+                    .load(CATALOG_NAME, props)
                     .await
                     .map_err(failed)?,
             )
@@ -114,7 +135,7 @@ impl Lake {
                 }
             }
         }
-        Ok(Lake { catalog, namespace, url })
+        Ok(Lake { catalog, namespace, endpoint, url })
     }
 
     /// The catalog, for readers of the tables (the replay, tests).

@@ -6,8 +6,8 @@ use crate::error::LakeError;
 use arrow::array::{ArrayRef, RecordBatch};
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::spec::{
-    DataFileFormat, Literal, NestedField, PartitionKey, PrimitiveType, Schema, Struct, Transform, Type,
-    UnboundPartitionField, UnboundPartitionSpec,
+    DataFileFormat, Literal, ManifestEntryRef, NestedField, PartitionKey, PrimitiveType, Schema, Struct,
+    Transform, Type, UnboundPartitionField, UnboundPartitionSpec,
 };
 use iceberg::table::Table;
 use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
@@ -20,6 +20,9 @@ use iceberg::TableCreation;
 use rainbow_schemas::wire::Envelope;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+
+mod compact;
+pub use compact::CompactStats;
 
 /// The snapshot summary property holding the next offset of each partition (JSON object of
 /// partition number to offset) after the snapshot's append.
@@ -245,6 +248,11 @@ impl ChangelogTable {
     /// The data files of the current snapshot, with the Kafka partition and offsets each holds
     /// (from the manifests' column bounds), sorted by partition and first offset.
     pub async fn files(&self) -> Result<Vec<ChangelogFile>, LakeError> {
+        Ok(self.live_files().await?.into_iter().map(|(_, f)| f).collect())
+    }
+
+    /// [`Self::files`] with their manifest entries.
+    async fn live_files(&self) -> Result<Vec<(ManifestEntryRef, ChangelogFile)>, LakeError> {
         let failed = LakeError::table(&self.name);
         let meta = self.table.metadata();
         let Some(snapshot) = meta.current_snapshot() else { return Ok(Vec::new()) };
@@ -301,16 +309,12 @@ impl ChangelogTable {
                     )))) => Some(*d),
                     _ => None,
                 };
-                files.push(ChangelogFile {
-                    path: f.file_path().to_string(),
-                    partition: p0 as i32,
-                    first,
-                    last,
-                    day,
-                });
+                let file =
+                    ChangelogFile { path: f.file_path().to_string(), partition: p0 as i32, first, last, day };
+                files.push((e.clone(), file));
             }
         }
-        files.sort_by_key(|f| (f.partition, f.first));
+        files.sort_by_key(|(_, f)| (f.partition, f.first));
         Ok(files)
     }
 

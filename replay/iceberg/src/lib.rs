@@ -13,6 +13,10 @@
 //! Iceberg type holds exactly, and values that do not read as their type, are kept in `_envelope`
 //! only and named in the row's `_untyped` (counted; never a guessed value).
 //!
+//! [`ChangelogTable::compact`] rewrites runs of small data files (one `replace` snapshot that
+//! keeps the offsets), committed through the catalog by crate::commit, since the `iceberg`
+//! crate's transactions cannot remove data files.
+//!
 //! [`output::replace_table`] writes whole tables (the replay's output) as Iceberg tables.
 //!
 //! The catalog is named by URL ([`LakeConfig`]): a SQL catalog on SQLite (`sqlite:` + path, the
@@ -21,12 +25,13 @@
 
 mod catalog;
 pub mod changelog;
+mod commit;
 mod connect;
 mod error;
 pub mod output;
 
 pub use catalog::{Lake, LakeConfig};
-pub use changelog::{AppendStats, ChangeRecord, ChangelogFile, ChangelogTable};
+pub use changelog::{AppendStats, ChangeRecord, ChangelogFile, ChangelogTable, CompactStats};
 pub use error::LakeError;
 
 /// Parquet writer settings of every file Rainbow writes: snappy, no wall-clock metadata, so the

@@ -228,3 +228,127 @@ async fn appends_resume_from_the_committed_offsets_and_the_schema_evolves() {
     assert_eq!(read_all(&lake, "products").await.num_rows(), 10);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// (Kafka partition, first offset, last offset, commit day) of each data file.
+async fn span(t: &ChangelogTable) -> Vec<(i32, i64, i64, Option<i32>)> {
+    t.files().await.unwrap().iter().map(|f| (f.partition, f.first, f.last, f.day)).collect()
+}
+
+/// Every row of table `name` (its current schema), sorted by Kafka partition and offset.
+async fn rows_by_offset(lake: &Lake, name: &str) -> RecordBatch {
+    let table = lake.catalog().load_table(&lake.ident(name)).await.unwrap();
+    let batches: Vec<RecordBatch> =
+        table.scan().select_all().build().unwrap().to_arrow().await.unwrap().try_collect().await.unwrap();
+    let all = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let by = |c: &str| arrow::compute::SortColumn {
+        values: all.column_by_name(c).unwrap().clone(),
+        options: None,
+    };
+    let order =
+        arrow::compute::lexsort_to_indices(&[by("_kafka_partition"), by("_kafka_offset")], None).unwrap();
+    arrow::compute::take_record_batch(&all, &order).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_rewrites_runs_of_small_files_and_keeps_every_record_and_the_offsets() {
+    let (config, dir) = lake_config("compact");
+    let lake = Lake::open(&config).await.unwrap();
+    let mut t = ChangelogTable::open(&lake, "products", "rb.public.products").await.unwrap();
+    let cols = [json!({"type": "int32", "optional": false, "field": "id"}), field("string", "name")];
+    let with_stock = [cols[0].clone(), cols[1].clone(), field("int64", "stock")];
+    let day1 = 1_722_470_400_000; // 2024-08-01
+    let value = |offset: i64, day: i64, evolved: bool| {
+        let (c, row): (&[Value], Value) = if evolved {
+            (&with_stock, json!({"id": offset, "name": format!("n{offset}"), "stock": offset * 10}))
+        } else {
+            (&cols, json!({"id": offset, "name": format!("n{offset}")}))
+        };
+        envelope("c", 100 + offset as u64, day1 + day * 86_400_000, c, row)
+    };
+    // Partition 0: six appends on day 1 (a column added by the fourth: the first three files
+    // lack it), two on day 2. Partition 1: three appends, a gap before the third.
+    let append = |partition: i32, offsets: Vec<i64>, day: i64, evolved: bool| {
+        let values: Vec<Vec<u8>> = offsets.iter().map(|o| value(*o, day, evolved)).collect();
+        (partition, offsets, values)
+    };
+    let mut batches = Vec::new();
+    for i in 0..6 {
+        batches.push(append(0, vec![2 * i, 2 * i + 1], 0, i >= 3));
+    }
+    batches.push(append(0, vec![12, 13], 1, true));
+    batches.push(append(0, vec![14, 15], 1, true));
+    batches.push(append(1, vec![0, 1], 0, false));
+    batches.push(append(1, vec![2, 3], 0, false));
+    batches.push(append(1, vec![5, 6], 0, false));
+    for (partition, offsets, values) in &batches {
+        let records: Vec<ChangeRecord> = offsets
+            .iter()
+            .zip(values)
+            .map(|(o, v)| ChangeRecord { offset: *o, kafka_ts_ms: None, key: Some(b"k"), value: Some(v) })
+            .collect();
+        t.append(&lake, *partition, &records).await.unwrap();
+    }
+    let committed = BTreeMap::from([(0, 16), (1, 7)]);
+    assert_eq!(t.committed(), &committed);
+    assert_eq!(span(&t).await.len(), 11);
+    let before = rows_by_offset(&lake, "products").await;
+    assert_eq!(before.num_rows(), 22);
+
+    let s = t.compact(&lake, 1 << 30).await.unwrap();
+    assert_eq!(
+        (s.files_before, s.files_after, s.files_rewritten, s.files_written, s.records),
+        (11, 4, 10, 3, 20),
+        "{s:?}"
+    );
+    let (d1, d2) = (Some(19936), Some(19937));
+    assert_eq!(span(&t).await, [(0, 0, 11, d1), (0, 12, 15, d2), (1, 0, 3, d1), (1, 5, 6, d1)]);
+    let after = rows_by_offset(&lake, "products").await;
+    assert_eq!(after, before, "the same rows, column for column (nulls where a file predates a column)");
+    let stock = after.column_by_name("stock").unwrap().as_primitive::<Int64Type>();
+    assert!(stock.is_null(0) && stock.is_null(5) && stock.value(6) == 60);
+    let head = t.table().metadata().current_snapshot().unwrap().clone();
+    assert_eq!(head.summary().operation, iceberg::spec::Operation::Replace);
+    assert_eq!(head.summary().additional_properties["total-records"], "22");
+    assert_eq!(head.summary().additional_properties["total-data-files"], "4");
+
+    // The offsets survive the rewrite, and the expiry of every snapshot before it.
+    let mut reopened = ChangelogTable::open(&lake, "products", "rb.public.products").await.unwrap();
+    assert_eq!(reopened.committed(), &committed);
+    reopened.expire(&lake, i64::MAX).await.unwrap();
+    assert_eq!(reopened.table().metadata().snapshots().count(), 1);
+    let mut reopened = ChangelogTable::open(&lake, "products", "rb.public.products").await.unwrap();
+    assert_eq!(reopened.committed(), &committed);
+
+    // Nothing left to do; then an append and a compaction that runs beside appends: every
+    // offset once, the offsets of the last append.
+    let s = reopened.compact(&lake, 1 << 30).await.unwrap();
+    assert_eq!((s.files_rewritten, s.files_after), (0, 4));
+    let more: Vec<Vec<u8>> = (16..40).map(|o| value(o, 1, true)).collect();
+    let writer = {
+        let lake = Lake::open(&config).await.unwrap();
+        let more = more.clone();
+        tokio::spawn(async move {
+            let mut w = ChangelogTable::open(&lake, "products", "rb.public.products").await.unwrap();
+            for (i, v) in more.iter().enumerate() {
+                let r = ChangeRecord { offset: 16 + i as i64, kafka_ts_ms: None, key: None, value: Some(v) };
+                w.append(&lake, 0, &[r]).await.unwrap();
+            }
+        })
+    };
+    let mut compactions = 0;
+    while !writer.is_finished() {
+        reopened.compact(&lake, 1 << 30).await.unwrap();
+        compactions += 1;
+    }
+    writer.await.unwrap();
+    reopened.compact(&lake, 1 << 30).await.unwrap();
+    assert!(compactions > 0);
+    assert_eq!(span(&reopened).await, [(0, 0, 11, d1), (0, 12, 39, d2), (1, 0, 3, d1), (1, 5, 6, d1)]);
+    let again = ChangelogTable::open(&lake, "products", "rb.public.products").await.unwrap();
+    assert_eq!(again.committed(), &BTreeMap::from([(0, 40), (1, 7)]));
+    let all = rows_by_offset(&lake, "products").await;
+    assert_eq!(all.num_rows(), 46);
+    assert_eq!(all.slice(0, 16), before.slice(0, 16));
+    assert_eq!(all.slice(40, 6), before.slice(16, 6));
+    let _ = std::fs::remove_dir_all(dir);
+}
