@@ -295,14 +295,20 @@ pub async fn archive_expire(config: &Config, hours: Option<u64>) -> anyhow::Resu
 pub async fn archive_compact(config: &Config, target_mb: u64) -> anyhow::Result<()> {
     let settings = config.archive_settings();
     settings.validate()?;
-    anyhow::ensure!(target_mb > 0, "--target-mb must be at least 1");
+    let target_bytes = target_mb
+        .checked_mul(1 << 20)
+        .filter(|b| *b > 0)
+        .context("--target-mb must be at least 1 and at most 2^44")?;
     let url = config.storage.url.clone();
     let rt = tokio::runtime::Handle::current();
     let done = tokio::task::spawn_blocking(move || {
-        rainbow_archive::archiver::compact_tables(&url, &settings, target_mb << 20, &rt)
+        rainbow_archive::archiver::compact_tables(&url, &settings, target_bytes, &rt)
     })
     .await?
     .context("compacting the changelog tables failed")?;
+    if done.is_empty() {
+        println!("archive compact: no changelog table in the catalog yet (nothing archived)");
+    }
     for (table, s) in done {
         if s.files_rewritten == 0 {
             println!(

@@ -111,6 +111,7 @@ pub enum ArchiveAction {
     /// Kafka partition and commit day) as files of up to --target-mb, one `replace` snapshot per
     /// table that keeps the archived offsets. Safe beside a running archiver. No file is deleted.
     Compact {
+        /// The largest file a run is rewritten into (files this large or larger stay as they are).
         #[arg(long, value_name = "MIB", default_value_t = 128)]
         target_mb: u64,
     },

@@ -7,7 +7,7 @@
 //! conditional UPDATE; on a REST catalog, the server's commit endpoint checks the requirements
 //! and applies the updates. [`Outcome::Conflict`] means nothing changed: the caller re-reads
 //! the table and tries again. A REST answer that leaves the outcome unknown (5xx, a timeout) is
-//! settled by reading the table back: `committed_snapshot` is what it looks for.
+//! [`Outcome::Unknown`]: the caller settles it by reading the table back.
 //!
 //! The crate (0.10) commits appends, schema and property changes and snapshot expiry, but its
 //! commit request (`TableCommit`) can only be built by its own actions, and none of them removes
@@ -15,55 +15,35 @@
 
 use crate::catalog::{Endpoint, Lake, CATALOG_NAME};
 use crate::error::LakeError;
-use iceberg::spec::MAIN_BRANCH;
 use iceberg::{MetadataLocation, TableIdent, TableRequirement, TableUpdate};
 use std::str::FromStr;
 use std::time::Duration;
 
 /// What became of a commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outcome {
     Committed,
     /// A requirement did not hold (another writer committed meanwhile): nothing changed.
     Conflict,
+    /// The catalog's answer (a 5xx, a lost connection) leaves it unknown whether the updates
+    /// were applied: the caller reads the table to find out, and tries again if they were not.
+    Unknown(String),
 }
 
 /// How long one request to the catalog may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Commits `updates` to `ident` if `requirements` hold (see the module's contract).
-/// `committed_snapshot`: the snapshot the updates make the main branch's head, which tells a
-/// commit of unknown outcome from a lost one.
 pub(crate) async fn commit(
     lake: &Lake,
     ident: &TableIdent,
     requirements: Vec<TableRequirement>,
     updates: Vec<TableUpdate>,
-    committed_snapshot: i64,
 ) -> Result<Outcome, LakeError> {
     match &lake.endpoint {
         Endpoint::Sqlite(url) => commit_sql(lake, url, ident, requirements, updates).await,
         Endpoint::Rest { uri, warehouse, properties } => {
-            match commit_rest(uri, warehouse, properties, ident, &requirements, &updates).await {
-                Err(LakeError::Commit { table, reason, unknown: true }) => {
-                    // The server may have applied it: the table says.
-                    let now = lake.catalog.load_table(ident).await.map_err(LakeError::table(ident.name()))?;
-                    let head = now.metadata().snapshot_for_ref(MAIN_BRANCH).map(|s| s.snapshot_id());
-                    if head == Some(committed_snapshot) {
-                        Ok(Outcome::Committed)
-                    } else if now.metadata().snapshot_by_id(committed_snapshot).is_some() {
-                        Err(LakeError::Commit {
-                            table,
-                            reason: format!("{reason}; the snapshot is in the table but not its head"),
-                            unknown: false,
-                        })
-                    } else {
-                        tracing::warn!(table = %ident, "the catalog's answer left the commit unknown and the table does not have it: trying again ({reason})");
-                        Ok(Outcome::Conflict)
-                    }
-                }
-                other => other,
-            }
+            commit_rest(uri, warehouse, properties, ident, &requirements, &updates).await
         }
     }
 }
@@ -77,11 +57,19 @@ async fn commit_sql(
 ) -> Result<Outcome, LakeError> {
     use sqlx::ConnectOptions;
     let name = ident.name();
-    let failed = |reason: String| LakeError::Commit { table: ident.to_string(), reason, unknown: false };
+    let failed = |reason: String| LakeError::Commit { table: ident.to_string(), reason };
     let table = lake.catalog.load_table(ident).await.map_err(LakeError::table(name))?;
     let current = table.metadata_location_result().map_err(LakeError::table(name))?.to_string();
-    if requirements.iter().any(|r| r.check(Some(table.metadata())).is_err()) {
-        return Ok(Outcome::Conflict);
+    for r in &requirements {
+        if r.check(Some(table.metadata())).is_err() {
+            if let TableRequirement::UuidMatch { uuid } = r {
+                return Err(failed(format!(
+                    "the table was replaced meanwhile (UUID {} where {uuid} was read)",
+                    table.metadata().uuid()
+                )));
+            }
+            return Ok(Outcome::Conflict);
+        }
     }
     let mut builder = table.metadata().clone().into_builder(Some(current.clone()));
     for u in updates {
@@ -127,13 +115,12 @@ async fn commit_rest(
     updates: &[TableUpdate],
 ) -> Result<Outcome, LakeError> {
     let table = ident.to_string();
-    let failed = |reason: String, unknown: bool| LakeError::Commit { table: table.clone(), reason, unknown };
+    let failed = |reason: String| LakeError::Commit { table: table.clone(), reason };
     if properties.contains_key("credential") {
         return Err(failed(
             "the REST catalog is configured with OAuth2 client credentials (`credential`), which this \
              commit does not obtain tokens for: give a `token` instead"
                 .into(),
-            false,
         ));
     }
     let mut headers = reqwest::header::HeaderMap::new();
@@ -141,20 +128,20 @@ async fn commit_rest(
         let (Ok(k), Ok(v)) =
             (reqwest::header::HeaderName::from_str(k), reqwest::header::HeaderValue::from_str(v))
         else {
-            return Err(failed(format!("the REST catalog header {k:?} is not a valid HTTP header"), false));
+            return Err(failed(format!("the REST catalog header {k:?} is not a valid HTTP header")));
         };
         headers.insert(k, v);
     }
     if let Some(token) = properties.get("token") {
         let v = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| failed("the REST catalog token is not a valid HTTP header value".into(), false))?;
+            .map_err(|_| failed("the REST catalog token is not a valid HTTP header value".into()))?;
         headers.insert(reqwest::header::AUTHORIZATION, v);
     }
     let client = reqwest::Client::builder()
         .timeout(TIMEOUT)
         .default_headers(headers)
         .build()
-        .map_err(|e| failed(e.to_string(), false))?;
+        .map_err(|e| failed(e.to_string()))?;
     // The server's settings: the base URL and the path prefix it wants (GET /v1/config).
     let config: serde_json::Value = client
         .get(format!("{}/v1/config", uri.trim_end_matches('/')))
@@ -162,10 +149,10 @@ async fn commit_rest(
         .send()
         .await
         .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| failed(format!("reading the catalog's configuration: {e}"), false))?
+        .map_err(|e| failed(format!("reading the catalog's configuration: {e}")))?
         .json()
         .await
-        .map_err(|e| failed(format!("reading the catalog's configuration: {e}"), false))?;
+        .map_err(|e| failed(format!("reading the catalog's configuration: {e}")))?;
     let setting = |key: &str| {
         config["overrides"][key]
             .as_str()
@@ -187,16 +174,16 @@ async fn commit_rest(
     });
     let answer = match client.post(&url).json(&body).send().await {
         Ok(a) => a,
-        Err(e) if e.is_connect() => return Err(failed(format!("POST {url}: {e}"), false)),
+        Err(e) if e.is_connect() => return Err(failed(format!("POST {url}: {e}"))),
         // Sent but unanswered: the server may have applied it.
-        Err(e) => return Err(failed(format!("POST {url}: {e}"), true)),
+        Err(e) => return Ok(Outcome::Unknown(format!("POST {url}: {e}"))),
     };
     let status = answer.status();
     let text = answer.text().await.unwrap_or_default();
     match status.as_u16() {
         200..=299 => Ok(Outcome::Committed),
         409 => Ok(Outcome::Conflict),
-        500..=599 => Err(failed(format!("POST {url}: {status}: {text}"), true)),
-        _ => Err(failed(format!("POST {url}: {status}: {text}"), false)),
+        500..=599 => Ok(Outcome::Unknown(format!("POST {url}: {status}: {text}"))),
+        _ => Err(failed(format!("POST {url}: {status}: {text}"))),
     }
 }

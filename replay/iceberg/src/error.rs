@@ -16,9 +16,9 @@ pub enum LakeError {
     },
     #[error("Iceberg table {table}: {reason}")]
     Invalid { table: String, reason: String },
-    /// A commit of our own (crate::commit) failed; `unknown`: it may have been applied.
+    /// A commit of our own (crate::commit) failed.
     #[error("Iceberg table {table}: the commit failed: {reason}")]
-    Commit { table: String, reason: String, unknown: bool },
+    Commit { table: String, reason: String },
     #[error("Iceberg setting {key} = {value:?}: {reason}")]
     Setting { key: &'static str, value: String, reason: String },
     #[error("Arrow: {0}")]

@@ -61,11 +61,14 @@ async fn read_all(lake: &Lake, name: &str) -> RecordBatch {
     let table = lake.catalog().load_table(&lake.ident(name)).await.unwrap();
     let batches: Vec<RecordBatch> =
         table.scan().select_all().build().unwrap().to_arrow().await.unwrap().try_collect().await.unwrap();
-    let schema = batches[0].schema();
-    let all = arrow::compute::concat_batches(&schema, &batches).unwrap();
-    // Files come back in no set order: sort by offset.
-    let offsets = all.column_by_name("_kafka_offset").unwrap();
-    let order = arrow::compute::sort_to_indices(offsets, None, None).unwrap();
+    let all = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    // Files come back in no set order: sort by Kafka partition and offset.
+    let by = |c: &str| arrow::compute::SortColumn {
+        values: all.column_by_name(c).unwrap().clone(),
+        options: None,
+    };
+    let order =
+        arrow::compute::lexsort_to_indices(&[by("_kafka_partition"), by("_kafka_offset")], None).unwrap();
     arrow::compute::take_record_batch(&all, &order).unwrap()
 }
 
@@ -234,21 +237,6 @@ async fn span(t: &ChangelogTable) -> Vec<(i32, i64, i64, Option<i32>)> {
     t.files().await.unwrap().iter().map(|f| (f.partition, f.first, f.last, f.day)).collect()
 }
 
-/// Every row of table `name` (its current schema), sorted by Kafka partition and offset.
-async fn rows_by_offset(lake: &Lake, name: &str) -> RecordBatch {
-    let table = lake.catalog().load_table(&lake.ident(name)).await.unwrap();
-    let batches: Vec<RecordBatch> =
-        table.scan().select_all().build().unwrap().to_arrow().await.unwrap().try_collect().await.unwrap();
-    let all = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
-    let by = |c: &str| arrow::compute::SortColumn {
-        values: all.column_by_name(c).unwrap().clone(),
-        options: None,
-    };
-    let order =
-        arrow::compute::lexsort_to_indices(&[by("_kafka_partition"), by("_kafka_offset")], None).unwrap();
-    arrow::compute::take_record_batch(&all, &order).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_rewrites_runs_of_small_files_and_keeps_every_record_and_the_offsets() {
     let (config, dir) = lake_config("compact");
@@ -291,7 +279,7 @@ async fn compaction_rewrites_runs_of_small_files_and_keeps_every_record_and_the_
     let committed = BTreeMap::from([(0, 16), (1, 7)]);
     assert_eq!(t.committed(), &committed);
     assert_eq!(span(&t).await.len(), 11);
-    let before = rows_by_offset(&lake, "products").await;
+    let before = read_all(&lake, "products").await;
     assert_eq!(before.num_rows(), 22);
 
     let s = t.compact(&lake, 1 << 30).await.unwrap();
@@ -302,7 +290,7 @@ async fn compaction_rewrites_runs_of_small_files_and_keeps_every_record_and_the_
     );
     let (d1, d2) = (Some(19936), Some(19937));
     assert_eq!(span(&t).await, [(0, 0, 11, d1), (0, 12, 15, d2), (1, 0, 3, d1), (1, 5, 6, d1)]);
-    let after = rows_by_offset(&lake, "products").await;
+    let after = read_all(&lake, "products").await;
     assert_eq!(after, before, "the same rows, column for column (nulls where a file predates a column)");
     let stock = after.column_by_name("stock").unwrap().as_primitive::<Int64Type>();
     assert!(stock.is_null(0) && stock.is_null(5) && stock.value(6) == 60);
@@ -346,7 +334,7 @@ async fn compaction_rewrites_runs_of_small_files_and_keeps_every_record_and_the_
     assert_eq!(span(&reopened).await, [(0, 0, 11, d1), (0, 12, 39, d2), (1, 0, 3, d1), (1, 5, 6, d1)]);
     let again = ChangelogTable::open(&lake, "products", "rb.public.products").await.unwrap();
     assert_eq!(again.committed(), &BTreeMap::from([(0, 40), (1, 7)]));
-    let all = rows_by_offset(&lake, "products").await;
+    let all = read_all(&lake, "products").await;
     assert_eq!(all.num_rows(), 46);
     assert_eq!(all.slice(0, 16), before.slice(0, 16));
     assert_eq!(all.slice(40, 6), before.slice(16, 6));

@@ -101,12 +101,21 @@ impl ChangelogTable {
             });
         }
 
+        let mut last = Outcome::Conflict;
         for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
-                self.table = lake.catalog.load_table(&ident).await.map_err(LakeError::table(&self.name))?;
+            // The table as it is now: the rewrite took a while, appends may have come.
+            self.table = lake.catalog.load_table(&ident).await.map_err(LakeError::table(&self.name))?;
+            // An earlier attempt whose outcome was unknown may have landed after all.
+            let committed = in_history(&self.table, snapshot_id);
+            if !committed {
                 self.check_compactable().await?;
             }
             let live = self.live_files().await?;
+            if committed {
+                self.committed = committed_offsets(&self.table)?;
+                stats.files_after = live.len() as u64;
+                return Ok(stats);
+            }
             let still: usize = live.iter().filter(|(_, f)| removed.contains(&f.path)).count();
             if still != removed.len() {
                 return Err(LakeError::Invalid {
@@ -117,8 +126,8 @@ impl ChangelogTable {
                 });
             }
             let (requirements, updates) =
-                self.replace(&live, &removed, &written, snapshot_id, &stats).await?;
-            match commit(lake, &ident, requirements, updates, snapshot_id).await? {
+                self.replace(&live, &removed, &written, snapshot_id, attempt, &stats).await?;
+            match commit(lake, &ident, requirements, updates).await? {
                 Outcome::Committed => {
                     self.table =
                         lake.catalog.load_table(&ident).await.map_err(LakeError::table(&self.name))?;
@@ -127,17 +136,29 @@ impl ChangelogTable {
                     return Ok(stats);
                 }
                 Outcome::Conflict => {
-                    stats.retries += 1;
                     tracing::info!(table = %self.name, attempt, "the table changed during the compaction: committing again on its new head");
-                    tokio::time::sleep(std::time::Duration::from_millis(100 << attempt.min(5))).await;
+                    last = Outcome::Conflict;
+                }
+                Outcome::Unknown(reason) => {
+                    tracing::warn!(table = %self.name, attempt, "the catalog's answer leaves the compaction's commit unknown: reading the table again ({reason})");
+                    last = Outcome::Unknown(reason);
                 }
             }
+            stats.retries += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(100 << attempt.min(5))).await;
         }
         Err(LakeError::Invalid {
             table: self.name.clone(),
-            reason: format!(
-                "the table kept changing: {ATTEMPTS} compaction commits conflicted; run it again"
-            ),
+            reason: match last {
+                Outcome::Unknown(reason) => format!(
+                    "{ATTEMPTS} compaction commits did not go through; the last one's outcome is unknown ({reason}): \
+                     run it again (it starts from the table as it is)"
+                ),
+                _ => format!(
+                    "{ATTEMPTS} compaction commits found the table changed by other writers: nothing \
+                     committed, run it again"
+                ),
+            },
         })
     }
 
@@ -211,7 +232,10 @@ impl ChangelogTable {
                     reason: format!("{}: {e}", f.path),
                 })?;
             for batch in reader {
-                let batch = batch?;
+                let batch = batch.map_err(|e| LakeError::Invalid {
+                    table: self.name.clone(),
+                    reason: format!("{}: {e}", f.path),
+                })?;
                 writer.write(conform(&batch, &arrow_schema, &self.name, &f.path)?).await.map_err(failed())?;
             }
         }
@@ -226,6 +250,7 @@ impl ChangelogTable {
         removed: &HashSet<String>,
         written: &[DataFile],
         snapshot_id: i64,
+        attempt: u64,
         stats: &CompactStats,
     ) -> Result<(Vec<TableRequirement>, Vec<TableUpdate>), LakeError> {
         let failed = || LakeError::table(&self.name);
@@ -235,7 +260,7 @@ impl ChangelogTable {
         let sequence = meta.next_sequence_number();
         let dir = format!("{}/metadata", meta.location());
         let output =
-            io.new_output(format!("{dir}/compact-{snapshot_id}-{sequence}-m0.avro")).map_err(failed())?;
+            io.new_output(format!("{dir}/compact-{snapshot_id}-{attempt}-m0.avro")).map_err(failed())?;
         let mut manifest = ManifestWriterBuilder::new(
             output,
             Some(snapshot_id),
@@ -271,7 +296,7 @@ impl ChangelogTable {
             total_files += 1;
         }
         let manifest = manifest.write_manifest_file().await.map_err(failed())?;
-        let list_path = format!("{dir}/snap-{snapshot_id}-{sequence}-compact.avro");
+        let list_path = format!("{dir}/snap-{snapshot_id}-{attempt}-compact.avro");
         let out = io.new_output(&list_path).map_err(failed())?.writer().await.map_err(failed())?;
         let mut list = ManifestListWriter::v2(out, snapshot_id, parent, sequence);
         list.add_manifests(std::iter::once(manifest)).map_err(failed())?;
@@ -368,6 +393,8 @@ fn conform(
     table: &str,
     path: &str,
 ) -> Result<RecordBatch, LakeError> {
+    let invalid =
+        |reason: String| LakeError::Invalid { table: table.to_string(), reason: format!("{path}: {reason}") };
     let id = |f: &arrow::datatypes::Field| f.metadata().get(PARQUET_FIELD_ID_META_KEY).cloned();
     let by_id: HashMap<String, usize> =
         batch.schema().fields().iter().enumerate().filter_map(|(i, f)| Some((id(f)?, i))).collect();
@@ -375,18 +402,27 @@ fn conform(
     for field in schema.fields() {
         let column = match id(field).and_then(|i| by_id.get(&i)) {
             Some(&i) if batch.column(i).data_type() == field.data_type() => batch.column(i).clone(),
-            Some(&i) => arrow::compute::cast(batch.column(i), field.data_type())?,
+            Some(&i) => arrow::compute::cast(batch.column(i), field.data_type())
+                .map_err(|e| invalid(format!("column `{}`: {e}", field.name())))?,
             None if field.is_nullable() => new_null_array(field.data_type(), batch.num_rows()),
-            None => {
-                return Err(LakeError::Invalid {
-                    table: table.to_string(),
-                    reason: format!("data file {path} lacks the required column `{}`", field.name()),
-                })
-            }
+            None => return Err(invalid(format!("the required column `{}` is missing", field.name()))),
         };
         columns.push(column);
     }
-    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+    RecordBatch::try_new(schema.clone(), columns).map_err(|e| invalid(e.to_string()))
+}
+
+/// Whether `snapshot_id` is the head of the table's main branch or one of its ancestors.
+fn in_history(table: &iceberg::table::Table, snapshot_id: i64) -> bool {
+    let meta = table.metadata();
+    let mut at = meta.snapshot_for_ref(MAIN_BRANCH);
+    while let Some(s) = at {
+        if s.snapshot_id() == snapshot_id {
+            return true;
+        }
+        at = s.parent_snapshot_id().and_then(|p| meta.snapshot_by_id(p));
+    }
+    false
 }
 
 /// A snapshot id the table does not have: positive, from the clock and the process.
