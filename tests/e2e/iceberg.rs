@@ -275,6 +275,77 @@ impl Drop for RestCatalog {
     }
 }
 
+/// An HTTP gateway on 127.0.0.1 in front of `upstream` that forwards every request (one per
+/// connection) and answers the first commit of a `replace` snapshot with 502 once the server has
+/// applied it; returns its URL and how many answers it lost.
+async fn answer_losing_gateway(upstream: &str) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = upstream.trim_start_matches("http://").to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let lost = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = lost.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let (upstream, lost) = (upstream.clone(), counter.clone());
+            tokio::spawn(async move {
+                // The request: its head, then Content-Length bytes of body.
+                let mut req = Vec::new();
+                let mut buf = [0u8; 8192];
+                let head_end = loop {
+                    let n = client.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                    if let Some(i) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&req[..head_end]).to_string();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                    })
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                while req.len() < head_end + length {
+                    let n = client.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                }
+                // One request per connection, both ways.
+                let mut head: Vec<&str> = head
+                    .trim_end()
+                    .split("\r\n")
+                    .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                    .collect();
+                head.push("Connection: close");
+                let mut forwarded = (head.join("\r\n") + "\r\n\r\n").into_bytes();
+                forwarded.extend_from_slice(&req[head_end..]);
+                let mut server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                server.write_all(&forwarded).await.unwrap();
+                let mut answer = Vec::new();
+                server.read_to_end(&mut answer).await.unwrap();
+                let body = String::from_utf8_lossy(&req[head_end..]);
+                let replace = head[0].starts_with("POST ") && body.contains("\"operation\":\"replace\"");
+                let ok = answer.starts_with(b"HTTP/1.1 200");
+                if replace && ok && lost.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                    answer = b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_vec();
+                }
+                let _ = client.write_all(&answer).await;
+                let _ = client.shutdown().await;
+            });
+        }
+    });
+    (url, lost)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_archive_and_the_replay_work_through_a_rest_catalog() {
     let rest = RestCatalog::start();
@@ -301,9 +372,14 @@ async fn the_archive_and_the_replay_work_through_a_rest_catalog() {
     // Nothing went to the embedded catalog: the tables are the REST catalog's.
     assert!(!archive.store.join("iceberg/catalog.db").exists());
 
-    // Compacted through the REST catalog's commit endpoint before the engines read it.
-    let text = compact(&cdc, &archive, &[("RAINBOW_ARCHIVE__CATALOG_URL", rest.url.as_str())]);
+    // Compacted through the REST catalog's commit endpoint before the engines read it, behind a
+    // gateway that loses the answer to the first compaction commit (the server applied it): the
+    // compaction reads the table back, finds its snapshot there and does not commit it again.
+    let (gateway, lost) = answer_losing_gateway(&rest.url).await;
+    let text = compact(&cdc, &archive, &[("RAINBOW_ARCHIVE__CATALOG_URL", gateway.as_str())]);
     assert!(text.contains("public_orders:") && text.contains("files rewritten as"), "{text}");
+    assert_eq!(lost.load(std::sync::atomic::Ordering::SeqCst), 1, "{text}");
+    assert!(text.contains("leaves the compaction's commit unknown"), "{text}");
     let summary = read_with_other_engines(&db, &cdc, &archive, &ends, Some(&rest)).await;
     let records: u64 = summary.as_object().unwrap().values().map(|t| t["records"].as_u64().unwrap()).sum();
     assert_eq!(records, total as u64, "{summary}");
