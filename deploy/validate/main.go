@@ -637,6 +637,10 @@ func validateK8s(r *report, root, bin string, imageEnv map[string]string) {
 			role := ""
 			if len(c.Args) > 0 && len(c.Command) == 0 {
 				role = c.Args[0]
+				// `archive compact` (a CronJob) is a command, not the archiver service.
+				if role == "archive" && len(c.Args) > 1 && c.Args[1] == "compact" {
+					role = "archive compact"
+				}
 			} else if m := shellRole.FindStringSubmatch(joined); m != nil {
 				role = m[1]
 			}
@@ -714,7 +718,7 @@ func validateK8s(r *report, root, bin string, imageEnv map[string]string) {
 				r.expect(where+": each pod is the instance of its ordinal",
 					s.Processor.Instances == 1 || strings.Contains(joined, "RAINBOW_PROCESSOR__PARTITION=${HOSTNAME##*-}"),
 					"the command does not set RAINBOW_PROCESSOR__PARTITION from the pod's ordinal: %s", joined)
-			case "archive", "replay":
+			case "archive", "archive compact", "replay":
 				r.expect(where+": storage.url is an object-store bucket shared by archiver and replay",
 					strings.HasPrefix(s.Storage.URL, "s3://") || strings.HasPrefix(s.Storage.URL, "gs://") || strings.HasPrefix(s.Storage.URL, "az://"),
 					"storage.url %s is a local path inside a pod", s.Storage.URL)
@@ -723,6 +727,9 @@ func validateK8s(r *report, root, bin string, imageEnv map[string]string) {
 				r.expect(where+": archive.catalog_url is a REST catalog",
 					strings.HasPrefix(s.Archive.CatalogURL, "http://") || strings.HasPrefix(s.Archive.CatalogURL, "https://"),
 					"archive.catalog_url %q with storage.url %s", s.Archive.CatalogURL, s.Storage.URL)
+			}
+			if role == "archive compact" {
+				r.check(where+": archive compact arguments parse", argsParse(bin, c.Args))
 			}
 			if role == "replay" && len(c.Command) == 0 {
 				r.check(where+": replay arguments parse", replayArgsParse(bin, c.Args))
@@ -765,6 +772,16 @@ func ptrOr(p *int32) int32 {
 		return 1
 	}
 	return *p
+}
+
+// argsParse runs the command with --help appended: the arguments before it are parsed (and
+// refused with exit code 2) first, and nothing runs.
+func argsParse(bin string, args []string) error {
+	out, err := exec.Command(bin, append(append([]string{}, args...), "--help")...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("rainbow %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }
 
 // replayArgsParse runs the Job's replay command with local stand-ins for the object-store URLs and

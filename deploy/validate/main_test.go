@@ -85,6 +85,8 @@ func TestMutationsAreCaught(t *testing.T) {
 			"checkpoints on a volume"},
 		{"bad replay arguments", "deploy/k8s/replay.yaml", `"--to", "2024-09-06"`, `"--to", "2024-09-31"`,
 			"replay arguments parse"},
+		{"bad compaction arguments", "deploy/k8s/archiver.yaml", `"--target-mb", "128"`, `"--target-mb", "128MiB"`,
+			"archive compact arguments parse"},
 		{"replay processes not indexed", "deploy/k8s/replay.yaml", "completionMode: Indexed", "completionMode: NonIndexed",
 			"the replay's processes are an indexed Job's pods"},
 		{"fewer pods than replay processes", "deploy/k8s/replay.yaml", "completions: 3", "completions: 2",
