@@ -34,6 +34,7 @@ Groups (all by default; --only to pick):
 --small uses a tenth of the seed's volume for a quick run (the document says so).
 """
 import argparse
+import atexit
 import datetime
 import json
 import os
@@ -61,6 +62,13 @@ SEED_ORDERS = 220_000
 
 
 T0 = time.monotonic()
+
+
+def scratch_dir(prefix):
+    """A temporary directory of the suite's, removed when the suite exits."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def log(msg):
@@ -505,7 +513,7 @@ def bench_cdc(res, runs, small):
         base = source_changes(db)
         for slot in ("bench_rbw", "bench_pgr"):
             psql(db, f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')")
-        script = os.path.join(tempfile.mkdtemp(prefix="rainbow-bench-pgbench-"), "seed_tx.sql")
+        script = os.path.join(scratch_dir("rainbow-bench-pgbench-"), "seed_tx.sql")
         with open(script, "w") as fh:
             fh.write(SEED_TX)
         pgbench(db, script, "-c", "2", "-t", str(transactions // 2))
@@ -528,7 +536,7 @@ def bench_cdc(res, runs, small):
         cdc_env = dict(env, RAINBOW_CDC__SLOT_NAME="bench_rbw", RAINBOW_CDC__PUBLICATION_NAME="bench",
                        RAINBOW_CDC__TABLES=",".join(CDC_TABLES), RAINBOW_CDC__SNAPSHOT_MODE="no_data",
                        RAINBOW_CDC__TOPIC_PREFIX=ours_prefix, RAINBOW_CDC__METRICS_LISTEN=f"127.0.0.1:{port}",
-                       RAINBOW_CDC__OFFSETS_DIR=tempfile.mkdtemp(prefix="rainbow-bench-cdc-"))
+                       RAINBOW_CDC__OFFSETS_DIR=scratch_dir("rainbow-bench-cdc-"))
         proc = subprocess.Popen([binary, "cdc"], cwd=ROOT, env=dict(os.environ, **cdc_env),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         dbz = None
@@ -745,7 +753,7 @@ def pipeline_run(seconds, churn_per_sec, health=False):
     name = f"freshbench{int(time.time())}"
     drop_database(name)
     psql("postgres", f"CREATE DATABASE {name}")
-    tmp = tempfile.mkdtemp(prefix="rainbow-bench-fresh-")
+    tmp = scratch_dir("rainbow-bench-fresh-")
     env = {
         "RAINBOW_POSTGRES__DATABASE": name, "RAINBOW_CLICKHOUSE__DATABASE": name,
         "RAINBOW_API__LISTEN": "127.0.0.1:18090", "RAINBOW_CDC__SLOT_NAME": name,
