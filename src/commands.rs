@@ -271,17 +271,32 @@ pub async fn archive(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn archive_expire(config: &Config, hours: Option<u64>) -> anyhow::Result<()> {
+/// Runs `work` on the archive's changelog tables (the archive's settings, validated, and the
+/// store's URL) on a blocking thread: the tables' catalog is driven synchronously.
+async fn on_tables<T: Send + 'static>(
+    config: &Config,
+    work: impl FnOnce(
+            &str,
+            &rainbow_archive::ArchiveConfig,
+            &tokio::runtime::Handle,
+        ) -> Result<T, rainbow_archive::ArchiveError>
+        + Send
+        + 'static,
+) -> anyhow::Result<T> {
     let settings = config.archive_settings();
     settings.validate()?;
-    let hours = hours.unwrap_or(settings.snapshot_retention_hours);
-    anyhow::ensure!(hours > 0, "--older-than-hours must be at least 1");
     let url = config.storage.url.clone();
     let rt = tokio::runtime::Handle::current();
-    let done = tokio::task::spawn_blocking(move || {
-        rainbow_archive::archiver::expire_snapshots(&url, &settings, hours, &rt)
+    Ok(tokio::task::spawn_blocking(move || work(&url, &settings, &rt)).await??)
+}
+
+pub async fn archive_expire(config: &Config, hours: Option<u64>) -> anyhow::Result<()> {
+    let hours = hours.unwrap_or(config.archive_settings().snapshot_retention_hours);
+    anyhow::ensure!(hours > 0, "--older-than-hours must be at least 1");
+    let done = on_tables(config, move |url, settings, rt| {
+        rainbow_archive::archiver::expire_snapshots(url, settings, hours, rt)
     })
-    .await?
+    .await
     .context("expiring the changelog tables' snapshots failed")?;
     if done.is_empty() {
         println!("archive expire: no snapshot older than {hours} h");
@@ -293,18 +308,14 @@ pub async fn archive_expire(config: &Config, hours: Option<u64>) -> anyhow::Resu
 }
 
 pub async fn archive_compact(config: &Config, target_mb: u64) -> anyhow::Result<()> {
-    let settings = config.archive_settings();
-    settings.validate()?;
     let target_bytes = target_mb
         .checked_mul(1 << 20)
         .filter(|b| *b > 0)
         .context("--target-mb must be at least 1 and at most 2^44")?;
-    let url = config.storage.url.clone();
-    let rt = tokio::runtime::Handle::current();
-    let done = tokio::task::spawn_blocking(move || {
-        rainbow_archive::archiver::compact_tables(&url, &settings, target_bytes, &rt)
+    let done = on_tables(config, move |url, settings, rt| {
+        rainbow_archive::archiver::compact_tables(url, settings, target_bytes, rt)
     })
-    .await?
+    .await
     .context("compacting the changelog tables failed")?;
     if done.is_empty() {
         println!("archive compact: no changelog table in the catalog yet (nothing archived)");
