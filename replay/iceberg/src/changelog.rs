@@ -11,7 +11,7 @@ use iceberg::spec::{
 };
 use iceberg::table::Table;
 use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
-use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+use iceberg::writer::base_writer::data_file_writer::{DataFileWriter, DataFileWriterBuilder};
 use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
@@ -126,11 +126,23 @@ fn meta_schema() -> Schema {
         .expect("the metadata columns form a schema")
 }
 
+/// The head of the table's main branch and its ancestors, newest first.
+fn history(table: &Table) -> impl Iterator<Item = &iceberg::spec::SnapshotRef> {
+    let meta = table.metadata();
+    std::iter::successors(meta.current_snapshot(), move |s| {
+        s.parent_snapshot_id().and_then(|id| meta.snapshot_by_id(id))
+    })
+}
+
+/// The snapshot summary property of the next offsets `next` (partition -> offset).
+fn offsets_property(next: &BTreeMap<i32, i64>) -> String {
+    let offsets: BTreeMap<String, i64> = next.iter().map(|(p, o)| (p.to_string(), *o)).collect();
+    serde_json::to_string(&offsets).expect("offsets serialise")
+}
+
 /// The committed next offsets of the newest snapshot that recorded them.
 fn committed_offsets(table: &Table) -> Result<BTreeMap<i32, i64>, LakeError> {
-    let meta = table.metadata();
-    let mut at = meta.current_snapshot().cloned();
-    while let Some(s) = at {
+    for s in history(table) {
         if let Some(text) = s.summary().additional_properties.get(OFFSETS_PROPERTY) {
             let parsed: BTreeMap<String, i64> =
                 serde_json::from_str(text).map_err(|e| LakeError::Invalid {
@@ -147,7 +159,6 @@ fn committed_offsets(table: &Table) -> Result<BTreeMap<i32, i64>, LakeError> {
                 })
                 .collect();
         }
-        at = s.parent_snapshot_id().and_then(|id| meta.snapshot_by_id(id).cloned());
     }
     Ok(BTreeMap::new())
 }
@@ -648,27 +659,11 @@ impl ChangelogTable {
             let batch = RecordBatch::try_new(arrow_schema.clone(), arrays)?;
             let key =
                 PartitionKey::new(spec.clone(), schema.clone(), Struct::from_iter([day.map(Literal::date)]));
-            let location =
-                DefaultLocationGenerator::new(self.table.metadata()).map_err(LakeError::table(&self.name))?;
             // Named by the offsets: a retry after a crash before the commit writes the same
             // file again, never a second copy that the table would reference.
             let (first, last) = (records[range.start].offset, records[range.end - 1].offset);
-            let names = DefaultFileNameGenerator::new(
-                format!("p{partition:05}-{first:020}-{last:020}"),
-                None,
-                DataFileFormat::Parquet,
-            );
-            let parquet = ParquetWriterBuilder::new(changelog_properties(), schema.clone());
-            let rolling = RollingFileWriterBuilder::new_with_default_file_size(
-                parquet,
-                self.table.file_io().clone(),
-                location,
-                names,
-            );
-            let mut writer = DataFileWriterBuilder::new(rolling)
-                .build(Some(key))
-                .await
-                .map_err(LakeError::table(&self.name))?;
+            let mut writer =
+                self.data_file_writer(key, format!("p{partition:05}-{first:020}-{last:020}")).await?;
             writer.write(batch).await.map_err(LakeError::table(&self.name))?;
             for f in writer.close().await.map_err(LakeError::table(&self.name))? {
                 stats.bytes += f.file_size_in_bytes();
@@ -680,9 +675,8 @@ impl ChangelogTable {
 
         let mut next = self.committed.clone();
         next.insert(partition, last + 1);
-        let offsets: BTreeMap<String, i64> = next.iter().map(|(p, o)| (p.to_string(), *o)).collect();
         let props = HashMap::from([
-            (OFFSETS_PROPERTY.to_string(), serde_json::to_string(&offsets).expect("offsets serialise")),
+            (OFFSETS_PROPERTY.to_string(), offsets_property(&next)),
             (TOPIC_PROPERTY.to_string(), self.topic.clone()),
         ]);
         let tx = Transaction::new(&self.table);
@@ -696,6 +690,31 @@ impl ChangelogTable {
         self.table = tx.commit(lake.catalog.as_ref()).await.map_err(LakeError::table(&self.name))?;
         self.committed = next;
         Ok(stats)
+    }
+}
+
+impl ChangelogTable {
+    /// A writer of data files of the partition `key` in the table's current schema, with the
+    /// changelog's Parquet settings, its files named `<prefix>-<n>-....parquet`.
+    async fn data_file_writer(
+        &self,
+        key: PartitionKey,
+        prefix: String,
+    ) -> Result<
+        DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>,
+        LakeError,
+    > {
+        let meta = self.table.metadata();
+        let location = DefaultLocationGenerator::new(meta).map_err(LakeError::table(&self.name))?;
+        let names = DefaultFileNameGenerator::new(prefix, None, DataFileFormat::Parquet);
+        let parquet = ParquetWriterBuilder::new(changelog_properties(), meta.current_schema().clone());
+        let rolling = RollingFileWriterBuilder::new_with_default_file_size(
+            parquet,
+            self.table.file_io().clone(),
+            location,
+            names,
+        );
+        DataFileWriterBuilder::new(rolling).build(Some(key)).await.map_err(LakeError::table(&self.name))
     }
 }
 

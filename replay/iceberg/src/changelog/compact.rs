@@ -15,26 +15,25 @@
 //! every column's values are unchanged. Files left out of the table by the rewrite stay in the
 //! warehouse, as everything the archive wrote does (time travel to older snapshots reads them).
 
-use super::{committed_offsets, ChangelogFile, ChangelogTable, OFFSETS_PROPERTY, TOPIC_PROPERTY};
+use super::{
+    committed_offsets, history, offsets_property, ChangelogFile, ChangelogTable, OFFSETS_PROPERTY,
+    TOPIC_PROPERTY,
+};
 use crate::catalog::Lake;
 use crate::commit::{commit, Outcome};
 use crate::error::LakeError;
 use arrow::array::{new_null_array, ArrayRef, RecordBatch};
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::spec::{
-    DataFile, DataFileFormat, FormatVersion, Literal, ManifestContentType, ManifestEntryRef,
-    ManifestListWriter, ManifestWriterBuilder, Operation, PartitionKey, Snapshot, SnapshotReference,
-    SnapshotRetention, Struct, Summary, MAIN_BRANCH,
+    DataFile, FormatVersion, Literal, ManifestContentType, ManifestEntryRef, ManifestListWriter,
+    ManifestWriterBuilder, Operation, PartitionKey, Snapshot, SnapshotReference, SnapshotRetention, Struct,
+    Summary, MAIN_BRANCH,
 };
-use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
-use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
-use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
-use iceberg::writer::file_writer::ParquetWriterBuilder;
-use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
+use iceberg::writer::IcebergWriter;
 use iceberg::{TableRequirement, TableUpdate};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::PARQUET_FIELD_ID_META_KEY;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// What a compaction did.
@@ -106,7 +105,7 @@ impl ChangelogTable {
             // The table as it is now: the rewrite took a while, appends may have come.
             self.table = lake.catalog.load_table(&ident).await.map_err(LakeError::table(&self.name))?;
             // An earlier attempt whose outcome was unknown may have landed after all.
-            let committed = in_history(&self.table, snapshot_id);
+            let committed = history(&self.table).any(|s| s.snapshot_id() == snapshot_id);
             if !committed {
                 self.check_compactable().await?;
             }
@@ -207,22 +206,10 @@ impl ChangelogTable {
         let arrow_schema = Arc::new(schema_to_arrow_schema(&schema).map_err(failed())?);
         let spec = meta.default_partition_spec().as_ref().clone();
         let (head, tail) = (&run[0].1, &run[run.len() - 1].1);
-        let key = PartitionKey::new(spec, schema.clone(), Struct::from_iter([head.day.map(Literal::date)]));
-        let location = DefaultLocationGenerator::new(meta).map_err(failed())?;
+        let key = PartitionKey::new(spec, schema, Struct::from_iter([head.day.map(Literal::date)]));
         // Named by the offsets and the snapshot: never the name of a file the table has.
-        let names = DefaultFileNameGenerator::new(
-            format!("p{:05}-{:020}-{:020}-c{snapshot_id}", head.partition, head.first, tail.last),
-            None,
-            DataFileFormat::Parquet,
-        );
-        let parquet = ParquetWriterBuilder::new(super::changelog_properties(), schema.clone());
-        let rolling = RollingFileWriterBuilder::new_with_default_file_size(
-            parquet,
-            self.table.file_io().clone(),
-            location,
-            names,
-        );
-        let mut writer = DataFileWriterBuilder::new(rolling).build(Some(key)).await.map_err(failed())?;
+        let prefix = format!("p{:05}-{:020}-{:020}-c{snapshot_id}", head.partition, head.first, tail.last);
+        let mut writer = self.data_file_writer(key, prefix).await?;
         for (_, f) in run {
             let bytes = self.read_file(&f.path).await?;
             let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
@@ -271,16 +258,17 @@ impl ChangelogTable {
         let (mut total_records, mut total_bytes, mut total_files) = (0u64, 0u64, 0u64);
         let mut days = HashSet::new();
         for (e, f) in live {
-            let seq = e.sequence_number().ok_or_else(|| LakeError::Invalid {
+            let missing = |what: &str| LakeError::Invalid {
                 table: self.name.clone(),
-                reason: format!("data file {} has no sequence number", f.path),
-            })?;
-            let file_seq = e.file_sequence_number.or(Some(seq));
+                reason: format!("the manifest entry of data file {} has no {what}", f.path),
+            };
+            let seq = e.sequence_number().ok_or_else(|| missing("sequence number"))?;
+            let file_seq = Some(e.file_sequence_number.ok_or_else(|| missing("file sequence number"))?);
             if removed.contains(&f.path) {
                 days.insert(f.day);
                 manifest.add_delete_file(e.data_file().clone(), seq, file_seq).map_err(failed())?;
             } else {
-                let added_by = e.snapshot_id().or(parent).unwrap_or(snapshot_id);
+                let added_by = e.snapshot_id().ok_or_else(|| missing("snapshot id"))?;
                 manifest
                     .add_existing_file(e.data_file().clone(), added_by, seq, file_seq)
                     .map_err(failed())?;
@@ -302,8 +290,6 @@ impl ChangelogTable {
         list.add_manifests(std::iter::once(manifest)).map_err(failed())?;
         list.close().await.map_err(failed())?;
 
-        let offsets: BTreeMap<String, i64> =
-            committed_offsets(&self.table)?.iter().map(|(p, o)| (p.to_string(), *o)).collect();
         let mut summary: HashMap<String, String> = [
             ("added-data-files", stats.files_written),
             ("deleted-data-files", stats.files_rewritten),
@@ -322,13 +308,13 @@ impl ChangelogTable {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        summary.insert(OFFSETS_PROPERTY.into(), serde_json::to_string(&offsets).expect("offsets serialise"));
+        summary.insert(OFFSETS_PROPERTY.into(), offsets_property(&committed_offsets(&self.table)?));
         summary.insert(TOPIC_PROPERTY.into(), self.topic.clone());
         let snapshot = Snapshot::builder()
             .with_snapshot_id(snapshot_id)
             .with_parent_snapshot_id(parent)
             .with_sequence_number(sequence)
-            .with_timestamp_ms(chrono_now_ms().max(meta.last_updated_ms() + 1))
+            .with_timestamp_ms(now_ms().max(meta.last_updated_ms() + 1))
             .with_manifest_list(list_path)
             .with_summary(Summary { operation: Operation::Replace, additional_properties: summary })
             .with_schema_id(meta.current_schema_id())
@@ -412,19 +398,6 @@ fn conform(
     RecordBatch::try_new(schema.clone(), columns).map_err(|e| invalid(e.to_string()))
 }
 
-/// Whether `snapshot_id` is the head of the table's main branch or one of its ancestors.
-fn in_history(table: &iceberg::table::Table, snapshot_id: i64) -> bool {
-    let meta = table.metadata();
-    let mut at = meta.snapshot_for_ref(MAIN_BRANCH);
-    while let Some(s) = at {
-        if s.snapshot_id() == snapshot_id {
-            return true;
-        }
-        at = s.parent_snapshot_id().and_then(|p| meta.snapshot_by_id(p));
-    }
-    false
-}
-
 /// A snapshot id the table does not have: positive, from the clock and the process.
 fn new_snapshot_id(table: &iceberg::table::Table) -> i64 {
     let nanos =
@@ -436,6 +409,6 @@ fn new_snapshot_id(table: &iceberg::table::Table) -> i64 {
     id as i64
 }
 
-fn chrono_now_ms() -> i64 {
+fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
