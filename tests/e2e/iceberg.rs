@@ -63,8 +63,9 @@ async fn read_with_other_engines(
         .fetch_all(&db.pool)
         .await
         .unwrap();
-        let rows: serde_json::Value =
-            sqlx::query_scalar(&format!("SELECT coalesce(json_agg(t), '[]'::json) FROM {t} t"))
+        // As text: the reader parses its numbers as decimals (f64 would round wide NUMERICs).
+        let rows: String =
+            sqlx::query_scalar(&format!("SELECT coalesce(json_agg(t), '[]'::json)::text FROM {t} t"))
                 .fetch_one(&db.pool)
                 .await
                 .unwrap();
@@ -123,6 +124,32 @@ async fn source_and_archiver() -> (TestDb, CdcProcess, Vec<String>, ArchiveProce
     (db, cdc, topics, archive)
 }
 
+/// Widens two columns of `products` (`integer` -> `bigint`, `NUMERIC(15,2)` -> `NUMERIC(18,2)`)
+/// and writes values only the wider types hold: the archiver promotes the Iceberg columns.
+async fn widen_products(db: &TestDb) {
+    exec(
+        &db.pool,
+        "ALTER TABLE products ALTER COLUMN review_count TYPE BIGINT, ALTER COLUMN price TYPE NUMERIC(18,2)",
+    )
+    .await;
+    exec(
+        &db.pool,
+        "UPDATE products SET review_count = 3000000000, price = 1234567890123456.78 WHERE id <= 2",
+    )
+    .await;
+}
+
+/// Waits for [`widen_products`]'s two changes in Kafka.
+async fn widened_products_in_kafka(cdc: &CdcProcess) {
+    read_until(&[cdc.topic("products")], DEADLINE, "the widened products in Kafka", |recs| {
+        recs.iter()
+            .filter(|r| r.payload().is_some_and(|p| p["after"]["review_count"] == 3_000_000_000_i64))
+            .count()
+            == 2
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn pyiceberg_and_clickhouse_read_the_changelog_tables_as_the_source_changed() {
     let (db, mut cdc, topics, mut archive) = source_and_archiver().await;
@@ -144,12 +171,15 @@ async fn pyiceberg_and_clickhouse_read_the_changelog_tables_as_the_source_change
     place_orders(&db.pool, 40, 30).await;
     exec(&db.pool, "DELETE FROM orderdetails WHERE order_id = (SELECT max(id) FROM orders)").await;
     archive.start();
+    // Widened source columns (counted by the restarted archiver).
+    widen_products(&db).await;
     let last: i64 = sqlx::query_scalar("SELECT max(id) FROM orders").fetch_one(&db.pool).await.unwrap();
     let orders = cdc.topic("orders");
     read_until(std::slice::from_ref(&orders), DEADLINE, "the last order in Kafka", |recs| {
         recs.iter().any(|r| r.payload().is_some_and(|p| p["after"]["id"] == last))
     })
     .await;
+    widened_products_in_kafka(&cdc).await;
     cdc.stop();
     let ends = end_offsets(&topics);
     common::archive::assert_every_offset_once(&archive.store, &ends, DEADLINE).await;
@@ -161,6 +191,10 @@ async fn pyiceberg_and_clickhouse_read_the_changelog_tables_as_the_source_change
     assert!(committed > 0.0 && committed <= total as f64, "{committed} of {total}:\n{metrics}");
     assert!(
         metrics.contains("rainbow_archive_iceberg_columns_added_total{table=\"public_brands\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rainbow_archive_iceberg_columns_promoted_total{table=\"public_products\"} 2"),
         "{metrics}"
     );
 
@@ -355,11 +389,14 @@ async fn the_archive_and_the_replay_work_through_a_rest_catalog() {
     archive.start();
     place_orders(&db.pool, 0, 30).await;
     churn(&db.pool).await;
+    // A type promotion is a commit of the archiver's own through the REST endpoint.
+    widen_products(&db).await;
     let last: i64 = sqlx::query_scalar("SELECT max(id) FROM orders").fetch_one(&db.pool).await.unwrap();
     read_until(&[cdc.topic("orders")], DEADLINE, "the last order in Kafka", |recs| {
         recs.iter().any(|r| r.payload().is_some_and(|p| p["after"]["id"] == last))
     })
     .await;
+    widened_products_in_kafka(&cdc).await;
     cdc.stop();
     let ends = end_offsets(&topics);
     let total: i64 = ends.values().sum();
@@ -368,6 +405,11 @@ async fn the_archive_and_the_replay_work_through_a_rest_catalog() {
         async move { (committed_records(&archive.metrics().await) as i64 == total).then_some(()) }
     })
     .await;
+    let metrics = archive.metrics().await;
+    assert!(
+        metrics.contains("rainbow_archive_iceberg_columns_promoted_total{table=\"public_products\"} 2"),
+        "{metrics}"
+    );
     archive.stop();
     // Nothing went to the embedded catalog: the tables are the REST catalog's.
     assert!(!archive.store.join("iceberg/catalog.db").exists());

@@ -703,6 +703,7 @@ fn open_table(
     }
     metrics.iceberg_untyped_values.with_label_values(&[&name]);
     metrics.iceberg_columns_added.with_label_values(&[&name]);
+    metrics.iceberg_columns_promoted.with_label_values(&[&name]);
     Ok(table)
 }
 

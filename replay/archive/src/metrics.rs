@@ -10,7 +10,8 @@
 //! * `last_segment_timestamp_seconds`; `running`: 1 while the archiver runs;
 //! * `iceberg_untyped_records_total{table,reason}`: records kept raw without typed columns
 //!   (`tombstone`, `not_a_change_event`); `iceberg_untyped_values_total{table}`: values kept in
-//!   the raw envelope only; `iceberg_columns_added_total{table}`: schema evolutions;
+//!   the raw envelope only; `iceberg_columns_added_total{table}` and
+//!   `iceberg_columns_promoted_total{table}`: schema evolutions;
 //! * `retries_total{dependency}`, `dependency_down_seconds{dependency}`, `restarts_total`: the
 //!   faults ridden out (`rainbow_runtime::resilience`).
 
@@ -36,6 +37,7 @@ pub struct ArchiveMetrics {
     pub iceberg_untyped: IntCounterVec,
     pub iceberg_untyped_values: IntCounterVec,
     pub iceberg_columns_added: IntCounterVec,
+    pub iceberg_columns_promoted: IntCounterVec,
     /// Retries, dependencies' down time, restarts, health.
     pub resilience: Resilience,
 }
@@ -109,6 +111,10 @@ impl ArchiveMetrics {
                 "iceberg_columns_added_total",
                 "Source columns added to a changelog table's schema (Iceberg schema evolution)"
             )),
+            iceberg_columns_promoted: reg!(by_table(
+                "iceberg_columns_promoted_total",
+                "Changelog table columns promoted to a wider type because their source column widened (Iceberg schema evolution)"
+            )),
             resilience: {
                 let r = Resilience::register(&registry);
                 r.expect(&[Dependency::Kafka, Dependency::ObjectStore]);
@@ -175,6 +181,7 @@ pub fn iceberg_appended(m: &ArchiveMetrics, table: &str, s: &rainbow_iceberg::Ap
     m.iceberg_untyped.with_label_values(&[table, "tombstone"]).inc_by(s.tombstones);
     m.iceberg_untyped.with_label_values(&[table, "not_a_change_event"]).inc_by(s.not_change_events);
     m.iceberg_columns_added.with_label_values(&[table]).inc_by(s.columns_added);
+    m.iceberg_columns_promoted.with_label_values(&[table]).inc_by(s.columns_promoted);
     m.iceberg_untyped_values.with_label_values(&[table]).inc_by(s.untyped_values);
     tracing::debug!(table, records = s.records, files = s.files, bytes = s.bytes, "Iceberg append committed");
 }

@@ -81,10 +81,22 @@ pub struct AppendStats {
     pub not_change_events: u64,
     /// Columns added to the table by this append.
     pub columns_added: u64,
+    /// Columns promoted to a wider type by this append (the source column's type widened).
+    pub columns_promoted: u64,
     /// Values that do not read as their column's type says: kept in `_envelope` only, their
     /// column named in the row's `_untyped`.
     pub untyped_values: u64,
 }
+
+/// The schema changes of one append.
+struct Evolved {
+    added: u64,
+    promoted: u64,
+}
+
+/// How many times a commit of our own ([`crate::commit`]) is tried when the table changed
+/// meanwhile or the catalog's answer was lost.
+const COMMIT_ATTEMPTS: u64 = 10;
 
 pub struct ChangelogTable {
     pub name: String,
@@ -420,46 +432,62 @@ impl ChangelogTable {
         Some(s)
     }
 
-    /// Adds the columns of `rows` that the table lacks (one schema commit). A column whose type
-    /// changed beyond what the table's type holds exactly keeps its type: such values are not
-    /// typed (the append names them in `_untyped`).
-    async fn evolve(&mut self, lake: &Lake, rows: &[Arc<RowSchema>]) -> Result<u64, LakeError> {
+    /// Evolves the table's schema for `rows`: a column whose source type widened is promoted
+    /// where Iceberg allows it (`int` -> `long`, `float` -> `double`, a decimal's precision at its
+    /// scale; one schema commit, [`Self::promote`]), and the columns the table lacks are added
+    /// (one schema commit). A column whose type changed beyond what any Iceberg promotion holds
+    /// exactly keeps its type: such values are not typed (the append names them in `_untyped`).
+    async fn evolve(&mut self, lake: &Lake, rows: &[Arc<RowSchema>]) -> Result<Evolved, LakeError> {
         let schema = self.table.metadata().current_schema().clone();
         let mut added: Vec<(String, Conv)> = Vec::new();
+        // (field id, name, the type the column gets).
+        let mut promoted: Vec<(i32, String, Type)> = Vec::new();
         for row in rows {
             for (name, conv) in row.iter() {
-                match schema.field_by_name(name) {
-                    Some(f) => {
-                        if META_COLUMNS.contains(&name.as_str()) {
-                            return Err(LakeError::Invalid {
-                                table: self.name.clone(),
-                                reason: format!(
-                                    "the source has a column `{name}`, a name of the changelog's own columns"
-                                ),
-                            });
-                        }
-                        if !connect::fits(&f.field_type, *conv) && self.type_changes.insert(name.clone()) {
+                let Some(f) = schema.field_by_name(name) else {
+                    if !added.iter().any(|(n, _)| n == name) {
+                        added.push((name.clone(), *conv));
+                    }
+                    continue;
+                };
+                if META_COLUMNS.contains(&name.as_str()) {
+                    return Err(LakeError::Invalid {
+                        table: self.name.clone(),
+                        reason: format!(
+                            "the source has a column `{name}`, a name of the changelog's own columns"
+                        ),
+                    });
+                }
+                let at = promoted.iter().position(|(id, _, _)| *id == f.id);
+                let now = at.map_or(f.field_type.as_ref(), |i| &promoted[i].2);
+                if connect::fits(now, *conv) {
+                    continue;
+                }
+                match (connect::promotion(now, *conv), at) {
+                    (Some(to), Some(i)) => promoted[i].2 = to,
+                    (Some(to), None) => promoted.push((f.id, name.clone(), to)),
+                    (None, _) => {
+                        if self.type_changes.insert(name.clone()) {
                             tracing::warn!(
                                 table = %self.name,
                                 column = %name,
-                                was = %f.field_type,
+                                was = %now,
                                 now = %conv.iceberg_type(),
-                                "a source column changed its type beyond what the Iceberg column holds exactly: \
-                                 its values are kept in `_envelope` only and named in `_untyped` \
-                                 (rainbow_archive_iceberg_untyped_values_total)"
+                                "a source column changed its type beyond what any Iceberg promotion of the \
+                                 column holds exactly: its values are kept in `_envelope` only and named in \
+                                 `_untyped` (rainbow_archive_iceberg_untyped_values_total)"
                             );
-                        }
-                    }
-                    None => {
-                        if !added.iter().any(|(n, _)| n == name) {
-                            added.push((name.clone(), *conv));
                         }
                     }
                 }
             }
         }
+        let evolved = Evolved { added: added.len() as u64, promoted: promoted.len() as u64 };
+        if !promoted.is_empty() {
+            self.promote(lake, &promoted).await?;
+        }
         if added.is_empty() {
-            return Ok(0);
+            return Ok(evolved);
         }
         let tx = Transaction::new(&self.table);
         let mut update = tx.update_schema();
@@ -473,7 +501,74 @@ impl ChangelogTable {
             columns = ?added.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
             "Iceberg schema evolved: source columns added"
         );
-        Ok(added.len() as u64)
+        Ok(evolved)
+    }
+
+    /// Commits a schema whose columns `changes` (field id, name, new type) have their promoted
+    /// types, the same field ids kept, so data files written before read as the new types. The
+    /// crate's schema action only adds and deletes columns; the commit is
+    /// [`crate::commit::commit`]'s, required to find the schema it was built from.
+    async fn promote(&mut self, lake: &Lake, changes: &[(i32, String, Type)]) -> Result<(), LakeError> {
+        use iceberg::{TableRequirement, TableUpdate};
+        let ident = self.table.identifier().clone();
+        let invalid = |reason: String| LakeError::Invalid { table: self.name.clone(), reason };
+        for attempt in 0..COMMIT_ATTEMPTS {
+            let meta = self.table.metadata();
+            let current = meta.current_schema();
+            // Done already (an earlier attempt whose answer was lost landed after all)?
+            if changes
+                .iter()
+                .all(|(id, _, to)| current.field_by_id(*id).is_some_and(|f| *f.field_type == *to))
+            {
+                break;
+            }
+            let fields =
+                current.as_struct().fields().iter().map(|f| match changes.iter().find(|c| c.0 == f.id) {
+                    Some((_, _, to)) => {
+                        Arc::new(NestedField { field_type: Box::new(to.clone()), ..f.as_ref().clone() })
+                    }
+                    None => f.clone(),
+                });
+            let next_id = meta.schemas_iter().map(|s| s.schema_id()).max().unwrap_or(0) + 1;
+            let schema = Schema::builder()
+                .with_schema_id(next_id)
+                .with_fields(fields)
+                .with_identifier_field_ids(current.identifier_field_ids())
+                .build()
+                .map_err(LakeError::table(&self.name))?;
+            let requirements = vec![
+                TableRequirement::UuidMatch { uuid: meta.uuid() },
+                TableRequirement::CurrentSchemaIdMatch { current_schema_id: current.schema_id() },
+            ];
+            let updates =
+                vec![TableUpdate::AddSchema { schema }, TableUpdate::SetCurrentSchema { schema_id: -1 }];
+            match crate::commit::commit(lake, &ident, requirements, updates).await? {
+                crate::commit::Outcome::Committed => {}
+                outcome => {
+                    tracing::info!(table = %self.name, attempt, ?outcome, "the schema promotion did not commit: reading the table again");
+                    tokio::time::sleep(std::time::Duration::from_millis(100 << attempt.min(5))).await;
+                }
+            }
+            self.table = lake.catalog.load_table(&ident).await.map_err(LakeError::table(&self.name))?;
+        }
+        let current = self.table.metadata().current_schema();
+        let missing: Vec<&str> = changes
+            .iter()
+            .filter(|(id, _, to)| !current.field_by_id(*id).is_some_and(|f| *f.field_type == *to))
+            .map(|(_, name, _)| name.as_str())
+            .collect();
+        if !missing.is_empty() {
+            return Err(invalid(format!(
+                "{COMMIT_ATTEMPTS} commits of the promoted types of {missing:?} did not go through (the table's \
+                 schema changed meanwhile, or the catalog did not answer): the append is retried"
+            )));
+        }
+        tracing::info!(
+            table = %self.name,
+            columns = ?changes.iter().map(|(_, n, to)| format!("{n}: {to}")).collect::<Vec<_>>(),
+            "Iceberg schema evolved: source column types widened, the columns promoted"
+        );
+        Ok(())
     }
 
     /// Appends `records` of `partition` (consecutive, in offset order) in one commit that also
@@ -534,7 +629,8 @@ impl ChangelogTable {
             };
             parsed.push(p);
         }
-        stats.columns_added = self.evolve(lake, &schemas).await?;
+        let evolved = self.evolve(lake, &schemas).await?;
+        (stats.columns_added, stats.columns_promoted) = (evolved.added, evolved.promoted);
 
         // Commit times: a record without one (a tombstone) takes the one before it in the
         // partition, else its Kafka timestamp's.

@@ -9,9 +9,10 @@
 //! the table and tries again. A REST answer that leaves the outcome unknown (5xx, a timeout) is
 //! [`Outcome::Unknown`]: the caller settles it by reading the table back.
 //!
-//! The crate (0.10) commits appends, schema and property changes and snapshot expiry, but its
-//! commit request (`TableCommit`) can only be built by its own actions, and none of them removes
-//! data files; compaction (crate::changelog) needs one that does.
+//! The crate (0.10) commits appends, added and deleted columns, property changes and snapshot
+//! expiry, but its commit request (`TableCommit`) can only be built by its own actions: none of
+//! them removes data files, which compaction (crate::changelog) needs, or changes a column's
+//! type, which the promotion of a widened source column needs.
 
 use crate::catalog::{Endpoint, Lake, CATALOG_NAME};
 use crate::error::LakeError;

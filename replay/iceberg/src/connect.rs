@@ -214,7 +214,7 @@ impl Column {
             (Column::Long(b), Conv::Int | Conv::Long) => b.append_value(v.as_i64().ok_or_else(bad)?),
             (Column::Float(b), Conv::Float) => b.append_value(v.as_f64().ok_or_else(bad)? as f32),
             (Column::Double(b), Conv::Float | Conv::Double) => b.append_value(v.as_f64().ok_or_else(bad)?),
-            (Column::Decimal(b, _, table_scale), Conv::Decimal { scale, .. }) => {
+            (Column::Decimal(b, table_precision, table_scale), Conv::Decimal { scale, .. }) => {
                 let text = v.as_str().ok_or_else(bad)?;
                 let raw = base64::engine::general_purpose::STANDARD.decode(text).map_err(|_| bad())?;
                 if raw.is_empty() || raw.len() > 16 {
@@ -228,6 +228,10 @@ impl Column {
                 // A value at a smaller scale than the table's is widened exactly.
                 let up = table_scale.checked_sub(scale).ok_or_else(bad)?;
                 let value = 10i128.checked_pow(up).and_then(|f| unscaled.checked_mul(f)).ok_or_else(bad)?;
+                // More digits than the column's precision would not survive Parquet's fixed width.
+                if 10u128.checked_pow(*table_precision).is_some_and(|limit| value.unsigned_abs() >= limit) {
+                    return Err(bad());
+                }
                 b.append_value(value)
             }
             (Column::Date(b), Conv::Date) => {
@@ -292,6 +296,31 @@ pub(crate) fn fits(was: &Type, new: Conv) -> bool {
     }
 }
 
+/// The type Iceberg's schema evolution may promote a column of type `was` to (`int` -> `long`,
+/// `float` -> `double`, a decimal's precision at the same scale) so that it holds, exactly,
+/// both its values so far and values read as `new`; `None` when no promotion does (a decimal's
+/// scale growing, `int` -> `decimal`, any other change).
+pub(crate) fn promotion(was: &Type, new: Conv) -> Option<Type> {
+    use PrimitiveType::{Decimal, Double, Float, Int, Long};
+    let to = match (was, new.iceberg_type()) {
+        (Type::Primitive(Int), Type::Primitive(Long)) => Type::Primitive(Long),
+        (Type::Primitive(Float), Type::Primitive(Double)) => Type::Primitive(Double),
+        (
+            Type::Primitive(Decimal { precision: p0, scale: s0 }),
+            Type::Primitive(Decimal { precision: p1, scale: s1 }),
+        ) if s1 <= *s0 => {
+            let digits = (p0.saturating_sub(*s0)).max(p1.saturating_sub(s1));
+            let precision = digits + s0;
+            if precision <= *p0 || precision > 38 {
+                return None;
+            }
+            Type::Primitive(Decimal { precision, scale: *s0 })
+        }
+        _ => return None,
+    };
+    fits(&to, new).then_some(to)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,6 +358,12 @@ mod tests {
         let v = Value::String(base64::engine::general_purpose::STANDARD.encode([0xfe, 0x1d, 0xc0]));
         c.push(Conv::Decimal { precision: 12, scale: 2 }, &v).unwrap();
         assert!(c.push(Conv::Decimal { precision: 12, scale: 6 }, &v).is_err());
+        // 123,456,789,012.34 has 14 digits: not a value of a DECIMAL(12,2) column.
+        let mut narrow = Column::new(&DataType::Decimal128(12, 2)).unwrap();
+        let wide = Value::String(
+            base64::engine::general_purpose::STANDARD.encode(12_345_678_901_234_i64.to_be_bytes()),
+        );
+        assert!(narrow.push(Conv::Decimal { precision: 14, scale: 2 }, &wide).is_err());
         let a = c.finish();
         let a = a.as_any().downcast_ref::<arrow::array::Decimal128Array>().unwrap();
         assert_eq!(a.value_as_string(0), "-1234.5600");
@@ -341,5 +376,24 @@ mod tests {
             Conv::Decimal { precision: 14, scale: 4 }
         ));
         assert!(!fits(&Conv::Int.iceberg_type(), Conv::Long));
+    }
+
+    #[test]
+    fn only_iceberg_promotions_that_hold_both_types_exactly() {
+        let dec = |precision, scale| Conv::Decimal { precision, scale };
+        let int = Conv::Int.iceberg_type();
+        assert_eq!(promotion(&int, Conv::Long), Some(Conv::Long.iceberg_type()));
+        assert_eq!(promotion(&Conv::Float.iceberg_type(), Conv::Double), Some(Conv::Double.iceberg_type()));
+        // NUMERIC(15,2) -> NUMERIC(18,2): the precision grows at the same scale.
+        assert_eq!(promotion(&dec(15, 2).iceberg_type(), dec(18, 2)), Some(dec(18, 2).iceberg_type()));
+        // A smaller scale with more integer digits: the table's scale, enough digits for both.
+        assert_eq!(promotion(&dec(12, 2).iceberg_type(), dec(16, 1)), Some(dec(17, 2).iceberg_type()));
+        // A scale that grows, beyond 38 digits, or another kind of type: no promotion.
+        assert_eq!(promotion(&dec(12, 2).iceberg_type(), dec(18, 4)), None);
+        assert_eq!(promotion(&dec(38, 2).iceberg_type(), dec(38, 0)), None);
+        assert_eq!(promotion(&int, dec(10, 0)), None);
+        assert_eq!(promotion(&int, Conv::Text), None);
+        // Values that already fit need none.
+        assert_eq!(promotion(&Conv::Long.iceberg_type(), Conv::Int), None);
     }
 }

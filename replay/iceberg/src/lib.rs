@@ -9,9 +9,11 @@
 //! one Iceberg commit whose snapshot summary records the next offset of each of the topic's
 //! partitions (`rainbow.kafka.offsets`), so a writer that crashes resumes from the table itself
 //! and neither loses nor doubles a record. A new source column becomes an Iceberg schema
-//! evolution (an added optional column); values of a column whose type changed beyond what its
-//! Iceberg type holds exactly, and values that do not read as their type, are kept in `_envelope`
-//! only and named in the row's `_untyped` (counted; never a guessed value).
+//! evolution (an added optional column); a source column that widened within Iceberg's type
+//! promotions (`int` -> `long`, `float` -> `double`, a decimal's precision) has its column
+//! promoted (same field id); values of a column whose type changed beyond that, and values that
+//! do not read as their type (a decimal wider than its column's precision), are kept in
+//! `_envelope` only and named in the row's `_untyped` (counted; never a guessed value).
 //!
 //! [`ChangelogTable::compact`] rewrites runs of small data files (one `replace` snapshot that
 //! keeps the offsets), committed through the catalog by crate::commit, since the `iceberg`

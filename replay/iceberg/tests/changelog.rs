@@ -1,6 +1,6 @@
 //! A changelog table on the embedded SQL catalog (SQLite) and a local warehouse: appends,
-//! resume from the committed offsets, schema evolution, a refused type change, read back with
-//! the `iceberg` crate's own scan.
+//! resume from the committed offsets, schema evolution (added columns, promoted types), a refused
+//! type change, read back with the `iceberg` crate's own scan.
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Decimal128Type, Int32Type, Int64Type};
@@ -27,8 +27,13 @@ fn field(ty: &str, name: &str) -> Value {
 }
 
 fn decimal(name: &str, scale: u32) -> Value {
+    decimal_of(name, 12, scale)
+}
+
+fn decimal_of(name: &str, precision: u32, scale: u32) -> Value {
     json!({"type": "bytes", "optional": true, "name": "org.apache.kafka.connect.data.Decimal", "version": 1,
-           "parameters": {"scale": scale.to_string(), "connect.decimal.precision": "12"}, "field": name})
+           "parameters": {"scale": scale.to_string(), "connect.decimal.precision": precision.to_string()},
+           "field": name})
 }
 
 /// A Debezium envelope (with the schema wrapper) of table `products`.
@@ -70,6 +75,87 @@ async fn read_all(lake: &Lake, name: &str) -> RecordBatch {
     let order =
         arrow::compute::lexsort_to_indices(&[by("_kafka_partition"), by("_kafka_offset")], None).unwrap();
     arrow::compute::take_record_batch(&all, &order).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn widened_source_columns_promote_their_iceberg_columns() {
+    use iceberg::spec::{PrimitiveType, Type};
+    let (config, dir) = lake_config("promote");
+    let lake = Lake::open(&config).await.unwrap();
+    let mut t = ChangelogTable::open(&lake, "products", "rb.public.products").await.unwrap();
+    let id = |ty: &str| json!({"type": ty, "optional": false, "field": "id"});
+    let cols = [id("int32"), decimal_of("price", 15, 2), field("float32", "weight")];
+    let day = 1_722_470_400_000;
+    let v0 = envelope(
+        "c",
+        100,
+        day,
+        &cols,
+        json!({"id": 1, "name": "pen", "price": unscaled(1250), "weight": 1.5}),
+    );
+    let s = t
+        .append(&lake, 0, &[ChangeRecord { offset: 0, kafka_ts_ms: None, key: None, value: Some(&v0) }])
+        .await;
+    assert_eq!(s.unwrap().columns_added, 3);
+    let types = |t: &iceberg::table::Table| -> Vec<(i32, String, Type)> {
+        let s = t.metadata().current_schema();
+        ["id", "price", "weight"]
+            .iter()
+            .map(|n| s.field_by_name(n).map(|f| (f.id, f.name.clone(), (*f.field_type).clone())).unwrap())
+            .collect()
+    };
+    let ident = lake.ident("products");
+    let before = types(&lake.catalog().load_table(&ident).await.unwrap());
+
+    // ALTER TABLE ... TYPE bigint, NUMERIC(18,2), double precision: the source widened.
+    let wide = [id("int64"), decimal_of("price", 18, 2), field("float64", "weight")];
+    let big = 123_456_789_012_345_678_i64; // 1234567890123456.78: 16 integer digits
+    let v1 = envelope(
+        "c",
+        110,
+        day + 1,
+        &wide,
+        json!({"id": 3_000_000_000_i64, "price": unscaled(big), "weight": 0.1}),
+    );
+    let one = [ChangeRecord { offset: 1, kafka_ts_ms: None, key: None, value: Some(&v1) }];
+    let s = t.append(&lake, 0, &one).await.unwrap();
+    assert_eq!((s.records, s.columns_added, s.columns_promoted, s.untyped_values), (1, 0, 3, 0), "{s:?}");
+    let after = types(&lake.catalog().load_table(&ident).await.unwrap());
+    let ids = |v: &[(i32, String, Type)]| v.iter().map(|x| x.0).collect::<Vec<_>>();
+    assert_eq!(ids(&after), ids(&before), "the same field ids: older files read as the new types");
+    assert_eq!(
+        after.iter().map(|x| x.2.clone()).collect::<Vec<_>>(),
+        vec![
+            Type::Primitive(PrimitiveType::Long),
+            Type::Primitive(PrimitiveType::Decimal { precision: 18, scale: 2 }),
+            Type::Primitive(PrimitiveType::Double),
+        ]
+    );
+
+    // Both files read as the promoted types, every value typed.
+    let b = read_all(&lake, "products").await;
+    let ids = b.column_by_name("id").unwrap().as_primitive::<Int64Type>();
+    assert_eq!((ids.value(0), ids.value(1)), (1, 3_000_000_000));
+    let price = b.column_by_name("price").unwrap().as_primitive::<Decimal128Type>();
+    assert_eq!(
+        (price.value_as_string(0), price.value_as_string(1)),
+        ("12.50".to_string(), "1234567890123456.78".to_string())
+    );
+    let weight = b.column_by_name("weight").unwrap().as_primitive::<arrow::datatypes::Float64Type>();
+    assert_eq!((weight.value(0), weight.value(1)), (1.5, 0.1));
+    assert_eq!(b.column_by_name("_untyped").unwrap().null_count(), 2, "nothing left untyped");
+
+    // A record of the narrower schema still fits (no promotion), and a table opened again
+    // appends with the promoted schema.
+    let mut reopened = ChangelogTable::open(&lake, "products", "rb.public.products").await.unwrap();
+    let v2 = envelope("c", 120, day + 2, &cols, json!({"id": 2, "price": unscaled(5), "weight": 2.0}));
+    let s = reopened
+        .append(&lake, 0, &[ChangeRecord { offset: 2, kafka_ts_ms: None, key: None, value: Some(&v2) }])
+        .await
+        .unwrap();
+    assert_eq!((s.records, s.columns_promoted, s.untyped_values), (1, 0, 0));
+    assert_eq!(read_all(&lake, "products").await.num_rows(), 3);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,8 +16,8 @@
 //! warehouse, as everything the archive wrote does (time travel to older snapshots reads them).
 
 use super::{
-    committed_offsets, history, offsets_property, ChangelogFile, ChangelogTable, OFFSETS_PROPERTY,
-    TOPIC_PROPERTY,
+    committed_offsets, history, offsets_property, ChangelogFile, ChangelogTable, COMMIT_ATTEMPTS,
+    OFFSETS_PROPERTY, TOPIC_PROPERTY,
 };
 use crate::catalog::Lake;
 use crate::commit::{commit, Outcome};
@@ -52,9 +52,6 @@ pub struct CompactStats {
     /// Commits that found the table changed and were made again.
     pub retries: u64,
 }
-
-/// How many times a commit that found the table changed is tried again.
-const ATTEMPTS: u64 = 10;
 
 impl ChangelogTable {
     /// Rewrites every run of at least two data files smaller than `target_bytes` (see the
@@ -101,7 +98,7 @@ impl ChangelogTable {
         }
 
         let mut last = Outcome::Conflict;
-        for attempt in 0..ATTEMPTS {
+        for attempt in 0..COMMIT_ATTEMPTS {
             // The table as it is now: the rewrite took a while, appends may have come.
             self.table = lake.catalog.load_table(&ident).await.map_err(LakeError::table(&self.name))?;
             // An earlier attempt whose outcome was unknown may have landed after all.
@@ -150,11 +147,11 @@ impl ChangelogTable {
             table: self.name.clone(),
             reason: match last {
                 Outcome::Unknown(reason) => format!(
-                    "{ATTEMPTS} compaction commits did not go through; the last one's outcome is unknown ({reason}): \
+                    "{COMMIT_ATTEMPTS} compaction commits did not go through; the last one's outcome is unknown ({reason}): \
                      run it again (it starts from the table as it is)"
                 ),
                 _ => format!(
-                    "{ATTEMPTS} compaction commits found the table changed by other writers: nothing \
+                    "{COMMIT_ATTEMPTS} compaction commits found the table changed by other writers: nothing \
                      committed, run it again"
                 ),
             },
