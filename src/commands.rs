@@ -291,8 +291,18 @@ async fn on_tables<T: Send + 'static>(
 }
 
 pub async fn archive_expire(config: &Config, hours: Option<u64>) -> anyhow::Result<()> {
-    let hours = hours.unwrap_or(config.archive_settings().snapshot_retention_hours);
-    anyhow::ensure!(hours > 0, "--older-than-hours must be at least 1");
+    let hours = match (hours, config.archive_settings().snapshot_retention_hours) {
+        (Some(0), _) => return Err(SettingsError("--older-than-hours must be at least 1".into()).into()),
+        (Some(hours), _) => hours,
+        (None, 0) => {
+            println!(
+                "archive expire: archive.snapshot_retention_hours is 0 (every snapshot kept): nothing removed; \
+                 --older-than-hours N removes the snapshots older than N hours"
+            );
+            return Ok(());
+        }
+        (None, hours) => hours,
+    };
     let done = on_tables(config, move |url, settings, rt| {
         rainbow_archive::archiver::expire_snapshots(url, settings, hours, rt)
     })
@@ -311,7 +321,7 @@ pub async fn archive_compact(config: &Config, target_mb: u64) -> anyhow::Result<
     let target_bytes = target_mb
         .checked_mul(1 << 20)
         .filter(|b| *b > 0)
-        .context("--target-mb must be at least 1 and at most 2^44")?;
+        .ok_or_else(|| SettingsError("--target-mb must be at least 1 and at most 2^44".into()))?;
     let done = on_tables(config, move |url, settings, rt| {
         rainbow_archive::archiver::compact_tables(url, settings, target_bytes, rt)
     })

@@ -543,6 +543,10 @@ impl figment::Provider for EnvSetting {
     }
 }
 
+/// Settings that hold a map but are unset by default (`None`: "those of `[cdc]`"), so their
+/// default cannot tell [`env_value`] to read key=value pairs.
+const UNSET_MAPS: [&str; 2] = ["processor.topic_map", "archive.topic_map"];
+
 /// An environment value, typed like the setting's default: environment variables are strings,
 /// and figment does not turn "5432" into a port by itself. A string setting keeps digits as
 /// written (`RAINBOW_POSTGRES__PASSWORD=1234`). A value that does not parse stays a string, so
@@ -550,6 +554,17 @@ impl figment::Provider for EnvSetting {
 fn env_value(key: &str, raw: &str) -> figment::value::Value {
     use figment::value::{Num, Value};
     let default = Figment::from(Serialized::defaults(Config::default())).find_value(key).ok();
+    // Maps as comma-separated key=value pairs.
+    let pairs = || {
+        raw.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|pair| {
+                pair.split_once('=').map(|(k, v)| (k.trim().to_string(), Value::from(v.trim().to_string())))
+            })
+            .collect::<Option<figment::value::Dict>>()
+            .map(Value::from)
+    };
     let typed = match default {
         Some(Value::Num(..)) => raw
             .parse::<u64>()
@@ -558,19 +573,12 @@ fn env_value(key: &str, raw: &str) -> figment::value::Value {
             .ok()
             .map(Value::from),
         Some(Value::Bool(..)) => raw.parse::<bool>().ok().map(Value::from),
-        // Lists as comma-separated items, maps as comma-separated key=value pairs.
+        // Lists as comma-separated items.
         Some(Value::Array(..)) => Some(Value::from(
             raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect::<Vec<_>>(),
         )),
-        Some(Value::Dict(..)) => raw
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|pair| {
-                pair.split_once('=').map(|(k, v)| (k.trim().to_string(), Value::from(v.trim().to_string())))
-            })
-            .collect::<Option<figment::value::Dict>>()
-            .map(Value::from),
+        Some(Value::Dict(..)) => pairs(),
+        _ if UNSET_MAPS.contains(&key) => pairs(),
         _ => None,
     };
     typed.unwrap_or_else(|| Value::from(raw.to_string()))
@@ -688,6 +696,17 @@ mod tests {
         assert_eq!(c.cdc.snapshot_mode, rainbow_cdc::SnapshotMode::NoData);
         let err = load(&[("RAINBOW_CDC__TOPIC_MAP", "public.orders")]).unwrap_err().to_string();
         assert!(err.contains("cdc.topic_map"), "{err}");
+        // The processor's and the archiver's maps are unset by default (they take the CDC's).
+        let c = load(&[
+            ("RAINBOW_PROCESSOR__TOPIC_MAP", "public.orders=o2"),
+            ("RAINBOW_ARCHIVE__TOPIC_MAP", "public.orders=o3"),
+        ])
+        .unwrap();
+        let one =
+            |t: &str| Some(std::collections::BTreeMap::from([("public.orders".to_string(), t.to_string())]));
+        assert_eq!((c.processor.topic_map, c.archive.topic_map), (one("o2"), one("o3")));
+        let err = load(&[("RAINBOW_ARCHIVE__TOPIC_MAP", "public.orders")]).unwrap_err().to_string();
+        assert!(err.contains("archive.topic_map"), "{err}");
         let err = load(&[("RAINBOW_CDC__SNAPSHOT_MODE", "sometimes")]).unwrap_err().to_string();
         assert!(err.contains("cdc.snapshot_mode"), "{err}");
     }

@@ -104,7 +104,7 @@ pub enum ArchiveAction {
     /// archive.snapshot_retention_hours) from their metadata, keeping each table's current one
     /// (which holds the archived offsets). No file is deleted. The archiver does this hourly.
     Expire {
-        #[arg(long, value_name = "HOURS")]
+        #[arg(long, value_name = "HOURS", value_parser = clap::value_parser!(u64).range(1..))]
         older_than_hours: Option<u64>,
     },
     /// Rewrite each changelog table's runs of small data files (consecutive offsets of one
@@ -112,7 +112,8 @@ pub enum ArchiveAction {
     /// table that keeps the archived offsets. Safe beside a running archiver. No file is deleted.
     Compact {
         /// The largest file a run is rewritten into (files this large or larger stay as they are).
-        #[arg(long, value_name = "MIB", default_value_t = 128)]
+        #[arg(long, value_name = "MIB", default_value_t = 128,
+              value_parser = clap::value_parser!(u64).range(1..=1 << 44))]
         target_mb: u64,
     },
 }

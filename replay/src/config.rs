@@ -18,7 +18,8 @@ pub struct ReplayConfig {
     /// Records read from a segment at a time, per input.
     pub read_batch_rows: usize,
     /// Collapsed output rows held in memory; beyond that they are spilled to the output store
-    /// as a sorted run (`<out>/_replay/runs/`) and merged when the tables are written.
+    /// as a sorted run (`<out>/_replay/shards/<shard>/runs/`) and merged when the tables are
+    /// written.
     pub spill_rows: usize,
     /// Also write every output table as an Iceberg table (replacing the table of that name),
     /// for loading and comparing with standard tools (the Kappa swap). `rainbow replay --iceberg`.

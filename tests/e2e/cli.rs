@@ -80,6 +80,20 @@ fn an_invalid_setting_stops_the_program_naming_the_key() {
     assert!(msg.contains("`clickhouse.url`") && msg.contains("http://"), "{msg}");
 }
 
+#[test]
+fn archive_maintenance_refuses_bad_arguments_as_settings_errors() {
+    for args in [["archive", "compact", "--target-mb", "0"], ["archive", "expire", "--older-than-hours", "0"]]
+    {
+        let out = rainbow(&args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains("is not in 1.."), "{args:?}: {}", text(&out));
+    }
+    // Retention 0 keeps every snapshot: a plain `expire` says so, without touching the catalog.
+    let out = rainbow(&["archive", "expire"], &[("RAINBOW_ARCHIVE__SNAPSHOT_RETENTION_HOURS", "0")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("every snapshot kept"), "{}", text(&out));
+}
+
 /// `rainbow --print-config` run in `cwd` with only the given RAINBOW_* variables.
 fn print_config(cwd: &std::path::Path, env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rainbow"));
