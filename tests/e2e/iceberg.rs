@@ -193,6 +193,8 @@ async fn pyiceberg_and_clickhouse_read_the_changelog_tables_as_the_source_change
         metrics.contains("rainbow_archive_iceberg_columns_added_total{table=\"public_brands\"}"),
         "{metrics}"
     );
+    // The restart resumed after the offsets the tables committed: nothing was read twice.
+    assert!(metrics.contains("\nrainbow_archive_existing_segments_total 0\n"), "{metrics}");
     assert!(
         metrics.contains("rainbow_archive_iceberg_columns_promoted_total{table=\"public_products\"} 2"),
         "{metrics}"

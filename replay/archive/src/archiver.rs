@@ -286,6 +286,13 @@ impl Archiver {
         // The changelog tables, filled from the segments where they are behind.
         let lake = rt.block_on(Lake::open(&config.lake(&store)?))?;
         let tables = open_tables(&rt, &store, &lake, config, &metrics, &topics, &segments)?;
+        // Where each partition resumes: after the last offset its changelog table committed (an
+        // archive from before the tables had its segments appended just above). Records past it
+        // that a stopped attempt had buffered are read again; nothing before it is.
+        let committed: HashMap<(String, i32), i64> = tables
+            .iter()
+            .flat_map(|(topic, t)| t.committed().iter().map(move |(p, next)| ((topic.clone(), *p), *next)))
+            .collect();
         let lake = Arc::new(lake);
         let mut writers = Writers::start(config.writer_threads(), rt.clone(), lake.clone(), metrics.clone())?;
         for (topic, table) in tables {
@@ -295,7 +302,9 @@ impl Archiver {
         let mut inputs = Vec::new();
         let mut by_topic: HashMap<String, Vec<usize>> = HashMap::new();
         for (topic, partition) in partitions {
-            let mut next = archived.get(&(topic.clone(), partition)).map_or(0, |last| last + 1);
+            let key = (topic.clone(), partition);
+            let mut next =
+                archived.get(&key).map_or(0, |last| last + 1).max(committed.get(&key).copied().unwrap_or(0));
             if next > 0 {
                 let (low, high) = consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
                 if next > high {
@@ -325,7 +334,7 @@ impl Archiver {
         consumer.assign(&tpl)?;
         tracing::info!(
             partitions = inputs.len(),
-            resumed = archived.len(),
+            resumed = inputs.iter().filter(|i| i.next > 0).count(),
             url = %store.url,
             "archiving the CDC topics"
         );
