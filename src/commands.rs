@@ -12,7 +12,7 @@ use rainbow_schemas::warehouse::{Connection, Warehouse, WarehouseError};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn pg_pool_options(pg: &PostgresConfig) -> (PgPoolOptions, PgConnectOptions) {
     let options = PgConnectOptions::new()
@@ -446,6 +446,84 @@ pub async fn replay(config: &Config, args: &crate::ReplayArgs) -> anyhow::Result
             catalog.as_deref().unwrap_or("sqlite:<out>/iceberg/catalog.db")
         );
     }
+    Ok(())
+}
+
+/// Rows per insert of `rainbow load` (one block: ClickHouse inserts it whole or not at all).
+const LOAD_CHUNK_ROWS: usize = 100_000;
+
+/// `rainbow load --from URL`: every table of a replay's output into the ClickHouse database of
+/// the settings, migrated first and refused unless each table is empty (so a load never mixes
+/// with other rows); RowBinary inserts of [`LOAD_CHUNK_ROWS`], each bounded by
+/// `processor.sink_timeout_ms` and retried with backoff while the failure is transient (a chunk
+/// inserted twice collapses under `FINAL`, as the processor's re-deliveries do).
+pub async fn load(config: &Config, from: &str) -> anyhow::Result<()> {
+    use rainbow_runtime::resilience::Backoff;
+    use rainbow_schemas::shape::{arrow::row_binary, TABLES};
+    use rainbow_schemas::warehouse::{bounded, is_transient};
+    let store = rainbow_runtime::store::Store::open(from)?;
+    for t in TABLES {
+        if store.list(t.name).await?.is_empty() {
+            return Err(SettingsError(format!(
+                "{from} has no table {} (`rainbow replay --out` writes <out>/<table>/part-*.parquet)",
+                t.name
+            ))
+            .into());
+        }
+    }
+    let wh = warehouse(config).await?;
+    let database = &config.clickhouse.database;
+    wh.migrate(database).await?;
+    let limit = Duration::from_millis(config.processor.sink_timeout_ms);
+    for t in TABLES {
+        let query = wh.client.query(&format!("SELECT count() FROM {}", t.name));
+        let rows: u64 = bounded(limit, query.fetch_one()).await?;
+        if rows > 0 {
+            return Err(SettingsError(format!(
+                "{database}.{} already holds {rows} rows: load into a fresh database \
+                 (RAINBOW_CLICKHOUSE__DATABASE=<new name>; docs/batch.md, the Kappa swap)",
+                t.name
+            ))
+            .into());
+        }
+    }
+    let rt = tokio::runtime::Handle::current();
+    for t in TABLES {
+        let (s, h) = (store.clone(), rt.clone());
+        let batch = tokio::task::spawn_blocking(move || rainbow_replay::replay::read_table(&s, &h, t.name))
+            .await??
+            .with_context(|| format!("{from}: the files of {} went away", t.name))?;
+        let started = Instant::now();
+        for start in (0..batch.num_rows()).step_by(LOAD_CHUNK_ROWS) {
+            let body = row_binary(t, &batch, start..batch.num_rows().min(start + LOAD_CHUNK_ROWS))?;
+            let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+            for attempt in 1.. {
+                let mut insert =
+                    wh.client.insert_formatted_with(format!("INSERT INTO {} FORMAT RowBinary", t.name));
+                let sent = async {
+                    insert.send(body.clone().into()).await?;
+                    insert.end().await
+                };
+                match bounded(limit, sent).await {
+                    Ok(()) => break,
+                    Err(e) if is_transient(&e) && attempt < 10 => {
+                        tracing::warn!(table = t.name, attempt, error = %e, "an insert failed; trying again");
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e).context(format!("loading {database}.{}", t.name)))
+                    }
+                }
+            }
+        }
+        println!(
+            "load: {database}.{}: {} rows in {:.1} s",
+            t.name,
+            batch.num_rows(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    println!("load: every table of {from} is in {database}; compare, then swap (docs/batch.md)");
     Ok(())
 }
 

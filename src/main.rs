@@ -67,6 +67,11 @@ enum Command {
     /// warehouse table under <out>/<table>/ (default out: replay.out_url, <state root>/replay).
     /// Resumable: rerun the same command after an interrupt.
     Replay(ReplayArgs),
+    /// Load a replay's output (its Parquet tables) into the ClickHouse database of the settings
+    /// (`clickhouse.database`, e.g. RAINBOW_CLICKHOUSE__DATABASE=rainbow_v2), migrated first;
+    /// every table must be empty. Any ClickHouse version: rows go in as the processor writes them
+    /// (RowBinary). The load step of the Kappa swap (docs/batch.md).
+    Load(LoadArgs),
     /// Order producers: POST realistic orders to the API, churn the catalogue in PostgreSQL, or
     /// benchmark the API (--bench).
     Loadgen(LoadgenArgs),
@@ -90,6 +95,13 @@ enum Command {
     /// topics) or `cdc` (drop the replication slot, the publication and the offsets file: the next
     /// `rainbow cdc` snapshots the source again). A dry run unless --yes.
     Reset(ResetArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// The replay's output (`rainbow replay --out`): a directory or an object-store URL.
+    #[arg(long, value_name = "URL")]
+    pub from: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -413,6 +425,7 @@ fn main() -> ExitCode {
         }
         Command::Replay(args) => runtime().block_on(commands::replay(&config, &args)),
         Command::Loadgen(args) => runtime().block_on(commands::loadgen(&config, &args)),
+        Command::Load(args) => runtime().block_on(commands::load(&config, &args.from)),
         Command::Check(args) => match runtime().block_on(commands::check(&config, &args)) {
             Ok(true) => return ExitCode::SUCCESS,
             Ok(false) => return ExitCode::from(1),

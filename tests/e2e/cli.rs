@@ -23,9 +23,10 @@ fn text(o: &Output) -> String {
 fn help_lists_every_command() {
     let out = rainbow(&["--help"], &[]);
     assert!(out.status.success());
-    for cmd in
-        ["api", "cdc", "process", "archive", "replay", "loadgen", "migrate", "check", "up", "status", "reset"]
-    {
+    for cmd in [
+        "api", "cdc", "process", "archive", "replay", "load", "loadgen", "migrate", "check", "up", "status",
+        "reset",
+    ] {
         assert!(text(&out).contains(&format!("\n  {cmd} ")), "{cmd} in --help");
         assert!(rainbow(&[cmd, "--help"], &[]).status.success(), "{cmd} --help");
     }

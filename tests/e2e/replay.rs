@@ -140,6 +140,28 @@ async fn replaying_the_archive_gives_the_tables_streaming_wrote() {
     // The Kappa invariant: every table ClickHouse holds equals the replay's, row for row.
     common::replay::assert_same_as_clickhouse(&out1, &p.database).await;
 
+    // The Kappa swap's load step: `rainbow load` puts the replay's tables into a fresh database
+    // (RowBinary, as on any ClickHouse version), where they equal the replay's Parquet row for
+    // row; loading into it again is refused.
+    let v2 = format!("{}_v2", p.database);
+    let load = || {
+        let o = Command::new(env!("CARGO_BIN_EXE_rainbow"))
+            .args(["load", "--from", out1.to_str().unwrap()])
+            .env("RAINBOW_CLICKHOUSE__DATABASE", &v2)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    let (code, text) = load();
+    assert!(code == Some(0) && text.contains(&format!("load: {v2}.fact_sales: ")), "{text}");
+    common::replay::assert_same_as_clickhouse(&out1, &v2).await;
+    let (code, text) = load();
+    assert!(code == Some(2) && text.contains("already holds"), "{text}");
+    common::processor::clickhouse(&format!("DROP DATABASE {v2}")).await.unwrap();
+
     // `rainbow check` passes on both, also against PostgreSQL's total ...
     let check = |args: &[&str]| {
         let o = Command::new(env!("CARGO_BIN_EXE_rainbow"))
