@@ -346,13 +346,14 @@ fn upsert<A: Attributes>(
     ctx: Ctx,
     out: &mut Outputs,
 ) -> bool {
+    let time = change_time(member, ctx);
     if let Some(cur) = &member.current {
         if cur.attrs == attrs {
             return false;
         }
-        cur.attrs.emit(id, cur, ctx.time, ctx.version, out);
+        cur.attrs.emit(id, cur, time, ctx.version, out);
     }
-    let open = OpenVersion { key: surrogate_key(A::NAME, id, ctx.at), valid_from: ctx.time, attrs };
+    let open = OpenVersion { key: surrogate_key(A::NAME, id, ctx.at), valid_from: time, attrs };
     open.attrs.emit(id, &open, OPEN_VALID_TO, ctx.version, out);
     member.openings.push((ctx.at, open.key, open.attrs.hist()));
     member.current = Some(open);
@@ -361,9 +362,19 @@ fn upsert<A: Attributes>(
 
 /// Closes the open version, if any.
 fn close<A: Attributes>(member: &mut Member<A, A::Hist>, id: i64, ctx: Ctx, out: &mut Outputs) {
+    let time = change_time(member, ctx);
     if let Some(cur) = member.current.take() {
-        cur.attrs.emit(id, &cur, ctx.time, ctx.version, out);
+        cur.attrs.emit(id, &cur, time, ctx.version, out);
     }
+}
+
+/// When a change of `member` takes effect: its commit time, but never before the open version
+/// began, so that no version ends before it begins. Snapshot rows carry the time they were read
+/// (as Debezium's do), which can be later than the commit of a change streamed right after the
+/// snapshot's consistent point; and commit times are not strictly in commit (LSN) order. Such a
+/// version lasts zero seconds; which version a fact belongs to is decided by positions, not times.
+fn change_time<A: Attributes>(member: &Member<A, A::Hist>, ctx: Ctx) -> u32 {
+    member.current.as_ref().map_or(ctx.time, |cur| ctx.time.max(cur.valid_from))
 }
 
 type Dim<A> = BTreeMap<i64, Member<A, <A as Attributes>::Hist>>;

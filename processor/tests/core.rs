@@ -200,6 +200,38 @@ fn scd2_opens_closes_and_ignores_untracked_updates() {
     assert_eq!(feed.tables.dim_customers.rows().filter(|c| c.customer_id == 2).count(), 2);
 }
 
+/// A change timed before the open version began (a snapshot row is stamped when it is read,
+/// after changes streamed right behind its consistent point; commit times are not strictly in
+/// LSN order) takes effect when that version began: no version ends before it begins, and the
+/// next one starts where it ends.
+#[test]
+fn a_change_timed_before_its_open_version_never_inverts_the_interval() {
+    let (mut s, mut feed) = (Script::new(), Feed::new());
+    reference(&mut s, &mut feed);
+    s.tx();
+    let began = s.ts_s + 300;
+    s.ts_s = began;
+    feed.apply(&s.c(customer(7, "Chi", "chi@x")));
+    // Later in the log, earlier by its time.
+    s.tx();
+    s.ts_s = began - 240;
+    let e = s.u(customer(7, "Chi", "chi@x"), customer(7, "Chi Le", "chi@x"));
+    let out = feed.apply(&e);
+    let (closed, opened) = (&out.dim_customers[0], &out.dim_customers[1]);
+    assert_eq!((closed.valid_from, closed.valid_to), (began as u32, began as u32));
+    assert_eq!((opened.valid_from, opened.valid_to), (began as u32, OPEN_VALID_TO));
+    // A delete timed before the open version closes it at the version's start too.
+    s.tx();
+    s.ts_s = began - 120;
+    let e = s.d(customer(7, "Chi Le", "chi@x"));
+    assert_eq!(feed.apply(&e).dim_customers[0].valid_to, began as u32);
+    // A later change takes its own commit time.
+    s.tx();
+    s.ts_s = began + 120;
+    let e = s.c(customer(7, "Chi", "chi@x"));
+    assert_eq!(feed.apply(&e).dim_customers[0].valid_from, (began + 120) as u32);
+}
+
 #[test]
 fn renaming_a_brand_versions_its_products_only() {
     let (mut s, mut feed) = (Script::new(), Feed::new());
