@@ -458,9 +458,8 @@ const LOAD_CHUNK_ROWS: usize = 100_000;
 /// `processor.sink_timeout_ms` and retried with backoff while the failure is transient (a chunk
 /// inserted twice collapses under `FINAL`, as the processor's re-deliveries do).
 pub async fn load(config: &Config, from: &str) -> anyhow::Result<()> {
-    use rainbow_runtime::resilience::Backoff;
     use rainbow_schemas::shape::{arrow::row_binary, TABLES};
-    use rainbow_schemas::warehouse::{bounded, is_transient};
+    use rainbow_schemas::warehouse::bounded;
     let store = rainbow_runtime::store::Store::open(from)?;
     for t in TABLES {
         if store.list(t.name).await?.is_empty() {
@@ -489,42 +488,61 @@ pub async fn load(config: &Config, from: &str) -> anyhow::Result<()> {
     }
     let rt = tokio::runtime::Handle::current();
     for t in TABLES {
-        let (s, h) = (store.clone(), rt.clone());
-        let batch = tokio::task::spawn_blocking(move || rainbow_replay::replay::read_table(&s, &h, t.name))
-            .await??
-            .with_context(|| format!("{from}: the files of {} went away", t.name))?;
         let started = Instant::now();
-        for start in (0..batch.num_rows()).step_by(LOAD_CHUNK_ROWS) {
-            let body = row_binary(t, &batch, start..batch.num_rows().min(start + LOAD_CHUNK_ROWS))?;
-            let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
-            for attempt in 1.. {
-                let mut insert =
-                    wh.client.insert_formatted_with(format!("INSERT INTO {} FORMAT RowBinary", t.name));
-                let sent = async {
-                    insert.send(body.clone().into()).await?;
-                    insert.end().await
-                };
-                match bounded(limit, sent).await {
-                    Ok(()) => break,
-                    Err(e) if is_transient(&e) && attempt < 10 => {
-                        tracing::warn!(table = t.name, attempt, error = %e, "an insert failed; trying again");
-                        tokio::time::sleep(backoff.next_delay()).await;
+        let (s, h, wh) = (store.clone(), rt.clone(), wh.clone());
+        let rows = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+            let mut rows = 0;
+            rainbow_replay::replay::each_batch(
+                &s,
+                &h,
+                t.name,
+                LOAD_CHUNK_ROWS,
+                |batch| -> anyhow::Result<()> {
+                    if batch.num_rows() == 0 {
+                        return Ok(());
                     }
-                    Err(e) => {
-                        return Err(anyhow::Error::new(e).context(format!("loading {database}.{}", t.name)))
-                    }
-                }
-            }
-        }
-        println!(
-            "load: {database}.{}: {} rows in {:.1} s",
-            t.name,
-            batch.num_rows(),
-            started.elapsed().as_secs_f64()
-        );
+                    let body = row_binary(t, &batch, 0..batch.num_rows())?;
+                    h.block_on(insert_row_binary(&wh, t.name, body, limit))?;
+                    rows += batch.num_rows();
+                    Ok(())
+                },
+            )?;
+            Ok(rows)
+        })
+        .await??;
+        println!("load: {database}.{}: {rows} rows in {:.1} s", t.name, started.elapsed().as_secs_f64());
     }
     println!("load: every table of {from} is in {database}; compare, then swap (docs/batch.md)");
     Ok(())
+}
+
+/// One RowBinary insert into `table`, bounded by `limit` and tried again with backoff while the
+/// failure is transient (at most 10 times).
+async fn insert_row_binary(
+    wh: &Warehouse,
+    table: &str,
+    body: Vec<u8>,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    use rainbow_runtime::resilience::Backoff;
+    use rainbow_schemas::warehouse::{bounded, is_transient};
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+    for attempt in 1.. {
+        let mut insert = wh.client.insert_formatted_with(format!("INSERT INTO {table} FORMAT RowBinary"));
+        let sent = async {
+            insert.send(body.clone().into()).await?;
+            insert.end().await
+        };
+        match bounded(limit, sent).await {
+            Ok(()) => return Ok(()),
+            Err(e) if is_transient(&e) && attempt < 10 => {
+                tracing::warn!(table, attempt, error = %e, "an insert failed; trying again");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("inserting into {table}"))),
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 /// Runs the checks and prints the report; `Ok(false)` when one failed.

@@ -639,18 +639,44 @@ pub fn read_table(
 ) -> Result<Option<arrow::array::RecordBatch>, ReplayError> {
     let mut schema = None;
     let mut batches = Vec::new();
-    for (path, _) in rt.block_on(out.list(name))? {
-        let data = rt.block_on(out.get(&path))?;
-        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)?;
-        schema.get_or_insert_with(|| builder.schema().clone());
-        for b in builder.build()? {
-            batches.push(b?);
-        }
-    }
+    each_batch(out, rt, name, 65_536, |b| {
+        schema.get_or_insert_with(|| b.schema());
+        batches.push(b);
+        Ok::<(), ReplayError>(())
+    })?;
     match schema {
         None => Ok(None),
         Some(schema) => Ok(Some(arrow::compute::concat_batches(&schema, &batches)?)),
     }
+}
+
+/// Hands `each` the record batches (of up to `batch_rows` rows; an empty one for a part without
+/// rows) of table `name` of a replay's output in key order, part by part (one part's file in
+/// memory at a time); returns how many parts there were (0: no such table).
+pub fn each_batch<E: From<ReplayError>>(
+    out: &Store,
+    rt: &tokio::runtime::Handle,
+    name: &str,
+    batch_rows: usize,
+    mut each: impl FnMut(arrow::array::RecordBatch) -> Result<(), E>,
+) -> Result<usize, E> {
+    let parts = rt.block_on(out.list(name)).map_err(ReplayError::from)?;
+    for (path, _) in &parts {
+        let data = rt.block_on(out.get(path)).map_err(ReplayError::from)?;
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)
+            .map_err(ReplayError::from)?;
+        let schema = builder.schema().clone();
+        let mut any = false;
+        for b in builder.with_batch_size(batch_rows).build().map_err(ReplayError::from)? {
+            any = true;
+            each(b.map_err(ReplayError::from)?)?;
+        }
+        if !any {
+            // An empty table's part: its columns still.
+            each(arrow::array::RecordBatch::new_empty(schema))?;
+        }
+    }
+    Ok(parts.len())
 }
 
 /// The tables the data-quality checks read ([`rainbow_schemas::shape::checks`]), from a replay's
