@@ -291,8 +291,8 @@ async fn on_tables<T: Send + 'static>(
 }
 
 pub async fn archive_expire(config: &Config, hours: Option<u64>) -> anyhow::Result<()> {
+    // The command line refuses --older-than-hours 0.
     let hours = match (hours, config.archive_settings().snapshot_retention_hours) {
-        (Some(0), _) => return Err(SettingsError("--older-than-hours must be at least 1".into()).into()),
         (Some(hours), _) => hours,
         (None, 0) => {
             println!(
@@ -318,10 +318,8 @@ pub async fn archive_expire(config: &Config, hours: Option<u64>) -> anyhow::Resu
 }
 
 pub async fn archive_compact(config: &Config, target_mb: u64) -> anyhow::Result<()> {
-    let target_bytes = target_mb
-        .checked_mul(1 << 20)
-        .filter(|b| *b > 0)
-        .ok_or_else(|| SettingsError("--target-mb must be at least 1 and at most 2^44".into()))?;
+    // The command line keeps --target-mb in 1 .. 2^44: the bytes fit a u64.
+    let target_bytes = target_mb << 20;
     let done = on_tables(config, move |url, settings, rt| {
         rainbow_archive::archiver::compact_tables(url, settings, target_bytes, rt)
     })
@@ -501,7 +499,7 @@ pub async fn load(config: &Config, from: &str) -> anyhow::Result<()> {
                     if batch.num_rows() == 0 {
                         return Ok(());
                     }
-                    let body = row_binary(t, &batch, 0..batch.num_rows())?;
+                    let body = row_binary(t, &batch)?;
                     h.block_on(insert_row_binary(&wh, t.name, body, limit))?;
                     rows += batch.num_rows();
                     Ok(())

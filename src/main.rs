@@ -125,7 +125,7 @@ pub enum ArchiveAction {
     Compact {
         /// The largest file a run is rewritten into (files this large or larger stay as they are).
         #[arg(long, value_name = "MIB", default_value_t = 128,
-              value_parser = clap::value_parser!(u64).range(1..=1 << 44))]
+              value_parser = clap::value_parser!(u64).range(1..1 << 44))]
         target_mb: u64,
     },
 }

@@ -279,16 +279,13 @@ impl Archiver {
             });
         }
         let segments = list_segments(&rt, &store, &topics)?;
-        let archived: HashMap<(String, i32), i64> = segments
-            .iter()
-            .map(|(k, segs)| (k.clone(), segs.iter().map(|s| s.last).max().unwrap_or(-1)))
-            .collect();
         // The changelog tables, filled from the segments where they are behind.
         let lake = rt.block_on(Lake::open(&config.lake(&store)?))?;
         let tables = open_tables(&rt, &store, &lake, config, &metrics, &topics, &segments)?;
-        // Where each partition resumes: after the last offset its changelog table committed (an
-        // archive from before the tables had its segments appended just above). Records past it
-        // that a stopped attempt had buffered are read again; nothing before it is.
+        // Where each partition resumes: after the last offset its changelog table committed (the
+        // segments of an archive from before the tables were appended to them just above, so
+        // they are covered). Records past it that a stopped attempt had buffered are read again;
+        // nothing before it is.
         let committed: HashMap<(String, i32), i64> = tables
             .iter()
             .flat_map(|(topic, t)| t.committed().iter().map(move |(p, next)| ((topic.clone(), *p), *next)))
@@ -302,9 +299,7 @@ impl Archiver {
         let mut inputs = Vec::new();
         let mut by_topic: HashMap<String, Vec<usize>> = HashMap::new();
         for (topic, partition) in partitions {
-            let key = (topic.clone(), partition);
-            let mut next =
-                archived.get(&key).map_or(0, |last| last + 1).max(committed.get(&key).copied().unwrap_or(0));
+            let mut next = committed.get(&(topic.clone(), partition)).copied().unwrap_or(0);
             if next > 0 {
                 let (low, high) = consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
                 if next > high {

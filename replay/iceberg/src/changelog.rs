@@ -546,7 +546,7 @@ impl ChangelogTable {
                 crate::commit::Outcome::Committed => {}
                 outcome => {
                     tracing::info!(table = %self.name, attempt, ?outcome, "the schema promotion did not commit: reading the table again");
-                    tokio::time::sleep(std::time::Duration::from_millis(100 << attempt.min(5))).await;
+                    tokio::time::sleep(crate::commit::retry_pause(attempt)).await;
                 }
             }
             self.table = lake.catalog.load_table(&ident).await.map_err(LakeError::table(&self.name))?;

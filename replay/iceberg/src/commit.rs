@@ -31,6 +31,12 @@ pub(crate) enum Outcome {
     Unknown(String),
 }
 
+/// The pause before commit attempt `attempt + 1` after one that did not go through: 100 ms,
+/// doubling, at most 3.2 s.
+pub(crate) fn retry_pause(attempt: u64) -> Duration {
+    Duration::from_millis(100 << attempt.min(5))
+}
+
 /// How long one request to the catalog may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -652,14 +652,14 @@ pub fn read_table(
 
 /// Hands `each` the record batches (of up to `batch_rows` rows; an empty one for a part without
 /// rows) of table `name` of a replay's output in key order, part by part (one part's file in
-/// memory at a time); returns how many parts there were (0: no such table).
+/// memory at a time); none when there is no such table.
 pub fn each_batch<E: From<ReplayError>>(
     out: &Store,
     rt: &tokio::runtime::Handle,
     name: &str,
     batch_rows: usize,
     mut each: impl FnMut(arrow::array::RecordBatch) -> Result<(), E>,
-) -> Result<usize, E> {
+) -> Result<(), E> {
     let parts = rt.block_on(out.list(name)).map_err(ReplayError::from)?;
     for (path, _) in &parts {
         let data = rt.block_on(out.get(path)).map_err(ReplayError::from)?;
@@ -676,7 +676,7 @@ pub fn each_batch<E: From<ReplayError>>(
             each(arrow::array::RecordBatch::new_empty(schema))?;
         }
     }
-    Ok(parts.len())
+    Ok(())
 }
 
 /// The tables the data-quality checks read ([`rainbow_schemas::shape::checks`]), from a replay's

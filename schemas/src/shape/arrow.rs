@@ -161,15 +161,11 @@ pub fn to_batch<R: WarehouseRow>(rows: impl IntoIterator<Item = R>) -> Result<Re
     b.finish()
 }
 
-/// Rows `rows` of `batch`, a table's Arrow form ([`schema`]), in ClickHouse's RowBinary: what
+/// The rows of `batch`, a table's Arrow form ([`schema`]), in ClickHouse's RowBinary: what
 /// `INSERT INTO <table> FORMAT RowBinary` takes, the columns in the table's order and encoded as
 /// [`crate::shape`] says (`Decimal(p, s)` as a 32-, 64- or 128-bit integer by its precision), so
 /// any ClickHouse version (18.16 included) loads a replay's output as the processor writes rows.
-pub fn row_binary(
-    table: &TableDef,
-    batch: &RecordBatch,
-    rows: std::ops::Range<usize>,
-) -> Result<Vec<u8>, ShapeError> {
+pub fn row_binary(table: &TableDef, batch: &RecordBatch) -> Result<Vec<u8>, ShapeError> {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::{
         Date32Type, Decimal128Type, Int32Type, Int64Type, TimestampSecondType, UInt16Type, UInt32Type,
@@ -186,8 +182,8 @@ pub fn row_binary(
         }
         columns.push((c.name, a));
     }
-    let mut out = Vec::with_capacity(rows.len() * 16 * columns.len());
-    for i in rows {
+    let mut out = Vec::with_capacity(batch.num_rows() * 16 * columns.len());
+    for i in 0..batch.num_rows() {
         for (name, a) in &columns {
             if a.is_null(i) {
                 return Err(bad(name, format!("null at row {i}")));
@@ -581,9 +577,8 @@ mod tests {
             version: 9,
             ..Default::default()
         };
-        let batch = to_batch([p.clone(), p]).unwrap();
         let table = DimProduct::TABLE;
-        let one = row_binary(table, &batch, 0..1).unwrap();
+        let one = row_binary(table, &to_batch([p.clone()]).unwrap()).unwrap();
         let mut want = vec![16u8];
         want.extend(b"0000000000000abc");
         want.extend(7i64.to_le_bytes());
@@ -606,9 +601,10 @@ mod tests {
         rest.extend(9u64.to_le_bytes());
         rest.push(0);
         assert_eq!(&one[want.len()..], rest.as_slice());
-        assert_eq!(row_binary(table, &batch, 0..2).unwrap().len(), 2 * one.len());
+        let two = to_batch([p.clone(), p]).unwrap();
+        assert_eq!(row_binary(table, &two).unwrap(), [one.clone(), one].concat());
         // Another table's batch is refused, naming the column.
-        let err = row_binary(FactSale::TABLE, &batch, 0..1).unwrap_err().to_string();
+        let err = row_binary(FactSale::TABLE, &two).unwrap_err().to_string();
         assert!(err.contains("fact_sales."), "{err}");
     }
 

@@ -141,7 +141,7 @@ impl ChangelogTable {
                 }
             }
             stats.retries += 1;
-            tokio::time::sleep(std::time::Duration::from_millis(100 << attempt.min(5))).await;
+            tokio::time::sleep(crate::commit::retry_pause(attempt)).await;
         }
         Err(LakeError::Invalid {
             table: self.name.clone(),
