@@ -49,6 +49,7 @@ use rainbow_schemas::pricing::{line_amounts, CouponType, PromotionTerms};
 use rainbow_schemas::shape::*;
 use rainbow_schemas::time::civil_from_days;
 use serde::{Deserialize, Serialize};
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -130,11 +131,13 @@ impl Hasher for IdHasher {
 
 /// Where and when an event happened, as the core needs it.
 #[derive(Debug, Clone, Copy)]
-struct Ctx {
+struct Ctx<'a> {
     at: Position,
     version: u64,
     /// Commit time, seconds (DateTime).
     time: u32,
+    /// Versions that began at the start of the version they closed ([`change_time`]).
+    moved: &'a Cell<u64>,
 }
 
 /// The open version of one natural key.
@@ -346,11 +349,11 @@ fn upsert<A: Attributes>(
     ctx: Ctx,
     out: &mut Outputs,
 ) -> bool {
+    if member.current.as_ref().is_some_and(|cur| cur.attrs == attrs) {
+        return false;
+    }
     let time = change_time(member, ctx);
     if let Some(cur) = &member.current {
-        if cur.attrs == attrs {
-            return false;
-        }
         cur.attrs.emit(id, cur, time, ctx.version, out);
     }
     let open = OpenVersion { key: surrogate_key(A::NAME, id, ctx.at), valid_from: time, attrs };
@@ -373,8 +376,15 @@ fn close<A: Attributes>(member: &mut Member<A, A::Hist>, id: i64, ctx: Ctx, out:
 /// (as Debezium's do), which can be later than the commit of a change streamed right after the
 /// snapshot's consistent point; and commit times are not strictly in commit (LSN) order. Such a
 /// version lasts zero seconds; which version a fact belongs to is decided by positions, not times.
+/// Each such change is counted ([`Core::take_moved_starts`]).
 fn change_time<A: Attributes>(member: &Member<A, A::Hist>, ctx: Ctx) -> u32 {
-    member.current.as_ref().map_or(ctx.time, |cur| ctx.time.max(cur.valid_from))
+    match &member.current {
+        Some(cur) if cur.valid_from > ctx.time => {
+            ctx.moved.set(ctx.moved.get() + 1);
+            cur.valid_from
+        }
+        _ => ctx.time,
+    }
 }
 
 type Dim<A> = BTreeMap<i64, Member<A, <A as Attributes>::Hist>>;
@@ -554,6 +564,9 @@ pub struct StateSize {
 pub struct Core {
     partition: i32,
     state: State,
+    /// Changes timed at the start of the version they closed, since the last
+    /// [`Core::take_moved_starts`] (not state: a count for the metrics).
+    moved_starts: u64,
 }
 
 const DAY_NAMES: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
@@ -648,16 +661,25 @@ impl Core {
     /// A core with empty state; `partition` is the instance's share of the fact topics, stamped
     /// on its aggregate rows.
     pub fn new(partition: i32) -> Core {
-        Core { partition, state: State::default() }
+        Core { partition, state: State::default(), moved_starts: 0 }
     }
 
     /// A core resumed from a checkpoint's state.
     pub fn from_state(partition: i32, state: State) -> Core {
-        Core { partition, state }
+        Core { partition, state, moved_starts: 0 }
     }
 
     pub fn state(&self) -> &State {
         &self.state
+    }
+
+    /// How many dimension changes since the last call were timed at the start of the version they
+    /// closed instead of at their commit, which was earlier, and resets the count. Such a version
+    /// lasts zero seconds. Expected right after a snapshot (its rows carry the time they were
+    /// read, later than the commit of a change streamed right behind its consistent point) and
+    /// now and then (commit times are not strictly in log order).
+    pub fn take_moved_starts(&mut self) -> u64 {
+        std::mem::take(&mut self.moved_starts)
     }
 
     /// Position of the last applied event.
@@ -702,10 +724,12 @@ impl Core {
                 self.seal(out);
             }
         }
+        let moved = Cell::new(0);
         let ctx = Ctx {
             at,
             version: at.version(),
             time: (event.ts_ms.max(0) / 1000).min(i64::from(u32::MAX)) as u32,
+            moved: &moved,
         };
         // A table's snapshot rows share one position (the CDC's); rows of the same snapshot and
         // table at other positions (other producers) belong to the same scan.
@@ -713,11 +737,11 @@ impl Core {
             event.op == Op::Read && at.version() == scan.at.version() && at.table == scan.at.table
         };
         if self.state.scan.as_ref().is_some_and(|scan| !same_scan(scan)) {
-            self.finish_scan(out);
+            self.finish_scan(&moved, out);
         }
         let snapshot_row = event.op == Op::Read && at.is_snapshot();
         if self.state.snapshot.as_ref().is_some_and(|p| !snapshot_row || p.version != at.version()) {
-            self.finish_snapshot(out);
+            self.finish_snapshot(&moved, out);
         }
         if snapshot_row {
             let p = self.state.snapshot.get_or_insert(SnapshotProgress {
@@ -727,12 +751,16 @@ impl Core {
             });
             let (skipped, time) = (p.next_rank..at.table, p.time);
             p.next_rank = p.next_rank.max(at.table + 1);
-            self.empty_tables(skipped, at.version(), time, out);
+            self.empty_tables(skipped, at.version(), time, &moved, out);
         }
         if event.table() == Table::Signals {
             self.signal(event, ctx, out);
         } else {
-            self.dispatch(event, ctx, out)?;
+            if let Err(e) = self.dispatch(event, ctx, out) {
+                // What ended the snapshot's scan above stays done.
+                self.moved_starts += moved.get();
+                return Err(e);
+            }
             if let Some(seen) = self.state.incremental.get_mut(&at.table) {
                 seen.extend(event.before.iter().chain(&event.after).map(row_key));
             }
@@ -747,6 +775,7 @@ impl Core {
         }
         self.state.last = Some(at);
         self.state.events += 1;
+        self.moved_starts += moved.get();
         Ok(())
     }
 
@@ -760,14 +789,16 @@ impl Core {
     /// Seals the current transaction if every event before `frontier` has been applied and the
     /// last applied event's transaction ends before it: emits the changed aggregate groups.
     pub fn seal_before(&mut self, frontier: Position, out: &mut Outputs) {
+        let moved = Cell::new(0);
         if self.state.scan.as_ref().is_some_and(|scan| scan.at < frontier) {
-            self.finish_scan(out);
+            self.finish_scan(&moved, out);
         }
         if self.state.snapshot.as_ref().is_some_and(|p| {
             frontier > Position { commit: p.version.saturating_sub(1), change: p.version, table: u8::MAX }
         }) {
-            self.finish_snapshot(out);
+            self.finish_snapshot(&moved, out);
         }
+        self.moved_starts += moved.get();
         if matches!(self.state.last, Some(last) if last.commit < frontier.commit) {
             self.seal(out);
         }
@@ -983,26 +1014,33 @@ impl Core {
     }
 
     /// The end of a table's snapshot rows: its rows the snapshot did not deliver are deleted.
-    fn finish_scan(&mut self, out: &mut Outputs) {
+    fn finish_scan(&mut self, moved: &Cell<u64>, out: &mut Outputs) {
         let Some(scan) = self.state.scan.take() else { return };
         let table = Table::ALL[usize::from(scan.at.table)];
-        let ctx = Ctx { at: scan.at, version: scan.at.version(), time: scan.time };
+        let ctx = Ctx { at: scan.at, version: scan.at.version(), time: scan.time, moved };
         self.retain(table, &|key| scan.seen.contains(&key), ctx, out);
     }
 
     /// The end of a snapshot: the tables after the last one it delivered rows of had none.
-    fn finish_snapshot(&mut self, out: &mut Outputs) {
-        self.finish_scan(out);
+    fn finish_snapshot(&mut self, moved: &Cell<u64>, out: &mut Outputs) {
+        self.finish_scan(moved, out);
         let Some(p) = self.state.snapshot.take() else { return };
-        self.empty_tables(p.next_rank..Table::ALL.len() as u8, p.version, p.time, out);
+        self.empty_tables(p.next_rank..Table::ALL.len() as u8, p.version, p.time, moved, out);
     }
 
     /// Every row of the tables of rank `ranks` is deleted: a snapshot at `version` delivered none.
-    fn empty_tables(&mut self, ranks: std::ops::Range<u8>, version: u64, time: u32, out: &mut Outputs) {
+    fn empty_tables(
+        &mut self,
+        ranks: std::ops::Range<u8>,
+        version: u64,
+        time: u32,
+        moved: &Cell<u64>,
+        out: &mut Outputs,
+    ) {
         for rank in ranks {
             let table = Table::ALL[usize::from(rank)];
             let at = Position::snapshot(version, table);
-            self.retain(table, &|_| false, Ctx { at, version, time }, out);
+            self.retain(table, &|_| false, Ctx { at, version, time, moved }, out);
         }
     }
 

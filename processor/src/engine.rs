@@ -899,6 +899,7 @@ where
         m.state_orders.set(size.orders as i64);
         m.state_lines.set(size.order_lines as i64);
         m.state_groups.set(size.aggregate_groups as i64);
+        m.version_starts_moved.inc_by(self.core.take_moved_starts());
         self.source.tick(&intake!(self));
     }
 }

@@ -24,6 +24,11 @@
 //!   flushes), `checkpoint_pause_seconds` (histogram: the time it held up events), `checkpoint_bytes`,
 //!   `last_checkpoint_timestamp_seconds`, `checkpoints_total`, `checkpoint_errors_total`;
 //! * `state_dimension_versions`, `state_orders`, `state_order_lines`, `state_aggregate_groups`;
+//! * `version_starts_moved_total`: dimension changes whose commit time was before the start of
+//!   the version they close, so that the new version begins where the closed one began (which
+//!   then lasts zero seconds) instead of at the commit: a change streamed right behind a
+//!   snapshot's consistent point, whose rows carry the later time they were read, or commit times
+//!   out of commit order;
 //! * `sink_batch_rows` and `sink_flush_duration_seconds` (histograms), `sink_errors_total`;
 //! * where an event's time goes, per stage (histograms; the CDC's `commit_to_ack_seconds` is the
 //!   stage before): `merge_latency_seconds` (in Kafka → released by the merge, per event),
@@ -63,6 +68,7 @@ pub struct ProcessorMetrics {
     pub state_orders: IntGauge,
     pub state_lines: IntGauge,
     pub state_groups: IntGauge,
+    pub version_starts_moved: IntCounter,
     pub sink_batch_rows: Histogram,
     pub sink_flush: Histogram,
     pub merge_latency: Histogram,
@@ -159,6 +165,11 @@ impl ProcessorMetrics {
             state_orders: reg!(IntGauge::new("state_orders", "Orders held by the core")),
             state_lines: reg!(IntGauge::new("state_order_lines", "Order lines held by the core")),
             state_groups: reg!(IntGauge::new("state_aggregate_groups", "Aggregate groups held by the core")),
+            version_starts_moved: reg!(IntCounter::new(
+                "version_starts_moved_total",
+                "Dimension changes committed before the version they close began, whose new version \
+                 begins where the closed one began instead"
+            )),
             sink_batch_rows: reg!(Histogram::with_opts(
                 HistogramOpts::new("sink_batch_rows", "Rows per ClickHouse write (all tables of one flush)")
                     .buckets(vec![1.0, 10.0, 100.0, 1_000.0, 5_000.0, 10_000.0, 50_000.0, 100_000.0])

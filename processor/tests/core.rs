@@ -203,7 +203,7 @@ fn scd2_opens_closes_and_ignores_untracked_updates() {
 /// A change timed before the open version began (a snapshot row is stamped when it is read,
 /// after changes streamed right behind its consistent point; commit times are not strictly in
 /// LSN order) takes effect when that version began: no version ends before it begins, and the
-/// next one starts where it ends.
+/// next one starts where it ends. Each such change is counted for the metrics.
 #[test]
 fn a_change_timed_before_its_open_version_never_inverts_the_interval() {
     let (mut s, mut feed) = (Script::new(), Feed::new());
@@ -212,6 +212,12 @@ fn a_change_timed_before_its_open_version_never_inverts_the_interval() {
     let began = s.ts_s + 300;
     s.ts_s = began;
     feed.apply(&s.c(customer(7, "Chi", "chi@x")));
+    feed.core.take_moved_starts();
+    // A change timed after the open version began is not counted, nor one that changes nothing.
+    s.tx();
+    s.ts_s = began - 60;
+    feed.apply(&s.u(customer(7, "Chi", "chi@x"), customer(7, "Chi", "chi@x")));
+    assert_eq!(feed.core.take_moved_starts(), 0);
     // Later in the log, earlier by its time.
     s.tx();
     s.ts_s = began - 240;
@@ -220,6 +226,7 @@ fn a_change_timed_before_its_open_version_never_inverts_the_interval() {
     let (closed, opened) = (&out.dim_customers[0], &out.dim_customers[1]);
     assert_eq!((closed.valid_from, closed.valid_to), (began as u32, began as u32));
     assert_eq!((opened.valid_from, opened.valid_to), (began as u32, OPEN_VALID_TO));
+    assert_eq!(feed.core.take_moved_starts(), 1);
     // A delete timed before the open version closes it at the version's start too.
     s.tx();
     s.ts_s = began - 120;
@@ -230,6 +237,8 @@ fn a_change_timed_before_its_open_version_never_inverts_the_interval() {
     s.ts_s = began + 120;
     let e = s.c(customer(7, "Chi", "chi@x"));
     assert_eq!(feed.apply(&e).dim_customers[0].valid_from, (began + 120) as u32);
+    assert_eq!(feed.core.take_moved_starts(), 1, "the delete's, not the later change's");
+    assert_eq!(feed.core.take_moved_starts(), 0, "taking the count resets it");
 }
 
 #[test]
