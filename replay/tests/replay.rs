@@ -341,13 +341,14 @@ fn a_sharded_replay_writes_the_single_shards_bytes_on_threads_or_as_processes() 
 
     // A list of days with a gap is replayed by one core; asking for shards is an error that
     // says so (consecutive days select as a range does, and are sharded).
-    let mut days = sharded(&archive, &temp("shards-days"), 2);
+    let (days_out, many_out) = (temp("shards-days"), temp("shards-many"));
+    let mut days = sharded(&archive, &days_out, 2);
     days.days = Days::List(["2024-08-02".to_string(), "2024-08-04".to_string()].into());
     let e = run(&days, rt.handle(), &stop).unwrap_err();
     assert!(matches!(e, ReplayError::ShardedSelection { shards: 2, .. }), "{e}");
-    let e = run(&sharded(&archive, &temp("shards-many"), 4), rt.handle(), &stop).unwrap_err();
+    let e = run(&sharded(&archive, &many_out, 4), rt.handle(), &stop).unwrap_err();
     assert!(matches!(e, ReplayError::TooManyShards { shards: 4, partitions: 3 }), "{e}");
-    for d in [archive, single, out] {
+    for d in [archive, single, out, days_out, many_out] {
         let _ = std::fs::remove_dir_all(d);
     }
 }
@@ -405,18 +406,15 @@ fn a_day_range_builds_state_from_earlier_days_and_outputs_only_its_days() {
     }
 
     // A list of days that is not in the archive.
+    let none_out = temp("range-none");
     let e = run(
-        &args(
-            &archive,
-            &temp("range-none"),
-            Days::Range { from: "2001-01-01".into(), to: "2001-01-02".into() },
-        ),
+        &args(&archive, &none_out, Days::Range { from: "2001-01-01".into(), to: "2001-01-02".into() }),
         rt.handle(),
         &AtomicBool::new(false),
     )
     .unwrap_err();
     assert!(matches!(e, ReplayError::NothingToReplay { .. }), "{e}");
-    for d in [archive, out] {
+    for d in [archive, out, none_out] {
         let _ = std::fs::remove_dir_all(d);
     }
 }
