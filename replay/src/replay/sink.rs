@@ -10,7 +10,8 @@
 //! its output over (`persist`: spilled whole, for a combine by another process).
 //!
 //! Threads: the collapse (absorbing rows, spilling runs) runs on a thread of its own, fed in
-//! order through a bounded channel, so the engine's thread only applies events; a checkpoint's
+//! order through a bounded channel (and hands each emptied batch back, for the engine's thread to
+//! fill again), so the engine's thread only applies events; a checkpoint's
 //! [`Sink::save`] waits until every row sent before it is absorbed.
 
 use super::shards::{Combine, Combined};
@@ -24,7 +25,7 @@ use rainbow_schemas::shape::arrow::{schema_of, BatchBuilder};
 use rainbow_schemas::shape::{Kind, Outputs, Table, Tables, WarehouseRow};
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::thread::JoinHandle;
 
 /// Per table written: (name, rows, files).
@@ -38,6 +39,10 @@ pub struct ShardSink {
     idle: Option<Collapse>,
     /// To the collapse thread, and the thread.
     tx: Option<SyncSender<ToCollapse>>,
+    /// Batches the collapse thread has emptied, sent back with their vectors' capacity so that
+    /// the engine's next batches reuse that memory (fresh vectors grew and faulted their pages in
+    /// for every batch).
+    emptied: Option<Receiver<Box<Outputs>>>,
     thread: Option<JoinHandle<Result<Output, ReplayError>>>,
     /// Keep the aggregate groups' partial sums at the end ([`Output::aggregates`]).
     partials: bool,
@@ -82,10 +87,14 @@ impl Collapse {
             .map_err(|e| ReplayError::Checkpoint { path: "sink".into(), reason: e.to_string() })
     }
 
-    fn run(mut self, rx: Receiver<ToCollapse>) -> Result<Output, ReplayError> {
+    fn run(mut self, rx: Receiver<ToCollapse>, emptied: Sender<Box<Outputs>>) -> Result<Output, ReplayError> {
         for message in rx {
             match message {
-                ToCollapse::Rows(mut rows) => self.absorb(&mut rows)?,
+                ToCollapse::Rows(mut rows) => {
+                    self.absorb(&mut rows)?;
+                    // The engine may have finished: then the batch is dropped here.
+                    let _ = emptied.send(rows);
+                }
                 ToCollapse::Save(reply) => {
                     let _ = reply.send(self.save());
                 }
@@ -111,18 +120,30 @@ impl ShardSink {
     ) -> ShardSink {
         let idle =
             Collapse { out: out.clone(), rt: rt.clone(), output: Output::new(dir), spill_rows, dimensions };
-        ShardSink { out, rt, persist, idle: Some(idle), tx: None, thread: None, partials, aggregates: None }
+        ShardSink {
+            out,
+            rt,
+            persist,
+            idle: Some(idle),
+            tx: None,
+            emptied: None,
+            thread: None,
+            partials,
+            aggregates: None,
+        }
     }
 
     /// Starts the collapse thread (once).
     fn start(&mut self) -> Result<(), ReplayError> {
         let Some(collapse) = self.idle.take() else { return Ok(()) };
         let (tx, rx) = sync_channel(COLLAPSE_AHEAD);
+        let (emptied_tx, emptied) = channel();
         let thread = std::thread::Builder::new()
             .name("replay-collapse".into())
-            .spawn(move || collapse.run(rx))
+            .spawn(move || collapse.run(rx, emptied_tx))
             .map_err(|e| ReplayError::Spill { path: "collapse thread".into(), reason: e.to_string() })?;
         self.tx = Some(tx);
+        self.emptied = Some(emptied);
         self.thread = Some(thread);
         Ok(())
     }
@@ -143,7 +164,9 @@ impl Sink for ShardSink {
 
     fn write(&mut self, rows: &mut Outputs) -> Result<(), ReplayError> {
         self.start()?;
-        let batch = Box::new(std::mem::take(rows));
+        // An emptied batch back from the collapse thread, if one is there; its vectors are empty.
+        let mut batch = self.emptied.as_ref().and_then(|e| e.try_recv().ok()).unwrap_or_default();
+        std::mem::swap(&mut *batch, rows);
         let sent = self.tx.as_ref().is_some_and(|tx| tx.send(ToCollapse::Rows(batch)).is_ok());
         if !sent {
             // The thread stopped: its error.

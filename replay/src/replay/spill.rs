@@ -99,7 +99,9 @@ fn write_run<R: Versioned + Serialize>(
     }
     let rows: Vec<&R> = rows.rows().collect();
     for (i, chunk) in rows.chunks(CHUNK_ROWS).enumerate() {
-        let bytes = postcard::to_allocvec(chunk)
+        // Sized for the rows up front (their in-memory size bounds most rows' encoding): grown
+        // from empty, the buffer was copied into a larger one a dozen times per chunk.
+        let bytes = postcard::to_extend(chunk, Vec::with_capacity(chunk.len() * std::mem::size_of::<R>()))
             .map_err(|e| ReplayError::Spill { path: dir.clone(), reason: e.to_string() })?;
         rt.block_on(store.put(&format!("{dir}/chunk-{i:05}.bin"), bytes))?;
     }
