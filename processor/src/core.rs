@@ -52,6 +52,7 @@ use serde::{Deserialize, Serialize};
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 /// Why the core refused an event. Nothing was changed; the runtime parks the event.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -300,14 +301,16 @@ impl Attributes for PromotionAttrs {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct ProductAttrs {
-    name: String,
+    /// Shared by the product's versions and their rows (the same text as the last version's is
+    /// not copied again); serialised as a string.
+    name: Arc<str>,
     price: Money,
     original_price: Money,
     rating_average: Money,
     review_count: i64,
     sold_count: i64,
-    category: String,
-    brand: String,
+    category: Arc<str>,
+    brand: Arc<str>,
     seller_id: i64,
 }
 
@@ -501,8 +504,8 @@ impl Aggregates {
 /// Everything the core knows; what a checkpoint stores.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
-    brands: BTreeMap<i64, String>,
-    categories: BTreeMap<i64, String>,
+    brands: BTreeMap<i64, Arc<str>>,
+    categories: BTreeMap<i64, Arc<str>>,
     customers: Dim<CustomerAttrs>,
     sellers: Dim<SellerAttrs>,
     payments: Dim<PaymentAttrs>,
@@ -865,7 +868,7 @@ impl Core {
         let s = &mut self.state;
         match row {
             SourceRow::Brand(b) => {
-                if s.brands.insert(b.id, b.name.clone()).as_ref() != Some(&b.name) {
+                if s.brands.insert(b.id, Arc::from(b.name.as_str())).as_deref() != Some(b.name.as_str()) {
                     let ids: Vec<i64> = s
                         .products_by_brand
                         .get(&b.id)
@@ -877,7 +880,7 @@ impl Core {
                 }
             }
             SourceRow::Category(c) => {
-                if s.categories.insert(c.id, c.name.clone()).as_ref() != Some(&c.name) {
+                if s.categories.insert(c.id, Arc::from(c.name.as_str())).as_deref() != Some(c.name.as_str()) {
                     let ids: Vec<i64> = s
                         .products_by_category
                         .get(&c.id)
@@ -1166,8 +1169,12 @@ impl Core {
     fn refresh_product(&mut self, id: i64, ctx: Ctx, out: &mut Outputs) {
         let s = &mut self.state;
         let Some(p) = s.product_sources.get(&id).and_then(|src| src.row.as_ref()) else { return };
+        let name = match s.products.get(&id).and_then(|m| m.current.as_ref()) {
+            Some(cur) if *cur.attrs.name == *p.name => cur.attrs.name.clone(),
+            _ => Arc::from(p.name.as_str()),
+        };
         let attrs = ProductAttrs {
-            name: p.name.clone(),
+            name,
             price: p.price,
             original_price: p.original_price,
             rating_average: p.rating_average,
@@ -1182,9 +1189,9 @@ impl Core {
         if upsert(member, id, attrs, ctx, out) {
             let a = &mut s.aggregates;
             if let Some(g) = a.products.get_mut(&id) {
-                if g.label != name || g.label2 != category {
-                    g.label = name;
-                    g.label2 = category;
+                if *g.label != *name || *g.label2 != *category {
+                    g.label = name.to_string();
+                    g.label2 = category.to_string();
                     a.touch(AggKey::Product(id));
                 }
             }
@@ -1374,7 +1381,7 @@ impl Core {
             .entry(product_id)
             .or_insert_with(|| {
                 let (label, label2) = current(products, product_id)
-                    .map(|v| (v.attrs.name.clone(), v.attrs.category.clone()))
+                    .map(|v| (v.attrs.name.to_string(), v.attrs.category.to_string()))
                     .unwrap_or_default();
                 Labeled { label, label2, ..Default::default() }
             })

@@ -253,8 +253,8 @@ fn renaming_a_brand_versions_its_products_only() {
     let out = feed.apply(&e);
     assert_eq!(out.dim_products.len(), 2, "close + open of product 1, nothing for product 2");
     assert!(out.dim_products.iter().all(|p| p.product_id == 1));
-    assert_eq!(out.dim_products[1].brand, "Acme Corp");
-    assert_eq!(out.dim_products[0].brand, "Acme");
+    assert_eq!(&*out.dim_products[1].brand, "Acme Corp");
+    assert_eq!(&*out.dim_products[0].brand, "Acme");
     // Category renames cascade the same way.
     let e = s.u(
         SourceRow::Category(Category { id: 1, name: "Phones".into() }),
@@ -264,7 +264,7 @@ fn renaming_a_brand_versions_its_products_only() {
     assert_eq!(out.dim_products.len(), 4);
     let current: Vec<_> = feed.tables.dim_products.rows().filter(|p| p.is_current == 1).collect();
     assert_eq!(current.len(), 2);
-    assert!(current.iter().all(|p| p.category == "Mobile"));
+    assert!(current.iter().all(|p| &*p.category == "Mobile"));
 }
 
 #[test]

@@ -568,7 +568,7 @@ mod tests {
         let p = DimProduct {
             product_key: SurrogateKey(0xabc),
             product_id: 7,
-            name: long.clone(),
+            name: long.as_str().into(),
             price: Money(1_234_500),
             rating_average: 475,
             valid_from: 1_725_000_000,

@@ -25,6 +25,7 @@ use crate::money::{Money, MoneySum};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// One column: its name and ClickHouse type (the DDL's spelling).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -367,15 +368,16 @@ tables! { $
         columns: {
             product_key: SurrogateKey = "String",
             product_id: i64 = "Int64",
-            name: String = "String",
+            /// Shared with the processor's state (a new version of a product copies no text).
+            name: Arc<str> = "String",
             price: Money = "Decimal(18, 2)",
             original_price: Money = "Decimal(18, 2)",
             /// Hundredths: 4.75 is 475.
             rating_average: i32 = "Decimal(9, 2)",
             review_count: i64 = "Int64",
             sold_count: i64 = "Int64",
-            category: String = "String",
-            brand: String = "String",
+            category: Arc<str> = "String",
+            brand: Arc<str> = "String",
             seller_id: i64 = "Int64",
             valid_from: u32 = "DateTime",
             valid_to: u32 = "DateTime",
