@@ -1169,7 +1169,8 @@ impl Core {
     fn refresh_product(&mut self, id: i64, ctx: Ctx, out: &mut Outputs) {
         let s = &mut self.state;
         let Some(p) = s.product_sources.get(&id).and_then(|src| src.row.as_ref()) else { return };
-        let name = match s.products.get(&id).and_then(|m| m.current.as_ref()) {
+        let member = s.products.entry(id).or_insert_with(|| Member { current: None, openings: vec![] });
+        let name = match &member.current {
             Some(cur) if *cur.attrs.name == *p.name => cur.attrs.name.clone(),
             _ => Arc::from(p.name.as_str()),
         };
@@ -1185,7 +1186,6 @@ impl Core {
             seller_id: p.seller_id,
         };
         let (name, category) = (attrs.name.clone(), attrs.category.clone());
-        let member = s.products.entry(id).or_insert_with(|| Member { current: None, openings: vec![] });
         if upsert(member, id, attrs, ctx, out) {
             let a = &mut s.aggregates;
             if let Some(g) = a.products.get_mut(&id) {
