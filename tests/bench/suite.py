@@ -656,6 +656,7 @@ def bench_freshness(res, runs, small):
         res.add("Freshness", "POST 201 -> visible in v_total_sales, p99", "ms", run_["p99"], 750, better="lower")
         res.add("Freshness", "orders/s achieved during the run", "orders/s", run_["rate"], 500)
         add_stages(res, "Freshness", "", run_)
+        add_machine(res, "Freshness", "", run_)
         for name, ms in sorted(run_.get("cpu", {}).items()):
             res.add("Freshness", f"CPU per order accepted: {name}", "ms", ms, better="lower")
 
@@ -686,6 +687,7 @@ def bench_soak(res, runs, small):
             better="lower")
     res.add("Soak", f"{minutes} min: orders/s achieved", "orders/s", run_["rate"], 500)
     add_stages(res, "Soak", f"{minutes} min: ", run_)
+    add_machine(res, "Soak", f"{minutes} min: ", run_)
     res.add("Soak", "ClickHouse: most active parts of one table", "parts", run_["max_parts"], 300,
             better="lower")
     res.add("Soak", "ClickHouse: inserts that failed (processor's sink errors)", "errors", run_["sink_errors"], 0,
@@ -754,6 +756,47 @@ def _cpu_by_component(up_pid):
         if name:
             out[name] = out.get(name, 0.0) + seconds
     return out
+
+
+def _machine_cpu():
+    """The machine's CPU counters: (time, idle ticks, stolen ticks, all ticks, CPU pressure in µs).
+    CPU pressure is the kernel's PSI "some" total (/proc/pressure/cpu): the time during which at
+    least one runnable task waited for a core; None where the kernel does not keep it."""
+    with open("/proc/stat") as fh:
+        ticks = [int(x) for x in fh.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is inside user already).
+    idle, steal, total = ticks[3] + ticks[4], ticks[7], sum(ticks[:8])
+    try:
+        with open("/proc/pressure/cpu") as fh:
+            pressure = int(fh.readline().rsplit("total=", 1)[1])
+    except (OSError, IndexError, ValueError):
+        pressure = None
+    return time.monotonic(), idle, steal, total, pressure
+
+
+def _machine_shares(before, after):
+    """Percentages between two `_machine_cpu` readings: idle and stolen shares of all cores, and
+    the share of the time some runnable task waited for a core."""
+    wall = after[0] - before[0]
+    total = max(1, after[3] - before[3])
+    out = {"idle_pct": 100.0 * (after[1] - before[1]) / total, "steal_pct": 100.0 * (after[2] - before[2]) / total}
+    if before[4] is not None and after[4] is not None and wall > 0:
+        out["pressure_pct"] = 100.0 * (after[4] - before[4]) / 1e6 / wall
+    return out
+
+
+MACHINE_NAMES = {
+    "idle_pct": ("machine during the load: CPU idle, share of all cores", "%"),
+    "steal_pct": ("machine during the load: CPU taken by the hypervisor (steal), share of all cores", "%"),
+    "pressure_pct": ("machine during the load: time some runnable task waited for a core (CPU pressure)", "%"),
+}
+
+
+def add_machine(res, group, prefix, run_):
+    """How saturated the machine was during a pipeline run's load (see `_machine_shares`)."""
+    for key, (name, unit) in MACHINE_NAMES.items():
+        if key in run_:
+            res.add(group, f"{prefix}{name}", unit, run_[key], better="lower")
 
 
 # The stages of an order's way to the dashboards, as the services' histograms measure them, and
@@ -881,11 +924,11 @@ def pipeline_run(seconds, churn_per_sec, health=False):
             t.start()
         started = time.monotonic()
         stages_before = {addr: metrics(addr) for addr in (CDC_METRICS, PROCESSOR_METRICS)}
-        cpu_before = _cpu_by_component(up.pid)
+        cpu_before, machine_before = _cpu_by_component(up.pid), _machine_cpu()
         load = run([binary, "loadgen", "--url", "http://127.0.0.1:18090", "--rate", "500", "--producers", "32",
                     "--churn-rate", str(churn_per_sec), "--duration", f"{seconds}s", "--days", "0", "--quiet"],
                    env=env, timeout=seconds + 120)
-        cpu_after = _cpu_by_component(up.pid)
+        cpu_after, machine_after = _cpu_by_component(up.pid), _machine_cpu()
         load_end = time.monotonic()
         stages_after = {addr: metrics(addr) for addr in (CDC_METRICS, PROCESSOR_METRICS)}
         # Until the last orders reach the view (the source's final total), at most 30 s.
@@ -913,6 +956,7 @@ def pipeline_run(seconds, churn_per_sec, health=False):
         pick = lambda q: delays[min(len(delays) - 1, int(q * len(delays)))]
         rate = re.search(r"\(([0-9.]+)/s\)", load)
         out = {"p50": pick(0.5), "p99": pick(0.99), "rate": float(rate.group(1)) if rate else 0.0}
+        out.update(_machine_shares(machine_before, machine_after))
         # CPU per order accepted (2xx) during the load, by component.
         accepted = re.search(r"orders sent .*?2xx ([0-9]+)", load)
         if accepted and int(accepted.group(1)) > 0:
@@ -1335,7 +1379,7 @@ def machine():
 
 
 def fmt(v, unit):
-    if unit in ("ms", "s"):
+    if unit in ("ms", "s", "%"):
         return f"{v:,.2f}"
     return f"{v:,.0f}"
 
@@ -1422,6 +1466,9 @@ def report(res, runs, small, groups, started, path):
         "\"CPU per order accepted\": the CPU time (user + system, from /proc) that each server and",
         "component spent during the load, divided by the orders answered 2xx (PostgreSQL: every backend;",
         "the suite's own trigger and readings, of PostgreSQL every 100 ms and of ClickHouse every 50 ms, included).",
+        "\"machine during the load\": from /proc/stat, the share of all cores left idle and the share the",
+        "hypervisor took (steal); from /proc/pressure/cpu, the share of the time during which at least one",
+        "runnable task waited for a core (every process of the machine: the load generator and the suite too).",
         "",
     ]
     if any(f["group"] == "Recovery" for f in res.figures.values()):
