@@ -3,7 +3,8 @@
 //! Producers share one target rate: request `n` is due at `start + n / rate`, whichever producer
 //! takes it, so the aggregate rate holds even when some requests are slow (up to the producers'
 //! concurrency). Rate 0 means as fast as the producers can go. A run ends after `count` orders,
-//! after `duration`, or on the stop signal (Ctrl-C), whichever comes first, and always ends with a
+//! after `duration` (on time even when the API is slower than the rate: what is not sent by then
+//! is not sent), or on the stop signal (Ctrl-C), whichever comes first, and always ends with a
 //! summary.
 
 pub mod churn;
@@ -140,6 +141,13 @@ struct Run {
 }
 
 impl Run {
+    /// Whether the run's time is up for a request or change due at `due`: it would be due at or
+    /// after the deadline, or the deadline has passed (a target slower than the rate leaves
+    /// requests due earlier unsent; the run still ends on time).
+    fn over(&self, due: Instant) -> bool {
+        self.deadline.is_some_and(|d| due >= d || Instant::now() >= d)
+    }
+
     fn note_failure(&self, what: String) {
         let mut f = self.failures.lock().expect("failures lock");
         let kind = what.split(':').next().unwrap_or_default().to_string();
@@ -156,7 +164,7 @@ impl Run {
         }
         let due =
             if rate > 0.0 { self.start + Duration::from_secs_f64(n as f64 / rate) } else { Instant::now() };
-        if self.deadline.is_some_and(|d| due >= d) {
+        if self.over(due) {
             return None;
         }
         tokio::select! {
@@ -327,7 +335,7 @@ async fn churn(run: Arc<Run>, pool: PgPool, mut stop: watch::Receiver<bool>) {
             return;
         }
         let due = run.start + period.mul_f64(n as f64);
-        if run.deadline.is_some_and(|d| due >= d) {
+        if run.over(due) {
             return;
         }
         tokio::select! {
@@ -509,4 +517,50 @@ pub fn render_bench(results: &[PhaseResult], connections: usize) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(rate: f64, started_ago: Duration, duration: Duration) -> Run {
+        let start = Instant::now() - started_ago;
+        Run {
+            settings: LoadgenSettings {
+                api_url: String::new(),
+                producers: 1,
+                rate,
+                count: None,
+                duration: Some(duration),
+                days: 0,
+                churn_rate: 0.0,
+                orders: true,
+                seed: 1,
+                progress: false,
+            },
+            counters: Counters::default(),
+            next: AtomicU64::new(0),
+            start,
+            deadline: Some(start + duration),
+            failures: Mutex::new(Vec::new()),
+            churn: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_behind_its_rate_ends_at_its_deadline_with_requests_unsent() {
+        let (_tx, mut stop) = watch::channel(false);
+        // 10 requests a second for 5 s, 10 s ago: request 0 was due before the deadline, but
+        // the deadline has passed.
+        let late = run(10.0, Duration::from_secs(10), Duration::from_secs(5));
+        assert_eq!(late.claim(10.0, None, &mut stop).await, None);
+        // Within the run: requests due so far are handed out at once, in order.
+        let on_time = run(10.0, Duration::from_secs(1), Duration::from_secs(60));
+        assert_eq!(on_time.claim(10.0, None, &mut stop).await, Some(0));
+        assert_eq!(on_time.claim(10.0, None, &mut stop).await, Some(1));
+        // A request due at or after the deadline is not sent.
+        let ending = run(1.0, Duration::ZERO, Duration::from_millis(500));
+        assert_eq!(ending.claim(1.0, None, &mut stop).await, Some(0));
+        assert_eq!(ending.claim(1.0, None, &mut stop).await, None);
+    }
 }
