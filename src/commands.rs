@@ -135,6 +135,7 @@ fn api_settings(config: &Config) -> ApiSettings {
         shutdown_grace: Duration::from_secs(config.api.shutdown_grace_secs),
         order_cache_entries: config.api.order_cache_entries,
         max_in_flight: config.api.max_in_flight,
+        sold_count_interval: Duration::from_millis(config.api.sold_count_interval_ms),
     }
 }
 
@@ -154,10 +155,13 @@ async fn bind_api(config: &Config) -> anyhow::Result<tokio::net::TcpListener> {
 async fn api_pool(config: &Config) -> anyhow::Result<PgPool> {
     let (pool, options) = pg_pool_options(&config.postgres);
     let pool = pool.connect_lazy_with(options);
-    let tables: Result<(Option<String>, Option<String>), sqlx::Error> =
-        sqlx::query_as("SELECT to_regclass('orders')::text, to_regclass('api_idempotency_keys')::text")
-            .fetch_one(&pool)
-            .await;
+    let tables: Result<(Option<String>, Option<String>), sqlx::Error> = sqlx::query_as(
+        "SELECT to_regclass('orders')::text,
+                    CASE WHEN to_regclass('api_idempotency_keys') IS NOT NULL
+                          AND to_regclass('api_sold_count_pending') IS NOT NULL THEN 'api' END",
+    )
+    .fetch_one(&pool)
+    .await;
     let (orders, keys) = match tables {
         Ok(t) => t,
         Err(e) if rainbow_schemas::postgres::is_transient(&e) => {

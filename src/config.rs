@@ -240,6 +240,10 @@ pub struct ApiConfig {
     pub order_cache_entries: usize,
     /// Requests served at once; more are answered 503 at once, before their body is read.
     pub max_in_flight: usize,
+    /// How often the quantities of the orders placed meanwhile are added to `products.sold_count`
+    /// (an order appends them to `api_sold_count_pending` instead of holding its products' rows
+    /// locked until its commit; docs/api.md).
+    pub sold_count_interval_ms: u64,
 }
 
 impl Default for ApiConfig {
@@ -251,6 +255,7 @@ impl Default for ApiConfig {
             shutdown_grace_secs: 30,
             order_cache_entries: 100_000,
             max_in_flight: 512,
+            sold_count_interval_ms: 100,
         }
     }
 }
@@ -462,6 +467,12 @@ impl Config {
             self.api.shutdown_grace_secs,
             "seconds, 0-3600",
         )?;
+        check(
+            (10..=60_000).contains(&self.api.sold_count_interval_ms),
+            "api.sold_count_interval_ms",
+            self.api.sold_count_interval_ms,
+            "10 ..= 60000 ms",
+        )?;
         let up = &self.up;
         check(
             up.metrics_listen.parse::<SocketAddr>().is_ok(),
@@ -666,7 +677,7 @@ mod tests {
     #[test]
     fn bad_settings_name_the_key_and_the_expected_form() {
         type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
-        let cases: [Case; 7] = [
+        let cases: [Case; 8] = [
             (&[("RAINBOW_API__LISTEN", "localhost")], &["`api.listen`", "ip:port"]),
             (&[("RAINBOW_POSTGRES__PORT", "abc")], &["`postgres.port`", "RAINBOW_POSTGRES__PORT", "u16"]),
             (&[("RAINBOW_POSTGRES__PORT", "70000")], &["`postgres.port`", "u16"]),
@@ -674,6 +685,10 @@ mod tests {
             (&[("RAINBOW_API__LISTN", "x")], &["`api.listn`", "unknown field", "listen"]),
             (&[("RAINBOW_APILISTEN", "x")], &["RAINBOW_APILISTEN", "RAINBOW_<SECTION>__<KEY>"]),
             (&[("RAINBOW_CDC__SLOT_NAME", "Bad-Slot")], &["`cdc.slot_name`", "a-z"]),
+            (
+                &[("RAINBOW_API__SOLD_COUNT_INTERVAL_MS", "0")],
+                &["`api.sold_count_interval_ms`", "10 ..= 60000"],
+            ),
         ];
         for (vars, needles) in cases {
             let err = load(vars).unwrap_err().to_string();

@@ -10,7 +10,11 @@
 //! * `orders_created_total`, `order_lines_created_total`, `idempotent_replays_total`,
 //!   `orders_rejected_total{code}`;
 //! * `order_cache_lookups_total{result="hit"|"miss"}`: `GET /api/v1/orders/{id}` served from the
-//!   response cache or from the database.
+//!   response cache or from the database;
+//! * `sold_count_rows_applied_total`, `sold_count_unknown_product_rows_total` (pending sold
+//!   quantities whose product was deleted before they were applied: dropped),
+//!   `sold_count_apply_errors_total` and `sold_count_applied_timestamp_seconds` (the last
+//!   successful pass): see [`crate::sold`].
 
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -31,6 +35,10 @@ pub struct ApiMetrics {
     idempotent_replays: IntCounter,
     orders_rejected: IntCounterVec,
     cache_lookups: IntCounterVec,
+    sold_rows_applied: IntCounter,
+    sold_unknown_product_rows: IntCounter,
+    sold_apply_errors: IntCounter,
+    sold_applied_at: IntGauge,
     /// The database's reachability (probed), retries and health.
     pub resilience: Resilience,
 }
@@ -80,8 +88,32 @@ impl ApiMetrics {
             &["result"],
         )
         .expect("metric");
+        let sold_rows_applied = IntCounter::new(
+            "sold_count_rows_applied_total",
+            "Pending sold quantities added to products.sold_count",
+        )
+        .expect("metric");
+        let sold_unknown_product_rows = IntCounter::new(
+            "sold_count_unknown_product_rows_total",
+            "Pending sold quantities dropped because their product was deleted before they were applied",
+        )
+        .expect("metric");
+        let sold_apply_errors = IntCounter::new(
+            "sold_count_apply_errors_total",
+            "Passes applying pending sold quantities that failed (retried)",
+        )
+        .expect("metric");
+        let sold_applied_at = IntGauge::new(
+            "sold_count_applied_timestamp_seconds",
+            "When pending sold quantities were last applied (Unix seconds; 0: not yet)",
+        )
+        .expect("metric");
         for c in [
             Box::new(cache_lookups.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(sold_rows_applied.clone()),
+            Box::new(sold_unknown_product_rows.clone()),
+            Box::new(sold_apply_errors.clone()),
+            Box::new(sold_applied_at.clone()),
             Box::new(requests.clone()),
             Box::new(duration.clone()),
             Box::new(in_flight.clone()),
@@ -109,6 +141,10 @@ impl ApiMetrics {
             idempotent_replays,
             orders_rejected,
             cache_lookups,
+            sold_rows_applied,
+            sold_unknown_product_rows,
+            sold_apply_errors,
+            sold_applied_at,
         }
     }
 
@@ -178,5 +214,49 @@ impl OrderRejected<'_> {
     pub fn emit(&self, m: &ApiMetrics) {
         tracing::debug!(code = self.code, message = self.message, "order rejected");
         m.orders_rejected.with_label_values(&[self.code]).inc();
+    }
+}
+
+/// A pass applied pending sold quantities ([`crate::sold`]).
+pub struct SoldCountsApplied {
+    pub applied: crate::repository::SoldApplied,
+}
+
+impl SoldCountsApplied {
+    pub fn emit(&self, m: &ApiMetrics) {
+        let a = &self.applied;
+        if a.rows > 0 {
+            tracing::trace!(rows = a.rows, "sold counts applied");
+        }
+        if a.unknown_product_rows > 0 {
+            tracing::warn!(
+                rows = a.unknown_product_rows,
+                "sold quantities dropped: their product was deleted before they were applied"
+            );
+        }
+        m.sold_rows_applied.inc_by((a.rows - a.unknown_product_rows).max(0) as u64);
+        m.sold_unknown_product_rows.inc_by(a.unknown_product_rows.max(0) as u64);
+        m.sold_applied_at.set(chrono::Utc::now().timestamp());
+    }
+}
+
+/// A pass applying pending sold quantities failed; the next one retries them.
+pub struct SoldCountsFailed<'a> {
+    pub error: &'a str,
+    /// Consecutive failures so far.
+    pub failures: u64,
+}
+
+impl SoldCountsFailed<'_> {
+    pub fn emit(&self, m: &ApiMetrics) {
+        // The first failure of an outage and then every power of two: an outage does not flood the log.
+        if self.failures.is_power_of_two() {
+            tracing::warn!(
+                error = self.error,
+                failures = self.failures,
+                "applying sold counts failed; retrying"
+            );
+        }
+        m.sold_apply_errors.inc();
     }
 }

@@ -37,12 +37,14 @@ pub enum Placed {
 }
 
 /// Places an order in one statement, which is its own transaction (run it outside any, in
-/// autocommit: the statement commits or rolls back as a whole, and a single round trip keeps the
-/// product row locks short). It locks the order's products in id order (so concurrent orders
-/// never deadlock and a line captures the price and promotion as they are at commit), reserves
-/// the idempotency key with the order's id and the canonical request, and writes the order row,
-/// its lines, the sold counts and the stock decrements where an inventory row exists — or
-/// nothing, when a product is missing, the stock is short or the key is taken.
+/// autocommit: the statement commits or rolls back as a whole). It share-locks the order's
+/// products in id order (a line captures the price and promotion as they are at commit: a
+/// catalogue change waits for the order, or the order for it; orders do not wait for each other),
+/// reserves the idempotency key with the order's id and the canonical request, and writes the
+/// order row, its lines, its sold quantities to `api_sold_count_pending` (added to
+/// `products.sold_count` by [`apply_sold_counts`]) and the stock decrements where an inventory row
+/// exists (those rows locked in product id order) — or nothing, when a product is missing, the
+/// stock is short or the key is taken.
 ///
 /// The stock check reads the statement's snapshot; an order that raced a concurrent decrement
 /// past it fails on `inventories_quantity_check`, so stock never goes negative either way. An
@@ -60,7 +62,7 @@ pub async fn place_order(
              SELECT * FROM unnest($3::bigint[], $4::int[]) WITH ORDINALITY AS l(product_id, quantity, line)
          ), locked AS MATERIALIZED (
              SELECT p.id, p.name, p.price, p.promotion_id FROM products p
-             WHERE p.id = ANY($3) ORDER BY p.id FOR NO KEY UPDATE
+             WHERE p.id = ANY($3) ORDER BY p.id FOR SHARE
          ), all_locked AS MATERIALIZED (
              SELECT count(*) = (SELECT count(DISTINCT product_id) FROM wanted) AS ok FROM locked
          ), short AS MATERIALIZED (
@@ -84,11 +86,14 @@ pub async fn place_order(
              SELECT o.id, w.product_id, w.quantity, l.price, l.promotion_id, o.created_at, o.created_at
              FROM new_order o, wanted w JOIN locked l ON l.id = w.product_id
          ), sold AS (
-             UPDATE products p SET sold_count = p.sold_count + w.quantity
-             FROM wanted w, new_order o WHERE p.id = w.product_id
+             INSERT INTO api_sold_count_pending (product_id, quantity)
+             SELECT w.product_id, w.quantity FROM wanted w, new_order o
+         ), stock_locked AS MATERIALIZED (
+             SELECT i.product_id FROM inventories i, new_order o
+             WHERE i.product_id = ANY($3) ORDER BY i.product_id FOR NO KEY UPDATE
          ), stock AS (
              UPDATE inventories i SET quantity = i.quantity - w.quantity
-             FROM wanted w, new_order o WHERE i.product_id = w.product_id
+             FROM wanted w, stock_locked s WHERE i.product_id = w.product_id AND s.product_id = i.product_id
          )
          SELECT o.id, o.created_at, c.name AS customer_name, c.email AS customer_email, pay.method AS payment_method,
                 EXISTS (SELECT 1 FROM new_id) AS attempted,
@@ -267,4 +272,42 @@ pub struct SummaryRow {
 /// `SELECT 1`: the database answers.
 pub async fn ping(conn: &mut PgConnection) -> sqlx::Result<()> {
     sqlx::query("SELECT 1").execute(conn).await.map(|_| ())
+}
+
+/// What one [`apply_sold_counts`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SoldApplied {
+    /// Pending rows taken (and deleted).
+    pub rows: i64,
+    /// Of them, rows whose product no longer exists: nothing to add them to.
+    pub unknown_product_rows: i64,
+}
+
+/// Adds up to `max_rows` pending sold quantities (the oldest first) to `products.sold_count` and
+/// deletes them, in one statement (its own transaction: run it in autocommit). Pending rows that
+/// another call is applying are skipped, and products are locked in id order, so concurrent calls
+/// (several API instances) neither count a row twice nor deadlock with each other or with orders.
+pub async fn apply_sold_counts(conn: &mut PgConnection, max_rows: i64) -> sqlx::Result<SoldApplied> {
+    let (rows, unknown_product_rows): (i64, i64) = sqlx::query_as(
+        "WITH taken AS (
+             DELETE FROM api_sold_count_pending WHERE id IN (
+                 SELECT id FROM api_sold_count_pending ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+             RETURNING product_id, quantity
+         ), sums AS MATERIALIZED (
+             SELECT product_id, sum(quantity)::bigint AS quantity FROM taken GROUP BY product_id
+         ), locked AS MATERIALIZED (
+             SELECT p.id FROM products p WHERE p.id IN (SELECT product_id FROM sums)
+             ORDER BY p.id FOR NO KEY UPDATE
+         ), applied AS (
+             UPDATE products p SET sold_count = p.sold_count + s.quantity
+             FROM sums s, locked l WHERE p.id = s.product_id AND l.id = p.id
+             RETURNING p.id
+         )
+         SELECT (SELECT count(*) FROM taken),
+                (SELECT count(*) FROM taken t WHERE NOT EXISTS (SELECT 1 FROM applied a WHERE a.id = t.product_id))",
+    )
+    .bind(max_rows)
+    .fetch_one(conn)
+    .await?;
+    Ok(SoldApplied { rows, unknown_product_rows })
 }

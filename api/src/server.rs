@@ -24,6 +24,8 @@ pub struct ApiSettings {
     pub order_cache_entries: usize,
     /// Requests served at once; more are answered 503 at once (probes and metrics excepted).
     pub max_in_flight: usize,
+    /// How often the orders' pending sold quantities are added to `products.sold_count`.
+    pub sold_count_interval: Duration,
 }
 
 impl Default for ApiSettings {
@@ -34,6 +36,7 @@ impl Default for ApiSettings {
             shutdown_grace: Duration::from_secs(30),
             order_cache_entries: 100_000,
             max_in_flight: 512,
+            sold_count_interval: Duration::from_millis(100),
         }
     }
 }
@@ -63,8 +66,9 @@ impl AppState {
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then stops accepting connections and
-/// lets in-flight requests finish, for at most `shutdown_grace`. Returns when every connection
-/// is closed or the grace period is over.
+/// lets in-flight requests finish, for at most `shutdown_grace`, and applies the sold counts they
+/// left pending ([`crate::sold`], which runs meanwhile). Returns when every connection is closed
+/// or the grace period is over, and that last pass is done.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -80,6 +84,14 @@ pub async fn serve(
     });
     let _stop_follower = AbortOnDrop(follower);
     let _stop_probe = AbortOnDrop(Some(tokio::spawn(probe_database(state.clone()))));
+    let (pool, metrics, timeout) =
+        (state.service.pool().clone(), state.metrics.clone(), state.settings.request_timeout);
+    let sold = AbortOnDrop(Some(tokio::spawn(crate::sold::follow(
+        pool.clone(),
+        metrics.clone(),
+        state.settings.sold_count_interval,
+        timeout,
+    ))));
     let in_flight = state.metrics.in_flight.clone();
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
@@ -98,7 +110,7 @@ pub async fn serve(
             std::future::pending::<()>().await;
         }
     };
-    tokio::select! {
+    let result = tokio::select! {
         result = server => {
             tracing::info!("api stopped");
             result
@@ -111,7 +123,11 @@ pub async fn serve(
             );
             Ok(())
         }
-    }
+    };
+    // A pass cut off here rolls back; the last one takes what the final requests left.
+    drop(sold);
+    crate::sold::apply_pending(&pool, &metrics, timeout).await;
+    result
 }
 
 /// How often the database is probed for `/readyz` and the dependency metrics.

@@ -45,15 +45,44 @@ impl TestApi {
     }
 
     async fn finish(mut self) {
+        self.stop_server().await;
+        self.db.drop().await;
+    }
+
+    /// Shuts the server down (as SIGTERM does) and waits until it has stopped.
+    async fn stop_server(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        tokio::time::timeout(Duration::from_secs(30), self.server)
+        tokio::time::timeout(Duration::from_secs(30), &mut self.server)
             .await
             .expect("server stops")
             .unwrap()
             .unwrap();
-        self.db.drop().await;
+    }
+
+    /// Units sold of `product`: its `sold_count` plus the quantities its orders left pending (one
+    /// snapshot, so a pass applying them in between changes nothing).
+    async fn sold(&self, product: i64) -> i64 {
+        self.scalar(&format!(
+            "SELECT (SELECT sold_count FROM products WHERE id = {product})
+                  + (SELECT COALESCE(sum(quantity), 0) FROM api_sold_count_pending WHERE product_id = {product})"
+        ))
+        .await
+    }
+
+    /// `products.sold_count` of the products `ids` (a SQL list), in id order.
+    async fn sold_counts(&self, ids: &str) -> Vec<i64> {
+        let sql = format!("SELECT sold_count FROM products WHERE id IN ({ids}) ORDER BY id");
+        sqlx::query_scalar(&sql).fetch_all(&self.db.pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Waits until no sold quantity is pending (they are in `products.sold_count`).
+    async fn sold_counts_applied(&self) {
+        eventually("the pending sold quantities to be applied", Duration::from_secs(10), || async {
+            (self.scalar::<i64>("SELECT count(*) FROM api_sold_count_pending").await == 0).then_some(())
+        })
+        .await
     }
 
     async fn post(&self, body: &Value) -> (StatusCode, Value) {
@@ -111,7 +140,8 @@ impl TestApi {
     async fn footprint(&self) -> (i64, i64, i64, Decimal, i64) {
         let row: (i64, i64, i64, Decimal, i64) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM orderdetails),
-                    (SELECT sum(sold_count) FROM products)::bigint,
+                    ((SELECT sum(sold_count) FROM products)
+                      + (SELECT COALESCE(sum(quantity), 0) FROM api_sold_count_pending))::bigint,
                     (SELECT COALESCE(sum(quantity), 0) FROM inventories),
                     (SELECT count(*) FROM api_idempotency_keys)",
         )
@@ -152,11 +182,7 @@ async fn creates_an_order_in_one_transaction_and_reads_it_back() {
     let api = TestApi::start().await;
     // Product 5 is stock-tracked, product 3 is not.
     api.exec("INSERT INTO inventories (product_id, quantity) VALUES (5, 10)").await;
-    let sold_before: Vec<i64> =
-        sqlx::query_scalar("SELECT sold_count FROM products WHERE id IN (3, 5) ORDER BY id")
-            .fetch_all(&api.db.pool)
-            .await
-            .unwrap();
+    let sold_before = [api.sold(3).await, api.sold(5).await];
 
     let res = api
         .client
@@ -191,11 +217,10 @@ async fn creates_an_order_in_one_transaction_and_reads_it_back() {
         assert_eq!((price, promo), (current_price, current_promo), "line of product {product}");
         assert_eq!(*quantity, if *product == 3 { 4 } else { 2 });
     }
-    let sold_after: Vec<i64> =
-        sqlx::query_scalar("SELECT sold_count FROM products WHERE id IN (3, 5) ORDER BY id")
-            .fetch_all(&api.db.pool)
-            .await
-            .unwrap();
+    assert_eq!([api.sold(3).await, api.sold(5).await], [sold_before[0] + 4, sold_before[1] + 2]);
+    // The sold quantities reach products.sold_count a moment after the commit.
+    api.sold_counts_applied().await;
+    let sold_after = api.sold_counts("3, 5").await;
     assert_eq!(sold_after, vec![sold_before[0] + 4, sold_before[1] + 2]);
     assert_eq!(api.scalar::<i64>("SELECT quantity FROM inventories WHERE product_id = 5").await, 8);
     assert_eq!(api.scalar::<i64>("SELECT count(*) FROM inventories").await, 1, "no inventory row invented");
@@ -421,7 +446,7 @@ async fn idempotency_keys_return_the_original_order_and_refuse_other_bodies() {
     let headers = [("content-type", "application/json"), ("idempotency-key", "order-0001")];
     let (first_status, first) = api.post_raw(body.to_string(), &headers).await;
     assert_eq!(first_status, StatusCode::CREATED);
-    let sold: i64 = api.scalar("SELECT sold_count FROM products WHERE id = 10").await;
+    let sold = api.sold(10).await;
 
     let (status, again) = api.post_raw(body.to_string(), &headers).await;
     assert_eq!(status, StatusCode::OK);
@@ -433,7 +458,7 @@ async fn idempotency_keys_return_the_original_order_and_refuse_other_bodies() {
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(error_of(&other), ("idempotency_key_reused".into(), Some("Idempotency-Key".into())));
     assert_eq!(api.scalar::<i64>("SELECT count(*) FROM orders").await, 1);
-    assert_eq!(api.scalar::<i64>("SELECT sold_count FROM products WHERE id = 10").await, sold);
+    assert_eq!(api.sold(10).await, sold);
 
     // Concurrent retries of one key: exactly one order, every answer is that order.
     let body = order(4, 2, &[(11, 1), (12, 1)]);
@@ -474,7 +499,7 @@ async fn idempotency_keys_return_the_original_order_and_refuse_other_bodies() {
 async fn concurrent_orders_never_oversell_a_stock_tracked_product() {
     let api = TestApi::start().await;
     api.exec("INSERT INTO inventories (product_id, quantity) VALUES (7, 10)").await;
-    let sold_before: i64 = api.scalar("SELECT sold_count::bigint FROM products WHERE id = 7").await;
+    let sold_before = api.sold(7).await;
     // 30 orders race for 10 units; each also takes an untracked product, as real orders do.
     let mut tasks = Vec::new();
     for i in 0..30 {
@@ -498,9 +523,92 @@ async fn concurrent_orders_never_oversell_a_stock_tracked_product() {
     assert_eq!(created, 10);
     assert_eq!(api.scalar::<i64>("SELECT quantity::bigint FROM inventories WHERE product_id = 7").await, 0);
     assert_eq!(api.scalar::<i64>("SELECT count(*) FROM orderdetails WHERE product_id = 7").await, 10);
-    let sold_after: i64 = api.scalar("SELECT sold_count::bigint FROM products WHERE id = 7").await;
-    assert_eq!(sold_after - sold_before, 10);
+    assert_eq!(api.sold(7).await - sold_before, 10);
+    api.sold_counts_applied().await;
+    assert_eq!(api.scalar::<i64>("SELECT sold_count FROM products WHERE id = 7").await - sold_before, 10);
     api.finish().await;
+}
+
+/// Orders that share popular products do not wait for each other: their sold quantities are
+/// pending until a pass adds them to `products.sold_count`. Two instances apply them at once, and
+/// every quantity is counted exactly once; a quantity of a deleted product is dropped and counted;
+/// on shutdown the last requests' quantities are applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sold_counts_are_applied_exactly_once_by_every_instance() {
+    let settings =
+        || ApiSettings { sold_count_interval: Duration::from_millis(10), ..ApiSettings::default() };
+    let mut api = TestApi::start_with(settings()).await;
+    // A second instance over the same database, applying the same pending rows.
+    let other = AppState::new(api.db.pool.clone(), settings(), FailPoints::default());
+    let other_metrics = other.metrics.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other_url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop_other, other_stopped) = oneshot::channel::<()>();
+    let other_server = tokio::spawn(rainbow_api::serve(listener, other, async move {
+        let _ = other_stopped.await;
+    }));
+    let before = api.sold_counts("1, 2, 3").await;
+
+    // 60 orders at once, every one selling products 1 and 2, half of them 3 too, through both.
+    let mut tasks = Vec::new();
+    for i in 0..60i64 {
+        let url = if i % 2 == 0 { api.url.clone() } else { other_url.clone() };
+        let client = api.client.clone();
+        let lines: Vec<(i64, i64)> =
+            if i % 2 == 0 { vec![(1, 1), (2, 2), (3, 3)] } else { vec![(2, 1), (1, 2)] };
+        let body = order(1 + i % 5, 1 + i % 4, &lines);
+        tasks.push(tokio::spawn(async move {
+            client.post(format!("{url}/api/v1/orders")).json(&body).send().await.unwrap().status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::CREATED);
+    }
+    api.sold_counts_applied().await;
+    let after = api.sold_counts("1, 2, 3").await;
+    assert_eq!(after, vec![before[0] + 30 + 60, before[1] + 60 + 30, before[2] + 90]);
+    let applied = |text: &str| metric_value(text, "rainbow_api_sold_count_rows_applied_total").unwrap_or(0.0);
+    let both = applied(&api.metrics().await) + applied(&other_metrics.render(&api.db.pool));
+    assert_eq!(both, 150.0, "every order line applied once, by one instance or the other");
+    let when =
+        metric_value(&api.metrics().await, "rainbow_api_sold_count_applied_timestamp_seconds").unwrap();
+    assert!((when - chrono::Utc::now().timestamp() as f64).abs() < 60.0, "last pass at {when}");
+
+    // A quantity whose product is gone: dropped, counted, not left pending.
+    api.exec("INSERT INTO api_sold_count_pending (product_id, quantity) VALUES (999999, 4)").await;
+    api.sold_counts_applied().await;
+    let dropped =
+        |text: &str| metric_value(text, "rainbow_api_sold_count_unknown_product_rows_total").unwrap_or(0.0);
+    assert_eq!(dropped(&api.metrics().await) + dropped(&other_metrics.render(&api.db.pool)), 1.0);
+
+    // Shutdown: the second instance stops; then the first is stopped right after an order (its
+    // interval made long, so only the shutdown pass can apply it).
+    let _ = stop_other.send(());
+    tokio::time::timeout(Duration::from_secs(30), other_server).await.expect("stops").unwrap().unwrap();
+    api.stop_server().await;
+    let slow = ApiSettings { sold_count_interval: Duration::from_secs(60), ..ApiSettings::default() };
+    let state = AppState::new(api.db.pool.clone(), slow, FailPoints::default());
+    let metrics = state.metrics.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    api.url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    api.server = tokio::spawn(rainbow_api::serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    api.stop = Some(stop);
+    // The pass at start finds nothing; the order after it stays pending until the shutdown.
+    eventually("the first pass of the restarted instance", Duration::from_secs(10), || async {
+        let text = metrics.render(&api.db.pool);
+        (metric_value(&text, "rainbow_api_sold_count_applied_timestamp_seconds")? > 0.0).then_some(())
+    })
+    .await;
+    let sold = api.sold(4).await;
+    assert_eq!(api.post(&order(2, 1, &[(4, 5)])).await.0, StatusCode::CREATED);
+    assert_eq!(api.scalar::<i64>("SELECT count(*) FROM api_sold_count_pending").await, 1);
+    api.stop_server().await;
+    assert_eq!(api.scalar::<i64>("SELECT count(*) FROM api_sold_count_pending").await, 0);
+    assert_eq!(api.scalar::<i64>("SELECT sold_count FROM products WHERE id = 4").await, sold + 5);
+    api.db.drop().await;
 }
 
 /// Walks every page of a listing; returns the ids in order.
