@@ -26,6 +26,27 @@ struct TestApi {
     server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
+/// A server on an ephemeral port, as `rainbow api` runs it: a send on `stop` shuts it down as
+/// SIGTERM does.
+struct Served {
+    url: String,
+    stop: oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    metrics: rainbow_api::metrics::ApiMetrics,
+}
+
+async fn serve(pool: &sqlx::PgPool, settings: ApiSettings, failpoints: FailPoints) -> Served {
+    let state = AppState::new(pool.clone(), settings, failpoints);
+    let metrics = state.metrics.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(rainbow_api::serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    Served { url, stop, server, metrics }
+}
+
 impl TestApi {
     async fn start() -> TestApi {
         TestApi::start_with(ApiSettings { body_limit: 64 * 1024, ..ApiSettings::default() }).await
@@ -34,14 +55,17 @@ impl TestApi {
     async fn start_with(settings: ApiSettings) -> TestApi {
         let db = TestDb::seeded().await;
         let failpoints = FailPoints::default();
-        let state = AppState::new(db.pool.clone(), settings, failpoints.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(rainbow_api::serve(listener, state, async move {
-            let _ = stopped.await;
-        }));
+        let Served { url, stop, server, .. } = serve(&db.pool, settings, failpoints.clone()).await;
         TestApi { db, url, client: reqwest::Client::new(), failpoints, stop: Some(stop), server }
+    }
+
+    /// Stops the server and serves the same database again with `settings`; returns the new
+    /// server's metrics.
+    async fn restart_with(&mut self, settings: ApiSettings) -> rainbow_api::metrics::ApiMetrics {
+        self.stop_server().await;
+        let served = serve(&self.db.pool, settings, self.failpoints.clone()).await;
+        (self.url, self.stop, self.server) = (served.url, Some(served.stop), served.server);
+        served.metrics
     }
 
     async fn finish(mut self) {
@@ -539,20 +563,13 @@ async fn sold_counts_are_applied_exactly_once_by_every_instance() {
         || ApiSettings { sold_count_interval: Duration::from_millis(10), ..ApiSettings::default() };
     let mut api = TestApi::start_with(settings()).await;
     // A second instance over the same database, applying the same pending rows.
-    let other = AppState::new(api.db.pool.clone(), settings(), FailPoints::default());
-    let other_metrics = other.metrics.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let other_url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop_other, other_stopped) = oneshot::channel::<()>();
-    let other_server = tokio::spawn(rainbow_api::serve(listener, other, async move {
-        let _ = other_stopped.await;
-    }));
+    let other = serve(&api.db.pool, settings(), FailPoints::default()).await;
     let before = api.sold_counts("1, 2, 3").await;
 
     // 60 orders at once, every one selling products 1 and 2, half of them 3 too, through both.
     let mut tasks = Vec::new();
     for i in 0..60i64 {
-        let url = if i % 2 == 0 { api.url.clone() } else { other_url.clone() };
+        let url = if i % 2 == 0 { api.url.clone() } else { other.url.clone() };
         let client = api.client.clone();
         let lines: Vec<(i64, i64)> =
             if i % 2 == 0 { vec![(1, 1), (2, 2), (3, 3)] } else { vec![(2, 1), (1, 2)] };
@@ -568,7 +585,7 @@ async fn sold_counts_are_applied_exactly_once_by_every_instance() {
     let after = api.sold_counts("1, 2, 3").await;
     assert_eq!(after, vec![before[0] + 30 + 60, before[1] + 60 + 30, before[2] + 90]);
     let applied = |text: &str| metric_value(text, "rainbow_api_sold_count_rows_applied_total").unwrap_or(0.0);
-    let both = applied(&api.metrics().await) + applied(&other_metrics.render(&api.db.pool));
+    let both = applied(&api.metrics().await) + applied(&other.metrics.render(&api.db.pool));
     assert_eq!(both, 150.0, "every order line applied once, by one instance or the other");
     let when =
         metric_value(&api.metrics().await, "rainbow_api_sold_count_applied_timestamp_seconds").unwrap();
@@ -579,23 +596,15 @@ async fn sold_counts_are_applied_exactly_once_by_every_instance() {
     api.sold_counts_applied().await;
     let dropped =
         |text: &str| metric_value(text, "rainbow_api_sold_count_unknown_product_rows_total").unwrap_or(0.0);
-    assert_eq!(dropped(&api.metrics().await) + dropped(&other_metrics.render(&api.db.pool)), 1.0);
+    assert_eq!(dropped(&api.metrics().await) + dropped(&other.metrics.render(&api.db.pool)), 1.0);
 
     // Shutdown: the second instance stops; then the first is stopped right after an order (its
     // interval made long, so only the shutdown pass can apply it).
-    let _ = stop_other.send(());
-    tokio::time::timeout(Duration::from_secs(30), other_server).await.expect("stops").unwrap().unwrap();
-    api.stop_server().await;
-    let slow = ApiSettings { sold_count_interval: Duration::from_secs(60), ..ApiSettings::default() };
-    let state = AppState::new(api.db.pool.clone(), slow, FailPoints::default());
-    let metrics = state.metrics.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    api.url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = oneshot::channel::<()>();
-    api.server = tokio::spawn(rainbow_api::serve(listener, state, async move {
-        let _ = stopped.await;
-    }));
-    api.stop = Some(stop);
+    let _ = other.stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), other.server).await.expect("stops").unwrap().unwrap();
+    let metrics = api
+        .restart_with(ApiSettings { sold_count_interval: Duration::from_secs(60), ..ApiSettings::default() })
+        .await;
     // The pass at start finds nothing; the order after it stays pending until the shutdown.
     eventually("the first pass of the restarted instance", Duration::from_secs(10), || async {
         let text = metrics.render(&api.db.pool);
