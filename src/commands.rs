@@ -117,10 +117,15 @@ async fn applied_migrations(pool: &PgPool) -> i64 {
         .unwrap_or(0)
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM; on SIGTERM alone under `rainbow up` (its children).
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    if rainbow_runtime::children::supervised() {
+        // Under `rainbow up`: SIGINT stays ignored; the supervisor sends SIGTERM in its order.
+        term.recv().await;
+        return;
+    }
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -785,8 +790,8 @@ fn components(
         Some(file) => vec!["--config".into(), file.display().to_string()],
         None => Vec::new(),
     };
-    let spec =
-        |name: &str, extra: &[String], wait_for: Option<String>| rainbow_runtime::children::ChildSpec {
+    let spec = |name: &str, extra: &[String], wait_for: Option<String>, stop_stage: u8| {
+        rainbow_runtime::children::ChildSpec {
             name: name.into(),
             program: program.clone(),
             args: base
@@ -797,13 +802,18 @@ fn components(
                 .collect(),
             wait_for,
             lock: Some(lock),
-        };
+            stop_stage,
+        }
+    };
+    // Started in this order (the API first: the producers post to it). Stopped in stages: what
+    // writes the source first, then the CDC (which reads on until it has delivered every
+    // transaction committed before its stop), then the processor and the archiver (which read
+    // on until they have what Kafka held at theirs): a stop leaves nothing in flight.
     let mut specs = vec![
-        // The API first: the producers post to it.
-        spec("api", &[], Some(config.api.listen.clone())),
-        spec("cdc", &[], None),
-        spec("process", &[], None),
-        spec("archive", &[], None),
+        spec("api", &[], Some(config.api.listen.clone()), 0),
+        spec("cdc", &[], None, 1),
+        spec("process", &[], None, 2),
+        spec("archive", &[], None, 2),
     ];
     if args.orders_per_sec > 0.0 || args.churn_per_sec > 0.0 {
         let mut extra = vec![
@@ -818,7 +828,7 @@ fn components(
         } else {
             extra.push("--no-orders".into());
         }
-        specs.push(spec("loadgen", &extra, None));
+        specs.push(spec("loadgen", &extra, None, 0));
     }
     Ok(specs)
 }

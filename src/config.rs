@@ -38,8 +38,9 @@ pub const STATE_PATHS: [(&str, &str); 4] = [
     ("replay.out_url", "replay"),
 ];
 /// `RAINBOW_*` variables that are not settings: read by the stack scripts and the CLI.
-const NON_SETTING_VARS: [&str; 6] = [
+const NON_SETTING_VARS: [&str; 7] = [
     HOME_VAR,
+    rainbow_runtime::children::SUPERVISED_VAR,
     "RAINBOW_CONFIG",
     "RAINBOW_LOG",
     "RAINBOW_CDC_FAILPOINT",
@@ -677,7 +678,7 @@ mod tests {
     #[test]
     fn bad_settings_name_the_key_and_the_expected_form() {
         type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
-        let cases: [Case; 8] = [
+        let cases: [Case; 11] = [
             (&[("RAINBOW_API__LISTEN", "localhost")], &["`api.listen`", "ip:port"]),
             (&[("RAINBOW_POSTGRES__PORT", "abc")], &["`postgres.port`", "RAINBOW_POSTGRES__PORT", "u16"]),
             (&[("RAINBOW_POSTGRES__PORT", "70000")], &["`postgres.port`", "u16"]),
@@ -688,6 +689,15 @@ mod tests {
             (
                 &[("RAINBOW_API__SOLD_COUNT_INTERVAL_MS", "0")],
                 &["`api.sold_count_interval_ms`", "10 ..= 60000"],
+            ),
+            (&[("RAINBOW_CDC__DRAIN_ON_STOP_MS", "600001")], &["`cdc.drain_on_stop_ms`", "0 (stop at once)"]),
+            (
+                &[("RAINBOW_PROCESSOR__DRAIN_ON_STOP_MS", "600001")],
+                &["`processor.drain_on_stop_ms`", "0 (stop at once)"],
+            ),
+            (
+                &[("RAINBOW_ARCHIVE__DRAIN_ON_STOP_MS", "600001")],
+                &["`archive.drain_on_stop_ms`", "0 (stop at once)"],
             ),
         ];
         for (vars, needles) in cases {

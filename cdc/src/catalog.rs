@@ -136,6 +136,18 @@ pub async fn slot_lag(pool: &PgPool, slot: &str) -> Result<Option<(i64, i64)>, C
     .await?)
 }
 
+/// The server's WAL position up to which every commit is durable: where a reader that has
+/// received that far has seen every transaction committed before now.
+pub async fn durable_wal_position(pool: &PgPool) -> Result<Lsn, CdcError> {
+    let at: i64 = sqlx::query_scalar(
+        "SELECT pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+                ELSE pg_current_wal_flush_lsn() END, '0/0')::int8",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Lsn(at.max(0) as u64))
+}
+
 /// The catalog's view of a table's columns: (name, type oid, type modifier, not null, position in
 /// the primary key).
 async fn catalog_columns(pool: &PgPool, schema: &str, table: &str) -> Result<Vec<CatalogColumn>, CdcError> {

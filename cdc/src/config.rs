@@ -64,6 +64,10 @@ pub struct CdcConfig {
     /// this time of silence), or a query of the reader's takes longer. The reader then drops
     /// its connections and reconnects with backoff, as after a restart.
     pub server_timeout_ms: u64,
+    /// On a stop (SIGTERM, Ctrl-C), how long the reader may read on to deliver every transaction
+    /// committed before the stop (up to the server's WAL position at that moment) and announce
+    /// it in a last heartbeat; 0 stops at once (the rest waits in the slot for the next start).
+    pub drain_on_stop_ms: u64,
     /// Routes a table's records by one column instead of by the whole key: records with equal
     /// values of that column get the same partition number (Kafka's murmur2 of the value's text,
     /// modulo the topic's partitions). The defaults route `orders` by `id` and `orderdetails` by
@@ -113,6 +117,7 @@ impl Default for CdcConfig {
             heartbeat_action_query: String::new(),
             status_interval_ms: 1_000,
             server_timeout_ms: 30_000,
+            drain_on_stop_ms: 10_000,
             partition_by: BTreeMap::from([
                 ("public.orders".to_string(), "id".to_string()),
                 ("public.orderdetails".to_string(), "order_id".to_string()),
@@ -202,6 +207,12 @@ impl CdcConfig {
             "cdc.server_timeout_ms",
             self.server_timeout_ms,
             "3000-3600000 ms",
+        )?;
+        check(
+            self.drain_on_stop_ms <= 600_000,
+            "cdc.drain_on_stop_ms",
+            self.drain_on_stop_ms,
+            "0 (stop at once) to 600000 ms",
         )?;
         check(
             (1..=10_000).contains(&self.topic_partitions),

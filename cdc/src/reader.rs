@@ -455,6 +455,9 @@ struct Stream<'a> {
 /// The shortest time between two heartbeat records sent because Kafka acknowledged more.
 const ANNOUNCE_GAP: Duration = Duration::from_millis(20);
 
+/// While draining at a stop, how often the server is asked for a keepalive (its position).
+const DRAIN_ASK: Duration = Duration::from_millis(50);
+
 /// How many recent transaction ids the stream remembers.
 const RECENT_XIDS: usize = 4096;
 
@@ -528,10 +531,38 @@ impl Stream<'_> {
         let mut heard = tokio::time::Instant::now();
         let mut silence = tokio::time::interval(server_timeout / 6);
         silence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // After a stop: the WAL position to read up to, and until when.
+        let mut drain: Option<(Lsn, tokio::time::Instant)> = None;
+        let mut drain_ask = tokio::time::interval(DRAIN_ASK);
         loop {
+            if let Some((target, _)) = drain {
+                if self.received >= target && self.tx.is_none() {
+                    tracing::info!(%target, "stopping: every transaction committed before the stop was read");
+                    break;
+                }
+            }
             tokio::select! {
                 biased;
-                _ = stopped(&mut stop) => break,
+                _ = stopped(&mut stop), if drain.is_none() => {
+                    match self.drain_target().await {
+                        Some(target) => drain = Some((target, tokio::time::Instant::now() + Duration::from_millis(self.config.drain_on_stop_ms))),
+                        None => break,
+                    }
+                    drain_ask.reset_immediately();
+                }
+                // While draining: a keepalive asked for often, so that a quiet server's position arrives.
+                _ = drain_ask.tick(), if drain.is_some() => {
+                    if drain.is_some_and(|(_, until)| tokio::time::Instant::now() >= until) {
+                        tracing::warn!(
+                            received = %self.received,
+                            target = %drain.map(|(t, _)| t).unwrap_or_default(),
+                            "stopping before every transaction committed before the stop was read \
+                             (cdc.drain_on_stop_ms); the rest waits in the slot for the next start"
+                        );
+                        break;
+                    }
+                    self.confirm(conn, &acked, true).await?;
+                }
                 outcome = &mut *tracker => {
                     let err = match outcome {
                         Ok(Err(e)) => e,
@@ -619,8 +650,36 @@ impl Stream<'_> {
         }
         acked.mark_changed();
         self.confirm(conn, &acked, false).await?;
+        if drain.is_some() && self.config.heartbeat_interval_ms > 0 {
+            // A last heartbeat: consumers release what waits behind quiet partitions now, not at
+            // the next start.
+            let acked_lsn = acked.borrow().lsn;
+            self.announce(acked_lsn).await?;
+            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(10), self.sink.flush()).await {
+                tracing::warn!(error = %e, "the last heartbeat was not acknowledged");
+            }
+        }
         tracing::info!(confirmed = %self.confirmed, transactions = self.summary.transactions, events = self.summary.events, "stopped");
         Ok(())
+    }
+
+    /// At a stop: the WAL position to read up to before stopping (`cdc.drain_on_stop_ms`), or
+    /// `None` to stop at once (draining off, or the server cannot tell).
+    async fn drain_target(&self) -> Option<Lsn> {
+        if self.config.drain_on_stop_ms == 0 {
+            return None;
+        }
+        let position = async { Ok(catalog::durable_wal_position(self.pool).await) };
+        match bounded(self.config.server_timeout_ms.min(5_000), "the WAL position query", position).await {
+            Ok(Ok(target)) => {
+                tracing::info!(%target, received = %self.received, "stopping: reading on up to the WAL position of the stop");
+                Some(target)
+            }
+            Ok(Err(e)) | Err(e) => {
+                tracing::warn!(error = %e, "stopping at once: the WAL position of the stop is unknown; the rest waits in the slot");
+                None
+            }
+        }
     }
 
     /// Tells the server how far Kafka acknowledged, and stores the offset when it moved.

@@ -58,6 +58,10 @@ pub struct ProcessorConfig {
     /// (retention, a recreated topic): counted in `offset_gap_records_total` and alerted. Off:
     /// the processor stops and says so, since the warehouse would miss those changes.
     pub allow_offset_gap: bool,
+    /// On a stop (SIGTERM, Ctrl-C), how long the processor may read on to apply and write
+    /// everything its topics held at that moment (the CDC's last heartbeat included) before its
+    /// last checkpoint; 0 stops at once (the rest is read at the next start).
+    pub drain_on_stop_ms: u64,
 }
 
 impl Default for ProcessorConfig {
@@ -80,6 +84,7 @@ impl Default for ProcessorConfig {
             sink_attempts: 6,
             sink_timeout_ms: 30_000,
             allow_offset_gap: false,
+            drain_on_stop_ms: 10_000,
         }
     }
 }
@@ -122,6 +127,12 @@ impl ProcessorConfig {
             "processor.checkpoint_url",
             &self.checkpoint_url,
             "a directory or an object-store URL (file://, s3://, gs://, az://)",
+        )?;
+        check(
+            self.drain_on_stop_ms <= 600_000,
+            "processor.drain_on_stop_ms",
+            self.drain_on_stop_ms,
+            "0 (stop at once) ..= 600000 ms",
         )?;
         check(
             self.checkpoint_interval_ms >= 100,

@@ -75,6 +75,13 @@ pub trait Source {
 
     /// A checkpoint that resumes the inputs at `offsets` is durable.
     fn committed(&mut self, _offsets: &[(InputName, i64)]) {}
+
+    /// At a stop: the offset each input (in index order) is to be released up to before the
+    /// engine stops, what the source held at that moment, and for how long at most; `None` to
+    /// stop at once.
+    fn stop_targets(&mut self) -> Option<(Vec<i64>, Duration)> {
+        None
+    }
 }
 
 /// Where the core's rows go.
@@ -634,12 +641,18 @@ where
     pub fn run(mut self, stop: &AtomicBool) -> Result<Finished<K::Summary>, S::Error> {
         self.schedule_checkpoint();
         let mut next_tick = Instant::now();
+        let mut stopping: Option<Option<(Vec<i64>, Instant)>> = None;
         loop {
             if stop.load(Ordering::SeqCst) {
-                self.drain()?;
-                self.checkpoint()?;
-                self.tick();
-                return Ok(Finished::Stopped(self.summary()));
+                let until = stopping.get_or_insert_with(|| {
+                    self.source.stop_targets().map(|(targets, within)| (targets, Instant::now() + within))
+                });
+                if self.read_to_stop(until) {
+                    self.drain()?;
+                    self.checkpoint()?;
+                    self.tick();
+                    return Ok(Finished::Stopped(self.summary()));
+                }
             }
             let poll = self.source.poll(&mut intake!(self))?;
             let released = self.drain()?;
@@ -663,6 +676,32 @@ where
                 return Err(EngineError::NoProgress.into());
             }
         }
+    }
+
+    /// Whether a stopping engine has released every input up to its stop target, or may wait no
+    /// longer (then says what is left for the next start).
+    fn read_to_stop(&self, until: &Option<(Vec<i64>, Instant)>) -> bool {
+        let Some((targets, deadline)) = until else { return true };
+        let left: i64 = self
+            .merger
+            .resume_offsets()
+            .iter()
+            .zip(targets)
+            .map(|((_, at), target)| (target - at).max(0))
+            .sum();
+        if left == 0 {
+            tracing::info!("stopping: everything the inputs held at the stop was applied");
+            return true;
+        }
+        if Instant::now() >= *deadline {
+            tracing::warn!(
+                records_left = left,
+                "stopping before everything the inputs held at the stop was applied (drain_on_stop_ms); \
+                 the rest is read at the next start"
+            );
+            return true;
+        }
+        false
     }
 
     /// Releases what every input has passed to the core, in commit order, and hands the rows

@@ -41,6 +41,11 @@ struct Memory {
     stop_after: Option<u64>,
     /// What [`Source::identity`] says.
     identity: String,
+    /// At a stop: read on to every record before a position, within a duration
+    /// ([`Source::stop_targets`]), as if the source held those at the stop; then a progress mark
+    /// at that position per partition, as the CDC's last heartbeat gives.
+    drain: Option<(Position, std::time::Duration)>,
+    marks: Vec<(usize, i64, Position)>,
 }
 
 impl Memory {
@@ -53,6 +58,8 @@ impl Memory {
             stop: Arc::new(AtomicBool::new(false)),
             stop_after: None,
             identity: "kafka.cluster=A".into(),
+            drain: None,
+            marks: Vec::new(),
         }
     }
 }
@@ -77,7 +84,25 @@ impl Source for Memory {
             .collect())
     }
 
+    fn stop_targets(&mut self) -> Option<(Vec<i64>, std::time::Duration)> {
+        let (cut, within) = self.drain?;
+        let position = |v: &Option<Vec<u8>>| decode(v.as_deref()).ok().flatten().map(|e| e.position);
+        let targets: Vec<i64> = self
+            .partitions
+            .iter()
+            .map(|p| {
+                let at = p.records.iter().find(|(_, v)| position(v).is_some_and(|at| at >= cut));
+                at.map_or(p.records.last().map_or(0, |r| r.0 + 1), |r| r.0)
+            })
+            .collect();
+        self.marks = targets.iter().enumerate().map(|(i, t)| (i, *t, cut)).collect();
+        Some((targets, within))
+    }
+
     fn poll(&mut self, intake: &mut Intake<'_, TestError>) -> Result<Poll, TestError> {
+        for (i, end, at) in self.marks.drain(..) {
+            intake.mark(i, end, at);
+        }
         if self.stop_after.is_some_and(|n| intake.totals().events >= n) {
             self.stop.store(true, Ordering::SeqCst);
         }
@@ -333,6 +358,38 @@ fn a_stop_and_a_resume_give_the_tables_of_an_uninterrupted_run_on_both_sides_of_
         let _ = std::fs::remove_dir_all(&dir);
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_stop_reads_on_to_what_the_source_held_at_the_stop_within_its_bound() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let events = events(3, 400);
+    // The source held every event before the 800th at the stop (which comes after the 200th).
+    let cut = events[800].position;
+    let below = events.iter().filter(|e| e.position < cut).count() as u64;
+    let source = |drain: Option<std::time::Duration>| {
+        let mut m = Memory::new(partitions(&events), 5);
+        m.stop_after = Some(200);
+        m.drain = drain.map(|within| (cut, within));
+        m
+    };
+    let stopped = |m: Memory, name: &str| {
+        let dir = temp(name);
+        let out = match run(m, options(Seal::AtFrontier, 1_000_000), store(&dir), &rt) {
+            Finished::Stopped(s) => s.totals.events,
+            Finished::Ended(_) => panic!("{name}: the stop came after the end"),
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        out
+    };
+    // Without draining: stopped soon after the 200th event.
+    let at_once = stopped(source(None), "drain-off");
+    assert!(at_once < below, "without draining, {at_once} events; before the cut {below}");
+    // Draining: every event before the cut is applied before the stop.
+    let drained = stopped(source(Some(std::time::Duration::from_secs(60))), "drain-on");
+    assert!(drained >= below, "draining applied {drained} events, {below} before the cut");
+    // A bound already passed: stopped at once.
+    assert!(stopped(source(Some(std::time::Duration::ZERO)), "drain-zero") < below);
 }
 
 #[test]

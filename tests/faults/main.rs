@@ -10,7 +10,8 @@
 //! At the end the producers stop and the pipeline drains; then the warehouse must equal
 //! PostgreSQL exactly ([`figures`]), the archive must hold every Kafka offset once, no dead
 //! letter may have been written, and a replay of the archive must give every table ClickHouse
-//! holds, row for row.
+//! holds, row for row. Last, `rainbow up` runs with its own producers and is stopped under their
+//! load: once it has exited, the warehouse must equal PostgreSQL at once (sold counts included).
 //!
 //! It restarts servers, so it runs on servers of its own, one fault at a time, outside
 //! `cargo test --workspace`: `cargo test --test faults` (tests/run does). It needs root (or
@@ -226,6 +227,32 @@ async fn suite(stack: &stack::Stack) {
     let (ok, text) = common::replay::replay("rainbow", &store, &out, &[]);
     assert!(ok, "{text}");
     common::replay::assert_same_as_clickhouse(&out, &db).await;
+
+    // A stop under load: `rainbow up` with its own producers, stopped (SIGTERM, as Ctrl-C) while
+    // they post orders and change the catalogue. Once it has exited, before any restart, the
+    // warehouse equals PostgreSQL: the producers and the API stop first (the API's last sold
+    // counts included), then the CDC reads on to the WAL position of its stop, then the
+    // processor to the end of its topics. Compared once, not retried.
+    let mut busy = pipeline::up_producing("20", "2");
+    busy.start();
+    wait_ready(&busy, "the pipeline to start with its producers").await;
+    let before = figures::max_order(&pool).await.expect("PostgreSQL answers");
+    common::eventually("orders of the built-in producers in fact_sales", DEADLINE, || {
+        let (pool, db) = (pool.clone(), db.clone());
+        async move {
+            let max = figures::max_order(&pool).await?;
+            (max >= before + 40 && figures::caught_up_to(&pool, &db, before + 20).await).then_some(())
+        }
+    })
+    .await;
+    busy.stop();
+    let placed = figures::max_order(&pool).await.expect("PostgreSQL answers") - before;
+    let at_stop = figures::assert_exactly_the_source(&pool, &db).await;
+    let products = figures::assert_sold_counts_exact(&pool, &db).await;
+    println!(
+        "faults: stopped under load ({placed} orders placed by its producers): at once {}; sold_count of {products} products equal",
+        at_stop.join("; ")
+    );
 
     println!(
         "faults: recovery times (fault end -> every order before it and the first after it in fact_sales):"

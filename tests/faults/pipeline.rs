@@ -31,6 +31,14 @@ pub fn up() -> Service {
     s
 }
 
+/// `rainbow up` with its built-in producers at `orders` orders/s and `churn` catalogue
+/// changes/s, the way a user runs it.
+pub fn up_producing(orders: &str, churn: &str) -> Service {
+    let mut s = up();
+    s.args = ["--orders-per-sec", orders, "--churn-per-sec", churn].map(String::from).to_vec();
+    s
+}
+
 /// A steady order load with catalogue churn: 5 orders/s from 4 producers, and 0.5 changes/s
 /// of the catalogue in PostgreSQL.
 pub fn producers() -> Service {

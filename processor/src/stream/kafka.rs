@@ -203,6 +203,21 @@ impl KafkaSource {
 impl Source for KafkaSource {
     type Error = ProcessorError;
 
+    /// Every partition's end offset at the stop, within `processor.drain_on_stop_ms`.
+    fn stop_targets(&mut self) -> Option<(Vec<i64>, Duration)> {
+        if self.config.drain_on_stop_ms == 0 {
+            return None;
+        }
+        let all: Vec<usize> = (0..self.partitions.len()).collect();
+        match self.end_offsets(&all, Duration::from_secs(5)) {
+            Ok(ends) => Some((ends, Duration::from_millis(self.config.drain_on_stop_ms))),
+            Err(e) => {
+                tracing::warn!(error = %e, "stopping at once: the topics' end offsets are unknown; the rest is read at the next start");
+                None
+            }
+        }
+    }
+
     /// The Kafka cluster, the ids of the CDC topics that exist, and the PostgreSQL cluster,
     /// database and slot of the CDC's last heartbeat.
     fn identity(&mut self) -> Result<String, ProcessorError> {

@@ -203,6 +203,13 @@ struct Input {
     next: i64,
 }
 
+impl Input {
+    /// The next offset to read: after the open segment's last record, else [`Input::next`].
+    fn read_up_to(&self) -> i64 {
+        self.open.as_ref().and_then(|o| o.records.last()).map_or(self.next, |r| r.offset + 1)
+    }
+}
+
 struct Archiver {
     config: ArchiveConfig,
     consumer: kafka::RainbowConsumer,
@@ -360,7 +367,14 @@ impl Archiver {
         let mut next_lag = Instant::now();
         let mut next_expiry = Instant::now() + Duration::from_secs(60);
         let mut errors = 0u64;
-        while !self.stop.load(Ordering::SeqCst) {
+        let mut stopping: Option<Option<(Vec<i64>, Instant)>> = None;
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                let until = stopping.get_or_insert_with(|| self.stop_targets());
+                if self.read_to_stop(until) {
+                    break;
+                }
+            }
             let mut timeout = Duration::from_millis(100);
             let mut received = false;
             for _ in 0..10_000 {
@@ -375,12 +389,7 @@ impl Archiver {
                             continue;
                         };
                         // Offsets of the CDC's topics are contiguous (no transactions, no compaction).
-                        let input = &self.inputs[i];
-                        let expected = input
-                            .open
-                            .as_ref()
-                            .and_then(|o| o.records.last())
-                            .map_or(input.next, |r| r.offset + 1);
+                        let expected = self.inputs[i].read_up_to();
                         if m.offset() > expected {
                             gap(&self.config, &self.metrics, m.topic(), m.partition(), expected, m.offset())?;
                         } else if m.offset() < expected {
@@ -538,6 +547,45 @@ impl Archiver {
         let partitions = partitions(&self.inputs);
         let away = self.metrics.resilience.down_for(Dependency::Kafka);
         Ok(self.lost.check(&self.kafka, &self.consumer, &partitions, away)?)
+    }
+
+    /// At a stop: every input's end offset, to read up to within `archive.drain_on_stop_ms`
+    /// (`None`: stop at once).
+    fn stop_targets(&self) -> Option<(Vec<i64>, Instant)> {
+        if self.config.drain_on_stop_ms == 0 {
+            return None;
+        }
+        let partitions = partitions(&self.inputs);
+        match kafka::end_offsets(&self.consumer, &partitions, Duration::from_secs(5)) {
+            Ok(ends) => Some((ends, Instant::now() + Duration::from_millis(self.config.drain_on_stop_ms))),
+            Err(e) => {
+                tracing::warn!(error = %e, "stopping at once: the topics' end offsets are unknown; the rest is read at the next start");
+                None
+            }
+        }
+    }
+
+    /// Whether a stopping archiver has read every input up to its stop target, or may wait no
+    /// longer (then says what is left for the next start).
+    fn read_to_stop(&self, until: &Option<(Vec<i64>, Instant)>) -> bool {
+        let Some((targets, deadline)) = until else { return true };
+        let left: i64 =
+            self.inputs.iter().zip(targets).map(|(input, target)| (target - input.read_up_to()).max(0)).sum();
+        if left == 0 {
+            tracing::info!(
+                "stopping: everything the topics held at the stop was read; writing the open segments"
+            );
+            return true;
+        }
+        if Instant::now() >= *deadline {
+            tracing::warn!(
+                records_left = left,
+                "stopping before everything the topics held at the stop was read (archive.drain_on_stop_ms); \
+                 the rest is read at the next start"
+            );
+            return true;
+        }
+        false
     }
 
     fn update_lag(&self) {

@@ -47,6 +47,9 @@ pub struct ArchiveConfig {
     /// Settings of the warehouse's storage client (`s3.region`, `s3.endpoint`, ...), passed as
     /// they are.
     pub iceberg_properties: BTreeMap<String, String>,
+    /// On a stop (SIGTERM, Ctrl-C), how long the archiver may read on to archive everything its
+    /// topics held at that moment; 0 stops at once (the rest is read at the next start).
+    pub drain_on_stop_ms: u64,
 }
 
 impl Default for ArchiveConfig {
@@ -67,6 +70,7 @@ impl Default for ArchiveConfig {
             namespace: "master".into(),
             snapshot_retention_hours: 24,
             iceberg_properties: BTreeMap::new(),
+            drain_on_stop_ms: 10_000,
         }
     }
 }
@@ -107,6 +111,12 @@ impl ArchiveConfig {
             "100 ms ..= 1 day",
         )?;
         check(self.writers <= 64, "archive.writers", self.writers, "0 (one per core) ..= 64")?;
+        check(
+            self.drain_on_stop_ms <= 600_000,
+            "archive.drain_on_stop_ms",
+            self.drain_on_stop_ms,
+            "0 (stop at once) ..= 600000 ms",
+        )?;
         if let Some(url) = &self.catalog_url {
             check(
                 url.starts_with("sqlite:") || url.starts_with("http://") || url.starts_with("https://"),

@@ -6,9 +6,14 @@
 //! restarting cannot help ([`EXIT_SETTINGS`], [`EXIT_PERMANENT`]), or it failed
 //! [`Policy::give_up_after`] times in a row within [`Policy::healthy_after`] of its start: then the
 //! supervisor gives up, stops every other child and says which one and why. A child that exits
-//! with 0 is done. On stop, every child gets SIGTERM (its graceful shutdown), then SIGKILL after
-//! [`Policy::grace`]. Children get SIGTERM too when the supervisor dies (`PR_SET_PDEATHSIG`), so
-//! a `kill -9` of the supervisor leaves no orphan behind.
+//! with 0 is done. On stop, the children stop in the ascending order of their
+//! [`ChildSpec::stop_stage`]: each child of a stage gets SIGTERM (its graceful shutdown), then
+//! SIGKILL after [`Policy::grace`], and the next stage is told only when every child of this one
+//! has exited (so the components that write the source stop before the ones that read it, and
+//! the readers can deliver everything written before the stop). Children ignore SIGINT and learn
+//! it from [`SUPERVISED_VAR`]: a terminal's Ctrl-C, sent to the whole process group, stops them
+//! through the supervisor, in order. Children get SIGTERM too when the supervisor dies
+//! (`PR_SET_PDEATHSIG`), so a `kill -9` of the supervisor leaves no orphan behind.
 
 use crate::resilience::{stopped, Backoff};
 use crate::serve::Health;
@@ -24,6 +29,15 @@ pub const EXIT_SETTINGS: i32 = 2;
 /// Exit code of a component stopped by a permanent error: restarting cannot help.
 pub const EXIT_PERMANENT: i32 = 3;
 
+/// Set (to `1`) in every child's environment: the child runs under a supervisor, ignores SIGINT
+/// (inherited as ignored) and stops on SIGTERM alone.
+pub const SUPERVISED_VAR: &str = "RAINBOW_SUPERVISED";
+
+/// Whether this process is a supervised child (see [`SUPERVISED_VAR`]).
+pub fn supervised() -> bool {
+    std::env::var_os(SUPERVISED_VAR).is_some()
+}
+
 /// One child: a name (the metrics' `component` label) and how to start it.
 #[derive(Debug, Clone)]
 pub struct ChildSpec {
@@ -35,6 +49,8 @@ pub struct ChildSpec {
     pub wait_for: Option<String>,
     /// The supervisor's [`Exclusive`] lock, which the child inherits.
     pub lock: Option<std::os::fd::RawFd>,
+    /// On stop, the children of a lower stage are stopped (and have exited) first.
+    pub stop_stage: u8,
 }
 
 /// How long the start of the next child waits for [`ChildSpec::wait_for`].
@@ -187,55 +203,92 @@ impl Exclusive {
     }
 }
 
-/// Runs every child until `stop` says so (then stops them all and returns Ok), or until one
-/// cannot be kept running (then stops the others and returns why).
+/// Runs every child until `stop` says so (then stops them all, stage by stage, and returns Ok),
+/// or until one cannot be kept running (then stops the others the same way and returns why).
 pub async fn supervise(
     specs: Vec<ChildSpec>,
     policy: Policy,
     metrics: ChildMetrics,
     stop: watch::Receiver<bool>,
 ) -> Result<(), GaveUp> {
-    let (all_stop_tx, all_stop) = watch::channel(false);
+    let mut stages: BTreeMap<u8, Stage> = BTreeMap::new();
+    let mut stage_of = std::collections::HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     for spec in specs {
-        let wait_for = spec.wait_for.clone();
-        let (policy, metrics, all_stop) = (policy.clone(), metrics.clone(), all_stop.clone());
-        tasks.spawn(async move { keep_running(spec, policy, metrics, all_stop).await });
+        let (wait_for, stage_no) = (spec.wait_for.clone(), spec.stop_stage);
+        let stage = stages.entry(stage_no).or_insert_with(|| Stage {
+            stop: watch::channel(false).0,
+            running: 0,
+            names: Vec::new(),
+        });
+        stage.running += 1;
+        stage.names.push(spec.name.clone());
+        let (policy, metrics, stage_stop) = (policy.clone(), metrics.clone(), stage.stop.subscribe());
+        let id = tasks.spawn(async move { keep_running(spec, policy, metrics, stage_stop).await }).id();
+        stage_of.insert(id, stage_no);
         if let Some(addr) = wait_for {
             listening(&addr, &stop).await;
         }
     }
     let mut outcome = Ok(());
+    // Notes a child's end: its stage has one fewer running; true when it is the first to give up.
+    let note = |joined: Result<(tokio::task::Id, Result<(), GaveUp>), tokio::task::JoinError>,
+                stages: &mut BTreeMap<u8, Stage>,
+                outcome: &mut Result<(), GaveUp>| {
+        let (id, result) = match joined {
+            Ok((id, result)) => (id, result),
+            Err(e) => (e.id(), Err(GaveUp { component: "supervisor".into(), reason: e.to_string() })),
+        };
+        if let Some(stage) = stage_of.get(&id).and_then(|s| stages.get_mut(s)) {
+            stage.running -= 1;
+        }
+        match (result, &outcome) {
+            (Err(gave_up), Ok(())) => {
+                *outcome = Err(gave_up);
+                true
+            }
+            _ => false,
+        }
+    };
     let mut stop = stop;
     loop {
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => {
-                let _ = all_stop_tx.send(true);
-                break;
-            }
-            joined = tasks.join_next() => match joined {
+            _ = stop.wait_for(|s| *s) => break,
+            joined = tasks.join_next_with_id() => match joined {
                 None => break,
-                Some(Ok(Ok(()))) => {}
-                Some(Ok(Err(gave_up))) => {
-                    tracing::error!(component = %gave_up.component, reason = %gave_up.reason, "giving up: stopping every component");
-                    outcome = Err(gave_up);
-                    let _ = all_stop_tx.send(true);
-                    break;
-                }
-                Some(Err(e)) => {
-                    outcome = Err(GaveUp { component: "supervisor".into(), reason: e.to_string() });
-                    let _ = all_stop_tx.send(true);
-                    break;
+                Some(joined) => {
+                    if note(joined, &mut stages, &mut outcome) {
+                        if let Err(gave_up) = &outcome {
+                            tracing::error!(component = %gave_up.component, reason = %gave_up.reason, "giving up: stopping every component");
+                        }
+                        break;
+                    }
                 }
             }
         }
     }
-    while let Some(joined) = tasks.join_next().await {
-        if let (Ok(Err(gave_up)), Ok(())) = (joined, &outcome) {
-            outcome = Err(gave_up);
+    let order: Vec<u8> = stages.keys().copied().collect();
+    for stage in order {
+        if stages[&stage].running > 0 {
+            tracing::info!(components = %stages[&stage].names.join(", "), "stopping");
         }
+        let _ = stages[&stage].stop.send(true);
+        while stages[&stage].running > 0 {
+            let Some(joined) = tasks.join_next_with_id().await else { break };
+            note(joined, &mut stages, &mut outcome);
+        }
+    }
+    while let Some(joined) = tasks.join_next_with_id().await {
+        note(joined, &mut stages, &mut outcome);
     }
     outcome
+}
+
+/// The children of one [`ChildSpec::stop_stage`].
+struct Stage {
+    stop: watch::Sender<bool>,
+    running: usize,
+    names: Vec<String>,
 }
 
 /// Resolves when `addr` accepts a connection, [`START_PATIENCE`] has passed, or `stop` is set.
@@ -332,12 +385,17 @@ async fn keep_running(
 
 fn start(spec: &ChildSpec) -> std::io::Result<tokio::process::Child> {
     let mut cmd = tokio::process::Command::new(&spec.program);
-    cmd.args(&spec.args).kill_on_drop(true);
+    cmd.args(&spec.args).env(SUPERVISED_VAR, "1").kill_on_drop(true);
     let lock = spec.lock;
     // SAFETY: prctl and fcntl are async-signal-safe; nothing else runs between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // A terminal's Ctrl-C reaches the whole process group: the supervisor alone acts
+            // on it, stopping the children in their order.
+            if libc::signal(libc::SIGINT, libc::SIG_IGN) == libc::SIG_ERR {
                 return Err(std::io::Error::last_os_error());
             }
             // The supervisor's lock survives the exec in this child only.
@@ -383,6 +441,7 @@ mod tests {
             args: vec!["-c".into(), script.into()],
             wait_for: None,
             lock: None,
+            stop_stage: 0,
         }
     }
 
@@ -458,5 +517,65 @@ mod tests {
         let _ = tx.send(true);
         let out = tokio::time::timeout(Duration::from_secs(10), run).await.expect("stopped in time").unwrap();
         assert_eq!(out, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_stop_goes_stage_by_stage_and_children_ignore_sigint() {
+        let dir = std::env::temp_dir().join(format!("rainbow-stages-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.display();
+        // The writer (stage 0) notes its stop; the reader (stage 1) notes whether, at its own
+        // stop, the writer had already stopped.
+        let writer = ChildSpec {
+            stop_stage: 0,
+            ..sh(
+                "writer",
+                &format!("trap 'touch {d}/writer-stopped; exit 0' TERM; while :; do sleep 0.05; done"),
+            )
+        };
+        let reader = ChildSpec {
+            stop_stage: 1,
+            ..sh(
+                "reader",
+                &format!(
+                    "trap 'test -e {d}/writer-stopped && touch {d}/reader-after-writer; exit 0' TERM; \
+                     while :; do sleep 0.05; done"
+                ),
+            )
+        };
+        let metrics = ChildMetrics::register(&Registry::new());
+        let (tx, rx) = watch::channel(false);
+        // The reader is listed first: the stage, not the order, decides.
+        let run = tokio::spawn(supervise(vec![reader, writer], quick(), metrics.clone(), rx));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while metrics.running.with_label_values(&["reader"]).get()
+            + metrics.running.with_label_values(&["writer"]).get()
+            < 2
+        {
+            assert!(Instant::now() < deadline, "the children did not start");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = tx.send(true);
+        let out = tokio::time::timeout(Duration::from_secs(10), run).await.expect("stopped in time").unwrap();
+        assert_eq!(out, Ok(()));
+        assert!(dir.join("writer-stopped").exists());
+        assert!(
+            dir.join("reader-after-writer").exists(),
+            "the reader was stopped before the writer had exited"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+
+        // SIGINT is ignored (bit 2 of SigIgn) and the child knows it is supervised.
+        let mut child = start(&sh("quiet", "exec sleep 30")).unwrap();
+        let pid = child.id().unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let ignored = status.lines().find_map(|l| l.strip_prefix("SigIgn:")).unwrap().trim();
+        assert_eq!(
+            u64::from_str_radix(ignored, 16).unwrap() & (1 << (libc::SIGINT - 1)),
+            1 << (libc::SIGINT - 1)
+        );
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        assert!(environ.split(|b| *b == 0).any(|v| v == format!("{SUPERVISED_VAR}=1").as_bytes()));
+        child.kill().await.unwrap();
     }
 }

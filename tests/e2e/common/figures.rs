@@ -65,6 +65,26 @@ fn normalise(text: &str) -> String {
 }
 
 /// Asserts that the query gives the same rows in both; `what` names the comparison.
+/// Every product's `sold_count` in its current `dim_products` version equals PostgreSQL's, with
+/// no sold quantity pending in the API's `api_sold_count_pending`; the products compared.
+pub async fn assert_sold_counts_exact(pool: &sqlx::PgPool, db: &str) -> usize {
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM api_sold_count_pending")
+        .fetch_one(pool)
+        .await
+        .expect("PostgreSQL answers");
+    assert_eq!(pending, 0, "sold quantities still pending in PostgreSQL");
+    same(
+        pool,
+        "dim_products current sold_count",
+        "SELECT id, sold_count FROM products ORDER BY 1",
+        &format!(
+            "SELECT product_id, sold_count FROM {db}.dim_products FINAL \
+             WHERE is_current = 1 AND is_deleted = 0 ORDER BY product_id"
+        ),
+    )
+    .await
+}
+
 async fn same(pool: &sqlx::PgPool, what: &str, postgres: &str, warehouse: &str) -> usize {
     let want = pg_rows(pool, postgres).await;
     let got = clickhouse(warehouse).await.unwrap_or_else(|e| panic!("{what}: {e}"));
