@@ -105,7 +105,16 @@ fn browser(superset: &StackServer, port: u16, database: &str, extra: &[&str]) {
         .unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     println!("{stdout}");
-    assert!(out.status.success(), "the dashboard in the browser:\n{stdout}\n{stderr}");
+    if !out.status.success() {
+        // The server's side of it: its home (and log) goes with the test.
+        let log = std::fs::read_to_string(superset.home.join("logs/superset.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "the dashboard in the browser:\n{stdout}\n{stderr}\nSuperset's log, last lines:\n{}",
+            tail.join("\n")
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
