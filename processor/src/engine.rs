@@ -21,6 +21,7 @@ use crate::merge::{InputName, Merger, Pushed};
 use crate::metrics::{CheckpointWritten, DeadLettered, ProcessorMetrics};
 use rainbow_runtime::failpoint::CrashAfter;
 use rainbow_runtime::identity::SourceIdentity;
+use rainbow_runtime::resilience::StopDrain;
 use rainbow_schemas::shape::Outputs;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -641,13 +642,14 @@ where
     pub fn run(mut self, stop: &AtomicBool) -> Result<Finished<K::Summary>, S::Error> {
         self.schedule_checkpoint();
         let mut next_tick = Instant::now();
-        let mut stopping: Option<Option<(Vec<i64>, Instant)>> = None;
+        let mut stopping: Option<Option<StopDrain>> = None;
         loop {
             if stop.load(Ordering::SeqCst) {
-                let until = stopping.get_or_insert_with(|| {
-                    self.source.stop_targets().map(|(targets, within)| (targets, Instant::now() + within))
+                let drain = stopping.get_or_insert_with(|| {
+                    self.source.stop_targets().map(|(targets, within)| StopDrain::new(targets, within))
                 });
-                if self.read_to_stop(until) {
+                let reached = || self.merger.resume_offsets().into_iter().map(|(_, at)| at);
+                if drain.as_ref().is_none_or(|d| d.done(reached(), "processor.drain_on_stop_ms")) {
                     self.drain()?;
                     self.checkpoint()?;
                     self.tick();
@@ -676,32 +678,6 @@ where
                 return Err(EngineError::NoProgress.into());
             }
         }
-    }
-
-    /// Whether a stopping engine has released every input up to its stop target, or may wait no
-    /// longer (then says what is left for the next start).
-    fn read_to_stop(&self, until: &Option<(Vec<i64>, Instant)>) -> bool {
-        let Some((targets, deadline)) = until else { return true };
-        let left: i64 = self
-            .merger
-            .resume_offsets()
-            .iter()
-            .zip(targets)
-            .map(|((_, at), target)| (target - at).max(0))
-            .sum();
-        if left == 0 {
-            tracing::info!("stopping: everything the inputs held at the stop was applied");
-            return true;
-        }
-        if Instant::now() >= *deadline {
-            tracing::warn!(
-                records_left = left,
-                "stopping before everything the inputs held at the stop was applied (drain_on_stop_ms); \
-                 the rest is read at the next start"
-            );
-            return true;
-        }
-        false
     }
 
     /// Releases what every input has passed to the core, in commit order, and hands the rows

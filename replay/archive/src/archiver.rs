@@ -39,7 +39,7 @@ use crate::metrics::{ArchiveMetrics, SegmentWritten};
 use crate::writers::{append_records, Appended, Segment, Writers};
 use rainbow_iceberg::{ChangelogTable, Lake};
 use rainbow_runtime::kafka::{self, KafkaConnection};
-use rainbow_runtime::resilience::{stopped, supervise, Dependency};
+use rainbow_runtime::resilience::{stopped, supervise, Dependency, StopDrain};
 use rainbow_runtime::store::{Created, Store};
 use rainbow_runtime::worker::Worker;
 use rdkafka::consumer::{CommitMode, Consumer};
@@ -367,11 +367,12 @@ impl Archiver {
         let mut next_lag = Instant::now();
         let mut next_expiry = Instant::now() + Duration::from_secs(60);
         let mut errors = 0u64;
-        let mut stopping: Option<Option<(Vec<i64>, Instant)>> = None;
+        let mut stopping: Option<Option<StopDrain>> = None;
         loop {
             if self.stop.load(Ordering::SeqCst) {
-                let until = stopping.get_or_insert_with(|| self.stop_targets());
-                if self.read_to_stop(until) {
+                let drain = stopping.get_or_insert_with(|| self.stop_targets());
+                let reached = || self.inputs.iter().map(Input::read_up_to);
+                if drain.as_ref().is_none_or(|d| d.done(reached(), "archive.drain_on_stop_ms")) {
                     break;
                 }
             }
@@ -551,41 +552,18 @@ impl Archiver {
 
     /// At a stop: every input's end offset, to read up to within `archive.drain_on_stop_ms`
     /// (`None`: stop at once).
-    fn stop_targets(&self) -> Option<(Vec<i64>, Instant)> {
+    fn stop_targets(&self) -> Option<StopDrain> {
         if self.config.drain_on_stop_ms == 0 {
             return None;
         }
         let partitions = partitions(&self.inputs);
         match kafka::end_offsets(&self.consumer, &partitions, Duration::from_secs(5)) {
-            Ok(ends) => Some((ends, Instant::now() + Duration::from_millis(self.config.drain_on_stop_ms))),
+            Ok(ends) => Some(StopDrain::new(ends, Duration::from_millis(self.config.drain_on_stop_ms))),
             Err(e) => {
                 tracing::warn!(error = %e, "stopping at once: the topics' end offsets are unknown; the rest is read at the next start");
                 None
             }
         }
-    }
-
-    /// Whether a stopping archiver has read every input up to its stop target, or may wait no
-    /// longer (then says what is left for the next start).
-    fn read_to_stop(&self, until: &Option<(Vec<i64>, Instant)>) -> bool {
-        let Some((targets, deadline)) = until else { return true };
-        let left: i64 =
-            self.inputs.iter().zip(targets).map(|(input, target)| (target - input.read_up_to()).max(0)).sum();
-        if left == 0 {
-            tracing::info!(
-                "stopping: everything the topics held at the stop was read; writing the open segments"
-            );
-            return true;
-        }
-        if Instant::now() >= *deadline {
-            tracing::warn!(
-                records_left = left,
-                "stopping before everything the topics held at the stop was read (archive.drain_on_stop_ms); \
-                 the rest is read at the next start"
-            );
-            return true;
-        }
-        false
     }
 
     fn update_lag(&self) {

@@ -297,6 +297,39 @@ where
     }
 }
 
+/// Reading on at a stop: the position each input is to reach (what the source held at the stop),
+/// until a deadline. Shared by the processor and the archiver (`*.drain_on_stop_ms`).
+#[derive(Debug, Clone)]
+pub struct StopDrain {
+    targets: Vec<i64>,
+    deadline: Instant,
+}
+
+impl StopDrain {
+    pub fn new(targets: Vec<i64>, within: Duration) -> StopDrain {
+        StopDrain { targets, deadline: Instant::now() + within }
+    }
+
+    /// Whether the inputs, at `reached` (in the targets' order), may stop: every target reached,
+    /// or the deadline passed (then logs how many records are left for the next start).
+    pub fn done(&self, reached: impl Iterator<Item = i64>, setting: &str) -> bool {
+        let left: i64 = reached.zip(&self.targets).map(|(at, target)| (target - at).max(0)).sum();
+        if left == 0 {
+            tracing::info!("stopping: everything the inputs held at the stop was read");
+            return true;
+        }
+        if Instant::now() >= self.deadline {
+            tracing::warn!(
+                records_left = left,
+                "stopping before everything the inputs held at the stop was read ({setting}); the rest \
+                 is read at the next start"
+            );
+            return true;
+        }
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
