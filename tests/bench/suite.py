@@ -7,7 +7,8 @@ where they are measured and written down.
 Run through tests/bench/run (which builds the release binaries and starts the local stack).
 Groups (all by default; --only to pick):
   api        POST and GET-by-id throughput and p50/p99 (tests/bench-api; GET with the order cache
-             on, the default, and off)
+             on, the default, and off); CPU per created order of PostgreSQL, the API, the load
+             generator
   cdc        row changes/s from WAL to Kafka-acknowledged on the seed's transactions (an order, its
              lines, product changes), beside pg_recvlogical reading the same WAL sample (at least
              10 s of it) from a slot at the same position, and real Debezium on a sample of its own; at a paced 5,000 changes/s, rainbow cdc's commit->ack
@@ -323,6 +324,14 @@ def bench_api(res, runs, small):
                 res.add("API", f"{label}: 2xx/s", "requests/s", per_s, target)
                 res.add("API", f"{label}: p50", "ms", p50, better="lower")
                 res.add("API", f"{label}: p99", "ms", p99, 50 if label == "POST" else None, better="lower")
+            # Where the POST phase's CPU went (tests/bench-api samples it): what bounds POST here.
+            m = re.search(r"CPU per created order: PostgreSQL ([0-9.]+) ms, API ([0-9.]+) ms, "
+                          r"load generator ([0-9.]+) ms", section)
+            if cache_on:
+                if not m:
+                    raise RuntimeError("tests/bench-api printed no CPU per created order")
+                for part, value in zip(("PostgreSQL", "API", "load generator"), m.groups()):
+                    res.add("API", f"POST: CPU per created order, {part}", "ms", float(value), better="lower")
 
 
 def bench_processor(res, runs, small):
