@@ -459,15 +459,33 @@ pub async fn replay(config: &Config, args: &crate::ReplayArgs) -> anyhow::Result
 /// Rows per insert of `rainbow load` (one block: ClickHouse inserts it whole or not at all).
 const LOAD_CHUNK_ROWS: usize = 100_000;
 
+/// The table, in the database `rainbow load` fills, that records its progress: a row with an
+/// empty `table_name` when a load of `source` starts, then one row per table loaded whole.
+const LOADS_TABLE: &str = "rainbow_loads";
+const LOADS_TABLE_DDL: &str = "CREATE TABLE IF NOT EXISTS {db}.rainbow_loads (
+    source String,
+    table_name String,
+    rows UInt64,
+    loaded_at DateTime DEFAULT now()
+) ENGINE = MergeTree() ORDER BY (source, table_name)";
+
+/// Environment variable of the failpoint `crash_after_events=N` (tests): abort `rainbow load`
+/// once N rows have been inserted in this run, before the table being loaded is recorded.
+const LOAD_FAILPOINT_VAR: &str = "RAINBOW_LOAD_FAILPOINT";
+
 /// `rainbow load --from URL`: every table of a replay's output into the ClickHouse database of
-/// the settings, migrated first and refused unless each table is empty (so a load never mixes
-/// with other rows); RowBinary inserts of [`LOAD_CHUNK_ROWS`], each bounded by
-/// `processor.sink_timeout_ms` and retried with backoff while the failure is transient (a chunk
-/// inserted twice collapses under `FINAL`, as the processor's re-deliveries do).
+/// the settings, migrated first. A fresh load needs every table empty (so a load never mixes with
+/// other rows). It is resumable: progress is recorded in [`LOADS_TABLE`], and a rerun of the same
+/// `--from` skips the tables loaded whole and empties the one it was interrupted in before loading
+/// it again; a database holding a load of another source is refused. Rows go in as RowBinary
+/// inserts of [`LOAD_CHUNK_ROWS`], each bounded by `processor.sink_timeout_ms` and retried with
+/// backoff while the failure is transient (a chunk inserted twice collapses under `FINAL`, as the
+/// processor's re-deliveries do).
 pub async fn load(config: &Config, from: &str) -> anyhow::Result<()> {
     use rainbow_schemas::shape::{arrow::row_binary, TABLES};
     use rainbow_schemas::warehouse::bounded;
     let store = rainbow_runtime::store::Store::open(from)?;
+    let source = from.trim_end_matches('/');
     for t in TABLES {
         if store.list(t.name).await?.is_empty() {
             return Err(SettingsError(format!(
@@ -481,10 +499,35 @@ pub async fn load(config: &Config, from: &str) -> anyhow::Result<()> {
     let database = &config.clickhouse.database;
     wh.migrate(database).await?;
     let limit = Duration::from_millis(config.processor.sink_timeout_ms);
+    let execute = |sql: String| {
+        let wh = wh.clone();
+        async move { bounded(limit, wh.client.query(&sql).execute()).await.with_context(|| sql) }
+    };
+    let query = wh
+        .client
+        .query("SELECT count() FROM system.tables WHERE database = ? AND name = ?")
+        .bind(database.as_str())
+        .bind(LOADS_TABLE);
+    let recorded: Vec<(String, String)> = if bounded(limit, query.fetch_one::<u64>()).await? > 0 {
+        let query = wh.client.query(&format!("SELECT source, table_name FROM {database}.{LOADS_TABLE}"));
+        bounded(limit, query.fetch_all()).await?
+    } else {
+        Vec::new()
+    };
+    if let Some((other, _)) = recorded.iter().find(|(s, _)| s != source) {
+        return Err(SettingsError(format!(
+            "{database} holds a load of {other}: load {from} into a fresh database \
+             (RAINBOW_CLICKHOUSE__DATABASE=<new name>; docs/batch.md, the Kappa swap)"
+        ))
+        .into());
+    }
+    let resuming = !recorded.is_empty();
+    let loaded = |name: &str| recorded.iter().any(|(_, t)| t == name);
+    let mut held = Vec::with_capacity(TABLES.len());
     for t in TABLES {
         let query = wh.client.query(&format!("SELECT count() FROM {}", t.name));
         let rows: u64 = bounded(limit, query.fetch_one()).await?;
-        if rows > 0 {
+        if rows > 0 && !resuming {
             return Err(SettingsError(format!(
                 "{database}.{} already holds {rows} rows: load into a fresh database \
                  (RAINBOW_CLICKHOUSE__DATABASE=<new name>; docs/batch.md, the Kappa swap)",
@@ -492,9 +535,39 @@ pub async fn load(config: &Config, from: &str) -> anyhow::Result<()> {
             ))
             .into());
         }
+        held.push(rows);
     }
+    let record = |table: &str, rows: u64| {
+        let sql = format!("INSERT INTO {database}.{LOADS_TABLE} (source, table_name, rows) VALUES (?, ?, ?)");
+        let insert = wh.client.query(&sql).bind(source).bind(table).bind(rows);
+        async move {
+            bounded(limit, insert.execute())
+                .await
+                .with_context(|| format!("recording the load in {LOADS_TABLE}"))
+        }
+    };
+    if resuming {
+        let done = TABLES.iter().filter(|t| loaded(t.name)).count();
+        println!(
+            "load: resuming the load of {source} into {database} ({done} of {} tables loaded)",
+            TABLES.len()
+        );
+    } else {
+        execute(LOADS_TABLE_DDL.replace("{db}", database)).await?;
+        record("", 0).await?;
+    }
+    let crash = rainbow_runtime::failpoint::CrashAfter::from_env(LOAD_FAILPOINT_VAR);
+    let mut inserted = 0u64;
     let rt = tokio::runtime::Handle::current();
-    for t in TABLES {
+    for (t, held) in TABLES.iter().zip(held) {
+        if loaded(t.name) {
+            println!("load: {database}.{}: loaded by an earlier run", t.name);
+            continue;
+        }
+        if held > 0 {
+            execute(format!("TRUNCATE TABLE {database}.{}", t.name)).await?;
+            println!("load: {database}.{}: emptied ({held} rows of the interrupted load)", t.name);
+        }
         let started = Instant::now();
         let (s, h, wh) = (store.clone(), rt.clone(), wh.clone());
         let rows = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
@@ -511,12 +584,17 @@ pub async fn load(config: &Config, from: &str) -> anyhow::Result<()> {
                     let body = row_binary(t, &batch)?;
                     h.block_on(insert_row_binary(&wh, t.name, body, limit))?;
                     rows += batch.num_rows();
+                    if let Some(crash) = crash {
+                        crash.check(inserted + rows as u64);
+                    }
                     Ok(())
                 },
             )?;
             Ok(rows)
         })
         .await??;
+        inserted += rows as u64;
+        record(t.name, rows as u64).await?;
         println!("load: {database}.{}: {rows} rows in {:.1} s", t.name, started.elapsed().as_secs_f64());
     }
     println!("load: every table of {from} is in {database}; compare, then swap (docs/batch.md)");

@@ -38,7 +38,7 @@ pub const STATE_PATHS: [(&str, &str); 4] = [
     ("replay.out_url", "replay"),
 ];
 /// `RAINBOW_*` variables that are not settings: read by the stack scripts and the CLI.
-const NON_SETTING_VARS: [&str; 7] = [
+const NON_SETTING_VARS: [&str; 8] = [
     HOME_VAR,
     rainbow_runtime::children::SUPERVISED_VAR,
     "RAINBOW_CONFIG",
@@ -46,6 +46,7 @@ const NON_SETTING_VARS: [&str; 7] = [
     "RAINBOW_CDC_FAILPOINT",
     "RAINBOW_PROCESSOR_FAILPOINT",
     "RAINBOW_REPLAY_FAILPOINT",
+    "RAINBOW_LOAD_FAILPOINT",
 ];
 const NON_SETTING_PREFIXES: [&str; 1] = ["RAINBOW_STACK_"];
 

@@ -69,8 +69,9 @@ enum Command {
     Replay(ReplayArgs),
     /// Load a replay's output (its Parquet tables) into the ClickHouse database of the settings
     /// (`clickhouse.database`, e.g. RAINBOW_CLICKHOUSE__DATABASE=rainbow_v2), migrated first;
-    /// every table must be empty. Any ClickHouse version: rows go in as the processor writes them
-    /// (RowBinary). The load step of the Kappa swap (docs/batch.md).
+    /// every table must be empty. Resumable: rerun the same command after an interrupt (progress
+    /// is kept in the database's rainbow_loads). Any ClickHouse version: rows go in as the
+    /// processor writes them (RowBinary). The load step of the Kappa swap (docs/batch.md).
     Load(LoadArgs),
     /// Order producers: POST realistic orders to the API, churn the catalogue in PostgreSQL, or
     /// benchmark the API (--bench).

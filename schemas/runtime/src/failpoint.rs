@@ -4,7 +4,7 @@
 //! * [`CrashAfter`]: abort the process (no flush, no cleanup, like `kill -9`) once a count
 //!   reaches N, armed by an environment variable `crash_after_events=N` (the fault tests set it
 //!   on a child process: `RAINBOW_CDC_FAILPOINT`, `RAINBOW_PROCESSOR_FAILPOINT`,
-//!   `RAINBOW_REPLAY_FAILPOINT`);
+//!   `RAINBOW_REPLAY_FAILPOINT`, `RAINBOW_LOAD_FAILPOINT`);
 //! * [`Steps`]: named steps inside a request where an in-process test makes the request fail or
 //!   holds it.
 //!
