@@ -485,7 +485,12 @@ pub async fn load(config: &Config, from: &str) -> anyhow::Result<()> {
     use rainbow_schemas::shape::{arrow::row_binary, TABLES};
     use rainbow_schemas::warehouse::bounded;
     let store = rainbow_runtime::store::Store::open(from)?;
-    let source = from.trim_end_matches('/');
+    // What the load records as its source: a local directory by its absolute path, so that a
+    // rerun from elsewhere (or with a trailing '/') is recognised as the same load.
+    let source = std::fs::canonicalize(from)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| from.trim_end_matches('/').to_string());
+    let source = source.as_str();
     for t in TABLES {
         if store.list(t.name).await?.is_empty() {
             return Err(SettingsError(format!(
