@@ -871,35 +871,27 @@ def pipeline_run(seconds, churn_per_sec, health=False):
         return clickhouse(ch_url, sql)
 
     try:
+        # Measured from a running pipeline: the view answers and the processor has applied the
+        # CDC's initial snapshot. Until then the first orders wait behind the snapshot's release,
+        # a start-up delay of about a second that would otherwise make the first samples of a
+        # 30-s run its p99.
         deadline = time.monotonic() + 120
-        while True:
-            if up.poll() is not None:
-                raise RuntimeError(f"rainbow up exited {up.returncode}: {up.stderr.read()[-2000:]}")
-            try:
-                metrics(PROCESSOR_METRICS)
-                ch(f"SELECT total_sales_amount FROM {name}.v_total_sales")
-                break
-            except (OSError, RuntimeError):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the pipeline did not come up within 120 s")
-                time.sleep(0.5)
-        # Measured from a running pipeline: the CDC's initial snapshot applied by the processor.
-        # Until then the first orders wait behind the snapshot's release, a start-up delay of
-        # about a second that would otherwise make the first samples of a 30-s run its p99.
+        waiting = "the pipeline did not come up"
         while True:
             if up.poll() is not None:
                 raise RuntimeError(f"rainbow up exited {up.returncode}: {up.stderr.read()[-2000:]}")
             try:
                 cdc, processor = metrics(CDC_METRICS), metrics(PROCESSOR_METRICS)
-            except OSError:
-                cdc = processor = ""
-            snapshot = metric_sum(cdc, "rainbow_cdc_snapshot_rows_total")
-            if (snapshot > 0 and metric_sum(cdc, "rainbow_cdc_snapshot_running") == 0
-                    and metric_sum(processor, "rainbow_processor_events_applied_total") >= snapshot):
-                break
+                ch(f"SELECT total_sales_amount FROM {name}.v_total_sales")
+                snapshot = metric_sum(cdc, "rainbow_cdc_snapshot_rows_total")
+                if (snapshot > 0 and metric_sum(cdc, "rainbow_cdc_snapshot_running") == 0
+                        and metric_sum(processor, "rainbow_processor_events_applied_total") >= snapshot):
+                    break
+                waiting = f"the processor did not apply the CDC's snapshot ({snapshot:.0f} rows)"
+            except (OSError, RuntimeError):
+                pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the processor did not apply the CDC's snapshot ({snapshot:.0f} rows) "
-                                   "within 120 s of the start")
+                raise RuntimeError(f"{waiting} within 120 s of the start")
             time.sleep(0.1)
         started_up = time.monotonic() - launched
         samples, polls, parts, rss = [], [], [], []
