@@ -24,6 +24,7 @@ use rainbow_schemas::wire::{CommitPosition, Op};
 use std::borrow::Cow;
 
 /// A column of the source row, as the changelog typed it.
+#[derive(Clone, Copy)]
 enum Col<'a> {
     Int(&'a Int32Array),
     Long(&'a Int64Array),
@@ -128,6 +129,8 @@ pub struct TypedBatch<'a> {
     table: &'a StringArray,
     untyped: &'a StringArray,
     offset: &'a Int64Array,
+    /// The source row's columns by name (typed once per batch, not per row).
+    source: Vec<(&'a str, Col<'a>)>,
 }
 
 /// The metadata columns a [`TypedBatch`] reads, besides the source row's.
@@ -151,6 +154,14 @@ impl<'a> TypedBatch<'a> {
             table: col(batch, "_table")?,
             untyped: col(batch, "_untyped")?,
             offset: col(batch, "_kafka_offset")?,
+            source: batch
+                .schema_ref()
+                .fields()
+                .iter()
+                .zip(batch.columns())
+                .filter(|(f, _)| !f.name().starts_with('_'))
+                .map(|(f, c)| (f.name().as_str(), Col::of(c.as_ref())))
+                .collect(),
         })
     }
 
@@ -167,7 +178,7 @@ impl<'a> TypedBatch<'a> {
     }
 
     fn col(&self, name: &str) -> Col<'a> {
-        self.batch.column_by_name(name).map_or(Col::Missing, |c| Col::of(c.as_ref()))
+        self.source.iter().find(|(n, _)| *n == name).map_or(Col::Missing, |(_, c)| *c)
     }
 
     /// Row `i`'s event, `None`: decode its `_envelope` instead (see the module's contract).

@@ -22,7 +22,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 mod compact;
+mod ranges;
 pub use compact::CompactStats;
+pub use ranges::ColumnReader;
 
 /// The snapshot summary property holding the next offset of each partition (JSON object of
 /// partition number to offset) after the snapshot's append.
@@ -56,6 +58,8 @@ pub struct ChangelogFile {
     pub last: i64,
     /// The commit day (days since the epoch) of its records; `None` for records without one.
     pub day: Option<i32>,
+    /// Its size in bytes (the manifest's).
+    pub size: u64,
 }
 
 /// One Kafka record to append.
@@ -332,8 +336,14 @@ impl ChangelogTable {
                     )))) => Some(*d),
                     _ => None,
                 };
-                let file =
-                    ChangelogFile { path: f.file_path().to_string(), partition: p0 as i32, first, last, day };
+                let file = ChangelogFile {
+                    path: f.file_path().to_string(),
+                    partition: p0 as i32,
+                    first,
+                    last,
+                    day,
+                    size: f.file_size_in_bytes(),
+                };
                 files.push((e.clone(), file));
             }
         }
@@ -359,6 +369,14 @@ impl ChangelogTable {
             .map_err(LakeError::table(&self.name))?;
         self.table = tx.commit(lake.catalog.as_ref()).await.map_err(LakeError::table(&self.name))?;
         Ok(before.saturating_sub(self.table.metadata().snapshots().len()))
+    }
+
+    /// A data file opened for reads of byte ranges, so that a reader of some columns fetches
+    /// only their column chunks ([`ColumnReader`]).
+    pub async fn open_file(&self, file: &ChangelogFile) -> Result<ColumnReader, LakeError> {
+        let failed = LakeError::table(&self.name);
+        let input = self.table.file_io().new_input(&file.path).map_err(LakeError::table(&self.name))?;
+        Ok(ColumnReader::new(input.reader().await.map_err(failed)?, file.size))
     }
 
     /// A data file's bytes.

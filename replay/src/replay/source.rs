@@ -1,9 +1,10 @@
 //! The archive source of the replay's engine: every Kafka partition of the selected topics, read
 //! from the master dataset's Iceberg changelog tables file by file in offset order.
 //!
-//! Threads: one reader per archived partition fetches its data files and decodes their typed
-//! columns ([`rainbow_processor::event::typed`], no JSON) while the engine's thread merges and
-//! applies; a row without typed columns is decoded from its `_envelope`. Each reader keeps at
+//! Threads: one reader per archived partition fetches its data files' typed columns, one row
+//! group at a time ([`TypedBatches`]), and decodes them ([`rainbow_processor::event::typed`], no
+//! JSON) while the engine's thread merges and applies; a row without typed columns is decoded
+//! from its `_envelope` (then its file's envelopes are fetched). Each reader keeps at
 //! most one batch ahead. A reader that stops without saying "end" is an error, never a silent
 //! end of input. Readers stop when the source is dropped.
 //!
@@ -12,9 +13,13 @@
 
 use super::Days;
 use crate::error::ReplayError;
+use arrow::array::RecordBatch;
 use arrow::array::{Array, AsArray};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::async_reader::ParquetRecordBatchStream;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::ProjectionMask;
+use rainbow_iceberg::changelog::ColumnReader;
 use rainbow_iceberg::{ChangelogFile, ChangelogTable};
 use rainbow_processor::engine::{Input, Intake, Poll, Record, Source};
 use rainbow_processor::event::typed::{TypedBatch, META_COLUMNS};
@@ -262,15 +267,10 @@ impl Reader {
             path: file.path.clone(),
             reason: e.to_string(),
         };
-        let data = self.rt.block_on(self.changelog.read_file(&file.path)).map_err(|e| bad(&e))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(data.clone()).map_err(|e| bad(&e))?;
-        let mask = typed_projection(builder.parquet_schema());
-        let batches =
-            builder.with_projection(mask).with_batch_size(self.batch_rows).build().map_err(|e| bad(&e))?;
         let mut envelopes: Option<HashMap<i64, Option<Vec<u8>>>> = None;
         let mut expected = file.first;
-        for batch in batches {
-            let batch = batch.map_err(|e| bad(&e))?;
+        for batch in TypedBatches::open(&self.changelog, file, &self.rt, self.batch_rows)? {
+            let batch = batch?;
             let typed = TypedBatch::new(&batch).map_err(|e| bad(&e))?;
             let mut records = Vec::with_capacity(typed.len());
             for i in 0..typed.len() {
@@ -288,7 +288,13 @@ impl Reader {
                         self.from_envelopes.fetch_add(1, Ordering::Relaxed);
                         let all = match &mut envelopes {
                             Some(all) => all,
-                            None => envelopes.insert(read_envelopes(&data).map_err(|e| bad(&e))?),
+                            None => {
+                                let data = self
+                                    .rt
+                                    .block_on(self.changelog.read_file(&file.path))
+                                    .map_err(|e| bad(&e))?;
+                                envelopes.insert(read_envelopes(&data).map_err(|e| bad(&e))?)
+                            }
                         };
                         let value = all
                             .get(&offset)
@@ -310,6 +316,58 @@ impl Reader {
             )));
         }
         Ok(true)
+    }
+}
+
+/// A changelog data file's typed columns ([`typed_projection`]) as record batches of at most
+/// `batch_rows` rows, in the file's order. Only those columns' chunks are fetched (not
+/// `_envelope`, most of a file's bytes), one row group at a time, through `rt`. Errors name the
+/// file ([`ReplayError::Segment`]).
+pub struct TypedBatches {
+    path: String,
+    rt: tokio::runtime::Handle,
+    groups: ParquetRecordBatchStream<ColumnReader>,
+    group: Option<ParquetRecordBatchReader>,
+}
+
+impl TypedBatches {
+    pub fn open(
+        changelog: &ChangelogTable,
+        file: &ChangelogFile,
+        rt: &tokio::runtime::Handle,
+        batch_rows: usize,
+    ) -> Result<TypedBatches, ReplayError> {
+        let bad = |e: &dyn std::fmt::Display| ReplayError::Segment {
+            path: file.path.clone(),
+            reason: e.to_string(),
+        };
+        let reader = rt.block_on(changelog.open_file(file)).map_err(|e| bad(&e))?;
+        let builder = rt.block_on(ParquetRecordBatchStreamBuilder::new(reader)).map_err(|e| bad(&e))?;
+        let mask = typed_projection(builder.parquet_schema());
+        let groups =
+            builder.with_projection(mask).with_batch_size(batch_rows).build().map_err(|e| bad(&e))?;
+        Ok(TypedBatches { path: file.path.clone(), rt: rt.clone(), groups, group: None })
+    }
+}
+
+impl Iterator for TypedBatches {
+    type Item = Result<RecordBatch, ReplayError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let bad = |e: &dyn std::fmt::Display| ReplayError::Segment {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        };
+        loop {
+            if let Some(batch) = self.group.as_mut().and_then(Iterator::next) {
+                return Some(batch.map_err(|e| bad(&e)));
+            }
+            match self.rt.block_on(self.groups.next_row_group()) {
+                Ok(Some(group)) => self.group = Some(group),
+                Ok(None) => return None,
+                Err(e) => return Some(Err(bad(&e))),
+            }
+        }
     }
 }
 

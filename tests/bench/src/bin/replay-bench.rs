@@ -21,6 +21,7 @@
 use rainbow_archive::master::{self, ArchivedRecord, SegmentName};
 use rainbow_archive::ArchiveConfig;
 use rainbow_processor::event::Table;
+use rainbow_replay::replay::source::TypedBatches;
 use rainbow_replay::replay::{run, Days, ReplayArgs};
 use rainbow_replay::ReplayConfig;
 use rainbow_runtime::store::Store;
@@ -183,13 +184,13 @@ fn decode_only(archive: &str) {
     let naming = ArchiveConfig::default();
     let lake =
         rt.block_on(Lake::open(&naming.lake(&store).expect("a local archive"))).expect("opens the catalog");
-    type Files = Vec<(std::sync::Arc<ChangelogTable>, String)>;
+    type Files = Vec<(std::sync::Arc<ChangelogTable>, rainbow_iceberg::ChangelogFile)>;
     let mut by_partition: BTreeMap<(String, i32), Files> = BTreeMap::new();
     for topic in naming.topics() {
         let t = rt.block_on(ChangelogTable::load(&lake, &naming.table_of(&topic), &topic)).expect("loads");
         let Some(t) = t.map(std::sync::Arc::new) else { continue };
         for f in rt.block_on(t.files()).expect("lists the files") {
-            by_partition.entry((topic.clone(), f.partition)).or_default().push((t.clone(), f.path));
+            by_partition.entry((topic.clone(), f.partition)).or_default().push((t.clone(), f));
         }
     }
     let batch_rows = ReplayConfig::default().read_batch_rows;
@@ -201,15 +202,9 @@ fn decode_only(archive: &str) {
                 let handle = rt.handle();
                 scope.spawn(move || {
                     let (mut records, mut untyped) = (0u64, 0u64);
-                    for (table, path) in files {
-                        let data = handle.block_on(table.read_file(path)).expect("reads the file");
-                        let builder =
-                            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)
-                                .expect("opens");
-                        let mask = rainbow_replay::replay::source::typed_projection(builder.parquet_schema());
-                        for batch in
-                            builder.with_projection(mask).with_batch_size(batch_rows).build().expect("reads")
-                        {
+                    for (table, file) in files {
+                        let batches = TypedBatches::open(table, file, handle, batch_rows).expect("opens");
+                        for batch in batches {
                             let batch = batch.expect("a batch");
                             let typed =
                                 rainbow_processor::event::typed::TypedBatch::new(&batch).expect("typed");
