@@ -1,6 +1,7 @@
 //! One `rainbow <command>` child process, the fixture every service's test wrapper builds on:
 //! its environment, a log file per run under its own directory, start, stop (SIGTERM, exit 0
-//! expected), kill (SIGKILL), waiting with a deadline, and its `/metrics`.
+//! expected), kill (SIGKILL), waiting with a deadline, and its `/metrics`. Its directory goes
+//! with it, except when the test fails.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -146,10 +147,15 @@ impl Service {
 }
 
 impl Drop for Service {
+    /// Kills the process if it runs; removes its directory unless the test is failing (a
+    /// panicking thread), whose logs stay there to be read.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }
