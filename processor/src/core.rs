@@ -1092,9 +1092,7 @@ impl Core {
                 }
             }
             Table::Orders => {
-                let mut ids = gone(s.orders.keys().copied().collect());
-                ids.sort_unstable();
-                for id in ids {
+                for id in gone(sorted(s.orders.keys())) {
                     if let Some(order) = self.state.orders.remove(&id) {
                         self.count_order(&order, -1);
                     }
@@ -1117,11 +1115,7 @@ impl Core {
             phone: c.phone.clone().unwrap_or_default(),
             address: c.address.clone().unwrap_or_default(),
         };
-        let member = self
-            .state
-            .customers
-            .entry(c.id)
-            .or_insert_with(|| Box::new(Member { current: None, openings: vec![] }));
+        let member = member_of(&mut self.state.customers, c.id);
         if upsert(member, c.id, attrs, ctx, out) {
             let a = &mut self.state.aggregates;
             if let Some(g) = a.customers.get_mut(&c.id) {
@@ -1134,11 +1128,7 @@ impl Core {
     }
 
     fn upsert_seller(&mut self, x: &Seller, ctx: Ctx, out: &mut Outputs) {
-        let member = self
-            .state
-            .sellers
-            .entry(x.id)
-            .or_insert_with(|| Box::new(Member { current: None, openings: vec![] }));
+        let member = member_of(&mut self.state.sellers, x.id);
         if upsert(member, x.id, SellerAttrs { name: x.name.clone() }, ctx, out) {
             let a = &mut self.state.aggregates;
             if let Some(g) = a.sellers.get_mut(&x.id) {
@@ -1151,11 +1141,7 @@ impl Core {
     }
 
     fn upsert_payment(&mut self, p: &Payment, ctx: Ctx, out: &mut Outputs) {
-        let member = self
-            .state
-            .payments
-            .entry(p.id)
-            .or_insert_with(|| Box::new(Member { current: None, openings: vec![] }));
+        let member = member_of(&mut self.state.payments, p.id);
         if upsert(member, p.id, PaymentAttrs { method: p.method.clone() }, ctx, out) {
             let a = &mut self.state.aggregates;
             if let Some(g) = a.payments.get_mut(&p.id) {
@@ -1173,11 +1159,7 @@ impl Core {
             _ => CouponTypeSer::Percentage, // decode() accepts only the two seed values
         };
         let attrs = PromotionAttrs { name: p.name.clone(), coupon_type, price_treatment: p.price_treatment };
-        let member = self
-            .state
-            .promotions
-            .entry(p.id)
-            .or_insert_with(|| Box::new(Member { current: None, openings: vec![] }));
+        let member = member_of(&mut self.state.promotions, p.id);
         upsert(member, p.id, attrs, ctx, out);
     }
 
@@ -1186,8 +1168,7 @@ impl Core {
     fn refresh_product(&mut self, id: i64, ctx: Ctx, out: &mut Outputs) {
         let s = &mut self.state;
         let Some(p) = s.product_sources.get(&id).and_then(|src| src.row.as_ref()) else { return };
-        let member =
-            s.products.entry(id).or_insert_with(|| Box::new(Member { current: None, openings: vec![] }));
+        let member = member_of(&mut s.products, id);
         let name = match &member.current {
             Some(cur) if *cur.attrs.name == *p.name => cur.attrs.name.clone(),
             _ => Arc::from(p.name.as_str()),
@@ -1328,10 +1309,10 @@ impl Core {
             // 1970-01-01 was a Thursday (4).
             day_of_week: ((days + 3).rem_euclid(7) + 1) as u8,
             product_key,
-            seller_key: key_as_of(s.sellers.get(&seller_id).map(|m| &**m), at),
+            seller_key: key_as_of(&s.sellers, seller_id, at),
             promotion_key,
-            customer_key: key_as_of(s.customers.get(&order.customer_id).map(|m| &**m), at),
-            payment_key: key_as_of(s.payments.get(&order.payment_id).map(|m| &**m), at),
+            customer_key: key_as_of(&s.customers, order.customer_id, at),
+            payment_key: key_as_of(&s.payments, order.payment_id, at),
             seller_id,
             customer_id: order.customer_id,
             payment_id: order.payment_id,
@@ -1427,9 +1408,14 @@ fn current<A: Attributes>(dim: &Dim<A>, id: i64) -> Option<&OpenVersion<A>> {
     dim.get(&id).and_then(|m| m.current.as_ref())
 }
 
-/// The surrogate key of the version current at `at`, 0 (no row) for an unknown member.
-fn key_as_of<A>(member: Option<&Member<A, ()>>, at: Position) -> u64 {
-    member.and_then(|m| m.as_of(at)).map_or(0, |(k, ())| k)
+/// The surrogate key of member `id`'s version current at `at`, 0 (no row) for an unknown member.
+fn key_as_of<A: Attributes<Hist = ()>>(dim: &Dim<A>, id: i64, at: Position) -> u64 {
+    dim.get(&id).and_then(|m| m.as_of(at)).map_or(0, |(k, ())| k)
+}
+
+/// Member `id` of a dimension, created without versions if new.
+fn member_of<A: Attributes>(dim: &mut Dim<A>, id: i64) -> &mut Member<A, A::Hist> {
+    dim.entry(id).or_insert_with(|| Box::new(Member { current: None, openings: vec![] }))
 }
 
 /// Ids in ascending order.

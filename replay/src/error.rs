@@ -75,3 +75,10 @@ impl From<StoreError> for ReplayError {
         }
     }
 }
+
+impl ReplayError {
+    /// The error of a failed read of data file `path`, for `map_err`.
+    pub(crate) fn segment(path: &str) -> impl Fn(&dyn std::fmt::Display) -> ReplayError + '_ {
+        move |e| ReplayError::Segment { path: path.to_string(), reason: e.to_string() }
+    }
+}

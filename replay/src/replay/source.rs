@@ -263,10 +263,7 @@ impl Reader {
 
     /// Sends one file's records; `false` when the receiver is gone.
     fn read(&self, file: &ChangelogFile, selected: bool, tx: &SyncSender<Fed>) -> Result<bool, ReplayError> {
-        let bad = |e: &dyn std::fmt::Display| ReplayError::Segment {
-            path: file.path.clone(),
-            reason: e.to_string(),
-        };
+        let bad = ReplayError::segment(&file.path);
         let mut envelopes: Option<HashMap<i64, Option<Vec<u8>>>> = None;
         let mut expected = file.first;
         for batch in TypedBatches::open(&self.changelog, file, &self.rt, self.batch_rows)? {
@@ -337,10 +334,7 @@ impl TypedBatches {
         rt: &tokio::runtime::Handle,
         batch_rows: usize,
     ) -> Result<TypedBatches, ReplayError> {
-        let bad = |e: &dyn std::fmt::Display| ReplayError::Segment {
-            path: file.path.clone(),
-            reason: e.to_string(),
-        };
+        let bad = ReplayError::segment(&file.path);
         let reader = rt.block_on(changelog.open_file(file)).map_err(|e| bad(&e))?;
         let builder = rt.block_on(ParquetRecordBatchStreamBuilder::new(reader)).map_err(|e| bad(&e))?;
         let mask = typed_projection(builder.parquet_schema());
@@ -354,10 +348,7 @@ impl Iterator for TypedBatches {
     type Item = Result<RecordBatch, ReplayError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let bad = |e: &dyn std::fmt::Display| ReplayError::Segment {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        };
+        let bad = ReplayError::segment(&self.path);
         loop {
             if let Some(batch) = self.group.as_mut().and_then(Iterator::next) {
                 return Some(batch.map_err(|e| bad(&e)));

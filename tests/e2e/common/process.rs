@@ -138,11 +138,15 @@ impl Service {
 
     /// Kills the process if it runs and removes its directory.
     pub fn remove(&mut self) {
+        self.kill_if_running();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    fn kill_if_running(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -150,12 +154,10 @@ impl Drop for Service {
     /// Kills the process if it runs; removes its directory unless the test is failing (a
     /// panicking thread), whose logs stay there to be read.
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            self.kill_if_running();
+        } else {
+            self.remove();
         }
     }
 }
