@@ -13,6 +13,7 @@
 use crate::core::State;
 use crate::event::Position;
 use crate::merge::InputName;
+use rainbow_runtime::forked::{ChildWriter, Forked};
 use rainbow_runtime::store::Store;
 use serde::{Deserialize, Serialize};
 
@@ -127,6 +128,40 @@ impl CheckpointRef<'_> {
         let mut out = MAGIC.to_vec();
         out.extend(postcard::to_allocvec(self)?);
         Ok(out)
+    }
+
+    /// The same bytes as [`CheckpointRef::encode`], written by a forked child from the memory
+    /// of this moment ([`rainbow_runtime::forked`]): the caller may change the state at once and
+    /// collect the bytes with [`Forked::wait`] later. `Unsupported` off Linux.
+    pub fn encode_forked(&self) -> std::io::Result<Forked> {
+        // SAFETY: postcard's serializer over a ChildWriter allocates nothing (the writer's buffer
+        // is allocated before the fork), takes no lock and does not panic: the checkpoint's
+        // types serialise through serde's derives and std's impls (maps of known length, strings,
+        // integers), and a failed write ends the serialisation with an error.
+        unsafe {
+            Forked::spawn(|out| {
+                out.write(MAGIC) && postcard::serialize_with_flavor(self, IntoChild(out)).is_ok()
+            })
+        }
+    }
+}
+
+/// A postcard flavor that writes into a forked child's pipe.
+struct IntoChild<'a>(&'a mut ChildWriter);
+
+impl postcard::ser_flavors::Flavor for IntoChild<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.write(data).then_some(()).ok_or(postcard::Error::SerializeBufferFull)
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.try_extend(&[data])
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 

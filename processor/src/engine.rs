@@ -20,11 +20,13 @@ use crate::event::{ChangeEvent, DecodeError, Position, Table};
 use crate::merge::{InputName, Merger, Pushed};
 use crate::metrics::{CheckpointWritten, DeadLettered, ProcessorMetrics};
 use rainbow_runtime::failpoint::CrashAfter;
+use rainbow_runtime::forked::ForkError;
 use rainbow_runtime::identity::SourceIdentity;
 use rainbow_runtime::resilience::StopDrain;
 use rainbow_schemas::shape::Outputs;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Where change events come from: the partitions of the CDC's topics, live or archived.
@@ -146,18 +148,30 @@ pub enum Durable {
     Later(tokio::sync::oneshot::Receiver<Result<(), String>>),
 }
 
-/// A checkpoint's id, bytes and resume offsets, encoded.
-struct Encoded {
+/// A checkpoint's id, bytes (or their encoding under way) and resume offsets.
+struct Encoded<B = Vec<u8>> {
     id: u64,
-    bytes: Vec<u8>,
+    bytes: B,
     offsets: Vec<(InputName, i64)>,
 }
 
-/// A checkpoint whose state is encoded and whose rows the sink is making durable: written to the
-/// store once the sink has them, while the engine goes on.
+/// A checkpoint's bytes: encoded on the engine's thread, or being encoded by a forked child.
+enum Bytes {
+    Ready(Vec<u8>),
+    Forked(tokio::task::JoinHandle<Result<Vec<u8>, ForkError>>),
+}
+
+/// A checkpoint of the interval, off the hot path: a forked child encodes the state as it was
+/// when it began, the sink makes the rows before it durable, and a task writes it once both are
+/// done, while the engine goes on ([`Engine::complete_checkpoint`] moves it along).
 struct PendingCheckpoint {
-    encoded: Encoded,
-    durable: tokio::sync::oneshot::Receiver<Result<(), String>>,
+    id: u64,
+    offsets: Vec<(InputName, i64)>,
+    bytes: Bytes,
+    /// The sink's answer, until it came.
+    durable: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
+    /// The write to the store (its size once done), begun when the bytes and the rows are ready.
+    writing: Option<tokio::task::JoinHandle<Result<usize, CheckpointError>>>,
     started: Instant,
     events: u64,
 }
@@ -504,7 +518,7 @@ pub struct Engine<S, K, D> {
     emitting: bool,
     totals: Totals,
     this_run: Totals,
-    store: CheckpointStore,
+    store: Arc<CheckpointStore>,
     rt: tokio::runtime::Handle,
     checkpoint_id: u64,
     checkpoints: u64,
@@ -512,7 +526,7 @@ pub struct Engine<S, K, D> {
     /// When the next checkpoint is due: at this time (interval) or this many events (count).
     next_checkpoint_at: Option<Instant>,
     next_checkpoint_events: u64,
-    /// A checkpoint begun on the interval, waiting for the sink (at most one).
+    /// A checkpoint begun on the interval and not written yet (at most one).
     pending: Option<PendingCheckpoint>,
     watermark_ms: i64,
     /// Commit time of the newest event applied (ms since the epoch), for the sink's metrics.
@@ -613,7 +627,7 @@ where
             emitting,
             totals,
             this_run: Totals::default(),
-            store,
+            store: Arc::new(store),
             rt,
             checkpoint_id,
             checkpoints: 0,
@@ -761,22 +775,23 @@ where
         Ok(())
     }
 
-    /// Flushes the dead letters and the sink, then writes the state and input positions (a
-    /// checkpoint begun before and still waiting for the sink is superseded by this one).
+    /// Flushes the dead letters and the sink, then writes the state and input positions, all on
+    /// the engine's thread (at a stop, and every N events of a replay). A checkpoint of the
+    /// interval still in flight is settled first ([`Engine::settle_pending`]).
     fn checkpoint(&mut self) -> Result<(), S::Error> {
-        self.pending = None;
+        self.settle_pending();
         self.start_checkpoint(false)
     }
 
-    /// The interval's checkpoint, off the hot path: the state and positions are encoded now, the
-    /// sink is asked to make the rows before them durable, and the engine goes on; the checkpoint
-    /// is written by [`Engine::complete_checkpoint`] once the sink has them.
+    /// The interval's checkpoint, off the hot path: the sink is asked to make the rows before it
+    /// durable and a forked child to encode the state of this moment, and the engine goes on;
+    /// [`Engine::complete_checkpoint`] writes it once both are done.
     fn begin_checkpoint(&mut self) -> Result<(), S::Error> {
         self.start_checkpoint(true)
     }
 
-    /// Encodes a checkpoint and writes it, at once when the sink's rows are durable already, or
-    /// (`may_defer`, a sink that answers later) once [`Engine::complete_checkpoint`] sees them be.
+    /// Begins a checkpoint: deferred (`may_defer`) as [`Engine::begin_checkpoint`] says, or
+    /// encoded and written at once.
     fn start_checkpoint(&mut self, may_defer: bool) -> Result<(), S::Error> {
         let started = Instant::now();
         self.schedule_checkpoint();
@@ -788,44 +803,112 @@ where
             self.sink.flush()?;
             Durable::Now
         };
-        let encoded = self.encode_checkpoint()?;
+        let Encoded { id, bytes, offsets } = self.encode_checkpoint(may_defer)?;
         let events = self.totals.events;
-        match durable {
-            Durable::Now => self.save_checkpoint(encoded, started, events)?,
-            Durable::Later(durable) => {
-                self.pending = Some(PendingCheckpoint { encoded, durable, started, events })
+        match bytes {
+            Bytes::Ready(bytes) if !may_defer => {
+                self.save_checkpoint(Encoded { id, bytes, offsets }, started, events)?
+            }
+            bytes => {
+                let durable = match durable {
+                    Durable::Now => None,
+                    Durable::Later(answer) => Some(answer),
+                };
+                self.pending =
+                    Some(PendingCheckpoint { id, offsets, bytes, durable, writing: None, started, events });
             }
         }
         self.metrics.checkpoint_pause.observe(started.elapsed().as_secs_f64());
+        if may_defer {
+            self.complete_checkpoint()?;
+        }
         Ok(())
     }
 
-    /// Writes the pending checkpoint if the sink has made its rows durable.
+    /// Moves the pending checkpoint along without waiting: once the sink has its rows and its
+    /// bytes are encoded, a task writes it; once written, the source is told its positions. A
+    /// forked child that failed costs this checkpoint only (counted, logged); the next interval
+    /// begins another.
     fn complete_checkpoint(&mut self) -> Result<(), S::Error> {
-        let Some(pending) = self.pending.as_mut() else { return Ok(()) };
-        match pending.durable.try_recv() {
-            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => Ok(()),
-            Ok(Ok(())) => {
-                let p = self.pending.take().expect("pending checkpoint");
-                let writing = Instant::now();
-                self.save_checkpoint(p.encoded, p.started, p.events)?;
-                self.metrics.checkpoint_pause.observe(writing.elapsed().as_secs_f64());
+        let Some(p) = self.pending.as_mut() else { return Ok(()) };
+        if let Some(answer) = p.durable.as_mut() {
+            match answer.try_recv() {
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return Ok(()),
+                Ok(Ok(())) => p.durable = None,
+                Ok(Err(reason)) => {
+                    self.pending = None;
+                    return Err(EngineError::SinkFailed(reason).into());
+                }
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                    self.pending = None;
+                    return Err(EngineError::SinkFailed(
+                        "the sink stopped before its rows were durable".into(),
+                    )
+                    .into());
+                }
+            }
+        }
+        if let Bytes::Forked(child) = &mut p.bytes {
+            if !child.is_finished() {
+                return Ok(());
+            }
+            let encoded = match self.rt.block_on(child) {
+                Ok(encoded) => encoded.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match encoded {
+                Ok(bytes) => p.bytes = Bytes::Ready(bytes),
+                Err(error) => {
+                    self.metrics.checkpoint_errors.inc();
+                    tracing::warn!(id = p.id, %error, "encoding a checkpoint in a forked child failed; the next interval's checkpoint is another try");
+                    self.pending = None;
+                    return Ok(());
+                }
+            }
+        }
+        match &p.writing {
+            None => {
+                let Bytes::Ready(bytes) = std::mem::replace(&mut p.bytes, Bytes::Ready(Vec::new())) else {
+                    unreachable!("encoded above")
+                };
+                let (store, id, size) = (self.store.clone(), p.id, bytes.len());
+                p.writing =
+                    Some(self.rt.spawn(async move { store.save_encoded(id, bytes).await.map(|()| size) }));
                 Ok(())
             }
-            Ok(Err(reason)) => {
-                self.pending = None;
-                Err(EngineError::SinkFailed(reason).into())
-            }
-            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
-                self.pending = None;
-                Err(EngineError::SinkFailed("the sink stopped before its rows were durable".into()).into())
+            Some(write) if !write.is_finished() => Ok(()),
+            Some(_) => {
+                let p = self.pending.take().expect("pending checkpoint");
+                let written = self.rt.block_on(p.writing.expect("writing"));
+                let size = written.unwrap_or_else(|e| Err(self.store.error(e))).map_err(|e| {
+                    self.metrics.checkpoint_errors.inc();
+                    EngineError::from(e)
+                })?;
+                self.checkpoint_written(p.id, size, &p.offsets, p.started, p.events);
+                Ok(())
             }
         }
     }
 
-    /// The next checkpoint's id, encoding (state, positions, sink and dead-letter state) and
-    /// resume offsets, as of now.
-    fn encode_checkpoint(&mut self) -> Result<Encoded, S::Error> {
+    /// Before a checkpoint on the engine's thread (or the end): a pending checkpoint's write is
+    /// waited for, so that ids follow each other and nothing is written after the end; one that
+    /// still waits for the sink or its child is superseded (the child ends by itself).
+    fn settle_pending(&mut self) {
+        let Some(p) = self.pending.take() else { return };
+        let Some(write) = p.writing else { return };
+        match self.rt.block_on(write).unwrap_or_else(|e| Err(self.store.error(e))) {
+            Ok(size) => self.checkpoint_written(p.id, size, &p.offsets, p.started, p.events),
+            Err(e) => {
+                self.metrics.checkpoint_errors.inc();
+                tracing::warn!(id = p.id, error = %e, "writing a checkpoint failed; the one written now replaces it");
+            }
+        }
+    }
+
+    /// The next checkpoint's id, bytes (state, positions, sink and dead-letter state) and resume
+    /// offsets, as of now. The bytes come from a forked child (`in_child`, where the platform
+    /// forks) or are encoded here.
+    fn encode_checkpoint(&mut self, in_child: bool) -> Result<Encoded<Bytes>, S::Error> {
         let offsets = self.merger.resume_offsets();
         let id = self.checkpoint_id + 1;
         let sink = self.sink.save()?;
@@ -848,8 +931,22 @@ where
             sink: &sink,
             dead_letters: &dead_letters,
         };
+        if in_child {
+            match c.encode_forked() {
+                Ok(child) => {
+                    // About the last one's size, with room to grow.
+                    let expected = self.metrics.checkpoint_bytes.get().max(0) as usize * 9 / 8;
+                    let bytes = Bytes::Forked(self.rt.spawn_blocking(move || child.wait(expected)));
+                    return Ok(Encoded { id, bytes, offsets });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not fork to encode a checkpoint; encoding it here")
+                }
+            }
+        }
         match c.encode() {
-            Ok(bytes) => Ok(Encoded { id, bytes, offsets }),
+            Ok(bytes) => Ok(Encoded { id, bytes: Bytes::Ready(bytes), offsets }),
             Err(e) => {
                 self.metrics.checkpoint_errors.inc();
                 Err(EngineError::from(self.store.error(e)).into())
@@ -865,17 +962,30 @@ where
             self.metrics.checkpoint_errors.inc();
             return Err(EngineError::from(e).into());
         }
+        self.checkpoint_written(id, size, &offsets, started, events);
+        Ok(())
+    }
+
+    /// A checkpoint is in the store: counted, and its positions told to the source.
+    fn checkpoint_written(
+        &mut self,
+        id: u64,
+        bytes: usize,
+        offsets: &[(InputName, i64)],
+        started: Instant,
+        events: u64,
+    ) {
         self.checkpoint_id = id;
         self.checkpoints += 1;
-        CheckpointWritten { id, bytes: size, duration: started.elapsed(), events }.emit(&self.metrics);
-        self.source.committed(&offsets);
-        Ok(())
+        CheckpointWritten { id, bytes, duration: started.elapsed(), events }.emit(&self.metrics);
+        self.source.committed(offsets);
     }
 
     /// The end of a bounded input.
     fn finish(mut self) -> Result<(EngineSummary, K::Summary, u64), S::Error> {
         // The last transaction's aggregates.
         let end = Position { commit: u64::MAX, change: 0, table: 0 };
+        self.settle_pending();
         self.core.seal_before(end, &mut self.out);
         self.route()?;
         self.sink.at_end(&self.core)?;

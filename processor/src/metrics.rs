@@ -21,7 +21,8 @@
 //! * `watermark_delay_seconds`: now minus the commit time up to which everything is processed
 //!   (heartbeats keep it current when the source is idle; it grows when an input stalls);
 //! * `checkpoint_duration_seconds` (histogram: asked to written; the engine goes on while the sink
-//!   flushes), `checkpoint_pause_seconds` (histogram: the time it held up events), `checkpoint_bytes`,
+//!   flushes, a forked child encodes the state and a task writes it), `checkpoint_pause_seconds`
+//!   (histogram: the time it held up events), `checkpoint_bytes`,
 //!   `last_checkpoint_timestamp_seconds`, `checkpoints_total`, `checkpoint_errors_total`;
 //! * `state_dimension_versions`, `state_orders`, `state_order_lines`, `state_aggregate_groups`;
 //! * `version_starts_moved_total`: dimension changes whose commit time was before the start of
@@ -146,8 +147,9 @@ impl ProcessorMetrics {
             checkpoint_pause: reg!(Histogram::with_opts(
                 HistogramOpts::new(
                     "checkpoint_pause_seconds",
-                    "How long a checkpoint held up the processing of events (encoding the state, writing it; \
-                     at stop, waiting for the sink too)"
+                    "How long a checkpoint held up the processing of events (forking the child that encodes \
+                     the state; at stop, and where the process cannot fork, encoding and writing it and \
+                     waiting for the sink too)"
                 )
                 .buckets(seconds.to_vec())
             )),

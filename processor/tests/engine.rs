@@ -4,7 +4,7 @@
 //! selection's boundary; every record it cannot use is parked with its stage; a checkpoint of
 //! other input is not resumed and one of another partition is refused.
 
-use rainbow_processor::checkpoint::CheckpointStore;
+use rainbow_processor::checkpoint::{Checkpoint, CheckpointStore};
 use rainbow_processor::core::Core;
 use rainbow_processor::engine::*;
 use rainbow_processor::event::{decode, Brand, ChangeEvent, Op, Position, SourceRow, Table};
@@ -629,6 +629,15 @@ impl Source for Gated {
             }
         } else if let Some(at) = self.answered_at {
             if written > 0 {
+                // Encoded (in a forked child) as the state was when it began: before the answer.
+                let file = std::fs::read_dir(self.dir.join("engine")).unwrap().next().unwrap().unwrap();
+                let interval = Checkpoint::decode(&std::fs::read(file.path()).unwrap()).unwrap();
+                let since = self.pending_since.unwrap();
+                assert!(
+                    interval.totals.events <= since && interval.totals.events > 0,
+                    "{:?}",
+                    interval.totals
+                );
                 self.seen.lock().unwrap().2 = true;
                 self.inner.stop.store(true, Ordering::SeqCst);
             }
@@ -680,4 +689,44 @@ fn an_interval_checkpoint_waits_for_the_sink_without_holding_up_events() {
     let resumed = rt.block_on(store(&dir).latest()).unwrap().expect("a checkpoint");
     assert_eq!(resumed.totals.events, summary.totals.events);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_checkpoint_encoded_by_a_forked_child_is_the_one_encoded_in_place() {
+    use rainbow_processor::checkpoint::{CheckpointRef, Totals};
+    let mut core = Core::new(0);
+    let mut out = Outputs::default();
+    let all = events(5, 3_300);
+    let (before, after) = all.split_at(all.len() * 9 / 10);
+    for e in before {
+        core.apply(e, &mut out).unwrap();
+    }
+    let offsets = vec![(InputName { topic: "t".into(), partition: 2 }, 41)];
+    let totals = Totals { records: 9, events: 8, emitted: 7, duplicates: 1, rejected: 0 };
+    let c = CheckpointRef {
+        id: 3,
+        fingerprint: "f",
+        source: "s",
+        partition: 0,
+        emitting: true,
+        last_released: core.last_position(),
+        offsets: &offsets,
+        totals: &totals,
+        state: core.state(),
+        sink: b"sink",
+        dead_letters: b"",
+    };
+    let in_place = c.encode().unwrap();
+    let forked = c.encode_forked().expect("forks");
+    // The state changes while the child writes: the child's bytes are of the fork's moment.
+    let size = core.size();
+    for e in after {
+        core.apply(e, &mut out).unwrap();
+    }
+    assert!(core.size().order_lines > size.order_lines);
+    let bytes = forked.wait(0).expect("the child ends well");
+    assert!(bytes.len() > 100_000, "{} bytes", bytes.len());
+    assert!(bytes == in_place, "the same bytes ({} against {})", bytes.len(), in_place.len());
+    assert_eq!(Checkpoint::decode(&bytes).unwrap().totals, totals);
 }

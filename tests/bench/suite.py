@@ -738,8 +738,10 @@ CPU_COMPONENTS = {"api": "the API", "cdc": "the CDC", "process": "the processor"
 def _cpu_by_component(up_pid):
     """CPU seconds (user + system) spent so far by the processes of each component of a pipeline
     run: PostgreSQL (every backend, the WAL sender and the suite's own sampling session included),
-    Kafka, ClickHouse (the suite's polls included) and the components `rainbow up` runs. A process
-    that exits between two readings loses what it spent."""
+    Kafka, ClickHouse (the suite's polls included) and the components `rainbow up` runs, with what
+    their children that ended spent (the processor's forked checkpoint encoders, PostgreSQL's
+    backends: /proc's cutime and cstime). A process that exits between two readings and is not
+    the child of one read loses what it spent."""
     tick = os.sysconf("SC_CLK_TCK")
     children = set(_children(up_pid))
     out = {}
@@ -752,7 +754,7 @@ def _cpu_by_component(up_pid):
         except OSError:
             continue
         fields = stat[stat.rfind(")") + 2:].split()
-        seconds = (int(fields[11]) + int(fields[12])) / tick
+        seconds = sum(int(f) for f in fields[11:15]) / tick
         cmd = b" ".join(argv)
         if int(pid) in children and len(argv) > 1:
             name = CPU_COMPONENTS.get(argv[1].decode(errors="replace"))
@@ -819,6 +821,7 @@ STAGES = [
     ("sink", "rainbow_processor_sink_latency_seconds", PROCESSOR_METRICS),
     ("freshness", "rainbow_processor_freshness_seconds", PROCESSOR_METRICS),
     ("flush", "rainbow_processor_sink_flush_duration_seconds", PROCESSOR_METRICS),
+    ("checkpoint_pause", "rainbow_processor_checkpoint_pause_seconds", PROCESSOR_METRICS),
 ]
 STAGE_NAMES = {
     "commit_to_ack": "stage: commit -> Kafka acknowledgement (CDC)",
@@ -826,6 +829,7 @@ STAGE_NAMES = {
     "sink": "stage: released -> acknowledged by ClickHouse",
     "freshness": "processor's freshness: newest commit written -> ClickHouse acknowledged",
     "flush": "processor's write of a batch (every table's insert), duration",
+    "checkpoint_pause": "processor's checkpoints: time each held up events",
 }
 
 

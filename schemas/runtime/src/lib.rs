@@ -10,6 +10,8 @@
 //! * [`serve`]: the HTTP endpoint of a service's metrics and health (`/healthz`, `/readyz`);
 //! * [`exposition`]: reading that endpoint's Prometheus text format back (samples, sums,
 //!   histogram quantiles), for `rainbow status` and the tests;
+//! * [`forked`]: a structure serialised by a forked child from a copy-on-write view of memory,
+//!   while the parent goes on changing it (the processor's checkpoints);
 //! * [`memory`]: how soon the allocator (mimalloc, every Rainbow binary's) returns freed memory;
 //! * [`worker`]: a component's blocking loop on a thread of its own, stopped by a flag;
 //! * [`failpoint`]: crash and step failpoints for fault tests, compiled in only with the
@@ -21,6 +23,7 @@
 pub mod children;
 pub mod exposition;
 pub mod failpoint;
+pub mod forked;
 pub mod identity;
 pub mod kafka;
 pub mod memory;

@@ -77,6 +77,7 @@ fn core_bench(events: &[ChangeEvent]) {
     let apply = started.elapsed();
     let rss_state = rss_kib("VmRSS:").saturating_sub(rss_before);
     let size = core.size();
+    let checkpoint = checkpoint_cost(&core);
     drop(core);
 
     let mut core = Core::new(0);
@@ -104,6 +105,16 @@ fn core_bench(events: &[ChangeEvent]) {
         size.dimension_versions, size.orders, size.order_lines, size.aggregate_groups
     );
     println!("| resident memory of the state | {:.1} MiB |", rss_state as f64 / 1024.0);
+    println!("| checkpoint of the state: size | {:.1} MiB |", checkpoint.bytes as f64 / 1048576.0);
+    println!(
+        "| checkpoint of the interval: engine held up (fork) / encoded by the child in | {:.1} ms / {} ms |",
+        checkpoint.fork.as_secs_f64() * 1000.0,
+        checkpoint.in_child.as_millis()
+    );
+    println!(
+        "| checkpoint at a stop: engine held up (encoding in place) | {} ms |",
+        checkpoint.in_place.as_millis()
+    );
     println!(
         "| resident memory per million keys | {:.0} MiB |",
         rss_state as f64 / 1024.0 / (keys as f64 / 1e6)
@@ -113,6 +124,42 @@ fn core_bench(events: &[ChangeEvent]) {
         rss_kib("VmHWM:") as f64 / 1024.0
     );
     dimension_memory();
+}
+
+/// A checkpoint of the state: its size, and how long the engine's thread is held up by one of
+/// the interval (a forked child encodes it: the fork) and by one encoded in place (at a stop).
+struct CheckpointCost {
+    bytes: usize,
+    in_place: Duration,
+    fork: Duration,
+    in_child: Duration,
+}
+
+fn checkpoint_cost(core: &Core) -> CheckpointCost {
+    let (offsets, totals) = (vec![], Default::default());
+    let c = rainbow_processor::checkpoint::CheckpointRef {
+        id: 1,
+        fingerprint: "",
+        source: "",
+        partition: 0,
+        emitting: true,
+        last_released: core.last_position(),
+        offsets: &offsets,
+        totals: &totals,
+        state: core.state(),
+        sink: &[],
+        dead_letters: &[],
+    };
+    let started = Instant::now();
+    let bytes = c.encode().expect("encodes");
+    let in_place = started.elapsed();
+    let started = Instant::now();
+    let child = c.encode_forked().expect("forks");
+    let fork = started.elapsed();
+    let forked = child.wait(0).expect("the child encodes");
+    let in_child = started.elapsed();
+    assert!(forked == bytes, "the child's bytes are the checkpoint's");
+    CheckpointCost { bytes: bytes.len(), in_place, fork, in_child }
 }
 
 /// The state's resident memory per dimension key: the snapshot of a catalogue of a million
