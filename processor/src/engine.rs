@@ -522,6 +522,9 @@ pub struct Engine<S, K, D> {
     rt: tokio::runtime::Handle,
     checkpoint_id: u64,
     checkpoints: u64,
+    /// The size of the last checkpoint written (0 before the first): how much a forked
+    /// encoding's reader allocates up front.
+    last_checkpoint_bytes: usize,
     resumed: Option<(u64, u64)>,
     /// When the next checkpoint is due: at this time (interval) or this many events (count).
     next_checkpoint_at: Option<Instant>,
@@ -631,6 +634,7 @@ where
             rt,
             checkpoint_id,
             checkpoints: 0,
+            last_checkpoint_bytes: 0,
             resumed,
             next_checkpoint_at: None,
             next_checkpoint_events: u64::MAX,
@@ -935,7 +939,7 @@ where
             match c.encode_forked() {
                 Ok(child) => {
                     // About the last one's size, with room to grow.
-                    let expected = self.metrics.checkpoint_bytes.get().max(0) as usize * 9 / 8;
+                    let expected = self.last_checkpoint_bytes * 9 / 8;
                     let bytes = Bytes::Forked(self.rt.spawn_blocking(move || child.wait(expected)));
                     return Ok(Encoded { id, bytes, offsets });
                 }
@@ -977,6 +981,7 @@ where
     ) {
         self.checkpoint_id = id;
         self.checkpoints += 1;
+        self.last_checkpoint_bytes = bytes;
         CheckpointWritten { id, bytes, duration: started.elapsed(), events }.emit(&self.metrics);
         self.source.committed(offsets);
     }
