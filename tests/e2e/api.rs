@@ -585,7 +585,12 @@ async fn sold_counts_are_applied_exactly_once_by_every_instance() {
     let after = api.sold_counts("1, 2, 3").await;
     assert_eq!(after, vec![before[0] + 30 + 60, before[1] + 60 + 30, before[2] + 90]);
     let applied = |text: &str| metric_value(text, "rainbow_api_sold_count_rows_applied_total").unwrap_or(0.0);
-    let both = applied(&api.metrics().await) + applied(&other.metrics.render(&api.db.pool));
+    // A pass counts its rows after its commit, which the wait above may see first.
+    let both = eventually("the applied rows counted", Duration::from_secs(10), || async {
+        let n = applied(&api.metrics().await) + applied(&other.metrics.render(&api.db.pool));
+        (n >= 150.0).then_some(n)
+    })
+    .await;
     assert_eq!(both, 150.0, "every order line applied once, by one instance or the other");
     let when =
         metric_value(&api.metrics().await, "rainbow_api_sold_count_applied_timestamp_seconds").unwrap();
@@ -596,7 +601,12 @@ async fn sold_counts_are_applied_exactly_once_by_every_instance() {
     api.sold_counts_applied().await;
     let dropped =
         |text: &str| metric_value(text, "rainbow_api_sold_count_unknown_product_rows_total").unwrap_or(0.0);
-    assert_eq!(dropped(&api.metrics().await) + dropped(&other.metrics.render(&api.db.pool)), 1.0);
+    let both = eventually("the dropped row counted", Duration::from_secs(10), || async {
+        let n = dropped(&api.metrics().await) + dropped(&other.metrics.render(&api.db.pool));
+        (n >= 1.0).then_some(n)
+    })
+    .await;
+    assert_eq!(both, 1.0);
 
     // Shutdown: the second instance stops; then the first is stopped right after an order (its
     // interval made long, so only the shutdown pass can apply it).

@@ -189,8 +189,19 @@ async fn snapshot_then_stream_over_every_table() {
     streamed_positions.dedup_by_key(|p| p.0);
     assert_eq!(streamed_positions.len(), 17 - 1, "one commit per statement that touched a captured table");
 
-    // Metrics of the running reader.
-    let body = reqwest::get(format!("http://{metrics}/metrics")).await.unwrap().text().await.unwrap();
+    // Metrics of the running reader. A transaction is counted when Kafka acknowledged it, which
+    // can come after a consumer read it: wait for the last one.
+    let body = common::eventually("every streamed transaction counted in /metrics", DEADLINE, || async {
+        let body = reqwest::get(format!("http://{metrics}/metrics")).await.ok()?.text().await.ok()?;
+        let acked: f64 = body
+            .lines()
+            .find_map(|l| l.strip_prefix("rainbow_cdc_commit_to_ack_seconds_count "))?
+            .trim()
+            .parse()
+            .ok()?;
+        (acked >= 16.0).then_some(body)
+    })
+    .await;
     for needle in [
         "rainbow_cdc_events_total{op=\"u\",table=\"public.products\"} 1",
         "rainbow_cdc_snapshot_rows_total{table=\"public.products\"} 3000",

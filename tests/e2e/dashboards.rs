@@ -174,6 +174,8 @@ async fn the_dashboard_shows_in_a_browser_what_postgres_computes_and_follows_a_n
         async move { clickhouse(&view).await.ok().filter(|v| same_amount(v, &total)) }
     })
     .await;
+    // Every chart's table too: the other aggregates are inserted after agg_total_sales.
+    caught_up(&db.pool, &processor).await;
     browser(&superset, port, &processor.database, &["--total", &total]);
 
     drop(superset);
@@ -250,8 +252,10 @@ async fn down_alerts_go_pending_then_fire_in_prometheus_and_clear_when_the_compo
     for job in ["rainbow-cdc", "rainbow-processor"] {
         eventually(&format!("Prometheus to scrape {job}"), DEADLINE, || scraped(port, job)).await;
     }
+    // A scrape before a component listened may have left its alert pending until the next
+    // evaluation.
     for alert in ["RainbowProcessorDown", "RainbowCdcDown"] {
-        assert_eq!(alert_state(port, alert).await, None, "{alert} while everything runs");
+        alert_becomes(port, alert, None).await;
     }
 
     // The processor stops: its alert is pending at once, firing after the rule's `for: 1m`;

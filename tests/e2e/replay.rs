@@ -47,15 +47,21 @@ async fn replaying_the_archive_gives_the_tables_streaming_wrote() {
     let total: i64 = ends.values().sum();
     assert!(total > 1000, "{ends:?}");
     common::archive::assert_every_offset_once(&archive.store, &ends, DEADLINE).await;
-    let metrics = archive.metrics().await;
-    for line in [
+    let lines = [
         "rainbow_archive_records_total{topic=\"",
         "rainbow_archive_bytes_total{topic=\"",
         "rainbow_archive_segments_total{topic=\"",
         "rainbow_archive_segment_write_duration_seconds_count",
         "rainbow_archive_consumer_lag_messages{",
         "rainbow_archive_running 1",
-    ] {
+    ];
+    // The restarted archiver counts its first append just after the commit seen above.
+    let metrics = common::eventually("the archiver's series in /metrics", DEADLINE, || {
+        let archive = &archive;
+        async move { Some(archive.metrics().await).filter(|m| lines.iter().all(|l| m.contains(l))) }
+    })
+    .await;
+    for line in lines {
         assert!(metrics.contains(line), "/metrics lacks {line}:\n{metrics}");
     }
     common::assert_alert_metrics_exported("archive", &metrics);

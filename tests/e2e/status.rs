@@ -141,11 +141,17 @@ async fn status_reads_every_component_and_names_the_one_that_does_not_answer() {
         "processor  up",
         "archiver   up",
         "retained WAL ",
-        " KiB",
         "4 of 4 components answer",
     ] {
         assert!(screen.contains(needle), "{needle:?} in\n{screen}");
     }
+    // Humanised: a number and a unit (the cluster's WAL, which parallel tests move).
+    let wal: Vec<&str> =
+        screen.split("retained WAL ").nth(1).unwrap_or_default().split_whitespace().take(2).collect();
+    assert!(
+        wal.len() == 2 && wal[0].parse::<f64>().is_ok() && ["B", "KiB", "MiB", "GiB"].contains(&wal[1]),
+        "retained WAL {wal:?} in\n{screen}"
+    );
 
     // All components: `rainbow up`'s address accepts but never answers, read concurrently with
     // the others within the timeout.
