@@ -28,6 +28,7 @@ import urllib.request
 from decimal import Decimal
 
 import yaml
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
 BUNDLE = pathlib.Path(__file__).resolve().parents[2] / "deploy" / "superset" / "bundle"
@@ -142,11 +143,33 @@ def main():
 
         page.on("response", on_response)
 
-        page.goto(args.url + "/login/")
-        page.fill("#username", creds["SUPERSET_ADMIN_USER"])
-        page.fill("#password", creds["SUPERSET_ADMIN_PASSWORD"])
-        page.click('[data-test="login-button"]')
-        page.wait_for_url(lambda u: "/login" not in u)
+        def log_in():
+            # The login page is rendered by the front end: under load, a form filled before it
+            # settled was seen to stay on /login (CI, once). So: the page settled first, the
+            # fields checked before the click, and the whole tried again (each attempt said).
+            for attempt in (1, 2, 3):
+                page.goto(args.url + "/login/")
+                try:
+                    page.wait_for_load_state("networkidle", timeout=15_000)
+                except PlaywrightTimeout:
+                    pass  # the fields' checks below decide
+                page.fill("#username", creds["SUPERSET_ADMIN_USER"])
+                page.fill("#password", creds["SUPERSET_ADMIN_PASSWORD"])
+                filled = (page.input_value("#username") == creds["SUPERSET_ADMIN_USER"]
+                          and page.input_value("#password") == creds["SUPERSET_ADMIN_PASSWORD"])
+                if filled:
+                    page.click('[data-test="login-button"]')
+                    try:
+                        page.wait_for_url(lambda u: "/login" not in u, timeout=30_000)
+                        return
+                    except PlaywrightTimeout:
+                        pass
+                shown = page.locator("body").inner_text()[:300].replace("\n", " | ")
+                print(f"login attempt {attempt}: still on {page.url} (fields filled: {filled}); "
+                      f"the page shows: {shown!r}")
+            sys.exit(f"could not log in to Superset at {args.url} in 3 attempts (above)")
+
+        log_in()
 
         def open_dashboard():
             # A page load whose chart requests never start (none answered: the browser or a busy
