@@ -14,7 +14,9 @@
 //! * `sold_count_rows_applied_total`, `sold_count_unknown_product_rows_total` (pending sold
 //!   quantities whose product was deleted before they were applied: dropped),
 //!   `sold_count_apply_errors_total` and `sold_count_applied_timestamp_seconds` (the last
-//!   successful pass): see [`crate::sold`].
+//!   successful pass): see [`crate::sold`];
+//! * `retries_total{dependency}`, `dependency_down_seconds{dependency}`, `restarts_total`,
+//!   `started_timestamp_seconds` (`rainbow_runtime::resilience`).
 
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,

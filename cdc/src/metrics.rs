@@ -19,7 +19,7 @@
 //! * `kafka_delivery_errors_total`, `events_in_flight`;
 //! * `last_heartbeat_timestamp_seconds`, `streaming` (1 while the replication stream is open);
 //! * `retries_total{dependency}`, `dependency_down_seconds{dependency}`, `restarts_total`: the
-//!   faults ridden out (`rainbow_runtime::resilience`).
+//!   faults ridden out; `started_timestamp_seconds` (`rainbow_runtime::resilience`).
 
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,

@@ -38,7 +38,7 @@
 //!   ClickHouse acknowledged the write: how old the dashboards' newest figure is; alerted);
 //! * `running`: 1 while the pipeline runs;
 //! * `retries_total{dependency}`, `dependency_down_seconds{dependency}`, `restarts_total`: the
-//!   faults ridden out (`rainbow_runtime::resilience`).
+//!   faults ridden out; `started_timestamp_seconds` (`rainbow_runtime::resilience`).
 
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,

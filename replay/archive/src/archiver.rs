@@ -98,7 +98,6 @@ pub async fn run(
         metrics.resilience.clone(),
         stop_rx.clone(),
     );
-    metrics.started.set(chrono::Utc::now().timestamp());
     metrics.running.set(1);
     let total = Arc::new(Mutex::new(ArchiveSummary::default()));
     let outcome = supervise("archive", &metrics.resilience, stop_rx, |stop| {

@@ -7,14 +7,13 @@
 //! * `existing_segments_total`: segments found already committed (a re-delivery after a crash);
 //! * `consumer_lag_messages{topic,partition}`: high watermark minus the next offset to archive;
 //! * `buffered_records`: records not durable yet (in open segments, or handed to a writer);
-//! * `last_segment_timestamp_seconds`; `started_timestamp_seconds`: when the archiver started
-//!   (the stale alert's reference until its first segment); `running`: 1 while the archiver runs;
+//! * `last_segment_timestamp_seconds`; `running`: 1 while the archiver runs;
 //! * `iceberg_untyped_records_total{table,reason}`: records kept raw without typed columns
 //!   (`tombstone`, `not_a_change_event`); `iceberg_untyped_values_total{table}`: values kept in
 //!   the raw envelope only; `iceberg_columns_added_total{table}` and
 //!   `iceberg_columns_promoted_total{table}`: schema evolutions;
 //! * `retries_total{dependency}`, `dependency_down_seconds{dependency}`, `restarts_total`: the
-//!   faults ridden out (`rainbow_runtime::resilience`).
+//!   faults ridden out; `started_timestamp_seconds` (`rainbow_runtime::resilience`).
 
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -34,7 +33,6 @@ pub struct ArchiveMetrics {
     pub offset_gap_records: IntCounterVec,
     pub buffered: IntGauge,
     pub last_segment: IntGauge,
-    pub started: IntGauge,
     pub running: IntGauge,
     pub iceberg_untyped: IntCounterVec,
     pub iceberg_untyped_values: IntCounterVec,
@@ -94,11 +92,6 @@ impl ArchiveMetrics {
             last_segment: reg!(IntGauge::new(
                 "last_segment_timestamp_seconds",
                 "When the last segment was written (Unix seconds)"
-            )
-            .expect("metric")),
-            started: reg!(IntGauge::new(
-                "started_timestamp_seconds",
-                "When the archiver started (Unix seconds)"
             )
             .expect("metric")),
             running: reg!(IntGauge::new("running", "1 while the archiver runs").expect("metric")),

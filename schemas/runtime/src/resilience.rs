@@ -8,7 +8,7 @@
 //! CDC from its replication slot, the processor from its checkpoint, the archiver from the
 //! archive), so a retry continues exactly where the failed attempt's durable state left off.
 
-use prometheus::{GaugeVec, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -112,8 +112,10 @@ pub struct Resilience {
 const STALL: Duration = Duration::from_secs(60);
 
 impl Resilience {
-    /// Registers `retries_total{dependency}`, `dependency_down_seconds{dependency}` and
-    /// `restarts_total` in `registry` (which carries the component's prefix).
+    /// Registers `retries_total{dependency}`, `dependency_down_seconds{dependency}`,
+    /// `restarts_total` and `started_timestamp_seconds` (now, in Unix seconds: the alerts on a
+    /// component's last progress count from it until the component first makes some) in
+    /// `registry` (which carries the component's prefix).
     pub fn register(registry: &Registry) -> Resilience {
         let retries = IntCounterVec::new(
             Opts::new("retries_total", "Attempts that failed on a dependency and were retried"),
@@ -131,9 +133,13 @@ impl Resilience {
         let restarts =
             IntCounter::new("restarts_total", "Times the component's work was restarted after a failure")
                 .expect("metric");
+        let started = IntGauge::new("started_timestamp_seconds", "When the component started (Unix seconds)")
+            .expect("metric");
+        started.set(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64));
         registry.register(Box::new(retries.clone())).expect("unique metric");
         registry.register(Box::new(down_seconds.clone())).expect("unique metric");
         registry.register(Box::new(restarts.clone())).expect("unique metric");
+        registry.register(Box::new(started)).expect("unique metric");
         Resilience {
             retries,
             down_seconds,
@@ -391,6 +397,21 @@ mod tests {
 
         let out: Result<Option<u32>, E> = supervise("test", &r, rx, |_| async { Err(E(Fault::Input)) }).await;
         assert!(matches!(out, Err(E(Fault::Input))));
+    }
+
+    #[test]
+    fn the_start_time_is_exported() {
+        let registry = Registry::new();
+        let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as f64;
+        let _r = Resilience::register(&registry);
+        let after = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as f64;
+        let families = registry.gather();
+        let started = families
+            .iter()
+            .find(|f| f.name() == "started_timestamp_seconds")
+            .expect("started_timestamp_seconds registered");
+        let value = started.get_metric()[0].get_gauge().get_value();
+        assert!((before..=after).contains(&value), "{before} <= {value} <= {after}");
     }
 
     #[tokio::test]
