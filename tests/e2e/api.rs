@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use common::{eventually, TestDb};
+use common::{eventually, metric_value, TestDb};
 use rainbow_api::failpoint::{Action, FailPoints, Step};
 use rainbow_api::routes::ROUTES;
 use rainbow_api::{ApiSettings, AppState};
@@ -174,16 +174,6 @@ impl TestApi {
         .unwrap();
         row
     }
-}
-
-/// The value of one series (`name{labels}` as exposed) of a Prometheus text exposition, read by
-/// the parser `rainbow status` uses.
-fn metric_value(text: &str, series: &str) -> Option<f64> {
-    use rainbow_runtime::exposition::Exposition;
-    let want = Exposition::parse(&format!("{} 0", series.trim())).samples.pop()?;
-    let got = Exposition::parse(text);
-    let value = got.series(&want.name).find(|s| s.labels == want.labels).map(|s| s.value);
-    value
 }
 
 fn order(customer: i64, payment: i64, lines: &[(i64, i64)]) -> Value {

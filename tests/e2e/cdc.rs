@@ -193,12 +193,7 @@ async fn snapshot_then_stream_over_every_table() {
     // can come after a consumer read it: wait for the last one.
     let body = common::eventually("every streamed transaction counted in /metrics", DEADLINE, || async {
         let body = reqwest::get(format!("http://{metrics}/metrics")).await.ok()?.text().await.ok()?;
-        let acked: f64 = body
-            .lines()
-            .find_map(|l| l.strip_prefix("rainbow_cdc_commit_to_ack_seconds_count "))?
-            .trim()
-            .parse()
-            .ok()?;
+        let acked = common::metric_value(&body, "rainbow_cdc_commit_to_ack_seconds_count")?;
         (acked >= 16.0).then_some(body)
     })
     .await;
@@ -659,11 +654,8 @@ async fn start_up_errors_are_specific() {
     }
     assert!(cdc.logs().contains("transient failure: retrying"), "{}", cdc.logs());
     let metrics = cdc.metrics().await;
-    let retries = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("rainbow_cdc_retries_total{dependency=\"kafka\"} "))
-        .and_then(|v| v.parse::<u64>().ok());
-    assert!(retries.is_some_and(|n| n >= 2), "{metrics}");
+    let retries = common::metric_value(&metrics, "rainbow_cdc_retries_total{dependency=\"kafka\"}");
+    assert!(retries.is_some_and(|n| n >= 2.0), "{metrics}");
     let ready = reqwest::get(format!("http://{}/readyz", cdc.metrics.as_deref().unwrap())).await.unwrap();
     assert_eq!(ready.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
     assert!(ready.text().await.unwrap().contains("kafka unreachable"));

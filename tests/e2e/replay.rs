@@ -63,13 +63,10 @@ async fn replaying_the_archive_gives_the_tables_streaming_wrote() {
     .await;
     common::assert_alert_metrics_exported("archive", &metrics);
     // The stale alert counts from the archiver's start until its first segment: a real time.
-    let started: i64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("rainbow_archive_started_timestamp_seconds "))
-        .and_then(|v| v.trim().parse().ok())
+    let started = common::metric_value(&metrics, "rainbow_archive_started_timestamp_seconds")
         .unwrap_or_else(|| panic!("no start time in /metrics:\n{metrics}"));
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    assert!((now - 3600..=now).contains(&started), "started {started}, now {now}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!((now - 3600.0..=now).contains(&started), "started {started}, now {now}");
     archive.stop();
     let log = archive.logs();
     assert!(log.contains("segment written"), "{log}");

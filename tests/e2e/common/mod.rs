@@ -132,6 +132,16 @@ pub async fn drop_database(admin: &mut sqlx::PgConnection, name: &str) {
     }
 }
 
+/// The value of one series (`name{labels}` as exposed) of a Prometheus text exposition, read by
+/// the parser `rainbow status` uses.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    use rainbow_runtime::exposition::Exposition;
+    let want = Exposition::parse(&format!("{} 0", series.trim())).samples.pop()?;
+    let got = Exposition::parse(text);
+    let value = got.series(&want.name).find(|s| s.labels == want.labels).map(|s| s.value);
+    value
+}
+
 /// Every `rainbow_<service>_*` metric that deploy/prometheus/rules.yml uses appears in `metrics`
 /// (the text of a live `/metrics`): the alert rules watch series the service really exports.
 pub fn assert_alert_metrics_exported(service: &str, metrics: &str) {
