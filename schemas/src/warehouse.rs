@@ -9,6 +9,9 @@
 
 use crate::shape::WarehouseRow;
 use clickhouse::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as Pool;
+use hyper_util::rt::TokioExecutor;
 use std::future::Future;
 use std::time::Duration;
 
@@ -312,12 +315,30 @@ async fn execute(
         .map_err(|source| WarehouseError::Statement { file, index, statement, source })
 }
 
+/// How long an idle pooled connection is kept: below ClickHouse's `keep_alive_timeout` (3 s), so
+/// the client never reuses a connection the server is closing.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A client whose HTTP transport is the `clickhouse` crate's default (TCP keepalive, the pool's
+/// idle timeout) with Nagle's algorithm off. An insert streams its body in chunks; with Nagle on,
+/// the last chunk could wait for the server's delayed acknowledgement, about 40 ms, and the
+/// processor's flush inserts up to 13 tables one after another (measured, 100 inserts of 3 rows
+/// in a row on an idle server: p50 12.7 ms, p90 55.8 ms with Nagle; 12.4 and 14.7 without).
+fn client() -> Client {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    Client::with_http_client(
+        Pool::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE_TIMEOUT).build(connector),
+    )
+}
+
 impl Warehouse {
     /// Connects and probes the server: its version, and whether it understands
     /// RowBinaryWithNamesAndTypes (then schema validation of rows is switched on). The database
     /// itself need not exist yet ([`Warehouse::migrate`] creates it).
     pub async fn connect(conn: &Connection) -> Result<Warehouse, WarehouseError> {
-        let base = Client::default()
+        let base = client()
             .with_url(&conn.url)
             .with_user(&conn.user)
             .with_password(&conn.password)
