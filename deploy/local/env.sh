@@ -18,6 +18,8 @@
 #   RAINBOW_STACK_KAFKA_HEAP              768m                    Kafka JVM heap
 #   RAINBOW_CLICKHOUSE__URL               http://127.0.0.1:8123   ClickHouse HTTP interface (its port is used)
 #   RAINBOW_STACK_CLICKHOUSE_TCP_PORT     9000                    ClickHouse native protocol
+#   RAINBOW_STACK_CLICKHOUSE_IMAGE_GB     32                      size of ClickHouse's own file system where the one under
+#                                                                 RAINBOW_HOME has no journal (docs/operating.md)
 #   RAINBOW_STACK_START_TIMEOUT           90                      seconds each server may take to answer
 #   RAINBOW_STACK_PROMETHEUS_PORT         9090                    Prometheus web UI and API
 #   RAINBOW_STACK_PROMETHEUS_INTERVAL     15s                     Prometheus scrape and rule evaluation interval
@@ -51,6 +53,10 @@ CH_HTTP_PORT=${CH_URL##*:}
 CH_HTTP_PORT=${CH_HTTP_PORT%%/*}
 CH_TCP_PORT=${RAINBOW_STACK_CLICKHOUSE_TCP_PORT:-9000}
 CH_DIR=$RAINBOW_HOME/clickhouse
+# ClickHouse's data on a journaled file system of its own, where the one under $CH_DIR has no
+# journal (deploy/local/start: ch_data_filesystem); the image's size at creation (sparse).
+CH_IMAGE=$CH_DIR/data.img
+CH_IMAGE_GB=${RAINBOW_STACK_CLICKHOUSE_IMAGE_GB:-32}
 
 CH_DATABASE=${RAINBOW_CLICKHOUSE__DATABASE:-rainbow}
 
@@ -103,6 +109,25 @@ pid_alive() {
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# ch_image_mounted: true when $CH_DIR/data is the loop mount of $CH_IMAGE (not any other
+# file system someone mounted there).
+ch_image_mounted() {
+  local source back
+  source=$(findmnt -rno SOURCE --mountpoint "$CH_DIR/data" 2>/dev/null) || return 1
+  [[ $source == /dev/loop* ]] || return 1
+  back=$(losetup -nO BACK-FILE "$source" 2>/dev/null) || return 1
+  [ "$(realpath -m "${back% (deleted)}")" = "$(realpath -m "$CH_IMAGE")" ]
+}
+
+# ch_image_unmount: unmounts ClickHouse's file system (after ClickHouse stopped); its data stays
+# in $CH_IMAGE, mounted again at the next start.
+ch_image_unmount() {
+  if ch_image_mounted; then
+    log "unmounting ClickHouse's file system ($CH_IMAGE from $CH_DIR/data)"
+    as_root umount "$CH_DIR/data" || die "umount $CH_DIR/data failed: see \`findmnt $CH_DIR/data\`; a process may still use it (fuser -vm $CH_DIR/data)"
+  fi
+}
 
 # wait_for NAME TIMEOUT CMD...: polls CMD every 0.5 s until it succeeds or TIMEOUT seconds pass.
 wait_for() {

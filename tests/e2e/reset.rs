@@ -1,8 +1,10 @@
 //! The reset recipes of the operating guide, each run for real: `rainbow reset warehouse` and
 //! `rainbow reset cdc` on a throwaway source with its CDC and processor (refused while they run,
 //! a dry run that changes nothing, the reset, a second run that finds nothing, and the warehouse
-//! equal to PostgreSQL again after the restart), and `deploy/local/reset` on a private
-//! RAINBOW_HOME of fake files (what it deletes, what it keeps, its refusals).
+//! equal to PostgreSQL again after the restart), `deploy/local/reset` on a private
+//! RAINBOW_HOME of fake files (what it deletes, what it keeps, its refusals), and the local
+//! stack's ClickHouse on a file system of its own (mounted by start, unmounted by stop, deleted by
+//! reset).
 
 use crate::common;
 
@@ -280,4 +282,125 @@ fn the_local_stack_reset_deletes_the_data_and_keeps_the_downloads() {
     let (ok, out) = stack_reset(&home, &["--bogus"], &up);
     assert!(!ok && out.contains("unknown argument"), "{out}");
     std::fs::remove_dir_all(&home).unwrap();
+}
+
+/// The file system under `path`: (device, type), from findmnt.
+fn file_system_of(path: &Path) -> (String, String) {
+    let out = Command::new("findmnt").args(["-rno", "SOURCE,FSTYPE", "-T"]).arg(path).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut words = text.split_whitespace();
+    (words.next().unwrap_or_default().to_string(), words.next().unwrap_or_default().to_string())
+}
+
+/// Whether the ext4 file system on `device` has a journal (its journal thread, or `<none>`).
+fn has_journal(device: &str) -> bool {
+    let name = device.rsplit('/').next().unwrap_or_default();
+    std::fs::read_to_string(format!("/sys/fs/ext4/{name}/journal_task")).is_ok_and(|t| t.trim() != "<none>")
+}
+
+/// The source mounted exactly at `path`, if any.
+fn mounted_at(path: &Path) -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let target = path.to_str().unwrap();
+    mounts
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(target))
+        .map(|l| l.split(' ').next().unwrap().to_string())
+}
+
+/// A ClickHouse of the local stack's scripts on a private RAINBOW_HOME and ports; stopped (and its
+/// file system unmounted) when dropped, also when an assertion failed.
+struct PrivateClickHouse {
+    home: std::path::PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl PrivateClickHouse {
+    fn script(&self, script: &str, args: &[&str]) -> (bool, String) {
+        let path = format!("{}/deploy/local/{script}", env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(path).args(args).envs(self.env.iter().cloned()).output().unwrap();
+        eprintln!("$ deploy/local/{script} {}\n{}", args.join(" "), text(&out));
+        (out.status.success(), text(&out))
+    }
+
+    fn query(&self, sql: &str) -> String {
+        let url = &self.env.iter().find(|(k, _)| k == "RAINBOW_CLICKHOUSE__URL").unwrap().1;
+        let out = Command::new("curl")
+            .args(["-fsS", "--max-time", "30", url, "--data-binary", sql])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{sql}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for PrivateClickHouse {
+    fn drop(&mut self) {
+        self.script("stop", &["clickhouse"]);
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+#[test]
+fn clickhouse_gets_a_journaled_file_system_of_its_own_where_the_one_under_it_has_no_journal() {
+    let home = std::env::temp_dir().join(common::unique_name("ch_fs_home"));
+    std::fs::create_dir_all(&home).unwrap();
+    let (device, fstype) = file_system_of(&home);
+    let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let image_expected = fstype == "ext4" && !has_journal(&device) && is_root;
+    eprintln!("{} is on {device} ({fstype}); an image of its own expected: {image_expected}", home.display());
+    let mut env = vec![
+        ("RAINBOW_HOME".to_string(), home.display().to_string()),
+        ("RAINBOW_CLICKHOUSE__URL".to_string(), format!("http://127.0.0.1:{}", free_port())),
+        ("RAINBOW_STACK_CLICKHOUSE_TCP_PORT".to_string(), free_port().to_string()),
+        ("RAINBOW_STACK_CLICKHOUSE_IMAGE_GB".to_string(), "1".to_string()),
+    ];
+    // Nothing answers on the components' addresses (deploy/local/reset refuses otherwise).
+    for var in ["UP__METRICS_LISTEN", "API__LISTEN", "CDC__METRICS_LISTEN", "PROCESSOR__METRICS_LISTEN"] {
+        env.push((format!("RAINBOW_{var}"), format!("127.0.0.1:{}", free_port())));
+    }
+    env.push(("RAINBOW_ARCHIVE__METRICS_LISTEN".to_string(), format!("127.0.0.1:{}", free_port())));
+    let ch = PrivateClickHouse { home: home.clone(), env };
+    let data = home.join("clickhouse/data");
+    let image = home.join("clickhouse/data.img");
+
+    let (ok, out) = ch.script("start", &["clickhouse"]);
+    assert!(ok, "{out}");
+    let check_file_system = |when: &str| {
+        if image_expected {
+            let source =
+                mounted_at(&data).unwrap_or_else(|| panic!("{when}: nothing mounted at {}", data.display()));
+            assert!(
+                source.starts_with("/dev/loop") && has_journal(&source),
+                "{when}: {source} at {}",
+                data.display()
+            );
+            let back = Command::new("losetup").args(["-nO", "BACK-FILE", &source]).output().unwrap();
+            assert_eq!(String::from_utf8_lossy(&back.stdout).trim(), image.to_str().unwrap(), "{when}");
+        } else {
+            assert!(mounted_at(&data).is_none() && !image.exists(), "{when}: the plain directory");
+        }
+    };
+    check_file_system("after the start");
+    ch.query("CREATE DATABASE kept");
+    ch.query("CREATE TABLE kept.t (id UInt64) ENGINE = MergeTree ORDER BY id");
+    ch.query("INSERT INTO kept.t VALUES (1), (2), (3)");
+
+    // stop unmounts it; the next start mounts it again, with the data.
+    let (ok, out) = ch.script("stop", &["clickhouse"]);
+    assert!(ok && mounted_at(&data).is_none(), "{out}");
+    let (ok, out) = ch.script("start", &["clickhouse"]);
+    assert!(ok, "{out}");
+    check_file_system("after a restart");
+    assert_eq!(ch.query("SELECT sum(id) FROM kept.t"), "6");
+
+    // reset --yes stops ClickHouse, unmounts its file system and deletes it with the rest.
+    let (ok, out) = ch.script("reset", &["--yes"]);
+    assert!(ok && out.contains("reset: done"), "{out}");
+    assert!(mounted_at(&data).is_none() && !home.join("clickhouse").exists(), "{out}");
+    let loops = Command::new("losetup").arg("-a").output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&loops.stdout).contains(home.to_str().unwrap()),
+        "a loop device is left"
+    );
 }
