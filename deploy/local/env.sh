@@ -120,10 +120,22 @@ ch_image_mounted() {
   [ "$(realpath -m "${back% (deleted)}")" = "$(realpath -m "$CH_IMAGE")" ]
 }
 
+# ch_image_trim: gives the blocks ClickHouse freed back to the host (fstrim). The image is a
+# sparse file that otherwise keeps the high-water mark of everything ever written (3.9 GB after a
+# few benchmark runs, for a warehouse of a few MB); at start and stop rather than with the mount
+# option `discard`, which cost freshness in 3 runs measured against 3 without it.
+ch_image_trim() {
+  # Blocks freed in a journal transaction not yet committed are not trimmed: commit first.
+  as_root sync -f "$CH_DIR/data" 2>/dev/null || true
+  as_root fstrim "$CH_DIR/data" 2>/dev/null \
+    || log "warning: fstrim $CH_DIR/data failed; $CH_IMAGE keeps the blocks ClickHouse freed"
+}
+
 # ch_image_unmount: unmounts ClickHouse's file system (after ClickHouse stopped); its data stays
 # in $CH_IMAGE, mounted again at the next start.
 ch_image_unmount() {
   if ch_image_mounted; then
+    ch_image_trim
     log "unmounting ClickHouse's file system ($CH_IMAGE from $CH_DIR/data)"
     as_root umount "$CH_DIR/data" || die "umount $CH_DIR/data failed: see \`findmnt $CH_DIR/data\`; a process may still use it (fuser -vm $CH_DIR/data)"
   fi

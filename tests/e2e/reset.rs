@@ -3,8 +3,8 @@
 //! a dry run that changes nothing, the reset, a second run that finds nothing, and the warehouse
 //! equal to PostgreSQL again after the restart), `deploy/local/reset` on a private
 //! RAINBOW_HOME of fake files (what it deletes, what it keeps, its refusals), and the local
-//! stack's ClickHouse on a file system of its own (mounted by start, unmounted by stop, deleted by
-//! reset).
+//! stack's ClickHouse on a file system of its own (mounted by start, trimmed and unmounted by
+//! stop, deleted by reset).
 
 use crate::common;
 
@@ -393,6 +393,30 @@ fn clickhouse_gets_a_journaled_file_system_of_its_own_where_the_one_under_it_has
     assert!(ok, "{out}");
     check_file_system("after a restart");
     assert_eq!(ch.query("SELECT sum(id) FROM kept.t"), "6");
+
+    if image_expected {
+        // What ClickHouse deleted goes back to the host at the stop (fstrim): the sparse image
+        // does not keep the high-water mark.
+        use std::os::unix::fs::MetadataExt;
+        let allocated = || {
+            assert!(Command::new("sync").status().unwrap().success());
+            std::fs::metadata(&image).unwrap().blocks() * 512
+        };
+        ch.query("CREATE TABLE kept.big ENGINE = MergeTree ORDER BY n AS SELECT number AS n, toString(rand64()) AS s FROM system.numbers LIMIT 3000000");
+        let full = allocated();
+        let big: u64 = ch
+            .query("SELECT sum(bytes) FROM system.parts WHERE database = 'kept' AND table = 'big' AND active")
+            .parse()
+            .unwrap();
+        ch.query("DROP TABLE kept.big");
+        let (ok, out) = ch.script("stop", &["clickhouse"]);
+        assert!(ok && mounted_at(&data).is_none(), "{out}");
+        let trimmed = allocated();
+        assert!(full.saturating_sub(trimmed) > big / 2, "the image took {full} B with a table of {big} B, {trimmed} B after it was dropped and the stop: {out}");
+        let (ok, out) = ch.script("start", &["clickhouse"]);
+        assert!(ok, "{out}");
+        assert_eq!(ch.query("SELECT sum(id) FROM kept.t"), "6");
+    }
 
     // reset --yes stops ClickHouse, unmounts its file system and deletes it with the rest.
     let (ok, out) = ch.script("reset", &["--yes"]);
