@@ -183,17 +183,28 @@ async fn reset_warehouse_and_reset_cdc_rebuild_exactly_the_source() {
     db.drop().await;
 }
 
+/// The addresses of the rainbow components (`rainbow up`, api, cdc, process, archive) that
+/// deploy/local/reset checks, each on a port nothing listens on.
+fn unused_component_addresses() -> Vec<(String, String)> {
+    [
+        "UP__METRICS_LISTEN",
+        "API__LISTEN",
+        "CDC__METRICS_LISTEN",
+        "PROCESSOR__METRICS_LISTEN",
+        "ARCHIVE__METRICS_LISTEN",
+    ]
+    .iter()
+    .map(|var| (format!("RAINBOW_{var}"), format!("127.0.0.1:{}", free_port())))
+    .collect()
+}
+
 /// Runs deploy/local/reset with a private RAINBOW_HOME and the components' addresses on ports
 /// nothing listens on (unless a test opens one).
 fn stack_reset(home: &Path, args: &[&str], up: &str) -> (bool, String) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/local/reset");
-    let unused = |_| format!("127.0.0.1:{}", free_port());
     let mut cmd = Command::new(script);
-    cmd.args(args).env("RAINBOW_HOME", home).env("RAINBOW_UP__METRICS_LISTEN", up);
-    for var in ["API__LISTEN", "CDC__METRICS_LISTEN", "PROCESSOR__METRICS_LISTEN", "ARCHIVE__METRICS_LISTEN"]
-    {
-        cmd.env(format!("RAINBOW_{var}"), unused(var));
-    }
+    cmd.args(args).env("RAINBOW_HOME", home).envs(unused_component_addresses());
+    cmd.env("RAINBOW_UP__METRICS_LISTEN", up);
     let out = cmd.output().expect("deploy/local/reset runs");
     eprintln!("$ deploy/local/reset {}\n{}", args.join(" "), text(&out));
     (out.status.success(), text(&out))
@@ -356,10 +367,7 @@ fn clickhouse_gets_a_journaled_file_system_of_its_own_where_the_one_under_it_has
         ("RAINBOW_STACK_CLICKHOUSE_IMAGE_GB".to_string(), "1".to_string()),
     ];
     // Nothing answers on the components' addresses (deploy/local/reset refuses otherwise).
-    for var in ["UP__METRICS_LISTEN", "API__LISTEN", "CDC__METRICS_LISTEN", "PROCESSOR__METRICS_LISTEN"] {
-        env.push((format!("RAINBOW_{var}"), format!("127.0.0.1:{}", free_port())));
-    }
-    env.push(("RAINBOW_ARCHIVE__METRICS_LISTEN".to_string(), format!("127.0.0.1:{}", free_port())));
+    env.extend(unused_component_addresses());
     let ch = PrivateClickHouse { home: home.clone(), env };
     let data = home.join("clickhouse/data");
     let image = home.join("clickhouse/data.img");
