@@ -349,7 +349,7 @@ pub fn figures(c: Component, e: &Exposition, now: f64) -> Vec<Figure> {
     let age = |name: &str| e.max(&m(name)).filter(|t| *t > 0.0).map(|t| (now - t).max(0.0));
     let f = |key, label, kind, value| Figure { key, label, kind, value };
     use Kind::*;
-    match c {
+    let mut figures = match c {
         Component::Api => vec![
             f("requests_total", "requests", Count, sum("http_requests_total")),
             f("request_p50_seconds", "latency p50", Seconds, quantile("http_request_duration_seconds", 0.5)),
@@ -398,7 +398,11 @@ pub fn figures(c: Component, e: &Exposition, now: f64) -> Vec<Figure> {
             ),
             f("restarts_total", "restarts", Count, sum("restarts_total")),
         ],
-    }
+    };
+    // Every service's process metrics (rainbow_runtime::serve::render), without its prefix.
+    figures.push(f("resident_memory_bytes", "memory", Bytes, e.max("process_resident_memory_bytes")));
+    figures.push(f("memory_limit_bytes", "of", Bytes, e.max("rainbow_process_memory_limit_bytes")));
+    figures
 }
 
 /// `<prefix>dependency_down_seconds{dependency}` above 0.
@@ -641,6 +645,8 @@ rainbow_processor_dead_letters_total{reason=\"decode\"} 2
 rainbow_processor_dead_letters_total{reason=\"rejected\"} 1
 rainbow_processor_dependency_down_seconds{dependency=\"kafka\"} 12.5
 rainbow_processor_dependency_down_seconds{dependency=\"clickhouse\"} 0
+process_resident_memory_bytes 442499072
+rainbow_process_memory_limit_bytes{source=\"machine\"} 25275875328
 ";
 
     fn status(c: Component, text: &str, now: f64, state: State) -> ComponentStatus {
@@ -695,6 +701,7 @@ rainbow_processor_dependency_down_seconds{dependency=\"clickhouse\"} 0
             "last checkpoint 3 min ago",
             "dead letters 3",
             "events applied -",
+            "memory 422.0 MiB of 23.5 GiB",
             "cannot reach kafka for 12 s",
             "1 of 1 components answer",
         ] {
@@ -708,6 +715,8 @@ rainbow_processor_dependency_down_seconds{dependency=\"clickhouse\"} 0
         assert_eq!(p["figures"]["consumer_lag_messages"], 1234);
         assert_eq!(p["figures"]["watermark_delay_seconds"], 0.42);
         assert_eq!(p["figures"]["events_applied_total"], Value::Null);
+        assert_eq!(p["figures"]["resident_memory_bytes"], 442499072);
+        assert_eq!(p["figures"]["memory_limit_bytes"], 25275875328u64);
         assert_eq!(p["dependencies_down"]["kafka"], 12.5);
     }
 
@@ -745,7 +754,9 @@ rainbow_processor_dependency_down_seconds{dependency=\"clickhouse\"} 0
     #[test]
     fn up_lists_what_it_does_not_run() {
         let text = "rainbow_up_running{component=\"api\"} 1\nrainbow_up_running{component=\"cdc\"} 0\n\
-                    rainbow_up_restarts_total{component=\"api\"} 0\nrainbow_up_restarts_total{component=\"cdc\"} 4\n";
+                    rainbow_up_restarts_total{component=\"api\"} 0\nrainbow_up_restarts_total{component=\"cdc\"} 4\n\
+                    process_resident_memory_bytes 10485760\n\
+                    rainbow_process_memory_limit_bytes{source=\"cgroup\"} 1073741824\n";
         let s = status(Component::Up, text, 0.0, State::Up { ready: None, detail: None });
         assert_eq!(
             (s.figure("components_running"), s.figure("components_supervised")),
@@ -753,7 +764,10 @@ rainbow_processor_dependency_down_seconds{dependency=\"clickhouse\"} 0
         );
         assert_eq!(s.figure("restarts_total"), Some(4.0));
         let screen = render(&Report { checked_at: 0.0, components: vec![s] });
-        assert!(screen.contains("running 1 of 2 · restarts 4 · not running: cdc"), "{screen}");
+        assert!(
+            screen.contains("running 1 of 2 · restarts 4 · memory 10.0 MiB of 1.0 GiB · not running: cdc"),
+            "{screen}"
+        );
     }
 
     #[test]

@@ -130,6 +130,15 @@ async fn status_reads_every_component_and_names_the_one_that_does_not_answer() {
     assert!(number(&c["processor"]["figures"]["last_checkpoint_age_seconds"]).is_some_and(|a| a < 60.0));
     assert!(number(&c["cdc"]["figures"]["last_commit_age_seconds"]).is_some_and(|a| a < 120.0), "{json:#}");
     assert!(c.get("up").is_none(), "only the components asked for");
+    // Every component's own memory, below what it may use (its cgroup's limit or the machine's).
+    for component in running {
+        let rss = number(&c[component]["figures"]["resident_memory_bytes"]);
+        let limit = number(&c[component]["figures"]["memory_limit_bytes"]);
+        assert!(
+            rss.zip(limit).is_some_and(|(rss, limit)| rss > f64::from(1 << 20) && rss < limit),
+            "{component}: {json:#}"
+        );
+    }
 
     // The screen: humanised, one block per component.
     let (code, screen, err) = status(&running, &env);

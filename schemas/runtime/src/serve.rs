@@ -9,12 +9,56 @@ use crate::resilience::Resilience;
 use axum::http::StatusCode;
 use axum::routing::get;
 
-/// A registry's metrics in Prometheus's text format.
+/// A registry's metrics in Prometheus's text format, followed by the process's own
+/// ([`Process`]).
 pub fn render(registry: &prometheus::Registry) -> String {
     use prometheus::Encoder;
+    let mut families = registry.gather();
+    families.extend(Process::get().gather());
     let mut buf = Vec::new();
-    prometheus::TextEncoder::new().encode(&registry.gather(), &mut buf).expect("text encoding");
+    prometheus::TextEncoder::new().encode(&families, &mut buf).expect("text encoding");
     String::from_utf8(buf).expect("metrics are UTF-8")
+}
+
+/// The process's metrics, the same in every service's `/metrics` and without the service's
+/// prefix, as Prometheus names them: the standard `process_*` (`process_resident_memory_bytes`,
+/// `process_virtual_memory_bytes`, `process_cpu_seconds_total`, `process_open_fds`,
+/// `process_max_fds`, `process_threads`, `process_start_time_seconds`; read from `/proc/self`
+/// at each scrape) and `rainbow_process_memory_limit_bytes{source}`, what the process may use
+/// ([`crate::memory::limit`]; read at each scrape too, as a container's limit can change).
+struct Process {
+    registry: prometheus::Registry,
+    limit: prometheus::IntGaugeVec,
+}
+
+impl Process {
+    fn get() -> &'static Process {
+        static PROCESS: std::sync::OnceLock<Process> = std::sync::OnceLock::new();
+        PROCESS.get_or_init(|| {
+            let registry = prometheus::Registry::new();
+            registry
+                .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+                .expect("registered once");
+            let limit = prometheus::IntGaugeVec::new(
+                prometheus::Opts::new(
+                    "rainbow_process_memory_limit_bytes",
+                    "Memory this process may use: its control group's limit (source=cgroup) where one is set below the machine's memory, else the machine's memory (source=machine)",
+                ),
+                &["source"],
+            )
+            .expect("valid metric");
+            registry.register(Box::new(limit.clone())).expect("registered once");
+            Process { registry, limit }
+        })
+    }
+
+    fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.limit.reset();
+        if let Some(l) = crate::memory::limit() {
+            self.limit.with_label_values(&[l.source]).set(i64::try_from(l.bytes).unwrap_or(i64::MAX));
+        }
+        self.registry.gather()
+    }
 }
 
 /// How long [`bind`] waits for an address in use to be released.
@@ -98,4 +142,38 @@ pub async fn endpoints(
             }),
         );
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::exposition::Exposition;
+
+    #[test]
+    fn every_metrics_page_has_the_process_own_memory_and_its_limit() {
+        let registry = prometheus::Registry::new_custom(Some("rainbow_test".into()), None).unwrap();
+        let counter = prometheus::IntCounter::new("things_total", "things").unwrap();
+        registry.register(Box::new(counter.clone())).unwrap();
+        counter.inc_by(3);
+        // A few MiB, so that the resident memory is more than the allocator's start-up pages.
+        let held = vec![1u8; 8 << 20];
+        let page = Exposition::parse(&super::render(&registry));
+        assert_eq!(page.sum("rainbow_test_things_total"), Some(3.0));
+        let rss = page.sum("process_resident_memory_bytes").expect("process_resident_memory_bytes");
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let vm_rss = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        let vm_rss: f64 = vm_rss.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() * 1024.0;
+        assert!(rss >= 8.0 * (1 << 20) as f64, "resident {rss} B with 8 MiB held");
+        // The same reading as the kernel's, within what the test's threads allocate meanwhile.
+        assert!((rss - vm_rss).abs() < 64.0 * (1 << 20) as f64, "{rss} against VmRSS {vm_rss}");
+        let limits: Vec<_> = page.series("rainbow_process_memory_limit_bytes").collect();
+        assert_eq!(limits.len(), 1, "one limit");
+        let source = limits[0].label("source").unwrap();
+        assert!(source == "cgroup" || source == "machine", "{source}");
+        assert!(limits[0].value > rss, "limit {} below the resident memory {rss}", limits[0].value);
+        assert!(
+            page.sum("process_cpu_seconds_total").is_some()
+                && page.sum("process_start_time_seconds").is_some()
+        );
+        drop(held);
+    }
 }

@@ -143,22 +143,32 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
 }
 
 /// Every `rainbow_<service>_*` metric that deploy/prometheus/rules.yml uses appears in `metrics`
-/// (the text of a live `/metrics`): the alert rules watch series the service really exports.
+/// (the text of a live `/metrics`), and so does every process metric the rules use
+/// (`process_*`, `rainbow_process_*`: every service's): the alert rules watch series the service
+/// really exports.
 pub fn assert_alert_metrics_exported(service: &str, metrics: &str) {
     let rules = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus/rules.yml"))
         .expect("deploy/prometheus/rules.yml");
     let prefix = format!("rainbow_{service}_");
-    let mut names: Vec<&str> = rules
-        .match_indices(&prefix)
-        .map(|(i, _)| {
-            let rest = &rules[i..];
-            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
-            &rest[..end]
-        })
-        .collect();
-    names.sort_unstable();
-    names.dedup();
+    let is_name_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let used = |prefix: &str| -> Vec<&str> {
+        let mut names: Vec<&str> = rules
+            .match_indices(prefix)
+            .filter(|(i, _)| !rules[..*i].ends_with(is_name_char))
+            .map(|(i, _)| {
+                let rest = &rules[i..];
+                &rest[..rest.find(|c: char| !is_name_char(c)).unwrap_or(rest.len())]
+            })
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    };
+    let mut names = used(&prefix);
     assert!(!names.is_empty(), "rules.yml uses no {prefix}* metric");
+    let process = [used("process_"), used("rainbow_process_")].concat();
+    assert!(process.contains(&"process_resident_memory_bytes"), "{process:?}");
+    names.extend(process);
     for name in names {
         // A histogram is exported as `<name>_bucket` (and `_sum`, `_count`).
         let exported = metrics.lines().any(|l| {
