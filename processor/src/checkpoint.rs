@@ -20,9 +20,10 @@ use serde::{Deserialize, Serialize};
 /// Leading bytes of every checkpoint object: format name and version.
 /// Version 4: one envelope for streaming and replay (fingerprint, the source it was read from,
 /// emitted selection, counts, sink and dead-letter state). Version 5: the core's state tracks
-/// incremental snapshots. Older checkpoints are refused with "bad magic or format version" and
-/// the engine starts over from the beginning of its input.
-pub const MAGIC: &[u8; 8] = b"RBWCKPT5";
+/// incremental snapshots. Version 6: the core's order lines are grouped by order. Older
+/// checkpoints are refused with "bad magic or format version" and the engine starts over from
+/// the beginning of its input.
+pub const MAGIC: &[u8; 8] = b"RBWCKPT6";
 
 /// Counts of what an engine did, kept in its checkpoints.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

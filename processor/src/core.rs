@@ -41,8 +41,7 @@
 //! order's commit); a line added to an order later still joins the versions of the order's commit.
 
 use crate::event::{
-    ChangeEvent, Customer, Op, Order, OrderLine, Payment, Position, Product, Promotion, Seller, SourceRow,
-    Table,
+    ChangeEvent, Customer, Op, Order, OrderLine, Payment, Position, Promotion, Seller, SourceRow, Table,
 };
 use rainbow_schemas::money::{Money, MoneyError, MoneySum};
 use rainbow_schemas::pricing::{line_amounts, CouponType, PromotionTerms};
@@ -301,17 +300,9 @@ impl Attributes for PromotionAttrs {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct ProductAttrs {
-    /// Shared by the product's versions and their rows (the same text as the last version's is
-    /// not copied again); serialised as a string.
-    name: Arc<str>,
-    price: Money,
-    original_price: Money,
-    rating_average: Money,
-    review_count: i64,
-    sold_count: i64,
+    row: ProductRow,
     category: Arc<str>,
     brand: Arc<str>,
-    seller_id: i64,
 }
 
 impl Attributes for ProductAttrs {
@@ -319,21 +310,21 @@ impl Attributes for ProductAttrs {
     type Hist = i64;
     const NAME: &'static str = "product";
     fn hist(&self) -> i64 {
-        self.seller_id
+        self.row.seller_id
     }
     fn emit(&self, id: i64, v: &OpenVersion<Self>, valid_to: u32, version: u64, out: &mut Outputs) {
         out.dim_products.push(DimProduct {
             product_key: SurrogateKey(v.key),
             product_id: id,
-            name: self.name.clone(),
-            price: self.price,
-            original_price: self.original_price,
-            rating_average: self.rating_average.0 as i32,
-            review_count: self.review_count,
-            sold_count: self.sold_count,
+            name: self.row.name.clone(),
+            price: self.row.price,
+            original_price: self.row.original_price,
+            rating_average: self.row.rating_average.0 as i32,
+            review_count: self.row.review_count,
+            sold_count: self.row.sold_count,
             category: self.category.clone(),
             brand: self.brand.clone(),
-            seller_id: self.seller_id,
+            seller_id: self.row.seller_id,
             valid_from: v.valid_from,
             valid_to,
             is_current: is_open(valid_to),
@@ -361,9 +352,21 @@ fn upsert<A: Attributes>(
     }
     let open = OpenVersion { key: surrogate_key(A::NAME, id, ctx.at), valid_from: time, attrs };
     open.attrs.emit(id, &open, OPEN_VALID_TO, ctx.version, out);
+    member.openings.reserve_exact(opening_growth(member.openings.len(), member.openings.capacity()));
     member.openings.push((ctx.at, open.key, open.attrs.hist()));
     member.current = Some(open);
     true
+}
+
+/// Room to add to a member's openings before a push: none while there is some; else exactly
+/// one for the first (most members never change: a vector's first growth would give four), then
+/// half the length again (growth by 1.5, amortised as doubling is).
+fn opening_growth(len: usize, capacity: usize) -> usize {
+    if len < capacity {
+        0
+    } else {
+        (len / 2).max(1)
+    }
 }
 
 /// Closes the open version, if any.
@@ -393,15 +396,30 @@ fn change_time<A: Attributes>(member: &Member<A, A::Hist>, ctx: Ctx) -> u32 {
 /// A dimension's members by natural id: hashed, as every fact looks up several (a B-tree's
 /// walk was a visible share of the core's time); iterated only in sorted id order, by
 /// [`Core::retain`]. Boxed, so that the table's free slots (up to half of it after a growth)
-/// cost a pointer each, not a member's size: 110 B of resident memory per dimension key,
-/// against 232 B in a B-tree of inline members (`processor-bench core`).
+/// cost a pointer each, not a member's size (`processor-bench core` measures the state's
+/// resident memory per dimension key).
 type Dim<A> = IdMap<Box<Member<A, <A as Attributes>::Hist>>>;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct ProductSource {
     category_id: i64,
     brand_id: i64,
-    row: Option<Product>,
+    row: Option<ProductRow>,
+}
+
+/// A product's source row without its category and brand ids: what [`Core::refresh_product`]
+/// keeps of it, and with the category's and the brand's names, a version's attributes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ProductRow {
+    /// Shared by the source row, the product's versions and their rows (the same text as the
+    /// last one's is not copied again); serialised as a string.
+    name: Arc<str>,
+    price: Money,
+    original_price: Money,
+    rating_average: Money,
+    review_count: i64,
+    sold_count: i64,
+    seller_id: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -418,6 +436,72 @@ struct OrderState {
 struct LineState {
     source: OrderLine,
     fact: FactKeys,
+}
+
+/// The live order lines, grouped by order: per order id, its lines sorted by product id, in a
+/// vector of exactly their number: the line's own 128 B and a share of its order's entry. A
+/// B-tree keyed by (order id, product id) took 164 B more per line, in its keys and its nodes'
+/// slack (`processor-bench core`: the state at the seed's volume, 1.09 M lines, 391 -> 221 MiB
+/// of resident memory). What reaches rows goes through
+/// [`Lines::keys_sorted`] or one order's lines, both in key order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Lines {
+    by_order: IdMap<Vec<LineState>>,
+    len: usize,
+}
+
+impl Lines {
+    fn position(lines: &[LineState], product_id: i64) -> Result<usize, usize> {
+        lines.binary_search_by_key(&product_id, |l| l.source.product_id)
+    }
+
+    fn get(&self, (order_id, product_id): (i64, i64)) -> Option<&LineState> {
+        let lines = self.by_order.get(&order_id)?;
+        Self::position(lines, product_id).ok().map(|i| &lines[i])
+    }
+
+    /// Inserts or replaces the line of `line.source`'s key.
+    fn insert(&mut self, line: LineState) {
+        let lines = self.by_order.entry(line.source.order_id).or_default();
+        match Self::position(lines, line.source.product_id) {
+            Ok(i) => lines[i] = line,
+            Err(i) => {
+                // Grown one line at a time: a vector's doubling would leave a third of it empty.
+                lines.reserve_exact(1);
+                lines.insert(i, line);
+                self.len += 1;
+            }
+        }
+    }
+
+    fn remove(&mut self, (order_id, product_id): (i64, i64)) -> Option<LineState> {
+        let lines = self.by_order.get_mut(&order_id)?;
+        let line = lines.remove(Self::position(lines, product_id).ok()?);
+        self.len -= 1;
+        if lines.is_empty() {
+            self.by_order.remove(&order_id);
+        } else {
+            lines.shrink_to_fit();
+        }
+        Some(line)
+    }
+
+    /// One order's lines, by product id.
+    fn of_order(&self, order_id: i64) -> &[LineState] {
+        self.by_order.get(&order_id).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every line's key, in key order.
+    fn keys_sorted(&self) -> Vec<(i64, i64)> {
+        let mut keys: Vec<(i64, i64)> =
+            self.by_order.values().flatten().map(|l| (l.source.order_id, l.source.product_id)).collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -516,11 +600,11 @@ pub struct State {
     payments: Dim<PaymentAttrs>,
     promotions: Dim<PromotionAttrs>,
     products: Dim<ProductAttrs>,
-    product_sources: BTreeMap<i64, ProductSource>,
+    product_sources: IdMap<Box<ProductSource>>,
     products_by_brand: BTreeMap<i64, BTreeSet<i64>>,
     products_by_category: BTreeMap<i64, BTreeSet<i64>>,
     orders: IdMap<OrderState>,
-    lines: BTreeMap<(i64, i64), LineState>,
+    lines: Lines,
     dates: BTreeSet<u32>,
     aggregates: Aggregates,
     /// The snapshot rows of one table being applied, and the keys they delivered.
@@ -912,7 +996,19 @@ impl Core {
                 }
                 src.brand_id = p.brand_id;
                 src.category_id = p.category_id;
-                src.row = Some(p.clone());
+                let name = match &src.row {
+                    Some(row) if *row.name == *p.name => row.name.clone(),
+                    _ => Arc::from(p.name.as_str()),
+                };
+                src.row = Some(ProductRow {
+                    name,
+                    price: p.price,
+                    original_price: p.original_price,
+                    rating_average: p.rating_average,
+                    review_count: p.review_count,
+                    sold_count: p.sold_count,
+                    seller_id: p.seller_id,
+                });
                 s.products_by_brand.entry(p.brand_id).or_default().insert(p.id);
                 s.products_by_category.entry(p.category_id).or_default().insert(p.id);
                 self.refresh_product(p.id, ctx, out);
@@ -1099,7 +1195,7 @@ impl Core {
                 }
             }
             Table::Orderdetails => {
-                let keys: Vec<(i64, i64)> = s.lines.keys().copied().filter(|k| !keep(*k)).collect();
+                let keys: Vec<(i64, i64)> = s.lines.keys_sorted().into_iter().filter(|k| !keep(*k)).collect();
                 for (o, p) in keys {
                     self.delete_line(o, p, ctx, out);
                 }
@@ -1167,24 +1263,15 @@ impl Core {
     /// category names, versioning it if they changed.
     fn refresh_product(&mut self, id: i64, ctx: Ctx, out: &mut Outputs) {
         let s = &mut self.state;
-        let Some(p) = s.product_sources.get(&id).and_then(|src| src.row.as_ref()) else { return };
+        let Some(src) = s.product_sources.get(&id) else { return };
+        let Some(p) = &src.row else { return };
         let member = member_of(&mut s.products, id);
-        let name = match &member.current {
-            Some(cur) if *cur.attrs.name == *p.name => cur.attrs.name.clone(),
-            _ => Arc::from(p.name.as_str()),
-        };
         let attrs = ProductAttrs {
-            name,
-            price: p.price,
-            original_price: p.original_price,
-            rating_average: p.rating_average,
-            review_count: p.review_count,
-            sold_count: p.sold_count,
-            category: s.categories.get(&p.category_id).cloned().unwrap_or_default(),
-            brand: s.brands.get(&p.brand_id).cloned().unwrap_or_default(),
-            seller_id: p.seller_id,
+            row: p.clone(),
+            category: s.categories.get(&src.category_id).cloned().unwrap_or_default(),
+            brand: s.brands.get(&src.brand_id).cloned().unwrap_or_default(),
         };
-        let (name, category) = (attrs.name.clone(), attrs.category.clone());
+        let (name, category) = (attrs.row.name.clone(), attrs.category.clone());
         if upsert(member, id, attrs, ctx, out) {
             let a = &mut s.aggregates;
             if let Some(g) = a.products.get_mut(&id) {
@@ -1214,12 +1301,8 @@ impl Core {
             Some(old) if old == new => {}
             Some(old) => {
                 // Validate every line against the new order before changing anything.
-                let lines: Vec<OrderLine> = self
-                    .state
-                    .lines
-                    .range((o.id, i64::MIN)..=(o.id, i64::MAX))
-                    .map(|(_, l)| l.source.clone())
-                    .collect();
+                let lines: Vec<OrderLine> =
+                    self.state.lines.of_order(o.id).iter().map(|l| l.source.clone()).collect();
                 self.state.orders.insert(o.id, new.clone());
                 let built: Result<Vec<FactKeys>, Rejected> =
                     lines.iter().map(|l| self.build_fact(l)).collect();
@@ -1322,7 +1405,7 @@ impl Core {
 
     fn upsert_line(&mut self, l: &OrderLine, ctx: Ctx, out: &mut Outputs) -> Result<(), Rejected> {
         let fact = self.build_fact(l)?;
-        if let Some(old) = self.state.lines.get(&(l.order_id, l.product_id)) {
+        if let Some(old) = self.state.lines.get((l.order_id, l.product_id)) {
             if old.source == *l && old.fact == fact {
                 return Ok(());
             }
@@ -1334,7 +1417,7 @@ impl Core {
     /// Retracts the line's old contribution (if any), applies the new one and emits its fact.
     fn replace_line(&mut self, l: &OrderLine, fact: FactKeys, ctx: Ctx, out: &mut Outputs) {
         let key = (l.order_id, l.product_id);
-        if let Some(old) = self.state.lines.remove(&key) {
+        if let Some(old) = self.state.lines.remove(key) {
             self.contribute(&old, -1);
         }
         let line = LineState { source: l.clone(), fact };
@@ -1343,11 +1426,11 @@ impl Core {
             out.dim_dates.push(dim_date(fact.date_key));
         }
         out.fact_sales.push(fact_row(&line, ctx.version, 0));
-        self.state.lines.insert(key, line);
+        self.state.lines.insert(line);
     }
 
     fn delete_line(&mut self, order_id: i64, product_id: i64, ctx: Ctx, out: &mut Outputs) {
-        if let Some(old) = self.state.lines.remove(&(order_id, product_id)) {
+        if let Some(old) = self.state.lines.remove((order_id, product_id)) {
             self.contribute(&old, -1);
             out.fact_sales.push(fact_row(&old, ctx.version, 1));
         }
@@ -1380,7 +1463,7 @@ impl Core {
             .entry(product_id)
             .or_insert_with(|| {
                 let (label, label2) = current(products, product_id)
-                    .map(|v| (v.attrs.name.to_string(), v.attrs.category.to_string()))
+                    .map(|v| (v.attrs.row.name.to_string(), v.attrs.category.to_string()))
                     .unwrap_or_default();
                 Labeled { label, label2, ..Default::default() }
             })

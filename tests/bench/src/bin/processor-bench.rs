@@ -42,13 +42,23 @@ fn generate(orders: u64) -> Vec<ChangeEvent> {
     events
 }
 
+/// Resident memory, after the allocator returned what it held freed (it keeps freed pages for a
+/// while, and whether that while had passed made the figures vary from run to run).
+fn resident_kib() -> u64 {
+    rainbow_runtime::memory::return_freed_memory();
+    rss_kib("VmRSS:")
+}
+
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_else(|| "core".into());
     let orders = arg("--orders", 220_000);
+    // Measured first, while the allocator holds no memory that earlier phases freed (it would
+    // be reused, and hide part of what the dimensions take).
+    let dimensions = (mode == "core").then(dimension_memory);
     eprintln!("generating a workload of {orders} orders at the seed's shape ...");
     let events = generate(orders);
     match mode.as_str() {
-        "core" => core_bench(&events),
+        "core" => core_bench(&events, dimensions.expect("measured above")),
         "kafka" => kafka_bench(&events),
         other => {
             eprintln!("unknown mode {other}: core | kafka");
@@ -57,9 +67,9 @@ fn main() {
     }
 }
 
-fn core_bench(events: &[ChangeEvent]) {
+fn core_bench(events: &[ChangeEvent], dimensions: DimensionMemory) {
     let json: Vec<Vec<u8>> = events.iter().map(|e| to_debezium_json(e).1).collect();
-    let rss_before = rss_kib("VmRSS:");
+    let rss_before = resident_kib();
     let mut core = Core::new(0);
     let mut out = Outputs::default();
     let mut rows = 0usize;
@@ -75,7 +85,7 @@ fn core_bench(events: &[ChangeEvent]) {
     core.seal_before(Position { commit: u64::MAX, change: 0, table: 0 }, &mut out);
     rows += out.len();
     let apply = started.elapsed();
-    let rss_state = rss_kib("VmRSS:").saturating_sub(rss_before);
+    let rss_state = resident_kib().saturating_sub(rss_before);
     let size = core.size();
     let checkpoint = checkpoint_cost(&core);
     drop(core);
@@ -123,7 +133,8 @@ fn core_bench(events: &[ChangeEvent]) {
         "| peak RSS of the process (workload included) | {:.0} MiB |",
         rss_kib("VmHWM:") as f64 / 1024.0
     );
-    dimension_memory();
+    println!("| dimension keys (a catalogue snapshot) | {} |", dimensions.keys);
+    println!("| resident memory per dimension key | {:.0} B |", dimensions.bytes_per_key);
 }
 
 /// A checkpoint of the state: its size, and how long the engine's thread is held up by one of
@@ -162,13 +173,18 @@ fn checkpoint_cost(core: &Core) -> CheckpointCost {
     CheckpointCost { bytes: bytes.len(), in_place, fork, in_child }
 }
 
+struct DimensionMemory {
+    keys: usize,
+    bytes_per_key: f64,
+}
+
 /// The state's resident memory per dimension key: the snapshot of a catalogue of a million
 /// customers and a million products (one current version each), applied to an empty core.
-fn dimension_memory() {
+fn dimension_memory() -> DimensionMemory {
     let config =
         WorkloadConfig { customers: 1_000_000, products: 1_000_000, ..WorkloadConfig::seed_volume() };
     let events = Workload::new(config, 7).snapshot();
-    let rss_before = rss_kib("VmRSS:");
+    let rss_before = resident_kib();
     let mut core = Core::new(0);
     let mut out = Outputs::default();
     for e in &events {
@@ -179,10 +195,9 @@ fn dimension_memory() {
         }
     }
     drop(out);
-    let rss = rss_kib("VmRSS:").saturating_sub(rss_before);
+    let rss = resident_kib().saturating_sub(rss_before);
     let keys = core.size().dimension_versions;
-    println!("| dimension keys (a catalogue snapshot) | {keys} |");
-    println!("| resident memory per dimension key | {:.0} B |", rss as f64 * 1024.0 / keys as f64);
+    DimensionMemory { keys, bytes_per_key: rss as f64 * 1024.0 / keys as f64 }
 }
 
 fn kafka_bench(events: &[ChangeEvent]) {
