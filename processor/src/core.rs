@@ -441,7 +441,7 @@ struct LineState {
 /// The live order lines, grouped by order: per order id, its lines sorted by product id, in a
 /// vector of exactly their number: the line's own 128 B and a share of its order's entry. A
 /// B-tree keyed by (order id, product id) took 164 B more per line, in its keys and its nodes'
-/// slack (`processor-bench core`: the state at the seed's volume, 1.09 M lines, 391 -> 221 MiB
+/// slack (`processor-bench core`: the state at the seed's volume, 1.09 M lines, 391 -> 220 MiB
 /// of resident memory). What reaches rows goes through
 /// [`Lines::keys_sorted`] or one order's lines, both in key order.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

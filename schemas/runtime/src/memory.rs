@@ -20,8 +20,9 @@ pub fn purge_freed_memory_after(ms: u32) {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, std::ffi::c_long::from(ms)) }
 }
 
-/// Returns to the system at once what the allocator holds freed (every thread's), as the purge
-/// delay would in time: for a measurement of resident memory that counts only what is in use.
+/// Returns to the system at once what the allocator holds freed by the calling thread (and its
+/// free segments), as the purge delay would in time: for a measurement of resident memory, on
+/// that thread, that counts only what is in use.
 pub fn return_freed_memory() {
     // SAFETY: mi_collect only walks mimalloc's own heaps.
     unsafe { libmimalloc_sys::mi_collect(true) }

@@ -36,6 +36,8 @@ impl Process {
         static PROCESS: std::sync::OnceLock<Process> = std::sync::OnceLock::new();
         PROCESS.get_or_init(|| {
             let registry = prometheus::Registry::new();
+            // The crate's process collector reads /proc: Linux only.
+            #[cfg(target_os = "linux")]
             registry
                 .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
                 .expect("registered once");
@@ -53,9 +55,12 @@ impl Process {
     }
 
     fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
-        self.limit.reset();
+        // Set, then the other source's series removed (not the whole vector reset first: a
+        // concurrent scrape would find no series between the two).
         if let Some(l) = crate::memory::limit() {
             self.limit.with_label_values(&[l.source]).set(i64::try_from(l.bytes).unwrap_or(i64::MAX));
+            let other = if l.source == "cgroup" { "machine" } else { "cgroup" };
+            let _ = self.limit.remove_label_values(&[other]);
         }
         self.registry.gather()
     }
