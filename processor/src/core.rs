@@ -447,7 +447,6 @@ struct LineState {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Lines {
     by_order: IdMap<Vec<LineState>>,
-    len: usize,
 }
 
 impl Lines {
@@ -469,7 +468,6 @@ impl Lines {
                 // Grown one line at a time: a vector's doubling would leave a third of it empty.
                 lines.reserve_exact(1);
                 lines.insert(i, line);
-                self.len += 1;
             }
         }
     }
@@ -477,7 +475,6 @@ impl Lines {
     fn remove(&mut self, (order_id, product_id): (i64, i64)) -> Option<LineState> {
         let lines = self.by_order.get_mut(&order_id)?;
         let line = lines.remove(Self::position(lines, product_id).ok()?);
-        self.len -= 1;
         if lines.is_empty() {
             self.by_order.remove(&order_id);
         } else {
@@ -499,8 +496,9 @@ impl Lines {
         keys
     }
 
+    /// How many lines (a walk over the orders, as [`Core::size`] walks the dimensions).
     fn len(&self) -> usize {
-        self.len
+        self.by_order.values().map(Vec::len).sum()
     }
 }
 
