@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 /// incremental snapshots. Version 6: the core's order lines are grouped by order. Older
 /// checkpoints are refused with "bad magic or format version" and the engine starts over from
 /// the beginning of its input.
-pub const MAGIC: &[u8; 8] = b"RBWCKPT6";
+pub const MAGIC: &[u8; 8] = b"RBWCKPT7";
 
 /// Counts of what an engine did, kept in its checkpoints.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -148,18 +148,20 @@ struct OpenVersion<A> {
     attrs: A,
 }
 
-/// One dimension member: its open version (if not deleted) and every version's opening, for
-/// as-of lookups. `H` is what facts need of a past version.
+/// One dimension member: its open version (if not deleted), every version's opening for as-of
+/// lookups (with what facts need of a past version, [`Attributes::Hist`]), and what the dimension
+/// keeps of its source row beside the versions ([`Attributes::Source`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Member<A, H> {
+struct Member<A: Attributes> {
     current: Option<OpenVersion<A>>,
-    openings: Vec<(Position, u64, H)>,
+    openings: Vec<(Position, u64, A::Hist)>,
+    source: A::Source,
 }
 
-impl<A, H: Copy> Member<A, H> {
+impl<A: Attributes> Member<A> {
     /// The version current at `at`: the last opened at or before it (the first, for a position
     /// before any version opened).
-    fn as_of(&self, at: Position) -> Option<(u64, H)> {
+    fn as_of(&self, at: Position) -> Option<(u64, A::Hist)> {
         let i = self.openings.partition_point(|(p, _, _)| *p <= at);
         self.openings.get(i.saturating_sub(1)).map(|(_, k, h)| (*k, *h))
     }
@@ -167,7 +169,10 @@ impl<A, H: Copy> Member<A, H> {
 
 /// Tracked attributes of a dimension and how its rows look.
 trait Attributes: Clone + PartialEq {
-    type Hist: Copy;
+    type Hist: Copy + std::fmt::Debug + PartialEq + Serialize + serde::de::DeserializeOwned;
+    /// What the member keeps of its source row besides its versions' attributes, whatever its
+    /// versions: `()` but for products. Meaningful while a version is open.
+    type Source: Clone + Default + std::fmt::Debug + PartialEq + Serialize + serde::de::DeserializeOwned;
     const NAME: &'static str;
     fn hist(&self) -> Self::Hist;
     fn emit(&self, id: i64, v: &OpenVersion<Self>, valid_to: u32, version: u64, out: &mut Outputs);
@@ -177,26 +182,74 @@ fn is_open(valid_to: u32) -> u8 {
     u8::from(valid_to == OPEN_VALID_TO)
 }
 
+/// A customer's name, email, phone and address (absent: empty), one after the other in one
+/// allocation: four strings took 64 B more in the member, and an allocation each
+/// (`processor-bench dimensions`). Serialised as the text and where each column ends, checked
+/// when read back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "CustomerText")]
 struct CustomerAttrs {
-    name: String,
-    email: String,
-    phone: String,
-    address: String,
+    text: Box<str>,
+    /// Where the name, the email and the phone end in `text` (the address ends with it).
+    ends: [usize; 3],
+}
+
+#[derive(Deserialize)]
+struct CustomerText {
+    text: Box<str>,
+    ends: [usize; 3],
+}
+
+impl TryFrom<CustomerText> for CustomerAttrs {
+    type Error = &'static str;
+    fn try_from(t: CustomerText) -> Result<Self, Self::Error> {
+        let bounds = [0, t.ends[0], t.ends[1], t.ends[2], t.text.len()];
+        if bounds.windows(2).all(|w| w[0] <= w[1]) && t.ends.iter().all(|e| t.text.is_char_boundary(*e)) {
+            Ok(CustomerAttrs { text: t.text, ends: t.ends })
+        } else {
+            Err("a customer's columns do not divide its text")
+        }
+    }
+}
+
+impl CustomerAttrs {
+    fn new(columns: [&str; 4]) -> CustomerAttrs {
+        let mut text = String::with_capacity(columns.iter().map(|c| c.len()).sum());
+        let mut ends = [0; 3];
+        for (i, column) in columns.iter().enumerate() {
+            text.push_str(column);
+            if let Some(end) = ends.get_mut(i) {
+                *end = text.len();
+            }
+        }
+        CustomerAttrs { text: text.into_boxed_str(), ends }
+    }
+
+    /// Column `i`: 0 name, 1 email, 2 phone, 3 address.
+    fn column(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        let end = self.ends.get(i).copied().unwrap_or(self.text.len());
+        &self.text[start..end]
+    }
+
+    fn name(&self) -> &str {
+        self.column(0)
+    }
 }
 
 impl Attributes for CustomerAttrs {
     type Hist = ();
+    type Source = ();
     const NAME: &'static str = "customer";
     fn hist(&self) {}
     fn emit(&self, id: i64, v: &OpenVersion<Self>, valid_to: u32, version: u64, out: &mut Outputs) {
         out.dim_customers.push(DimCustomer {
             customer_key: SurrogateKey(v.key),
             customer_id: id,
-            name: self.name.clone(),
-            email: self.email.clone(),
-            phone: self.phone.clone(),
-            address: self.address.clone(),
+            name: self.column(0).to_string(),
+            email: self.column(1).to_string(),
+            phone: self.column(2).to_string(),
+            address: self.column(3).to_string(),
             valid_from: v.valid_from,
             valid_to,
             is_current: is_open(valid_to),
@@ -213,6 +266,7 @@ struct SellerAttrs {
 
 impl Attributes for SellerAttrs {
     type Hist = ();
+    type Source = ();
     const NAME: &'static str = "seller";
     fn hist(&self) {}
     fn emit(&self, id: i64, v: &OpenVersion<Self>, valid_to: u32, version: u64, out: &mut Outputs) {
@@ -236,6 +290,7 @@ struct PaymentAttrs {
 
 impl Attributes for PaymentAttrs {
     type Hist = ();
+    type Source = ();
     const NAME: &'static str = "payment";
     fn hist(&self) {}
     fn emit(&self, id: i64, v: &OpenVersion<Self>, valid_to: u32, version: u64, out: &mut Outputs) {
@@ -278,6 +333,7 @@ impl From<CouponTypeSer> for CouponType {
 impl Attributes for PromotionAttrs {
     /// Coupon type and treatment: what a line needs to price itself as of its order.
     type Hist = (CouponTypeSer, Money);
+    type Source = ();
     const NAME: &'static str = "promotion";
     fn hist(&self) -> Self::Hist {
         (self.coupon_type, self.price_treatment)
@@ -308,6 +364,8 @@ struct ProductAttrs {
 impl Attributes for ProductAttrs {
     /// The seller, for the fact's seller key and the top-sellers group.
     type Hist = i64;
+    /// Where its category's and brand's names come from (the names change by themselves).
+    type Source = ProductIds;
     const NAME: &'static str = "product";
     fn hist(&self) -> i64 {
         self.row.seller_id
@@ -336,13 +394,7 @@ impl Attributes for ProductAttrs {
 
 /// Applies a new state of one member: closes and opens versions as SCD2 says. Returns whether a
 /// version was opened.
-fn upsert<A: Attributes>(
-    member: &mut Member<A, A::Hist>,
-    id: i64,
-    attrs: A,
-    ctx: Ctx,
-    out: &mut Outputs,
-) -> bool {
+fn upsert<A: Attributes>(member: &mut Member<A>, id: i64, attrs: A, ctx: Ctx, out: &mut Outputs) -> bool {
     if member.current.as_ref().is_some_and(|cur| cur.attrs == attrs) {
         return false;
     }
@@ -370,11 +422,28 @@ fn opening_growth(len: usize, capacity: usize) -> usize {
 }
 
 /// Closes the open version, if any.
-fn close<A: Attributes>(member: &mut Member<A, A::Hist>, id: i64, ctx: Ctx, out: &mut Outputs) {
+fn close<A: Attributes>(member: &mut Member<A>, id: i64, ctx: Ctx, out: &mut Outputs) {
     let time = change_time(member, ctx);
     if let Some(cur) = member.current.take() {
         cur.attrs.emit(id, &cur, time, ctx.version, out);
     }
+}
+
+/// Closes a product's open version, if any, and takes it out of its brand's and category's sets
+/// (they hold the products with an open version).
+fn close_product(
+    member: &mut Member<ProductAttrs>,
+    id: i64,
+    by_brand: &mut BTreeMap<i64, BTreeSet<i64>>,
+    by_category: &mut BTreeMap<i64, BTreeSet<i64>>,
+    ctx: Ctx,
+    out: &mut Outputs,
+) {
+    if member.current.is_some() {
+        remove_index(by_brand, member.source.brand_id, id);
+        remove_index(by_category, member.source.category_id, id);
+    }
+    close(member, id, ctx, out);
 }
 
 /// When a change of `member` takes effect: its commit time, but never before the open version
@@ -383,7 +452,7 @@ fn close<A: Attributes>(member: &mut Member<A, A::Hist>, id: i64, ctx: Ctx, out:
 /// snapshot's consistent point; and commit times are not strictly in commit (LSN) order. Such a
 /// version lasts zero seconds; which version a fact belongs to is decided by positions, not times.
 /// Each such change is counted ([`Core::take_moved_starts`]).
-fn change_time<A: Attributes>(member: &Member<A, A::Hist>, ctx: Ctx) -> u32 {
+fn change_time<A: Attributes>(member: &Member<A>, ctx: Ctx) -> u32 {
     match &member.current {
         Some(cur) if cur.valid_from > ctx.time => {
             ctx.moved.set(ctx.moved.get() + 1);
@@ -398,17 +467,18 @@ fn change_time<A: Attributes>(member: &Member<A, A::Hist>, ctx: Ctx) -> u32 {
 /// [`Core::retain`]. Boxed, so that the table's free slots (up to half of it after a growth)
 /// cost a pointer each, not a member's size (`processor-bench core` measures the state's
 /// resident memory per dimension key).
-type Dim<A> = IdMap<Box<Member<A, <A as Attributes>::Hist>>>;
+type Dim<A> = IdMap<Box<Member<A>>>;
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct ProductSource {
+/// A product's category and brand.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+struct ProductIds {
     category_id: i64,
     brand_id: i64,
-    row: Option<ProductRow>,
 }
 
-/// A product's source row without its category and brand ids: what [`Core::refresh_product`]
-/// keeps of it, and with the category's and the brand's names, a version's attributes.
+/// A product's source row without its category and brand ids: with the category's and the
+/// brand's names, a version's attributes. The open version's is the source row's (the member
+/// keeps no other copy: [`Core::refresh_product`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct ProductRow {
     /// Shared by the source row, the product's versions and their rows (the same text as the
@@ -598,7 +668,7 @@ pub struct State {
     payments: Dim<PaymentAttrs>,
     promotions: Dim<PromotionAttrs>,
     products: Dim<ProductAttrs>,
-    product_sources: IdMap<Box<ProductSource>>,
+    /// The products with an open version, by brand and by category: those a rename versions.
     products_by_brand: BTreeMap<i64, BTreeSet<i64>>,
     products_by_category: BTreeMap<i64, BTreeSet<i64>>,
     orders: IdMap<OrderState>,
@@ -962,7 +1032,7 @@ impl Core {
                         .map(|p| p.iter().copied().collect())
                         .unwrap_or_default();
                     for id in ids {
-                        self.refresh_product(id, ctx, out);
+                        self.refresh_product(id, None, ctx, out);
                     }
                 }
             }
@@ -974,7 +1044,7 @@ impl Core {
                         .map(|p| p.iter().copied().collect())
                         .unwrap_or_default();
                     for id in ids {
-                        self.refresh_product(id, ctx, out);
+                        self.refresh_product(id, None, ctx, out);
                     }
                 }
             }
@@ -983,22 +1053,28 @@ impl Core {
             SourceRow::Payment(p) => self.upsert_payment(p, ctx, out),
             SourceRow::Promotion(p) => self.upsert_promotion(p, ctx, out),
             SourceRow::Product(p) => {
-                let src = s.product_sources.entry(p.id).or_default();
-                if src.row.is_some() {
-                    if src.brand_id != p.brand_id {
-                        remove_index(&mut s.products_by_brand, src.brand_id, p.id);
+                let member = member_of(&mut s.products, p.id);
+                let ids = ProductIds { category_id: p.category_id, brand_id: p.brand_id };
+                let name = match &member.current {
+                    Some(open) => {
+                        let old = member.source;
+                        if old.brand_id != ids.brand_id {
+                            remove_index(&mut s.products_by_brand, old.brand_id, p.id);
+                        }
+                        if old.category_id != ids.category_id {
+                            remove_index(&mut s.products_by_category, old.category_id, p.id);
+                        }
+                        let name = &open.attrs.row.name;
+                        if **name == *p.name {
+                            name.clone()
+                        } else {
+                            Arc::from(p.name.as_str())
+                        }
                     }
-                    if src.category_id != p.category_id {
-                        remove_index(&mut s.products_by_category, src.category_id, p.id);
-                    }
-                }
-                src.brand_id = p.brand_id;
-                src.category_id = p.category_id;
-                let name = match &src.row {
-                    Some(row) if *row.name == *p.name => row.name.clone(),
-                    _ => Arc::from(p.name.as_str()),
+                    None => Arc::from(p.name.as_str()),
                 };
-                src.row = Some(ProductRow {
+                member.source = ids;
+                let row = ProductRow {
                     name,
                     price: p.price,
                     original_price: p.original_price,
@@ -1006,10 +1082,10 @@ impl Core {
                     review_count: p.review_count,
                     sold_count: p.sold_count,
                     seller_id: p.seller_id,
-                });
+                };
                 s.products_by_brand.entry(p.brand_id).or_default().insert(p.id);
                 s.products_by_category.entry(p.category_id).or_default().insert(p.id);
-                self.refresh_product(p.id, ctx, out);
+                self.refresh_product(p.id, Some(row), ctx, out);
             }
             SourceRow::Order(o) => self.upsert_order(o, ctx, out)?,
             SourceRow::OrderLine(l) => self.upsert_line(l, ctx, out)?,
@@ -1051,11 +1127,7 @@ impl Core {
             }
             SourceRow::Product(p) => {
                 if let Some(m) = s.products.get_mut(&p.id) {
-                    close(m, p.id, ctx, out);
-                }
-                if let Some(src) = s.product_sources.remove(&p.id) {
-                    remove_index(&mut s.products_by_brand, src.brand_id, p.id);
-                    remove_index(&mut s.products_by_category, src.category_id, p.id);
+                    close_product(m, p.id, &mut s.products_by_brand, &mut s.products_by_category, ctx, out);
                 }
             }
             SourceRow::Order(o) => {
@@ -1174,15 +1246,9 @@ impl Core {
                 }
             }
             Table::Products => {
-                let ids: BTreeSet<i64> = s.products.keys().chain(s.product_sources.keys()).copied().collect();
-                for id in gone(ids.into_iter().collect()) {
-                    if let Some(m) = s.products.get_mut(&id) {
-                        close(m, id, ctx, out);
-                    }
-                    if let Some(src) = s.product_sources.remove(&id) {
-                        remove_index(&mut s.products_by_brand, src.brand_id, id);
-                        remove_index(&mut s.products_by_category, src.category_id, id);
-                    }
+                for id in gone(sorted(s.products.keys())) {
+                    let m = s.products.get_mut(&id).expect("listed");
+                    close_product(m, id, &mut s.products_by_brand, &mut s.products_by_category, ctx, out);
                 }
             }
             Table::Orders => {
@@ -1203,12 +1269,12 @@ impl Core {
     }
 
     fn upsert_customer(&mut self, c: &Customer, ctx: Ctx, out: &mut Outputs) {
-        let attrs = CustomerAttrs {
-            name: c.name.clone(),
-            email: c.email.clone(),
-            phone: c.phone.clone().unwrap_or_default(),
-            address: c.address.clone().unwrap_or_default(),
-        };
+        let attrs = CustomerAttrs::new([
+            &c.name,
+            &c.email,
+            c.phone.as_deref().unwrap_or_default(),
+            c.address.as_deref().unwrap_or_default(),
+        ]);
         let member = member_of(&mut self.state.customers, c.id);
         if upsert(member, c.id, attrs, ctx, out) {
             let a = &mut self.state.aggregates;
@@ -1257,17 +1323,18 @@ impl Core {
         upsert(member, p.id, attrs, ctx, out);
     }
 
-    /// Re-derives a product's tracked attributes from its source row and the current brand and
+    /// Re-derives a product's tracked attributes from its source row (`row`, or else the open
+    /// version's: a product without one is deleted, and stays so) and the current brand and
     /// category names, versioning it if they changed.
-    fn refresh_product(&mut self, id: i64, ctx: Ctx, out: &mut Outputs) {
+    fn refresh_product(&mut self, id: i64, row: Option<ProductRow>, ctx: Ctx, out: &mut Outputs) {
         let s = &mut self.state;
-        let Some(src) = s.product_sources.get(&id) else { return };
-        let Some(p) = &src.row else { return };
-        let member = member_of(&mut s.products, id);
+        let Some(member) = s.products.get_mut(&id) else { return };
+        let Some(row) = row.or_else(|| member.current.as_ref().map(|v| v.attrs.row.clone())) else { return };
+        let ids = member.source;
         let attrs = ProductAttrs {
-            row: p.clone(),
-            category: s.categories.get(&src.category_id).cloned().unwrap_or_default(),
-            brand: s.brands.get(&src.brand_id).cloned().unwrap_or_default(),
+            row,
+            category: s.categories.get(&ids.category_id).cloned().unwrap_or_default(),
+            brand: s.brands.get(&ids.brand_id).cloned().unwrap_or_default(),
         };
         let (name, category) = (attrs.row.name.clone(), attrs.category.clone());
         if upsert(member, id, attrs, ctx, out) {
@@ -1344,7 +1411,7 @@ impl Core {
             .customers
             .get(&id)
             .and_then(|m| m.current.as_ref())
-            .map(|v| v.attrs.name.clone())
+            .map(|v| v.attrs.name().to_string())
             .unwrap_or_default()
     }
 
@@ -1475,7 +1542,7 @@ impl Core {
         p.value.amount += signed(amount);
         a.touch(AggKey::Payment(f.payment_id));
         let c = a.customers.entry(f.customer_id).or_insert_with(|| Labeled {
-            label: current(customers, f.customer_id).map(|v| v.attrs.name.clone()).unwrap_or_default(),
+            label: current(customers, f.customer_id).map(|v| v.attrs.name().to_string()).unwrap_or_default(),
             ..Default::default()
         });
         c.value.quantity += sign * qty;
@@ -1495,8 +1562,9 @@ fn key_as_of<A: Attributes<Hist = ()>>(dim: &Dim<A>, id: i64, at: Position) -> u
 }
 
 /// Member `id` of a dimension, created without versions if new.
-fn member_of<A: Attributes>(dim: &mut Dim<A>, id: i64) -> &mut Member<A, A::Hist> {
-    dim.entry(id).or_insert_with(|| Box::new(Member { current: None, openings: vec![] }))
+fn member_of<A: Attributes>(dim: &mut Dim<A>, id: i64) -> &mut Member<A> {
+    dim.entry(id)
+        .or_insert_with(|| Box::new(Member { current: None, openings: vec![], source: A::Source::default() }))
 }
 
 /// Ids in ascending order.
@@ -1570,5 +1638,28 @@ pub fn dim_date(date_key: u32) -> DimDate {
         quarter: ((m - 1) / 3 + 1) as u8,
         year: y as u16,
         is_weekend: u8::from(dow >= 6),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_customers_text_is_checked_when_read_back() {
+        let attrs = CustomerAttrs::new(["An", "an@x", "", "Huế"]);
+        assert_eq!(
+            [0, 1, 2, 3].map(|i| attrs.column(i)),
+            ["An", "an@x", "", "Huế"],
+            "the columns come back as they went in"
+        );
+        let bytes = postcard::to_allocvec(&attrs).unwrap();
+        assert_eq!(postcard::from_bytes::<CustomerAttrs>(&bytes).unwrap(), attrs);
+        // Decreasing, past the end, inside a character.
+        for ends in [[3, 2, 6], [2, 6, 12], [2, 6, 9]] {
+            let bad = CustomerAttrs { text: attrs.text.clone(), ends };
+            let bytes = postcard::to_allocvec(&bad).unwrap();
+            assert!(postcard::from_bytes::<CustomerAttrs>(&bytes).is_err(), "{ends:?} refused");
+        }
     }
 }

@@ -267,6 +267,83 @@ fn renaming_a_brand_versions_its_products_only() {
     assert!(current.iter().all(|p| &*p.category == "Mobile"));
 }
 
+/// A product that moves to another brand leaves the old brand's renames and joins the new one's;
+/// a deleted product is versioned by no rename, and joins them again once re-inserted.
+#[test]
+fn a_product_follows_its_brand_through_moves_deletes_and_reinserts() {
+    let (mut s, mut feed) = (Script::new(), Feed::new());
+    reference(&mut s, &mut feed);
+    let rename = |s: &mut Script, id: i64, from: &str, to: &str| {
+        s.tx();
+        s.u(
+            SourceRow::Brand(Brand { id, name: from.into() }),
+            SourceRow::Brand(Brand { id, name: to.into() }),
+        )
+    };
+    let versioned = |out: &Outputs| -> Vec<(i64, u8, String)> {
+        out.dim_products.iter().map(|p| (p.product_id, p.is_current, p.brand.to_string())).collect()
+    };
+    // Product 1 moves from brand 1 (Acme) to brand 2 (Zed).
+    s.tx();
+    let e = s.u(
+        SourceRow::Product(product(1, 250_000, 1, 1, None)),
+        SourceRow::Product(product(1, 250_000, 1, 2, None)),
+    );
+    assert_eq!(versioned(&feed.apply(&e)), [(1, 0, "Acme".into()), (1, 1, "Zed".into())]);
+    let e = rename(&mut s, 1, "Acme", "Acme Corp");
+    assert!(feed.apply(&e).dim_products.is_empty(), "brand 1 has no product left");
+    let e = rename(&mut s, 2, "Zed", "Zed Ltd");
+    assert_eq!(
+        versioned(&feed.apply(&e)),
+        [(1, 0, "Zed".into()), (1, 1, "Zed Ltd".into()), (2, 0, "Zed".into()), (2, 1, "Zed Ltd".into())]
+    );
+    // Deleted, product 1 is not versioned by its brand's rename; re-inserted into brand 1, it
+    // takes that brand's current name and its renames.
+    s.tx();
+    let e = s.d(SourceRow::Product(product(1, 250_000, 1, 2, None)));
+    assert_eq!(versioned(&feed.apply(&e)), [(1, 0, "Zed Ltd".into())]);
+    let e = rename(&mut s, 2, "Zed Ltd", "Zed Group");
+    assert_eq!(versioned(&feed.apply(&e)), [(2, 0, "Zed Ltd".into()), (2, 1, "Zed Group".into())]);
+    s.tx();
+    let e = s.c(SourceRow::Product(product(1, 250_000, 1, 1, None)));
+    assert_eq!(versioned(&feed.apply(&e)), [(1, 1, "Acme Corp".into())]);
+    let e = rename(&mut s, 1, "Acme Corp", "Acme");
+    assert_eq!(versioned(&feed.apply(&e)), [(1, 0, "Acme Corp".into()), (1, 1, "Acme".into())]);
+    let current: Vec<_> = feed.tables.dim_products.rows().filter(|p| p.is_current == 1).collect();
+    assert_eq!(current.len(), 2);
+}
+
+/// Every tracked column of a customer reaches its row, absent ones as empty text, and a change
+/// of any one of them versions the customer.
+#[test]
+fn a_customers_columns_reach_its_rows() {
+    let (mut s, mut feed) = (Script::new(), Feed::new());
+    reference(&mut s, &mut feed);
+    let full = |phone: &str| {
+        SourceRow::Customer(Customer {
+            id: 9,
+            name: "Dung".into(),
+            email: "dung@x".into(),
+            phone: Some(phone.into()),
+            address: Some("12 Lê Lợi, Huế".into()),
+        })
+    };
+    s.tx();
+    let out = feed.apply(&s.c(full("+84 1")));
+    let c = &out.dim_customers[0];
+    assert_eq!(
+        (c.name.as_str(), c.email.as_str(), c.phone.as_str(), c.address.as_str()),
+        ("Dung", "dung@x", "+84 1", "12 Lê Lợi, Huế")
+    );
+    s.tx();
+    let out = feed.apply(&s.u(full("+84 1"), full("+84 2")));
+    let phones: Vec<_> = out.dim_customers.iter().map(|c| (c.phone.as_str(), c.is_current)).collect();
+    assert_eq!(phones, [("+84 1", 0), ("+84 2", 1)]);
+    let out = feed.apply(&s.c(customer(10, "", "")));
+    let c = &out.dim_customers[0];
+    assert_eq!((c.name.as_str(), c.email.as_str(), c.phone.as_str(), c.address.as_str()), ("", "", "", ""));
+}
+
 #[test]
 fn facts_join_the_versions_of_their_orders_commit() {
     let (mut s, mut feed) = (Script::new(), Feed::new());

@@ -3,12 +3,15 @@
 //! ```text
 //! cargo run --release -p rainbow-bench --bin processor-bench -- core  [--orders N]
 //! cargo run --release -p rainbow-bench --bin processor-bench -- kafka [--orders N]
+//! cargo run --release -p rainbow-bench --bin processor-bench -- dimensions [--customers N] [--products N]
 //! ```
 //! `core`: the pure core on one thread over a generated workload at the seed's shape (snapshot of
 //! the reference data, then orders with ~5.5 lines, 2.3 product changes per order, 2 % churn):
 //! events/s of `Core::apply` on typed events, events/s of decode + apply from Debezium JSON, and
 //! the resident memory the state takes per million keys; then the state's resident memory per
 //! dimension key, from a snapshot of a million customers and a million products.
+//! `dimensions`: that last measure alone, of another catalogue if asked (`--products 0` gives the
+//! customers' share).
 //! `kafka`: the same workload as Debezium JSON in fresh Kafka topics (3 partitions each) of the
 //! local stack, then `rainbow_processor::run` into a fresh ClickHouse database: sustained
 //! events/s from start to the last aggregate in ClickHouse.
@@ -54,14 +57,20 @@ fn main() {
     let orders = arg("--orders", 220_000);
     // Measured first, while the allocator holds no memory that earlier phases freed (it would
     // be reused, and hide part of what the dimensions take).
-    let dimensions = (mode == "core").then(dimension_memory);
+    let dimensions = (mode == "core").then(|| dimension_memory(1_000_000, 1_000_000));
+    if mode == "dimensions" {
+        let m = dimension_memory(arg("--customers", 1_000_000) as i64, arg("--products", 1_000_000) as i64);
+        println!("| dimension keys (a catalogue snapshot) | {} |", m.keys);
+        println!("| resident memory per dimension key | {:.0} B |", m.bytes_per_key);
+        return;
+    }
     eprintln!("generating a workload of {orders} orders at the seed's shape ...");
     let events = generate(orders);
     match mode.as_str() {
         "core" => core_bench(&events, dimensions.expect("measured above")),
         "kafka" => kafka_bench(&events),
         other => {
-            eprintln!("unknown mode {other}: core | kafka");
+            eprintln!("unknown mode {other}: core | kafka | dimensions");
             std::process::exit(2);
         }
     }
@@ -178,11 +187,10 @@ struct DimensionMemory {
     bytes_per_key: f64,
 }
 
-/// The state's resident memory per dimension key: the snapshot of a catalogue of a million
-/// customers and a million products (one current version each), applied to an empty core.
-fn dimension_memory() -> DimensionMemory {
-    let config =
-        WorkloadConfig { customers: 1_000_000, products: 1_000_000, ..WorkloadConfig::seed_volume() };
+/// The state's resident memory per dimension key: the snapshot of a catalogue (the benchmark's: a
+/// million customers and a million products, one current version each), applied to an empty core.
+fn dimension_memory(customers: i64, products: i64) -> DimensionMemory {
+    let config = WorkloadConfig { customers, products, ..WorkloadConfig::seed_volume() };
     let events = Workload::new(config, 7).snapshot();
     let rss_before = resident_kib();
     let mut core = Core::new(0);
