@@ -19,8 +19,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::VecDeque;
 
-/// Rows per chunk object of a run.
-pub const CHUNK_ROWS: usize = 65_536;
+/// Rows per chunk object of a run: the merge holds one decoded chunk per run of the table it
+/// writes, so this bounds its memory as runs add up (65,536 rows kept a smaller
+/// `replay.spill_rows` from lowering the replay's peak: its more runs took more in the merge).
+pub const CHUNK_ROWS: usize = 8_192;
 
 /// The output of a replay (of one shard): the buffer, the number of runs spilled so far and the
 /// folder of the output store they are in.

@@ -149,8 +149,12 @@ fn replay(archive: &str, out: &str) {
         naming: ArchiveConfig::default(),
         config: ReplayConfig {
             checkpoint_every_events: u64::MAX / 2,
-            // `--shards N`: an override, for comparing (the suite runs the default).
+            // `--shards N`, `--read-batch-rows N`, `--spill-rows N`: overrides, for comparing (the
+            // suite runs the defaults).
             shards: arg_u64("--shards", 0) as usize,
+            read_batch_rows: arg_u64("--read-batch-rows", ReplayConfig::default().read_batch_rows as u64)
+                as usize,
+            spill_rows: arg_u64("--spill-rows", ReplayConfig::default().spill_rows as u64) as usize,
             ..ReplayConfig::default()
         },
         progress: false,
