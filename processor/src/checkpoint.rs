@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 /// Leading bytes of every checkpoint object: format name and version.
 /// Version 4: one envelope for streaming and replay (fingerprint, the source it was read from,
 /// emitted selection, counts, sink and dead-letter state). Version 5: the core's state tracks
-/// incremental snapshots. Version 6: the core's order lines are grouped by order. Older
+/// incremental snapshots. Version 6: the core's order lines are grouped by order. Version 7: a
+/// customer's columns in one text, a product's category and brand ids in its member (and the
+/// order lines without a count of their own, which version 6 checkpoints of 46a93c8 had). Older
 /// checkpoints are refused with "bad magic or format version" and the engine starts over from
 /// the beginning of its input.
 pub const MAGIC: &[u8; 8] = b"RBWCKPT7";

@@ -481,8 +481,8 @@ struct ProductIds {
 /// keeps no other copy: [`Core::refresh_product`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct ProductRow {
-    /// Shared by the source row, the product's versions and their rows (the same text as the
-    /// last one's is not copied again); serialised as a string.
+    /// Shared by the product's versions and their rows (a source row with the same text as the
+    /// open version's does not copy it again); serialised as a string.
     name: Arc<str>,
     price: Money,
     original_price: Money,

@@ -21,8 +21,9 @@
 //! order and decodes them while the shard's thread runs its engine; a shard's core runs on that
 //! thread only, so its order of application is the merge's alone.
 //!
-//! Memory: one data file per input partition is open at a time, and per input at most
-//! `read_batch_rows` records wait in the merge plus one decoded batch in the reader's channel.
+//! Memory: one data file per input partition is open at a time, and per input at most three
+//! batches of `read_batch_rows` decoded records: one waiting in the merge, one in the reader's
+//! channel, one being decoded.
 //! Each shard's collapsed output holds at most `spill_rows` rows in memory; beyond that it goes to
 //! sorted runs in the output store ([`spill`]), merged chunk by chunk when the tables are
 //! written (a table is encoded 8,192 rows at a time into its part). What remains grows
