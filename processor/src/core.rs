@@ -1055,23 +1055,18 @@ impl Core {
             SourceRow::Product(p) => {
                 let member = member_of(&mut s.products, p.id);
                 let ids = ProductIds { category_id: p.category_id, brand_id: p.brand_id };
-                let name = match &member.current {
-                    Some(open) => {
-                        let old = member.source;
-                        if old.brand_id != ids.brand_id {
-                            remove_index(&mut s.products_by_brand, old.brand_id, p.id);
-                        }
-                        if old.category_id != ids.category_id {
-                            remove_index(&mut s.products_by_category, old.category_id, p.id);
-                        }
-                        let name = &open.attrs.row.name;
-                        if **name == *p.name {
-                            name.clone()
-                        } else {
-                            Arc::from(p.name.as_str())
-                        }
+                if member.current.is_some() {
+                    let old = member.source;
+                    if old.brand_id != ids.brand_id {
+                        remove_index(&mut s.products_by_brand, old.brand_id, p.id);
                     }
-                    None => Arc::from(p.name.as_str()),
+                    if old.category_id != ids.category_id {
+                        remove_index(&mut s.products_by_category, old.category_id, p.id);
+                    }
+                }
+                let name = match &member.current {
+                    Some(open) if *open.attrs.row.name == *p.name => open.attrs.row.name.clone(),
+                    _ => Arc::from(p.name.as_str()),
                 };
                 member.source = ids;
                 let row = ProductRow {

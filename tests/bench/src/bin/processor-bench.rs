@@ -10,8 +10,8 @@
 //! events/s of `Core::apply` on typed events, events/s of decode + apply from Debezium JSON, and
 //! the resident memory the state takes per million keys; then the state's resident memory per
 //! dimension key, from a snapshot of a million customers and a million products.
-//! `dimensions`: that last measure alone, of another catalogue if asked (`--products 0` gives the
-//! customers' share).
+//! `dimensions`: that last measure alone, of another catalogue if asked (`--products 1` gives the
+//! customers' share, `--customers 1` the products').
 //! `kafka`: the same workload as Debezium JSON in fresh Kafka topics (3 partitions each) of the
 //! local stack, then `rainbow_processor::run` into a fresh ClickHouse database: sustained
 //! events/s from start to the last aggregate in ClickHouse.
@@ -59,9 +59,7 @@ fn main() {
     // be reused, and hide part of what the dimensions take).
     let dimensions = (mode == "core").then(|| dimension_memory(1_000_000, 1_000_000));
     if mode == "dimensions" {
-        let m = dimension_memory(arg("--customers", 1_000_000) as i64, arg("--products", 1_000_000) as i64);
-        println!("| dimension keys (a catalogue snapshot) | {} |", m.keys);
-        println!("| resident memory per dimension key | {:.0} B |", m.bytes_per_key);
+        dimension_memory(arg("--customers", 1_000_000) as i64, arg("--products", 1_000_000) as i64).print();
         return;
     }
     eprintln!("generating a workload of {orders} orders at the seed's shape ...");
@@ -142,8 +140,7 @@ fn core_bench(events: &[ChangeEvent], dimensions: DimensionMemory) {
         "| peak RSS of the process (workload included) | {:.0} MiB |",
         rss_kib("VmHWM:") as f64 / 1024.0
     );
-    println!("| dimension keys (a catalogue snapshot) | {} |", dimensions.keys);
-    println!("| resident memory per dimension key | {:.0} B |", dimensions.bytes_per_key);
+    dimensions.print();
 }
 
 /// A checkpoint of the state: its size, and how long the engine's thread is held up by one of
@@ -185,6 +182,14 @@ fn checkpoint_cost(core: &Core) -> CheckpointCost {
 struct DimensionMemory {
     keys: usize,
     bytes_per_key: f64,
+}
+
+impl DimensionMemory {
+    /// Its rows of the bench's table.
+    fn print(&self) {
+        println!("| dimension keys (a catalogue snapshot) | {} |", self.keys);
+        println!("| resident memory per dimension key | {:.0} B |", self.bytes_per_key);
+    }
 }
 
 /// The state's resident memory per dimension key: the snapshot of a catalogue (the benchmark's: a

@@ -142,6 +142,7 @@ fn generate(dir: &str, orders: u64) {
 
 fn replay(archive: &str, out: &str) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let defaults = ReplayConfig::default();
     let args = ReplayArgs {
         archive_url: archive.into(),
         out_url: out.into(),
@@ -152,10 +153,9 @@ fn replay(archive: &str, out: &str) {
             // `--shards N`, `--read-batch-rows N`, `--spill-rows N`: overrides, for comparing (the
             // suite runs the defaults).
             shards: arg_u64("--shards", 0) as usize,
-            read_batch_rows: arg_u64("--read-batch-rows", ReplayConfig::default().read_batch_rows as u64)
-                as usize,
-            spill_rows: arg_u64("--spill-rows", ReplayConfig::default().spill_rows as u64) as usize,
-            ..ReplayConfig::default()
+            read_batch_rows: arg_u64("--read-batch-rows", defaults.read_batch_rows as u64) as usize,
+            spill_rows: arg_u64("--spill-rows", defaults.spill_rows as u64) as usize,
+            ..defaults
         },
         progress: false,
         combine: None,
