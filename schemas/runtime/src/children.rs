@@ -530,7 +530,10 @@ mod tests {
             stop_stage: 0,
             ..sh(
                 "writer",
-                &format!("trap 'touch {d}/writer-stopped; exit 0' TERM; while :; do sleep 0.05; done"),
+                &format!(
+                    "trap 'touch {d}/writer-stopped; exit 0' TERM; touch {d}/writer-ready; \
+                     while :; do sleep 0.05; done"
+                ),
             )
         };
         let reader = ChildSpec {
@@ -539,7 +542,7 @@ mod tests {
                 "reader",
                 &format!(
                     "trap 'test -e {d}/writer-stopped && touch {d}/reader-after-writer; exit 0' TERM; \
-                     while :; do sleep 0.05; done"
+                     touch {d}/reader-ready; while :; do sleep 0.05; done"
                 ),
             )
         };
@@ -548,9 +551,12 @@ mod tests {
         // The reader is listed first: the stage, not the order, decides.
         let run = tokio::spawn(supervise(vec![reader, writer], quick(), metrics.clone(), rx));
         let deadline = Instant::now() + Duration::from_secs(10);
+        // Both shells have set their traps (a TERM before that would end them without a note).
         while metrics.running.with_label_values(&["reader"]).get()
             + metrics.running.with_label_values(&["writer"]).get()
             < 2
+            || !dir.join("writer-ready").exists()
+            || !dir.join("reader-ready").exists()
         {
             assert!(Instant::now() < deadline, "the children did not start");
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -568,6 +574,12 @@ mod tests {
         // SIGINT is ignored (bit 2 of SigIgn) and the child knows it is supervised.
         let mut child = start(&sh("quiet", "exec sleep 30")).unwrap();
         let pid = child.id().unwrap();
+        // Read once the child runs `sleep`: until its exec, /proc shows what it had from the fork.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default().starts_with(b"sleep") {
+            assert!(Instant::now() < deadline, "the child did not exec sleep");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let ignored = status.lines().find_map(|l| l.strip_prefix("SigIgn:")).unwrap().trim();
         assert_eq!(
