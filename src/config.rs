@@ -31,9 +31,10 @@ pub const DEFAULT_HOME: &str = ".rainbow";
 /// Every setting whose default lives under the state root, and where under it (set by
 /// [`Config::defaults_in`], in this order). The crates' own `Default`s hold these paths under
 /// [`DEFAULT_HOME`] (a test keeps them equal).
-pub const STATE_PATHS: [(&str, &str); 4] = [
+pub const STATE_PATHS: [(&str, &str); 5] = [
     ("cdc.offsets_dir", "cdc"),
     ("processor.checkpoint_url", "processor/checkpoints"),
+    ("processor.state_dir", "processor/state"),
     ("storage.url", "store"),
     ("replay.out_url", "replay"),
 ];
@@ -307,6 +308,7 @@ impl Config {
         let settings = [
             &mut config.cdc.offsets_dir,
             &mut config.processor.checkpoint_url,
+            &mut config.processor.state_dir,
             &mut config.storage.url,
             &mut config.replay.out_url,
         ];
@@ -770,6 +772,7 @@ mod tests {
             [
                 ("cdc.offsets_dir", ".rainbow/cdc".to_string()),
                 ("processor.checkpoint_url", ".rainbow/processor/checkpoints".into()),
+                ("processor.state_dir", ".rainbow/processor/state".into()),
                 ("storage.url", ".rainbow/store".into()),
                 ("replay.out_url", ".rainbow/replay".into()),
             ]
@@ -794,6 +797,7 @@ mod tests {
             let mut same = c.clone();
             same.cdc.offsets_dir.clone_from(&Config::default().cdc.offsets_dir);
             same.processor.checkpoint_url.clone_from(&Config::default().processor.checkpoint_url);
+            same.processor.state_dir.clone_from(&Config::default().processor.state_dir);
             same.storage.url.clone_from(&Config::default().storage.url);
             same.replay.out_url.clone_from(&Config::default().replay.out_url);
             assert_eq!(same, Config::default());

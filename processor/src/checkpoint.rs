@@ -8,7 +8,10 @@
 //! [`MAGIC`] (format name and version), then the envelope in postcard. A put is atomic and, on
 //! a local disk, fsynced ([`rainbow_runtime::store`]); the latest is the highest id, and an
 //! unreadable latest (another format version, a torn object) falls back to the one before, or
-//! to a fresh start.
+//! to a fresh start. The runs of orders a core moved out of memory ([`crate::core::cold`]) that
+//! a checkpoint's state names are stored beside it, `<folder>/cold/<run file>`, before it
+//! ([`CheckpointStore::put_runs`]); they never change, and are fetched back into the local
+//! directory at a resume ([`CheckpointStore::fetch_runs`]).
 
 use crate::core::State;
 use crate::event::Position;
@@ -16,16 +19,19 @@ use crate::merge::InputName;
 use rainbow_runtime::forked::{ChildWriter, Forked};
 use rainbow_runtime::store::Store;
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::path::Path;
 
 /// Leading bytes of every checkpoint object: format name and version.
 /// Version 4: one envelope for streaming and replay (fingerprint, the source it was read from,
 /// emitted selection, counts, sink and dead-letter state). Version 5: the core's state tracks
 /// incremental snapshots. Version 6: the core's order lines are grouped by order. Version 7: a
 /// customer's columns in one text, a product's category and brand ids in its member (and the
-/// order lines without a count of their own, which version 6 checkpoints of 46a93c8 had). Older
+/// order lines without a count of their own, which version 6 checkpoints of 46a93c8 had).
+/// Version 8: the runs of orders moved out of memory, and the orders read back from them. Older
 /// checkpoints are refused with "bad magic or format version" and the engine starts over from
 /// the beginning of its input.
-pub const MAGIC: &[u8; 8] = b"RBWCKPT7";
+pub const MAGIC: &[u8; 8] = b"RBWCKPT8";
 
 /// Counts of what an engine did, kept in its checkpoints.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +187,8 @@ pub struct CheckpointStore {
     store: Store,
     folder: String,
     kept: usize,
+    /// Run files known to be in the store (listed once, then added to as they are stored).
+    stored_runs: tokio::sync::Mutex<Option<HashSet<String>>>,
 }
 
 impl CheckpointStore {
@@ -195,7 +203,7 @@ impl CheckpointStore {
 
     /// Checkpoints under `folder` of an open store.
     pub fn new(store: Store, folder: &str, kept: usize) -> CheckpointStore {
-        CheckpointStore { store, folder: folder.to_string(), kept }
+        CheckpointStore { store, folder: folder.to_string(), kept, stored_runs: Default::default() }
     }
 
     fn path(&self, id: u64) -> String {
@@ -253,12 +261,98 @@ impl CheckpointStore {
         Ok(())
     }
 
-    /// Deletes every checkpoint (the output they lead to is complete).
+    /// Deletes every checkpoint (the output they lead to is complete), and the runs beside them.
     pub async fn clear(&self) -> Result<(), CheckpointError> {
         for id in self.ids().await? {
             self.store.delete(&self.path(id)).await.map_err(|e| self.error(e))?;
         }
+        for (path, _) in self.store.list(&self.runs_folder()).await.map_err(|e| self.error(e))? {
+            self.store.delete(&path).await.map_err(|e| self.error(e))?;
+        }
+        *self.stored_runs.lock().await = None;
         Ok(())
+    }
+
+    fn runs_folder(&self) -> String {
+        format!("{}/cold", self.folder)
+    }
+
+    /// Stores the run files `files` (path under `dir`, size) of the local directory `dir` that the
+    /// store does not hold yet: before a checkpoint whose state names them.
+    pub async fn put_runs(&self, dir: &Path, files: &[(String, u64)]) -> Result<(), CheckpointError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let mut known = self.stored_runs.lock().await;
+        if known.is_none() {
+            let prefix = format!("{}/", self.runs_folder());
+            let listed = self.store.list(&self.runs_folder()).await.map_err(|e| self.error(e))?;
+            *known = Some(
+                listed.iter().filter_map(|(path, _)| path.strip_prefix(&prefix).map(String::from)).collect(),
+            );
+        }
+        let stored = known.as_mut().expect("listed");
+        for (name, _) in files {
+            if stored.contains(name) {
+                continue;
+            }
+            let bytes = tokio::fs::read(dir.join(name))
+                .await
+                .map_err(|e| self.error(format!("{}: {e}", dir.join(name).display())))?;
+            self.store
+                .put(&format!("{}/{name}", self.runs_folder()), bytes)
+                .await
+                .map_err(|e| self.error(e))?;
+            stored.insert(name.clone());
+        }
+        Ok(())
+    }
+
+    /// Makes the local directory `dir` hold exactly the run files `files` (name, size) of a
+    /// checkpoint's state: those missing (or of another size) are fetched from the store, the
+    /// others deleted (written after that checkpoint, or by another state). Returns how many were
+    /// fetched.
+    pub async fn fetch_runs(&self, dir: &Path, files: &[(String, u64)]) -> Result<usize, CheckpointError> {
+        let local = |e: std::io::Error| self.error(format!("{}: {e}", dir.display()));
+        tokio::fs::create_dir_all(dir).await.map_err(local)?;
+        let wanted: HashSet<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
+        // Run files lie one folder down (a folder per kind of runs); nothing else is touched.
+        let mut folders = tokio::fs::read_dir(dir).await.map_err(local)?;
+        while let Some(folder) = folders.next_entry().await.map_err(local)? {
+            if !folder.file_type().await.map_err(local)?.is_dir() {
+                continue;
+            }
+            let kind = folder.file_name().to_string_lossy().into_owned();
+            let mut entries = tokio::fs::read_dir(folder.path()).await.map_err(local)?;
+            while let Some(entry) = entries.next_entry().await.map_err(local)? {
+                let file = entry.file_name().to_string_lossy().into_owned();
+                let name = format!("{kind}/{file}");
+                if file.starts_with("run-") && !wanted.contains(name.as_str()) {
+                    tokio::fs::remove_file(entry.path()).await.map_err(local)?;
+                }
+            }
+        }
+        let mut fetched = 0;
+        for (name, size) in files {
+            let path = dir.join(name);
+            if let Some(parent) = path.parent() {
+                tokio::fs::create_dir_all(parent).await.map_err(local)?;
+            }
+            if tokio::fs::metadata(&path).await.is_ok_and(|m| m.len() == *size) {
+                continue;
+            }
+            let bytes =
+                self.store.get(&format!("{}/{name}", self.runs_folder())).await.map_err(|e| self.error(e))?;
+            if bytes.len() as u64 != *size {
+                return Err(self
+                    .error(format!("{name}: {} bytes stored, the checkpoint expects {size}", bytes.len())));
+            }
+            let temporary = dir.join(format!("{name}.tmp"));
+            tokio::fs::write(&temporary, &bytes).await.map_err(local)?;
+            tokio::fs::rename(&temporary, &path).await.map_err(local)?;
+            fetched += 1;
+        }
+        Ok(fetched)
     }
 }
 

@@ -41,6 +41,17 @@ pub struct ProcessorConfig {
     /// instead, `$RAINBOW_HOME/processor/checkpoints` when `RAINBOW_HOME` is set
     /// (`rainbow::config::state_root`).
     pub checkpoint_url: String,
+    /// A local directory for the orders the processor moves out of memory (a folder per instance,
+    /// named like its checkpoints' folder). Its files go with the checkpoints that name them, to
+    /// `checkpoint_url`, and are fetched back from there at a start. Default
+    /// `.rainbow/processor/state`, or `$RAINBOW_HOME/processor/state`, like `checkpoint_url`.
+    pub state_dir: String,
+    /// Orders (with their lines) kept in memory: beyond this number, the older half is written to
+    /// `state_dir` and read back when a change of one of them arrives, and so are the dimension
+    /// versions only older orders join, so that memory stays flat however many orders and
+    /// versions the source accumulates. 0 keeps everything in memory (what a checkpoint has on disk
+    /// already stays there, and is read).
+    pub hot_orders: usize,
     pub checkpoint_interval_ms: u64,
     /// Checkpoints kept besides the latest (older ones are deleted).
     pub checkpoints_kept: usize,
@@ -76,6 +87,8 @@ impl Default for ProcessorConfig {
             batch_rows: 10_000,
             batch_interval_ms: 200,
             checkpoint_url: ".rainbow/processor/checkpoints".into(),
+            state_dir: ".rainbow/processor/state".into(),
+            hot_orders: 50_000,
             checkpoint_interval_ms: 10_000,
             checkpoints_kept: 2,
             dead_letter_topic: "rainbow.processor.dead_letter".into(),
@@ -127,6 +140,12 @@ impl ProcessorConfig {
             "processor.checkpoint_url",
             &self.checkpoint_url,
             "a directory or an object-store URL (file://, s3://, gs://, az://)",
+        )?;
+        check(
+            !self.state_dir.trim().is_empty() && !self.state_dir.contains("://"),
+            "processor.state_dir",
+            &self.state_dir,
+            "a local directory",
         )?;
         check(
             self.drain_on_stop_ms <= 600_000,

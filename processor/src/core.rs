@@ -9,8 +9,9 @@
 //! * **Idempotence.** An exact duplicate of the event just applied, or of one in the same
 //!   position group, changes nothing (inserts of existing rows are upserts; updates compare with
 //!   the current state, not with `before`). Older duplicates are dropped by the merger.
-//! * **Determinism.** No clock, no randomness, no I/O; maps whose order reaches the output are
-//!   ordered. The same input sequence gives the same outputs, byte for byte.
+//! * **Determinism.** No clock, no randomness, no I/O but the runs of orders it wrote itself
+//!   ("Memory"); maps whose order reaches the output are ordered. The same input sequence gives
+//!   the same outputs, byte for byte.
 //! * **Versions.** Every output row carries `version` = the commit LSN of the event that produced
 //!   it (snapshot rows: the snapshot's consistent point), so a later state always has a higher or
 //!   equal version. Rows with equal key and equal version are equal, or the later one (in
@@ -21,7 +22,16 @@
 //!   commit LSN of the last transaction that changed the group, so the content of an aggregate row
 //!   is a function of its key and version alone, whenever it is emitted.
 //! * **Memory** is bounded by the number of live keys: dimension versions, orders, order lines
-//!   and aggregate groups. Nothing is kept per event.
+//!   and aggregate groups. Nothing is kept per event. With [`ColdSettings`], orders and their
+//!   lines beyond `hot_orders` go to files ([`cold`]): once more than `hot_orders` orders are in
+//!   memory, those inserted first (by position) until half that number is left are written as
+//!   one run, and an event of such an order reads it back first (runs whose id range does not
+//!   cover the order's id are not read: new orders of increasing ids read nothing). Then the dimension versions that no order left in memory joins (opened before the
+//!   oldest one's insertion, but each member's last such) go to a run too, one entry per member
+//!   linked to its previous one, and a fact of an older order reads them back. Where they are is
+//!   not output: the rows are the same byte for byte. A snapshot's reconciliation of the order
+//!   tables reads every order back (it lists every key anyway). A file that cannot be read or
+//!   written stops the caller ([`Core::failure`]).
 //!
 //! SCD Type 2: a change to a tracked attribute closes the current version (`valid_to` = the
 //! event's commit time, `is_current` = 0) and opens a new one; an update that changes no tracked
@@ -48,10 +58,13 @@ use rainbow_schemas::pricing::{line_amounts, CouponType, PromotionTerms};
 use rainbow_schemas::shape::*;
 use rainbow_schemas::time::civil_from_days;
 use serde::{Deserialize, Serialize};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::path::PathBuf;
 use std::sync::Arc;
+
+pub mod cold;
 
 /// Why the core refused an event. Nothing was changed; the runtime parks the event.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -158,15 +171,6 @@ struct Member<A: Attributes> {
     source: A::Source,
 }
 
-impl<A: Attributes> Member<A> {
-    /// The version current at `at`: the last opened at or before it (the first, for a position
-    /// before any version opened).
-    fn as_of(&self, at: Position) -> Option<(u64, A::Hist)> {
-        let i = self.openings.partition_point(|(p, _, _)| *p <= at);
-        self.openings.get(i.saturating_sub(1)).map(|(_, k, h)| (*k, *h))
-    }
-}
-
 /// Tracked attributes of a dimension and how its rows look.
 trait Attributes: Clone + PartialEq {
     type Hist: Copy + std::fmt::Debug + PartialEq + Serialize + serde::de::DeserializeOwned;
@@ -174,6 +178,8 @@ trait Attributes: Clone + PartialEq {
     /// versions: `()` but for products. Meaningful while a version is open.
     type Source: Clone + Default + std::fmt::Debug + PartialEq + Serialize + serde::de::DeserializeOwned;
     const NAME: &'static str;
+    /// The dimension's number in the keys of the runs of versions moved out of memory.
+    const COLD: u8;
     fn hist(&self) -> Self::Hist;
     fn emit(&self, id: i64, v: &OpenVersion<Self>, valid_to: u32, version: u64, out: &mut Outputs);
 }
@@ -241,6 +247,7 @@ impl Attributes for CustomerAttrs {
     type Hist = ();
     type Source = ();
     const NAME: &'static str = "customer";
+    const COLD: u8 = 0;
     fn hist(&self) {}
     fn emit(&self, id: i64, v: &OpenVersion<Self>, valid_to: u32, version: u64, out: &mut Outputs) {
         out.dim_customers.push(DimCustomer {
@@ -268,6 +275,7 @@ impl Attributes for SellerAttrs {
     type Hist = ();
     type Source = ();
     const NAME: &'static str = "seller";
+    const COLD: u8 = 1;
     fn hist(&self) {}
     fn emit(&self, id: i64, v: &OpenVersion<Self>, valid_to: u32, version: u64, out: &mut Outputs) {
         out.dim_sellers.push(DimSeller {
@@ -292,6 +300,7 @@ impl Attributes for PaymentAttrs {
     type Hist = ();
     type Source = ();
     const NAME: &'static str = "payment";
+    const COLD: u8 = 2;
     fn hist(&self) {}
     fn emit(&self, id: i64, v: &OpenVersion<Self>, valid_to: u32, version: u64, out: &mut Outputs) {
         out.dim_payments.push(DimPayment {
@@ -335,6 +344,7 @@ impl Attributes for PromotionAttrs {
     type Hist = (CouponTypeSer, Money);
     type Source = ();
     const NAME: &'static str = "promotion";
+    const COLD: u8 = 3;
     fn hist(&self) -> Self::Hist {
         (self.coupon_type, self.price_treatment)
     }
@@ -367,6 +377,7 @@ impl Attributes for ProductAttrs {
     /// Where its category's and brand's names come from (the names change by themselves).
     type Source = ProductIds;
     const NAME: &'static str = "product";
+    const COLD: u8 = 4;
     fn hist(&self) -> i64 {
         self.row.seller_id
     }
@@ -499,6 +510,38 @@ struct OrderState {
     created_at_us: i64,
     /// Where the order was inserted: the as-of point of its facts.
     created: Position,
+}
+
+/// An order moved out of memory, with its lines; neither is a tombstone: what an earlier run holds
+/// of the order was deleted since.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct ColdOrder {
+    order: Option<OrderState>,
+    lines: Vec<LineState>,
+}
+
+/// A member's versions moved out of memory at one time (the postcard of its openings, oldest
+/// first), and the run of those moved before them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ColdVersions {
+    openings: Vec<u8>,
+    previous: Option<u64>,
+}
+
+/// The folders of [`ColdSettings::dir`]: orders, dimension versions.
+const ORDERS: &str = "orders";
+const VERSIONS: &str = "versions";
+
+/// Where a core keeps the orders it moves out of memory, and how many it keeps in memory
+/// (see the module documentation, "Memory").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColdSettings {
+    pub dir: PathBuf,
+    /// At least 2.
+    pub hot_orders: usize,
+    /// A name part unique to this run of the process, in the names of the runs it writes
+    /// ([`cold::file_name`]); the engine sets it when it opens.
+    pub generation: String,
 }
 
 /// One live order line with what its fact row and aggregate contributions were built from.
@@ -673,6 +716,16 @@ pub struct State {
     products_by_category: BTreeMap<i64, BTreeSet<i64>>,
     orders: IdMap<OrderState>,
     lines: Lines,
+    /// The orders (with their lines) moved out of memory: the runs of [`ColdSettings::dir`]'s
+    /// `orders/`.
+    cold_orders: cold::Runs<i64>,
+    /// Dimension members' older versions moved out of memory (runs of `versions/`, keyed by
+    /// ([`Attributes::COLD`], id)), and the run of each member's newest such versions.
+    cold_versions: cold::Runs<(u8, i64)>,
+    version_links: BTreeMap<(u8, i64), u64>,
+    /// Orders read back from the runs: what memory holds of them (nothing: deleted) hides the
+    /// runs', until they are written again.
+    warmed: BTreeSet<i64>,
     dates: BTreeSet<u32>,
     aggregates: Aggregates,
     /// The snapshot rows of one table being applied, and the keys they delivered.
@@ -715,6 +768,11 @@ pub struct StateSize {
     pub dimension_versions: usize,
     pub orders: usize,
     pub order_lines: usize,
+    /// Entries in the runs of orders moved out of memory (an order written again counts again).
+    pub cold_orders: u64,
+    /// Entries in the runs of dimension versions moved out of memory (a member's versions moved
+    /// at one time are one entry).
+    pub cold_versions: u64,
     pub aggregate_groups: usize,
     pub events_applied: u64,
 }
@@ -727,6 +785,15 @@ pub struct Core {
     /// Changes timed at the start of the version they closed, since the last
     /// [`Core::take_moved_starts`] (not state: a count for the metrics).
     moved_starts: u64,
+    /// Where orders moved out of memory go; none: every order stays in memory.
+    cold: Option<ColdSettings>,
+    /// Why the runs could not be read or written ([`Core::failure`]); set where the state is only
+    /// read, too.
+    failure: RefCell<Option<String>>,
+    /// Entries of orders and of versions read from the runs since the last
+    /// [`Core::take_cold_reads`] (not state: counts for the metrics).
+    orders_read: Cell<u64>,
+    versions_read: Cell<u64>,
 }
 
 const DAY_NAMES: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
@@ -821,12 +888,246 @@ impl Core {
     /// A core with empty state; `partition` is the instance's share of the fact topics, stamped
     /// on its aggregate rows.
     pub fn new(partition: i32) -> Core {
-        Core { partition, state: State::default(), moved_starts: 0 }
+        Core::from_state(partition, State::default())
     }
 
     /// A core resumed from a checkpoint's state.
     pub fn from_state(partition: i32, state: State) -> Core {
-        Core { partition, state, moved_starts: 0 }
+        Core {
+            partition,
+            state,
+            moved_starts: 0,
+            cold: None,
+            failure: RefCell::new(None),
+            orders_read: Cell::new(0),
+            versions_read: Cell::new(0),
+        }
+    }
+
+    /// Keeps at most `settings.hot_orders` orders in memory, the others in runs under
+    /// `settings.dir` (the module documentation's "Memory"). The state's runs must be there: a
+    /// checkpoint's go with it ([`crate::checkpoint`]).
+    pub fn with_cold(mut self, settings: ColdSettings) -> Core {
+        self.cold = Some(settings);
+        self
+    }
+
+    /// The files of the runs the state refers to (path under [`ColdSettings::dir`], size).
+    pub fn cold_files(&self) -> Vec<(String, u64)> {
+        let under = |folder: &str, files: Vec<(String, u64)>| {
+            files.into_iter().map(|(name, size)| (format!("{folder}/{name}"), size)).collect::<Vec<_>>()
+        };
+        let mut files = under(ORDERS, self.state.cold_orders.files());
+        files.extend(under(VERSIONS, self.state.cold_versions.files()));
+        files
+    }
+
+    /// Why the runs could not be read or written, once that happened: the event being applied
+    /// was not, and rows produced since the last checkpoint may be wrong. The caller stops (and
+    /// resumes from its last checkpoint); nothing else is applied.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.borrow().clone()
+    }
+
+    /// Entries read from the runs since the last call (orders, versions), and resets the counts.
+    pub fn take_cold_reads(&mut self) -> (u64, u64) {
+        (self.orders_read.take(), self.versions_read.take())
+    }
+
+    fn failed(&self) -> bool {
+        self.failure.borrow().is_some()
+    }
+
+    fn fail(&self, e: impl std::fmt::Display) {
+        let dir = self.cold.as_ref().map(|c| c.dir.display().to_string()).unwrap_or_default();
+        self.failure.borrow_mut().get_or_insert_with(|| {
+            format!("the state kept on disk in {dir} could not be read or written: {e}")
+        });
+    }
+
+    /// The directory of one kind of runs (none without [`ColdSettings`]).
+    fn runs_dir(&self, kind: &str) -> Option<PathBuf> {
+        self.cold.as_ref().map(|c| c.dir.join(kind))
+    }
+
+    /// Reads back the order of every order and order-line row of `event` (and its lines) if a
+    /// run holds it and memory does not.
+    fn warm_rows(&mut self, event: &ChangeEvent) -> std::io::Result<()> {
+        for row in event.before.iter().chain(&event.after) {
+            match row {
+                SourceRow::Order(o) => self.warm(o.id)?,
+                SourceRow::OrderLine(l) => self.warm(l.order_id)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether memory holds what is known of order `id` (or nothing is on disk).
+    fn in_memory(&self, id: i64) -> bool {
+        let s = &self.state;
+        s.warmed.contains(&id) || s.orders.contains_key(&id) || s.lines.by_order.contains_key(&id)
+    }
+
+    fn warm(&mut self, id: i64) -> std::io::Result<()> {
+        // Cheapest first: every order and line event asks (a line's order is usually in memory).
+        if self.in_memory(id) || !self.state.cold_orders.may_hold(id) {
+            return Ok(());
+        }
+        let Some(dir) = self.runs_dir(ORDERS) else { return Ok(()) };
+        if let Some(found) = self.state.cold_orders.get::<ColdOrder>(&dir, id)? {
+            self.orders_read.set(self.orders_read.get() + 1);
+            self.put_back(id, found);
+        }
+        Ok(())
+    }
+
+    fn put_back(&mut self, id: i64, ColdOrder { order, lines }: ColdOrder) {
+        let s = &mut self.state;
+        if order.is_none() && lines.is_empty() {
+            return;
+        }
+        if let Some(order) = order {
+            s.orders.insert(id, order);
+        }
+        if !lines.is_empty() {
+            s.lines.by_order.insert(id, lines);
+        }
+        s.warmed.insert(id);
+    }
+
+    /// Reads back every order on disk that memory does not hold.
+    fn warm_all(&mut self) -> std::io::Result<()> {
+        let Some(dir) = self.runs_dir(ORDERS) else { return Ok(()) };
+        if self.state.cold_orders.is_empty() {
+            return Ok(());
+        }
+        for (id, found) in self.state.cold_orders.read_all::<ColdOrder>(&dir)? {
+            if !self.in_memory(id) {
+                self.put_back(id, found);
+            }
+        }
+        Ok(())
+    }
+
+    /// Once memory holds more than `hot_orders` orders: the orders inserted first, until half
+    /// that number is left, go to a new run with their lines (and a tombstone for each order read
+    /// back and deleted since); then the dimension versions that no order left in memory joins
+    /// (see [`Core::evict_versions`]).
+    fn evict_if_full(&mut self) {
+        let Some(c) = &self.cold else { return };
+        if self.state.orders.len() <= c.hot_orders {
+            return;
+        }
+        let (dir, keep, generation) = (c.dir.join(ORDERS), c.hot_orders / 2, c.generation.clone());
+        let s = &mut self.state;
+        // The orders inserted first (by position, then id), whatever their ids' order; lines
+        // and orders read back whose order is not in memory go with them.
+        let mut oldest: Vec<(Position, i64)> = s.orders.iter().map(|(id, o)| (o.created, *id)).collect();
+        let n = oldest.len() - keep;
+        let cutoff = *oldest.select_nth_unstable(n - 1).1;
+        let orders = &s.orders;
+        let mut victims: Vec<i64> = oldest
+            .into_iter()
+            .filter(|key| *key <= cutoff)
+            .map(|(_, id)| id)
+            .chain(s.lines.by_order.keys().chain(&s.warmed).copied().filter(|id| !orders.contains_key(id)))
+            .collect();
+        victims.sort_unstable();
+        victims.dedup();
+        let entries: Vec<(i64, ColdOrder)> = victims
+            .into_iter()
+            .map(|id| {
+                let order = s.orders.remove(&id);
+                (id, ColdOrder { order, lines: s.lines.by_order.remove(&id).unwrap_or_default() })
+            })
+            .collect();
+        s.warmed.retain(|id| s.orders.contains_key(id));
+        if let Err(e) = s.cold_orders.write(&dir, &generation, &entries) {
+            self.fail(e);
+            return;
+        }
+        // The orders in memory join versions as of their insertion, new ones as of now.
+        let horizon = s.orders.values().map(|o| o.created).min().or(s.last);
+        if let Some(horizon) = horizon {
+            if let Err(e) = self.evict_versions(horizon) {
+                self.fail(e);
+            }
+        }
+    }
+
+    /// Moves every member's versions opened at or before `horizon` but the last of them to a new
+    /// run (one entry per member, linked to the member's previous one): facts as of `horizon` or
+    /// later find their version in memory, earlier ones on disk ([`Core::version_as_of`]).
+    fn evict_versions(&mut self, horizon: Position) -> Result<(), String> {
+        let Some(c) = &self.cold else { return Ok(()) };
+        let (dir, generation) = (c.dir.join(VERSIONS), c.generation.clone());
+        let s = &mut self.state;
+        let number = s.cold_versions.next_number();
+        let mut entries = Vec::new();
+        let links = &mut s.version_links;
+        // In key order: by dimension number, then id.
+        move_versions(&mut s.customers, horizon, number, links, &mut entries)?;
+        move_versions(&mut s.sellers, horizon, number, links, &mut entries)?;
+        move_versions(&mut s.payments, horizon, number, links, &mut entries)?;
+        move_versions(&mut s.promotions, horizon, number, links, &mut entries)?;
+        move_versions(&mut s.products, horizon, number, links, &mut entries)?;
+        s.cold_versions.write(&dir, &generation, &entries).map_err(|e| e.to_string())
+    }
+
+    /// The version of member `id` of `dim` current at `at`: the last opened at or before it (the
+    /// first, for a position before any version opened), from its versions on disk when `at` is
+    /// before those in memory. A run that cannot be read is a failure
+    /// ([`Core::failure`]) and answers none.
+    fn version_as_of<A: Attributes>(&self, dim: &Dim<A>, id: i64, at: Position) -> Option<(u64, A::Hist)> {
+        let m = dim.get(&id)?;
+        let pick =
+            |openings: &[(Position, u64, A::Hist)], i: usize| openings.get(i).map(|(_, k, h)| (*k, *h));
+        let i = m.openings.partition_point(|(p, _, _)| *p <= at);
+        if i > 0 {
+            return pick(&m.openings, i - 1);
+        }
+        let Some(mut run) = self.state.version_links.get(&(A::COLD, id)).copied() else {
+            // Before its first version: the first.
+            return pick(&m.openings, 0);
+        };
+        let Some(dir) = self.runs_dir(VERSIONS) else {
+            self.fail("versions on disk, but no directory to read them from");
+            return None;
+        };
+        loop {
+            let read = self.state.cold_versions.get_in::<ColdVersions>(&dir, run, (A::COLD, id));
+            self.versions_read.set(self.versions_read.get() + 1);
+            let entry = match read {
+                Ok(Some(entry)) => entry,
+                Ok(None) => {
+                    self.fail(format!("run {run} of versions lacks {} {id}", A::NAME));
+                    return None;
+                }
+                Err(e) => {
+                    self.fail(e);
+                    return None;
+                }
+            };
+            let openings: Vec<(Position, u64, A::Hist)> = match postcard::from_bytes(&entry.openings) {
+                Ok(o) => o,
+                Err(e) => {
+                    self.fail(format!("run {run} of versions, {} {id}: {e}", A::NAME));
+                    return None;
+                }
+            };
+            let j = openings.partition_point(|(p, _, _)| *p <= at);
+            match (j, entry.previous) {
+                (0, Some(previous)) => run = previous,
+                (0, None) => return pick(&openings, 0),
+                _ => return pick(&openings, j - 1),
+            }
+        }
+    }
+
+    /// The surrogate key of the version of member `id` current at `at` (0: no such member).
+    fn key_as_of<A: Attributes<Hist = ()>>(&self, dim: &Dim<A>, id: i64, at: Position) -> u64 {
+        self.version_as_of(dim, id, at).map_or(0, |(k, ())| k)
     }
 
     pub fn state(&self) -> &State {
@@ -862,6 +1163,8 @@ impl Core {
             dimension_versions: versions,
             orders: s.orders.len(),
             order_lines: s.lines.len(),
+            cold_orders: s.cold_orders.entries(),
+            cold_versions: s.cold_versions.entries(),
             aggregate_groups: 1
                 + 7
                 + a.sellers.len()
@@ -874,6 +1177,9 @@ impl Core {
 
     /// Applies one event and appends the rows it produces to `out`. On `Err` nothing changed.
     pub fn apply(&mut self, event: &ChangeEvent, out: &mut Outputs) -> Result<(), Rejected> {
+        if self.failed() {
+            return Ok(());
+        }
         let at = event.position;
         if let Some(last) = self.state.last {
             if at < last {
@@ -883,6 +1189,10 @@ impl Core {
                 // The previous transaction is complete.
                 self.seal(out);
             }
+        }
+        if let Err(e) = self.warm_rows(event) {
+            self.fail(e);
+            return Ok(());
         }
         let moved = Cell::new(0);
         let ctx = Ctx {
@@ -936,6 +1246,7 @@ impl Core {
         self.state.last = Some(at);
         self.state.events += 1;
         self.moved_starts += moved.get();
+        self.evict_if_full();
         Ok(())
     }
 
@@ -949,6 +1260,9 @@ impl Core {
     /// Seals the current transaction if every event before `frontier` has been applied and the
     /// last applied event's transaction ends before it: emits the changed aggregate groups.
     pub fn seal_before(&mut self, frontier: Position, out: &mut Outputs) {
+        if self.failed() {
+            return;
+        }
         let moved = Cell::new(0);
         if self.state.scan.as_ref().is_some_and(|scan| scan.at < frontier) {
             self.finish_scan(&moved, out);
@@ -1215,6 +1529,12 @@ impl Core {
 
     /// Deletes every row of `table` whose key ([`row_key`]) `keep` refuses, in key order.
     fn retain(&mut self, table: Table, keep: &dyn Fn((i64, i64)) -> bool, ctx: Ctx, out: &mut Outputs) {
+        if matches!(table, Table::Orders | Table::Orderdetails) {
+            if let Err(e) = self.warm_all() {
+                self.fail(e);
+                return;
+            }
+        }
         let s = &mut self.state;
         let gone = |ids: Vec<i64>| -> Vec<i64> { ids.into_iter().filter(|id| !keep((*id, 0))).collect() };
         match table {
@@ -1425,17 +1745,15 @@ impl Core {
         let (order_id, product_id) = (line.order_id, line.product_id);
         let order = s.orders.get(&order_id).ok_or(Rejected::UnknownOrder { order_id, product_id })?;
         let at = order.created;
-        let product = s.products.get(&product_id).ok_or(Rejected::UnknownProduct { order_id, product_id })?;
         // A product created after its order (a line added later) joins its first version.
-        let (product_key, seller_id) =
-            product.as_of(at).ok_or(Rejected::UnknownProduct { order_id, product_id })?;
+        let (product_key, seller_id) = self
+            .version_as_of(&s.products, product_id, at)
+            .ok_or(Rejected::UnknownProduct { order_id, product_id })?;
         let (promotion_key, terms) = match line.promotion_id {
             None => (0, None),
             Some(promotion_id) => {
-                let (key, (coupon_type, price_treatment)) = s
-                    .promotions
-                    .get(&promotion_id)
-                    .and_then(|m| m.as_of(at))
+                let (key, (coupon_type, price_treatment)) = self
+                    .version_as_of(&s.promotions, promotion_id, at)
                     .ok_or(Rejected::UnknownPromotion { order_id, product_id, promotion_id })?;
                 (key, Some(PromotionTerms { coupon_type: coupon_type.into(), price_treatment }))
             }
@@ -1452,10 +1770,10 @@ impl Core {
             // 1970-01-01 was a Thursday (4).
             day_of_week: ((days + 3).rem_euclid(7) + 1) as u8,
             product_key,
-            seller_key: key_as_of(&s.sellers, seller_id, at),
+            seller_key: self.key_as_of(&s.sellers, seller_id, at),
             promotion_key,
-            customer_key: key_as_of(&s.customers, order.customer_id, at),
-            payment_key: key_as_of(&s.payments, order.payment_id, at),
+            customer_key: self.key_as_of(&s.customers, order.customer_id, at),
+            payment_key: self.key_as_of(&s.payments, order.payment_id, at),
             seller_id,
             customer_id: order.customer_id,
             payment_id: order.payment_id,
@@ -1552,8 +1870,31 @@ fn current<A: Attributes>(dim: &Dim<A>, id: i64) -> Option<&OpenVersion<A>> {
 }
 
 /// The surrogate key of member `id`'s version current at `at`, 0 (no row) for an unknown member.
-fn key_as_of<A: Attributes<Hist = ()>>(dim: &Dim<A>, id: i64, at: Position) -> u64 {
-    dim.get(&id).and_then(|m| m.as_of(at)).map_or(0, |(k, ())| k)
+/// Moves the versions of `dim`'s members opened at or before `horizon`, but the last of them, to
+/// `entries` of run `number` ([`Core::evict_versions`]), in id order.
+fn move_versions<A: Attributes>(
+    dim: &mut Dim<A>,
+    horizon: Position,
+    number: u64,
+    links: &mut BTreeMap<(u8, i64), u64>,
+    entries: &mut Vec<((u8, i64), ColdVersions)>,
+) -> Result<(), String> {
+    let mut ids: Vec<i64> = dim
+        .iter()
+        .filter(|(_, m)| m.openings.get(1).is_some_and(|(p, _, _)| *p <= horizon))
+        .map(|(id, _)| *id)
+        .collect();
+    ids.sort_unstable();
+    for id in ids {
+        let m = dim.get_mut(&id).expect("listed");
+        let keep_from = m.openings.partition_point(|(p, _, _)| *p <= horizon) - 1;
+        let moved: Vec<(Position, u64, A::Hist)> = m.openings.drain(..keep_from).collect();
+        m.openings.shrink_to_fit();
+        let openings = postcard::to_allocvec(&moved).map_err(|e| e.to_string())?;
+        let previous = links.insert((A::COLD, id), number);
+        entries.push(((A::COLD, id), ColdVersions { openings, previous }));
+    }
+    Ok(())
 }
 
 /// Member `id` of a dimension, created without versions if new.

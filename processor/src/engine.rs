@@ -15,7 +15,7 @@
 
 pub use crate::checkpoint::Totals;
 use crate::checkpoint::{CheckpointError, CheckpointRef, CheckpointStore};
-use crate::core::Core;
+use crate::core::{ColdSettings, Core};
 use crate::event::{ChangeEvent, DecodeError, Position, Table};
 use crate::merge::{InputName, Merger, Pushed};
 use crate::metrics::{CheckpointWritten, DeadLettered, ProcessorMetrics};
@@ -153,6 +153,8 @@ struct Encoded<B = Vec<u8>> {
     id: u64,
     bytes: B,
     offsets: Vec<(InputName, i64)>,
+    /// The run files the state names, stored before it.
+    runs: Vec<(String, u64)>,
 }
 
 /// A checkpoint's bytes: encoded on the engine's thread, or being encoded by a forked child.
@@ -167,6 +169,7 @@ enum Bytes {
 struct PendingCheckpoint {
     id: u64,
     offsets: Vec<(InputName, i64)>,
+    runs: Vec<(String, u64)>,
     bytes: Bytes,
     /// The sink's answer, until it came.
     durable: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
@@ -293,6 +296,9 @@ pub struct Options {
     pub checkpoint_every: Every,
     /// The environment variable of the crash failpoint (`crash_after_events=N`).
     pub failpoint: &'static str,
+    /// Where the core keeps orders beyond its `hot_orders`, and the versions only they join
+    /// (none: all in memory, and a checkpoint whose state has runs on disk is refused).
+    pub cold: Option<ColdSettings>,
 }
 
 /// Why the engine stopped by itself.
@@ -323,6 +329,16 @@ pub enum EngineError {
     NoProgress,
     #[error("the sink could not make the rows of a checkpoint durable: {0}")]
     SinkFailed(String),
+    #[error(
+        "{0}. The processor starts again from its last checkpoint, whose files it fetches from the \
+         checkpoint store; if this goes on, check the disk of processor.state_dir"
+    )]
+    ColdState(String),
+    #[error(
+        "the checkpoint names {0} run file(s) of state kept on disk, but this engine keeps all its \
+         state in memory (no state directory)"
+    )]
+    ColdUnexpected(usize),
 }
 
 /// What a run did.
@@ -614,6 +630,25 @@ where
             }
             None => (Core::new(options.partition), 0, Totals::default(), true, None),
         };
+        let core = match &options.cold {
+            Some(cold) => {
+                let files = core.cold_files();
+                let fetched = rt.block_on(store.fetch_runs(&cold.dir, &files)).map_err(EngineError::from)?;
+                if !files.is_empty() {
+                    tracing::info!(runs = files.len(), fetched, dir = %cold.dir.display(), "state kept on disk");
+                }
+                // Runs written from here on are named apart from any written before (after the
+                // same checkpoint, their contents may differ).
+                let since_epoch =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                let generation = format!("{:x}{:05x}", since_epoch.as_nanos(), std::process::id());
+                core.with_cold(ColdSettings { generation, ..cold.clone() })
+            }
+            None if !core.cold_files().is_empty() => {
+                return Err(EngineError::ColdUnexpected(core.cold_files().len()).into())
+            }
+            None => core,
+        };
         let applied_by_table =
             Table::ALL.iter().map(|t| metrics.events_applied.with_label_values(&[t.name()])).collect();
         Ok(Engine {
@@ -716,7 +751,11 @@ where
                 self.route()?;
                 self.emitting = emit;
             }
-            match self.core.apply(&event, &mut self.out) {
+            let applied = self.core.apply(&event, &mut self.out);
+            if let Some(reason) = self.core.failure() {
+                return Err(self.cold_failed(reason).into());
+            }
+            match applied {
                 Ok(()) => {
                     self.totals.events += 1;
                     self.this_run.events += 1;
@@ -767,6 +806,9 @@ where
     /// Hands the rows produced so far to the sink, or drops them where the output is not
     /// selected.
     fn route(&mut self) -> Result<(), S::Error> {
+        if let Some(reason) = self.core.failure() {
+            return Err(self.cold_failed(reason).into());
+        }
         if self.out.is_empty() {
             return Ok(());
         }
@@ -807,19 +849,27 @@ where
             self.sink.flush()?;
             Durable::Now
         };
-        let Encoded { id, bytes, offsets } = self.encode_checkpoint(may_defer)?;
+        let Encoded { id, bytes, offsets, runs } = self.encode_checkpoint(may_defer)?;
         let events = self.totals.events;
         match bytes {
             Bytes::Ready(bytes) if !may_defer => {
-                self.save_checkpoint(Encoded { id, bytes, offsets }, started, events)?
+                self.save_checkpoint(Encoded { id, bytes, offsets, runs }, started, events)?
             }
             bytes => {
                 let durable = match durable {
                     Durable::Now => None,
                     Durable::Later(answer) => Some(answer),
                 };
-                self.pending =
-                    Some(PendingCheckpoint { id, offsets, bytes, durable, writing: None, started, events });
+                self.pending = Some(PendingCheckpoint {
+                    id,
+                    offsets,
+                    runs,
+                    bytes,
+                    durable,
+                    writing: None,
+                    started,
+                    events,
+                });
             }
         }
         self.metrics.checkpoint_pause.observe(started.elapsed().as_secs_f64());
@@ -876,8 +926,12 @@ where
                     unreachable!("encoded above")
                 };
                 let (store, id, size) = (self.store.clone(), p.id, bytes.len());
-                p.writing =
-                    Some(self.rt.spawn(async move { store.save_encoded(id, bytes).await.map(|()| size) }));
+                let dir = self.options.cold.as_ref().map(|c| c.dir.clone()).unwrap_or_default();
+                let runs = std::mem::take(&mut p.runs);
+                p.writing = Some(self.rt.spawn(async move {
+                    store.put_runs(&dir, &runs).await?;
+                    store.save_encoded(id, bytes).await.map(|()| size)
+                }));
                 Ok(())
             }
             Some(write) if !write.is_finished() => Ok(()),
@@ -922,6 +976,7 @@ where
             identity.merge(&SourceIdentity::parse(&learnt));
             self.identity = identity.to_string();
         }
+        let runs = self.core.cold_files();
         let c = CheckpointRef {
             id,
             fingerprint: &self.options.fingerprint,
@@ -941,7 +996,7 @@ where
                     // About the last one's size, with room to grow.
                     let expected = self.last_checkpoint_bytes * 9 / 8;
                     let bytes = Bytes::Forked(self.rt.spawn_blocking(move || child.wait(expected)));
-                    return Ok(Encoded { id, bytes, offsets });
+                    return Ok(Encoded { id, bytes, offsets, runs });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {}
                 Err(e) => {
@@ -950,7 +1005,7 @@ where
             }
         }
         match c.encode() {
-            Ok(bytes) => Ok(Encoded { id, bytes: Bytes::Ready(bytes), offsets }),
+            Ok(bytes) => Ok(Encoded { id, bytes: Bytes::Ready(bytes), offsets, runs }),
             Err(e) => {
                 self.metrics.checkpoint_errors.inc();
                 Err(EngineError::from(self.store.error(e)).into())
@@ -960,14 +1015,35 @@ where
 
     /// Writes an encoded checkpoint to the store, then tells the source its positions.
     fn save_checkpoint(&mut self, encoded: Encoded, started: Instant, events: u64) -> Result<(), S::Error> {
-        let Encoded { id, bytes, offsets } = encoded;
+        let Encoded { id, bytes, offsets, runs } = encoded;
         let size = bytes.len();
-        if let Err(e) = self.rt.block_on(self.store.save_encoded(id, bytes)) {
+        let saved = self.rt.block_on(async {
+            self.store.put_runs(&self.cold_dir(), &runs).await?;
+            self.store.save_encoded(id, bytes).await
+        });
+        if let Err(e) = saved {
             self.metrics.checkpoint_errors.inc();
             return Err(EngineError::from(e).into());
         }
         self.checkpoint_written(id, size, &offsets, started, events);
         Ok(())
+    }
+
+    /// The core could not read or write a run: its local directory goes (every run the last
+    /// checkpoint names is in the checkpoint store, and is fetched again at the restart, so that a
+    /// file damaged in place is replaced too).
+    fn cold_failed(&self, reason: String) -> EngineError {
+        if let Some(cold) = &self.options.cold {
+            if let Err(e) = std::fs::remove_dir_all(&cold.dir) {
+                tracing::warn!(dir = %cold.dir.display(), error = %e, "could not empty the state directory");
+            }
+        }
+        EngineError::ColdState(reason)
+    }
+
+    /// The directory of the core's runs (empty without one: then they name no file).
+    fn cold_dir(&self) -> std::path::PathBuf {
+        self.options.cold.as_ref().map(|c| c.dir.clone()).unwrap_or_default()
     }
 
     /// A checkpoint is in the store: counted, and its positions told to the source.
@@ -1028,6 +1104,11 @@ where
         m.state_versions.set(size.dimension_versions as i64);
         m.state_orders.set(size.orders as i64);
         m.state_lines.set(size.order_lines as i64);
+        m.state_cold_orders.set(size.cold_orders as i64);
+        m.state_cold_versions.set(size.cold_versions as i64);
+        let (orders_read, versions_read) = self.core.take_cold_reads();
+        m.state_reads.with_label_values(&["orders"]).inc_by(orders_read);
+        m.state_reads.with_label_values(&["versions"]).inc_by(versions_read);
         m.state_groups.set(size.aggregate_groups as i64);
         m.version_starts_moved.inc_by(self.core.take_moved_starts());
         self.source.tick(&intake!(self));

@@ -81,7 +81,11 @@ impl Classify for ProcessorError {
             | ProcessorError::DeadLetters { .. } => Fault::Transient(Dependency::Kafka),
             ProcessorError::Warehouse(e) if e.is_transient() => Fault::Transient(Dependency::ClickHouse),
             ProcessorError::Warehouse(_) | ProcessorError::Sink { .. } => Fault::Permanent,
-            ProcessorError::Engine(EngineError::Checkpoint(_)) => Fault::Transient(Dependency::ObjectStore),
+            // A run file of the state that could not be read or written is fetched again from
+            // the checkpoint store at the restart.
+            ProcessorError::Engine(EngineError::Checkpoint(_) | EngineError::ColdState(_)) => {
+                Fault::Transient(Dependency::ObjectStore)
+            }
             ProcessorError::Engine(
                 EngineError::PartitionMismatch { .. }
                 | EngineError::ForeignSource { .. }
@@ -90,7 +94,9 @@ impl Classify for ProcessorError {
             | ProcessorError::OffsetBeyondEnd { .. }
             | ProcessorError::SourceChanged { .. } => Fault::Input,
             ProcessorError::OffsetGap { .. } => Fault::Permanent,
-            ProcessorError::Engine(EngineError::NoProgress | EngineError::SinkFailed(_))
+            ProcessorError::Engine(
+                EngineError::NoProgress | EngineError::SinkFailed(_) | EngineError::ColdUnexpected(_),
+            )
             | ProcessorError::MissingTopic { .. }
             | ProcessorError::Pipeline(_)
             | ProcessorError::Interrupted { .. } => Fault::Permanent,

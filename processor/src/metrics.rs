@@ -24,7 +24,11 @@
 //!   flushes, a forked child encodes the state and a task writes it), `checkpoint_pause_seconds`
 //!   (histogram: the time it held up events), `checkpoint_bytes`,
 //!   `last_checkpoint_timestamp_seconds`, `checkpoints_total`, `checkpoint_errors_total`;
-//! * `state_dimension_versions`, `state_orders`, `state_order_lines`, `state_aggregate_groups`;
+//! * `state_dimension_versions`, `state_orders`, `state_order_lines`, `state_aggregate_groups`
+//!   (in memory), `state_cold_orders` and `state_cold_versions` (entries of orders and of
+//!   dimension versions written to `processor.state_dir`), `state_reads_total{kind}` (entries
+//!   read back: `orders` when an order on disk changes, `versions` when a fact of an order older
+//!   than those in memory joins a version on disk);
 //! * `version_starts_moved_total`: dimension changes whose commit time was before the start of
 //!   the version they close, so that the new version begins where the closed one began (which
 //!   then lasts zero seconds) instead of at the commit: a change streamed right behind a
@@ -68,6 +72,9 @@ pub struct ProcessorMetrics {
     pub state_versions: IntGauge,
     pub state_orders: IntGauge,
     pub state_lines: IntGauge,
+    pub state_cold_orders: IntGauge,
+    pub state_cold_versions: IntGauge,
+    pub state_reads: IntCounterVec,
     pub state_groups: IntGauge,
     pub version_starts_moved: IntCounter,
     pub sink_batch_rows: Histogram,
@@ -164,8 +171,23 @@ impl ProcessorMetrics {
                 "state_dimension_versions",
                 "Dimension versions held by the core"
             )),
-            state_orders: reg!(IntGauge::new("state_orders", "Orders held by the core")),
-            state_lines: reg!(IntGauge::new("state_order_lines", "Order lines held by the core")),
+            state_orders: reg!(IntGauge::new("state_orders", "Orders held by the core in memory")),
+            state_lines: reg!(IntGauge::new("state_order_lines", "Order lines held by the core in memory")),
+            state_cold_orders: reg!(IntGauge::new(
+                "state_cold_orders",
+                "Entries of orders (with their lines) the core moved from memory to processor.state_dir"
+            )),
+            state_reads: reg!(IntCounterVec::new(
+                Opts::new(
+                    "state_reads_total",
+                    "Entries read back from processor.state_dir: orders (with their lines), dimension versions"
+                ),
+                &["kind"]
+            )),
+            state_cold_versions: reg!(IntGauge::new(
+                "state_cold_versions",
+                "Entries of dimension versions the core moved from memory to processor.state_dir (a member's at one time)"
+            )),
             state_groups: reg!(IntGauge::new("state_aggregate_groups", "Aggregate groups held by the core")),
             version_starts_moved: reg!(IntCounter::new(
                 "version_starts_moved_total",

@@ -3,7 +3,7 @@
 //! topic interleaving, determinism and checkpoint round trips.
 
 use proptest::prelude::*;
-use rainbow_processor::core::{Core, Rejected};
+use rainbow_processor::core::{ColdSettings, Core, Rejected};
 use rainbow_processor::event::*;
 use rainbow_processor::merge::{InputName, Merger};
 use rainbow_schemas::money::Money;
@@ -967,4 +967,108 @@ fn an_incremental_snapshot_reconciles_while_streaming() {
     feed.apply(&s.c(signal("rainbow-done-2", "snapshot-table-done", done)));
     feed.seal();
     assert_eq!(feed.tables.dim_customers.rows().filter(|r| r.is_current == 1).count(), 4);
+}
+
+/// A feed whose core keeps at most `hot_orders` orders in memory, the others in runs under a
+/// fresh directory `name`.
+fn cold_feed(name: &str, hot_orders: usize) -> (Feed, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("rainbow-core-cold-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let core = Core::new(0).with_cold(ColdSettings { dir: dir.clone(), hot_orders, generation: "a".into() });
+    (Feed { core, ..Feed::new() }, dir)
+}
+
+/// Orders and dimension versions moved to disk and read back give the same bytes as a core that
+/// keeps them in memory: through
+/// order and line updates and deletes of old orders, a resume from a serialised state, a
+/// TRUNCATE of the lines alone, and a snapshot that reconciles the order tables (it delivers
+/// none of their rows).
+#[test]
+fn orders_on_disk_give_the_bytes_of_orders_in_memory() {
+    for seed in 0..6u64 {
+        let (mut w, mut all) = workload(seed, 400);
+        if seed % 2 == 1 {
+            // TRUNCATE orderdetails alone: every line goes, those on disk too.
+            let last = all.iter().flatten().map(|e| e.position).max().unwrap();
+            let table = Table::Orderdetails.rank();
+            let position = Position { commit: last.commit + 1, change: last.commit + 1, table };
+            all.push(vec![ChangeEvent { op: Op::Truncate, position, ts_ms: 0, before: None, after: None }]);
+        }
+        all.push(w.snapshot());
+        let events: Vec<&ChangeEvent> = all.iter().flatten().collect();
+        let in_memory = run_in_order(&all);
+
+        let (mut cold, dir) = cold_feed(&format!("whole-{seed}"), 3);
+        for e in &events {
+            cold.apply(e);
+        }
+        let size = cold.core.size();
+        cold.seal();
+        assert!(size.cold_orders > 20, "seed {seed}: orders went to disk ({size:?})");
+        assert!(size.cold_versions > 20, "seed {seed}: dimension versions went to disk ({size:?})");
+        let (orders_read, versions_read) = cold.core.take_cold_reads();
+        assert!(
+            orders_read > 0 && versions_read > 0,
+            "seed {seed}: read back {orders_read} / {versions_read}"
+        );
+        assert_eq!(cold.core.failure(), None);
+        assert_eq!(
+            postcard::to_allocvec(&cold.out).unwrap(),
+            postcard::to_allocvec(&in_memory.out).unwrap(),
+            "seed {seed}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+
+        // Stopped half-way before the reconciling snapshot: the state names the runs, which stay.
+        let (mut first, dir) = cold_feed(&format!("resume-{seed}"), 3);
+        let half = events.len() / 2;
+        for e in &events[..half] {
+            first.apply(e);
+        }
+        assert!(!first.core.cold_files().is_empty(), "seed {seed}");
+        let bytes = postcard::to_allocvec(first.core.state()).unwrap();
+        let core = Core::from_state(0, postcard::from_bytes(&bytes).unwrap()).with_cold(ColdSettings {
+            dir: dir.clone(),
+            hot_orders: 3,
+            generation: "b".into(),
+        });
+        let mut resumed = Feed { core, ..Feed::new() };
+        for e in &events[half..] {
+            resumed.apply(e);
+        }
+        resumed.seal();
+        let mut joined = first.out.clone();
+        joined.append(&mut resumed.out.clone());
+        assert_eq!(joined, in_memory.out, "seed {seed}: resumed");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// A run that cannot be read stops the core: the event is not applied, nothing more is, and the
+/// failure names the file.
+#[test]
+fn an_unreadable_run_stops_the_core_with_its_file() {
+    let (_, all) = workload(3, 300);
+    let events: Vec<&ChangeEvent> = all.iter().flatten().collect();
+    let (mut feed, dir) = cold_feed("unreadable", 3);
+    let mut applied = 0;
+    for e in &events {
+        if feed.core.failure().is_some() {
+            break;
+        }
+        if feed.core.size().cold_orders > 0 && applied % 50 == 0 {
+            for (name, _) in feed.core.cold_files() {
+                let _ = std::fs::remove_file(dir.join(name));
+            }
+        }
+        feed.apply(e);
+        applied += 1;
+    }
+    let failure = feed.core.failure().expect("a read of a removed run fails").to_string();
+    assert!(failure.contains("run-") && failure.contains(&dir.display().to_string()), "{failure}");
+    let events_before = feed.core.size().events_applied;
+    let mut out = Outputs::default();
+    feed.core.apply(events[applied], &mut out).unwrap();
+    assert_eq!((feed.core.size().events_applied, out.len()), (events_before, 0), "nothing applied");
+    let _ = std::fs::remove_dir_all(&dir);
 }

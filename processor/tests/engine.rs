@@ -5,7 +5,7 @@
 //! other input is not resumed and one of another partition is refused.
 
 use rainbow_processor::checkpoint::{Checkpoint, CheckpointStore};
-use rainbow_processor::core::Core;
+use rainbow_processor::core::{ColdSettings, Core};
 use rainbow_processor::engine::*;
 use rainbow_processor::event::{decode, Brand, ChangeEvent, Op, Position, SourceRow, Table};
 use rainbow_processor::merge::InputName;
@@ -253,6 +253,7 @@ fn options(seal: Seal, every: u64) -> Options {
         seal,
         checkpoint_every: Every::Events(every),
         failpoint: "RAINBOW_TEST_ENGINE_FAILPOINT",
+        cold: None,
     }
 }
 
@@ -266,15 +267,14 @@ fn temp(name: &str) -> std::path::PathBuf {
     dir
 }
 
-/// Runs an engine to the end of its input (or to its stop) with fresh sink and letters.
-fn run(
+/// An engine with fresh sink and letters.
+fn open(
     source: Memory,
     options: Options,
     store: CheckpointStore,
     rt: &tokio::runtime::Runtime,
-) -> Finished<Tables> {
-    let stop = source.stop.clone();
-    let engine = Engine::open(
+) -> Result<Engine<Memory, Collapse, Letters>, TestError> {
+    Engine::open(
         source,
         Collapse::default(),
         Letters::default(),
@@ -283,8 +283,27 @@ fn run(
         rt.handle().clone(),
         ProcessorMetrics::new(),
     )
-    .unwrap();
-    engine.run(&stop).unwrap()
+}
+
+/// Runs an engine to the end of its input (or to its stop) with fresh sink and letters.
+fn run(
+    source: Memory,
+    options: Options,
+    store: CheckpointStore,
+    rt: &tokio::runtime::Runtime,
+) -> Finished<Tables> {
+    let stop = source.stop.clone();
+    open(source, options, store, rt).unwrap().run(&stop).unwrap()
+}
+
+/// The error of an engine that `Engine::open` refuses.
+fn refused(
+    source: Memory,
+    options: Options,
+    store: CheckpointStore,
+    rt: &tokio::runtime::Runtime,
+) -> TestError {
+    open(source, options, store, rt).err().expect("refused")
 }
 
 fn ended(f: Finished<Tables>) -> (EngineSummary, Tables, u64) {
@@ -358,6 +377,59 @@ fn a_stop_and_a_resume_give_the_tables_of_an_uninterrupted_run_on_both_sides_of_
         let _ = std::fs::remove_dir_all(&dir);
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Orders kept on disk go with the checkpoints: a resume on a machine without the local files
+/// (an empty state directory) fetches them from the checkpoint store, and the tables equal those
+/// of a run that kept every order in memory.
+#[test]
+fn the_run_files_of_orders_on_disk_go_with_the_checkpoints() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let events = events(21, 1_200);
+    let dir = temp("cold-whole");
+    let (whole, want, _) =
+        ended(run(Memory::new(partitions(&events), 3), options(Seal::AtEnd, 300), store(&dir), &rt));
+    let (dir, local) = (temp("cold"), temp("cold-local"));
+    let cold = |every| Options {
+        cold: Some(ColdSettings { dir: local.clone(), hot_orders: 4, generation: String::new() }),
+        ..options(Seal::AtEnd, every)
+    };
+    let mut first = Memory::new(partitions(&events), 3);
+    first.stop_after = Some(events.len() as u64 / 2);
+    let Finished::Stopped(s) = run(first, cold(300), store(&dir), &rt) else { panic!("stops") };
+    assert!(s.checkpoints >= 1, "{s:?}");
+    let stored = |kind: &str| std::fs::read_dir(dir.join("engine/cold").join(kind)).map_or(0, |d| d.count());
+    for kind in ["orders", "versions"] {
+        assert!(stored(kind) > 1, "the runs of {kind} the checkpoints name are in the store");
+    }
+    std::fs::remove_dir_all(&local).unwrap();
+
+    let (resumed, tables, _) = ended(run(Memory::new(partitions(&events), 3), cold(300), store(&dir), &rt));
+    assert!(resumed.resumed.is_some(), "resumed from the checkpoint");
+    assert_eq!(resumed.totals.events, whole.totals.events);
+    assert_eq!(tables, want, "the resumed tables differ from those of orders kept in memory");
+    assert_eq!(
+        [stored("orders"), stored("versions")],
+        [0, 0],
+        "the end of a bounded input deletes the checkpoints and their runs"
+    );
+
+    // A checkpoint that names runs, opened by an engine that keeps every order in memory.
+    let mut again = Memory::new(partitions(&events), 3);
+    again.stop_after = Some(events.len() as u64 / 2);
+    let Finished::Stopped(_) = run(again, cold(300), store(&dir), &rt) else { panic!("stops") };
+    let e = refused(Memory::new(partitions(&events), 3), options(Seal::AtEnd, 300), store(&dir), &rt);
+    assert!(e.to_string().contains("run file(s) of state kept on disk"), "{e}");
+    // processor.hot_orders = 0 (nothing more to disk): what the checkpoint has there is read.
+    let all_in_memory = Options {
+        cold: Some(ColdSettings { dir: local.clone(), hot_orders: usize::MAX, generation: String::new() }),
+        ..options(Seal::AtEnd, 300)
+    };
+    let (_, tables, _) = ended(run(Memory::new(partitions(&events), 3), all_in_memory, store(&dir), &rt));
+    assert_eq!(tables, want, "resumed with every new order in memory");
+    for d in [dir, local] {
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }
 
 #[test]
@@ -466,17 +538,7 @@ fn a_checkpoint_of_other_input_is_not_resumed_and_one_of_another_partition_is_re
         panic!("stops")
     };
     let wrong = Options { partition: 1, ..options(Seal::AtEnd, 100) };
-    let e = Engine::open(
-        Memory::new(partitions(&events), 3),
-        Collapse::default(),
-        Letters::default(),
-        wrong,
-        store(&dir),
-        rt.handle().clone(),
-        ProcessorMetrics::new(),
-    )
-    .err()
-    .expect("refused");
+    let e = refused(Memory::new(partitions(&events), 3), wrong, store(&dir), &rt);
     assert!(matches!(e, TestError::Engine(EngineError::PartitionMismatch { found: 0, expected: 1 })), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -493,17 +555,7 @@ fn a_checkpoint_written_while_reading_another_source_is_refused_with_what_differ
     };
     let mut other = Memory::new(partitions(&events), 3);
     other.identity = "kafka.cluster=B; postgres.system=7".into();
-    let e = Engine::open(
-        other,
-        Collapse::default(),
-        Letters::default(),
-        options(Seal::AtEnd, 100),
-        store(&dir),
-        rt.handle().clone(),
-        ProcessorMetrics::new(),
-    )
-    .err()
-    .expect("refused");
+    let e = refused(other, options(Seal::AtEnd, 100), store(&dir), &rt);
     let text = e.to_string();
     assert!(
         matches!(&e, TestError::Engine(EngineError::ForeignSource { differences, .. })

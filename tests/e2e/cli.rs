@@ -131,7 +131,13 @@ fn rainbow_home_holds_every_default_path() {
     let dir = std::env::temp_dir().join(common::unique_name("rainbow_home"));
     let home = dir.join("state");
     std::fs::create_dir_all(&dir).unwrap();
-    let expected = ["cdc.offsets_dir", "processor.checkpoint_url", "replay.out_url", "storage.url"];
+    let expected = [
+        "cdc.offsets_dir",
+        "processor.checkpoint_url",
+        "processor.state_dir",
+        "replay.out_url",
+        "storage.url",
+    ];
 
     let out = print_config(&dir, &[("RAINBOW_HOME", home.to_str().unwrap())]);
     assert!(out.status.success(), "{}", text(&out));

@@ -343,8 +343,10 @@ async fn a_processor_killed_mid_stream_converges_to_a_clean_run() {
     caught_up(&db.pool, &clean).await;
 
     // The crashing run: aborts mid-stream (the snapshot alone is ~3,300 events), restarts,
-    // is SIGKILLed while catching up, restarts again.
+    // is SIGKILLed while catching up, restarts again on a machine without its state directory.
+    // It keeps 20 orders in memory: the others, and the versions only they join, go to disk.
     let mut crashy = ProcessorProcess::new(&cdc.prefix);
+    crashy.set_env("RAINBOW_PROCESSOR__HOT_ORDERS", "20");
     crashy.start(&[("RAINBOW_PROCESSOR_FAILPOINT", "crash_after_events=3900")]);
     let status = crashy.wait(DEADLINE);
     assert!(!status.success(), "the failpoint aborts the processor");
@@ -373,11 +375,30 @@ async fn a_processor_killed_mid_stream_converges_to_a_clean_run() {
         async move { found.then_some(()) }
     })
     .await;
+    // And once the checkpoints name orders on disk (the snapshot's orders are more than 20).
+    let stored = |kind: &str| std::fs::read_dir(checkpoints.join("cold").join(kind)).map_or(0, |d| d.count());
+    common::eventually("orders on disk stored with the checkpoints", DEADLINE, || {
+        let n = stored("orders");
+        async move { (n > 0).then_some(()) }
+    })
+    .await;
     crashy.kill();
-    // More source changes while it is down.
+    // A new machine: the runs the checkpoint names are fetched back from the checkpoint store.
+    std::fs::remove_dir_all(crashy.dir.join("state")).unwrap();
+    // More source changes while it is down: the catalogue's too (versions that go to disk once
+    // the orders that could join them did).
+    churn(&db.pool).await;
     place_orders(&db.pool, 300, 50).await;
     crashy.start(&[]);
     assert!(crashy.logs().contains("resuming from checkpoint") || crashy.is_running());
+    caught_up(&db.pool, &crashy).await;
+    // A line of the oldest order changes: that order is on disk, and is read back.
+    sqlx::query(
+        "UPDATE orderdetails SET quantity = quantity + 1 WHERE order_id = (SELECT min(id) FROM orders)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
     caught_up(&db.pool, &crashy).await;
     caught_up(&db.pool, &clean).await;
 
@@ -394,8 +415,13 @@ async fn a_processor_killed_mid_stream_converges_to_a_clean_run() {
         panic!("the crashed run differs from the clean run:\n{}", diff.join("\n"));
     }
     assert!(crashy.logs().contains("resuming from checkpoint"), "{}", crashy.logs());
+    // The oldest order was read back from disk.
+    let metrics = crashy.metrics().await;
+    let read = common::metric_value(&metrics, "rainbow_processor_state_reads_total{kind=\"orders\"}");
+    assert!(read.is_some_and(|n| n > 0.0), "orders read back from disk: {read:?}");
     clean.stop();
     crashy.stop();
+    assert!(stored("versions") > 0, "dimension versions went to disk too, stored with the last checkpoint");
     clean.cleanup().await;
     crashy.cleanup().await;
     let topics = cdc.topics();

@@ -15,6 +15,7 @@ pub mod kafka;
 
 use crate::checkpoint::{CheckpointError, CheckpointStore};
 use crate::config::ProcessorConfig;
+use crate::core::ColdSettings;
 use crate::engine::{Engine, EngineError, Every, Finished, Options, Seal};
 use crate::error::ProcessorError;
 use crate::event::Table;
@@ -210,6 +211,16 @@ fn engine(
         seal: Seal::AtFrontier,
         checkpoint_every: Every::Interval(Duration::from_millis(config.checkpoint_interval_ms)),
         failpoint: FAILPOINT_VAR,
+        // With hot_orders = 0 nothing more goes to disk, and what a checkpoint has there is read.
+        cold: Some(ColdSettings {
+            dir: std::path::Path::new(&config.state_dir).join(crate::checkpoint::folder(
+                &config.group_id,
+                config.instances,
+                config.partition,
+            )),
+            hot_orders: if config.hot_orders == 0 { usize::MAX } else { config.hot_orders },
+            generation: String::new(),
+        }),
     };
     let engine = Engine::open(source, sink, dead_letters, options, store, rt, metrics.clone())?;
     // Opening read the newest checkpoint.

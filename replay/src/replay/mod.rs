@@ -462,6 +462,8 @@ fn run_shard(
         seal: Seal::AtEnd,
         checkpoint_every: Every::Events(c.checkpoint_every_events),
         failpoint: FAILPOINT_VAR,
+        // Every order in memory: the replay's state is transient, and its speed the point.
+        cold: None,
     };
     let store = CheckpointStore::new(out.clone(), &format!("{dir}/checkpoints"), 0);
     let engine = Engine::open(source, sink, rejections, options, store, rt.clone(), ProcessorMetrics::new())?;

@@ -35,6 +35,7 @@ impl ProcessorProcess {
             ("RAINBOW_CLICKHOUSE__DATABASE".into(), database.clone()),
             ("RAINBOW_PROCESSOR__GROUP_ID".into(), name.clone()),
             ("RAINBOW_PROCESSOR__CHECKPOINT_URL".into(), dir.join("checkpoints").display().to_string()),
+            ("RAINBOW_PROCESSOR__STATE_DIR".into(), dir.join("state").display().to_string()),
             ("RAINBOW_PROCESSOR__CHECKPOINT_INTERVAL_MS".into(), "300".into()),
             ("RAINBOW_PROCESSOR__BATCH_INTERVAL_MS".into(), "50".into()),
             ("RAINBOW_PROCESSOR__DEAD_LETTER_TOPIC".into(), dead_letter_topic.clone()),
