@@ -386,9 +386,9 @@ fn a_stop_and_a_resume_give_the_tables_of_an_uninterrupted_run_on_both_sides_of_
 fn the_run_files_of_orders_on_disk_go_with_the_checkpoints() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let events = events(21, 1_200);
-    let dir = temp("cold-whole");
+    let whole_dir = temp("cold-whole");
     let (whole, want, _) =
-        ended(run(Memory::new(partitions(&events), 3), options(Seal::AtEnd, 300), store(&dir), &rt));
+        ended(run(Memory::new(partitions(&events), 3), options(Seal::AtEnd, 300), store(&whole_dir), &rt));
     let (dir, local) = (temp("cold"), temp("cold-local"));
     let cold = |every| Options {
         cold: Some(ColdSettings { dir: local.clone(), hot_orders: 4, generation: String::new() }),
@@ -427,7 +427,7 @@ fn the_run_files_of_orders_on_disk_go_with_the_checkpoints() {
     };
     let (_, tables, _) = ended(run(Memory::new(partitions(&events), 3), all_in_memory, store(&dir), &rt));
     assert_eq!(tables, want, "resumed with every new order in memory");
-    for d in [dir, local] {
+    for d in [whole_dir, dir, local] {
         let _ = std::fs::remove_dir_all(&d);
     }
 }
