@@ -9,9 +9,9 @@
 //! * **Idempotence.** An exact duplicate of the event just applied, or of one in the same
 //!   position group, changes nothing (inserts of existing rows are upserts; updates compare with
 //!   the current state, not with `before`). Older duplicates are dropped by the merger.
-//! * **Determinism.** No clock, no randomness, no I/O but the runs of orders it wrote itself
-//!   ("Memory"); maps whose order reaches the output are ordered. The same input sequence gives
-//!   the same outputs, byte for byte.
+//! * **Determinism.** No clock, no randomness, no I/O but the runs of orders and versions it
+//!   wrote itself ("Memory"); maps whose order reaches the output are ordered. The same input
+//!   sequence gives the same outputs, byte for byte.
 //! * **Versions.** Every output row carries `version` = the commit LSN of the event that produced
 //!   it (snapshot rows: the snapshot's consistent point), so a later state always has a higher or
 //!   equal version. Rows with equal key and equal version are equal, or the later one (in
@@ -26,9 +26,10 @@
 //!   lines beyond `hot_orders` go to files ([`cold`]): once more than `hot_orders` orders are in
 //!   memory, those inserted first (by position) until half that number is left are written as
 //!   one run, and an event of such an order reads it back first (runs whose id range does not
-//!   cover the order's id are not read: new orders of increasing ids read nothing). Then the dimension versions that no order left in memory joins (opened before the
-//!   oldest one's insertion, but each member's last such) go to a run too, one entry per member
-//!   linked to its previous one, and a fact of an older order reads them back. Where they are is
+//!   cover the order's id are not read: new orders of increasing ids read nothing). Then the
+//!   dimension versions that no order left in memory joins (opened before the oldest one's
+//!   insertion, but each member's last such) go to a run too, one entry per member linked to its
+//!   previous one, and a fact of an older order reads them back. Where they are is
 //!   not output: the rows are the same byte for byte. A snapshot's reconciliation of the order
 //!   tables reads every order back (it lists every key anyway). A file that cannot be read or
 //!   written stops the caller ([`Core::failure`]).
@@ -1869,7 +1870,6 @@ fn current<A: Attributes>(dim: &Dim<A>, id: i64) -> Option<&OpenVersion<A>> {
     dim.get(&id).and_then(|m| m.current.as_ref())
 }
 
-/// The surrogate key of member `id`'s version current at `at`, 0 (no row) for an unknown member.
 /// Moves the versions of `dim`'s members opened at or before `horizon`, but the last of them, to
 /// `entries` of run `number` ([`Core::evict_versions`]), in id order.
 fn move_versions<A: Attributes>(
